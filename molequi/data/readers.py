@@ -1,0 +1,274 @@
+"""Readers for the formats users bring: extended XYZ, ASE databases, ASE trajectories.
+
+Each reader returns ``list[torch_geometric.data.Data]`` records (see ``molequi.data.records``) in eV, Å,
+eV/Å and eV/Å^3. Labels are looked up under configurable keys; by default ``energy``/``REF_energy``/
+``free_energy``, ``forces``/``REF_forces`` and ``stress``/``REF_stress`` (MACE's ``REF_*`` convention).
+The key found on the first labelled frame must be present on every frame.
+
+Every problem is a named error (``molequi.errors``) that says which file, frame and line.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ase
+import numpy as np
+from ase.data import chemical_symbols
+
+from molequi import keys as K
+from molequi.data.records import MIN_DISTANCE, atoms_to_data
+from molequi.errors import FormatError, InputError, MissingKeyError, ValueRangeError, suggest
+
+_SYMBOLS = set(chemical_symbols[1:])
+
+
+@dataclass(frozen=True)
+class LabelKeys:
+    """Where to find labels in a frame; ``None`` means "try the defaults, labels optional"."""
+
+    energy: str | None = None
+    forces: str | None = None
+    stress: str | None = None
+    charges: str | None = None
+    required: tuple[str, ...] = ()  # of "energy", "forces", "stress": raise if absent
+
+
+def _available(atoms: ase.Atoms) -> list[str]:
+    names = set(atoms.info) | set(atoms.arrays) - {"numbers", "positions"}
+    if atoms.calc is not None:
+        names |= set(getattr(atoms.calc, "results", {}))
+    return sorted(names)
+
+
+def _lookup(atoms: ase.Atoms, key: str):
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    if key in results:
+        return results[key]
+    return None
+
+
+class _KeyResolver:
+    """Resolves each label's key once (on the first frame that has it) and enforces it afterwards."""
+
+    DEFAULTS = {"energy": K.DEFAULT_ENERGY_KEYS, "forces": K.DEFAULT_FORCES_KEYS,
+                "stress": K.DEFAULT_STRESS_KEYS, "charges": ("charges",)}
+
+    def __init__(self, keys: LabelKeys, source: str):
+        self.keys, self.source = keys, source
+        self.chosen: dict[str, str | None] = {}
+
+    def get(self, atoms: ase.Atoms, label: str, frame: int, line: int | None):
+        explicit = getattr(self.keys, label)
+        required = label in self.keys.required
+        if explicit is not None or label in self.chosen:
+            key = explicit if explicit is not None else self.chosen[label]
+            if key is None:
+                return None
+            value = _lookup(atoms, key)
+            if value is None:
+                hint = suggest(key, _available(atoms))
+                what = f"{label} key '{key}' not found; keys present: {', '.join(_available(atoms)) or 'none'}"
+                raise MissingKeyError(what, source=self.source, frame=frame, line=line,
+                                      hint=hint or f"set the {label} key to one of the keys present")
+            return value
+        for key in self.DEFAULTS[label]:
+            value = _lookup(atoms, key)
+            if value is not None:
+                self.chosen[label] = key
+                return value
+        if required:
+            raise MissingKeyError(f"no {label} found (looked for {', '.join(self.DEFAULTS[label])}); keys "
+                                  f"present: {', '.join(_available(atoms)) or 'none'}", source=self.source,
+                                  frame=frame, line=line, hint=f"pass the {label} key explicitly")
+        self.chosen[label] = None if frame == 0 else self.chosen.get(label)
+        return None
+
+
+def _to_record(atoms: ase.Atoms, resolver: _KeyResolver, frame: int, line: int | None,
+               min_distance: float | None, extras_keys: Sequence[str] = ()):
+    source = resolver.source
+    labels = {}
+    for label in ("energy", "forces", "stress", "charges"):
+        value = resolver.get(atoms, label, frame, line)
+        if value is not None:
+            try:
+                labels[label] = np.asarray(value, dtype=float)
+            except (TypeError, ValueError) as exc:
+                raise FormatError(f"{label} is not numeric ({exc})", source=source, frame=frame, line=line) from None
+    extras = {}
+    for key in extras_keys:
+        value = _lookup(atoms, key)
+        if value is None:
+            raise MissingKeyError(f"extra key '{key}' not found", source=source, frame=frame, line=line,
+                                  hint=suggest(key, _available(atoms)) or None)
+        extras[key] = value
+    try:
+        return atoms_to_data(atoms, energy=labels.get("energy"), forces=labels.get("forces"),
+                             stress=labels.get("stress"), charges=labels.get("charges"), extras=extras,
+                             source=source, frame=frame, min_distance=min_distance)
+    except InputError as exc:
+        if exc.line is None and line is not None:
+            raise type(exc)(str(exc).split(": ", 1)[-1], source=source, frame=frame, line=line) from None
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- extxyz
+def _split_xyz_frames(text: str, source: str):
+    """Yield ``(frame, first_line (1-based), frame_text)``; checks counts and element symbols per line."""
+    lines = text.splitlines()
+    i, frame = 0, 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        head = lines[i].strip()
+        try:
+            n = int(head.split()[0])
+            if len(head.split()) != 1 or n < 0:
+                raise ValueError
+        except ValueError:
+            raise FormatError(f"expected the number of atoms, found '{head[:40]}'", source=source, frame=frame,
+                              line=i + 1, hint="each frame starts with an atom count line") from None
+        if n == 0:
+            raise ValueRangeError("empty structure (atom count 0)", source=source, frame=frame, line=i + 1)
+        if i + 2 + n > len(lines):
+            got = max(0, len(lines) - i - 2)
+            raise FormatError(f"truncated frame: expected {n} atom lines, found {got}", source=source,
+                              frame=frame, line=i + 1, hint="the file ends early")
+        for k in range(i + 2, i + 2 + n):
+            tokens = lines[k].split()
+            if not tokens:
+                raise FormatError("blank line inside the atom block", source=source, frame=frame, line=k + 1)
+            sym = tokens[0]
+            if sym.isalpha() and sym.capitalize() not in _SYMBOLS:
+                raise ValueRangeError(f"unknown element symbol '{sym}'", source=source, frame=frame, line=k + 1,
+                                      hint="use chemical symbols such as H, C, O")
+        yield frame, i + 1, "\n".join(lines[i:i + 2 + n]) + "\n"
+        i += 2 + n
+        frame += 1
+
+
+def read_extxyz(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *, index: slice | None = None,
+                min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = ()) -> list:
+    """Read an extended XYZ file (ASE's dialect; MACE's ``REF_*`` keys accepted) into records."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise FormatError("not a text file", source=source, hint="extended XYZ is plain text") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read: {exc.strerror}", source=source) from None
+    resolver = _KeyResolver(keys, source)
+    frames = list(_split_xyz_frames(text, source))
+    if not frames:
+        raise FormatError("no frames found", source=source, hint="is the file empty?")
+    selected = frames[index] if index is not None else frames
+    records = []
+    for frame, line, chunk in selected:
+        atoms = _parse_frame(chunk, source, frame, line)
+        records.append(_to_record(atoms, resolver, frame, line, min_distance, extras))
+    return records
+
+
+def _parse_frame(chunk: str, source: str, frame: int, line: int) -> ase.Atoms:
+    from ase.io.extxyz import read_xyz
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return next(read_xyz(io.StringIO(chunk), index=0))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, StopIteration,
+            SyntaxError, OverflowError, UnicodeError, AssertionError) as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise FormatError(f"malformed frame ({type(exc).__name__}: {msg})", source=source, frame=frame,
+                          line=line, hint="check the comment line (Lattice, Properties) and the columns") from None
+
+
+def write_extxyz(path: str | os.PathLike, frames: Sequence[ase.Atoms]) -> None:
+    """Write frames as extended XYZ, atomically."""
+    from ase.io import write
+
+    from molequi.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(tmp, list(frames), format="extxyz")
+
+
+# ------------------------------------------------------------------------------------------- ASE db/traj
+def read_ase_db(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *, selection=None,
+                min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = ()) -> list:
+    """Read an ASE database (``.db`` SQLite or ``.json``); ``selection`` is passed to ``db.select``."""
+    import ase.db
+
+    source = str(path)
+    if not Path(path).exists():
+        raise FormatError("file not found", source=source)
+    try:
+        db = ase.db.connect(str(path))
+        rows = list(db.select(selection) if selection is not None else db.select())
+    except Exception as exc:  # sqlite3 / json errors vary by backend; reported as a format error
+        raise FormatError(f"not a readable ASE database ({type(exc).__name__}: {exc})", source=source) from None
+    resolver = _KeyResolver(keys, source)
+    records = []
+    for frame, row in enumerate(rows):
+        atoms = row.toatoms(add_additional_information=True)
+        info = atoms.info
+        for k, v in (info.pop("key_value_pairs", None) or {}).items():
+            info.setdefault(k, v)
+        for k, v in (info.pop("data", None) or {}).items():
+            info.setdefault(k, v)
+        records.append(_to_record(atoms, resolver, frame, None, min_distance, extras))
+    if not records:
+        raise FormatError("database holds no rows", source=source)
+    return records
+
+
+def read_trajectory(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *,
+                    min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = ()) -> list:
+    """Read an ASE binary trajectory (``.traj``) with its stored energies / forces / stress."""
+    from ase.io.trajectory import Trajectory
+
+    source = str(path)
+    try:
+        with Trajectory(str(path)) as traj:
+            frames = [traj[i] for i in range(len(traj))]
+    except Exception as exc:  # ulm raises several types on foreign or truncated files
+        raise FormatError(f"not a readable ASE trajectory ({type(exc).__name__}: {exc})", source=source) from None
+    resolver = _KeyResolver(keys, source)
+    return [_to_record(a, resolver, i, None, min_distance, extras) for i, a in enumerate(frames)]
+
+
+# -------------------------------------------------------------------------------------------- dispatch
+READERS = {"extxyz": read_extxyz, "db": read_ase_db, "traj": read_trajectory}
+_EXTENSIONS = {".xyz": "extxyz", ".extxyz": "extxyz", ".db": "db", ".json": "db", ".traj": "traj"}
+
+
+def guess_format(path: str | os.PathLike) -> str | None:
+    return _EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def read_structures(path: str | os.PathLike, format: str | None = None, *, energy_key: str | None = None,
+                    forces_key: str | None = None, stress_key: str | None = None,
+                    charges_key: str | None = None, required: Sequence[str] = (),
+                    min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = ()) -> list:
+    """Read any generic structure file into records; ``format`` in ``READERS`` or guessed from the suffix."""
+    fmt = format or guess_format(path)
+    if fmt not in READERS:
+        raise FormatError(f"unknown format '{fmt or Path(path).suffix}'", source=str(path),
+                          hint=f"give --format as one of {', '.join(READERS)}")
+    keys = LabelKeys(energy_key, forces_key, stress_key, charges_key, tuple(required))
+    return READERS[fmt](path, keys, min_distance=min_distance, extras=extras)
+
+
+__all__ = ["LabelKeys", "read_extxyz", "read_ase_db", "read_trajectory", "read_structures", "write_extxyz",
+           "guess_format", "READERS"]

@@ -1,0 +1,492 @@
+"""QM9: 134k small organic molecules (C, H, N, O, F; up to 9 heavy atoms) with 19 B3LYP/6-31G(2df,p) targets.
+
+Layouts read (see ``/work/shared/docs/formats.md``)
+
+- original figshare xyz (``dsgdb9nsd_NNNNNN.xyz``): one record per file, records joined in one file, a
+  directory of them, or a tarball (``.tar``, ``.tar.gz``, ``.tar.bz2``) read member by member without
+  unpacking. Tab-separated, trailing tabs, Mathematica exponents (``7.9254*^-6``). Line 2 holds
+  ``gdb <index> A B C mu alpha homo lumo gap r2 zpve U0 U H G Cv``; atom rows add the Mulliken charge.
+- geometry-only copies (line 2 empty, rows ``sym x y z``), e.g. the ppqm/dataset-qm9 tarball: positions and
+  elements only, no targets.
+- PyG's ``gdb9.sdf`` + ``gdb9.sdf.csv`` (RDKit, ``removeHs=False, sanitize=False``).
+
+Target vector ``y`` (1, 19), in the order of ``TARGETS`` (PyG / DimeNet order) and the units of
+``TARGET_UNITS``: energies in eV (Hartree and kcal/mol converted with ``molequi.units``), mu in Debye, alpha
+in a0^3, r2 in a0^2, Cv in cal/(mol K), rotational constants in GHz. The ``*_atom`` targets are the
+atomisation energies: the molecule's U0/U/H/G minus the B3LYP energies of its free atoms (``ATOM_REFS``).
+
+``QM9Dataset`` follows PyG's contract: raw files under ``root/raw`` (or a ``source`` path) -> ``process`` ->
+one cached file under ``root/processed``, written atomically (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers
+from torch_geometric.data import Data, InMemoryDataset
+
+from molequi import keys as K
+from molequi.errors import DatasetError, FormatError
+from molequi.units import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
+
+TARGETS: tuple[str, ...] = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv",
+                            "U0_atom", "U_atom", "H_atom", "G_atom", "A", "B", "C")
+TARGET_UNITS: dict[str, str] = {
+    "mu": "D", "alpha": "a0^3", "homo": "eV", "lumo": "eV", "gap": "eV", "r2": "a0^2", "zpve": "eV",
+    "U0": "eV", "U": "eV", "H": "eV", "G": "eV", "Cv": "cal/(mol K)", "U0_atom": "eV", "U_atom": "eV",
+    "H_atom": "eV", "G_atom": "eV", "A": "GHz", "B": "GHz", "C": "GHz",
+}
+# the 15 numbers after ``gdb <index>`` on line 2 of a figshare record
+XYZ_FIELDS: tuple[str, ...] = ("A", "B", "C", "mu", "alpha", "homo", "lumo", "gap", "r2", "zpve",
+                               "U0", "U", "H", "G", "Cv")
+# columns of gdb9.sdf.csv after mol_id
+CSV_FIELDS: tuple[str, ...] = ("A", "B", "C", "mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0",
+                               "u298", "h298", "g298", "cv", "u0_atom", "u298_atom", "h298_atom", "g298_atom")
+
+# B3LYP/6-31G(2df,p) energies of the free atoms, Hartree: (U0, U, H, G). Source: QM9 ``atomref.txt``
+# (Ramakrishnan et al., Sci. Data 1, 140022 (2014), figshare 978904); PyG's qm9.py holds the same values in eV.
+ATOM_REFS: dict[int, tuple[float, float, float, float]] = {
+    1: (-0.500273, -0.498857, -0.497912, -0.510927),
+    6: (-37.846772, -37.845355, -37.844411, -37.861317),
+    7: (-54.583861, -54.582445, -54.581501, -54.598897),
+    8: (-75.064579, -75.063162, -75.062219, -75.079532),
+    9: (-99.718730, -99.717314, -99.716370, -99.733544),
+}
+
+N_QM9 = 133885
+N_UNCHARACTERIZED = 3054
+DIMENET_SPLIT = (110000, 10000, None)  # train, validation, test = rest (PyG example / DimeNet)
+
+_NAME_INDEX = re.compile(r"(\d+)\D*$")
+
+
+def target_index(name: str) -> int:
+    """Column of ``name`` in ``y`` (DatasetError listing the valid names otherwise)."""
+    if name in TARGETS:
+        return TARGETS.index(name)
+    lowered = {t.lower(): i for i, t in enumerate(TARGETS)}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    raise DatasetError(f"unknown QM9 target '{name}'", hint=f"valid targets: {', '.join(TARGETS)}")
+
+
+@dataclass
+class QM9Molecule:
+    """One parsed QM9 record, in the file's units (Å, e, Hartree, ...); ``props`` is None without line 2."""
+
+    index: int | None
+    numbers: np.ndarray  # (n,) int
+    positions: np.ndarray  # (n, 3) Å
+    charges: np.ndarray | None = None  # (n,) Mulliken, e
+    props: np.ndarray | None = None  # (15,) XYZ_FIELDS, file units
+    frequencies: np.ndarray | None = None  # cm^-1
+    smiles: str | None = None  # GDB-17 SMILES
+    smiles_relaxed: str | None = None
+    inchi: str | None = None
+
+    def targets(self) -> np.ndarray | None:
+        """The 19-target vector in molequi units (eV, ...), order ``TARGETS``."""
+        return None if self.props is None else xyz_props_to_targets(self.props, self.numbers)
+
+    def to_data(self, source: str | None = None, validate: bool = True) -> Data:
+        from molequi.data.records import atoms_to_data
+        import ase
+
+        atoms = ase.Atoms(numbers=self.numbers, positions=self.positions)
+        extras = {"idx": np.int64(self.index if self.index is not None else -1)}
+        d = atoms_to_data(atoms, charges=self.charges, extras=extras, source=source, frame=self.index,
+                          validate=validate, dtype=torch.float32)
+        y = self.targets()
+        if y is not None:  # set directly: extras would read a 19-atom molecule's (19,) vector as per-atom
+            d.y = torch.as_tensor(y, dtype=torch.float32).reshape(1, -1)
+        if self.smiles is not None:
+            d.smiles = self.smiles
+        return d
+
+
+def xyz_props_to_targets(props: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """Map line-2 values (``XYZ_FIELDS``, file units) to the 19 targets in molequi units."""
+    p = dict(zip(XYZ_FIELDS, np.asarray(props, dtype=float)))
+    refs = np.zeros(4)
+    for z in np.asarray(numbers):
+        try:
+            refs += ATOM_REFS[int(z)]
+        except KeyError as exc:
+            raise FormatError(f"element Z={int(z)} has no QM9 atom reference", hint="QM9 holds H C N O F only") \
+                from exc
+    h = HARTREE_TO_EV
+    atom = [(p[k] - refs[j]) * h for j, k in enumerate(("U0", "U", "H", "G"))]
+    return np.array([p["mu"], p["alpha"], p["homo"] * h, p["lumo"] * h, p["gap"] * h, p["r2"], p["zpve"] * h,
+                     p["U0"] * h, p["U"] * h, p["H"] * h, p["G"] * h, p["Cv"], *atom, p["A"], p["B"], p["C"]])
+
+
+def csv_row_to_targets(row: Sequence[float]) -> np.ndarray:
+    """Map a ``gdb9.sdf.csv`` row (``CSV_FIELDS``, without mol_id) to the 19 targets in molequi units."""
+    r = dict(zip(CSV_FIELDS, np.asarray(row, dtype=float)))
+    h, kc = HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
+    return np.array([r["mu"], r["alpha"], r["homo"] * h, r["lumo"] * h, r["gap"] * h, r["r2"], r["zpve"] * h,
+                     r["u0"] * h, r["u298"] * h, r["h298"] * h, r["g298"] * h, r["cv"],
+                     r["u0_atom"] * kc, r["u298_atom"] * kc, r["h298_atom"] * kc, r["g298_atom"] * kc,
+                     r["A"], r["B"], r["C"]])
+
+
+# --------------------------------------------------------------------------- xyz
+
+
+def _float(tok: str) -> float:
+    return float(tok.replace("*^", "e"))
+
+
+def parse_qm9_xyz(text: str, source: str = "<string>", index: int | None = None) -> list[QM9Molecule]:
+    """Parse one or more QM9 xyz records joined in ``text``.
+
+    ``index`` is used for geometry-only records (no ``gdb N`` line), e.g. taken from the file name.
+    Raises ``FormatError`` naming ``source`` and the line for a malformed or truncated record.
+    """
+    lines = text.split("\n")
+    out: list[QM9Molecule] = []
+    i, n_lines = 0, len(lines)
+    while i < n_lines:
+        if not lines[i].strip():
+            i += 1
+            continue
+        head = lines[i].split()
+        if len(head) != 1 or not head[0].isdigit():
+            raise FormatError(f"expected the atom count, got {lines[i].strip()[:60]!r}", source=source,
+                              line=i + 1, hint="a QM9 record starts with its number of atoms")
+        na = int(head[0])
+        if i + 1 + na > n_lines - 1:
+            raise FormatError(f"record truncated: {na} atoms announced, file ends first", source=source,
+                              line=i + 1, hint="the file is cut short; re-extract or re-download it")
+        comment = lines[i + 1].split()
+        full = bool(comment) and comment[0] == "gdb"
+        props = mol_index = None
+        if full:
+            if len(comment) != 17:
+                raise FormatError(f"property line has {len(comment)} fields, expected 17 "
+                                  "(gdb, index, A B C mu alpha homo lumo gap r2 zpve U0 U H G Cv)",
+                                  source=source, line=i + 2)
+            try:
+                mol_index = int(comment[1])
+                props = np.array([_float(t) for t in comment[2:]])
+            except ValueError as exc:
+                raise FormatError(f"unreadable number on the property line ({exc})", source=source,
+                                  line=i + 2) from None
+        numbers = np.empty(na, dtype=np.int64)
+        pos = np.empty((na, 3))
+        charges = np.empty(na) if full else None
+        for a in range(na):
+            ln = i + 2 + a
+            parts = lines[ln].split()
+            if len(parts) < (5 if full else 4):
+                raise FormatError(f"atom row {a + 1} has {len(parts)} fields, expected "
+                                  f"{'element x y z charge' if full else 'element x y z'}",
+                                  source=source, line=ln + 1, hint="the record may be truncated")
+            try:
+                numbers[a] = atomic_numbers[parts[0]]
+            except KeyError:
+                raise FormatError(f"unknown element symbol {parts[0]!r}", source=source, line=ln + 1) from None
+            try:
+                pos[a] = (_float(parts[1]), _float(parts[2]), _float(parts[3]))
+                if full:
+                    charges[a] = _float(parts[4])
+            except ValueError as exc:
+                raise FormatError(f"unreadable number in atom row ({exc})", source=source, line=ln + 1) from None
+        i += 2 + na
+        mol = QM9Molecule(index=mol_index if full else index, numbers=numbers, positions=pos, charges=charges,
+                          props=props)
+        if full:
+            if i + 1 >= n_lines:
+                raise FormatError("record truncated after the atom rows (frequencies, SMILES, InChI expected)",
+                                  source=source, line=i + 1)
+            try:
+                mol.frequencies = np.array([_float(t) for t in lines[i].split()])
+            except ValueError:
+                raise FormatError("unreadable frequency line", source=source, line=i + 1) from None
+            smi = lines[i + 1].split()
+            inchi = lines[i + 2].split() if i + 2 < n_lines else []
+            mol.smiles = smi[0] if smi else None
+            mol.smiles_relaxed = smi[1] if len(smi) > 1 else mol.smiles
+            mol.inchi = inchi[0] if inchi else None
+            i += 3
+        out.append(mol)
+    return out
+
+
+def _index_from_name(name: str) -> int | None:
+    m = _NAME_INDEX.search(Path(name).stem)
+    return int(m.group(1)) if m else None
+
+
+def is_tarball(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz"))
+
+
+def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
+    """Yield the records of a QM9 xyz file, a directory of them, or a tarball (streamed, never unpacked)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist", hint="give a QM9 xyz file, directory or tarball")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".xyz")
+        if not files:
+            raise DatasetError(f"no .xyz files in directory {path}")
+        for p in files:
+            yield from parse_qm9_xyz(p.read_text(), source=str(p), index=_index_from_name(p.name))
+        return
+    if is_tarball(path):
+        try:
+            with tarfile.open(path, "r|*") as tar:
+                for member in tar:
+                    if not member.isfile() or not member.name.endswith(".xyz"):
+                        continue
+                    text = tar.extractfile(member).read().decode()
+                    yield from parse_qm9_xyz(text, source=f"{path}:{member.name}",
+                                             index=_index_from_name(member.name))
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise FormatError(f"cannot read the tarball ({exc})", source=str(path),
+                              hint="the archive is corrupt or truncated") from None
+        return
+    yield from parse_qm9_xyz(path.read_text(), source=str(path), index=_index_from_name(path.name))
+
+
+def read_qm9_xyz(path: str | os.PathLike, exclude: Iterable[int] = (), validate: bool = True) -> list[Data]:
+    """Records of ``path`` (file, directory or tarball) as graph records, skipping indices in ``exclude``."""
+    skip = set(exclude)
+    return [m.to_data(source=str(path), validate=validate) for m in iter_qm9_xyz(path)
+            if m.index is None or m.index not in skip]
+
+
+def read_uncharacterized(path: str | os.PathLike) -> set[int]:
+    """1-based indices listed in QM9's ``uncharacterized.txt`` (only lines whose first token is an integer)."""
+    out = set()
+    for line in Path(path).read_text().splitlines():
+        tok = line.split()
+        if tok and tok[0].isdigit():
+            out.add(int(tok[0]))
+    return out
+
+
+# --------------------------------------------------------------------------- sdf + csv
+
+
+def read_qm9_csv(path: str | os.PathLike) -> dict[int, np.ndarray]:
+    """``gdb9.sdf.csv`` -> {gdb index: 19 targets in molequi units}."""
+    out = {}
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[1:20]] != list(CSV_FIELDS):
+            raise FormatError(f"unexpected header {header}", source=str(path), line=1,
+                              hint="expected mol_id," + ",".join(CSV_FIELDS) + " (PyG gdb9.sdf.csv layout)")
+        for ln, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                idx = _index_from_name(row[0])
+                out[idx] = csv_row_to_targets([float(v) for v in row[1:20]])
+            except (ValueError, TypeError) as exc:
+                raise FormatError(f"unreadable row ({exc})", source=str(path), line=ln) from None
+    return out
+
+
+def read_qm9_sdf(sdf: str | os.PathLike, csv_path: str | os.PathLike | None = None, exclude: Iterable[int] = (),
+                 validate: bool = True) -> list[Data]:
+    """PyG's layout: ``gdb9.sdf`` (+ ``gdb9.sdf.csv`` for targets; default: the sdf's name + ``.csv``)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    sdf = Path(sdf)
+    if csv_path is None and Path(str(sdf) + ".csv").exists():
+        csv_path = Path(str(sdf) + ".csv")
+    targets = read_qm9_csv(csv_path) if csv_path is not None else {}
+    skip = set(exclude)
+    out = []
+    supplier = Chem.SDMolSupplier(str(sdf), removeHs=False, sanitize=False)
+    for i, mol in enumerate(supplier):
+        if mol is None:
+            raise FormatError("unreadable SDF block", source=str(sdf), frame=i, hint="the block is malformed")
+        idx = _index_from_name(mol.GetProp("_Name")) if mol.HasProp("_Name") else i + 1
+        if idx is None:
+            idx = i + 1
+        if idx in skip:
+            continue
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
+        pos = mol.GetConformer().GetPositions()
+        m = QM9Molecule(index=idx, numbers=numbers, positions=pos)
+        d = m.to_data(source=str(sdf), validate=validate)
+        if targets:
+            if idx not in targets:
+                raise DatasetError(f"gdb_{idx} has no row in {csv_path}", source=str(sdf), frame=i,
+                                   hint="the sdf and csv must come from the same release")
+            d.y = torch.as_tensor(targets[idx], dtype=torch.float32).reshape(1, -1)
+        try:
+            d.smiles = Chem.MolToSmiles(mol, isomericSmiles=False)
+        except Exception:  # unsanitised molecules RDKit cannot write
+            pass
+        out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------- splits and dataset
+
+
+def random_split(n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0
+                 ) -> list[np.ndarray]:
+    """Seeded random split of ``range(n)``; ``sizes`` are counts, fractions (< 1) or one ``None`` (= the rest).
+
+    With ``sizes=(110000, 10000, None)`` and the 130,831 characterised molecules this is PyG/DimeNet's split.
+    """
+    counts = []
+    for s in sizes:
+        if s is None:
+            counts.append(None)
+        elif isinstance(s, float) and 0 <= s <= 1:
+            counts.append(int(round(s * n)))
+        else:
+            counts.append(int(s))
+    if counts.count(None) > 1:
+        raise DatasetError("at most one split size may be None (the rest)")
+    fixed = sum(c for c in counts if c is not None)
+    if fixed > n:
+        raise DatasetError(f"split sizes {list(sizes)} ask for {fixed} items but the dataset has {n}",
+                           hint="give smaller counts or fractions such as (0.8, 0.1, 0.1)")
+    counts = [n - fixed if c is None else c for c in counts]
+    perm = np.random.default_rng(seed).permutation(n)
+    out, start = [], 0
+    for c in counts:
+        out.append(np.sort(perm[start:start + c]))
+        start += c
+    return out
+
+
+def atomic_write_torch(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same directory, then ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | None]:
+    """Find QM9 raw files in ``folder`` -> (layout 'sdf' | 'xyz', files, uncharacterized.txt or None)."""
+    folder = Path(folder)
+    if folder.is_file():
+        unc = folder.parent / "uncharacterized.txt"
+        layout = "sdf" if folder.suffix == ".sdf" else "xyz"
+        return layout, [folder], unc if unc.exists() else None
+    if not folder.is_dir():
+        raise DatasetError(f"QM9 raw folder {folder} does not exist",
+                           hint="put gdb9.sdf + gdb9.sdf.csv, or dsgdb9nsd.xyz.tar.bz2 / *.xyz files, there")
+    unc = folder / "uncharacterized.txt"
+    unc = unc if unc.exists() else None
+    sdfs = sorted(folder.glob("*.sdf"))
+    if sdfs:
+        return "sdf", sdfs, unc
+    tars = sorted(p for p in folder.iterdir() if is_tarball(p))
+    if tars:
+        return "xyz", tars, unc
+    xyz = sorted(folder.glob("*.xyz"))
+    if xyz:
+        return "xyz", xyz, unc
+    raise DatasetError(f"no QM9 raw files in {folder}",
+                       hint="expected gdb9.sdf (+ gdb9.sdf.csv), a figshare tarball, or dsgdb9nsd_*.xyz files; "
+                            "download them from https://figshare.com/collections/978904 or PyG's QM9 URLs")
+
+
+class QM9Dataset(InMemoryDataset):
+    """QM9 as an in-memory PyG dataset, processed once and cached.
+
+    ``root/raw`` (or ``source``: a file, folder or tarball) holds the raw files; the processed file
+    ``root/processed/qm9_<layout>_<excl>.pt`` is written atomically. Each record has ``numbers``, ``pos``,
+    ``y`` (1, 19) in ``TARGET_UNITS``, ``charges`` (xyz layout), ``idx`` and ``smiles``.
+    ``exclude_uncharacterized`` drops the indices listed in ``uncharacterized.txt`` (when present).
+    """
+
+    def __init__(self, root: str | os.PathLike, source: str | os.PathLike | None = None,
+                 exclude_uncharacterized: bool = True, transform=None, pre_transform=None, force_reload=False):
+        self._source = Path(source) if source is not None else Path(root) / "raw"
+        self.layout, self._files, self._unc = find_qm9_raw(self._source)
+        self.exclude_uncharacterized = exclude_uncharacterized
+        super().__init__(str(root), transform, pre_transform, force_reload=force_reload)
+        self.load(self.processed_paths[0])
+
+    @property
+    def raw_dir(self) -> str:
+        return str(self._source if self._source.is_dir() else self._source.parent)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return [p.name for p in self._files]
+
+    @property
+    def processed_file_names(self) -> list[str]:
+        excl = "excl" if (self.exclude_uncharacterized and self._unc is not None) else "all"
+        stem = "_".join(p.name.split(".")[0] for p in self._files)[:60] if len(self._files) < 4 else \
+            f"{len(self._files)}files"
+        return [f"qm9_{self.layout}_{stem}_{excl}.pt"]
+
+    def download(self) -> None:  # raw files are found in __init__ or a DatasetError says what is missing
+        raise DatasetError(f"QM9 raw files missing in {self.raw_dir}")
+
+    def process(self) -> None:
+        exclude = read_uncharacterized(self._unc) if (self.exclude_uncharacterized and self._unc) else set()
+        data_list: list[Data] = []
+        if self.layout == "sdf":
+            for sdf in self._files:
+                data_list += read_qm9_sdf(sdf, exclude=exclude)
+        else:
+            for f in self._files:
+                data_list += read_qm9_xyz(f, exclude=exclude)
+        if not data_list:
+            raise DatasetError(f"no QM9 molecules read from {self._source}")
+        if self.pre_transform is not None:
+            data_list = [self.pre_transform(d) for d in data_list]
+        data, slices = self.collate(data_list)
+        atomic_write_torch((data.to_dict(), slices, data.__class__), self.processed_paths[0])
+
+    def split(self, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0):
+        """Seeded (train, val, test) subsets; see ``random_split``."""
+        return [self.index_select(torch.as_tensor(ix, dtype=torch.long)) for ix in
+                random_split(len(self), sizes, seed)]
+
+
+def build_qm9(cfg):
+    """Registry entry: DatasetConfig -> {'train', 'val', 'test'} datasets.
+
+    Reads ``cfg.root`` (folder with ``raw/`` or a raw file / tarball), ``cfg.split`` (sizes, default
+    110k/10k/rest) and ``cfg.seed``.
+    """
+    root = Path(cfg.root)
+    source = getattr(cfg, "source", None) or (root if root.is_file() or (root.is_dir() and not (root / "raw").exists())
+                                              else root / "raw")
+    cache = Path(getattr(cfg, "cache_dir", None) or (root.parent if root.is_file() else root))
+    ds = QM9Dataset(cache, source=source,
+                    exclude_uncharacterized=getattr(cfg, "exclude_uncharacterized", True))
+    sizes = getattr(cfg, "split", None) or DIMENET_SPLIT
+    train, val, test = ds.split(sizes, seed=getattr(cfg, "seed", 0))
+    return {"train": train, "val": val, "test": test}
+
+
+__all__ = ["TARGETS", "TARGET_UNITS", "ATOM_REFS", "QM9Molecule", "QM9Dataset", "parse_qm9_xyz", "iter_qm9_xyz",
+           "read_qm9_xyz", "read_qm9_sdf", "read_qm9_csv", "read_uncharacterized", "random_split", "target_index",
+           "build_qm9", "atomic_write_torch", "xyz_props_to_targets", "csv_row_to_targets"]

@@ -1,0 +1,561 @@
+"""Typed run configuration, mapped from YAML, and the name -> class tables for tasks.
+
+A run is described by one ``Config`` with five sections (YAML keys in brackets)::
+
+    model    [model]           name + the chosen model's own ``Config`` fields (r_max, channels, ...)
+    data     [data | dataset]  which dataset (``molequi.data.datasets.DatasetConfig`` fields) + splits
+    task     [task]            name + the task's ``Config`` fields (weights, loss, ...)
+    optim    [optim]           optimiser, learning rate, schedule, EMA, gradient clipping
+    trainer  [trainer]         epochs / steps / time budget, batch sizes, precision, devices, output
+
+Every section is a dataclass; ``Config.from_dict`` checks each key against the fields (an unknown key is a
+``ConfigError`` that names the nearest valid key) and each value against the field's type (``1e-3``, which
+YAML reads as a string, is accepted for a float). ``load_config(path, overrides)`` applies dotted
+``section.key=value`` overrides (values parsed as YAML scalars) before validation.
+
+Field documentation lives in ``field(metadata={"help": ...})``; ``default_yaml(model)`` prints it as
+comments (``molequi init-config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import io
+import re
+import types
+import typing
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from molequi.errors import ConfigError, suggest
+
+# name -> "module:Class"; add a line here to register a task
+TASKS: dict[str, str] = {
+    "energy_forces": "molequi.tasks.energy_forces:EnergyForcesTask",
+    "property": "molequi.tasks.property:PropertyTask",
+    "hamiltonian": "molequi.tasks.hamiltonian:HamiltonianTask",
+    "diffusion": "molequi.tasks.diffusion:DiffusionTask",
+}
+
+
+def get_task_class(name: str):
+    """The task class registered under ``name`` (ConfigError listing the valid names otherwise)."""
+    key = str(name).lower()
+    if key not in TASKS:
+        raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(sorted(TASKS))}. "
+                          f"{suggest(key, TASKS)}".strip())
+    module, cls = TASKS[key].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"task '{name}' is registered as {TASKS[key]} but {exc.name} is not installed "
+                          "in this checkout") from exc
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+@dataclass
+class DataConfig:
+    """Where the structures come from and how they are split into train / validation / test."""
+
+    name: str = _help("dataset name in molequi.data.datasets (xyz: any ASE-readable file)", default="xyz")
+    dataset: dict[str, Any] = _help("further options of the dataset (path, root, energy_key, ...); "
+                                    "written flat in YAML next to 'name'", default_factory=dict)
+    valid_fraction: float = _help("fraction of the training file held out for validation "
+                                  "(ignored when n_valid or valid_indices is set)", default=0.05)
+    n_train: int | None = _help("number of training structures (null: all that are not validation)",
+                                default=None)
+    n_valid: int | None = _help("number of validation structures (null: use valid_fraction)", default=None)
+    seed: int = _help("seed of the random train/validation split", default=0)
+    train_indices: str | None = _help("file of training indices (one integer per line); overrides the "
+                                      "random split", default=None)
+    valid_indices: str | None = _help("file of validation indices (one integer per line)", default=None)
+    test: str | None = _help("separate test file (same reader as the training data); null: no test set",
+                             default=None)
+    shuffle: bool = _help("shuffle the training set every epoch", default=True)
+    num_workers: int = _help("data-loader worker processes (0: load in the training process)", default=0)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, learning-rate schedule, exponential moving average of weights, gradient clipping."""
+
+    optimizer: Literal["adam", "adamw"] = _help("adam or adamw (decoupled weight decay)", default="adam")
+    lr: float = _help("initial learning rate", default=0.01)
+    amsgrad: bool = _help("use the AMSGrad variant (as MACE does)", default=True)
+    weight_decay: float = _help("weight decay (L2 for adam, decoupled for adamw)", default=0.0)
+    scheduler: Literal["plateau", "cosine", "none"] = _help(
+        "plateau: multiply lr by plateau_factor when the validation metric stalls; cosine: anneal to "
+        "min_lr over the run; none: constant", default="plateau")
+    plateau_factor: float = _help("lr multiplier of the plateau schedule", default=0.8)
+    plateau_patience: int = _help("validation rounds without improvement before the plateau schedule "
+                                  "lowers lr", default=50)
+    min_lr: float = _help("lower bound of the learning rate (plateau and cosine)", default=0.0)
+    cosine_steps: int | None = _help("length of the cosine schedule in optimiser steps (null: "
+                                     "trainer.max_steps, or max_epochs x steps per epoch)", default=None)
+    warmup_steps: int = _help("linear learning-rate warm-up over this many optimiser steps", default=0)
+    ema_decay: float | None = _help("decay of the exponential moving average of the weights used for "
+                                    "validation, test and export (null: no EMA)", default=0.99)
+    grad_clip: float | None = _help("clip the gradient norm to this value (null: no clipping)", default=10.0)
+
+
+@dataclass
+class TrainerConfig:
+    """How long, on what, in which precision, and where the run writes."""
+
+    max_epochs: int | None = _help("stop after this many epochs (null: no epoch limit)", default=None)
+    max_steps: int = _help("stop after this many optimiser steps (-1: no step limit)", default=-1)
+    max_time: float | str | None = _help("stop after this wall time: seconds, or 'DD:HH:MM:SS' "
+                                         "(null: no time limit)", default=None)
+    batch_size: int = _help("training structures per optimiser step and process", default=5)
+    valid_batch_size: int = _help("structures per validation / test batch", default=10)
+    precision: Literal["float32", "float64"] = _help("floating-point precision of weights and data",
+                                                     default="float32")
+    patience: int | None = _help("early stopping: validation rounds without improvement of the monitored "
+                                 "metric before stopping (null: never stop early)", default=None)
+    val_every: int = _help("validate every this many epochs", default=1)
+    devices: int | str = _help("number of devices per node, or 'auto'", default="auto")
+    accelerator: str = _help("cpu, gpu, cuda, mps or auto", default="auto")
+    strategy: str = _help("auto, ddp, ddp_spawn, ... (Lightning strategies)", default="auto")
+    num_nodes: int = _help("number of nodes (multi-node DDP)", default=1)
+    seed: int = _help("seed of weights initialisation and data order", default=0)
+    output: str = _help("run directory: checkpoints/, logs, config.yaml and model.pt are written here",
+                        default="runs/molequi")
+    log_every: int = _help("log training loss every this many optimiser steps", default=50)
+    checkpoint_every: int | None = _help("also checkpoint every this many optimiser steps (null: once "
+                                         "per validation round)", default=None)
+    progress_bar: bool = _help("show a progress bar", default=True)
+
+
+@dataclass
+class ModelSection:
+    """``name`` selects the model in ``molequi.models.MODELS``; ``config`` is that model's ``Config``."""
+
+    name: str = "mace"
+    config: Any = None
+
+
+@dataclass
+class TaskSection:
+    """``name`` selects the task in ``TASKS``; ``config`` is that task's ``Config``."""
+
+    name: str = "energy_forces"
+    config: Any = None
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskSection = field(default_factory=TaskSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    # ---- from / to plain dicts ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> Config:
+        raw = dict(raw or {})
+        if "dataset" in raw:
+            if "data" in raw:
+                raise ConfigError("give either 'data' or 'dataset', not both")
+            raw["data"] = raw.pop("dataset")
+        _check_keys(raw, ["model", "data", "task", "optim", "trainer"], "")
+        model = _section_with_name(raw.get("model"), "model", "mace", _model_config_class)
+        task = _section_with_name(raw.get("task"), "task", "energy_forces", lambda n: get_task_class(n).Config)
+        data = _data_from_dict(raw.get("data") or {})
+        optim = from_dict(OptimConfig, raw.get("optim") or {}, "optim")
+        trainer = from_dict(TrainerConfig, raw.get("trainer") or {}, "trainer")
+        return cls(model=ModelSection(*model), data=data, task=TaskSection(*task), optim=optim, trainer=trainer)
+
+    def to_dict(self) -> dict:
+        """Plain dict (YAML / checkpoint safe) that ``from_dict`` maps back to an equal ``Config``."""
+        data = to_plain(self.data)
+        data.update(data.pop("dataset"))
+        return {
+            "model": {"name": self.model.name, **to_plain(self.model.config)},
+            "data": data,
+            "task": {"name": self.task.name, **to_plain(self.task.config)},
+            "optim": to_plain(self.optim),
+            "trainer": to_plain(self.trainer),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _model_config_class(name: str):
+    from molequi.models import get_model_class
+
+    try:
+        cls = get_model_class(name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"model '{name}' is registered but its module {exc.name} is not in this "
+                          "checkout") from exc
+    return cls.Config
+
+
+def _section_with_name(raw, section: str, default: str, config_class_of) -> tuple[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{section}' must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    name = raw.pop("name", default)
+    if not isinstance(name, str):
+        raise ConfigError(f"'{section}.name' must be a string, got {name!r}")
+    cfg_cls = config_class_of(name)
+    return name.lower(), from_dict(cfg_cls, raw, section)
+
+
+def _dataset_config_class():
+    """The lead's ``DatasetConfig`` if present in this checkout (None otherwise)."""
+    try:
+        return importlib.import_module("molequi.data.datasets").DatasetConfig
+    except (ModuleNotFoundError, AttributeError):
+        return None
+
+
+# dataset options accepted when molequi.data.datasets is not available
+_FALLBACK_DATASET_KEYS = {"path": str, "format": str, "energy_key": str, "forces_key": str,
+                          "stress_key": str, "root": str}
+
+
+def _data_from_dict(raw: dict) -> DataConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'data' must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    split_fields = {f.name for f in dataclasses.fields(DataConfig)} - {"dataset"}
+    split_raw = {k: raw.pop(k) for k in list(raw) if k in split_fields}
+    nested = raw.pop("dataset", None) or {}
+    raw.update(nested)
+    ds_cls = _dataset_config_class()
+    if ds_cls is not None:
+        ds_fields = {f.name for f in dataclasses.fields(ds_cls)} - {"name"}
+        valid = sorted(ds_fields | split_fields)
+        for key in raw:
+            if key not in ds_fields:
+                _unknown(key, valid, "data")
+        hints = _type_hints(ds_cls)
+        options = {k: _convert(v, hints.get(k, Any), f"data.{k}") for k, v in raw.items()}
+    else:
+        valid = sorted(set(_FALLBACK_DATASET_KEYS) | split_fields)
+        options = {}
+        for key, value in raw.items():
+            if key not in _FALLBACK_DATASET_KEYS:
+                _unknown(key, valid, "data")
+            options[key] = _convert(value, _FALLBACK_DATASET_KEYS[key] | None, f"data.{key}")
+    cfg = from_dict(DataConfig, split_raw, "data")
+    cfg.dataset = options
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ typed mapping
+def _type_hints(cls) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward references: fall back to no checking for those fields
+        return {f.name: (f.type if not isinstance(f.type, str) else Any) for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, valid, where: str):
+    hint = suggest(str(key), valid)
+    prefix = f"{where}." if where else ""
+    raise ConfigError(f"unknown key '{prefix}{key}'" + (f"; {hint}" if hint else "")
+                      + f" (valid keys in '{where or 'config'}': {', '.join(sorted(valid))})")
+
+
+def _check_keys(raw: dict, valid, where: str) -> None:
+    for key in raw:
+        if key not in valid:
+            _unknown(key, valid, where)
+
+
+def from_dict(cls, raw: dict, where: str = ""):
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and values of the wrong type."""
+    if raw is None:
+        raw = {}
+    if dataclasses.is_dataclass(raw) and isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping, got {type(raw).__name__} ({raw!r})")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    _check_keys(raw, fields, where)
+    hints = _type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        kwargs[key] = _convert(value, hints.get(key, Any), f"{where}.{key}" if where else key)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"'{where}' is missing required keys: {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"'{where}': {exc}") from exc
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, where: str):
+    """Check / convert one YAML value to annotation ``tp``."""
+    if tp is Any or tp is object:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union or origin is types.UnionType:
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"'{where}' must not be null (expected {_type_name(tp)})")
+        errors = []
+        # exact-type matches first, so "auto" stays a string for `int | str` and 3 stays an int
+        for arg in sorted((a for a in args if a is not type(None)), key=lambda a: a is not type(value)):
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"'{where}' = {value!r} does not fit {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        hint = suggest(str(value), [str(a) for a in args])
+        raise ConfigError(f"'{where}' = {value!r} is not one of {', '.join(map(repr, args))}"
+                          + (f"; {hint}" if hint else ""))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if value is None:
+        raise ConfigError(f"'{where}' must not be null (expected {_type_name(tp)})")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{where}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{where}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"'{where}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{where}' must be a string, got {value!r}")
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"'{where}' must have {len(args)} entries, got {len(value)}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        out = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple or tp is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"'{where}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def to_plain(obj) -> Any:
+    """Dataclasses / tuples -> dicts / lists of plain Python values (YAML and ``weights_only`` safe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise ConfigError(f"cannot store {type(obj).__name__} {obj!r} in a configuration")
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-3"`` -> (["optim", "lr"], 1e-3); the value is read as a YAML scalar / flow value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"override '{text}' has an empty key component")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` override set (sections created as needed)."""
+    import copy
+
+    raw = copy.deepcopy(raw or {})
+    if "dataset" in raw and "data" not in raw:
+        raw["data"] = raw.pop("dataset")
+    for text in overrides or []:
+        path, value = parse_override(text)
+        if path[0] == "dataset":
+            path[0] = "data"
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist (write one with `molequi init-config mace`)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return Config.from_dict(apply_overrides(raw, overrides))
+
+
+# ------------------------------------------------------------------------------------- commented defaults
+def _field_comments(cls) -> dict[str, str]:
+    """Trailing ``# comments`` of ``name: type = value  # comment`` lines in the class source."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _field_docs(cls) -> dict[str, str]:
+    comments = _field_comments(cls)
+    docs = {}
+    for f in dataclasses.fields(cls):
+        docs[f.name] = f.metadata.get("help") or f.metadata.get("doc") or comments.get(f.name, "")
+    return docs
+
+
+def _scalar(value) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text.removesuffix("...")
+
+
+def _emit(out: io.StringIO, obj, indent: int) -> None:
+    pad = " " * indent
+    docs = _field_docs(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        doc = docs.get(f.name)
+        if doc:
+            out.write(f"{pad}# {doc}\n")
+        if dataclasses.is_dataclass(value):
+            out.write(f"{pad}{f.name}:\n")
+            _emit(out, value, indent + 2)
+        else:
+            out.write(f"{pad}{f.name}: {_scalar(to_plain(value))}\n")
+
+
+def default_yaml(model: str = "mace", task: str = "energy_forces") -> str:
+    """A complete default config for ``model`` as commented YAML (what ``molequi init-config`` prints)."""
+    model_cfg = _model_config_class(model)()
+    task_cfg = get_task_class(task).Config()
+    out = io.StringIO()
+    out.write(f"# molequi configuration: {model} model, {task} task.\n"
+              "# Units: eV, Å, eV/Å, fs. Override any key on the command line: "
+              "molequi train THIS.yaml optim.lr=1e-3\n\n")
+    out.write(f"model:\n  # model name ({', '.join(sorted(_models()))})\n  name: {model}\n")
+    _emit(out, model_cfg, 2)
+    data = DataConfig()
+    out.write("\n# the dataset options (path, energy_key, ...) sit next to 'name'\ndata:\n")
+    docs = _field_docs(DataConfig)
+    for f in dataclasses.fields(data):
+        if f.name == "dataset":
+            ds_cls = _dataset_config_class()
+            if ds_cls is not None:
+                _emit_dataset_fields(out, ds_cls)
+            else:
+                out.write("  # path of the structure file (extxyz, ASE db, traj, ...)\n  path: train.xyz\n")
+            continue
+        if docs[f.name]:
+            out.write(f"  # {docs[f.name]}\n")
+        out.write(f"  {f.name}: {_scalar(to_plain(getattr(data, f.name)))}\n")
+    out.write(f"\ntask:\n  # task name ({', '.join(sorted(TASKS))})\n  name: {task}\n")
+    _emit(out, task_cfg, 2)
+    out.write("\noptim:\n")
+    _emit(out, OptimConfig(), 2)
+    out.write("\ntrainer:\n")
+    _emit(out, TrainerConfig(), 2)
+    return out.getvalue()
+
+
+def _emit_dataset_fields(out: io.StringIO, ds_cls) -> None:
+    docs = _field_docs(ds_cls)
+    try:
+        inst = ds_cls()
+    except TypeError:
+        inst = None
+    for f in dataclasses.fields(ds_cls):
+        if f.name == "name":
+            continue
+        if f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            value = getattr(inst, f.name, None)
+        if f.name == "path" and value is None:
+            value = "train.xyz"
+        if docs.get(f.name):
+            out.write(f"  # {docs[f.name]}\n")
+        out.write(f"  {f.name}: {_scalar(to_plain(value))}\n")
+
+
+def _models():
+    from molequi.models import MODELS
+
+    return MODELS
+
+
+__all__ = ["Config", "DataConfig", "OptimConfig", "TrainerConfig", "ModelSection", "TaskSection", "TASKS",
+           "get_task_class", "load_config", "apply_overrides", "parse_override", "from_dict", "to_plain",
+           "default_yaml"]

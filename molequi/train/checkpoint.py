@@ -1,0 +1,170 @@
+"""Checkpoints: a typed config plus weights, written atomically and read with ``weights_only=True``.
+
+Two files, one payload. The *model payload* is a dict of plain Python values and tensors::
+
+    {"format": "molequi", "version": 1,
+     "config": Config.to_dict(),            # the whole run config (model.name selects the class)
+     "statistics": Statistics.to_dict(),    # normalisation (E0s, shift, scale, avg neighbours)
+     "elements": [1, 6, 8],                 # atomic numbers the model was trained on
+     "model_state": {...}, "ema_state": {...} | None,
+     "dtype": "float32", "step": 1234, "epoch": 5, "metrics": {...}}
+
+- ``model.pt`` (written at the end of a run by ``save_model``) is the payload alone: what inference needs.
+- Lightning's training checkpoints (``checkpoints/last.ckpt``, ``best.ckpt``) carry the same payload under
+  the key ``"molequi"``, next to optimiser, scheduler, EMA, loop and RNG state, so ``--resume`` continues the
+  same run and ``load_model`` reads either file.
+
+Every write goes to a temporary file in the same directory, is flushed to disk, then ``os.replace``-d onto
+the target, so a process killed at any moment leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from molequi.errors import CheckpointError, ConfigError
+
+FORMAT = "molequi"
+VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file + fsync + ``os.replace`` (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_payload(*, config: dict, statistics: dict, model_state: dict, ema_state: dict | None = None,
+                 dtype: torch.dtype = torch.float32, step: int = 0, epoch: int = 0,
+                 metrics: dict | None = None) -> dict:
+    """Assemble the model payload (see the module docstring); tensors are detached copies on the CPU."""
+    def cpu(state):
+        return None if state is None else {k: v.detach().to("cpu").clone() for k, v in state.items()}
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "statistics": statistics,
+        "elements": [int(z) for z in statistics.get("elements", [])],
+        "model_state": cpu(model_state),
+        "ema_state": cpu(ema_state),
+        "dtype": str(dtype).removeprefix("torch."),
+        "step": int(step),
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+
+
+def save_model(payload: dict, path: str | Path) -> None:
+    """Write a model payload (``make_payload``) atomically to ``path``."""
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Return the model payload of ``model.pt`` or of a Lightning training checkpoint.
+
+    Loaded with ``weights_only=True``: a checkpoint can only hold tensors and plain Python values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, pickle of a class, not a torch file, ...
+        raise CheckpointError(f"{path}: cannot be read as a molequi checkpoint ({type(exc).__name__}: {exc})",
+                              ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("molequi"), dict):
+        obj = obj["molequi"]
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a molequi checkpoint (no 'format: {FORMAT}' payload); "
+                              "was it written by another program?")
+    if int(obj.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {obj['version']} is newer than this molequi "
+                              f"understands ({VERSION}); upgrade molequi")
+    for key in ("config", "statistics", "model_state"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return obj
+
+
+def build_model_from_payload(payload: dict) -> torch.nn.Module:
+    """Build (untrained) the model that ``payload`` describes: class from ``config.model.name``."""
+    from molequi.config import from_dict
+    from molequi.data.statistics import Statistics
+    from molequi.models import get_model_class
+
+    model_raw = dict(payload["config"].get("model", {}))
+    name = model_raw.pop("name", None)
+    if name is None:
+        raise CheckpointError("checkpoint config has no model name")
+    try:
+        cls = get_model_class(name)
+        model_cfg = from_dict(cls.Config, model_raw, "model")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint's model config cannot be used: {exc}") from exc
+    stats = Statistics.from_dict(payload["statistics"])
+    return cls.from_config(model_cfg, stats)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               use_ema: bool = True) -> torch.nn.Module:
+    """The trained model of a checkpoint, in eval mode, ready for inference.
+
+    path     ``model.pt`` or a Lightning ``.ckpt`` written by ``molequi train``
+    device   where to put it (default: CPU)
+    dtype    torch.float32 / torch.float64 (default: the precision it was trained in)
+    use_ema  take the exponential-moving-average weights when the checkpoint has them (the default, and
+             what validation used); False gives the raw last weights
+    """
+    payload = read_checkpoint(path)
+    model = build_model_from_payload(payload)
+    state = payload.get("ema_state") if use_ema and payload.get("ema_state") is not None \
+        else payload["model_state"]
+    trained_dtype = getattr(torch, payload.get("dtype", "float32"))
+    model = model.to(trained_dtype)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
+    model = model.to(device=torch.device(device) if device is not None else torch.device("cpu"),
+                     dtype=dtype if dtype is not None else trained_dtype)
+    model.eval()
+    return model
+
+
+__all__ = ["atomic_torch_save", "atomic_write_text", "make_payload", "save_model", "read_checkpoint",
+           "build_model_from_payload", "load_model", "FORMAT", "VERSION"]

@@ -1,0 +1,105 @@
+"""From the ``data`` section of a config to train / validation / test record lists and data loaders.
+
+Records come from ``molequi.data.datasets.build_dataset`` (by name: xyz, db, traj, rmd17, qm9, ...). A
+dataset that returns its own splits (a dict with ``train`` / ``val`` / ``test``) keeps them; a flat one
+is split here: index files if given, else a seeded random permutation with ``n_valid`` (or
+``valid_fraction``) validation structures and ``n_train`` (or the rest) training structures. A separate
+``test`` file is read with the same options. Graphs (``RadiusGraph(cutoff)``) are built once, up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from molequi.config import DataConfig
+from molequi.errors import ConfigError, DatasetError
+
+
+def _dataset_config(data: DataConfig, root: str | None = None):
+    from molequi.data.datasets import DatasetConfig
+
+    opts = dict(data.dataset)
+    if "path" in opts and "path" not in {f.name for f in dataclasses.fields(DatasetConfig)}:
+        opts["root"] = opts.pop("path")
+    if root is not None:
+        opts["root"] = root
+    return DatasetConfig(name=data.name, **opts)
+
+
+def _as_list(ds) -> list:
+    return ds if isinstance(ds, list) else [ds[i] for i in range(len(ds))]
+
+
+def load_splits(data: DataConfig) -> dict[str, list]:
+    """``{"train": [...], "valid": [...], "test": [...]}`` (test may be empty) of records without graphs."""
+    from molequi.data.datasets import DATASETS, build_dataset
+
+    # one rMD17-style npz without split files (the shipped data/rmd17 sample); TODO: move to datasets.py
+    DATASETS.setdefault("rmd17_npz", "molequi.data.rmd17_npz:build_rmd17_npz")
+    built = build_dataset(_dataset_config(data))
+    if isinstance(built, dict):
+        train = _as_list(built.get("train", []))
+        valid = _as_list(built.get("val", built.get("valid", [])))
+        test = _as_list(built.get("test", []))
+        if not train:
+            raise DatasetError(f"dataset '{data.name}' returned no training split")
+    else:
+        records = _as_list(built)
+        train, valid = split_records(records, data)
+        test = []
+    if data.test:
+        test = _as_list(build_dataset(_dataset_config(data, root=data.test)))
+    return {"train": train, "valid": valid, "test": test}
+
+
+def split_indices(n: int, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation indices into ``range(n)`` as the ``data`` section asks."""
+    from molequi.data.datasets import read_index_file
+
+    if data.train_indices or data.valid_indices:
+        if not (data.train_indices and data.valid_indices):
+            raise ConfigError("give both data.train_indices and data.valid_indices, or neither")
+        tr = read_index_file(data.train_indices, n)
+        va = read_index_file(data.valid_indices, n)
+        if np.intersect1d(tr, va).size:
+            raise DatasetError("training and validation index files overlap", source=data.valid_indices)
+        return tr, va
+    perm = np.random.default_rng(data.seed).permutation(n)
+    n_valid = data.n_valid if data.n_valid is not None else int(round(data.valid_fraction * n))
+    if n > 1:
+        n_valid = max(n_valid, 1) if data.n_valid is None and data.valid_fraction > 0 else n_valid
+    n_train = data.n_train if data.n_train is not None else n - n_valid
+    if n_valid < 0 or n_train <= 0 or n_train + n_valid > n:
+        raise DatasetError(f"cannot take {n_train} training + {n_valid} validation structures from {n}",
+                           hint="lower data.n_train / data.n_valid / data.valid_fraction")
+    return np.sort(perm[n_valid:n_valid + n_train]), np.sort(perm[:n_valid])
+
+
+def split_records(records: Sequence, data: DataConfig) -> tuple[list, list]:
+    tr, va = split_indices(len(records), data)
+    return [records[i] for i in tr], [records[i] for i in va]
+
+
+def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False) -> list:
+    """Records with ``edge_index`` / ``unit_shifts`` / ``shifts`` within ``cutoff`` (None: unchanged)."""
+    if cutoff is None:
+        return list(records)
+    from tqdm.auto import tqdm
+
+    from molequi.graph.neighbors import RadiusGraph
+
+    graph = RadiusGraph(cutoff)
+    return [graph(r) for r in tqdm(records, desc="neighbour lists", disable=not progress, leave=False)]
+
+
+def make_loader(records: Sequence, batch_size: int, shuffle: bool, num_workers: int = 0):
+    from torch_geometric.loader import DataLoader
+
+    return DataLoader(list(records), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+__all__ = ["load_splits", "split_indices", "split_records", "with_graphs", "make_loader"]

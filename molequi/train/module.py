@@ -1,0 +1,222 @@
+"""The Lightning wiring around a ``Task``: optimisation, schedules, EMA, validation metrics, checkpoint payload.
+
+``TaskModule`` holds the task (which holds the model) and, when ``optim.ema_decay`` is set, an
+``ExponentialMovingAverage`` whose shadows are buffers, so Lightning's checkpoints carry weights, EMA,
+optimiser and scheduler state together and ``Trainer.fit(ckpt_path=...)`` resumes the same run.
+
+Validation and test run with the EMA weights swapped in, and with autograd on when the task
+differentiates (forces): the trainer is built with ``inference_mode=False`` and each step opens
+``torch.enable_grad()``. Metrics are summed over batches and over DDP processes (``Task.sync_metrics``)
+and logged once per validation round as ``val/<name>`` (``test/<name>`` for test).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from molequi.config import Config
+from molequi.data.statistics import Statistics
+from molequi.tasks.base import Task
+from molequi.train.checkpoint import make_payload
+from molequi.train.ema import ExponentialMovingAverage
+
+_LOSS_SUM = "_loss_sum"
+
+
+class TaskModule(L.LightningModule):
+    """LightningModule over ``task``; ``config`` and ``statistics`` travel into every checkpoint."""
+
+    def __init__(self, task: Task, config: Config, statistics: Statistics):
+        super().__init__()
+        self.task = task
+        self.config = config
+        self.statistics = statistics
+        decay = config.optim.ema_decay
+        self.ema = ExponentialMovingAverage(task.model, decay) if decay else None
+        self.steps_per_epoch: int | None = None  # set by the runner, for the cosine schedule
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    # ---- data ------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Cast floating-point fields to the module's precision (float64 training reads float32 records)."""
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != self.dtype:
+                batch[key] = value.to(self.dtype)
+        return batch
+
+    def forward(self, batch):
+        return self.task(batch)
+
+    @staticmethod
+    def _batch_size(batch) -> int:
+        return int(getattr(batch, "num_graphs", 1) or 1)
+
+    # ---- training --------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int):
+        outputs = self.task(batch)
+        loss, logs = self.task.loss(batch, outputs)
+        bs = self._batch_size(batch)
+        self.log_dict({f"train/{k}": float(v) for k, v in logs.items()}, on_step=True, on_epoch=True,
+                      batch_size=bs, prog_bar=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        warmup = self.config.optim.warmup_steps
+        if warmup and self.config.optim.scheduler == "plateau" and self.global_step <= warmup:
+            scale = min(1.0, (self.global_step + 1) / warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.optim.lr * scale
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.task.model)
+
+    # ---- validation / test -----------------------------------------------------------------------------
+    def _eval_start(self) -> None:
+        self.task.reset_metrics()
+        self._ema_context = None
+        if self.ema is not None:
+            self._ema_context = self.ema.swapped_into(self.task.model)
+            self._ema_context.__enter__()
+
+    def _eval_step(self, batch) -> None:
+        with torch.enable_grad() if self.task.needs_grad_in_eval else torch.no_grad():
+            outputs = self.task(batch)
+            loss, _ = self.task.loss(batch, outputs)
+        bs = self._batch_size(batch)
+        self.task.running.add(_LOSS_SUM, loss.detach() * bs, bs)
+        self.task.update_metrics(batch, {k: v.detach() for k, v in outputs.items()})
+
+    def _eval_end(self, prefix: str) -> dict[str, float]:
+        try:
+            self.task.sync_metrics()
+            metrics = self.task.compute_metrics()
+            metrics["loss"] = self.task.running.mean(_LOSS_SUM)
+        finally:
+            if self._ema_context is not None:
+                self._ema_context.__exit__(None, None, None)
+                self._ema_context = None
+            self.task.reset_metrics()
+        # values are identical on every process after sync_metrics, so no further reduction
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, on_step=False, on_epoch=True,
+                      prog_bar=False, sync_dist=False, rank_zero_only=False)
+        self.last_metrics[prefix] = metrics
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        m = self._eval_end("val")
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            shown = {k: v for k, v in m.items() if not k.startswith("forces_mae_meV_A_")}
+            self.print(f"epoch {self.current_epoch} step {self.global_step}: " +
+                       ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # ---- optimisation ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.config.optim
+        cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        optimizer = cls(params, lr=o.lr, amsgrad=o.amsgrad, weight_decay=o.weight_decay)
+        if o.scheduler == "none" and not o.warmup_steps:
+            return optimizer
+        if o.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=o.plateau_factor,
+                                                               patience=o.plateau_patience, min_lr=o.min_lr)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.task.monitor}",
+                                     "interval": "epoch", "frequency": self.config.trainer.val_every,
+                                     "strict": False}}
+        total = self._schedule_length() if o.scheduler == "cosine" else None
+        lr_lambda = _LRLambda(o.warmup_steps, total, o.min_lr / o.lr if o.lr > 0 else 0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _schedule_length(self) -> int:
+        o, t = self.config.optim, self.config.trainer
+        if o.cosine_steps:
+            return o.cosine_steps
+        if t.max_steps and t.max_steps > 0:
+            return t.max_steps
+        if t.max_epochs and self.trainer is not None:
+            return max(1, int(self.trainer.estimated_stepping_batches))
+        from molequi.errors import ConfigError
+
+        raise ConfigError("the cosine schedule needs its length: set optim.cosine_steps, trainer.max_steps "
+                          "or trainer.max_epochs")
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def payload(self) -> dict:
+        """The molequi model payload (see ``molequi.train.checkpoint``) of the current state."""
+        model = self.task.export_model()
+        ema_state = self.ema.averaged_state_dict(model) if self.ema is not None else None
+        metrics = self.last_metrics.get("val", {})
+        return make_payload(config=self.config.to_dict(), statistics=self.statistics.to_dict(),
+                            model_state=model.state_dict(), ema_state=ema_state, dtype=self.dtype,
+                            step=self.global_step, epoch=self.current_epoch,
+                            metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["molequi"] = self.payload()
+        checkpoint["rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            _set_rng_state(checkpoint["rng"])
+
+
+class _LRLambda:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` over ``total`` steps (or flat)."""
+
+    def __init__(self, warmup: int, total: int | None, floor: float):
+        self.warmup, self.total, self.floor = warmup, total, floor
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.total is None:
+            return 1.0
+        span = max(1, self.total - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _rng_state() -> dict:
+    """Torch, NumPy and Python RNG states as tensors and plain values (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+__all__ = ["TaskModule"]

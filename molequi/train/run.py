@@ -1,0 +1,196 @@
+"""One training run from a ``Config``: data -> statistics -> model -> task -> Lightning ``Trainer``.
+
+Run directory (``trainer.output``)::
+
+    config.yaml                 the validated config of the run
+    checkpoints/last.ckpt       latest state (weights, EMA, optimiser, scheduler, loops, RNG); ``--resume``
+    checkpoints/best.ckpt       lowest validation loss so far
+    logs/version_N/metrics.csv  per-step training and per-epoch validation metrics (CSV logger)
+    tb/                         TensorBoard event files
+    model.pt                    final model payload for inference (EMA weights) -> ``load_model``
+    metrics.json                final validation (and test) metrics
+
+Lightning does distribution (``trainer.strategy``/``devices``/``num_nodes``), checkpoint scheduling,
+early stopping and progress bars; checkpoints go through ``AtomicCheckpointIO`` (temp file + os.replace).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from molequi.config import Config, get_task_class
+from molequi.errors import CheckpointError, ConfigError
+from molequi.train.checkpoint import atomic_torch_save, atomic_write_text, read_checkpoint, save_model
+
+
+def _checkpoint_io():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Lightning checkpoint I/O that never leaves a torn file and loads with ``weights_only=True``."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            atomic_torch_save(checkpoint, path)
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+    return AtomicCheckpointIO()
+
+
+def parse_max_time(value) -> _dt.timedelta | None:
+    """Seconds (number) or 'DD:HH:MM:SS' / 'HH:MM:SS' / '10min' / '90s' -> timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _dt.timedelta(seconds=float(value))
+    text = str(value).strip()
+    m = re.fullmatch(r"([\d.]+)\s*(s|sec|m|min|h|hr)?", text)
+    if m:
+        scale = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, None: 1}[m.group(2)]
+        return _dt.timedelta(seconds=float(m.group(1)) * scale)
+    parts = text.split(":")
+    if 2 <= len(parts) <= 4 and all(p.strip().isdigit() for p in parts):
+        nums = [int(p) for p in parts]
+        while len(nums) < 4:
+            nums.insert(0, 0)
+        d, h, mi, s = nums
+        return _dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    raise ConfigError(f"trainer.max_time '{value}' is not seconds, '10min', '2h' or 'DD:HH:MM:SS'")
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    output: Path
+    model_path: Path
+    metrics: dict[str, dict[str, float]]
+    global_step: int
+    module: Any
+
+
+def _dtype(cfg: Config) -> torch.dtype:
+    return torch.float64 if cfg.trainer.precision == "float64" else torch.float32
+
+
+def build_task(cfg: Config, statistics):
+    """The model (from ``cfg.model`` + ``statistics``) wrapped in the task ``cfg.task``."""
+    from molequi.models import get_model_class
+
+    model = get_model_class(cfg.model.name).from_config(cfg.model.config, statistics)
+    return get_task_class(cfg.task.name).from_config(cfg.task.config, model)
+
+
+def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None = None,
+          callbacks: list | None = None, enable_summary: bool = True) -> RunResult:
+    """Train as ``cfg`` says. ``splits`` ({"train", "valid", "test"} record lists) bypasses ``cfg.data``.
+
+    ``resume=True`` continues ``<output>/checkpoints/last.ckpt`` (step, optimiser, scheduler, EMA, RNG);
+    without it an existing run directory with checkpoints is an error, so nothing is overwritten by accident.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from molequi.data.statistics import Statistics, compute_statistics
+    from molequi.train.data import load_splits, make_loader, with_graphs
+    from molequi.train.module import TaskModule
+
+    t = cfg.trainer
+    out = Path(t.output)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume")
+    if not resume and last.exists():
+        raise ConfigError(f"{out} already holds a run ({last}); continue it with --resume or choose another "
+                          "trainer.output")
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    L.seed_everything(t.seed, workers=True, verbose=False)
+
+    if splits is None:
+        splits = load_splits(cfg.data)
+    cutoff = getattr(cfg.model.config, "r_max", None)
+    progress = t.progress_bar and rank0
+    train_records = with_graphs(splits["train"], cutoff, progress)
+    valid_records = with_graphs(splits.get("valid") or [], cutoff, progress)
+    test_records = with_graphs(splits.get("test") or [], cutoff, progress)
+
+    if resume:
+        statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
+    else:
+        statistics = compute_statistics(train_records, cutoff)
+    torch.manual_seed(t.seed)
+    dtype = _dtype(cfg)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        task = build_task(cfg, statistics)
+    finally:
+        torch.set_default_dtype(previous)
+    module = TaskModule(task, cfg, statistics)
+
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+
+    monitor = f"val/{task.monitor}"
+    has_valid = len(valid_records) > 0
+    cbs = list(callbacks or [])
+    cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
+                               every_n_train_steps=t.checkpoint_every or None, save_top_k=1, save_last=True,
+                               save_on_train_epoch_end=None if t.checkpoint_every else not has_valid))
+    if has_valid:
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                                   auto_insert_metric_name=False, enable_version_counter=False))
+        if t.patience is not None:
+            cbs.append(EarlyStopping(monitor=monitor, patience=t.patience, mode="min", strict=False,
+                                     check_on_train_epoch_end=False))
+    cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    loggers = [CSVLogger(save_dir=str(out), name="logs"), TensorBoardLogger(save_dir=str(out), name="tb")]
+
+    precision = "64-true" if dtype == torch.float64 else "32-true"
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=precision, max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if (
+            t.max_steps > 0 or t.max_time is not None) else None),
+        max_steps=t.max_steps, max_time=parse_max_time(t.max_time),
+        gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=t.val_every, log_every_n_steps=t.log_every, callbacks=cbs, logger=loggers,
+        inference_mode=False, num_sanity_val_steps=0, enable_progress_bar=t.progress_bar,
+        enable_model_summary=enable_summary, plugins=[_checkpoint_io()], deterministic=False,
+        limit_val_batches=1.0 if has_valid else 0,
+    )
+    train_loader = make_loader(train_records, t.batch_size, cfg.data.shuffle, cfg.data.num_workers)
+    valid_loader = make_loader(valid_records, t.valid_batch_size, False) if has_valid else None
+    module.steps_per_epoch = len(train_loader)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader,
+                ckpt_path=str(last) if resume else None)
+
+    metrics: dict[str, dict[str, float]] = {}
+    if has_valid:
+        trainer.validate(module, dataloaders=valid_loader, verbose=False)
+        metrics["valid"] = dict(module.last_metrics.get("val", {}))
+    if test_records:
+        trainer.test(module, dataloaders=make_loader(test_records, t.valid_batch_size, False), verbose=False)
+        metrics["test"] = dict(module.last_metrics.get("test", {}))
+
+    model_path = out / "model.pt"
+    if trainer.is_global_zero:
+        save_model(module.payload(), model_path)
+        summary = {"global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **metrics}
+        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    return RunResult(output=out, model_path=model_path, metrics=metrics, global_step=int(trainer.global_step),
+                     module=module)
+
+
+__all__ = ["train", "build_task", "parse_max_time", "RunResult"]

@@ -53,11 +53,12 @@ def validate_atoms(atoms: ase.Atoms, *, source: str | None = None, frame: int | 
     cell = np.asarray(atoms.cell[:], dtype=float)
     check_finite("cell", cell, source, frame)
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.any():
-        vol = abs(np.linalg.det(cell))
-        if vol < 1e-6 or any(np.linalg.norm(cell[a]) < 1e-6 for a in range(3) if pbc[a]):
-            raise ValueRangeError(f"singular cell (volume {vol:.3g} Å^3) with periodic boundaries {pbc.tolist()}",
-                                  **where, hint="give a full-rank Lattice or set pbc to False")
+    if pbc.any() and np.linalg.matrix_rank(cell[pbc], tol=1e-6) < pbc.sum():
+        # only the periodic lattice vectors must be independent (a slab may have a zero vacuum vector)
+        raise ValueRangeError(f"singular cell (volume {abs(np.linalg.det(cell)):.3g} Å^3) with periodic "
+                              f"boundaries {pbc.tolist()}", **where,
+                              hint="give independent lattice vectors for the periodic directions or set pbc "
+                                   "to False there")
     if min_distance is not None and n > 1:
         from molequi.graph.neighbors import minimum_distance
 

@@ -1,0 +1,108 @@
+"""The neighbour list equals ASE's exactly, as sets of (i, j, shift), on random periodic, slab and molecular cases."""
+
+import ase
+import numpy as np
+import pytest
+import torch
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from molequi.data.records import atoms_to_data
+from molequi.errors import ValueRangeError
+from molequi.graph.neighbors import NeighborOverflowError, RadiusGraph, edge_vectors, neighbor_list
+
+
+def as_set(i, j, S):
+    return set(zip(np.asarray(i).tolist(), np.asarray(j).tolist(), map(tuple, np.asarray(S).tolist())))
+
+
+def assert_same_as_ase(atoms, cutoff):
+    i, j, S = ase_neighbor_list("ijS", atoms, cutoff)
+    edge_index, unit_shifts, shifts = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+    ours = as_set(edge_index[0], edge_index[1], unit_shifts)
+    assert len(ours) == edge_index.shape[1], "duplicate edges"
+    assert ours == as_set(i, j, S)
+    # shift vectors and distances consistent
+    assert np.allclose(shifts, unit_shifts @ atoms.cell[:])
+    d = np.linalg.norm(atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts, axis=1)
+    assert np.all(d <= cutoff + 1e-12) and np.all(d > 0)
+    return len(ours)
+
+
+@st.composite
+def structures(draw):
+    kind = draw(st.sampled_from(["periodic", "slab", "wire", "molecule"]))
+    n = draw(st.integers(1, 12))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    cutoff = draw(st.floats(0.8, 6.0))
+    # non-orthogonal cells, some smaller than the cutoff (several images)
+    lengths = rng.uniform(1.2, 7.0, size=3)
+    cell = np.diag(lengths) + rng.uniform(-0.45, 0.45, size=(3, 3)) * lengths[:, None]
+    pbc = {"periodic": [True] * 3, "slab": [True, True, False], "wire": [False, False, True],
+           "molecule": [False] * 3}[kind]
+    if kind != "molecule" and draw(st.booleans()):
+        pbc = list(rng.permutation(pbc))
+    frac = rng.uniform(0, 1, size=(n, 3))
+    positions = frac @ cell
+    if kind == "molecule":
+        positions = rng.normal(size=(n, 3)) * 2.0
+        cell = np.zeros((3, 3)) if draw(st.booleans()) else cell
+    return ase.Atoms(numbers=rng.integers(1, 30, size=n), positions=positions, cell=cell, pbc=pbc), cutoff
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(structures())
+def test_equals_ase_on_random_structures(case):
+    atoms, cutoff = case
+    assert_same_as_ase(atoms, cutoff)
+
+
+def test_cell_much_smaller_than_cutoff_gives_many_images():
+    atoms = ase.Atoms("Cu", positions=[[0, 0, 0]], cell=[[1.5, 0, 0], [0.7, 1.4, 0], [0.3, 0.2, 1.6]], pbc=True)
+    n = assert_same_as_ase(atoms, 5.0)
+    assert n > 100  # one atom, many periodic images of itself
+
+
+def test_one_atom_molecule_and_isolated_pair():
+    assert assert_same_as_ase(ase.Atoms("H", positions=[[0, 0, 0]]), 3.0) == 0
+    assert assert_same_as_ase(ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]), 3.0) == 2
+    assert assert_same_as_ase(ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 3.5]]), 3.0) == 0
+
+
+def test_slab_has_no_shift_along_vacuum():
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=3.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    assert slab.pbc.tolist() == [True, True, False]
+    edge_index, unit_shifts, _ = neighbor_list(slab.positions, slab.cell[:], slab.pbc, 6.0)
+    assert np.all(unit_shifts[:, 2] == 0)
+    assert_same_as_ase(slab, 6.0)
+
+
+def test_overflow_is_reported_not_truncated():
+    atoms = ase.Atoms("Cu", positions=[[0, 0, 0]], cell=np.eye(3) * 2.0, pbc=True)
+    with pytest.raises(NeighborOverflowError, match="exceed max_edges=10"):
+        neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 5.0, max_edges=10)
+
+
+def test_singular_periodic_cell_is_an_error():
+    with pytest.raises(ValueRangeError, match="singular cell"):
+        neighbor_list(np.zeros((1, 3)), np.diag([2.0, 2.0, 0.0]), [True, True, True], 3.0)
+
+
+def test_radius_graph_and_edge_vectors_match_ase_distances():
+    from ase.build import bulk
+    from torch_geometric.data import Batch
+
+    crystal = bulk("NaCl", "rocksalt", a=5.64) * (1, 1, 2)
+    crystal.rattle(0.05, seed=0)
+    mol = ase.Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    graphs = [RadiusGraph(4.0)(atoms_to_data(a, dtype=torch.float64)) for a in (crystal, mol)]
+    batch = Batch.from_data_list(graphs)
+    vec = edge_vectors(batch.pos, batch.edge_index, batch.unit_shifts, batch.cell, batch.batch)
+    ours = np.sort(vec.norm(dim=1).numpy())
+    ref = np.sort(np.concatenate([ase_neighbor_list("d", a, 4.0) for a in (crystal, mol)]))
+    np.testing.assert_allclose(ours, ref, atol=1e-12)

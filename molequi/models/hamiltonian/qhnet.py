@@ -1,0 +1,387 @@
+"""QHNet-style SE(3)-equivariant prediction of Kohn-Sham / Fock matrices (Yu et al., ICML 2023).
+
+Design (what QHNet does, and what is done differently here for speed):
+
+1. Node interaction layers. Atom features are one block per degree l = 0..lmax, ``x[l]`` of shape
+   (n, 2l+1, C) (channels last, so every linear map is one batched matmul). A layer sends messages along
+   every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17),
+       m_ij[l3] = sum_{(l1, lf, l3)} w_ij[path, c] * CG(l1, lf, l3) . (x_j[l1], Y^lf(r_ij))       (channel-wise)
+   with radial weights w_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
+   (o3.Linear-like, one weight per l), gates l > 0 by sigmoid(scalars) and adds the residual.
+   QHNet uses e3nn's ``TensorProduct`` objects with many small kernels; here all paths are dense
+   ``torch.einsum`` calls over precomputed ``o3.wigner_3j`` blocks, which is cheaper on CPU.
+2. Diagonal (self) blocks from node features: a channel-wise product x_i (x) x_i (all paths) plus x_i.
+   Off-diagonal (pair) blocks from ordered pairs: a channel-wise product of x_i and x_j weighted by
+   radial weights of r_ij, plus radial-weighted x_i + x_j.
+3. Expansion. A block between orbital shells (l1, l2) is a sum over L = |l1-l2|..l1+l2 of Clebsch-Gordan
+   coefficients times degree-L features:  B[m1, m2] = sum_{L, M} CG(l1, l2, L)[m1, m2, M] f_L[M].
+   The per-L channel reduction (C -> number of shell pairs) is a learnt linear map; the CG contraction,
+   the padding of every element into one union layout, and the change from e3nn's real harmonics to
+   PySCF's AO order (``OrbitalBasis.pyscf_to_e3nn``) are folded into one fixed matrix G, so a whole
+   (padded x padded) atom-pair block is one matmul:  block_flat = concat_L f_L  @  G.
+4. Symmetry: H_ij = (B_ij + B_ji^T) / 2, so the assembled H is exactly symmetric.
+5. Output: ``fock`` (sum over molecules of nao^2,) in Hartree, row-major flattened full AO matrices in
+   **PySCF AO order**, concatenated over the batch in the same layout as the labels
+   (``molequi.data.hamiltonian.record_to_data``); ``nao`` (B,).
+
+Equivariance: rotating the molecule by R maps H -> D(R) H D(R)^T with D the block Wigner-D matrix in
+PySCF order (``OrbitalBasis.wigner_D``). Like QHNet the model is SE(3)- (not E(3)-) equivariant: it
+keeps every rotation-equivariant path, including parity-odd ones such as the cross product.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from molequi import keys as K
+from molequi.errors import ConfigError, ModelError
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class QHNetConfig:
+    basis: str = _help("PySCF basis name of the predicted matrices", default="def2-svp")
+    elements: tuple[int, ...] = _help("atomic numbers the model handles", default=(1, 6, 7, 8, 9))
+    channels: int = _help("channels per degree l of the node features", default=64)
+    lmax: int = _help("largest degree of node features (>= 2 * basis lmax to reach d-d blocks)", default=4)
+    num_layers: int = _help("node interaction layers", default=4)
+    num_radial: int = _help("Gaussian radial basis functions", default=32)
+    radial_hidden: int = _help("hidden width of the radial MLPs", default=64)
+    r_max: float = _help("largest distance covered by the radial basis, Å", default=8.0)
+    avg_neighbors: float = _help("message normalisation (sum / sqrt(avg_neighbors))", default=8.0)
+
+
+def _cg_paths(lmax_in: int, lmax_f: int, lmax_out: int):
+    return [(l1, lf, l3) for l1 in range(lmax_in + 1) for lf in range(lmax_f + 1)
+            for l3 in range(abs(l1 - lf), min(l1 + lf, lmax_out) + 1)]
+
+
+def _wigner_3j(l1, l2, l3, dtype):
+    from e3nn import o3
+
+    # component normalisation: ||CG . (u, v)|| ~ ||u|| ||v||
+    return (o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)).to(dtype)
+
+
+class GaussianRBF(nn.Module):
+    """Gaussians on a grid over [0, r_max] Å: (E,) distances -> (E, num) features."""
+
+    def __init__(self, num: int, r_max: float):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, r_max, num))
+        self.gamma = 0.5 / (r_max / (num - 1)) ** 2
+
+    def forward(self, r):
+        return torch.exp(-self.gamma * (r.unsqueeze(-1) - self.centers) ** 2)
+
+
+class RadialMLP(nn.Module):
+    def __init__(self, n_in: int, hidden: int, n_out: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, n_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LinearL(nn.Module):
+    """Per-degree channel mixing: y[l] = x[l] @ W_l  (+ bias on l = 0). Equivariant (acts on channels only)."""
+
+    def __init__(self, lmax: int, c_in: int, c_out: int):
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(c_in, c_out) / math.sqrt(c_in))
+                                         for _ in range(lmax + 1)])
+        self.bias = nn.Parameter(torch.zeros(c_out))
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [xl @ w for xl, w in zip(x, self.weights)]
+        out[0] = out[0] + self.bias
+        return out
+
+
+class ChannelTP(nn.Module):
+    """Channel-wise tensor product of two degree-lists with per-(row, path, channel) weights.
+
+        out[l3][r, :, c] = sum_{(l1, l2, l3)} w[r, path, c] * CG(l1, l2, l3)[a, b, :] a[l1][r, a, c] b[l2][r, b, c]
+
+    ``b`` may have a single channel (spherical harmonics), which is broadcast.
+    a[l]: (R, 2l+1, C), b[l]: (R, 2l+1, C or 1), w: (R, n_paths, C). Returns lmax_out + 1 tensors.
+    """
+
+    def __init__(self, lmax_a: int, lmax_b: int, lmax_out: int):
+        super().__init__()
+        self.paths = _cg_paths(lmax_a, lmax_b, lmax_out)
+        self.lmax_out = lmax_out
+        for k, (l1, l2, l3) in enumerate(self.paths):
+            self.register_buffer(f"cg{k}", _wigner_3j(l1, l2, l3, torch.get_default_dtype()), persistent=False)
+
+    @property
+    def num_paths(self) -> int:
+        return len(self.paths)
+
+    def forward(self, a, b, w):
+        out = [None] * (self.lmax_out + 1)
+        for k, (l1, l2, l3) in enumerate(self.paths):
+            cg = getattr(self, f"cg{k}")
+            bl = b[l2]
+            if bl.shape[-1] == 1:  # (R, 2l2+1, 1): contract the CG with b first (cheaper)
+                t = torch.einsum("abk,rb->rak", cg, bl[..., 0])          # (R, 2l1+1, 2l3+1)
+                y = torch.einsum("rak,rac->rkc", t, a[l1])                 # (R, 2l3+1, C)
+            else:
+                y = torch.einsum("abk,rac,rbc->rkc", cg, a[l1], bl)
+            y = y * w[:, k].unsqueeze(1)
+            out[l3] = y if out[l3] is None else out[l3] + y
+        return out
+
+
+class Gate(nn.Module):
+    """SiLU on l = 0; l > 0 blocks multiplied by sigmoid of learnt linear maps of the scalars."""
+
+    def __init__(self, lmax: int, channels: int):
+        super().__init__()
+        self.gates = nn.Linear(channels, lmax * channels)
+        self.lmax, self.channels = lmax, channels
+
+    def forward(self, x):
+        s = x[0][:, 0]  # (n, C)
+        g = torch.sigmoid(self.gates(s)).view(-1, self.lmax, self.channels)
+        return [torch.nn.functional.silu(x[0])] + [xl * g[:, l - 1].unsqueeze(1) for l, xl in enumerate(x) if l > 0]
+
+
+class InteractionLayer(nn.Module):
+    """One node interaction layer (see module docstring, item 1)."""
+
+    def __init__(self, cfg: QHNetConfig):
+        super().__init__()
+        L, C = cfg.lmax, cfg.channels
+        self.pre = LinearL(L, C, C)
+        self.tp = ChannelTP(L, L, L)
+        self.radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.tp.num_paths * C)
+        self.post = LinearL(L, C, C)
+        self.gate = Gate(L, C)
+        self.norm = 1.0 / math.sqrt(cfg.avg_neighbors)
+        self.C = C
+
+    def forward(self, x, sh, rbf, sender, receiver):
+        h = self.pre(x)
+        w = self.radial(rbf).view(rbf.shape[0], self.tp.num_paths, self.C)
+        msg = self.tp([hl[sender] for hl in h], sh, w)
+        agg = [torch.zeros_like(hl).index_add_(0, receiver, m * self.norm) for hl, m in zip(h, msg)]
+        upd = self.gate(self.post(agg))
+        return [xl + ul for xl, ul in zip(x, upd)]
+
+
+class BlockExpansion(nn.Module):
+    """Degree-L features -> (P, P) orbital blocks in PySCF order (P = padded orbitals per atom).
+
+    f[L]: (R, 2L+1, C). A learnt per-L map C -> n_L (number of shell pairs whose product contains L),
+    then the fixed matrix G (sum_L (2L+1) n_L, P*P) holding CG(l1, l2, L) rotated into PySCF's real
+    harmonics and placed at the shell pair's position in the padded block. Returns (R, P, P), Hartree.
+    """
+
+    def __init__(self, basis, lmax: int, channels: int):
+        super().__init__()
+        from molequi.so3.basis import pyscf_to_e3nn
+
+        shells = basis.padded_shells
+        P = basis.padded_dim
+        starts = np.concatenate([[0], np.cumsum([2 * l + 1 for l in shells])])
+        slots: dict[int, list] = {L: [] for L in range(lmax + 1)}  # L -> [(s1, s2)]
+        for s1, l1 in enumerate(shells):
+            for s2, l2 in enumerate(shells):
+                for L in range(abs(l1 - l2), l1 + l2 + 1):
+                    if L > lmax:
+                        raise ConfigError(f"lmax={lmax} is too small for basis {basis.name}: shells l={l1}, "
+                                          f"l={l2} need degree {l1 + l2}; set lmax >= {2 * basis.lmax}")
+                    slots[L].append((s1, s2))
+        self.Ls = [L for L in range(lmax + 1) if slots[L]]
+        self.reduce = nn.ParameterList([nn.Parameter(torch.randn(channels, len(slots[L])) / math.sqrt(channels))
+                                        for L in self.Ls])
+        rows = sum((2 * L + 1) * len(slots[L]) for L in self.Ls)
+        g = np.zeros((rows, P, P))
+        r0 = 0
+        for L in self.Ls:
+            n_L = len(slots[L])
+            for k, (s1, s2) in enumerate(slots[L]):
+                l1, l2 = shells[s1], shells[s2]
+                cg = _wigner_3j(l1, l2, L, torch.float64).numpy()  # (2l1+1, 2l2+1, 2L+1), e3nn basis
+                t1, t2 = pyscf_to_e3nn(l1), pyscf_to_e3nn(l2)       # v_e3nn = T v_pyscf
+                cg_p = np.einsum("am,bn,abk->mnk", t1, t2, cg)       # PySCF basis for the orbital indices
+                for M in range(2 * L + 1):
+                    # feature (L, M, slot k) sits at row r0 + M * n_L + k   (M-major, as f_L @ W flattens)
+                    g[r0 + M * n_L + k, starts[s1]:starts[s1 + 1], starts[s2]:starts[s2 + 1]] = cg_p[:, :, M]
+            r0 += (2 * L + 1) * n_L
+        self.register_buffer("G", torch.as_tensor(g.reshape(rows, P * P), dtype=torch.get_default_dtype()))
+        self.P = P
+
+    def forward(self, f):
+        parts = [(f[L] @ w).flatten(1) for L, w in zip(self.Ls, self.reduce)]  # (R, (2L+1) n_L)
+        return (torch.cat(parts, dim=1) @ self.G).view(-1, self.P, self.P)
+
+
+def molecule_pairs(ptr: torch.Tensor):
+    """All ordered atom pairs (i, j), i == j included, of every molecule of a batch.
+
+    ptr: (B+1,) atom offsets. Returns (i (Pn,), j (Pn,), molecule (Pn,), reverse (Pn,)) where
+    ``reverse[p]`` is the index of the pair (j, i).
+    """
+    n = ptr[1:] - ptr[:-1]
+    counts = n * n
+    mol = torch.repeat_interleave(torch.arange(len(n), device=ptr.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    local = torch.arange(int(counts.sum()), device=ptr.device) - start[mol]
+    nm = n[mol]
+    li, lj = local // nm, local % nm
+    reverse = start[mol] + lj * nm + li
+    return ptr[mol] + li, ptr[mol] + lj, mol, reverse
+
+
+class QHNet(nn.Module):
+    """Predicts the Fock matrix (Hartree, PySCF AO order) of each molecule in a batch. See module docstring.
+
+    ``forward(data) -> {"fock": (sum nao^2,), "nao": (B,), "blocks": (pairs, P, P)}``.
+    """
+
+    Config = QHNetConfig
+
+    def __init__(self, cfg: QHNetConfig | None = None):
+        super().__init__()
+        from molequi.so3.basis import OrbitalBasis
+
+        cfg = cfg or QHNetConfig()
+        self.cfg = cfg
+        self.basis = OrbitalBasis(cfg.basis, tuple(cfg.elements))
+        if cfg.lmax < 2 * self.basis.lmax:
+            raise ConfigError(f"lmax={cfg.lmax} cannot express {cfg.basis} blocks between l={self.basis.lmax} "
+                              f"shells; set lmax >= {2 * self.basis.lmax}")
+        L, C = cfg.lmax, cfg.channels
+        zmax = max(self.basis.elements)
+        self.embed = nn.Embedding(zmax + 1, C)
+        known = torch.zeros(zmax + 1, dtype=torch.bool)
+        known[list(self.basis.elements)] = True
+        self.register_buffer("known", known, persistent=False)
+        self.rbf = GaussianRBF(cfg.num_radial, cfg.r_max)
+        self.layers = nn.ModuleList([InteractionLayer(cfg) for _ in range(cfg.num_layers)])
+        # diagonal blocks
+        self.diag_a, self.diag_b, self.diag_lin = LinearL(L, C, C), LinearL(L, C, C), LinearL(L, C, C)
+        self.diag_tp = ChannelTP(L, L, L)
+        self.diag_w = nn.Parameter(torch.ones(self.diag_tp.num_paths, C))
+        self.diag_out = BlockExpansion(self.basis, L, C)
+        # off-diagonal blocks
+        self.pair_a, self.pair_b, self.pair_lin = LinearL(L, C, C), LinearL(L, C, C), LinearL(L, C, C)
+        self.pair_tp = ChannelTP(L, L, L)
+        self.pair_radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.pair_tp.num_paths * C + C)
+        self.pair_out = BlockExpansion(self.basis, L, C)
+        # padded slot -> local AO index of each element (-1 where the element has no such orbital)
+        P = self.basis.padded_dim
+        table = torch.full((zmax + 1, P), -1, dtype=torch.long)
+        nao = torch.zeros(zmax + 1, dtype=torch.long)
+        for z in self.basis.elements:
+            idx = self.basis.padded_index(z)
+            table[z, torch.as_tensor(idx)] = torch.arange(len(idx))
+            nao[z] = len(idx)
+        self.register_buffer("slot_table", table, persistent=False)
+        self.register_buffer("atom_nao", nao, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, statistics=None):
+        return cls(cfg)
+
+    def _sh(self, vec):
+        from e3nn import o3
+
+        sh = o3.spherical_harmonics(list(range(self.cfg.lmax + 1)), vec, normalize=True,
+                                    normalization="component")
+        out, o = [], 0
+        for l in range(self.cfg.lmax + 1):
+            out.append(sh[:, o:o + 2 * l + 1].unsqueeze(-1))
+            o += 2 * l + 1
+        return out
+
+    def forward(self, data) -> dict[str, torch.Tensor]:
+        z = data[K.NUMBERS]
+        pos = data[K.POS]
+        if int(z.max()) >= len(self.known) or not bool(self.known[z].all()):
+            bad = sorted(set(z.tolist()) - set(self.basis.elements))
+            raise ModelError(f"elements {bad} are not in this model's basis (elements {list(self.basis.elements)})")
+        ptr = getattr(data, K.PTR, None)
+        if ptr is None:
+            ptr = torch.tensor([0, len(z)], device=z.device)
+        i, j, mol, reverse = molecule_pairs(ptr)
+        off = i != j
+        s_idx, r_idx = j[off], i[off]  # message from j (sender) to i (receiver)
+        C, L = self.cfg.channels, self.cfg.lmax
+        n = len(z)
+        x = [self.embed(z).unsqueeze(1)] + [pos.new_zeros(n, 2 * l + 1, C) for l in range(1, L + 1)]
+        vec = pos[r_idx] - pos[s_idx]   # points from sender to receiver: pos[receiver] - pos[sender]
+        dist = vec.norm(dim=-1)
+        rbf = self.rbf(dist)
+        sh = self._sh(vec)
+        for layer in self.layers:
+            x = layer(x, sh, rbf, s_idx, r_idx)
+        # diagonal blocks (one per atom)
+        a, b = self.diag_a(x), self.diag_b(x)
+        d = self.diag_tp(a, b, self.diag_w.unsqueeze(0).expand(n, -1, -1))
+        d = [dl + ll for dl, ll in zip(d, self.diag_lin(x))]
+        diag = self.diag_out(d)                                         # (n, P, P)
+        # off-diagonal blocks (one per ordered pair i != j), from the same pair list as the messages
+        pi, pj = r_idx, s_idx
+        w = self.pair_radial(rbf)
+        w_tp = w[:, :-C].view(-1, self.pair_tp.num_paths, C)
+        w_lin = w[:, -C:].unsqueeze(1)
+        a, b = self.pair_a(x), self.pair_b(x)
+        p = self.pair_tp([al[pi] for al in a], [bl[pj] for bl in b], w_tp)
+        lin = self.pair_lin(x)
+        p = [pl + (ll[pi] + ll[pj]) * w_lin for pl, ll in zip(p, lin)]
+        offd = self.pair_out(p)                                         # (E, P, P)
+        # all pairs in molequi order, symmetrised: H_ij = (B_ij + B_ji^T) / 2
+        P = self.basis.padded_dim
+        blocks = pos.new_zeros(len(i), P, P)
+        blocks = blocks.index_copy(0, torch.nonzero(~off).squeeze(1), diag)
+        blocks = blocks.index_copy(0, torch.nonzero(off).squeeze(1), offd)
+        blocks = 0.5 * (blocks + blocks[reverse].transpose(1, 2))
+        fock, nao = self.assemble(blocks, z, ptr, i, j, mol)
+        return {"fock": fock, "nao": nao, "blocks": blocks}
+
+    def assemble(self, blocks, z, ptr, i, j, mol):
+        """Scatter padded pair blocks (Pn, P, P) into flattened PySCF-ordered AO matrices (sum nao^2,)."""
+        atom_nao = self.atom_nao[z]                                     # (n,)
+        # AO offset of each atom inside its molecule
+        cum = torch.cumsum(atom_nao, 0) - atom_nao
+        nmol = len(ptr) - 1
+        mol_of_atom = torch.repeat_interleave(torch.arange(nmol, device=z.device), ptr[1:] - ptr[:-1])
+        first = cum[ptr[:-1].clamp(max=len(z) - 1)]
+        atom_off = cum - first[mol_of_atom]
+        nao = torch.zeros(nmol, dtype=torch.long, device=z.device).index_add_(0, mol_of_atom, atom_nao)
+        base = torch.cumsum(nao * nao, 0) - nao * nao
+        rows = self.slot_table[z[i]]                                    # (Pn, P)
+        cols = self.slot_table[z[j]]
+        valid = (rows >= 0).unsqueeze(2) & (cols >= 0).unsqueeze(1)
+        r = (atom_off[i].unsqueeze(1) + rows).unsqueeze(2)
+        c = (atom_off[j].unsqueeze(1) + cols).unsqueeze(1)
+        flat = base[mol].view(-1, 1, 1) + r * nao[mol].view(-1, 1, 1) + c
+        total = int((nao * nao).sum())
+        fock = blocks.new_zeros(total).index_put_((flat[valid],), blocks[valid])
+        return fock, nao
+
+
+def build_qhnet_for_params(target: float = 20e6, **kw) -> QHNetConfig:
+    """A config with about ``target`` parameters (channels scaled), for speed comparisons with QHNet."""
+    lo, hi = 8, 1024
+    while hi - lo > 4:
+        mid = (lo + hi) // 2
+        n = sum(p.numel() for p in QHNet(QHNetConfig(channels=mid, **kw)).parameters())
+        lo, hi = (mid, hi) if n < target else (lo, mid)
+    return QHNetConfig(channels=lo, **kw)
+
+
+__all__ = ["QHNet", "QHNetConfig", "molecule_pairs", "BlockExpansion", "ChannelTP"]

@@ -66,7 +66,8 @@ def _help(text: str, **kw) -> Any:
 class DataConfig:
     """Where the structures come from and how they are split into train / validation / test."""
 
-    name: str = _help("dataset name in molequi.data.datasets (xyz: any ASE-readable file)", default="xyz")
+    name: str = _help("dataset name in molequi.data.datasets.DATASETS (xyz, db, traj, rmd17_npz, rmd17, qm9, ...)",
+                      default="xyz")
     dataset: dict[str, Any] = _help("further options of the dataset (path, root, energy_key, ...); "
                                     "written flat in YAML next to 'name'", default_factory=dict)
     valid_fraction: float = _help("fraction of the training file held out for validation "
@@ -454,16 +455,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 # ------------------------------------------------------------------------------------- commented defaults
 def _field_comments(cls) -> dict[str, str]:
-    """Trailing ``# comments`` of ``name: type = value  # comment`` lines in the class source."""
+    """Field documentation written in the class source: a trailing ``# comment`` on the field's line, or
+    a string literal on the line after it (attribute docstring)."""
+    import ast
+    import textwrap
+
     try:
-        src = inspect.getsource(cls)
+        src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
     out = {}
-    for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    lines = src.splitlines()
+    try:
+        body = ast.parse(src).body[0].body
+    except (SyntaxError, IndexError, AttributeError):
+        body = []
+    for stmt, nxt in zip(body, body[1:] + [None]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            name = stmt.target.id
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
+                    and isinstance(nxt.value.value, str):
+                out[name] = " ".join(nxt.value.value.split())
+                continue
+            m = re.search(r"#\s*(.+)$", lines[stmt.end_lineno - 1])
+            if m:
+                out[name] = m.group(1).strip()
     return out
 
 
@@ -543,7 +559,7 @@ def _emit_dataset_fields(out: io.StringIO, ds_cls) -> None:
             value = f.default_factory()
         else:
             value = getattr(inst, f.name, None)
-        if f.name == "path" and value is None:
+        if f.name in ("path", "root") and not value:
             value = "train.xyz"
         if docs.get(f.name):
             out.write(f"  # {docs[f.name]}\n")

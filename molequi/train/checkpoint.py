@@ -67,6 +67,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def make_payload(*, config: dict, statistics: dict, model_state: dict, ema_state: dict | None = None,
                  dtype: torch.dtype = torch.float32, step: int = 0, epoch: int = 0,
                  metrics: dict | None = None) -> dict:
@@ -166,5 +183,5 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     return model
 
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "make_payload", "save_model", "read_checkpoint",
+__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write_bytes", "make_payload", "save_model", "read_checkpoint",
            "build_model_from_payload", "load_model", "FORMAT", "VERSION"]

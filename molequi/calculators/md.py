@@ -217,9 +217,13 @@ def make_integrator(atoms, ensemble: str, timestep: float, temperature: float, f
 
 def init_velocities(atoms, temperature: float, rng) -> None:
     """Maxwell-Boltzmann velocities at ``temperature`` K, zero total momentum (and zero rotation if molecular)."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md import velocitydistribution as vd
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
+        vd.thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary, ZeroRotation = vd.Stationary, vd.ZeroRotation
     Stationary(atoms)
     if not np.any(atoms.pbc) and len(atoms) > 2:
         ZeroRotation(atoms)

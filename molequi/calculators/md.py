@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from ase import units
 
-from molequi.errors import ConfigError, ModelError, MolequiError
+from molequi.errors import ConfigError, ModelError, MolequiError, ValueRangeError
+from molequi.graph.neighbors import NeighborOverflowError
 
 ENSEMBLES = ("nve", "nvt", "npt")
 BAROSTATS = ("mtk", "berendsen")
@@ -196,7 +197,8 @@ def make_integrator(atoms, ensemble: str, timestep: float, temperature: float, f
     if ensemble == "nvt":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng)
+        return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng,
+                        fixcm=False)  # fixcm=True samples NVT inexactly (ASE >= 3.28)
     if ensemble == "npt":
         if not np.all(atoms.pbc):
             raise ConfigError("npt needs a structure periodic in all three directions")
@@ -292,7 +294,8 @@ def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.
                 next(iterator)
             except StopIteration:
                 break
-            except (MolequiError, FloatingPointError, OverflowError, np.linalg.LinAlgError) as exc:
+            except (ValueRangeError, NeighborOverflowError, FloatingPointError, OverflowError,
+                    np.linalg.LinAlgError) as exc:  # what an exploding state raises; ModelError etc. propagate
                 reason = f"{type(exc).__name__}: {exc}"
                 step = dyn.nsteps + 1
                 _stop(result, reason, step)

@@ -1,0 +1,81 @@
+"""molequi md / relax / predict from the command line, on Lennard-Jones checkpoints."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from ase.io import read, write
+from calc_helpers import ar_cluster, ar_fcc, save_lj_checkpoint
+
+from molequi.cli.main import build_parser, main
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return save_lj_checkpoint(tmp_path / "lj.pt", elements=[18])
+
+
+def test_help_explains_every_option():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    for verb in ("md", "relax", "predict"):
+        p = sub.choices[verb]
+        for action in p._actions:
+            assert action.help, f"molequi {verb} {action.option_strings} has no help"
+
+
+def test_md_cli(tmp_path, ckpt, capsys):
+    write(tmp_path / "ar.xyz", ar_fcc(2))
+    traj, log = tmp_path / "md.extxyz", tmp_path / "md.csv"
+    rc = main(["md", ckpt, str(tmp_path / "ar.xyz"), "--ensemble", "nve", "--temperature", "40", "--timestep", "2",
+               "--steps", "20", "--traj", str(traj), "--log", str(log), "--loginterval", "5", "--seed", "0",
+               "--no-progress"])
+    assert rc == 0
+    assert len(read(traj, index=":")) == 5
+    rows = list(csv.DictReader(log.read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 20]
+    assert "20 steps" in capsys.readouterr().out
+
+
+def test_md_cli_blowup_exit_code(tmp_path, ckpt, capsys):
+    write(tmp_path / "ar.xyz", ar_fcc(2))
+    traj = tmp_path / "md.extxyz"
+    rc = main(["md", ckpt, ckpt, str(tmp_path / "ar.xyz"), "--ensemble", "nve", "--temperature", "3000",
+               "--timestep", "20", "--steps", "500", "--traj", str(traj), "--loginterval", "1", "--seed", "0",
+               "--max-force", "5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "SimulationBlowUp" in err and "max_force" in err
+    frames = read(traj, index=":")
+    assert len(frames) > 5 and "energy_std" in frames[-1].info
+
+
+def test_md_cli_unknown_element(tmp_path, ckpt, capsys):
+    atoms = ar_cluster(4)
+    atoms.numbers[0] = 29
+    write(tmp_path / "bad.xyz", atoms)
+    assert main(["md", ckpt, str(tmp_path / "bad.xyz"), "--steps", "2", "--no-progress",
+                 "--traj", str(tmp_path / "x.extxyz")]) == 1
+    assert "ModelError" in capsys.readouterr().err
+
+
+def test_relax_cli(tmp_path, ckpt):
+    write(tmp_path / "ar.xyz", ar_fcc(2, a=5.0, rattle=0.05, seed=1))
+    out = tmp_path / "relaxed.xyz"
+    rc = main(["relax", ckpt, str(tmp_path / "ar.xyz"), "--optimizer", "fire", "--fmax", "0.01", "--cell",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    relaxed = read(out)
+    assert np.abs(relaxed.get_forces()).max() < 0.01 and relaxed.get_volume() > ar_fcc(2, a=5.0).get_volume()
+
+
+def test_predict_cli(tmp_path, ckpt):
+    frames = [ar_fcc(2, rattle=0.1, seed=s) for s in range(3)] + [ar_cluster(5)]
+    write(tmp_path / "many.extxyz", frames)
+    out = tmp_path / "pred.extxyz"
+    assert main(["predict", ckpt, str(tmp_path / "many.extxyz"), "--out", str(out), "--batch-size", "2",
+                 "--no-progress"]) == 0
+    pred = read(out, index=":")
+    assert len(pred) == 4 and "stress" in pred[0].calc.results and "stress" not in pred[3].calc.results
+    assert pred[0].get_forces().shape == (32, 3)

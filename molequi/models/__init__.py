@@ -19,6 +19,8 @@ MODELS: dict[str, str] = {
     "mace": "molequi.models.mace:MACE",
     "egnn": "molequi.models.egnn:EGNN",
     "lj": "molequi.models.lj:LennardJones",
+    "edm": "molequi.models.generative.edm:EDM",
+    "eqgat_diff": "molequi.models.generative.categorical:CategoricalDiffusion",
 }
 
 

@@ -1,0 +1,135 @@
+"""Molecule sets for generative models: geometries only (atomic numbers + positions), any size.
+
+``read_xyz_tarball`` is a deliberately minimal reader for a tarball of plain xyz files (ppqm/dataset-qm9's
+``xyz.tar.gz``: line 1 = atom count, line 2 = comment, rows ``symbol x y z`` in Å). When the datasets
+module ``molequi.data.qm9`` is present, prefer its readers for the original figshare files.
+
+``GeometryDataset`` turns a list of ``ase.Atoms`` into PyG records (numbers, pos, optional per-molecule
+context) without edges: generative models build per-molecule fully connected graphs themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Sequence
+
+import ase
+import numpy as np
+import torch
+from ase.data import atomic_numbers
+from torch_geometric.data import Data
+
+from molequi import keys as K
+from molequi.errors import FormatError, InputError
+
+
+def parse_plain_xyz(text: str, source: str = "<xyz>") -> ase.Atoms:
+    """One plain xyz block -> ``ase.Atoms`` (Å). Accepts Mathematica ``*^`` exponents."""
+    lines = text.strip("\n").splitlines()
+    try:
+        n = int(lines[0].split()[0])
+    except (IndexError, ValueError) as exc:
+        raise FormatError("first line must be the atom count", source=source, line=1) from exc
+    if len(lines) < n + 2:
+        raise FormatError(f"expected {n} atom rows, found {len(lines) - 2}", source=source)
+    symbols, pos = [], np.zeros((n, 3))
+    for i in range(n):
+        parts = lines[2 + i].split()
+        if len(parts) < 4 or parts[0] not in atomic_numbers:
+            raise FormatError(f"bad atom row {lines[2 + i]!r}", source=source, line=3 + i)
+        symbols.append(parts[0])
+        pos[i] = [float(p.replace("*^", "e")) for p in parts[1:4]]
+    return ase.Atoms(symbols=symbols, positions=pos)
+
+
+def read_xyz_tarball(path: str, *, indices: Sequence[int] | None = None, limit: int | None = None,
+                     ) -> list[ase.Atoms]:
+    """Read the xyz members of a (gzipped) tarball in archive order.
+
+    ``indices`` selects members by their position among the xyz members (sorted result in archive order);
+    ``limit`` stops after that many molecules. Each Atoms gets ``info['name']`` (the member's file name).
+    """
+    wanted = None if indices is None else set(int(i) for i in indices)
+    out = []
+    k = -1
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith(".xyz"):
+                    continue
+                k += 1
+                if wanted is not None and k not in wanted:
+                    continue
+                text = tar.extractfile(member).read().decode()
+                atoms = parse_plain_xyz(text, source=f"{path}:{member.name}")
+                atoms.info["name"] = member.name.rsplit("/", 1)[-1]
+                out.append(atoms)
+                if limit is not None and len(out) >= limit:
+                    break
+                if wanted is not None and len(out) == len(wanted):
+                    break
+    except (tarfile.TarError, OSError) as exc:
+        raise FormatError(f"cannot read tarball: {exc}", source=str(path)) from exc
+    return out
+
+
+def count_tar_members(path: str) -> int:
+    """Number of xyz members of a tarball (one pass)."""
+    with tarfile.open(path, "r:*") as tar:
+        return sum(1 for m in tar if m.isfile() and m.name.endswith(".xyz"))
+
+
+def read_molecules(path: str, *, limit: int | None = None) -> list[ase.Atoms]:
+    """Molecules from a tarball of xyz files or anything ``ase.io.read`` understands (extxyz, sdf, ...)."""
+    p = str(path)
+    if p.endswith((".tar", ".tar.gz", ".tgz")):
+        return read_xyz_tarball(p, limit=limit)
+    import ase.io
+
+    try:
+        frames = ase.io.read(p, index=":" if limit is None else f":{limit}")
+    except Exception as exc:  # ase raises many types for unreadable files
+        raise FormatError(f"cannot read molecules: {exc}", source=p) from exc
+    return frames if isinstance(frames, list) else [frames]
+
+
+def molecule_record(atoms: ase.Atoms, context: np.ndarray | None = None) -> Data:
+    """PyG record with numbers (n,), pos (n, 3) Å and optional context (1, c) per molecule; no edges."""
+    d = Data()
+    d[K.NUMBERS] = torch.as_tensor(np.asarray(atoms.numbers), dtype=torch.long)
+    d[K.POS] = torch.as_tensor(np.asarray(atoms.positions), dtype=torch.get_default_dtype())
+    if context is not None:
+        d["context"] = torch.as_tensor(np.asarray(context, dtype=float), dtype=torch.get_default_dtype()
+                                       ).reshape(1, -1)
+    if "charges" in atoms.arrays:
+        d[K.CHARGES] = torch.as_tensor(atoms.arrays["charges"]).round().long()
+    d.num_nodes = len(atoms)
+    return d
+
+
+class GeometryDataset(torch.utils.data.Dataset):
+    """In-memory list of molecule records; ``context_key`` names an ``atoms.info`` property to condition on."""
+
+    def __init__(self, molecules: Sequence[ase.Atoms], context_key: str | None = None):
+        if len(molecules) == 0:
+            raise InputError("empty molecule set", hint="give at least one molecule")
+        self.context_key = context_key
+        self.records = []
+        for i, a in enumerate(molecules):
+            ctx = None
+            if context_key is not None:
+                if context_key not in a.info:
+                    raise InputError(f"molecule has no property '{context_key}' to condition on", frame=i)
+                ctx = np.atleast_1d(a.info[context_key])
+            self.records.append(molecule_record(a, ctx))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Data:
+        return self.records[i]
+
+
+__all__ = ["parse_plain_xyz", "read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
+           "GeometryDataset"]

@@ -1,0 +1,311 @@
+"""E(3) Equivariant Diffusion Model (EDM, Hoogeboom, Satorras, Vignac & Welling, ICML 2022) without padding.
+
+Data of one molecule: positions x (n_b, 3) in Å, centred (zero centre of mass, unit masses), and features
+h (n_b, K+1) = [one_hot(type) / 4, Z / 10] (EDM's ``normalize_factors [1, 4, 10]``; EDM calls Z "charges").
+
+Forward process (variance preserving, ``NoiseSchedule``), for integer t in 0..T:
+    z_t = alpha_t [x, h] + sigma_t eps,   eps_x ~ N(0, I) projected to zero mean per molecule, eps_h ~ N(0, I)
+Training (epsilon parameterisation, EDM's l2 objective):
+    L = E_{t ~ U{0..T}} [ ||eps - eps_theta(z_t, t)||^2 / ((3 + K + 1) n_b) ]
+Ancestral sampling (EDM ``sample_p_zs_given_zt``), for s < t on any grid:
+    sigma^2_{t|s} = 1 - exp(softplus(gamma_s) - softplus(gamma_t)),  alpha_{t|s} = alpha_t / alpha_s
+    z_s = z_t / alpha_{t|s} - sigma^2_{t|s} / (alpha_{t|s} sigma_t) eps_theta + (sigma_{t|s} sigma_s / sigma_t) noise
+Deterministic DDIM sampling (Song et al. 2021), any number of steps:
+    x_hat = (z_t - sigma_t eps_theta) / alpha_t,   z_s = alpha_s x_hat + sigma_s eps_theta
+
+Denoiser: EDM's EGNN (``EDMDynamics``): embedding -> L equivariant blocks (attention-gated messages over the
+per-molecule fully connected graph, coordinate update x_i += sum_j (x_i - x_j)/(|x_i - x_j| + 1) *
+tanh(phi_x(m_ij)) * coords_range / L) -> output; eps_x = x_out - x_in (re-centred), eps_h = h_out.
+The time t/T and an optional per-molecule context (property conditioning) are concatenated to the node
+features, as in EDM.
+
+Molecules of different sizes share a batch PyG style (no padding to 29 atoms, no dense masks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from molequi import keys as K
+from molequi.errors import ConfigError, InputError, ModelError
+from molequi.models.generative.graph import (centred_gaussian, fully_connected_edges, remove_mean,
+                                              scatter_sum, sizes_to_batch)
+from molequi.models.generative.layers import EDMBlock
+from molequi.models.generative.metrics import Molecule
+from molequi.models.generative.schedules import NoiseSchedule
+
+QM9_ELEMENTS = [1, 6, 7, 8, 9]  # H C N O F, EDM's atom_decoder order
+
+
+class EDMDynamics(nn.Module):
+    """The EDM denoiser eps_theta(z_t, t): an EGNN over per-molecule fully connected graphs.
+
+    forward(x (n, 3), h (n, F), t (B,) in [0, 1], batch (n,), edge_index (2, E), context (B, c) | None)
+    -> (eps_x (n, 3) zero mean per molecule, eps_h (n, F)). E(3) equivariant in x, invariant in h.
+    """
+
+    def __init__(self, in_features: int, hidden: int, layers: int, context_dim: int = 0,
+                 coords_range: float = 15.0, normalization_factor: float = 1.0, attention: bool = True,
+                 tanh: bool = True):
+        super().__init__()
+        self.in_features, self.context_dim = in_features, context_dim
+        n_in = in_features + 1 + context_dim
+        self.embedding = nn.Linear(n_in, hidden)
+        self.blocks = nn.ModuleList([
+            EDMBlock(hidden, coords_range=coords_range / layers, normalization_factor=normalization_factor,
+                     attention=attention, tanh=tanh) for _ in range(layers)])
+        self.embedding_out = nn.Linear(hidden, n_in)
+
+    def forward(self, x, h, t, batch, edge_index, context=None):
+        num_graphs = t.shape[0]
+        feats = [h, t.to(h.dtype)[batch].unsqueeze(-1)]
+        if self.context_dim:
+            if context is None or context.shape != (num_graphs, self.context_dim):
+                raise ModelError(f"this model is conditioned on {self.context_dim} properties: give context "
+                                 f"of shape ({num_graphs}, {self.context_dim})")
+            feats.append(context.to(h.dtype)[batch])
+        hh = self.embedding(torch.cat(feats, -1))
+        src, dst = edge_index
+        d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)  # initial squared distances, EDM's edge attr
+        xx = x
+        for block in self.blocks:
+            hh, xx = block(hh, xx, edge_index, d0)
+        out = self.embedding_out(hh)[:, : self.in_features]
+        vel = remove_mean(xx - x, batch, num_graphs)
+        bad = ~torch.isfinite(vel).all()
+        if bad:  # EDM zeroes a diverged velocity rather than propagating NaN
+            vel = torch.nan_to_num(vel, nan=0.0, posinf=0.0, neginf=0.0)
+        return vel, out
+
+
+class EDM(nn.Module):
+    """EDM generative model for molecules with hydrogens (QM9 recipe by default).
+
+    Training: ``loss = model.training_loss(batch)`` for a PyG batch with ``numbers`` (n,), ``pos`` (n, 3) and
+    optionally ``context`` (B, c). Sampling: ``model.sample(n_molecules, steps=..., method=...)`` returns a
+    list of ``metrics.Molecule``. The histogram of molecule sizes seen in training (buffer ``size_counts``)
+    is the distribution sizes are drawn from.
+    """
+
+    @dataclass
+    class Config:
+        elements: list[int] = field(default_factory=lambda: list(QM9_ELEMENTS))  # atom types, in this order
+        hidden: int = 256  # EGNN features (EDM QM9: 256)
+        layers: int = 9  # equivariant blocks (EDM QM9: 9)
+        timesteps: int = 1000  # T
+        schedule: str = "polynomial_2"  # polynomial_<p> or cosine
+        precision: float = 1e-5  # s of the polynomial schedule
+        include_charges: bool = True  # add Z / 10 as a feature (EDM's include_charges)
+        norm_values: list[float] = field(default_factory=lambda: [1.0, 4.0, 10.0])  # x, one-hot, Z scales
+        coords_range: float = 15.0  # total tanh range of coordinate updates (split over layers)
+        normalization_factor: float = 1.0  # message sums divided by this (EDM QM9: 1)
+        attention: bool = True  # sigmoid-gated messages
+        tanh: bool = True  # bounded coordinate updates
+        context_dim: int = 0  # number of conditioning properties (0: unconditional)
+        max_atoms: int = 64  # largest molecule size the size histogram covers
+        sampling_steps: int | None = None  # fixed step count of a distilled student (None: any)
+
+    def __init__(self, config: Config | None = None):
+        super().__init__()
+        cfg = config or EDM.Config()
+        if not cfg.elements:
+            raise ConfigError("EDM needs at least one element in config.elements")
+        if len(cfg.norm_values) != 3:
+            raise ConfigError("norm_values must be [x_scale, one_hot_scale, charge_scale]")
+        self.config = cfg
+        self.n_types = len(cfg.elements)
+        self.n_features = self.n_types + int(cfg.include_charges)
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        lookup[torch.tensor(cfg.elements)] = torch.arange(self.n_types)
+        self.register_buffer("type_of_z", lookup, persistent=False)
+        self.register_buffer("elements", torch.tensor(cfg.elements, dtype=torch.long), persistent=False)
+        self.register_buffer("size_counts", torch.zeros(cfg.max_atoms + 1, dtype=torch.float64))
+        self.schedule = NoiseSchedule(cfg.schedule, cfg.timesteps, cfg.precision)
+        self.dynamics = EDMDynamics(self.n_features, cfg.hidden, cfg.layers, cfg.context_dim,
+                                    cfg.coords_range, cfg.normalization_factor, cfg.attention, cfg.tanh)
+
+    @classmethod
+    def from_config(cls, cfg: Config, statistics=None) -> EDM:
+        """Build from a ``Config``; ``statistics.elements`` replaces the default element list if given."""
+        if statistics is not None and getattr(statistics, "elements", None) and cfg.elements == QM9_ELEMENTS:
+            els = sorted(int(z) for z in statistics.elements)
+            if not set(els) <= set(QM9_ELEMENTS):
+                cfg = EDM.Config(**{**cfg.__dict__, "elements": els})
+        return cls(cfg)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, numbers: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int):
+        """-> x (n, 3) centred and scaled, h (n, F) = [one_hot / 4, Z / 10]."""
+        types = self.type_of_z[numbers]
+        if (types < 0).any():
+            bad = sorted(set(numbers[types < 0].tolist()))
+            raise ModelError(f"elements {bad} are not among this model's elements {self.config.elements}")
+        nx, nh, nc = self.config.norm_values
+        x = remove_mean(pos, batch, num_graphs) / nx
+        h = nn.functional.one_hot(types, self.n_types).to(pos.dtype) / nh
+        if self.config.include_charges:
+            h = torch.cat([h, numbers.to(pos.dtype).unsqueeze(-1) / nc], -1)
+        return x, h
+
+    def decode(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (numbers (n,), positions (n, 3) Å): type = argmax of the one-hot block."""
+        types = h[:, : self.n_types].argmax(-1)
+        return self.elements[types], x * self.config.norm_values[0]
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def _batch_info(batch):
+        b = batch[K.BATCH] if K.BATCH in batch else torch.zeros(batch[K.POS].shape[0], dtype=torch.long,
+                                                                  device=batch[K.POS].device)
+        num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else int(b.max()) + 1
+        return b, num_graphs
+
+    def record_sizes(self, batch: torch.Tensor, num_graphs: int) -> None:
+        """Add the sizes of this batch's molecules to the size histogram (training only)."""
+        sizes = torch.bincount(batch, minlength=num_graphs)
+        if int(sizes.max()) > self.config.max_atoms:
+            raise ModelError(f"molecule with {int(sizes.max())} atoms exceeds max_atoms="
+                             f"{self.config.max_atoms}; raise model.max_atoms")
+        self.size_counts += torch.bincount(sizes, minlength=self.config.max_atoms + 1).to(self.size_counts)
+
+    def noised(self, x, h, t_int, batch, num_graphs, generator=None):
+        """Sample z_t = alpha_t [x, h] + sigma_t eps; returns (z_x, z_h, eps_x, eps_h)."""
+        alpha, sigma = self.schedule.alpha_sigma(t_int, x.dtype)
+        a, s = alpha[batch].unsqueeze(-1), sigma[batch].unsqueeze(-1)
+        eps_x = centred_gaussian(batch, num_graphs, dtype=x.dtype, device=x.device, generator=generator)
+        eps_h = torch.randn(h.shape, dtype=h.dtype, device=h.device, generator=generator)
+        return a * x + s * eps_x, a * h + s * eps_h, eps_x, eps_h
+
+    def training_loss(self, batch, generator=None) -> tuple[torch.Tensor, dict]:
+        """EDM l2 loss (mean over molecules of the per-dimension squared eps error); also logs its x and h parts."""
+        b, num_graphs = self._batch_info(batch)
+        if self.training:
+            self.record_sizes(b, num_graphs)
+        x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
+        t_int = torch.randint(0, self.config.timesteps + 1, (num_graphs,), device=x.device, generator=generator)
+        z_x, z_h, eps_x, eps_h = self.noised(x, h, t_int, b, num_graphs, generator)
+        edge_index = fully_connected_edges(b, num_graphs)
+        ctx = batch["context"] if self.config.context_dim else None
+        pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(x.dtype) / self.config.timesteps, b, edge_index, ctx)
+        ex = scatter_sum(((pred_x - eps_x) ** 2).sum(-1), b, num_graphs)
+        eh = scatter_sum(((pred_h - eps_h) ** 2).sum(-1), b, num_graphs)
+        sizes = torch.bincount(b, minlength=num_graphs).to(x.dtype)
+        denom = (3 + self.n_features) * sizes
+        loss = ((ex + eh) / denom).mean()
+        return loss, {"loss_x": (ex / (3 * sizes)).mean().detach(),
+                      "loss_h": (eh / (self.n_features * sizes)).mean().detach()}
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        loss, logs = self.training_loss(batch)
+        return {"loss": loss, **logs}
+
+    # ------------------------------------------------------------------ sampling
+    def time_grid(self, steps: int | None) -> list[int]:
+        """Integer steps T = t_0 > t_1 > ... > t_S = 0 of an S-step sampler: round(linspace(T, 0, S + 1))."""
+        T = self.config.timesteps
+        steps = steps or self.config.sampling_steps or T
+        if steps < 1 or steps > T:
+            raise InputError(f"steps must lie in 1..{T}, got {steps}")
+        grid = np.round(np.linspace(T, 0, steps + 1)).astype(int)
+        return [int(g) for g in grid]
+
+    def sample_sizes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,) molecule sizes drawn from the training histogram."""
+        if float(self.size_counts.sum()) <= 0:
+            raise ModelError("this model has no molecule-size histogram (it was never trained); give sizes=")
+        p = self.size_counts / self.size_counts.sum()
+        return torch.multinomial(p.float(), n, replacement=True, generator=generator)
+
+    def epsilon(self, z_x, z_h, t_int, batch, edge_index, num_graphs, context=None):
+        t = torch.full((num_graphs,), float(t_int) / self.config.timesteps, dtype=z_x.dtype, device=z_x.device)
+        return self.dynamics(z_x, z_h, t, batch, edge_index, context)
+
+    def _coeffs(self, t: int, dtype, device):
+        g = self.schedule.gamma(torch.tensor([t], device=device), torch.float64)
+        return g, torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+
+    def step(self, z_x, z_h, t: int, s: int, batch, edge_index, num_graphs, *, method: str = "ancestral",
+             context=None, generator=None):
+        """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM (deterministic) rule."""
+        eps_x, eps_h = self.epsilon(z_x, z_h, t, batch, edge_index, num_graphs, context)
+        g_t, a_t, s_t = self._coeffs(t, z_x.dtype, z_x.device)
+        g_s, a_s, s_s = self._coeffs(s, z_x.dtype, z_x.device)
+        if method == "ddim":
+            c_x = (a_s / a_t).to(z_x.dtype)
+            c_e = (s_s - a_s * s_t / a_t).to(z_x.dtype)
+            z_x = c_x * z_x + c_e * eps_x
+            z_h = c_x * z_h + c_e * eps_h
+        elif method == "ancestral":
+            sigma2_ts = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
+            a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
+            mu_c = (sigma2_ts / a_ts / s_t).to(z_x.dtype)
+            std = (sigma2_ts.sqrt() * s_s / s_t).to(z_x.dtype)
+            inv = (1.0 / a_ts).to(z_x.dtype)
+            nx = centred_gaussian(batch, num_graphs, dtype=z_x.dtype, device=z_x.device, generator=generator)
+            nh = torch.randn(z_h.shape, dtype=z_h.dtype, device=z_h.device, generator=generator)
+            z_x = inv * z_x - mu_c * eps_x + std * nx
+            z_h = inv * z_h - mu_c * eps_h + std * nh
+        else:
+            raise InputError(f"unknown sampling method '{method}'; use 'ancestral' or 'ddim'")
+        return remove_mean(z_x, batch, num_graphs), z_h
+
+    def final_prediction(self, z_x, z_h, batch, edge_index, num_graphs, context=None):
+        """x_hat = (z_0 - sigma_0 eps) / alpha_0 at t = 0 (EDM's mean of p(x | z_0), without its tiny noise)."""
+        eps_x, eps_h = self.epsilon(z_x, z_h, 0, batch, edge_index, num_graphs, context)
+        _, a0, s0 = self._coeffs(0, z_x.dtype, z_x.device)
+        a0, s0 = a0.to(z_x.dtype), s0.to(z_x.dtype)
+        return (z_x - s0 * eps_x) / a0, (z_h - s0 * eps_h) / a0
+
+    @torch.no_grad()
+    def sample_batch(self, sizes: torch.Tensor, *, steps: int | None = None, method: str = "ancestral",
+                     context: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """Generate one batch: sizes (B,) -> (numbers (n,), positions (n, 3) Å, batch (n,))."""
+        p = next(self.parameters())
+        sizes = torch.as_tensor(sizes, dtype=torch.long, device=p.device)
+        num_graphs = len(sizes)
+        batch = sizes_to_batch(sizes)
+        edge_index = fully_connected_edges(batch, num_graphs)
+        z_x = centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device, generator=generator)
+        z_h = torch.randn(batch.numel(), self.n_features, dtype=p.dtype, device=p.device, generator=generator)
+        grid = self.time_grid(steps)
+        for t, s in zip(grid[:-1], grid[1:]):
+            z_x, z_h = self.step(z_x, z_h, t, s, batch, edge_index, num_graphs, method=method, context=context,
+                                 generator=generator)
+        x, h = self.final_prediction(z_x, z_h, batch, edge_index, num_graphs, context)
+        numbers, pos = self.decode(x, h)
+        return numbers, pos, batch
+
+    def sample(self, n: int, *, steps: int | None = None, method: str = "ancestral", batch_size: int = 64,
+               sizes: torch.Tensor | None = None, context: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> list[Molecule]:
+        """Generate ``n`` molecules (sizes from the training histogram unless given) as ``Molecule`` objects."""
+        was_training = self.training
+        self.eval()
+        sizes = self.sample_sizes(n, generator) if sizes is None else torch.as_tensor(sizes)
+        out: list[Molecule] = []
+        for start in range(0, n, batch_size):
+            sz = sizes[start: start + batch_size]
+            ctx = None if context is None else context[start: start + batch_size]
+            numbers, pos, b = self.sample_batch(sz, steps=steps, method=method, context=ctx, generator=generator)
+            numbers, pos, b = numbers.cpu().numpy(), pos.double().cpu().numpy(), b.cpu().numpy()
+            for k in range(len(sz)):
+                sel = b == k
+                out.append(Molecule(numbers[sel], pos[sel]))
+        self.train(was_training)
+        return out
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"elements={c.elements}, T={c.timesteps}, schedule={c.schedule}, steps={c.sampling_steps}"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["EDM", "EDMDynamics", "QM9_ELEMENTS", "count_parameters"]

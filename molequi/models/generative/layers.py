@@ -1,0 +1,86 @@
+"""EDM's equivariant block over an edge list (no padding, no dense masks).
+
+For receiver i and sender j (edge j -> i), with d_ij = |x_i - x_j|^2 and d0_ij the squared distance at the
+network input:
+
+    m_ij  = phi_e([h_i, h_j, d_ij, d0_ij]) * sigmoid(phi_att(m_ij))          (attention gate)
+    h_i  <- h_i + phi_h([h_i, sum_j m_ij / Z])                               (Z = normalization_factor)
+    x_i  <- x_i + sum_j (x_i - x_j) / (sqrt(d_ij + 1e-8) + 1) * tanh(phi_x([h_i, h_j, d_ij, d0_ij])) * r / Z
+
+with r = coords_range / n_layers.
+
+Speed: the first linear map of phi_e and phi_x acts on a concatenation, W [h_i, h_j, e] = A h_i + B h_j + C e,
+so A h and B h are computed once per *node* and gathered per edge (``PairLinear``); per edge only the
+(H x H) second layers remain. This is the same function as EDM's with the same parameter count.  phi_x ends in a bias-free linear layer initialised with gain 0.001 so the
+network starts near the identity on coordinates (EDM ``EquivariantUpdate``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from molequi.models.generative.graph import scatter_sum
+
+
+class PairLinear(nn.Module):
+    """y_ij = A h_i + B h_j + C e_ij + b, equal to ``Linear(2H + D, out)`` on [h_i, h_j, e_ij].
+
+    forward(h (n, H), e (E, D), src (E,), dst (E,)) -> (E, out); the node products cost O(n H out),
+    the per-edge work is a gather and an add.
+    """
+
+    def __init__(self, hidden: int, edge_dim: int, out: int):
+        super().__init__()
+        self.lin_i = nn.Linear(hidden, out)
+        self.lin_j = nn.Linear(hidden, out, bias=False)
+        self.lin_e = nn.Linear(edge_dim, out, bias=False)
+        bound = 1.0 / (2 * hidden + edge_dim) ** 0.5  # the init of the equivalent Linear(2H + D, out)
+        for w in (self.lin_i.weight, self.lin_i.bias, self.lin_j.weight, self.lin_e.weight):
+            nn.init.uniform_(w, -bound, bound)
+
+    def forward(self, h, e, src, dst):
+        return self.lin_i(h)[dst] + self.lin_j(h)[src] + self.lin_e(e)
+
+
+class EDMBlock(nn.Module):
+    """One EDM ``EquivariantBlock`` (one GCL sublayer + one coordinate update).
+
+    forward(h (n, H), x (n, 3), edge_index (2, E) [sender, receiver], d0 (E, 1)) -> (h (n, H), x (n, 3)).
+    """
+
+    def __init__(self, hidden: int, coords_range: float = 15.0 / 9, normalization_factor: float = 1.0,
+                 attention: bool = True, tanh: bool = True, norm_constant: float = 1.0):
+        super().__init__()
+        self.coords_range, self.normalization_factor = coords_range, normalization_factor
+        self.attention, self.tanh, self.norm_constant = attention, tanh, norm_constant
+        act = nn.SiLU()
+        self.edge_in = PairLinear(hidden, 2, hidden)
+        self.edge_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act)
+        self.att_mlp = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()) if attention else None
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), act, nn.Linear(hidden, hidden))
+        last = nn.Linear(hidden, 1, bias=False)
+        nn.init.xavier_uniform_(last.weight, gain=0.001)
+        self.coord_in = PairLinear(hidden, 2, hidden)
+        self.coord_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act, last)
+
+    def forward(self, h, x, edge_index, d0):
+        src, dst = edge_index
+        n = h.shape[0]
+        diff = x[dst] - x[src]  # (E, 3) x_i - x_j
+        radial = (diff * diff).sum(-1, keepdim=True)  # (E, 1)
+        unit = diff / (torch.sqrt(radial + 1e-8) + self.norm_constant)
+        edge_attr = torch.cat([radial, d0], -1)  # (E, 2)
+        m = self.edge_mlp(self.edge_in(h, edge_attr, src, dst))  # (E, H)
+        if self.att_mlp is not None:
+            m = m * self.att_mlp(m)
+        agg = scatter_sum(m, dst, n) / self.normalization_factor
+        h = h + self.node_mlp(torch.cat([h, agg], -1))
+        phi = self.coord_mlp(self.coord_in(h, edge_attr, src, dst))  # (E, 1)
+        if self.tanh:
+            phi = torch.tanh(phi) * self.coords_range
+        x = x + scatter_sum(unit * phi, dst, n) / self.normalization_factor
+        return h, x
+
+
+__all__ = ["EDMBlock", "PairLinear"]

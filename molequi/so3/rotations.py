@@ -47,8 +47,13 @@ def tilt_matrix(dtype=torch.float64) -> torch.Tensor:
 
 def wigner_D_fixed(l: int, R: torch.Tensor) -> torch.Tensor:
     """D^l(R) (2l+1, 2l+1) for one proper rotation matrix R (3, 3), via e3nn (float64 internally)."""
-    a, b, g = o3.matrix_to_angles(R.to(torch.float64))
-    return o3.wigner_D(l, a, b, g)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds its generators in the default dtype
+    try:
+        a, b, g = o3.matrix_to_angles(R.to(torch.float64))
+        return o3.wigner_D(l, a, b, g).to(torch.float64)
+    finally:
+        torch.set_default_dtype(old)
 
 
 def cos_sin_multiples(c: torch.Tensor, s: torch.Tensor, m_max: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +119,15 @@ class EdgeFrame(nn.Module):
         self._fixed64["p0"] = tilt_matrix()
         self._fixed64["sign"] = self.layout.sign.to(torch.float64)
         self._cache: dict = {}
+        # blocks grouped by degree: (l, index (nb, 2l+1) or None when one block, start of the single block)
+        self._groups = []
+        for l in sorted(set(self.layout.ls)):
+            starts = [k0 for ll, k0 in zip(self.layout.ls, self.layout.start) if ll == l]
+            if len(starts) == 1:
+                self._groups.append((l, None, starts[0]))
+            else:
+                idx = torch.tensor([[k0 + i for i in range(2 * l + 1)] for k0 in starts], dtype=torch.long)
+                self._groups.append((l, idx, starts[0]))
         self.register_buffer("abs_m", self.layout.abs_m, persistent=False)
         self.register_buffer("partner", self.layout.partner, persistent=False)
 
@@ -151,17 +165,27 @@ class EdgeFrame(nn.Module):
         return c * x + s * x[:, self.partner]
 
     def _dense(self, x: torch.Tensor, prefix: str, transpose: bool) -> torch.Tensor:
-        """Apply a fixed block-diagonal matrix (one (2l+1)^2 block per l) to x (E, K, C)."""
-        out = []
-        for l, k0 in zip(self.layout.ls, self.layout.start):
+        """Apply a fixed block-diagonal matrix (one (2l+1)^2 block per l) to x (E, K, C).
+
+        Blocks of equal degree are gathered and multiplied together (one matmul per distinct l).
+        """
+        out = torch.empty_like(x) if len(self._groups) > 1 or self._groups[0][0] != 0 else x
+        for l, idx, k0 in self._groups:
             if l == 0:
-                out.append(x[:, k0:k0 + 1])
+                if idx is None:
+                    out[:, k0:k0 + 1] = x[:, k0:k0 + 1]
+                else:
+                    out[:, idx] = x[:, idx]
                 continue
             d = self._fixed(f"{prefix}_{l}", x)
             if transpose:
                 d = d.T
-            out.append(torch.matmul(d, x[:, k0:k0 + 2 * l + 1]))  # [E, 2l+1, C]
-        return torch.cat(out, dim=1)
+            if idx is None:  # a single block of this degree: a slice
+                out[:, k0:k0 + 2 * l + 1] = torch.matmul(d, x[:, k0:k0 + 2 * l + 1])  # [E, 2l+1, C]
+            else:
+                xb = x[:, idx]  # [E, nb, 2l+1, C]
+                out[:, idx] = torch.matmul(d, xb)
+        return out
 
     # -- public ---------------------------------------------------------------------------------------------
     def to_edge(self, x: torch.Tensor, frame: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,207 @@
+"""Edge tensor products behind one interface: e3nn reference, SO(2) (eSCN) and Gaunt (S2 grid).
+
+A message-passing convolution (MACE's ``InteractionBlock``) calls
+
+    tp = build_conv_tensor_product(kind, irreps_node, irreps_sh, target_irreps)
+    msg = tp(node_feats[sender], edge_sh, weights)     # (E, irreps_in1.dim), (E, irreps_in2.dim), (E, tp.weight_numel)
+                                                        # -> (E, tp.irreps_out.dim)
+
+and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irreps_out``. Kinds:
+
+``"e3nn"``  reference: ``o3.TensorProduct`` with MACE's 'uvu' instructions (every allowed
+            (l1, l2) -> lo in ``target_irreps``, one weight per channel and path, per edge),
+            irreps_out sorted. Cost per edge ~ sum_paths (2l1+1)(2l2+1)(2lo+1) C = O(L^6 C).
+``"so2"``   the *same* function (same irreps_out, same weight layout, equal outputs to round-off),
+            evaluated in each edge's frame where Y(u) has only m = 0 (eSCN). Per path and order m,
+            a path l1 (x) l2 -> lo acts as y_{+-m} = a x_{+-m} -+ b x_{-+m} (``molequi.nn.so2``), so the
+            cost is O(L^3 C) for the rotations plus O(sum_paths min(l1, lo)) = O(L^4 C) for applying
+            independent per-path weights (the eSCN layer itself, with per-order weights, is O(L^3 C):
+            ``molequi.nn.so2.SO2Convolution``).
+``"gaunt"`` the Gaunt product (Luo et al. 2024): per edge and channel the filter
+            F_u(s) = sum_{l2} w[l2, u] Y^{l2}(u)(s) is multiplied pointwise with the node function on an
+            exact S2 grid and projected back. Equal to the parity-allowed CG paths (l1 + l2 + lo even)
+            with weights w[l2, u] * ``gaunt_path_weight(l1, l2, lo)``; it has fewer free weights
+            (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
+            Cost O(L^4 C) with dense grid projections.
+
+The "so2" and "gaunt" kinds need ``edge_sh`` to be the spherical harmonics of the edge direction, with e3nn's
+y-polar convention in any normalisation (MACE: ``o3.SphericalHarmonics(..., normalize=True,
+normalization='component')``). The direction is read from the l = 1 block (or passed as ``edge_vectors``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from molequi.errors import ConfigError, ModelError
+from molequi.nn.s2 import S2Grid
+from molequi.nn.so2 import edge_frame_path_coefficients
+from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
+
+KINDS = ("e3nn", "so2", "gaunt")
+
+
+def uvu_instructions(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, target_irreps: o3.Irreps,
+                     ) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
+    """MACE's ``tp_out_irreps_with_instructions``: every (i1, i2) -> ir_out in ``target_irreps``, 'uvu', sorted."""
+    target = o3.Irreps(target_irreps)
+    out, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in1):
+        for j, (_, ir_edge) in enumerate(irreps_in2):
+            for ir_out in ir_in * ir_edge:
+                if ir_out in target:
+                    k = len(out)
+                    out.append((mul, ir_out))
+                    instructions.append((i, j, k, "uvu", True))
+    irreps_out = o3.Irreps(out)
+    irreps_out, permut, _ = irreps_out.sort()
+    instructions = [(i1, i2, permut[io], mode, train) for i1, i2, io, mode, train in instructions]
+    instructions = sorted(instructions, key=lambda x: x[2])
+    return irreps_out, instructions
+
+
+def _edge_direction(edge_sh: torch.Tensor, irreps_sh: o3.Irreps, edge_vectors: torch.Tensor | None):
+    if edge_vectors is not None:
+        return edge_vectors
+    for s, (_, ir) in zip(irreps_sh.slices(), irreps_sh):
+        if ir.l == 1:
+            return edge_sh[:, s]  # e3nn's l = 1 harmonics are proportional to (x, y, z)
+    raise ModelError("this tensor product needs the edge direction: give edge_sh with an l = 1 block or "
+                     "pass edge_vectors=")
+
+
+class E3nnConvTP(nn.Module):
+    """Reference: e3nn 'uvu' tensor product with per-edge weights (exactly MACE's convolution)."""
+
+    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+        super().__init__()
+        self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
+        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps)
+        self.tp = o3.TensorProduct(self.irreps_in1, self.irreps_in2, self.irreps_out, self.instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.weight_numel = self.tp.weight_numel
+
+    def forward(self, x, edge_sh, weights, edge_vectors=None):
+        return self.tp(x, edge_sh, weights)
+
+
+class SO2ConvTP(nn.Module):
+    """The e3nn 'uvu' convolution evaluated in edge frames (same irreps_out and weight layout as ``E3nnConvTP``).
+
+    Per edge: x' = D(R_u)^T x (stacked (E, K1, C)); s_{l2} = |edge_sh^{l2}| (= Y^{l2}_0(e_y) in the edge frame);
+    out'[o, +-m] = sum_paths w_p s_{l2} pw_p (a x'[i, +-m] -+ b x'[i, -+m]); out = D(R_u) out'.
+    pw_p is e3nn's path normalisation ('component' irreps, 'element' paths: sqrt((2lo+1) / n_paths(lo))).
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+        super().__init__()
+        self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
+        muls = {mul for mul, _ in self.irreps_in1}
+        if len(muls) != 1 or any(mul != 1 for mul, _ in self.irreps_in2):
+            raise ConfigError(f"the 'so2' tensor product needs one multiplicity in irreps_in1 (got "
+                              f"{self.irreps_in1}) and multiplicity 1 in irreps_in2 (got {self.irreps_in2})")
+        self.channels = muls.pop()
+        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps)
+        self.weight_numel = len(self.instructions) * self.channels
+        ls_in = [ir.l for _, ir in self.irreps_in1]
+        ls_out = [ir.l for _, ir in self.irreps_out]
+        self.frame_in = EdgeFrame(ls_in, tilt=True)
+        self.frame_out = EdgeFrame(ls_out, tilt=True)
+        start_in, start_out = self.frame_in.layout.start, self.frame_out.layout.start
+        n_into = [0] * len(self.irreps_out)
+        for ins in self.instructions:
+            n_into[ins[2]] += 1
+        out_idx, in_idx, coef, path = [], [], [], []
+        for p, (i1, i2, io, _, _) in enumerate(self.instructions):
+            l1, l2, lo = self.irreps_in1[i1].ir.l, self.irreps_in2[i2].ir.l, self.irreps_out[io].ir.l
+            pw = math.sqrt((2 * lo + 1) / n_into[io])
+            ci, co = start_in[i1] + l1, start_out[io] + lo  # centre (m = 0) indices
+            for m in range(min(l1, lo) + 1):
+                a, b = edge_frame_path_coefficients(l1, l2, lo, m)
+                terms = []
+                if abs(a) > 1e-14:
+                    terms += [(co + m, ci + m, pw * a)] + ([(co - m, ci - m, pw * a)] if m else [])
+                if m and abs(b) > 1e-14:
+                    terms += [(co + m, ci - m, -pw * b), (co - m, ci + m, pw * b)]
+                for o, i, c in terms:
+                    out_idx.append(o)
+                    in_idx.append(i)
+                    coef.append(c)
+                    path.append(p)
+        self.register_buffer("out_idx", torch.tensor(out_idx, dtype=torch.long), persistent=False)
+        self.register_buffer("in_idx", torch.tensor(in_idx, dtype=torch.long), persistent=False)
+        self.register_buffer("path_idx", torch.tensor(path, dtype=torch.long), persistent=False)
+        self._coef64 = torch.tensor(coef, dtype=torch.float64)
+        self.register_buffer("sh_of_path", torch.tensor([ins[1] for ins in self.instructions], dtype=torch.long),
+                             persistent=False)
+        self.sh_slices = [s for s in self.irreps_in2.slices()]
+
+    def forward(self, x, edge_sh, weights, edge_vectors=None):
+        E, C = x.shape[0], self.channels
+        vec = _edge_direction(edge_sh, self.irreps_in2, edge_vectors)
+        frame = (self.frame_in if self.frame_in.layout.lmax >= self.frame_out.layout.lmax
+                 else self.frame_out).angles(vec)
+        xr = self.frame_in.to_edge(irreps_blocks_to_stack(x, self.irreps_in1), frame)  # [E, K1, C]
+        s = torch.stack([edge_sh[:, sl].norm(dim=-1) for sl in self.sh_slices], dim=-1)  # [E, n_sh]
+        w = weights.reshape(E, -1, C) * s[:, self.sh_of_path].unsqueeze(-1)  # [E, P, C]
+        coef = self._coef64.to(device=x.device, dtype=x.dtype)
+        src = xr[:, self.in_idx] * w[:, self.path_idx] * coef[:, None]  # [E, T, C]
+        out = x.new_zeros(E, self.frame_out.layout.dim, C).index_add_(1, self.out_idx, src)
+        return stack_to_irreps_blocks(self.frame_out.from_edge(out, frame), self.irreps_out)
+
+
+class GauntConvTP(nn.Module):
+    """Gaunt product of node functions with a radially weighted edge filter, on an exact S2 grid.
+
+    out_u = from_grid( to_grid(x_u) * sum_{l2} w[l2, u] to_grid(Y^{l2}(u)) ), for every channel u.
+    irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) present in ``target_irreps``.
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+        super().__init__()
+        self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
+        muls = {mul for mul, _ in self.irreps_in1}
+        natural = all(ir.p == (-1) ** ir.l for _, ir in self.irreps_in1 + self.irreps_in2)
+        ls1 = [ir.l for _, ir in self.irreps_in1]
+        ls2 = [ir.l for _, ir in self.irreps_in2]
+        if len(muls) != 1 or not natural or ls1 != list(range(len(ls1))) or ls2 != list(range(len(ls2))):
+            raise ConfigError("the 'gaunt' tensor product needs irreps_in1 = C x (0e + 1o + ... + Lp) with one "
+                              f"multiplicity and natural parity, and irreps_in2 = 0e + 1o + ...; got "
+                              f"{self.irreps_in1} and {self.irreps_in2}")
+        self.channels = muls.pop()
+        L1, L2 = max(ls1), max(ls2)
+        target = o3.Irreps(target_irreps)
+        lo = [l for l in range(L1 + L2 + 1) if o3.Irrep(l, (-1) ** l) in target]
+        if lo != list(range(len(lo))) or not lo:
+            raise ConfigError(f"'gaunt' needs target irreps 0e + 1o + ... (consecutive natural parity), got {target}")
+        Lo = max(lo)
+        self.irreps_out = o3.Irreps([(self.channels, (l, (-1) ** l)) for l in lo])
+        self.weight_numel = len(ls2) * self.channels
+        rb, ra = S2Grid.exact_for(L1 + L2 + Lo)
+        self.grid_x = S2Grid(L1, rb, ra, lmax_out=Lo)
+        self.grid_y = S2Grid(L2, rb, ra, lmax_out=Lo)
+        self.L2 = L2
+        self.register_buffer("sh_degree", torch.tensor([l for l in ls2 for _ in range(2 * l + 1)]), persistent=False)
+
+    def forward(self, x, edge_sh, weights, edge_vectors=None):
+        E, C = x.shape[0], self.channels
+        fx = self.grid_x.to_grid(irreps_blocks_to_stack(x, self.irreps_in1))  # [E, G, C]
+        w = weights.reshape(E, self.L2 + 1, C)[:, self.sh_degree]  # [E, K2, C]
+        fy = self.grid_y.to_grid(edge_sh.unsqueeze(-1) * w)  # [E, G, C]
+        out = self.grid_x.from_grid(fx * fy)  # [E, Ko, C]
+        return stack_to_irreps_blocks(out, self.irreps_out)
+
+
+def build_conv_tensor_product(kind: str, irreps_in1, irreps_in2, target_irreps) -> nn.Module:
+    """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract)."""
+    table = {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP}
+    if kind not in table:
+        raise ConfigError(f"unknown tensor product kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    return table[kind](irreps_in1, irreps_in2, target_irreps)
+
+
+__all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS"]

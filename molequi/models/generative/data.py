@@ -108,10 +108,67 @@ def molecule_record(atoms: ase.Atoms, context: np.ndarray | None = None) -> Data
     return d
 
 
-class GeometryDataset(torch.utils.data.Dataset):
-    """In-memory list of molecule records; ``context_key`` names an ``atoms.info`` property to condition on."""
+def perceive_bonds(numbers: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bonds and formal charges of a neutral molecule from its geometry.
 
-    def __init__(self, molecules: Sequence[ase.Atoms], context_key: str | None = None):
+    RDKit ``DetermineBonds`` (xyz2mol: connectivity from covalent radii, then bond orders and charges that
+    satisfy valences), Kekulé form; if it fails, EDM's distance bond orders with zero charges.
+    Returns bond_index (2, nb) with i < j, bond_order (nb,) in {1, 2, 3}, charges (n,) int.
+    """
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    from molequi.models.generative.metrics import bond_order_matrix
+
+    RDLogger.DisableLog("rdApp.*")
+    z = np.asarray(numbers, dtype=int)
+    pos = np.asarray(positions, dtype=float)
+    mol = Chem.RWMol()
+    for zi in z:
+        mol.AddAtom(Chem.Atom(int(zi)))
+    conf = Chem.Conformer(len(z))
+    for i, p in enumerate(pos):
+        conf.SetAtomPosition(i, [float(v) for v in p])
+    mol.AddConformer(conf, assignId=True)
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=0)
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+        pairs, orders = [], []
+        for bond in mol.GetBonds():
+            i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
+            pairs.append((i, j))
+            orders.append(int(round(bond.GetBondTypeAsDouble())))
+        charges = np.array([a.GetFormalCharge() for a in mol.GetAtoms()], dtype=int)
+    except (ValueError, RuntimeError):
+        mat = bond_order_matrix(z, pos)
+        ii, jj = np.nonzero(np.triu(mat, 1))
+        pairs, orders = list(zip(ii.tolist(), jj.tolist())), mat[ii, jj].tolist()
+        charges = np.zeros(len(z), dtype=int)
+    bond_index = np.array(pairs, dtype=int).reshape(-1, 2).T
+    return bond_index, np.array(orders, dtype=int), charges
+
+
+def perceive_batch_bonds(numbers: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor):
+    """``perceive_bonds`` for every molecule of a PyG batch -> bond_index (2, nb) global, bond_order, charges."""
+    idx, orders, charges = [], [], []
+    z, p, b = numbers.cpu().numpy(), pos.detach().double().cpu().numpy(), batch.cpu().numpy()
+    starts = np.concatenate([[0], np.cumsum(np.bincount(b))])
+    for k in range(len(starts) - 1):
+        lo, hi = starts[k], starts[k + 1]
+        bi, bo, q = perceive_bonds(z[lo:hi], p[lo:hi])
+        idx.append(bi + lo)
+        orders.append(bo)
+        charges.append(q)
+    dev = pos.device
+    return (torch.as_tensor(np.concatenate(idx, 1), device=dev), torch.as_tensor(np.concatenate(orders), device=dev),
+            torch.as_tensor(np.concatenate(charges), device=dev))
+
+
+class GeometryDataset(torch.utils.data.Dataset):
+    """In-memory list of molecule records; ``context_key`` names an ``atoms.info`` property to condition on;
+    ``with_bonds`` adds ``bond_index`` (2, nb), ``bond_order`` (nb,) and integer ``charges`` (n,)."""
+
+    def __init__(self, molecules: Sequence[ase.Atoms], context_key: str | None = None, with_bonds: bool = False):
         if len(molecules) == 0:
             raise InputError("empty molecule set", hint="give at least one molecule")
         self.context_key = context_key
@@ -122,7 +179,13 @@ class GeometryDataset(torch.utils.data.Dataset):
                 if context_key not in a.info:
                     raise InputError(f"molecule has no property '{context_key}' to condition on", frame=i)
                 ctx = np.atleast_1d(a.info[context_key])
-            self.records.append(molecule_record(a, ctx))
+            rec = molecule_record(a, ctx)
+            if with_bonds:  # for the categorical model: bonds and formal charges perceived once
+                bi, bo, q = perceive_bonds(a.numbers, a.positions)
+                rec["bond_index"] = torch.as_tensor(bi, dtype=torch.long)
+                rec["bond_order"] = torch.as_tensor(bo, dtype=torch.long)
+                rec[K.CHARGES] = torch.as_tensor(q, dtype=torch.long)
+            self.records.append(rec)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -132,4 +195,4 @@ class GeometryDataset(torch.utils.data.Dataset):
 
 
 __all__ = ["parse_plain_xyz", "read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
-           "GeometryDataset"]
+           "GeometryDataset", "perceive_bonds", "perceive_batch_bonds"]

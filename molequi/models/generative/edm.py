@@ -74,7 +74,7 @@ class EDMDynamics(nn.Module):
         d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)  # initial squared distances, EDM's edge attr
         xx = x
         for block in self.blocks:
-            hh, xx = block(hh, xx, edge_index, d0)
+            hh, xx, _ = block(hh, xx, edge_index, d0)
         out = self.embedding_out(hh)[:, : self.in_features]
         vel = remove_mean(xx - x, batch, num_graphs)
         bad = ~torch.isfinite(vel).all()
@@ -208,7 +208,8 @@ class EDM(nn.Module):
     def time_grid(self, steps: int | None) -> list[int]:
         """Integer steps T = t_0 > t_1 > ... > t_S = 0 of an S-step sampler: round(linspace(T, 0, S + 1))."""
         T = self.config.timesteps
-        steps = steps or self.config.sampling_steps or T
+        if steps is None:
+            steps = self.config.sampling_steps or T
         if steps < 1 or steps > T:
             raise InputError(f"steps must lie in 1..{T}, got {steps}")
         grid = np.round(np.linspace(T, 0, steps + 1)).astype(int)

@@ -46,31 +46,33 @@ class PairLinear(nn.Module):
 class EDMBlock(nn.Module):
     """One EDM ``EquivariantBlock`` (one GCL sublayer + one coordinate update).
 
-    forward(h (n, H), x (n, 3), edge_index (2, E) [sender, receiver], d0 (E, 1)) -> (h (n, H), x (n, 3)).
+    forward(h (n, H), x (n, 3), edge_index (2, E) [sender, receiver], e (E, D)) -> (h (n, H), x (n, 3),
+    m (E, H)). EDM passes e = d0 (D = 1); the categorical model passes [d0, bond features] and updates its
+    bond features from the returned messages m.
     """
 
     def __init__(self, hidden: int, coords_range: float = 15.0 / 9, normalization_factor: float = 1.0,
-                 attention: bool = True, tanh: bool = True, norm_constant: float = 1.0):
+                 attention: bool = True, tanh: bool = True, norm_constant: float = 1.0, edge_dim: int = 1):
         super().__init__()
         self.coords_range, self.normalization_factor = coords_range, normalization_factor
         self.attention, self.tanh, self.norm_constant = attention, tanh, norm_constant
         act = nn.SiLU()
-        self.edge_in = PairLinear(hidden, 2, hidden)
+        self.edge_in = PairLinear(hidden, 1 + edge_dim, hidden)
         self.edge_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act)
         self.att_mlp = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()) if attention else None
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), act, nn.Linear(hidden, hidden))
         last = nn.Linear(hidden, 1, bias=False)
         nn.init.xavier_uniform_(last.weight, gain=0.001)
-        self.coord_in = PairLinear(hidden, 2, hidden)
+        self.coord_in = PairLinear(hidden, 1 + edge_dim, hidden)
         self.coord_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act, last)
 
-    def forward(self, h, x, edge_index, d0):
+    def forward(self, h, x, edge_index, e):
         src, dst = edge_index
         n = h.shape[0]
         diff = x[dst] - x[src]  # (E, 3) x_i - x_j
         radial = (diff * diff).sum(-1, keepdim=True)  # (E, 1)
         unit = diff / (torch.sqrt(radial + 1e-8) + self.norm_constant)
-        edge_attr = torch.cat([radial, d0], -1)  # (E, 2)
+        edge_attr = torch.cat([radial, e], -1)  # (E, 1 + D)
         m = self.edge_mlp(self.edge_in(h, edge_attr, src, dst))  # (E, H)
         if self.att_mlp is not None:
             m = m * self.att_mlp(m)
@@ -80,7 +82,7 @@ class EDMBlock(nn.Module):
         if self.tanh:
             phi = torch.tanh(phi) * self.coords_range
         x = x + scatter_sum(unit * phi, dst, n) / self.normalization_factor
-        return h, x
+        return h, x, m
 
 
 __all__ = ["EDMBlock", "PairLinear"]

@@ -149,14 +149,15 @@ def atom_stability(numbers: np.ndarray, positions: np.ndarray | None = None, *,
     """(n,) bool: whether each atom's summed bond order equals an allowed valence.
 
     Bonds come from distances (``bond_order_matrix``) unless a bond-order matrix ``bonds`` (n, n) is given
-    (aromatic bonds given as 1.5 are summed as 1.5). With ``charges`` (n,) the charge-aware table is used.
+    (aromatic bonds, given as 1.5 or as class 4, count 1.5). With ``charges`` (n,) the charge-aware table is used.
     """
     z = np.asarray(numbers, dtype=int)
     if bonds is None:
         if positions is None:
             raise InputError("atom_stability needs positions or a bond matrix")
         bonds = bond_order_matrix(z, positions)
-    valence = np.asarray(bonds, dtype=float).sum(1)
+    b = np.asarray(bonds, dtype=float)
+    valence = np.where(b == 4, 1.5, b).sum(1)  # class 4 = aromatic
     stable = np.zeros(len(z), dtype=bool)
     for i, (zi, v) in enumerate(zip(z, valence)):
         q = None if charges is None else int(charges[i])

@@ -1,0 +1,127 @@
+"""EDM: E(3) equivariance of the denoiser, centred positions, the schedule's formula, unpadded edges."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from molequi.errors import ConfigError, InputError, ModelError
+from molequi.models.generative.edm import EDM
+from molequi.models.generative.graph import fully_connected_edges, remove_mean, scatter_sum, sizes_to_batch
+from molequi.models.generative.schedules import NoiseSchedule, cosine_alphas2, polynomial_alphas2
+from molequi.testing import random_rotation
+
+
+def tiny(**kw):
+    return EDM(EDM.Config(hidden=16, layers=2, timesteps=20, **kw))
+
+
+def test_fully_connected_edges_per_molecule():
+    batch = sizes_to_batch(torch.tensor([3, 1, 2]))
+    ei = fully_connected_edges(batch)
+    assert ei.shape == (2, 3 * 2 + 0 + 2 * 1)
+    pairs = set(map(tuple, ei.t().tolist()))
+    assert pairs == {(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (4, 5), (5, 4)}
+
+
+def test_denoiser_equivariant_float64():
+    torch.manual_seed(0)
+    model = tiny().double()
+    sizes = torch.tensor([5, 3, 7])
+    batch = sizes_to_batch(sizes)
+    ei = fully_connected_edges(batch)
+    x = remove_mean(torch.randn(15, 3, dtype=torch.float64), batch, 3)
+    h = torch.randn(15, model.n_features, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    ex, eh = model.dynamics(x, h, t, batch, ei)
+    rng = np.random.default_rng(0)
+    for reflection in (False, True):
+        R = torch.as_tensor(random_rotation(rng, reflection=reflection))
+        shift = torch.randn(3, 3, dtype=torch.float64)[batch]  # per-molecule translations
+        ex2, eh2 = model.dynamics(x @ R.T + shift, h, t, batch, ei)
+        assert torch.allclose(ex2, ex @ R.T, atol=1e-10, rtol=0)
+        assert torch.allclose(eh2, eh, atol=1e-10, rtol=0)
+    # permutation inside a molecule permutes the output
+    perm = torch.cat([torch.tensor([4, 2, 0, 1, 3]), torch.arange(5, 15)])
+    ex3, eh3 = model.dynamics(x[perm], h[perm], t, batch, ei)
+    assert torch.allclose(ex3, ex[perm], atol=1e-10) and torch.allclose(eh3, eh[perm], atol=1e-10)
+
+
+def test_positions_stay_centred():
+    torch.manual_seed(1)
+    model = tiny().double()
+    model.size_counts[4] = 1.0
+    model.size_counts[6] = 1.0
+    for method in ("ancestral", "ddim"):
+        sizes = torch.tensor([4, 6, 4])
+        batch = sizes_to_batch(sizes)
+        numbers, pos, b = model.sample_batch(sizes, steps=5, method=method)
+        com = scatter_sum(pos, b, 3) / sizes.unsqueeze(-1)
+        assert com.abs().max() < 1e-10 * max(1.0, float(pos.abs().max()))
+        assert set(numbers.tolist()) <= {1, 6, 7, 8, 9}
+    # the velocity the network returns is centred too
+    ei = fully_connected_edges(batch)
+    ex, _ = model.dynamics(torch.randn(14, 3).double(), torch.randn(14, model.n_features).double(),
+                           torch.rand(3).double(), batch, ei)
+    assert (scatter_sum(ex, batch, 3)).abs().max() < 1e-10
+
+
+def test_polynomial_schedule_matches_formula():
+    T, s = 1000, 1e-5
+    a2 = polynomial_alphas2(T, s, 2.0)
+    t = np.linspace(0, T + 1, T + 1) / (T + 1)
+    f = (1 - t ** 2) ** 2
+    # EDM clips step ratios below 0.001 only at the very end; elsewhere the formula holds exactly
+    ratios = f[1:] / f[:-1]
+    ok = np.concatenate([[True], np.cumprod(ratios >= 0.001) > 0])
+    expected = (1 - 2 * s) * f + s
+    assert np.allclose(a2[ok], expected[ok], rtol=1e-12, atol=1e-15)
+    assert a2[0] == pytest.approx(1 - s, abs=1e-12) and a2[-1] == pytest.approx(s, rel=1e-3)
+    sched = NoiseSchedule("polynomial_2", T, s)
+    g = sched.gamma(torch.arange(T + 1), torch.float64).numpy()
+    assert np.allclose(g, -np.log(a2 / (1 - a2)), rtol=1e-12)
+    alpha, sigma = sched.alpha_sigma(torch.tensor([0, 500, 1000]), torch.float64)
+    assert torch.allclose(alpha ** 2 + sigma ** 2, torch.ones(3, dtype=torch.float64))
+    assert np.all(np.diff(a2) <= 0)  # monotone
+
+
+def test_cosine_schedule_formula():
+    T, s = 500, 0.008
+    a = cosine_alphas2(T)
+    t = np.arange(T + 1) / T
+    f = np.cos(0.5 * math.pi * (t + s) / (1 + s)) ** 2
+    assert np.allclose(a[:400], (f / f[0])[:400], rtol=1e-10)
+    assert a[0] == 1.0 and np.all(np.diff(a) <= 0)
+
+
+def test_training_loss_and_size_histogram():
+    torch.manual_seed(0)
+    model = tiny()
+    from torch_geometric.data import Data
+
+    recs = []
+    for n in (3, 5):
+        d = Data(numbers=torch.tensor([6] + [1] * (n - 1)), pos=torch.randn(n, 3))
+        d.num_nodes = n
+        recs.append(d)
+    batch = Batch.from_data_list(recs)
+    model.train()
+    loss, logs = model.training_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and set(logs) == {"loss_x", "loss_h"}
+    assert model.size_counts[3] == 1 and model.size_counts[5] == 1
+    assert set(model.sample_sizes(50).tolist()) <= {3, 5}
+
+
+def test_named_errors():
+    with pytest.raises(ConfigError):
+        EDM(EDM.Config(schedule="linear"))
+    model = tiny()
+    with pytest.raises(ModelError):
+        model.sample(2)  # never trained: no size histogram
+    with pytest.raises(InputError):
+        model.time_grid(0)
+    with pytest.raises(ModelError):
+        model.encode(torch.tensor([17]), torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1)

@@ -1,0 +1,78 @@
+"""Pieces every force field shares: the element table and the per-atom energy head.
+
+    E_i = E0[z_i] + scale * y_i + shift          (eV)
+
+with y_i the model's dimensionless per-atom readout, E0 the per-element reference energies, and
+scale / shift the std / mean of the per-atom residual energy, all from ``Statistics`` (eV, eV/atom).
+They are buffers, so a state dict restores them; the element list comes from the statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from molequi.data.statistics import Statistics
+from molequi.errors import ConfigError, ModelError
+
+
+def _symbol(z: int) -> str:
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+class ElementTable(nn.Module):
+    """Atomic numbers (n,) -> element indices (n,) in [0, len(elements)); ModelError for unknown elements."""
+
+    def __init__(self, elements: Sequence[int]):
+        super().__init__()
+        elements = [int(z) for z in elements]
+        if not elements:
+            raise ConfigError("a model needs at least one element")
+        if len(set(elements)) != len(elements) or min(elements) < 1 or max(elements) >= len(chemical_symbols):
+            raise ConfigError(f"elements must be distinct atomic numbers 1..118, got {elements}")
+        self.elements = elements
+        table = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
+        table[torch.tensor(elements)] = torch.arange(len(elements))
+        self.register_buffer("table", table, persistent=False)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def forward(self, numbers: torch.Tensor) -> torch.Tensor:
+        numbers = numbers.reshape(-1).long()
+        valid = (numbers > 0) & (numbers < self.table.shape[0])
+        index = self.table[numbers.clamp(0, self.table.shape[0] - 1)]
+        if not bool((valid & (index >= 0)).all()):
+            bad = sorted(
+                {
+                    int(z)
+                    for z, i, v in zip(numbers.tolist(), index.tolist(), valid.tolist())
+                    if not v or i < 0
+                }
+            )
+            raise ModelError(
+                f"element(s) {', '.join(_symbol(z) for z in bad)} not among the model's elements "
+                f"({', '.join(_symbol(z) for z in self.elements)}); train a model that includes "
+                f"them"
+            )
+        return index
+
+
+class AtomicEnergyHead(nn.Module):
+    """(element index (n,), readout (n,)) -> per-atom energies E0[z] + scale * readout + shift (n,), eV."""
+
+    def __init__(self, statistics: Statistics, elements: Sequence[int]):
+        super().__init__()
+        e0 = torch.tensor([float(statistics.e0s.get(int(z), 0.0)) for z in elements])
+        self.register_buffer("e0", e0)
+        self.register_buffer("scale", torch.tensor(float(statistics.energy_scale)))
+        self.register_buffer("shift", torch.tensor(float(statistics.energy_shift)))
+
+    def forward(self, element: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        return self.e0[element] + self.scale * readout + self.shift
+
+
+__all__ = ["ElementTable", "AtomicEnergyHead"]

@@ -1,0 +1,203 @@
+"""MACE (Batatia et al., NeurIPS 2022): higher-order equivariant message passing, on e3nn's basis.
+
+Per layer t, for atom i with element z_i and features h_i (n, dim, c):
+
+    A_i   = (1 / avg_num_neighbors) Linear( sum_j R(r_ji) . (Linear_up(h_j) (x) Y(r_ji)) )     atomic basis
+    B_i   = sum_{nu <= correlation} w_{z_i} . U^nu . A_i^{(x) nu}                               symmetric product
+    h_i'  = Linear(B_i) + Skip_{z_i}(h_i)                                                       residual update
+    y_i  += readout_t(scalars of h_i')     (linear for t < T, MLP on the last layer, which keeps only scalars)
+
+R is an MLP of the Bessel basis, times the polynomial cutoff envelope; Y are the spherical harmonics up to
+``max_ell``. Per-atom energy E_i = E0[z_i] + scale * y_i + shift (``molequi.models.base``). Forces and stress
+come from ``molequi.response``. Layers: ``molequi.nn`` (radial, equivariant, symmetric_contraction, readout).
+
+Differences from mace-torch, none of which changes the function space: the symmetric contraction evaluates
+monomials of the atomic basis times one dense matrix per correlation order (``molequi.nn.symmetric_contraction``),
+and the convolution contracts the harmonics with the Clebsch-Gordan tensor per edge before touching channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from molequi import keys as K
+from molequi.data.statistics import Statistics
+from molequi.errors import ConfigError
+from molequi.graph.neighbors import edge_vectors
+from molequi.models.base import AtomicEnergyHead, ElementTable
+from molequi.nn.equivariant import (
+    ChannelIrreps,
+    ElementIrrepsLinear,
+    EquivariantConvolution,
+    IrrepsLinear,
+    spherical_harmonics,
+)
+from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialMLP
+from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
+from molequi.nn.symmetric_contraction import SymmetricContraction
+from molequi.response import batch_vector, energy_response
+
+
+class MACELayer(nn.Module):
+    """One interaction + product block: (h (n, in.dim, c), element (n,), edge data) -> (n, out.dim, c)."""
+
+    def __init__(
+        self,
+        irreps_in: ChannelIrreps,
+        irreps_out: ChannelIrreps,
+        max_ell: int,
+        num_radial: int,
+        radial_mlp: list[int],
+        correlation: int,
+        num_elements: int,
+        avg_num_neighbors: float,
+    ):
+        super().__init__()
+        c = irreps_out.channels
+        target = ChannelIrreps.spherical(c, max_ell)  # the atomic basis carries every l of the harmonics
+        self.skip = ElementIrrepsLinear(irreps_in, irreps_out, num_elements)
+        self.linear_up = IrrepsLinear(irreps_in, irreps_in)
+        self.conv = EquivariantConvolution(irreps_in, max_ell, target)
+        self.radial = RadialMLP([num_radial, *radial_mlp, self.conv.num_paths * irreps_in.channels])
+        self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
+        self.linear = IrrepsLinear(irreps_out, irreps_out)
+        self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        element: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        envelope: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> torch.Tensor:
+        sc = self.skip(h, element)
+        x = self.linear_up(h)
+        weights = (self.radial(radial) * envelope).view(radial.shape[0], self.conv.num_paths, -1)  # [E, P, c]
+        a = self.conv(x, sh, weights, sender, receiver) * self.inv_avg_num_neighbors  # [n, dim_sh, c]
+        return self.linear(self.product(a, element)) + sc
+
+
+class MACE(nn.Module):
+    """MACE force field with molequi's model interface (see ``molequi.models``)."""
+
+    @dataclass
+    class Config:
+        r_max: float = 5.0
+        """Cutoff radius, Å (graphs must be built with at least this cutoff)."""
+        num_bessel: int = 8
+        """Number of Bessel radial basis functions."""
+        num_polynomial_cutoff: int = 5
+        """Power p of the polynomial cutoff envelope."""
+        max_ell: int = 3
+        """Highest l of the edge spherical harmonics (and of the atomic basis A)."""
+        hidden_irreps: str = "64x0e+64x1o"
+        """Node features between layers (e3nn string, one multiplicity for all irreps)."""
+        correlation: int = 3
+        """Body order minus one of the product basis (3 = four-body messages)."""
+        num_interactions: int = 2
+        """Number of message-passing layers."""
+        MLP_irreps: str = "16x0e"
+        """Hidden scalars of the last layer's MLP readout."""
+        radial_MLP: list[int] = field(default_factory=lambda: [64, 64, 64])
+        """Hidden widths of the radial MLP that gives the per-edge tensor-product weights."""
+        avg_num_neighbors: float | None = None
+        """Normaliser of the neighbour sum; None takes it from the statistics."""
+
+        def validate(self) -> None:
+            if self.r_max <= 0:
+                raise ConfigError(f"r_max must be positive, got {self.r_max}")
+            if self.num_interactions < 1 or self.correlation < 1 or self.max_ell < 0:
+                raise ConfigError("num_interactions and correlation must be >= 1 and max_ell >= 0")
+            hidden = ChannelIrreps.parse(self.hidden_irreps)
+            if (0, 1) not in hidden.irreps:
+                raise ConfigError(f"hidden_irreps '{self.hidden_irreps}' must contain scalars (0e)")
+            mlp = ChannelIrreps.parse(self.MLP_irreps)
+            if mlp.irreps != ((0, 1),):
+                raise ConfigError(f"MLP_irreps must be scalars like '16x0e', got '{self.MLP_irreps}'")
+
+    def __init__(self, cfg: MACE.Config, statistics: Statistics):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.statistics = statistics
+        self.elements = [int(z) for z in statistics.elements]
+        self.r_max = float(cfg.r_max)
+        avg = cfg.avg_num_neighbors if cfg.avg_num_neighbors is not None else statistics.avg_num_neighbors
+        hidden = ChannelIrreps.parse(cfg.hidden_irreps)
+        c = hidden.channels
+        scalars = ChannelIrreps(c, ((0, 1),))
+        self.max_ell = cfg.max_ell
+        self.element_table = ElementTable(self.elements)
+        num_elements = len(self.elements)
+        self.embedding = ElementEmbedding(num_elements, c)
+        self.bessel = BesselBasis(cfg.r_max, cfg.num_bessel)
+        self.cutoff = PolynomialCutoff(cfg.r_max, cfg.num_polynomial_cutoff)
+        self.layers = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        self._scalar_rows: list[int] = []  # row of the 0e block in each layer's output
+        irreps_in = scalars
+        for t in range(cfg.num_interactions):
+            last = t == cfg.num_interactions - 1
+            irreps_out = scalars if last else hidden
+            self.layers.append(
+                MACELayer(
+                    irreps_in,
+                    irreps_out,
+                    cfg.max_ell,
+                    cfg.num_bessel,
+                    list(cfg.radial_MLP),
+                    cfg.correlation,
+                    num_elements,
+                    avg,
+                )
+            )
+            hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels
+            self.readouts.append(MLPReadout(c, hidden_mlp) if last else LinearReadout(c))
+            self._scalar_rows.append(irreps_out.scalars().start)
+            irreps_in = irreps_out
+        self.head = AtomicEnergyHead(statistics, self.elements)
+
+    @classmethod
+    def from_config(cls, cfg: MACE.Config, statistics: Statistics) -> MACE:
+        return cls(cfg, statistics)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""
+        element = self.element_table(data[K.NUMBERS])
+        sender, receiver = data[K.EDGE_INDEX][0], data[K.EDGE_INDEX][1]
+        vectors = edge_vectors(
+            pos, data[K.EDGE_INDEX], data[K.UNIT_SHIFTS], cell, batch_vector(data)
+        )  # [E, 3]
+        lengths = torch.linalg.vector_norm(vectors, dim=-1)  # [E]
+        sh = spherical_harmonics(self.max_ell, vectors)  # [E, (max_ell+1)^2]
+        radial = self.bessel(lengths)  # [E, num_bessel]
+        envelope = self.cutoff(lengths)  # [E, 1]
+        h = self.embedding(element).to(pos.dtype).unsqueeze(1)  # [n, 1, c]
+        readout = torch.zeros_like(pos[:, 0])
+        for layer, head, row in zip(self.layers, self.readouts, self._scalar_rows):
+            h = layer(h, element, sh, radial, envelope, sender, receiver)
+            readout = readout + head(h[:, row, :])
+        return self.head(element, readout)
+
+    def forward(
+        self, data, compute_forces: bool = True, compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return energy_response(
+            self.atomic_energies,
+            data,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
+            create_graph=self.training,
+        )
+
+
+__all__ = ["MACE", "MACELayer"]

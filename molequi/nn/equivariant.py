@@ -1,0 +1,310 @@
+"""Equivariant layers over features that share one channel count across irreps (the MACE layout).
+
+Features are tensors ``(n, dim, channels)``: rows are the irreps of a ``ChannelIrreps`` one after another,
+each with its 2l+1 components (e3nn's real basis, the basis of ``e3nn.o3.spherical_harmonics``), and the
+last axis is the channel. Keeping channels last turns every channel-mixing step into a plain matmul.
+
+- ``ChannelIrreps``:        value type, e.g. ``ChannelIrreps.parse("64x0e+64x1o")``
+- ``IrrepsLinear``:         x_l -> x_l W_l per irrep (channel mixing, no mixing of m)
+- ``ElementIrrepsLinear``:  the same with weights chosen by each atom's element (MACE's skip connection)
+- ``EquivariantConvolution``: per-edge uvu tensor product of sender features with the edge's spherical
+  harmonics, weighted per edge / path / channel, summed over neighbours, then mixed over paths and channels
+- ``Constants``:            float64 master copies of fixed tensors (Clebsch-Gordan coefficients), handed out
+  in the dtype asked for, so a model built in float32 and moved to float64 keeps exact equivariance
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from molequi.errors import ConfigError
+
+Irrep = tuple[int, int]  # (l, parity) with parity +1 (even) or -1 (odd)
+
+
+@dataclass(frozen=True)
+class ChannelIrreps:
+    """Distinct irreps (l, parity) that all carry ``channels`` copies; feature shape (n, dim, channels)."""
+
+    channels: int
+    irreps: tuple[Irrep, ...]
+
+    def __post_init__(self):
+        if self.channels < 1:
+            raise ConfigError(f"channels must be positive, got {self.channels}")
+        if not self.irreps:
+            raise ConfigError("ChannelIrreps needs at least one irrep")
+        if len(set(self.irreps)) != len(self.irreps):
+            raise ConfigError(f"irreps must be distinct, got {self.irreps}")
+        for l, p in self.irreps:
+            if l < 0 or p not in (1, -1):
+                raise ConfigError(f"invalid irrep (l={l}, parity={p})")
+
+    @classmethod
+    def parse(cls, text: str) -> ChannelIrreps:
+        """Parse an e3nn string such as ``"64x0e+64x1o"``; every irrep must have the same multiplicity."""
+        irreps = o3.Irreps(text)
+        muls = {mul for mul, _ in irreps}
+        if len(muls) != 1:
+            raise ConfigError(
+                f"irreps '{text}' must give every irrep the same multiplicity (as MACE does), "
+                f"e.g. '64x0e+64x1o'"
+            )
+        return cls(muls.pop(), tuple((ir.l, ir.p) for _, ir in irreps))
+
+    @classmethod
+    def spherical(cls, channels: int, lmax: int) -> ChannelIrreps:
+        """0e + 1o + 2e + ... up to ``lmax``: the irreps of spherical harmonics."""
+        return cls(channels, tuple((l, (-1) ** l) for l in range(lmax + 1)))
+
+    def with_channels(self, channels: int) -> ChannelIrreps:
+        return ChannelIrreps(channels, self.irreps)
+
+    @property
+    def dim(self) -> int:
+        return sum(2 * l + 1 for l, _ in self.irreps)
+
+    @property
+    def lmax(self) -> int:
+        return max(l for l, _ in self.irreps)
+
+    def slices(self) -> list[slice]:
+        out, start = [], 0
+        for l, _ in self.irreps:
+            out.append(slice(start, start + 2 * l + 1))
+            start += 2 * l + 1
+        return out
+
+    def index(self, irrep: Irrep) -> int:
+        return self.irreps.index(irrep)
+
+    def scalars(self) -> slice | None:
+        """Rows of the 0e irrep (None if absent)."""
+        return self.slices()[self.index((0, 1))] if (0, 1) in self.irreps else None
+
+    def __str__(self) -> str:
+        return "+".join(f"{self.channels}x{l}{'e' if p == 1 else 'o'}" for l, p in self.irreps)
+
+
+class Constants:
+    """Fixed tensors kept in float64 and handed out in the dtype and device of a reference tensor.
+
+    Not buffers on purpose: ``module.to(torch.float32)`` would round them, and a later ``.to(float64)``
+    could not undo it. They are derived from the configuration, so they need no place in a state dict.
+    """
+
+    def __init__(self):
+        self._master: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self._master[name] = value.detach().to(torch.float64).contiguous()
+
+    def get(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        key = (name, like.dtype, like.device)
+        value = self._cache.get(key)
+        if value is None:
+            value = self._master[name].to(device=like.device, dtype=like.dtype)
+            self._cache[key] = value
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._master
+
+
+class IrrepsLinear(nn.Module):
+    """out_l = x_l W_l / sqrt(c_in) for each irrep of ``irreps_out``; irreps absent from the input give zeros.
+
+    (n, irreps_in.dim, c_in) -> (n, irreps_out.dim, c_out).
+    """
+
+    def __init__(self, irreps_in: ChannelIrreps, irreps_out: ChannelIrreps):
+        super().__init__()
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
+        self.weights = nn.ParameterList()
+        self._plan: list[tuple[slice | None, int, int]] = []  # (input rows, weight index, output dim)
+        in_slices = irreps_in.slices()
+        for irrep in irreps_out.irreps:
+            d = 2 * irrep[0] + 1
+            if irrep in irreps_in.irreps:
+                self._plan.append((in_slices[irreps_in.index(irrep)], len(self.weights), d))
+                self.weights.append(nn.Parameter(torch.randn(irreps_in.channels, irreps_out.channels)))
+            else:
+                self._plan.append((None, -1, d))
+        self.norm = 1.0 / math.sqrt(irreps_in.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = []
+        for rows, w, d in self._plan:
+            if rows is None:
+                blocks.append(x.new_zeros(x.shape[0], d, self.irreps_out.channels))
+            else:
+                blocks.append(x[:, rows, :] @ (self.weights[w] * self.norm))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+class ElementIrrepsLinear(nn.Module):
+    """out_l[i] = x_l[i] W_l[z_i] / sqrt(c_in): a linear map per irrep whose weights depend on the element.
+
+    This is MACE's element-dependent skip connection (an e3nn ``FullyConnectedTensorProduct`` with the
+    one-hot element). ``forward(x (n, dim_in, c_in), element (n,) long in [0, num_elements))``.
+    """
+
+    def __init__(self, irreps_in: ChannelIrreps, irreps_out: ChannelIrreps, num_elements: int):
+        super().__init__()
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
+        self.weights = nn.ParameterList()
+        self._plan: list[tuple[slice | None, int, int]] = []
+        in_slices = irreps_in.slices()
+        for irrep in irreps_out.irreps:
+            d = 2 * irrep[0] + 1
+            if irrep in irreps_in.irreps:
+                self._plan.append((in_slices[irreps_in.index(irrep)], len(self.weights), d))
+                self.weights.append(
+                    nn.Parameter(torch.randn(num_elements, irreps_in.channels, irreps_out.channels))
+                )
+            else:
+                self._plan.append((None, -1, d))
+        self.norm = 1.0 / math.sqrt(irreps_in.channels)
+
+    def forward(self, x: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+        blocks = []
+        for rows, w, d in self._plan:
+            if rows is None:
+                blocks.append(x.new_zeros(x.shape[0], d, self.irreps_out.channels))
+            else:
+                weight = self.weights[w][element]  # [n, c_in, c_out]
+                blocks.append(torch.bmm(x[:, rows, :], weight) * self.norm)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+@functools.cache
+def _wigner_3j(l1: int, l2: int, l3: int) -> torch.Tensor:
+    return o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+
+
+def clebsch_gordan(l1: int, l2: int, l3: int) -> torch.Tensor:
+    """e3nn's real Wigner 3j symbol (2l1+1, 2l2+1, 2l3+1), float64, times sqrt(2l3+1) ("component" norm)."""
+    return _wigner_3j(l1, l2, l3) * math.sqrt(2 * l3 + 1)
+
+
+@dataclass(frozen=True)
+class _Path:
+    i_in: int  # index of the input irrep
+    l_edge: int  # l of the spherical harmonic
+    i_out: int  # index of the output irrep
+
+
+class EquivariantConvolution(nn.Module):
+    """MACE's interaction: uvu tensor product with the edge harmonics, neighbour sum, linear over paths.
+
+    For every path (l1 of the node features) x (l2 of the harmonics) -> l3 allowed by the selection and parity
+    rules and present in ``irreps_out``:
+
+        m_i^{p}[u, m3] = sum_{j in N(i)} w_ji[p, u] sum_{m1, m2} C^{p}_{m1 m2 m3} x_j[l1 m1, u] Y_{l2 m2}(r_ji)
+        out_i[l3 m3, v] = sum_{p -> l3, u} m_i^{p}[u, m3] W_{l3}[(p, u), v] / sqrt(paths(l3) * c)
+
+    The harmonics are first contracted with the Clebsch-Gordan tensor per edge, G_e = C . Y_e (no channel
+    axis), so the per-channel work is one batched (dim_mid x dim_in) @ (dim_in x c) product per edge.
+
+    forward(x (n, irreps_in.dim, c), sh (E, (lmax+1)^2), weights (E, num_paths, c), sender (E,), receiver (E,))
+    -> (n, irreps_out.dim, c_out). The sum over neighbours is not normalised here.
+    """
+
+    def __init__(self, irreps_in: ChannelIrreps, sh_lmax: int, irreps_out: ChannelIrreps):
+        super().__init__()
+        self.irreps_in, self.irreps_out, self.sh_lmax = irreps_in, irreps_out, sh_lmax
+        paths: list[_Path] = []
+        for i_out, (l3, p3) in enumerate(irreps_out.irreps):  # grouped by output irrep
+            for i_in, (l1, p1) in enumerate(irreps_in.irreps):
+                for l2 in range(sh_lmax + 1):
+                    if abs(l1 - l2) <= l3 <= l1 + l2 and p1 * (-1) ** l2 == p3:
+                        paths.append(_Path(i_in, l2, i_out))
+        if not paths:
+            raise ConfigError(f"no tensor-product path from {irreps_in} x Y(l<={sh_lmax}) to {irreps_out}")
+        self.paths = paths
+        self.num_paths = len(paths)
+        in_slices = irreps_in.slices()
+        dim_sh = (sh_lmax + 1) ** 2
+        # rows of the per-edge message: output irrep, then path, then m3
+        self._groups: list[tuple[int, int, int, int, int]] = []  # (row start, path start, n paths, d3, i_out)
+        dim_mid = sum(2 * irreps_out.irreps[p.i_out][0] + 1 for p in paths)
+        cg = torch.zeros(dim_sh, irreps_in.dim, dim_mid, dtype=torch.float64)
+        row = 0
+        for i_out, (l3, _) in enumerate(irreps_out.irreps):
+            group = [k for k, p in enumerate(paths) if p.i_out == i_out]
+            if not group:
+                continue
+            self._groups.append((row, group[0], len(group), 2 * l3 + 1, i_out))
+            for k in group:
+                p = paths[k]
+                l1 = irreps_in.irreps[p.i_in][0]
+                c = clebsch_gordan(l1, p.l_edge, l3)  # [m1, m2, m3]
+                cg[p.l_edge**2 : (p.l_edge + 1) ** 2, in_slices[p.i_in], row : row + 2 * l3 + 1] = c.permute(
+                    1, 0, 2
+                )
+                row += 2 * l3 + 1
+        self.dim_mid = dim_mid
+        row_path = [k for k, p in enumerate(paths) for _ in range(2 * irreps_out.irreps[p.i_out][0] + 1)]
+        self.register_buffer("row_path", torch.tensor(row_path), persistent=False)  # path of each message row
+        self.constants = Constants()
+        self.constants.add("cg", cg.reshape(dim_sh, irreps_in.dim * dim_mid))  # [sh, (in, mid)]
+        c = irreps_in.channels
+        self.mix = nn.ParameterList(
+            [
+                nn.Parameter(torch.randn(n_paths * c, irreps_out.channels))
+                for _, _, n_paths, _, _ in self._groups
+            ]
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        weights: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[2]
+        n_edges = sh.shape[0]
+        cg = self.constants.get("cg", x)
+        g = (sh @ cg).view(n_edges, self.irreps_in.dim, self.dim_mid)  # [E, in, mid]
+        xs = x.index_select(0, sender)  # [E, in, c]
+        if self.irreps_in.dim == 1:
+            msg = g.transpose(1, 2) * xs  # [E, mid, c]
+        else:
+            msg = torch.bmm(g.transpose(1, 2), xs)  # [E, mid, c]
+        msg = msg * weights.index_select(1, self.row_path)  # [E, mid, c]
+        agg = x.new_zeros(n, self.dim_mid, c).index_add_(0, receiver, msg)  # [n, mid, c]
+        out_blocks: dict[int, torch.Tensor] = {}
+        for (row, _, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
+            block = agg[:, row : row + n_paths * d3, :].reshape(n, n_paths, d3, c)
+            block = block.transpose(1, 2).reshape(n, d3, n_paths * c)
+            out_blocks[i_out] = block @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
+        blocks = [
+            out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)
+            for i, (l, _) in enumerate(self.irreps_out.irreps)
+        ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+def spherical_harmonics(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics of the unit vectors, e3nn basis, "component" norm: (E, 3) -> (E, (lmax+1)^2)."""
+    return o3.spherical_harmonics(list(range(lmax + 1)), vectors, normalize=True, normalization="component")
+
+
+__all__ = [
+    "ChannelIrreps",
+    "Constants",
+    "IrrepsLinear",
+    "ElementIrrepsLinear",
+    "EquivariantConvolution",
+    "clebsch_gordan",
+    "spherical_harmonics",
+]

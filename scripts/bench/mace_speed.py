@@ -1,0 +1,336 @@
+"""Energy + forces speed of molequi's MACE against mace-torch at identical hyperparameters (CPU).
+
+    bash scripts/bench/setup_mace_torch.sh          # once: mace-torch in its own venv
+    python scripts/bench/mace_speed.py              # table on stdout, JSON in bench_results/mace_speed.json
+
+Both models: hidden 64x0e+64x1o, max_ell 3, correlation 3, 2 interactions, r_max 5 Å, 8 Bessel functions,
+p = 5, radial MLP [64, 64, 64], MLP readout 16x0e, elements H C O, random initialisation (nothing is copied
+between them; weights do not change the cost). Systems: 32 rMD17 ethanol frames as one batch, and a periodic
+water box of 171 molecules (513 atoms, 1 g/cm^3) built with ase. Graphs are built before timing.
+
+Each (implementation, system, dtype) runs in a fresh subprocess - the mace-torch one with the python of
+${MACE_VENV:-~/.cache/molequi/mace-venv} (mace-torch pins e3nn 0.4.4, which cannot share molequi's venv) -
+with ``torch.set_num_threads(threads)``: one warm-up call, then the median of ``--repeats`` timed calls.
+Memory: growth of the process's peak resident set over one inference call (energy + forces) and over one
+training step (forces with create_graph, loss backward), divided by the number of atoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
+HYPER = dict(
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    hidden_irreps="64x0e+64x1o",
+    correlation=3,
+    num_interactions=2,
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+)
+ELEMENTS = [1, 6, 8]
+
+
+# ----------------------------------------------------------------------------------------------- structures
+def make_structures(out_dir: Path, n_frames: int, npz: str) -> dict[str, str]:
+    import ase.io
+    import numpy as np
+    from ase import Atoms
+    from ase.build import molecule
+
+    d = np.load(npz)
+    z, coords = d["nuclear_charges"], d["coords"]
+    frames = [Atoms(numbers=z, positions=coords[i]) for i in range(n_frames)]
+    ethanol = out_dir / "ethanol.extxyz"
+    ase.io.write(ethanol, frames)
+
+    rng = np.random.default_rng(0)
+    n_mol, grid = 171, 6
+    length = (n_mol * 18.015 / 6.02214076e23 / 1.0) ** (1 / 3) * 1e8  # Å at 1 g/cm^3
+    points = [(i, j, k) for i in range(grid) for j in range(grid) for k in range(grid)]
+    chosen = rng.choice(len(points), n_mol, replace=False)
+    water = Atoms(cell=[length] * 3, pbc=True)
+    h2o = molecule("H2O")
+    h2o.positions -= h2o.positions[0]  # O at the origin
+    for idx in sorted(chosen):
+        m = h2o.copy()
+        m.rotate(rng.uniform(0, 360), rng.normal(size=3), center=(0, 0, 0))
+        m.positions += (np.array(points[idx]) + 0.5) * length / grid
+        water += m
+    water.wrap()
+    box = out_dir / "water.extxyz"
+    ase.io.write(box, water)
+    return {"ethanol_x32": str(ethanol), "water_513": str(box)}
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _time(fn, repeats: int) -> tuple[float, list[float]]:
+    import statistics
+
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train: bool) -> dict:
+    import ase.io
+    import torch
+    from torch_geometric.data import Batch
+
+    from molequi.data.records import atoms_to_data
+    from molequi.data.statistics import Statistics
+    from molequi.graph.neighbors import RadiusGraph
+    from molequi.models.mace import MACE
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype_name)
+    frames = ase.io.read(path, ":")
+    graph = RadiusGraph(HYPER["r_max"])
+    batch = Batch.from_data_list([graph(atoms_to_data(a, dtype=dtype, validate=False)) for a in frames])
+    n_atoms = int(batch.num_nodes)
+    avg = batch.edge_index.shape[1] / n_atoms
+    stats = Statistics(elements=ELEMENTS, avg_num_neighbors=avg)
+    model = MACE.from_config(MACE.Config(**HYPER), stats).to(dtype).eval()
+
+    def infer():
+        out = model(batch, compute_forces=True)
+        return out["energy"].sum().item() + out["forces"].sum().item()
+
+    base = _peak_rss_mb()
+    infer()
+    infer_mb = _peak_rss_mb() - base
+    median, times = _time(infer, repeats)
+    result = dict(
+        impl="molequi",
+        n_atoms=n_atoms,
+        n_edges=int(batch.edge_index.shape[1]),
+        median_s=median,
+        times_s=times,
+        peak_mb_infer=infer_mb,
+    )
+    if train:
+        model.train()
+        out = model(batch, compute_forces=True)
+        loss = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
+        loss.backward()
+        result["peak_mb_train"] = max(_peak_rss_mb() - base, infer_mb)
+    return result
+
+
+def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: bool) -> dict:
+    import ase.io
+    import mace  # noqa: F401  (first: it makes e3nn 0.4.4 importable under torch >= 2.6)
+    import numpy as np
+    import torch
+    from e3nn import o3
+    from mace import data as mdata
+    from mace import modules
+    from mace.tools import torch_geometric, utils
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype_name)
+    torch.set_default_dtype(dtype)
+    frames = ase.io.read(path, ":")
+    z_table = utils.AtomicNumberTable(ELEMENTS)
+    dataset = [
+        mdata.AtomicData.from_config(mdata.config_from_atoms(a), z_table=z_table, cutoff=HYPER["r_max"])
+        for a in frames
+    ]
+    loader = torch_geometric.dataloader.DataLoader(dataset, batch_size=len(dataset), shuffle=False)
+    batch = next(iter(loader))
+    n_atoms = int(batch.num_nodes)
+    avg = batch.edge_index.shape[1] / n_atoms
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    model = (
+        modules.ScaleShiftMACE(
+            r_max=HYPER["r_max"],
+            num_bessel=HYPER["num_bessel"],
+            num_polynomial_cutoff=HYPER["num_polynomial_cutoff"],
+            max_ell=HYPER["max_ell"],
+            interaction_cls=block,
+            interaction_cls_first=block,
+            num_interactions=HYPER["num_interactions"],
+            num_elements=len(ELEMENTS),
+            hidden_irreps=o3.Irreps(HYPER["hidden_irreps"]),
+            MLP_irreps=o3.Irreps(HYPER["MLP_irreps"]),
+            atomic_energies=np.zeros(len(ELEMENTS)),
+            avg_num_neighbors=avg,
+            atomic_numbers=ELEMENTS,
+            correlation=HYPER["correlation"],
+            gate=torch.nn.functional.silu,
+            radial_MLP=HYPER["radial_MLP"],
+            atomic_inter_scale=1.0,
+            atomic_inter_shift=0.0,
+        )
+        .to(dtype)
+        .eval()
+    )
+    batch_dict = batch.to_dict()
+    for k, v in batch_dict.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            batch_dict[k] = v.to(dtype)
+
+    def infer():
+        out = model(batch_dict, training=False, compute_force=True)
+        return out["energy"].sum().item() + out["forces"].sum().item()
+
+    base = _peak_rss_mb()
+    infer()
+    infer_mb = _peak_rss_mb() - base
+    median, times = _time(infer, repeats)
+    import mace as mace_pkg
+
+    result = dict(
+        impl=f"mace-torch {getattr(mace_pkg, '__version__', '?')}",
+        n_atoms=n_atoms,
+        n_edges=int(batch.edge_index.shape[1]),
+        median_s=median,
+        times_s=times,
+        peak_mb_infer=infer_mb,
+    )
+    if train:
+        model.train()
+        out = model(batch_dict, training=True, compute_force=True)
+        loss = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
+        loss.backward()
+        result["peak_mb_train"] = max(_peak_rss_mb() - base, infer_mb)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def run_worker(python: str, impl: str, path: str, dtype: str, args) -> dict:
+    cmd = [
+        python,
+        os.path.abspath(__file__),
+        "--worker",
+        impl,
+        "--structure",
+        path,
+        "--dtype",
+        dtype,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ] + ([] if args.train else ["--no-train"])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if impl == "molequi":
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if proc.returncode != 0:
+        return {
+            "impl": impl,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed",
+        }
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--npz", default=ETHANOL_NPZ)
+    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument("--systems", default="ethanol_x32,water_513")
+    parser.add_argument("--impls", default="molequi,mace-torch")
+    parser.add_argument(
+        "--no-train", dest="train", action="store_false", help="skip the training-step memory"
+    )
+    parser.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
+    parser.add_argument("--out", default="bench_results/mace_speed.json")
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--worker", choices=["molequi", "mace-torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--structure", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        fn = worker_molequi if args.worker == "molequi" else worker_mace
+        print(json.dumps(fn(args.structure, args.dtype, args.repeats, args.threads, args.train)))
+        return
+
+    venv = os.environ.get("MACE_VENV", os.path.expanduser("~/.cache/molequi/mace-venv"))
+    mace_python = args.mace_python or os.path.join(venv, "bin", "python")
+    impls = args.impls.split(",")
+    if "mace-torch" in impls and not os.path.exists(mace_python):
+        sys.exit(f"no mace-torch venv at {venv}; run scripts/bench/setup_mace_torch.sh (or set MACE_VENV)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_structures(Path(tmp), args.frames, args.npz)
+        for system in args.systems.split(","):
+            for dtype in args.dtypes.split(","):
+                for impl in impls:
+                    python = sys.executable if impl == "molequi" else mace_python
+                    res = run_worker(python, impl, paths[system], dtype, args)
+                    res.update(system=system, dtype=dtype, impl_key=impl)
+                    rows.append(res)
+                    print(
+                        f"  {system:12s} {dtype:8s} {impl:11s} "
+                        + (f"{res['median_s']:.3f} s" if "median_s" in res else res.get("error", "?")),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    print_table(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(
+        hyperparameters=HYPER,
+        threads=args.threads,
+        repeats=args.repeats,
+        machine=platform.node(),
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    print(f"\nsaved {out}")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\n{'system':12s} {'dtype':8s} {'impl':22s} {'atoms':>6s} {'edges':>7s} {'median s':>9s} "
+        f"{'speed-up':>8s} {'MB/atom inf':>11s} {'MB/atom train':>13s}"
+    )
+    ref = {(r["system"], r["dtype"]): r.get("median_s") for r in rows if r["impl_key"] == "mace-torch"}
+    for r in rows:
+        if "median_s" not in r:
+            print(f"{r['system']:12s} {r['dtype']:8s} {r['impl_key']:22s} error: {r.get('error')}")
+            continue
+        base = ref.get((r["system"], r["dtype"]))
+        speed = f"{base / r['median_s']:.2f}x" if base else "-"
+        train = r.get("peak_mb_train")
+        print(
+            f"{r['system']:12s} {r['dtype']:8s} {r['impl'][:22]:22s} {r['n_atoms']:6d} {r['n_edges']:7d} "
+            f"{r['median_s']:9.3f} {speed:>8s} {r['peak_mb_infer'] / r['n_atoms']:11.3f} "
+            + (f"{train / r['n_atoms']:13.3f}" if train is not None else f"{'-':>13s}")
+        )
+
+
+if __name__ == "__main__":
+    main()

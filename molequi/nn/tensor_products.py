@@ -46,9 +46,22 @@ KINDS = ("e3nn", "so2", "gaunt")
 
 
 def uvu_instructions(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, target_irreps: o3.Irreps,
-                     ) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
-    """MACE's ``tp_out_irreps_with_instructions``: every (i1, i2) -> ir_out in ``target_irreps``, 'uvu', sorted."""
+                     merge_paths: bool = False) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
+    """MACE's ``tp_out_irreps_with_instructions``: every (i1, i2) -> ir_out in ``target_irreps``, 'uvu', sorted.
+
+    With ``merge_paths`` the paths that end in the same irrep are summed into one output block
+    (irreps_out = one block per (l, p), sorted), as MACE's own convolution and eSCN do before mixing channels.
+    """
     target = o3.Irreps(target_irreps)
+    if merge_paths:
+        mul = irreps_in1[0].mul
+        found = sorted({ir_out for _, ir_in in irreps_in1 for _, ir_edge in irreps_in2
+                        for ir_out in ir_in * ir_edge if ir_out in target})
+        irreps_out = o3.Irreps([(mul, ir) for ir in found])
+        instructions = [(i, j, found.index(ir_out), "uvu", True)
+                        for i, (_, ir_in) in enumerate(irreps_in1) for j, (_, ir_edge) in enumerate(irreps_in2)
+                        for ir_out in ir_in * ir_edge if ir_out in target]
+        return irreps_out, sorted(instructions, key=lambda x: x[2])
     out, instructions = [], []
     for i, (mul, ir_in) in enumerate(irreps_in1):
         for j, (_, ir_edge) in enumerate(irreps_in2):
@@ -77,10 +90,11 @@ def _edge_direction(edge_sh: torch.Tensor, irreps_sh: o3.Irreps, edge_vectors: t
 class E3nnConvTP(nn.Module):
     """Reference: e3nn 'uvu' tensor product with per-edge weights (exactly MACE's convolution)."""
 
-    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False):
         super().__init__()
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
-        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps)
+        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps,
+                                                              merge_paths)
         self.tp = o3.TensorProduct(self.irreps_in1, self.irreps_in2, self.irreps_out, self.instructions,
                                    shared_weights=False, internal_weights=False)
         self.weight_numel = self.tp.weight_numel
@@ -97,7 +111,7 @@ class SO2ConvTP(nn.Module):
     pw_p is e3nn's path normalisation ('component' irreps, 'element' paths: sqrt((2lo+1) / n_paths(lo))).
     """
 
-    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False):
         super().__init__()
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
         muls = {mul for mul, _ in self.irreps_in1}
@@ -105,7 +119,8 @@ class SO2ConvTP(nn.Module):
             raise ConfigError(f"the 'so2' tensor product needs one multiplicity in irreps_in1 (got "
                               f"{self.irreps_in1}) and multiplicity 1 in irreps_in2 (got {self.irreps_in2})")
         self.channels = muls.pop()
-        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps)
+        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps,
+                                                              merge_paths)
         self.weight_numel = len(self.instructions) * self.channels
         ls_in = [ir.l for _, ir in self.irreps_in1]
         ls_out = [ir.l for _, ir in self.irreps_out]
@@ -161,7 +176,7 @@ class GauntConvTP(nn.Module):
     irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) present in ``target_irreps``.
     """
 
-    def __init__(self, irreps_in1, irreps_in2, target_irreps):
+    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True):
         super().__init__()
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
         muls = {mul for mul, _ in self.irreps_in1}
@@ -196,12 +211,17 @@ class GauntConvTP(nn.Module):
         return stack_to_irreps_blocks(out, self.irreps_out)
 
 
-def build_conv_tensor_product(kind: str, irreps_in1, irreps_in2, target_irreps) -> nn.Module:
-    """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract)."""
+def build_conv_tensor_product(kind: str, irreps_in1, irreps_in2, target_irreps,
+                              merge_paths: bool = False) -> nn.Module:
+    """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract).
+
+    ``merge_paths=True`` sums the paths that end in the same irrep (one output block per (l, p)); the
+    'gaunt' kind always produces one block per l.
+    """
     table = {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP}
     if kind not in table:
         raise ConfigError(f"unknown tensor product kind '{kind}'; valid kinds: {', '.join(KINDS)}")
-    return table[kind](irreps_in1, irreps_in2, target_irreps)
+    return table[kind](irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
 
 
 __all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS"]

@@ -31,12 +31,13 @@ CASES = [  # (node irreps, sh lmax, target) -- MACE's first and second interacti
 ]
 
 
+@pytest.mark.parametrize("merge", [False, True])
 @pytest.mark.parametrize("irreps,L,target", CASES)
-def test_so2_kind_equals_e3nn_kind(irreps, L, target):
+def test_so2_kind_equals_e3nn_kind(irreps, L, target, merge):
     torch.manual_seed(0)
     ir_sh = o3.Irreps.spherical_harmonics(L)
-    ref = build_conv_tensor_product("e3nn", irreps, ir_sh, target)
-    so2 = build_conv_tensor_product("so2", irreps, ir_sh, target)
+    ref = build_conv_tensor_product("e3nn", irreps, ir_sh, target, merge_paths=merge)
+    so2 = build_conv_tensor_product("so2", irreps, ir_sh, target, merge_paths=merge)
     assert ref.irreps_out == so2.irreps_out and ref.weight_numel == so2.weight_numel
     E = 9
     vec = torch.randn(E, 3)

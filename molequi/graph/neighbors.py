@@ -59,7 +59,7 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float,
                   max_edges: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(edge_index (2, E), unit_shifts (E, 3) int, shifts (E, 3) Å)`` for one structure.
 
-    Pairs are ordered by sender then receiver (stable), each (i, j, S) appearing once.
+    Pairs are grouped by sender, each (i, j, S) appearing once.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
@@ -84,9 +84,11 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float,
     d = np.asarray(d)
     # vesin never returns a pair with zero shift and i == j, but be explicit about the contract
     keep = (d > 0) & (d <= cutoff)
-    i, j, S = i[keep], j[keep], S[keep]
-    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
-    i, j, S = i[order], j[order], S[order]
+    if not keep.all():
+        i, j, S = i[keep], j[keep], S[keep]
+    if len(i) > 1 and not np.all(i[1:] >= i[:-1]):  # vesin returns pairs grouped by sender; keep it so
+        order = np.argsort(i, kind="stable")
+        i, j, S = i[order], j[order], S[order]
     if max_edges is not None and len(i) > max_edges:
         raise NeighborOverflowError(f"{len(i)} edges within {cutoff} Å exceed max_edges={max_edges}; "
                                     "raise max_edges or lower the cutoff")

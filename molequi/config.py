@@ -245,7 +245,10 @@ def _data_from_dict(raw: dict) -> DataConfig:
             if key not in ds_fields:
                 _unknown(key, valid, "data")
         hints = _type_hints(ds_cls)
-        options = {k: _convert(v, hints.get(k, Any), f"data.{k}") for k, v in raw.items()}
+        options = {f.name: to_plain(f.default if f.default is not MISSING else f.default_factory())
+                   for f in dataclasses.fields(ds_cls) if f.name != "name"
+                   and (f.default is not MISSING or f.default_factory is not MISSING)}
+        options.update({k: _convert(v, hints.get(k, Any), f"data.{k}") for k, v in raw.items()})
     else:
         valid = sorted(set(_FALLBACK_DATASET_KEYS) | split_fields)
         options = {}

@@ -102,4 +102,57 @@ def make_loader(records: Sequence, batch_size: int, shuffle: bool, num_workers: 
                       persistent_workers=num_workers > 0)
 
 
-__all__ = ["load_splits", "split_indices", "split_records", "with_graphs", "make_loader"]
+
+
+def _lightning_datamodule_base():
+    import lightning as L
+
+    return L.LightningDataModule
+
+
+class RecordsDataModule(_lightning_datamodule_base()):
+    """Train / validation / test loaders over record lists, sharded by us (not by Lightning) under DDP.
+
+    Training: a ``DistributedSampler`` that honours ``shuffle`` (Lightning's own injection always shuffles),
+    so with ``shuffle=False`` the global batch of step k is structures [k*B*W, (k+1)*B*W) for batch size B
+    and W processes, exactly the batch one process with batch size B*W sees. Validation / test: process r
+    takes records r, r+W, r+2W, ... without padding, so summed metrics count every structure exactly once.
+    """
+
+    def __init__(self, train: Sequence, valid: Sequence, test: Sequence, batch_size: int,
+                 valid_batch_size: int, shuffle: bool = True, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.train_records, self.valid_records, self.test_records = list(train), list(valid), list(test)
+        self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
+        self.shuffle, self.num_workers, self.seed = shuffle, num_workers, seed
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def train_dataloader(self):
+        from torch.utils.data.distributed import DistributedSampler
+        from torch_geometric.loader import DataLoader
+
+        world, rank = self._world()
+        if world == 1:
+            return make_loader(self.train_records, self.batch_size, self.shuffle, self.num_workers)
+        sampler = DistributedSampler(self.train_records, num_replicas=world, rank=rank, shuffle=self.shuffle,
+                                     seed=self.seed, drop_last=False)
+        return DataLoader(self.train_records, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, records):
+        world, rank = self._world()
+        return make_loader(records[rank::world], self.valid_batch_size, False, self.num_workers)
+
+    def val_dataloader(self):
+        return self._eval_loader(self.valid_records)
+
+    def test_dataloader(self):
+        return self._eval_loader(self.test_records)
+
+
+__all__ = ["load_splits", "split_indices", "split_records", "with_graphs", "make_loader", "RecordsDataModule"]

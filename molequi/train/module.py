@@ -39,7 +39,6 @@ class TaskModule(L.LightningModule):
         self.statistics = statistics
         decay = config.optim.ema_decay
         self.ema = ExponentialMovingAverage(task.model, decay) if decay else None
-        self.steps_per_epoch: int | None = None  # set by the runner, for the cosine schedule
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     # ---- data ------------------------------------------------------------------------------------------

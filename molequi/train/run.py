@@ -102,7 +102,7 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from molequi.data.statistics import Statistics, compute_statistics
-    from molequi.train.data import load_splits, make_loader, with_graphs
+    from molequi.train.data import RecordsDataModule, load_splits, with_graphs
     from molequi.train.module import TaskModule
 
     t = cfg.trainer
@@ -168,20 +168,18 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
         check_val_every_n_epoch=t.val_every, log_every_n_steps=t.log_every, callbacks=cbs, logger=loggers,
         inference_mode=False, num_sanity_val_steps=0, enable_progress_bar=t.progress_bar,
         enable_model_summary=enable_summary, plugins=[_checkpoint_io()], deterministic=False,
-        limit_val_batches=1.0 if has_valid else 0,
+        limit_val_batches=1.0 if has_valid else 0, use_distributed_sampler=False,
     )
-    train_loader = make_loader(train_records, t.batch_size, cfg.data.shuffle, cfg.data.num_workers)
-    valid_loader = make_loader(valid_records, t.valid_batch_size, False) if has_valid else None
-    module.steps_per_epoch = len(train_loader)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader,
-                ckpt_path=str(last) if resume else None)
+    data = RecordsDataModule(train_records, valid_records, test_records, t.batch_size, t.valid_batch_size,
+                             shuffle=cfg.data.shuffle, num_workers=cfg.data.num_workers, seed=t.seed)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
 
     metrics: dict[str, dict[str, float]] = {}
     if has_valid:
-        trainer.validate(module, dataloaders=valid_loader, verbose=False)
+        trainer.validate(module, datamodule=data, verbose=False)
         metrics["valid"] = dict(module.last_metrics.get("val", {}))
     if test_records:
-        trainer.test(module, dataloaders=make_loader(test_records, t.valid_batch_size, False), verbose=False)
+        trainer.test(module, datamodule=data, verbose=False)
         metrics["test"] = dict(module.last_metrics.get("test", {}))
 
     model_path = out / "model.pt"

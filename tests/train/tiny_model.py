@@ -1,6 +1,7 @@
 """A tiny invariant pair-potential network with the ``molequi.models`` interface, for trainer tests.
 
-E = sum_i e0[Z_i] + shift + sum_{edges s->r} MLP(rbf(|r_sr|)) * emb[Z_s] . emb[Z_r] * f_cut(|r_sr|)
+An embedded-atom-like network: h_r = sum_{edges s->r} MLP(rbf(|r_sr|)) * emb[Z_s] * f_cut(|r_sr|),
+E = sum_r (e0[Z_r] + scale * readout(h_r * emb'[Z_r])).
 Forces by autograd through ``molequi.response.energy_response``.
 """
 
@@ -35,6 +36,9 @@ class TinyModel(torch.nn.Module):
         self.radial = torch.nn.Sequential(torch.nn.Linear(cfg.num_basis, cfg.hidden), torch.nn.SiLU(),
                                           torch.nn.Linear(cfg.hidden, cfg.hidden))
         self.register_buffer("centers", torch.linspace(0.5, cfg.r_max, cfg.num_basis))
+        self.embed_out = torch.nn.Embedding(119, cfg.hidden)
+        self.readout = torch.nn.Sequential(torch.nn.Linear(cfg.hidden, cfg.hidden), torch.nn.SiLU(),
+                                           torch.nn.Linear(cfg.hidden, 1))
 
     @classmethod
     def from_config(cls, cfg: Config, statistics) -> TinyModel:
@@ -47,8 +51,9 @@ class TinyModel(torch.nn.Module):
         rbf = torch.exp(-((r - self.centers) ** 2) / 0.25)
         cut = 0.5 * (torch.cos(torch.pi * r / self.cfg.r_max) + 1.0)
         s, t = data[K.EDGE_INDEX]
-        pair = (self.radial(rbf) * self.embed(z[s]) * self.embed(z[t])).sum(-1, keepdim=True) * cut
-        e = scatter(pair.squeeze(-1), t, dim=0, dim_size=z.shape[0], reduce="sum") * self.scale
+        msg = self.radial(rbf) * self.embed(z[s]) * cut
+        h = scatter(msg, t, dim=0, dim_size=z.shape[0], reduce="sum")
+        e = self.readout(h * self.embed_out(z)).squeeze(-1) * self.scale
         return e + self.e0[z].to(e.dtype)
 
     def forward(self, data, compute_forces: bool = True, compute_stress: bool = False):

@@ -1,0 +1,109 @@
+"""Config: typed sections from YAML, unknown keys with suggestions, dotted overrides, commented defaults."""
+
+import os
+import sys
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "train"))
+import tiny_model  # noqa: E402
+
+from molequi.config import (TASKS, Config, OptimConfig, apply_overrides, default_yaml, get_task_class,  # noqa: E402
+                            load_config, parse_override)
+from molequi.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _tiny():
+    tiny_model.register()
+
+
+def write(tmp_path, raw):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.lrr.*did you mean 'lr'"):
+        load_config(write(tmp_path, {"model": {"name": "tiny"}, "optim": {"lrr": 0.1}}))
+    with pytest.raises(ConfigError, match="did you mean 'trainer'"):
+        Config.from_dict({"model": {"name": "tiny"}, "trainr": {}})
+    with pytest.raises(ConfigError, match="did you mean 'r_max'"):
+        Config.from_dict({"model": {"name": "tiny", "rmax": 4.0}})
+    with pytest.raises(ConfigError, match="did you mean 'root'"):
+        Config.from_dict({"model": {"name": "tiny"}, "data": {"rot": "x.xyz"}})
+    with pytest.raises(ConfigError, match="did you mean 'forces'"):
+        Config.from_dict({"model": {"name": "tiny"}, "task": {"weights": {"force": 10}}})
+
+
+def test_unknown_names_are_config_errors():
+    with pytest.raises(ConfigError, match="did you mean 'energy_forces'"):
+        get_task_class("energy_force")
+    with pytest.raises(ConfigError, match="unknown model"):
+        Config.from_dict({"model": {"name": "macee"}})
+    assert TASKS["energy_forces"].endswith(":EnergyForcesTask")
+
+
+def test_wrong_types_are_errors():
+    base = {"model": {"name": "tiny"}}
+    for section, key, value in [("trainer", "batch_size", "five"), ("optim", "amsgrad", 1),
+                                ("optim", "lr", "fast"), ("trainer", "precision", "float16"),
+                                ("optim", "scheduler", "cosin"), ("model", "hidden", 3.5)]:
+        raw = {**base, section: {**base.get(section, {}), key: value}}
+        with pytest.raises(ConfigError, match=key):
+            Config.from_dict(raw)
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        Config.from_dict({**base, "optim": {"scheduler": "cosin"}})
+
+
+def test_overrides_are_yaml_scalars(tmp_path):
+    p = write(tmp_path, {"model": {"name": "tiny"}, "data": {"root": "a.xyz"}})
+    cfg = load_config(p, ["optim.lr=1e-3", "trainer.devices=2", "optim.ema_decay=null", "model.hidden=8",
+                          "dataset.root=b.xyz", "trainer.max_time=00:00:10:00", "task.weights.forces=10"])
+    assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.trainer.devices == 2 and cfg.optim.ema_decay is None
+    assert cfg.model.config.hidden == 8 and cfg.data.dataset["root"] == "b.xyz"
+    assert cfg.trainer.max_time == "00:00:10:00"
+    assert cfg.task.config.weights.forces == 10.0
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        load_config(p, ["optim.lrate=1"])
+    assert apply_overrides({}, ["x.y=1"]) == {"x": {"y": 1}}
+
+
+def test_defaults_and_dict_round_trip():
+    cfg = Config.from_dict({"model": {"name": "tiny"}})
+    assert cfg.optim == OptimConfig() and cfg.task.name == "energy_forces"
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize("model", ["tiny", "mace"])
+def test_init_config_round_trip(tmp_path, model):
+    try:
+        text = default_yaml(model)
+    except ConfigError as exc:
+        pytest.skip(f"model {model} not available here: {exc}")
+    p = tmp_path / "init.yaml"
+    p.write_text(text)
+    cfg = load_config(p)
+    assert cfg.model.name == model
+    assert cfg == Config.from_dict({"model": {"name": model}, "data": {"root": "train.xyz"}})
+    # every key carries a comment line above it
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert all(":" in ln for ln in lines)
+    assert text.count("#") >= len(lines) - 6  # section headers and 'name' lines aside
+
+
+def test_cli_init_config_prints_loadable_yaml(tmp_path, capsys):
+    from molequi.cli.main import main
+
+    assert main(["init-config", "tiny"]) == 0
+    out = capsys.readouterr().out
+    p = tmp_path / "x.yaml"
+    p.write_text(out)
+    assert load_config(p).model.name == "tiny"

@@ -2,17 +2,19 @@
 
 Design (what QHNet does, and what is done differently here for speed):
 
-1. Node interaction layers. Atom features are one block per degree l = 0..lmax, ``x[l]`` of shape
-   (n, 2l+1, C) (channels last, so every linear map is one batched matmul). A layer sends messages along
+1. Node interaction layers. Atom features are stacks (n, D, C), D = (lmax+1)^2 components in e3nn order,
+   channels last (every linear map is one batched matmul). A layer sends messages along
    every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17),
        m_ij[l3] = sum_{(l1, lf, l3)} w_ij[path, c] * CG(l1, lf, l3) . (x_j[l1], Y^lf(r_ij))       (channel-wise)
    with radial weights w_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
    (o3.Linear-like, one weight per l), gates l > 0 by sigmoid(scalars) and adds the residual.
-   QHNet uses e3nn's ``TensorProduct`` objects with many small kernels; here all paths are dense
-   ``torch.einsum`` calls over precomputed ``o3.wigner_3j`` blocks, which is cheaper on CPU.
-2. Diagonal (self) blocks from node features: a channel-wise product x_i (x) x_i (all paths) plus x_i.
-   Off-diagonal (pair) blocks from ordered pairs: a channel-wise product of x_i and x_j weighted by
-   radial weights of r_ij, plus radial-weighted x_i + x_j.
+   QHNet evaluates the edge tensor product with e3nn ``TensorProduct`` kernels (O(L^6) per edge); here it
+   is an eSCN SO(2) convolution in each edge's frame (``molequi.nn.so2``), the same fully connected
+   product with the edge harmonics at O(L^3), which is where most of the speed comes from.
+2. Diagonal (self) blocks from node features: a channel-wise product x_i (x) x_i over all CG paths
+   (``SparseTP``: the ~2000 non-zero CG entries of lmax 4 as one sparse matrix) plus a linear map of x_i.
+   Off-diagonal (pair) blocks from ordered pairs: two SO(2) convolutions of [x_i, x_j] in the pair frame
+   with a radial filter and a gate between them (QHNet uses a TP of x_i and x_j with radial weights).
 3. Expansion. A block between orbital shells (l1, l2) is a sum over L = |l1-l2|..l1+l2 of Clebsch-Gordan
    coefficients times degree-L features:  B[m1, m2] = sum_{L, M} CG(l1, l2, L)[m1, m2, M] f_L[M].
    The per-L channel reduction (C -> number of shell pairs) is a learnt linear map; the CG contraction,
@@ -49,7 +51,7 @@ def _help(text: str, **kw):
 @dataclass
 class QHNetConfig:
     basis: str = _help("PySCF basis name of the predicted matrices", default="def2-svp")
-    elements: tuple[int, ...] = _help("atomic numbers the model handles", default=(1, 6, 7, 8, 9))
+    elements: list[int] = _help("atomic numbers the model handles", default_factory=lambda: [1, 6, 7, 8, 9])
     channels: int = _help("channels per degree l of the node features", default=64)
     lmax: int = _help("largest degree of node features (>= 2 * basis lmax to reach d-d blocks)", default=4)
     num_layers: int = _help("node interaction layers", default=4)
@@ -93,99 +95,142 @@ class RadialMLP(nn.Module):
         return self.net(x)
 
 
+def _degree_of_rows(lmax: int) -> torch.Tensor:
+    """(D,) degree l of each component row of a (lmax+1)^2 feature."""
+    return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
+
+
 class LinearL(nn.Module):
-    """Per-degree channel mixing: y[l] = x[l] @ W_l  (+ bias on l = 0). Equivariant (acts on channels only)."""
+    """Per-degree channel mixing on features x (n, D, C_in): y[:, rows of l] = x[:, rows of l] @ W_l, + bias on l=0.
+
+    Equivariant (acts on channels only). One batched matmul over the D = (lmax+1)^2 component rows.
+    """
 
     def __init__(self, lmax: int, c_in: int, c_out: int):
         super().__init__()
-        self.weights = nn.ParameterList([nn.Parameter(torch.randn(c_in, c_out) / math.sqrt(c_in))
-                                         for _ in range(lmax + 1)])
+        self.weight = nn.Parameter(torch.randn(lmax + 1, c_in, c_out) / math.sqrt(c_in))
         self.bias = nn.Parameter(torch.zeros(c_out))
+        self.register_buffer("rows", _degree_of_rows(lmax), persistent=False)
 
-    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = [xl @ w for xl, w in zip(x, self.weights)]
-        out[0] = out[0] + self.bias
-        return out
+    def forward(self, x):
+        y = torch.bmm(x.transpose(0, 1), self.weight[self.rows]).transpose(0, 1)  # (n, D, C_out)
+        return torch.cat([y[:, :1] + self.bias, y[:, 1:]], dim=1)
 
 
-class ChannelTP(nn.Module):
-    """Channel-wise tensor product of two degree-lists with per-(row, path, channel) weights.
+class SparseTP(nn.Module):
+    """Channel-wise tensor product of two equivariant features with per-(row, path, channel) weights.
 
-        out[l3][r, :, c] = sum_{(l1, l2, l3)} w[r, path, c] * CG(l1, l2, l3)[a, b, :] a[l1][r, a, c] b[l2][r, b, c]
+        out[K3, r, c] = sum_{paths p = (l1, l2, l3)} w[r, p, c] sum_{a, b} CG_p[a, b, K3] x[a, r, c] y[b, r, c]
 
-    ``b`` may have a single channel (spherical harmonics), which is broadcast.
-    a[l]: (R, 2l+1, C), b[l]: (R, 2l+1, C or 1), w: (R, n_paths, C). Returns lmax_out + 1 tensors.
+    x: (Dx, R, C), y: (Dy, R, C) or (Dy, R, 1) (e.g. spherical harmonics, broadcast over channels),
+    w: (R, n_paths, C). All paths with l1 <= lx, l2 <= ly, l3 <= lout (SO(3): parity is not restricted).
+    The 65 CG blocks of lmax 4 have only ~2000 non-zeros, so they are one sparse (rows, Dx*Dy) matrix:
+    the product is an outer product, one sparse matmul, a weight multiply and an index_add into l3 rows.
     """
 
-    def __init__(self, lmax_a: int, lmax_b: int, lmax_out: int):
+    def __init__(self, lx: int, ly: int, lout: int):
         super().__init__()
-        self.paths = _cg_paths(lmax_a, lmax_b, lmax_out)
-        self.lmax_out = lmax_out
+        self.paths = _cg_paths(lx, ly, lout)
+        dx, dy = (lx + 1) ** 2, (ly + 1) ** 2
+        idx, val, row_path, row_out = [], [], [], []
+        r0 = 0
         for k, (l1, l2, l3) in enumerate(self.paths):
-            self.register_buffer(f"cg{k}", _wigner_3j(l1, l2, l3, torch.get_default_dtype()), persistent=False)
+            cg = _wigner_3j(l1, l2, l3, torch.float64)
+            nz = torch.nonzero(cg.abs() > 1e-12)
+            for a, b, m in nz.tolist():
+                idx.append((r0 + m, (l1 * l1 + a) * dy + (l2 * l2 + b)))
+                val.append(float(cg[a, b, m]))
+            row_path.extend([k] * (2 * l3 + 1))
+            row_out.extend(range(l3 * l3, l3 * l3 + 2 * l3 + 1))
+            r0 += 2 * l3 + 1
+        index = torch.tensor(idx, dtype=torch.long).T
+        cg = torch.sparse_coo_tensor(index, torch.tensor(val), (r0, dx * dy), check_invariants=True)
+        self.register_buffer("cg", cg.coalesce().to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("row_path", torch.tensor(row_path), persistent=False)
+        self.register_buffer("row_out", torch.tensor(row_out), persistent=False)
+        self.dout = (lout + 1) ** 2
 
     @property
     def num_paths(self) -> int:
         return len(self.paths)
 
-    def forward(self, a, b, w):
-        out = [None] * (self.lmax_out + 1)
-        for k, (l1, l2, l3) in enumerate(self.paths):
-            cg = getattr(self, f"cg{k}")
-            bl = b[l2]
-            if bl.shape[-1] == 1:  # (R, 2l2+1, 1): contract the CG with b first (cheaper)
-                t = torch.einsum("abk,rb->rak", cg, bl[..., 0])          # (R, 2l1+1, 2l3+1)
-                y = torch.einsum("rak,rac->rkc", t, a[l1])                 # (R, 2l3+1, C)
-            else:
-                y = torch.einsum("abk,rac,rbc->rkc", cg, a[l1], bl)
-            y = y * w[:, k].unsqueeze(1)
-            out[l3] = y if out[l3] is None else out[l3] + y
-        return out
+    def forward(self, x, y, w):
+        dx, r, c = x.shape
+        outer = (x.unsqueeze(1) * y.unsqueeze(0)).reshape(dx * y.shape[0], r * c)   # (Dx*Dy, R*C)
+        z = torch.sparse.mm(self.cg, outer).view(-1, r, c)                           # (rows, R, C)
+        z = z * w.permute(1, 0, 2)[self.row_path]                                   # per-path weights
+        return z.new_zeros(self.dout, r, c).index_add_(0, self.row_out, z)          # (Dout, R, C)
 
 
 class Gate(nn.Module):
-    """SiLU on l = 0; l > 0 blocks multiplied by sigmoid of learnt linear maps of the scalars."""
+    """SiLU on l = 0; the rows of degree l > 0 multiplied by sigmoid of learnt linear maps of the scalars."""
 
     def __init__(self, lmax: int, channels: int):
         super().__init__()
         self.gates = nn.Linear(channels, lmax * channels)
         self.lmax, self.channels = lmax, channels
+        self.register_buffer("rows", _degree_of_rows(lmax)[1:] - 1, persistent=False)
 
     def forward(self, x):
-        s = x[0][:, 0]  # (n, C)
-        g = torch.sigmoid(self.gates(s)).view(-1, self.lmax, self.channels)
-        return [torch.nn.functional.silu(x[0])] + [xl * g[:, l - 1].unsqueeze(1) for l, xl in enumerate(x) if l > 0]
+        """x (n, D, C) -> (n, D, C)."""
+        g = torch.sigmoid(self.gates(x[:, 0])).view(-1, self.lmax, self.channels)  # (n, L, C)
+        return torch.cat([torch.nn.functional.silu(x[:, :1]), x[:, 1:] * g[:, self.rows]], dim=1)
 
 
 class InteractionLayer(nn.Module):
-    """One node interaction layer (see module docstring, item 1)."""
+    """One node interaction layer (module docstring, item 1). Features (n, D, C).
+
+    The edge convolution x_j (x) Y(r_ij) with radial weights is evaluated as an eSCN SO(2) convolution
+    (``molequi.nn.so2.SO2Linear`` in the edge frame, ``molequi.so3.rotations.EdgeFrame``), which equals a
+    fully connected SO(3) tensor product with the edge spherical harmonics at O(L^3) instead of O(L^6).
+    """
 
     def __init__(self, cfg: QHNetConfig):
         super().__init__()
+        from molequi.nn.so2 import SO2Linear
+
         L, C = cfg.lmax, cfg.channels
         self.pre = LinearL(L, C, C)
-        self.tp = ChannelTP(L, L, L)
-        self.radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.tp.num_paths * C)
+        self.conv = SO2Linear(L, C, L, C, radial=True)
+        self.radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.conv.radial_dim)
         self.post = LinearL(L, C, C)
         self.gate = Gate(L, C)
         self.norm = 1.0 / math.sqrt(cfg.avg_neighbors)
-        self.C = C
 
-    def forward(self, x, sh, rbf, sender, receiver):
+    def forward(self, x, edge_frame, frame, rbf, sender, receiver):
         h = self.pre(x)
-        w = self.radial(rbf).view(rbf.shape[0], self.tp.num_paths, self.C)
-        msg = self.tp([hl[sender] for hl in h], sh, w)
-        agg = [torch.zeros_like(hl).index_add_(0, receiver, m * self.norm) for hl, m in zip(h, msg)]
-        upd = self.gate(self.post(agg))
-        return [xl + ul for xl, ul in zip(x, upd)]
+        y = self.conv(edge_frame.to_edge(h[sender], frame), self.radial(rbf))   # (E, D, C), edge frame
+        msg = edge_frame.from_edge(y, frame)
+        agg = torch.zeros_like(h).index_add_(0, receiver, msg * self.norm)      # (n, D, C)
+        return x + self.gate(self.post(agg))
+
+
+class PairBlock(nn.Module):
+    """Features of ordered pairs (i, j): two SO(2) convolutions of [x_i, x_j] in the pair's frame with a
+    gate between them (both in the edge frame; the gate only uses invariant scalars). (E, D, C)."""
+
+    def __init__(self, cfg: QHNetConfig):
+        super().__init__()
+        from molequi.nn.so2 import SO2Linear
+
+        L, C = cfg.lmax, cfg.channels
+        self.conv1 = SO2Linear(L, 2 * C, L, C, radial=True)
+        self.radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.conv1.radial_dim)
+        self.gate = Gate(L, C)
+        self.conv2 = SO2Linear(L, C, L, C)
+
+    def forward(self, xi, xj, edge_frame, frame, rbf):
+        e = edge_frame.to_edge(torch.cat([xi, xj], dim=-1), frame)
+        y = self.conv2(self.gate(self.conv1(e, self.radial(rbf))))
+        return edge_frame.from_edge(y, frame)
 
 
 class BlockExpansion(nn.Module):
     """Degree-L features -> (P, P) orbital blocks in PySCF order (P = padded orbitals per atom).
 
-    f[L]: (R, 2L+1, C). A learnt per-L map C -> n_L (number of shell pairs whose product contains L),
-    then the fixed matrix G (sum_L (2L+1) n_L, P*P) holding CG(l1, l2, L) rotated into PySCF's real
-    harmonics and placed at the shell pair's position in the padded block. Returns (R, P, P), Hartree.
+    f: (R, D, C). A learnt per-L map C -> n_L (number of shell pairs whose product contains L), then the
+    fixed matrix G (sum_L (2L+1) n_L, P*P) holding CG(l1, l2, L) rotated into PySCF's real harmonics and
+    placed at the shell pair's position in the padded block. Returns (R, P, P), Hartree.
     """
 
     def __init__(self, basis, lmax: int, channels: int):
@@ -224,7 +269,8 @@ class BlockExpansion(nn.Module):
         self.P = P
 
     def forward(self, f):
-        parts = [(f[L] @ w).flatten(1) for L, w in zip(self.Ls, self.reduce)]  # (R, (2L+1) n_L)
+        """f (R, D, C) -> (R, P, P)."""
+        parts = [(f[:, L * L:(L + 1) ** 2] @ w).flatten(1) for L, w in zip(self.Ls, self.reduce)]
         return (torch.cat(parts, dim=1) @ self.G).view(-1, self.P, self.P)
 
 
@@ -273,13 +319,14 @@ class QHNet(nn.Module):
         self.layers = nn.ModuleList([InteractionLayer(cfg) for _ in range(cfg.num_layers)])
         # diagonal blocks
         self.diag_a, self.diag_b, self.diag_lin = LinearL(L, C, C), LinearL(L, C, C), LinearL(L, C, C)
-        self.diag_tp = ChannelTP(L, L, L)
+        self.diag_tp = SparseTP(L, L, L)
         self.diag_w = nn.Parameter(torch.ones(self.diag_tp.num_paths, C))
         self.diag_out = BlockExpansion(self.basis, L, C)
         # off-diagonal blocks
-        self.pair_a, self.pair_b, self.pair_lin = LinearL(L, C, C), LinearL(L, C, C), LinearL(L, C, C)
-        self.pair_tp = ChannelTP(L, L, L)
-        self.pair_radial = RadialMLP(cfg.num_radial, cfg.radial_hidden, self.pair_tp.num_paths * C + C)
+        from molequi.so3.rotations import EdgeFrame
+
+        self.edge_frame = EdgeFrame(list(range(L + 1)))
+        self.pair = PairBlock(cfg)
         self.pair_out = BlockExpansion(self.basis, L, C)
         # padded slot -> local AO index of each element (-1 where the element has no such orbital)
         P = self.basis.padded_dim
@@ -296,17 +343,6 @@ class QHNet(nn.Module):
     def from_config(cls, cfg, statistics=None):
         return cls(cfg)
 
-    def _sh(self, vec):
-        from e3nn import o3
-
-        sh = o3.spherical_harmonics(list(range(self.cfg.lmax + 1)), vec, normalize=True,
-                                    normalization="component")
-        out, o = [], 0
-        for l in range(self.cfg.lmax + 1):
-            out.append(sh[:, o:o + 2 * l + 1].unsqueeze(-1))
-            o += 2 * l + 1
-        return out
-
     def forward(self, data) -> dict[str, torch.Tensor]:
         z = data[K.NUMBERS]
         pos = data[K.POS]
@@ -321,28 +357,19 @@ class QHNet(nn.Module):
         s_idx, r_idx = j[off], i[off]  # message from j (sender) to i (receiver)
         C, L = self.cfg.channels, self.cfg.lmax
         n = len(z)
-        x = [self.embed(z).unsqueeze(1)] + [pos.new_zeros(n, 2 * l + 1, C) for l in range(1, L + 1)]
-        vec = pos[r_idx] - pos[s_idx]   # points from sender to receiver: pos[receiver] - pos[sender]
-        dist = vec.norm(dim=-1)
-        rbf = self.rbf(dist)
-        sh = self._sh(vec)
+        D = (L + 1) ** 2
+        x = torch.cat([self.embed(z).unsqueeze(1), pos.new_zeros(n, D - 1, C)], dim=1)   # (n, D, C)
+        vec = pos[r_idx] - pos[s_idx]   # pos[receiver] - pos[sender], Å
+        rbf = self.rbf(vec.norm(dim=-1))                                 # (E, num_radial)
+        frame = self.edge_frame.angles(vec)
         for layer in self.layers:
-            x = layer(x, sh, rbf, s_idx, r_idx)
-        # diagonal blocks (one per atom)
-        a, b = self.diag_a(x), self.diag_b(x)
-        d = self.diag_tp(a, b, self.diag_w.unsqueeze(0).expand(n, -1, -1))
-        d = [dl + ll for dl, ll in zip(d, self.diag_lin(x))]
-        diag = self.diag_out(d)                                         # (n, P, P)
+            x = layer(x, self.edge_frame, frame, rbf, s_idx, r_idx)
+        # diagonal blocks (one per atom): channel-wise x (x) x over all CG paths, plus x
+        d = self.diag_tp(self.diag_a(x).transpose(0, 1), self.diag_b(x).transpose(0, 1),
+                         self.diag_w.unsqueeze(0).expand(n, -1, -1)).transpose(0, 1)
+        diag = self.diag_out(d + self.diag_lin(x))                       # (n, P, P)
         # off-diagonal blocks (one per ordered pair i != j), from the same pair list as the messages
-        pi, pj = r_idx, s_idx
-        w = self.pair_radial(rbf)
-        w_tp = w[:, :-C].view(-1, self.pair_tp.num_paths, C)
-        w_lin = w[:, -C:].unsqueeze(1)
-        a, b = self.pair_a(x), self.pair_b(x)
-        p = self.pair_tp([al[pi] for al in a], [bl[pj] for bl in b], w_tp)
-        lin = self.pair_lin(x)
-        p = [pl + (ll[pi] + ll[pj]) * w_lin for pl, ll in zip(p, lin)]
-        offd = self.pair_out(p)                                         # (E, P, P)
+        offd = self.pair_out(self.pair(x[r_idx], x[s_idx], self.edge_frame, frame, rbf))  # (E, P, P)
         # all pairs in molequi order, symmetrised: H_ij = (B_ij + B_ji^T) / 2
         P = self.basis.padded_dim
         blocks = pos.new_zeros(len(i), P, P)
@@ -384,4 +411,4 @@ def build_qhnet_for_params(target: float = 20e6, **kw) -> QHNetConfig:
     return QHNetConfig(channels=lo, **kw)
 
 
-__all__ = ["QHNet", "QHNetConfig", "molecule_pairs", "BlockExpansion", "ChannelTP"]
+__all__ = ["QHNet", "QHNetConfig", "molecule_pairs", "BlockExpansion", "SparseTP"]

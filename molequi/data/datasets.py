@@ -58,6 +58,7 @@ DATASETS: dict[str, object] = {
     "extxyz": _read_generic("extxyz"),
     "db": _read_generic("db"),
     "traj": _read_generic("traj"),
+    "hamiltonian": "molequi.data.hamiltonian:build_hamiltonian_dataset",
 }
 
 

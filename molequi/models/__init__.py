@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "mace": "molequi.models.mace:MACE",
     "egnn": "molequi.models.egnn:EGNN",
     "lj": "molequi.models.lj:LennardJones",
+    "qhnet": "molequi.models.hamiltonian.qhnet:QHNet",
     "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
     "faenet": "molequi.models.frame_averaging:FrameAveraging",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",

@@ -11,5 +11,14 @@ from molequi.calculators.md import MDResult, SimulationBlowUp, quickstart_md, ru
 from molequi.calculators.predict import predict
 from molequi.calculators.relax import RelaxResult, relax
 
-__all__ = ["MolequiCalculator", "NeighborCache", "predict", "run_md", "quickstart_md", "MDResult",
-           "SimulationBlowUp", "relax", "RelaxResult"]
+__all__ = [
+    "MolequiCalculator",
+    "NeighborCache",
+    "predict",
+    "run_md",
+    "quickstart_md",
+    "MDResult",
+    "SimulationBlowUp",
+    "relax",
+    "RelaxResult",
+]

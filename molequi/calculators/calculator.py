@@ -60,10 +60,15 @@ def check_elements(numbers: Sequence[int], elements: Sequence[int] | None, where
     unknown = sorted(set(int(z) for z in np.unique(numbers)) - set(int(z) for z in elements))
     if unknown:
         names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-        known = ", ".join(chemical_symbols[int(z)] for z in sorted(elements)) if len(elements) < 40 else \
-            f"{len(elements)} elements"
-        raise ModelError(f"{where + ': ' if where else ''}the structure contains {names}, which the model was "
-                         f"not trained on; it knows {known}. Use a model trained on these elements") from None
+        known = (
+            ", ".join(chemical_symbols[int(z)] for z in sorted(elements))
+            if len(elements) < 40
+            else f"{len(elements)} elements"
+        )
+        raise ModelError(
+            f"{where + ': ' if where else ''}the structure contains {names}, which the model was "
+            f"not trained on; it knows {known}. Use a model trained on these elements"
+        ) from None
 
 
 def load_models(paths, device="cpu", dtype=None, use_ema: bool = True) -> list[torch.nn.Module]:
@@ -97,12 +102,22 @@ class NeighborCache:
         disp2 = np.einsum("ij,ij->i", positions - self.ref_positions, positions - self.ref_positions)
         return bool(disp2.max(initial=0.0) > (0.5 * self.skin) ** 2)
 
-    def get(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray,
-            cutoffs: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Edges ``(edge_index (2, E), unit_shifts (E, 3))`` within each cutoff of ``cutoffs`` at ``positions``."""
+    def get(
+        self,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        pbc: np.ndarray,
+        numbers: np.ndarray,
+        cutoffs: Sequence[float],
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Edges ``(edge_index (2, E), unit_shifts (E, 3))`` within each of ``cutoffs`` at ``positions``."""
         self.n_calls += 1
-        key = (np.asarray(numbers).copy(), np.asarray(cell, dtype=np.float64).copy(),
-               np.asarray(pbc, dtype=bool).copy(), np.asarray([self.skin, *cutoffs]))
+        key = (
+            np.asarray(numbers).copy(),
+            np.asarray(cell, dtype=np.float64).copy(),
+            np.asarray(pbc, dtype=bool).copy(),
+            np.asarray([self.skin, *cutoffs]),
+        )
         rc = max(cutoffs)
         if self._needs_rebuild(positions, key):
             self.edge_index, self.unit_shifts, _ = neighbor_list(positions, cell, pbc, rc + self.skin)
@@ -149,9 +164,17 @@ class MolequiCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     default_parameters: dict = {}
 
-    def __init__(self, model: torch.nn.Module | None = None, *, models: Sequence[torch.nn.Module] | None = None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 skin: float = DEFAULT_SKIN, stress: bool | str = "auto", **kwargs):
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        *,
+        models: Sequence[torch.nn.Module] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        skin: float = DEFAULT_SKIN,
+        stress: bool | str = "auto",
+        **kwargs,
+    ):
         Calculator.__init__(self, **kwargs)
         if (model is None) == (models is None):
             raise ModelError("give exactly one of model=... or models=[...] to MolequiCalculator")
@@ -176,8 +199,14 @@ class MolequiCalculator(Calculator):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "cpu",
-                        dtype: torch.dtype | None = None, use_ema: bool = True, **kwargs) -> MolequiCalculator:
+    def from_checkpoint(
+        cls,
+        path: str | Path | Sequence[str | Path],
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        use_ema: bool = True,
+        **kwargs,
+    ) -> MolequiCalculator:
         """Load a model from ``path`` (or a committee from a list of paths) and wrap it."""
         models = load_models(path, device=device, dtype=dtype, use_ema=use_ema)
         if isinstance(path, (str, Path)):
@@ -203,7 +232,9 @@ class MolequiCalculator(Calculator):
         edge_index, unit_shifts = edges
         d[K.EDGE_INDEX] = torch.as_tensor(edge_index, dtype=torch.long, device=self.device)
         d[K.UNIT_SHIFTS] = torch.as_tensor(unit_shifts, dtype=torch.long, device=self.device)
-        d[K.SHIFTS] = torch.as_tensor(unit_shifts.astype(np.float64) @ cell, dtype=self.dtype, device=self.device)
+        d[K.SHIFTS] = torch.as_tensor(
+            unit_shifts.astype(np.float64) @ cell, dtype=self.dtype, device=self.device
+        )
         d[K.BATCH] = torch.zeros(len(atoms), dtype=torch.long, device=self.device)
         d.num_nodes = len(atoms)
         return d
@@ -227,8 +258,13 @@ class MolequiCalculator(Calculator):
         for model, e in zip(self.models, edges):
             data = self._record(atoms, e)
             out = model(data, compute_forces=True, compute_stress=want_stress)
-            outs.append({k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()
-                         if k in (K.ENERGY, K.ENERGIES, K.FORCES, K.STRESS)})
+            outs.append(
+                {
+                    k: v.detach().to("cpu", torch.float64).numpy()
+                    for k, v in out.items()
+                    if k in (K.ENERGY, K.ENERGIES, K.FORCES, K.STRESS)
+                }
+            )
         self.results = self._combine(outs, want_stress)
 
     def _combine(self, outs: list[dict], want_stress: bool) -> dict:
@@ -254,5 +290,12 @@ class MolequiCalculator(Calculator):
         return results
 
 
-__all__ = ["MolequiCalculator", "NeighborCache", "check_elements", "load_models", "model_dtype",
-           "stress_to_voigt", "DEFAULT_SKIN"]
+__all__ = [
+    "MolequiCalculator",
+    "NeighborCache",
+    "check_elements",
+    "load_models",
+    "model_dtype",
+    "stress_to_voigt",
+    "DEFAULT_SKIN",
+]

@@ -1,4 +1,4 @@
-"""Molecular dynamics with ASE integrators, guarded against blow-ups, with a CSV log and an appended trajectory.
+"""Molecular dynamics with ASE integrators, guarded against blow-ups, with a CSV log and a trajectory.
 
     result = run_md(atoms, calc, ensemble="nvt", temperature=300, timestep=0.5, steps=2000,
                     traj="md.extxyz", log="md.csv", max_force=50.0, min_distance=0.5)
@@ -42,7 +42,7 @@ BAROSTATS = ("mtk", "berendsen")
 
 
 class SimulationBlowUp(MolequiError, RuntimeError):
-    """A simulation left the physically sensible region (NaN, huge force, overlapping atoms, high uncertainty)."""
+    """A simulation left the sensible region (NaN, huge force, overlapping atoms, high uncertainty)."""
 
     def __init__(self, reason: str, step: int, result: MDResult | None = None):
         self.reason, self.step, self.result = reason, step, result
@@ -73,10 +73,17 @@ class MDResult:
 class BlowUpGuard:
     """Checks a state for the blow-up conditions of ``run_md``; ``check(atoms)`` returns a reason or None."""
 
-    def __init__(self, max_force: float | None = None, min_distance: float | None = None,
-                 max_uncertainty: float | None = None):
-        for name, v in (("max_force", max_force), ("min_distance", min_distance),
-                        ("max_uncertainty", max_uncertainty)):
+    def __init__(
+        self,
+        max_force: float | None = None,
+        min_distance: float | None = None,
+        max_uncertainty: float | None = None,
+    ):
+        for name, v in (
+            ("max_force", max_force),
+            ("min_distance", min_distance),
+            ("max_uncertainty", max_uncertainty),
+        ):
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive, got {v}")
         self.max_force, self.min_distance, self.max_uncertainty = max_force, min_distance, max_uncertainty
@@ -92,9 +99,9 @@ class BlowUpGuard:
         if not np.all(np.isfinite(forces)):
             return "forces contain NaN or inf"
         if self.max_force is not None:
-            fmax = float(np.sqrt((forces ** 2).sum(1)).max(initial=0.0))
+            fmax = float(np.sqrt((forces**2).sum(1)).max(initial=0.0))
             if fmax > self.max_force:
-                atom = int(np.argmax((forces ** 2).sum(1)))
+                atom = int(np.argmax((forces**2).sum(1)))
                 return f"force {fmax:.4g} eV/Å on atom {atom} exceeds max_force={self.max_force} eV/Å"
         if self.min_distance is not None and len(atoms) > 1:
             from molequi.graph.neighbors import minimum_distance
@@ -105,11 +112,15 @@ class BlowUpGuard:
         if self.max_uncertainty is not None:
             std = results.get("forces_std_norm")
             if std is None:
-                raise ConfigError("max_uncertainty needs a committee calculator (MolequiCalculator(models=[...]))")
+                raise ConfigError(
+                    "max_uncertainty needs a committee calculator (MolequiCalculator(models=[...]))"
+                )
             smax = float(np.max(std, initial=0.0))
             if smax > self.max_uncertainty:
-                return (f"committee force uncertainty {smax:.4g} eV/Å on atom {int(np.argmax(std))} exceeds "
-                        f"max_uncertainty={self.max_uncertainty} eV/Å")
+                return (
+                    f"committee force uncertainty {smax:.4g} eV/Å on atom {int(np.argmax(std))} exceeds "
+                    f"max_uncertainty={self.max_uncertainty} eV/Å"
+                )
         return None
 
 
@@ -186,8 +197,19 @@ def drift_per_atom_per_ps(time_fs, etot, n_atoms: int) -> float | None:
     return float(np.polyfit(t, e, 1)[0])
 
 
-def make_integrator(atoms, ensemble: str, timestep: float, temperature: float, friction: float, pressure: float,
-                    barostat: str, taut: float, taup: float, compressibility: float, rng):
+def make_integrator(
+    atoms,
+    ensemble: str,
+    timestep: float,
+    temperature: float,
+    friction: float,
+    pressure: float,
+    barostat: str,
+    taut: float,
+    taup: float,
+    compressibility: float,
+    rng,
+):
     """The ASE integrator for ``ensemble`` (units: fs, K, 1/fs, bar, 1/bar)."""
     dt = timestep * units.fs
     if ensemble == "nve":
@@ -197,28 +219,41 @@ def make_integrator(atoms, ensemble: str, timestep: float, temperature: float, f
     if ensemble == "nvt":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng,
-                        fixcm=False)  # fixcm=True samples NVT inexactly (ASE >= 3.28)
+        return Langevin(
+            atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng, fixcm=False
+        )  # fixcm=True samples NVT inexactly (ASE >= 3.28)
     if ensemble == "npt":
         if not np.all(atoms.pbc):
             raise ConfigError("npt needs a structure periodic in all three directions")
         if barostat == "mtk":
             from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
-            return IsotropicMTKNPT(atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.bar,
-                                   tdamp=taut * units.fs, pdamp=taup * units.fs)
+            return IsotropicMTKNPT(
+                atoms,
+                timestep=dt,
+                temperature_K=temperature,
+                pressure_au=pressure * units.bar,
+                tdamp=taut * units.fs,
+                pdamp=taup * units.fs,
+            )
         if barostat == "berendsen":
             from ase.md.nptberendsen import NPTBerendsen
 
-            return NPTBerendsen(atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.bar,
-                                taut=taut * units.fs, taup=taup * units.fs,
-                                compressibility_au=compressibility / units.bar)
+            return NPTBerendsen(
+                atoms,
+                timestep=dt,
+                temperature_K=temperature,
+                pressure_au=pressure * units.bar,
+                taut=taut * units.fs,
+                taup=taup * units.fs,
+                compressibility_au=compressibility / units.bar,
+            )
         raise ConfigError(f"unknown barostat '{barostat}'; valid: {', '.join(BAROSTATS)}")
     raise ConfigError(f"unknown ensemble '{ensemble}'; valid: {', '.join(ENSEMBLES)}")
 
 
 def init_velocities(atoms, temperature: float, rng) -> None:
-    """Maxwell-Boltzmann velocities at ``temperature`` K, zero total momentum (and zero rotation if molecular)."""
+    """Maxwell-Boltzmann velocities at ``temperature`` K, zero total momentum (and rotation if molecular)."""
     from ase.md import velocitydistribution as vd
 
     if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
@@ -231,14 +266,33 @@ def init_velocities(atoms, temperature: float, rng) -> None:
         ZeroRotation(atoms)
 
 
-def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.0, timestep: float = 0.5,
-           steps: int = 1000, friction: float = 0.01, pressure: float = 1.01325, barostat: str = "mtk",
-           taut: float | None = None, taup: float | None = None, compressibility: float = 4.57e-5,
-           traj: str | Path | None = None, log: str | Path | None = None, loginterval: int = 1,
-           seed: int | None = None, init_temperature: float | None = None, max_force: float | None = None,
-           min_distance: float | None = None, max_uncertainty: float | None = None,
-           allow_nonconservative: bool = False, progress: bool = False, raise_on_blowup: bool = True,
-           append: bool = False) -> MDResult:
+def run_md(
+    atoms,
+    calc=None,
+    *,
+    ensemble: str = "nvt",
+    temperature: float = 300.0,
+    timestep: float = 0.5,
+    steps: int = 1000,
+    friction: float = 0.01,
+    pressure: float = 1.01325,
+    barostat: str = "mtk",
+    taut: float | None = None,
+    taup: float | None = None,
+    compressibility: float = 4.57e-5,
+    traj: str | Path | None = None,
+    log: str | Path | None = None,
+    loginterval: int = 1,
+    seed: int | None = None,
+    init_temperature: float | None = None,
+    max_force: float | None = None,
+    min_distance: float | None = None,
+    max_uncertainty: float | None = None,
+    allow_nonconservative: bool = False,
+    progress: bool = False,
+    raise_on_blowup: bool = True,
+    append: bool = False,
+) -> MDResult:
     """Run ``steps`` MD steps of ``atoms`` (modified in place) with ``calc`` (default: ``atoms.calc``).
 
     Velocities: if ``atoms`` has no momenta, they are drawn from Maxwell-Boltzmann at ``init_temperature``
@@ -251,7 +305,9 @@ def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"unknown ensemble '{ensemble}'; valid: {', '.join(ENSEMBLES)}")
     if timestep <= 0 or steps < 0 or loginterval < 1:
-        raise ConfigError(f"need timestep > 0, steps >= 0, loginterval >= 1 (got {timestep}, {steps}, {loginterval})")
+        raise ConfigError(
+            f"need timestep > 0, steps >= 0, loginterval >= 1 (got {timestep}, {steps}, {loginterval})"
+        )
     if ensemble != "nve" and temperature <= 0:
         raise ConfigError(f"{ensemble} needs a positive temperature, got {temperature} K")
     if calc is not None:
@@ -259,21 +315,38 @@ def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.
     if atoms.calc is None:
         raise ConfigError("run_md needs a calculator (calc=... or atoms.calc)")
     if not getattr(atoms.calc, "conservative", True) and not allow_nonconservative:
-        raise ModelError("the model predicts forces directly (not as -dE/dx), so MD with it does not conserve "
-                         "energy; pass allow_nonconservative=True (--allow-nonconservative) to run anyway")
+        raise ModelError(
+            "the model predicts forces directly (not as -dE/dx), so MD with it does not conserve "
+            "energy; pass allow_nonconservative=True (--allow-nonconservative) to run anyway"
+        )
     guard = BlowUpGuard(max_force, min_distance, max_uncertainty)
+    if max_uncertainty is not None and not getattr(atoms.calc, "is_committee", False):
+        raise ConfigError(
+            "max_uncertainty needs a committee calculator (MolequiCalculator(models=[...]), "
+            "or several checkpoints on the command line)"
+        )
     rng = np.random.default_rng(seed)
     if not np.any(atoms.get_momenta()) and (init_temperature or temperature) > 0:
         init_velocities(atoms, init_temperature if init_temperature is not None else temperature, rng)
     taut = 100 * timestep if taut is None else taut
     taup = 1000 * timestep if taup is None else taup
-    dyn = make_integrator(atoms, ensemble, timestep, temperature, friction, pressure, barostat, taut, taup,
-                          compressibility, rng)
+    dyn = make_integrator(
+        atoms, ensemble, timestep, temperature, friction, pressure, barostat, taut, taup, compressibility, rng
+    )
 
     n = len(atoms)
     committee = bool(getattr(atoms.calc, "is_committee", False))
-    columns = ["step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K", "drift_eV_per_atom",
-               "max_force_eV_A", "volume_A3"]
+    columns = [
+        "step",
+        "time_fs",
+        "epot_eV",
+        "ekin_eV",
+        "etot_eV",
+        "temperature_K",
+        "drift_eV_per_atom",
+        "max_force_eV_A",
+        "volume_A3",
+    ]
     if committee:
         columns += ["energy_std_eV", "max_force_std_eV_A"]
     result = MDResult(steps=0, time_fs=0.0, n_atoms=n, log={c: [] for c in columns})
@@ -294,8 +367,13 @@ def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.
                 next(iterator)
             except StopIteration:
                 break
-            except (ValueRangeError, NeighborOverflowError, FloatingPointError, OverflowError,
-                    np.linalg.LinAlgError) as exc:  # what an exploding state raises; ModelError etc. propagate
+            except (
+                ValueRangeError,
+                NeighborOverflowError,
+                FloatingPointError,
+                OverflowError,
+                np.linalg.LinAlgError,
+            ) as exc:  # what an exploding state raises; ModelError etc. propagate
                 reason = f"{type(exc).__name__}: {exc}"
                 step = dyn.nsteps + 1
                 _stop(result, reason, step)
@@ -314,10 +392,17 @@ def run_md(atoms, calc=None, *, ensemble: str = "nvt", temperature: float = 300.
                 etot = epot + ekin
                 etot0 = etot if etot0 is None else etot0
                 forces = np.asarray(res["forces"])
-                row = {"step": step, "time_fs": step * timestep, "epot_eV": epot, "ekin_eV": ekin, "etot_eV": etot,
-                       "temperature_K": atoms.get_temperature(), "drift_eV_per_atom": (etot - etot0) / n,
-                       "max_force_eV_A": float(np.sqrt((forces ** 2).sum(1)).max(initial=0.0)),
-                       "volume_A3": float(atoms.get_volume()) if np.all(atoms.pbc) else None}
+                row = {
+                    "step": step,
+                    "time_fs": step * timestep,
+                    "epot_eV": epot,
+                    "ekin_eV": ekin,
+                    "etot_eV": etot,
+                    "temperature_K": atoms.get_temperature(),
+                    "drift_eV_per_atom": (etot - etot0) / n,
+                    "max_force_eV_A": float(np.sqrt((forces**2).sum(1)).max(initial=0.0)),
+                    "volume_A3": float(atoms.get_volume()) if np.all(atoms.pbc) else None,
+                }
                 info = {}
                 arrays = {}
                 if committee:
@@ -355,9 +440,19 @@ def _stop(result: MDResult, reason: str, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- quickstart
-def quickstart_md(model, atoms, out_dir: str | Path, nvt_ps: float = 1.0, nve_ps: float = 1.0,
-                  timestep_fs: float = 0.5, temperature: float = 300.0, seed: int = 0, loginterval: int = 10,
-                  friction: float = 0.01, progress: bool = True) -> float:
+def quickstart_md(
+    model,
+    atoms,
+    out_dir: str | Path,
+    nvt_ps: float = 1.0,
+    nve_ps: float = 1.0,
+    timestep_fs: float = 0.5,
+    temperature: float = 300.0,
+    seed: int = 0,
+    loginterval: int = 10,
+    friction: float = 0.01,
+    progress: bool = True,
+) -> float:
     """NVT (Langevin) for ``nvt_ps`` then NVE for ``nve_ps``; returns the NVE drift in eV/atom/ps.
 
     ``model``: a molequi model, a list of models (committee), a ``MolequiCalculator`` or a checkpoint path.
@@ -383,17 +478,43 @@ def quickstart_md(model, atoms, out_dir: str | Path, nvt_ps: float = 1.0, nve_ps
     atoms.calc = calc
     n_nvt = int(round(nvt_ps * 1000 / timestep_fs))
     n_nve = int(round(nve_ps * 1000 / timestep_fs))
-    nvt = run_md(atoms, ensemble="nvt", temperature=temperature, timestep=timestep_fs, steps=n_nvt,
-                 friction=friction, traj=out / "md_nvt.extxyz", log=out / "md_nvt.csv", loginterval=loginterval,
-                 seed=seed, progress=progress)
-    nve = run_md(atoms, ensemble="nve", temperature=temperature, timestep=timestep_fs, steps=n_nve,
-                 traj=out / "md_nve.extxyz", log=out / "md_nve.csv", loginterval=loginterval, seed=seed,
-                 progress=progress)
+    nvt = run_md(
+        atoms,
+        ensemble="nvt",
+        temperature=temperature,
+        timestep=timestep_fs,
+        steps=n_nvt,
+        friction=friction,
+        traj=out / "md_nvt.extxyz",
+        log=out / "md_nvt.csv",
+        loginterval=loginterval,
+        seed=seed,
+        progress=progress,
+    )
+    nve = run_md(
+        atoms,
+        ensemble="nve",
+        temperature=temperature,
+        timestep=timestep_fs,
+        steps=n_nve,
+        traj=out / "md_nve.extxyz",
+        log=out / "md_nve.csv",
+        loginterval=loginterval,
+        seed=seed,
+        progress=progress,
+    )
     drift = nve.drift_ev_per_atom_per_ps
     plot_energies(nvt, nve, out / "md_energy.png")
-    summary = {"nvt": nvt.summary(), "nve": nve.summary(), "nve_drift_eV_per_atom_per_ps": drift,
-               "timestep_fs": timestep_fs, "temperature_K": temperature,
-               "nve_mean_temperature_K": float(np.mean(nve.log["temperature_K"])) if nve.log["temperature_K"] else None}
+    summary = {
+        "nvt": nvt.summary(),
+        "nve": nve.summary(),
+        "nve_drift_eV_per_atom_per_ps": drift,
+        "timestep_fs": timestep_fs,
+        "temperature_K": temperature,
+        "nve_mean_temperature_K": float(np.mean(nve.log["temperature_K"]))
+        if nve.log["temperature_K"]
+        else None,
+    }
     atomic_write_text(out / "md_summary.json", json.dumps(summary, indent=2) + "\n")
     return float("nan") if drift is None else drift
 
@@ -405,8 +526,9 @@ def plot_energies(nvt: MDResult | None, nve: MDResult, path: str | Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if nvt is not None else 1, figsize=(11 if nvt is not None else 6, 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if nvt is not None else 1, figsize=(11 if nvt is not None else 6, 4), squeeze=False
+    )
     axes = axes[0]
     offset = 0.0
     panels = ([("NVT", nvt)] if nvt is not None else []) + [("NVE", nve)]
@@ -419,8 +541,13 @@ def plot_energies(nvt: MDResult | None, nve: MDResult, path: str | Path) -> None
         if name == "NVE" and res.drift_ev_per_atom_per_ps is not None and len(t) > 2:
             y = np.asarray(res.log["etot_eV"], dtype=float) / n
             fit = np.polyfit(t, y - y[0], 1)
-            ax.plot(t, np.polyval(fit, t), "k--", lw=1,
-                    label=f"fit: {res.drift_ev_per_atom_per_ps:.2e} eV/atom/ps")
+            ax.plot(
+                t,
+                np.polyval(fit, t),
+                "k--",
+                lw=1,
+                label=f"fit: {res.drift_ev_per_atom_per_ps:.2e} eV/atom/ps",
+            )
         ax.set_xlabel("time (ps)")
         ax.set_ylabel("energy - initial (eV/atom)")
         ax.set_title(f"{name}: {res.steps} steps")
@@ -447,5 +574,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["run_md", "MDResult", "SimulationBlowUp", "BlowUpGuard", "FrameWriter", "quickstart_md",
-           "drift_per_atom_per_ps", "plot_energies", "atomic_write_text", "ENSEMBLES"]
+__all__ = [
+    "run_md",
+    "MDResult",
+    "SimulationBlowUp",
+    "BlowUpGuard",
+    "FrameWriter",
+    "quickstart_md",
+    "drift_per_atom_per_ps",
+    "plot_energies",
+    "atomic_write_text",
+    "ENSEMBLES",
+]

@@ -18,12 +18,19 @@ import numpy as np
 import torch
 
 from molequi import keys as K
-from molequi.calculators.calculator import check_elements, has_stress, load_models, model_dtype, stress_to_voigt
+from molequi.calculators.calculator import (
+    check_elements,
+    has_stress,
+    load_models,
+    model_dtype,
+    stress_to_voigt,
+)
 from molequi.errors import ValueRangeError
 
 
-def build_records(frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype, elements=None,
-                  validate: bool = True) -> list:
+def build_records(
+    frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype, elements=None, validate: bool = True
+) -> list:
     """Graph records (edges within ``cutoff``) for every frame; ``ModelError`` names unknown elements."""
     from molequi.data.records import MIN_DISTANCE, atoms_to_data
     from molequi.graph.neighbors import neighbor_list
@@ -38,8 +45,11 @@ def build_records(frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype
         if validate and ei.shape[1]:
             dmin = float(np.sqrt(((atoms.positions[ei[1]] - atoms.positions[ei[0]] + sh) ** 2).sum(1).min()))
             if dmin < MIN_DISTANCE:
-                raise ValueRangeError(f"atoms closer than {MIN_DISTANCE} Å (minimum distance {dmin:.4g} Å)",
-                                      frame=idx, hint="duplicate atoms or wrong units (Bohr vs Å?)")
+                raise ValueRangeError(
+                    f"atoms closer than {MIN_DISTANCE} Å (minimum distance {dmin:.4g} Å)",
+                    frame=idx,
+                    hint="duplicate atoms or wrong units (Bohr vs Å?)",
+                )
         d[K.EDGE_INDEX] = torch.as_tensor(ei, dtype=torch.long)
         d[K.UNIT_SHIFTS] = torch.as_tensor(us, dtype=torch.long)
         d[K.SHIFTS] = torch.as_tensor(sh, dtype=dtype)
@@ -47,9 +57,17 @@ def build_records(frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype
     return records
 
 
-def predict(model_or_ckpt, frames: Iterable[ase.Atoms], batch_size: int = 32, compute_stress: bool | None = None,
-            device: str = "cpu", dtype: torch.dtype | None = None, as_atoms: bool = False,
-            validate: bool = True, progress: bool = False) -> list:
+def predict(
+    model_or_ckpt,
+    frames: Iterable[ase.Atoms],
+    batch_size: int = 32,
+    compute_stress: bool | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    as_atoms: bool = False,
+    validate: bool = True,
+    progress: bool = False,
+) -> list:
     """Energies, forces (and stress) for ``frames`` in batches of ``batch_size`` structures.
 
     ``model_or_ckpt`` is a model or a checkpoint path. ``compute_stress``: ``None`` = for periodic frames,
@@ -71,8 +89,10 @@ def predict(model_or_ckpt, frames: Iterable[ase.Atoms], batch_size: int = 32, co
     periodic = [has_stress(a.cell[:], a.pbc) for a in frames]
     if compute_stress and not all(periodic):
         bad = [i for i, p in enumerate(periodic) if not p][:5]
-        raise ValueRangeError(f"compute_stress=True but frames {bad} are not periodic with a full-rank cell",
-                              hint="use compute_stress=None to compute stress only where it is defined")
+        raise ValueRangeError(
+            f"compute_stress=True but frames {bad} are not periodic with a full-rank cell",
+            hint="use compute_stress=None to compute stress only where it is defined",
+        )
     records = build_records(frames, float(model.r_max), dtype, getattr(model, "elements", None), validate)
     for d, p in zip(records, periodic):
         d["stress_flag"] = torch.tensor([p and compute_stress is not False])
@@ -91,12 +111,18 @@ def predict(model_or_ckpt, frames: Iterable[ase.Atoms], batch_size: int = 32, co
         energy = out[K.ENERGY].detach().to("cpu", torch.float64).numpy().reshape(-1)
         energies = out[K.ENERGIES].detach().to("cpu", torch.float64).numpy().reshape(-1)
         forces = out[K.FORCES].detach().to("cpu", torch.float64).numpy().reshape(-1, 3)
-        stress = out[K.STRESS].detach().to("cpu", torch.float64).numpy().reshape(-1, 3, 3) if want_stress else None
+        stress = (
+            out[K.STRESS].detach().to("cpu", torch.float64).numpy().reshape(-1, 3, 3) if want_stress else None
+        )
         flags = batch["stress_flag"].cpu().numpy().reshape(-1)
         for g in range(len(energy)):
             a, b = ptr[g], ptr[g + 1]
-            r = {"energy": float(energy[g]), "free_energy": float(energy[g]), "energies": energies[a:b].copy(),
-                 "forces": forces[a:b].copy()}
+            r = {
+                "energy": float(energy[g]),
+                "free_energy": float(energy[g]),
+                "energies": energies[a:b].copy(),
+                "forces": forces[a:b].copy(),
+            }
             if stress is not None and flags[g]:
                 r["stress"] = stress_to_voigt(stress[g])
             results.append(r)

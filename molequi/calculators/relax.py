@@ -46,9 +46,18 @@ def _optimizer_class(name: str):
     raise ConfigError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
 
 
-def relax(atoms, calc=None, *, optimizer: str = "bfgs", fmax: float = 0.05, steps: int = 1000,
-          cell: bool = False, pressure: float = 0.0, traj: str | Path | None = None,
-          logfile: str | None = None) -> RelaxResult:
+def relax(
+    atoms,
+    calc=None,
+    *,
+    optimizer: str = "bfgs",
+    fmax: float = 0.05,
+    steps: int = 1000,
+    cell: bool = False,
+    pressure: float = 0.0,
+    traj: str | Path | None = None,
+    logfile: str | None = None,
+) -> RelaxResult:
     """Relax ``atoms`` until every force (and, with ``cell``, the cell force) is below ``fmax`` eV/Å.
 
     ``traj``: an extended-XYZ file that gets one whole frame per step (appended with flush).
@@ -83,8 +92,13 @@ def relax(atoms, calc=None, *, optimizer: str = "bfgs", fmax: float = 0.05, step
     stress = None
     if np.any(atoms.pbc) and "stress" in atoms.calc.results:
         stress = [float(x) for x in atoms.get_stress()]
-    return RelaxResult(converged=converged, steps=int(opt.nsteps), energy=float(atoms.get_potential_energy()),
-                       fmax=float(np.sqrt((forces ** 2).sum(1)).max(initial=0.0)), stress=stress)
+    return RelaxResult(
+        converged=converged,
+        steps=int(opt.nsteps),
+        energy=float(atoms.get_potential_energy()),
+        fmax=float(np.sqrt((forces**2).sum(1)).max(initial=0.0)),
+        stress=stress,
+    )
 
 
 __all__ = ["relax", "RelaxResult", "OPTIMIZERS"]

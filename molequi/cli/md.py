@@ -19,59 +19,124 @@ examples:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "md", help="run molecular dynamics (NVE / NVT / NPT) with a trained model",
+        "md",
+        help="run molecular dynamics (NVE / NVT / NPT) with a trained model",
         description="Run molecular dynamics with ASE integrators: velocity Verlet (nve), Langevin (nvt), "
-                    "isotropic MTK Nose-Hoover or Berendsen barostat (npt). Units: K, fs, bar, eV, Å. "
-                    "The run stops cleanly when the simulation blows up (NaN, a force above --max-force, "
-                    "atoms closer than --min-distance, committee uncertainty above --max-uncertainty).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "isotropic MTK Nose-Hoover or Berendsen barostat (npt). Units: K, fs, bar, eV, Å. "
+        "The run stops cleanly when the simulation blows up (NaN, a force above --max-force, "
+        "atoms closer than --min-distance, committee uncertainty above --max-uncertainty).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.usage = "molequi md [options] CKPT [CKPT ...] STRUCTURE"
-    p.add_argument("inputs", nargs="+", metavar="FILE",
-                   help="one checkpoint (or several: a committee whose spread is logged), then the structure "
-                        "file (any ASE-readable format; the last frame is used)")
-    p.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt",
-                   help="nve: velocity Verlet; nvt: Langevin thermostat; npt: thermostat + barostat (default nvt)")
-    p.add_argument("--temperature", type=float, default=300.0,
-                   help="target temperature in K; also the temperature of the initial Maxwell-Boltzmann "
-                        "velocities when the structure has none (default 300)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE",
+        help="one checkpoint (or several: a committee whose spread is logged), then the structure "
+        "file (any ASE-readable format; the last frame is used)",
+    )
+    p.add_argument(
+        "--ensemble",
+        choices=["nve", "nvt", "npt"],
+        default="nvt",
+        help="nve: velocity Verlet; nvt: Langevin thermostat; npt: thermostat + barostat (default nvt)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=300.0,
+        help="target temperature in K; also the temperature of the initial Maxwell-Boltzmann "
+        "velocities when the structure has none (default 300)",
+    )
     p.add_argument("--timestep", type=float, default=0.5, help="timestep in fs (default 0.5)")
     p.add_argument("--steps", type=int, default=1000, help="number of MD steps (default 1000)")
-    p.add_argument("--traj", default="md.extxyz",
-                   help="output trajectory, extended XYZ, one whole frame appended per logged step "
-                        "(default md.extxyz)")
-    p.add_argument("--log", default=None,
-                   help="CSV log: step, time_fs, potential/kinetic/total energy (eV), temperature (K), "
-                        "energy drift (eV/atom), max force, volume (and committee spread)")
-    p.add_argument("--loginterval", type=int, default=10,
-                   help="write a trajectory frame and a log line every N steps (default 10)")
-    p.add_argument("--friction", type=float, default=0.01,
-                   help="Langevin friction in 1/fs for nvt (default 0.01, i.e. 10/ps)")
-    p.add_argument("--pressure", type=float, default=1.01325, help="target pressure in bar for npt (default 1 atm)")
-    p.add_argument("--barostat", choices=["mtk", "berendsen"], default="mtk",
-                   help="npt integrator: mtk = isotropic MTK Nose-Hoover chains (correct ensemble, default); "
-                        "berendsen = Berendsen thermostat/barostat (robust equilibration, wrong fluctuations)")
-    p.add_argument("--taut", type=float, default=None,
-                   help="thermostat time constant in fs for npt (default 100 timesteps)")
-    p.add_argument("--taup", type=float, default=None,
-                   help="barostat time constant in fs for npt (default 1000 timesteps)")
-    p.add_argument("--compressibility", type=float, default=4.57e-5,
-                   help="compressibility in 1/bar for the Berendsen barostat (default 4.57e-5, water)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for initial velocities and Langevin noise")
-    p.add_argument("--max-force", type=float, default=None,
-                   help="stop when any atomic force exceeds this (eV/Å)")
-    p.add_argument("--min-distance", type=float, default=None,
-                   help="stop when two atoms come closer than this (Å)")
-    p.add_argument("--max-uncertainty", type=float, default=None,
-                   help="stop when the committee force spread of an atom (RMS over members of |F_m - mean F|, "
-                        "eV/Å) exceeds this; needs several checkpoints")
-    p.add_argument("--allow-nonconservative", action="store_true",
-                   help="run even if the model predicts forces directly (they are not -dE/dx, so energy is "
-                        "not conserved)")
+    p.add_argument(
+        "--traj",
+        default="md.extxyz",
+        help="output trajectory, extended XYZ, one whole frame appended per logged step (default md.extxyz)",
+    )
+    p.add_argument(
+        "--log",
+        default=None,
+        help="CSV log: step, time_fs, potential/kinetic/total energy (eV), temperature (K), "
+        "energy drift (eV/atom), max force, volume (and committee spread)",
+    )
+    p.add_argument(
+        "--loginterval",
+        type=int,
+        default=10,
+        help="write a trajectory frame and a log line every N steps (default 10)",
+    )
+    p.add_argument(
+        "--friction",
+        type=float,
+        default=0.01,
+        help="Langevin friction in 1/fs for nvt (default 0.01, i.e. 10/ps)",
+    )
+    p.add_argument(
+        "--pressure", type=float, default=1.01325, help="target pressure in bar for npt (default 1 atm)"
+    )
+    p.add_argument(
+        "--barostat",
+        choices=["mtk", "berendsen"],
+        default="mtk",
+        help="npt integrator: mtk = isotropic MTK Nose-Hoover chains (correct ensemble, default); "
+        "berendsen = Berendsen thermostat/barostat (robust equilibration, wrong fluctuations)",
+    )
+    p.add_argument(
+        "--taut",
+        type=float,
+        default=None,
+        help="thermostat time constant in fs for npt (default 100 timesteps)",
+    )
+    p.add_argument(
+        "--taup",
+        type=float,
+        default=None,
+        help="barostat time constant in fs for npt (default 1000 timesteps)",
+    )
+    p.add_argument(
+        "--compressibility",
+        type=float,
+        default=4.57e-5,
+        help="compressibility in 1/bar for the Berendsen barostat (default 4.57e-5, water)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="random seed for initial velocities and Langevin noise"
+    )
+    p.add_argument(
+        "--max-force", type=float, default=None, help="stop when any atomic force exceeds this (eV/Å)"
+    )
+    p.add_argument(
+        "--min-distance", type=float, default=None, help="stop when two atoms come closer than this (Å)"
+    )
+    p.add_argument(
+        "--max-uncertainty",
+        type=float,
+        default=None,
+        help="stop when the committee force spread of an atom (RMS over members of |F_m - mean F|, "
+        "eV/Å) exceeds this; needs several checkpoints",
+    )
+    p.add_argument(
+        "--allow-nonconservative",
+        action="store_true",
+        help="run even if the model predicts forces directly (they are not -dE/dx, so energy is "
+        "not conserved)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="evaluation precision (default: the checkpoint's)")
-    p.add_argument("--skin", type=float, default=0.5,
-                   help="Verlet skin of the reused neighbour list in Å; 0 rebuilds every step (default 0.5)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="evaluation precision (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--skin",
+        type=float,
+        default=0.5,
+        help="Verlet skin of the reused neighbour list in Å; 0 rebuilds every step (default 0.5)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -95,8 +160,9 @@ def load_inputs(args):
     except Exception as exc:
         raise FormatError(f"cannot read structure: {exc}", source=structure) from None
     skin = getattr(args, "skin", 0.5)
-    calc = MolequiCalculator.from_checkpoint(ckpts[0] if len(ckpts) == 1 else ckpts, device=args.device,
-                                             dtype=dtype, skin=skin)
+    calc = MolequiCalculator.from_checkpoint(
+        ckpts[0] if len(ckpts) == 1 else ckpts, device=args.device, dtype=dtype, skin=skin
+    )
     return calc, atoms
 
 
@@ -107,19 +173,42 @@ def run(args) -> int:
 
     calc, atoms = load_inputs(args)
     try:
-        result = run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
-                        steps=args.steps, friction=args.friction, pressure=args.pressure, barostat=args.barostat,
-                        taut=args.taut, taup=args.taup, compressibility=args.compressibility, traj=args.traj,
-                        log=args.log, loginterval=args.loginterval, seed=args.seed, max_force=args.max_force,
-                        min_distance=args.min_distance, max_uncertainty=args.max_uncertainty,
-                        allow_nonconservative=args.allow_nonconservative, progress=not args.no_progress)
+        result = run_md(
+            atoms,
+            calc,
+            ensemble=args.ensemble,
+            temperature=args.temperature,
+            timestep=args.timestep,
+            steps=args.steps,
+            friction=args.friction,
+            pressure=args.pressure,
+            barostat=args.barostat,
+            taut=args.taut,
+            taup=args.taup,
+            compressibility=args.compressibility,
+            traj=args.traj,
+            log=args.log,
+            loginterval=args.loginterval,
+            seed=args.seed,
+            max_force=args.max_force,
+            min_distance=args.min_distance,
+            max_uncertainty=args.max_uncertainty,
+            allow_nonconservative=args.allow_nonconservative,
+            progress=not args.no_progress,
+        )
     except SimulationBlowUp as exc:
         r = exc.result
         written = f"; {r.frames_written} frames in {args.traj}" if r is not None and args.traj else ""
         print(f"molequi md: stopped: SimulationBlowUp: {exc}{written}", file=sys.stderr)
         return EXIT_BLOWUP
     drift = result.drift_ev_per_atom_per_ps
-    print(f"molequi md: {result.steps} steps ({result.time_fs / 1000:.4g} ps) in {result.wall_s:.1f} s, "
-          f"{result.steps_per_s:.2f} steps/s; {result.frames_written} frames in {args.traj}"
-          + (f"; total-energy drift {drift:.3g} eV/atom/ps" if drift is not None and args.ensemble == "nve" else ""))
+    print(
+        f"molequi md: {result.steps} steps ({result.time_fs / 1000:.4g} ps) in {result.wall_s:.1f} s, "
+        f"{result.steps_per_s:.2f} steps/s; {result.frames_written} frames in {args.traj}"
+        + (
+            f"; total-energy drift {drift:.3g} eV/atom/ps"
+            if drift is not None and args.ensemble == "nve"
+            else ""
+        )
+    )
     return 0

@@ -5,19 +5,30 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "predict", help="predict energies / forces / stress for many structures (batched)",
-        description="Evaluate a trained model on every frame of a structure file, in batches (PyG DataLoader), "
-                    "and write the frames with the predictions (energy eV, forces eV/Å, per-atom energies, "
-                    "stress eV/Å^3 for periodic frames) as extended XYZ.")
+        "predict",
+        help="predict energies / forces / stress for many structures (batched)",
+        description="Evaluate a trained model on every frame of a structure file, in batches "
+        "(PyG DataLoader), "
+        "and write the frames with the predictions (energy eV, forces eV/Å, per-atom energies, "
+        "stress eV/Å^3 for periodic frames) as extended XYZ.",
+    )
     p.add_argument("checkpoint", help="model checkpoint")
     p.add_argument("structures", help="structure file with one or more frames (any ASE-readable format)")
     p.add_argument("--out", default="predicted.extxyz", help="output extended XYZ (default predicted.extxyz)")
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
-    p.add_argument("--stress", choices=["auto", "yes", "no"], default="auto",
-                   help="auto: stress for periodic frames; yes: require it (error on non-periodic frames); no")
+    p.add_argument(
+        "--stress",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="auto: stress for periodic frames; yes: require it (error on non-periodic frames); no",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="evaluation precision (default: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="evaluation precision (default: the checkpoint's)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -41,9 +52,16 @@ def run(args) -> int:
         raise FormatError(f"cannot read structures: {exc}", source=args.structures) from None
     stress = {"auto": None, "yes": True, "no": False}[args.stress]
     t0 = time.perf_counter()
-    out = predict(args.checkpoint, frames, batch_size=args.batch_size, compute_stress=stress, device=args.device,
-                  dtype=getattr(torch, args.dtype) if args.dtype else None, as_atoms=True,
-                  progress=not args.no_progress)
+    out = predict(
+        args.checkpoint,
+        frames,
+        batch_size=args.batch_size,
+        compute_stress=stress,
+        device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        as_atoms=True,
+        progress=not args.no_progress,
+    )
     wall = time.perf_counter() - t0
     buf = io.StringIO()
     write(buf, out, format="extxyz")

@@ -57,12 +57,16 @@ class LennardJonesConfig:
         if self.r_max <= 0:
             raise ConfigError(f"LennardJones r_max must be positive, got {self.r_max}")
         if self.epsilon < 0 or self.sigma <= 0:
-            raise ConfigError(f"LennardJones needs epsilon >= 0 and sigma > 0, got {self.epsilon}, {self.sigma}")
+            raise ConfigError(
+                f"LennardJones needs epsilon >= 0 and sigma > 0, got {self.epsilon}, {self.sigma}"
+            )
         self.per_element = {int(z): [float(e), float(s)] for z, (e, s) in self.per_element.items()}
         for z, (e, s) in self.per_element.items():
             if not 1 <= z < N_Z or e < 0 or s <= 0:
-                raise ConfigError(f"LennardJones per_element entry Z={z}: epsilon={e}, sigma={s} is invalid "
-                                  "(need 1 <= Z <= 118, epsilon >= 0, sigma > 0)")
+                raise ConfigError(
+                    f"LennardJones per_element entry Z={z}: epsilon={e}, sigma={s} is invalid "
+                    "(need 1 <= Z <= 118, epsilon >= 0, sigma > 0)"
+                )
         for p in self.pairs:
             if len(p) != 4:
                 raise ConfigError(f"LennardJones pair entry {p} must be [Z1, Z2, epsilon, sigma]")
@@ -78,7 +82,7 @@ class LennardJonesConfig:
 
 
 class LennardJones(nn.Module):
-    """Shifted-force Lennard-Jones potential; ``forward(data, compute_forces, compute_stress)`` like any model.
+    """Shifted-force Lennard-Jones; ``forward(data, compute_forces, compute_stress)`` like any model.
 
     Attributes: ``r_max`` (Å), ``elements`` (list of Z), ``conservative = True``, ``config``.
     """
@@ -132,8 +136,11 @@ class LennardJones(nn.Module):
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (n,) eV: half of each edge's pair energy goes to the receiver."""
         edge_index = data[K.EDGE_INDEX]
-        unit_shifts = data[K.UNIT_SHIFTS] if K.UNIT_SHIFTS in data else torch.zeros(
-            (edge_index.shape[1], 3), dtype=torch.long, device=pos.device)
+        unit_shifts = (
+            data[K.UNIT_SHIFTS]
+            if K.UNIT_SHIFTS in data
+            else torch.zeros((edge_index.shape[1], 3), dtype=torch.long, device=pos.device)
+        )
         vec = edge_vectors(pos, edge_index, unit_shifts, cell, getattr(data, K.BATCH, None))  # (E, 3)
         r = torch.linalg.norm(vec, dim=-1)  # (E,)
         z = data[K.NUMBERS]
@@ -143,14 +150,23 @@ class LennardJones(nn.Module):
         e_edge = 0.5 * self.pair_energy(r, eps, sig)  # (E,)
         return scatter(e_edge, edge_index[1], dim=0, dim_size=pos.shape[0], reduce="sum")
 
-    def forward(self, data, compute_forces: bool = True, compute_stress: bool = False,
-                create_graph: bool = False) -> dict[str, torch.Tensor]:
-        return energy_response(self.atomic_energies, data, compute_forces=compute_forces,
-                               compute_stress=compute_stress, create_graph=create_graph)
+    def forward(
+        self, data, compute_forces: bool = True, compute_stress: bool = False, create_graph: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return energy_response(
+            self.atomic_energies,
+            data,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
+            create_graph=create_graph,
+        )
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"r_max={c.r_max}, epsilon={c.epsilon}, sigma={c.sigma}, per_element={c.per_element}, pairs={c.pairs}"
+        return (
+            f"r_max={c.r_max}, epsilon={c.epsilon}, sigma={c.sigma}, per_element={c.per_element}, "
+            f"pairs={c.pairs}"
+        )
 
 
 __all__ = ["LennardJones", "LennardJonesConfig"]

@@ -24,12 +24,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
-HYPER = dict(r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, hidden_irreps="64x0e+64x1o",
-             correlation=3, num_interactions=2, MLP_irreps="16x0e", radial_MLP=[64, 64, 64])
+HYPER = dict(
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    hidden_irreps="64x0e+64x1o",
+    correlation=3,
+    num_interactions=2,
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--npz", default=ETHANOL_NPZ)
     parser.add_argument("--batch-sizes", default="32", help="comma list, e.g. 8,32,128")
@@ -67,11 +78,21 @@ def main() -> None:
         ref_e.append(atoms.get_potential_energy())
         atoms.calc = None
     per_call_s = time.perf_counter() - t0
-    print(f"one calculator call per structure: {n} frames in {per_call_s:.2f} s "
-          f"({n / per_call_s:.1f} structures/s)", flush=True)
+    print(
+        f"one calculator call per structure: {n} frames in {per_call_s:.2f} s "
+        f"({n / per_call_s:.1f} structures/s)",
+        flush=True,
+    )
 
-    rows = [dict(method="calculator loop", batch_size=1, wall_s=per_call_s, structures_per_s=n / per_call_s,
-                 speedup=1.0)]
+    rows = [
+        dict(
+            method="calculator loop",
+            batch_size=1,
+            wall_s=per_call_s,
+            structures_per_s=n / per_call_s,
+            speedup=1.0,
+        )
+    ]
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         predict(model, frames[:bs], batch_size=bs)  # warm-up
         t0 = time.perf_counter()
@@ -79,18 +100,40 @@ def main() -> None:
         wall = time.perf_counter() - t0
         de = max(abs(r["energy"] - e) for r, e in zip(res, ref_e))
         df = max(float(np.abs(r["forces"] - f).max()) for r, f in zip(res, ref_f))
-        rows.append(dict(method="predict", batch_size=bs, wall_s=wall, structures_per_s=n / wall,
-                         speedup=per_call_s / wall, max_abs_energy_diff_eV=de, max_abs_force_diff_eV_A=df))
-        print(f"predict batch {bs}: {wall:.2f} s ({n / wall:.1f} structures/s), {per_call_s / wall:.2f}x; "
-              f"max |dE| {de:.2e} eV, max |dF| {df:.2e} eV/Å", flush=True)
+        rows.append(
+            dict(
+                method="predict",
+                batch_size=bs,
+                wall_s=wall,
+                structures_per_s=n / wall,
+                speedup=per_call_s / wall,
+                max_abs_energy_diff_eV=de,
+                max_abs_force_diff_eV_A=df,
+            )
+        )
+        print(
+            f"predict batch {bs}: {wall:.2f} s ({n / wall:.1f} structures/s), {per_call_s / wall:.2f}x; "
+            f"max |dE| {de:.2e} eV, max |dF| {df:.2e} eV/Å",
+            flush=True,
+        )
 
     print(f"\n{'method':16s} {'batch':>5s} {'wall s':>8s} {'struct/s':>9s} {'speed-up':>8s}")
     for r in rows:
-        print(f"{r['method']:16s} {r['batch_size']:5d} {r['wall_s']:8.2f} {r['structures_per_s']:9.1f} "
-              f"{r['speedup']:7.2f}x")
-    meta = dict(frames=n, dtype=args.dtype, threads=args.threads, hyperparameters=HYPER, machine=platform.node(),
-                cpu_count=os.cpu_count(), load_average=os.getloadavg(), torch=torch.__version__,
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        print(
+            f"{r['method']:16s} {r['batch_size']:5d} {r['wall_s']:8.2f} {r['structures_per_s']:9.1f} "
+            f"{r['speedup']:7.2f}x"
+        )
+    meta = dict(
+        frames=n,
+        dtype=args.dtype,
+        threads=args.threads,
+        hyperparameters=HYPER,
+        machine=platform.node(),
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

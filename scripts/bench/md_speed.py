@@ -1,4 +1,4 @@
-"""MD throughput of MolequiCalculator (MACE) against mace-torch's MACECalculator, same run, same hyperparameters.
+"""MD throughput of MolequiCalculator (MACE) against mace-torch's MACECalculator: same run, same settings.
 
     bash scripts/bench/setup_mace_torch.sh        # once (the script runs it itself if the venv is missing)
     python scripts/bench/md_speed.py              # table on stdout, JSON in bench_results/md_speed.json
@@ -37,8 +37,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
-HYPER = dict(r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, hidden_irreps="64x0e+64x1o",
-             correlation=3, num_interactions=2, MLP_irreps="16x0e", radial_MLP=[64, 64, 64])
+HYPER = dict(
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    hidden_irreps="64x0e+64x1o",
+    correlation=3,
+    num_interactions=2,
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+)
 ELEMENTS = [1, 6, 8, 29]
 SYSTEMS = ["ethanol", "cu_64", "cu_512", "cu_4096", "water_63", "water_513", "water_4095"]
 DEFAULT_SYSTEMS = "ethanol,cu_64,water_63,cu_512,water_513,cu_4096"
@@ -130,9 +139,18 @@ def _run_md(atoms, calc, steps: int) -> dict:
     per_step = np.diff(stamps)
     median = float(np.median(per_step))
     n = len(atoms)
-    return dict(n_atoms=n, steps=steps, wall_s=wall, warmup_s=warm, median_step_s=median, steps_per_s=1 / median,
-                atom_steps_per_s=n / median, mean_steps_per_s=steps / wall,
-                epot_final=float(atoms.get_potential_energy()), peak_rss_mb=_peak_rss_mb())
+    return dict(
+        n_atoms=n,
+        steps=steps,
+        wall_s=wall,
+        warmup_s=warm,
+        median_step_s=median,
+        steps_per_s=1 / median,
+        atom_steps_per_s=n / median,
+        mean_steps_per_s=steps / wall,
+        epot_final=float(atoms.get_potential_energy()),
+        peak_rss_mb=_peak_rss_mb(),
+    )
 
 
 def worker_molequi(structure: str, dtype_name: str, steps: int, threads: int, skin: float) -> dict:
@@ -150,13 +168,15 @@ def worker_molequi(structure: str, dtype_name: str, steps: int, threads: int, sk
     model = MACE.from_config(MACE.Config(**HYPER), stats).to(getattr(torch, dtype_name)).eval()
     calc = MolequiCalculator(model, skin=skin)
     res = _run_md(atoms, calc, steps)
-    res.update(impl=f"molequi skin={skin}", nl_builds=calc.neighbors.n_builds, nl_calls=calc.neighbors.n_calls)
+    res.update(
+        impl=f"molequi skin={skin}", nl_builds=calc.neighbors.n_builds, nl_calls=calc.neighbors.n_calls
+    )
     return res
 
 
 def worker_mace(structure: str, dtype_name: str, steps: int, threads: int, skin: float) -> dict:
-    import mace  # noqa: F401  (first: makes e3nn 0.4.4 importable under torch >= 2.6)
     import ase.io
+    import mace  # noqa: F401  (first: makes e3nn 0.4.4 importable under torch >= 2.6)
     import numpy as np
     import torch
     from e3nn import o3
@@ -169,15 +189,30 @@ def worker_mace(structure: str, dtype_name: str, steps: int, threads: int, skin:
     torch.set_default_dtype(dtype)
     atoms = ase.io.read(structure)
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = modules.ScaleShiftMACE(
-        r_max=HYPER["r_max"], num_bessel=HYPER["num_bessel"], num_polynomial_cutoff=HYPER["num_polynomial_cutoff"],
-        max_ell=HYPER["max_ell"], interaction_cls=block, interaction_cls_first=block,
-        num_interactions=HYPER["num_interactions"], num_elements=len(ELEMENTS),
-        hidden_irreps=o3.Irreps(HYPER["hidden_irreps"]), MLP_irreps=o3.Irreps(HYPER["MLP_irreps"]),
-        atomic_energies=np.zeros(len(ELEMENTS)), avg_num_neighbors=_avg_neighbors(atoms), atomic_numbers=ELEMENTS,
-        correlation=HYPER["correlation"], gate=torch.nn.functional.silu, radial_MLP=HYPER["radial_MLP"],
-        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
-    ).to(dtype).eval()
+    model = (
+        modules.ScaleShiftMACE(
+            r_max=HYPER["r_max"],
+            num_bessel=HYPER["num_bessel"],
+            num_polynomial_cutoff=HYPER["num_polynomial_cutoff"],
+            max_ell=HYPER["max_ell"],
+            interaction_cls=block,
+            interaction_cls_first=block,
+            num_interactions=HYPER["num_interactions"],
+            num_elements=len(ELEMENTS),
+            hidden_irreps=o3.Irreps(HYPER["hidden_irreps"]),
+            MLP_irreps=o3.Irreps(HYPER["MLP_irreps"]),
+            atomic_energies=np.zeros(len(ELEMENTS)),
+            avg_num_neighbors=_avg_neighbors(atoms),
+            atomic_numbers=ELEMENTS,
+            correlation=HYPER["correlation"],
+            gate=torch.nn.functional.silu,
+            radial_MLP=HYPER["radial_MLP"],
+            atomic_inter_scale=1.0,
+            atomic_inter_shift=0.0,
+        )
+        .to(dtype)
+        .eval()
+    )
     calc = MACECalculator(models=model, device="cpu", default_dtype=dtype_name)
     res = _run_md(atoms, calc, steps)
     res.update(impl=f"mace-torch {getattr(mace, '__version__', '?')}")
@@ -195,8 +230,22 @@ def ensure_mace_venv(python: str) -> bool:
 
 
 def run_worker(python: str, impl: str, path: str, dtype: str, steps: int, skin: float, args) -> dict:
-    cmd = [python, os.path.abspath(__file__), "--worker", impl, "--structure", path, "--dtype", dtype,
-           "--steps", str(steps), "--threads", str(args.threads), "--skin", str(skin)]
+    cmd = [
+        python,
+        os.path.abspath(__file__),
+        "--worker",
+        impl,
+        "--structure",
+        path,
+        "--dtype",
+        dtype,
+        "--steps",
+        str(steps),
+        "--threads",
+        str(args.threads),
+        "--skin",
+        str(skin),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if impl == "molequi":
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -211,14 +260,24 @@ def run_worker(python: str, impl: str, path: str, dtype: str, steps: int, skin: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma list from {', '.join(SYSTEMS)}")
-    parser.add_argument("--steps", type=int, default=60,
-                        help="timed MD steps for ethanol; bigger systems get fewer (n^-0.75 scaling, >= 2)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=60,
+        help="timed MD steps for ethanol; bigger systems get fewer (n^-0.75 scaling, >= 2)",
+    )
     parser.add_argument("--fixed-steps", action="store_true", help="use --steps for every system")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per worker (1: on a shared 2-core machine, 2 threads thrash)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (1: on a shared 2-core machine, 2 threads thrash)",
+    )
     parser.add_argument("--impls", default="molequi,molequi-noreuse,mace-torch")
     parser.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "md_speed.json"))
@@ -255,31 +314,49 @@ def main() -> None:
                 res = run_worker(python, worker, path, args.dtype, steps, skin, args)
                 res.update(system=system, impl_key=impl, dtype=args.dtype, n_atoms=len(atoms), steps=steps)
                 rows.append(res)
-                print(f"  {system:10s} {impl:16s} "
-                      + (f"{res['steps_per_s']:.3f} steps/s" if "steps_per_s" in res else res.get("error", "?")),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {system:10s} {impl:16s} "
+                    + (
+                        f"{res['steps_per_s']:.3f} steps/s" if "steps_per_s" in res else res.get("error", "?")
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
     ref = {r["system"]: r.get("steps_per_s") for r in rows if r["impl_key"] == "mace-torch"}
     for r in rows:
         if "steps_per_s" in r and ref.get(r["system"]):
             r["speedup_vs_mace_torch"] = r["steps_per_s"] / ref[r["system"]]
     print_table(rows)
-    meta = dict(hyperparameters=HYPER, elements=ELEMENTS, dtype=args.dtype, threads=args.threads,
-                timestep_fs=0.5, machine=platform.node(), cpu_count=os.cpu_count(), load_average=os.getloadavg(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    meta = dict(
+        hyperparameters=HYPER,
+        elements=ELEMENTS,
+        dtype=args.dtype,
+        threads=args.threads,
+        timestep_fs=0.5,
+        machine=platform.node(),
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
     write_json(Path(args.out), {"meta": meta, "results": rows})
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'system':10s} {'impl':16s} {'atoms':>6s} {'steps':>5s} {'steps/s':>9s} {'atom-steps/s':>12s} "
-          f"{'vs mace-torch':>13s} {'NL builds':>9s} {'peak MB':>8s}")
+    print(
+        f"\n{'system':10s} {'impl':16s} {'atoms':>6s} {'steps':>5s} {'steps/s':>9s} {'atom-steps/s':>12s} "
+        f"{'vs mace-torch':>13s} {'NL builds':>9s} {'peak MB':>8s}"
+    )
     for r in rows:
         if "steps_per_s" not in r:
             print(f"{r['system']:10s} {r['impl_key']:16s} error: {r.get('error')}")
             continue
         ratio = f"{r['speedup_vs_mace_torch']:.2f}x" if "speedup_vs_mace_torch" in r else "-"
         builds = f"{r['nl_builds']}/{r['nl_calls']}" if "nl_builds" in r else "-"
-        print(f"{r['system']:10s} {r['impl_key']:16s} {r['n_atoms']:6d} {r['steps']:5d} {r['steps_per_s']:9.3f} "
-              f"{r['atom_steps_per_s']:12.1f} {ratio:>13s} {builds:>9s} {r['peak_rss_mb']:8.0f}")
+        print(
+            f"{r['system']:10s} {r['impl_key']:16s} {r['n_atoms']:6d} {r['steps']:5d} "
+            f"{r['steps_per_s']:9.3f} "
+            f"{r['atom_steps_per_s']:12.1f} {ratio:>13s} {builds:>9s} {r['peak_rss_mb']:8.0f}"
+        )
 
 
 def write_json(path: Path, payload: dict) -> None:

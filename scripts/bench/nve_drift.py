@@ -25,8 +25,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
-HYPER = dict(r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, hidden_irreps="64x0e+64x1o",
-             correlation=3, num_interactions=2, MLP_irreps="16x0e", radial_MLP=[64, 64, 64])
+HYPER = dict(
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    hidden_irreps="64x0e+64x1o",
+    correlation=3,
+    num_interactions=2,
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+)
 
 
 def ethanol():
@@ -36,32 +45,73 @@ def ethanol():
     return Atoms(numbers=d["nuclear_charges"], positions=d["coords"][0])
 
 
-def measure(name: str, calc, atoms, temperature: float, timestep: float, equil_ps: float, nve_ps: float,
-            seed: int, loginterval: int) -> dict:
+def measure(
+    name: str,
+    calc,
+    atoms,
+    temperature: float,
+    timestep: float,
+    equil_ps: float,
+    nve_ps: float,
+    seed: int,
+    loginterval: int,
+) -> dict:
     from molequi.calculators import run_md
 
     nvt_steps = int(round(equil_ps * 1000 / timestep))
     nve_steps = int(round(nve_ps * 1000 / timestep))
     if nvt_steps:
-        run_md(atoms, calc, ensemble="nvt", temperature=temperature, timestep=timestep, steps=nvt_steps,
-               seed=seed, friction=0.02, loginterval=max(nvt_steps, 1))
-    res = run_md(atoms, calc, ensemble="nve", temperature=temperature, timestep=timestep, steps=nve_steps,
-                 seed=seed, loginterval=loginterval)
+        run_md(
+            atoms,
+            calc,
+            ensemble="nvt",
+            temperature=temperature,
+            timestep=timestep,
+            steps=nvt_steps,
+            seed=seed,
+            friction=0.02,
+            loginterval=max(nvt_steps, 1),
+        )
+    res = run_md(
+        atoms,
+        calc,
+        ensemble="nve",
+        temperature=temperature,
+        timestep=timestep,
+        steps=nve_steps,
+        seed=seed,
+        loginterval=loginterval,
+    )
     etot = np.asarray(res.log["etot_eV"]) / len(atoms)
-    row = dict(model=name, n_atoms=len(atoms), timestep_fs=timestep, nvt_ps=equil_ps, nve_ps=nve_ps,
-               nve_steps=res.steps, drift_eV_per_atom_per_ps=res.drift_ev_per_atom_per_ps,
-               abs_drift_meV_per_atom_per_ps=abs(res.drift_ev_per_atom_per_ps) * 1000,
-               etot_peak_to_peak_meV_per_atom=float(np.ptp(etot)) * 1000,
-               mean_temperature_K=float(np.mean(res.log["temperature_K"])), steps_per_s=res.steps_per_s)
-    print(f"{name}: drift {row['drift_eV_per_atom_per_ps']:.3e} eV/atom/ps, E_tot peak-to-peak "
-          f"{row['etot_peak_to_peak_meV_per_atom']:.3g} meV/atom, <T> {row['mean_temperature_K']:.0f} K, "
-          f"{res.steps_per_s:.1f} steps/s", flush=True)
+    row = dict(
+        model=name,
+        n_atoms=len(atoms),
+        timestep_fs=timestep,
+        nvt_ps=equil_ps,
+        nve_ps=nve_ps,
+        nve_steps=res.steps,
+        drift_eV_per_atom_per_ps=res.drift_ev_per_atom_per_ps,
+        abs_drift_meV_per_atom_per_ps=abs(res.drift_ev_per_atom_per_ps) * 1000,
+        etot_peak_to_peak_meV_per_atom=float(np.ptp(etot)) * 1000,
+        mean_temperature_K=float(np.mean(res.log["temperature_K"])),
+        steps_per_s=res.steps_per_s,
+    )
+    print(
+        f"{name}: drift {row['drift_eV_per_atom_per_ps']:.3e} eV/atom/ps, E_tot peak-to-peak "
+        f"{row['etot_peak_to_peak_meV_per_atom']:.3g} meV/atom, <T> {row['mean_temperature_K']:.0f} K, "
+        f"{res.steps_per_s:.1f} steps/s",
+        flush=True,
+    )
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="*", default=None, help="checkpoint(s); several = committee mean")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", nargs="*", default=None, help="checkpoint(s); several = committee mean"
+    )
     parser.add_argument("--structure", default=None, help="structure file (default: rMD17 ethanol frame 0)")
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -83,8 +133,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    common = dict(temperature=args.temperature, timestep=args.timestep, equil_ps=args.equil_ps, nve_ps=args.nve_ps,
-                  seed=args.seed, loginterval=args.loginterval)
+    common = dict(
+        temperature=args.temperature,
+        timestep=args.timestep,
+        equil_ps=args.equil_ps,
+        nve_ps=args.nve_ps,
+        seed=args.seed,
+        loginterval=args.loginterval,
+    )
     rows = []
     if args.checkpoint:
         atoms = read(args.structure, index=-1) if args.structure else ethanol()
@@ -97,24 +153,42 @@ def main() -> None:
         from molequi.models.mace import MACE
 
         ar = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
-        rows.append(measure("lennard-jones Ar fcc (float64)", MolequiCalculator(LennardJones()), ar,
-                            **{**common, "temperature": 40.0}))
+        rows.append(
+            measure(
+                "lennard-jones Ar fcc (float64)",
+                MolequiCalculator(LennardJones()),
+                ar,
+                **{**common, "temperature": 40.0},
+            )
+        )
         for dt in (args.dtype,) if args.dtype else ("float64", "float32"):
-            model = MACE.from_config(MACE.Config(**HYPER), Statistics(elements=[1, 6, 8], avg_num_neighbors=8.0))
+            model = MACE.from_config(
+                MACE.Config(**HYPER), Statistics(elements=[1, 6, 8], avg_num_neighbors=8.0)
+            )
             calc = MolequiCalculator(model.to(getattr(torch, dt)))
             rows.append(measure(f"untrained MACE ethanol ({dt})", calc, ethanol(), **common))
-    meta = dict(threads=args.threads, machine=platform.node(), load_average=os.getloadavg(),
-                torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    meta = dict(
+        threads=args.threads,
+        machine=platform.node(),
+        load_average=os.getloadavg(),
+        torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     os.replace(tmp, out)
-    print(f"\n{'model':45s} {'atoms':>5s} {'dt fs':>5s} {'drift eV/atom/ps':>17s} {'p2p meV/atom':>12s} {'<T> K':>6s}")
+    print(
+        f"\n{'model':45s} {'atoms':>5s} {'dt fs':>5s} {'drift eV/atom/ps':>17s} "
+        f"{'p2p meV/atom':>12s} {'<T> K':>6s}"
+    )
     for r in rows:
-        print(f"{r['model'][:45]:45s} {r['n_atoms']:5d} {r['timestep_fs']:5.2f} "
-              f"{r['drift_eV_per_atom_per_ps']:17.3e} {r['etot_peak_to_peak_meV_per_atom']:12.3g} "
-              f"{r['mean_temperature_K']:6.0f}")
+        print(
+            f"{r['model'][:45]:45s} {r['n_atoms']:5d} {r['timestep_fs']:5.2f} "
+            f"{r['drift_eV_per_atom_per_ps']:17.3e} {r['etot_peak_to_peak_meV_per_atom']:12.3g} "
+            f"{r['mean_temperature_K']:6.0f}"
+        )
     print(f"\nsaved {out}")
 
 

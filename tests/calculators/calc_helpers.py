@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ase import Atoms
-from ase.build import bulk, molecule
+from ase.build import bulk
 
 from molequi.models.lj import LennardJones
 
@@ -36,8 +36,11 @@ def save_lj_checkpoint(path, **cfg) -> str:
 
     model = LennardJones(**cfg)
     elements = model.elements
-    payload = make_payload(config={"model": {"name": "lj", **to_plain(model.config)}},
-                           statistics={"elements": elements}, model_state=model.state_dict(),
-                           dtype=torch.float64)
+    payload = make_payload(
+        config={"model": {"name": "lj", **to_plain(model.config)}},
+        statistics={"elements": elements},
+        model_state=model.state_dict(),
+        dtype=torch.float64,
+    )
     save_model(payload, path)
     return str(path)

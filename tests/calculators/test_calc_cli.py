@@ -29,9 +29,30 @@ def test_help_explains_every_option():
 def test_md_cli(tmp_path, ckpt, capsys):
     write(tmp_path / "ar.xyz", ar_fcc(2))
     traj, log = tmp_path / "md.extxyz", tmp_path / "md.csv"
-    rc = main(["md", ckpt, str(tmp_path / "ar.xyz"), "--ensemble", "nve", "--temperature", "40", "--timestep", "2",
-               "--steps", "20", "--traj", str(traj), "--log", str(log), "--loginterval", "5", "--seed", "0",
-               "--no-progress"])
+    rc = main(
+        [
+            "md",
+            ckpt,
+            str(tmp_path / "ar.xyz"),
+            "--ensemble",
+            "nve",
+            "--temperature",
+            "40",
+            "--timestep",
+            "2",
+            "--steps",
+            "20",
+            "--traj",
+            str(traj),
+            "--log",
+            str(log),
+            "--loginterval",
+            "5",
+            "--seed",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert len(read(traj, index=":")) == 5
     rows = list(csv.DictReader(log.read_text().splitlines()))
@@ -42,9 +63,31 @@ def test_md_cli(tmp_path, ckpt, capsys):
 def test_md_cli_blowup_exit_code(tmp_path, ckpt, capsys):
     write(tmp_path / "ar.xyz", ar_fcc(2))
     traj = tmp_path / "md.extxyz"
-    rc = main(["md", ckpt, ckpt, str(tmp_path / "ar.xyz"), "--ensemble", "nve", "--temperature", "3000",
-               "--timestep", "20", "--steps", "500", "--traj", str(traj), "--loginterval", "1", "--seed", "0",
-               "--max-force", "5", "--no-progress"])
+    rc = main(
+        [
+            "md",
+            ckpt,
+            ckpt,
+            str(tmp_path / "ar.xyz"),
+            "--ensemble",
+            "nve",
+            "--temperature",
+            "3000",
+            "--timestep",
+            "20",
+            "--steps",
+            "500",
+            "--traj",
+            str(traj),
+            "--loginterval",
+            "1",
+            "--seed",
+            "0",
+            "--max-force",
+            "5",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 3 and "SimulationBlowUp" in err and "max_force" in err
     frames = read(traj, index=":")
@@ -55,16 +98,42 @@ def test_md_cli_unknown_element(tmp_path, ckpt, capsys):
     atoms = ar_cluster(4)
     atoms.numbers[0] = 29
     write(tmp_path / "bad.xyz", atoms)
-    assert main(["md", ckpt, str(tmp_path / "bad.xyz"), "--steps", "2", "--no-progress",
-                 "--traj", str(tmp_path / "x.extxyz")]) == 1
+    assert (
+        main(
+            [
+                "md",
+                ckpt,
+                str(tmp_path / "bad.xyz"),
+                "--steps",
+                "2",
+                "--no-progress",
+                "--traj",
+                str(tmp_path / "x.extxyz"),
+            ]
+        )
+        == 1
+    )
     assert "ModelError" in capsys.readouterr().err
 
 
 def test_relax_cli(tmp_path, ckpt):
     write(tmp_path / "ar.xyz", ar_fcc(2, a=5.0, rattle=0.05, seed=1))
     out = tmp_path / "relaxed.xyz"
-    rc = main(["relax", ckpt, str(tmp_path / "ar.xyz"), "--optimizer", "fire", "--fmax", "0.01", "--cell",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "relax",
+            ckpt,
+            str(tmp_path / "ar.xyz"),
+            "--optimizer",
+            "fire",
+            "--fmax",
+            "0.01",
+            "--cell",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     relaxed = read(out)
     assert np.abs(relaxed.get_forces()).max() < 0.01 and relaxed.get_volume() > ar_fcc(2, a=5.0).get_volume()
@@ -74,8 +143,21 @@ def test_predict_cli(tmp_path, ckpt):
     frames = [ar_fcc(2, rattle=0.1, seed=s) for s in range(3)] + [ar_cluster(5)]
     write(tmp_path / "many.extxyz", frames)
     out = tmp_path / "pred.extxyz"
-    assert main(["predict", ckpt, str(tmp_path / "many.extxyz"), "--out", str(out), "--batch-size", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                ckpt,
+                str(tmp_path / "many.extxyz"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     pred = read(out, index=":")
     assert len(pred) == 4 and "stress" in pred[0].calc.results and "stress" not in pred[3].calc.results
     assert pred[0].get_forces().shape == (32, 3)

@@ -1,4 +1,4 @@
-"""MolequiCalculator: equals direct model calls, stress, neighbour-list reuse, committees, checkpoints, errors."""
+"""MolequiCalculator: equals direct model calls; stress, neighbour-list reuse, committees, checkpoints."""
 
 from __future__ import annotations
 

@@ -28,11 +28,13 @@ def test_pair_energy_and_force_vanish_at_cutoff():
     v_c = 4 * e * ((s / rc) ** 12 - (s / rc) ** 6)
     dv_c = 4 * e * (-12 * (s / rc) ** 12 + 6 * (s / rc) ** 6) / rc
     expected = -e - v_c - (r0 - rc) * dv_c
-    assert float(m.pair_energy(torch.tensor([r0], dtype=torch.float64), eps, sig)) == pytest.approx(expected, abs=1e-15)
+    assert float(m.pair_energy(torch.tensor([r0], dtype=torch.float64), eps, sig)) == pytest.approx(
+        expected, abs=1e-15
+    )
 
 
 def test_matches_ase_lj_plus_force_shift():
-    """E_sf = E_ase(shifted energy) - sum over pairs (r - rc) V'(rc), checked on a rattled periodic crystal."""
+    """E_sf = E_ase(shifted energy) - sum over pairs (r - rc) V'(rc), on a rattled periodic crystal."""
     atoms = ar_fcc(2, rattle=0.1, seed=3)
     eps, sig, rc = 0.0104, 3.4, 8.5
     ref = atoms.copy()

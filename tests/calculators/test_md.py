@@ -21,8 +21,17 @@ NVE_FLUCTUATION_BOUND = 3e-6  # eV/atom
 
 def test_nve_conserves_energy(tmp_path):
     atoms = ar_fcc(2)
-    res = run_md(atoms, MolequiCalculator(LennardJones()), ensemble="nve", temperature=40, timestep=2.0,
-                 steps=500, seed=0, loginterval=5, log=tmp_path / "nve.csv")
+    res = run_md(
+        atoms,
+        MolequiCalculator(LennardJones()),
+        ensemble="nve",
+        temperature=40,
+        timestep=2.0,
+        steps=500,
+        seed=0,
+        loginterval=5,
+        log=tmp_path / "nve.csv",
+    )
     assert res.steps == 500 and not res.stopped
     assert abs(res.drift_ev_per_atom_per_ps) < NVE_DRIFT_BOUND
     etot = np.asarray(res.log["etot_eV"]) / len(atoms)
@@ -30,16 +39,33 @@ def test_nve_conserves_energy(tmp_path):
     assert np.mean(res.log["temperature_K"][1:]) > 5  # it actually moved
     rows = list(csv.DictReader((tmp_path / "nve.csv").read_text().splitlines()))
     assert len(rows) == 101 and rows[-1]["step"] == "500" and float(rows[-1]["time_fs"]) == 1000.0
-    assert set(rows[0]) >= {"step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K",
-                            "drift_eV_per_atom"}
+    assert set(rows[0]) >= {
+        "step",
+        "time_fs",
+        "epot_eV",
+        "ekin_eV",
+        "etot_eV",
+        "temperature_K",
+        "drift_eV_per_atom",
+    }
 
 
 def test_blowup_guard_stops_and_keeps_trajectory_readable(tmp_path):
     atoms = ar_fcc(2)
     traj = tmp_path / "md.extxyz"
     with pytest.raises(SimulationBlowUp, match="max_force") as info:
-        run_md(atoms, MolequiCalculator(LennardJones()), ensemble="nve", temperature=3000, timestep=20.0,
-               steps=500, seed=0, traj=traj, log=tmp_path / "md.csv", max_force=5.0)
+        run_md(
+            atoms,
+            MolequiCalculator(LennardJones()),
+            ensemble="nve",
+            temperature=3000,
+            timestep=20.0,
+            steps=500,
+            seed=0,
+            traj=traj,
+            log=tmp_path / "md.csv",
+            max_force=5.0,
+        )
     result = info.value.result
     assert result.stopped and 5 < info.value.step < 500 and "max_force" in result.reason
     frames = read(traj, index=":")
@@ -52,8 +78,17 @@ def test_blowup_guard_stops_and_keeps_trajectory_readable(tmp_path):
 
 def test_guard_min_distance_and_no_raise_mode():
     atoms = ar_fcc(2)
-    res = run_md(atoms, MolequiCalculator(LennardJones()), ensemble="nve", temperature=3000, timestep=40.0,
-                 steps=500, seed=0, min_distance=2.5, raise_on_blowup=False)
+    res = run_md(
+        atoms,
+        MolequiCalculator(LennardJones()),
+        ensemble="nve",
+        temperature=3000,
+        timestep=40.0,
+        steps=500,
+        seed=0,
+        min_distance=2.5,
+        raise_on_blowup=False,
+    )
     assert res.stopped and "min_distance" in res.reason
 
 
@@ -61,21 +96,43 @@ def test_guard_committee_uncertainty():
     atoms = ar_cluster(13)
     calc = MolequiCalculator(models=[LennardJones(), LennardJones(sigma=3.6)])
     with pytest.raises(SimulationBlowUp, match="uncertainty"):
-        run_md(atoms, calc, ensemble="nvt", temperature=50, timestep=2.0, steps=10, seed=0, max_uncertainty=1e-4)
+        run_md(
+            atoms, calc, ensemble="nvt", temperature=50, timestep=2.0, steps=10, seed=0, max_uncertainty=1e-4
+        )
     with pytest.raises(ConfigError, match="committee"):
         run_md(ar_cluster(13), MolequiCalculator(LennardJones()), steps=2, max_uncertainty=0.1)
 
 
 def test_nvt_and_npt_run(tmp_path):
     atoms = ar_cluster(13)
-    res = run_md(atoms, MolequiCalculator(LennardJones()), ensemble="nvt", temperature=60, timestep=5.0,
-                 steps=200, seed=1, friction=0.05, loginterval=10)
+    res = run_md(
+        atoms,
+        MolequiCalculator(LennardJones()),
+        ensemble="nvt",
+        temperature=60,
+        timestep=5.0,
+        steps=200,
+        seed=1,
+        friction=0.05,
+        loginterval=10,
+    )
     assert res.steps == 200 and 10 < np.mean(res.log["temperature_K"][5:]) < 150
     for barostat in ("mtk", "berendsen"):
         crystal = ar_fcc(2, a=5.4)  # expanded: the barostat should shrink it
         v0 = crystal.get_volume()
-        r = run_md(crystal, MolequiCalculator(LennardJones()), ensemble="npt", temperature=30, timestep=5.0,
-                   steps=60, seed=2, pressure=1.0, barostat=barostat, taup=200.0, compressibility=1e-3)
+        r = run_md(
+            crystal,
+            MolequiCalculator(LennardJones()),
+            ensemble="npt",
+            temperature=30,
+            timestep=5.0,
+            steps=60,
+            seed=2,
+            pressure=1.0,
+            barostat=barostat,
+            taup=200.0,
+            compressibility=1e-3,
+        )
         assert r.steps == 60 and crystal.get_volume() != pytest.approx(v0, rel=1e-6)
     with pytest.raises(ConfigError, match="periodic"):
         run_md(ar_cluster(5), MolequiCalculator(LennardJones()), ensemble="npt", steps=1)
@@ -87,12 +144,24 @@ def test_nonconservative_model_refused_unless_allowed():
     atoms = ar_cluster(5)
     with pytest.raises(ModelError, match="allow_nonconservative"):
         run_md(atoms, MolequiCalculator(model), ensemble="nve", steps=2)
-    assert run_md(atoms, MolequiCalculator(model), ensemble="nve", steps=2, allow_nonconservative=True).steps == 2
+    assert (
+        run_md(atoms, MolequiCalculator(model), ensemble="nve", steps=2, allow_nonconservative=True).steps
+        == 2
+    )
 
 
 def test_quickstart_md_writes_plot_and_returns_drift(tmp_path):
-    drift = quickstart_md(LennardJones(), ar_fcc(2), tmp_path, nvt_ps=0.05, nve_ps=0.1, timestep_fs=2.0,
-                          temperature=40, progress=False, loginterval=5)
+    drift = quickstart_md(
+        LennardJones(),
+        ar_fcc(2),
+        tmp_path,
+        nvt_ps=0.05,
+        nve_ps=0.1,
+        timestep_fs=2.0,
+        temperature=40,
+        progress=False,
+        loginterval=5,
+    )
     assert abs(drift) < 1e-5
     for name in ("md_energy.png", "md_nvt.extxyz", "md_nve.extxyz", "md_nve.csv", "md_summary.json"):
         assert (tmp_path / name).stat().st_size > 0

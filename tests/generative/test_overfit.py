@@ -31,7 +31,7 @@ def _train(model, batch, iters, lr):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_edm_overfits_ten_molecules():

@@ -36,7 +36,7 @@ from molequi import keys as K
 from molequi.errors import ConfigError, InputError, ModelError
 from molequi.models.generative.graph import (centred_gaussian, fully_connected_edges, remove_mean,
                                               scatter_sum, sizes_to_batch)
-from molequi.models.generative.layers import EDMBlock
+from molequi.models.generative.layers import EDMBlock, PairLinear
 from molequi.models.generative.metrics import Molecule
 from molequi.models.generative.schedules import NoiseSchedule
 
@@ -64,8 +64,10 @@ class CategoricalDenoiser(nn.Module):
         self.edge_in = nn.Linear(N_BOND_TYPES, edge_hidden)
         self.blocks = nn.ModuleList([EDMBlock(hidden, coords_range=coords_range / layers, edge_dim=1 + edge_hidden)
                                      for _ in range(layers)])
-        self.edge_updates = nn.ModuleList([nn.Sequential(nn.Linear(hidden + edge_hidden, edge_hidden), nn.SiLU(),
-                                                         nn.Linear(edge_hidden, edge_hidden)) for _ in range(layers)])
+        # bond features updated from the new node features: e_ij += psi(A h_i + B h_j + C [e_ij, d_ij])
+        self.edge_updates = nn.ModuleList([PairLinear(hidden, edge_hidden + 1, edge_hidden) for _ in range(layers)])
+        self.edge_mlps = nn.ModuleList([nn.Sequential(nn.SiLU(), nn.Linear(edge_hidden, edge_hidden))
+                                        for _ in range(layers)])
         self.type_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_types))
         self.charge_head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_charges))
         self.bond_head = nn.Sequential(nn.Linear(edge_hidden + 1, edge_hidden), nn.SiLU(),
@@ -78,9 +80,10 @@ class CategoricalDenoiser(nn.Module):
         src, dst = edge_index
         d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)
         xx = x
-        for block, upd in zip(self.blocks, self.edge_updates):
-            h, xx, m = block(h, xx, edge_index, torch.cat([d0, e], -1))
-            e = e + upd(torch.cat([e, m], -1))
+        for block, upd, mlp in zip(self.blocks, self.edge_updates, self.edge_mlps):
+            h, xx = block(h, xx, edge_index, torch.cat([d0, e], -1))
+            d = ((xx[dst] - xx[src]) ** 2).sum(-1, keepdim=True)
+            e = e + mlp(upd(h, torch.cat([e, d], -1), src, dst))
         x0 = remove_mean(xx, batch, num_graphs)
         e_sym = 0.5 * (e + e[rev])
         d = ((x0[dst] - x0[src]) ** 2).sum(-1, keepdim=True)

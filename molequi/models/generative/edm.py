@@ -74,7 +74,7 @@ class EDMDynamics(nn.Module):
         d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)  # initial squared distances, EDM's edge attr
         xx = x
         for block in self.blocks:
-            hh, xx, _ = block(hh, xx, edge_index, d0)
+            hh, xx = block(hh, xx, edge_index, d0)
         out = self.embedding_out(hh)[:, : self.in_features]
         vel = remove_mean(xx - x, batch, num_graphs)
         bad = ~torch.isfinite(vel).all()

@@ -9,9 +9,12 @@ network input:
 
 with r = coords_range / n_layers.
 
-Speed: the first linear map of phi_e and phi_x acts on a concatenation, W [h_i, h_j, e] = A h_i + B h_j + C e,
+The feature half is molequi's ``EGNNLayer`` (``molequi.models.egnn``); the coordinate half is EDM's
+``EquivariantUpdate``, which (unlike the original EGNN) reads the *updated* features through its own MLP.
+
+Speed: the first linear map of phi_x acts on a concatenation, W [h_i, h_j, e] = A h_i + B h_j + C e,
 so A h and B h are computed once per *node* and gathered per edge (``PairLinear``); per edge only the
-(H x H) second layers remain. This is the same function as EDM's with the same parameter count.  phi_x ends in a bias-free linear layer initialised with gain 0.001 so the
+(H x H) second layer remains. Same function and parameter count as EDM's.  phi_x ends in a bias-free linear layer initialised with gain 0.001 so the
 network starts near the identity on coordinates (EDM ``EquivariantUpdate``).
 """
 
@@ -43,24 +46,20 @@ class PairLinear(nn.Module):
         return self.lin_i(h)[dst] + self.lin_j(h)[src] + self.lin_e(e)
 
 
-class EDMBlock(nn.Module):
-    """One EDM ``EquivariantBlock`` (one GCL sublayer + one coordinate update).
+class EquivariantUpdate(nn.Module):
+    """EDM's coordinate update (``EquivariantUpdate``), from the *updated* node features:
 
-    forward(h (n, H), x (n, 3), edge_index (2, E) [sender, receiver], e (E, D)) -> (h (n, H), x (n, 3),
-    m (E, H)). EDM passes e = d0 (D = 1); the categorical model passes [d0, bond features] and updates its
-    bond features from the returned messages m.
+        x_i <- x_i + sum_j (x_i - x_j) / (sqrt(d_ij + 1e-8) + 1) * r tanh(phi_x([h_i, h_j, d_ij, e_ij])) / Z
+
+    forward(h (n, H), x (n, 3), edge_index (2, E), e (E, D)) -> x (n, 3).
     """
 
-    def __init__(self, hidden: int, coords_range: float = 15.0 / 9, normalization_factor: float = 1.0,
-                 attention: bool = True, tanh: bool = True, norm_constant: float = 1.0, edge_dim: int = 1):
+    def __init__(self, hidden: int, edge_dim: int = 1, coords_range: float = 15.0 / 9,
+                 normalization_factor: float = 1.0, tanh: bool = True, norm_constant: float = 1.0):
         super().__init__()
         self.coords_range, self.normalization_factor = coords_range, normalization_factor
-        self.attention, self.tanh, self.norm_constant = attention, tanh, norm_constant
+        self.tanh, self.norm_constant = tanh, norm_constant
         act = nn.SiLU()
-        self.edge_in = PairLinear(hidden, 1 + edge_dim, hidden)
-        self.edge_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act)
-        self.att_mlp = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()) if attention else None
-        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), act, nn.Linear(hidden, hidden))
         last = nn.Linear(hidden, 1, bias=False)
         nn.init.xavier_uniform_(last.weight, gain=0.001)
         self.coord_in = PairLinear(hidden, 1 + edge_dim, hidden)
@@ -68,21 +67,37 @@ class EDMBlock(nn.Module):
 
     def forward(self, h, x, edge_index, e):
         src, dst = edge_index
-        n = h.shape[0]
         diff = x[dst] - x[src]  # (E, 3) x_i - x_j
         radial = (diff * diff).sum(-1, keepdim=True)  # (E, 1)
         unit = diff / (torch.sqrt(radial + 1e-8) + self.norm_constant)
-        edge_attr = torch.cat([radial, e], -1)  # (E, 1 + D)
-        m = self.edge_mlp(self.edge_in(h, edge_attr, src, dst))  # (E, H)
-        if self.att_mlp is not None:
-            m = m * self.att_mlp(m)
-        agg = scatter_sum(m, dst, n) / self.normalization_factor
-        h = h + self.node_mlp(torch.cat([h, agg], -1))
-        phi = self.coord_mlp(self.coord_in(h, edge_attr, src, dst))  # (E, 1)
+        phi = self.coord_mlp(self.coord_in(h, torch.cat([radial, e], -1), src, dst))  # (E, 1)
         if self.tanh:
             phi = torch.tanh(phi) * self.coords_range
-        x = x + scatter_sum(unit * phi, dst, n) / self.normalization_factor
-        return h, x, m
+        return x + scatter_sum(unit * phi, dst, h.shape[0]) / self.normalization_factor
 
 
-__all__ = ["EDMBlock", "PairLinear"]
+class EDMBlock(nn.Module):
+    """One EDM ``EquivariantBlock``: a feature update (``molequi.models.egnn.EGNNLayer`` with attention, sum
+    aggregation, no coordinate update; its edge attributes are e) followed by EDM's ``EquivariantUpdate``
+    of the coordinates from the updated features.
+
+    forward(h (n, H), x (n, 3), edge_index (2, E) [sender, receiver], e (E, D)) -> (h (n, H), x (n, 3)).
+    EDM passes e = d0, the squared distances at the network input (D = 1); the categorical model passes
+    [d0, bond features].
+    """
+
+    def __init__(self, hidden: int, coords_range: float = 15.0 / 9, normalization_factor: float = 1.0,
+                 attention: bool = True, tanh: bool = True, norm_constant: float = 1.0, edge_dim: int = 1):
+        super().__init__()
+        from molequi.models.egnn import EGNNLayer
+
+        self.gcl = EGNNLayer(hidden, edge_dim, update_coords=False, messages_agg="sum",
+                             normalization_factor=normalization_factor, attention=attention)
+        self.coords = EquivariantUpdate(hidden, edge_dim, coords_range, normalization_factor, tanh, norm_constant)
+
+    def forward(self, h, x, edge_index, e):
+        h, _ = self.gcl(h, x, edge_index, edge_attr=e)
+        return h, self.coords(h, x, edge_index, e)
+
+
+__all__ = ["EDMBlock", "EquivariantUpdate", "PairLinear"]

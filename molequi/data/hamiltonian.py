@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from molequi.errors import DatasetError, FormatError, InputError, MissingKeyError
-from molequi.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
+from molequi.units import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
 
 FORMAT = "molequi-hamiltonian/1"
 _ATOM_FIELDS = ("numbers", "pos", "forces")
@@ -557,6 +557,17 @@ class HamiltonianDataset:
         return record_to_data(self.store[self.indices[i]], dtype=self.dtype)
 
 
+def build_hamiltonian_dataset(cfg) -> list:
+    """``molequi.data.datasets`` entry ``hamiltonian``: every record of the store at ``cfg.root`` as graph
+    records (``record_to_data``). ``cfg.options``: ``limit`` (first N records only)."""
+    store = HamiltonianStore(cfg.root)
+    n = len(store)
+    limit = cfg.options.get("limit") if getattr(cfg, "options", None) else None
+    if limit is not None:
+        n = min(n, int(limit))
+    return [record_to_data(store[i]) for i in range(n)]
+
+
 def record_to_data(rec: HamiltonianRecord, dtype=None):
     """Graph record of one ``HamiltonianRecord`` (see ``HamiltonianDataset``)."""
     import ase
@@ -579,5 +590,5 @@ def record_to_data(rec: HamiltonianRecord, dtype=None):
 __all__ = [
     "HamiltonianRecord", "HamiltonianStore", "HamiltonianStoreWriter", "HamiltonianDataset", "write_store",
     "pyscf_label", "pyscf_overlap", "generate", "sample_xtb_md", "sample_normal_modes", "SAMPLERS",
-    "molecule_from_smiles", "read_md17_hamiltonian", "read_qh9_lmdb", "record_to_data", "BOHR_TO_ANGSTROM",
+    "molecule_from_smiles", "read_md17_hamiltonian", "read_qh9_lmdb", "record_to_data", "build_hamiltonian_dataset",
 ]

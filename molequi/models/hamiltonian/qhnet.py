@@ -338,6 +338,14 @@ class QHNet(nn.Module):
             nao[z] = len(idx)
         self.register_buffer("slot_table", table, persistent=False)
         self.register_buffer("atom_nao", nao, persistent=False)
+        # per-element invariant reference of the diagonal block (data-dependent initialisation, see
+        # ``fit_reference``): saved with the weights
+        self.register_buffer("ref_blocks", torch.zeros(zmax + 1, P, P))
+        self.register_buffer("ref_fitted", torch.zeros(zmax + 1, dtype=torch.bool))
+        starts = np.concatenate([[0], np.cumsum([2 * l + 1 for l in self.basis.padded_shells])])
+        self._same_l_pairs = [(int(starts[a]), int(starts[b]), 2 * la + 1)
+                              for a, la in enumerate(self.basis.padded_shells)
+                              for b, lb in enumerate(self.basis.padded_shells) if la == lb]
 
     @classmethod
     def from_config(cls, cfg, statistics=None):
@@ -368,6 +376,10 @@ class QHNet(nn.Module):
         d = self.diag_tp(self.diag_a(x).transpose(0, 1), self.diag_b(x).transpose(0, 1),
                          self.diag_w.unsqueeze(0).expand(n, -1, -1)).transpose(0, 1)
         diag = self.diag_out(d + self.diag_lin(x))                       # (n, P, P)
+        index = self.scatter_index(z, ptr, i, j, mol)
+        if self.training and "fock" in data and not bool(self.ref_fitted[z].all()):
+            self.fit_reference(z, data.fock, index, ~off)
+        diag = diag + self.ref_blocks[z]
         # off-diagonal blocks (one per ordered pair i != j), from the same pair list as the messages
         offd = self.pair_out(self.pair(x[r_idx], x[s_idx], self.edge_frame, frame, rbf))  # (E, P, P)
         # all pairs in molequi order, symmetrised: H_ij = (B_ij + B_ji^T) / 2
@@ -376,11 +388,42 @@ class QHNet(nn.Module):
         blocks = blocks.index_copy(0, torch.nonzero(~off).squeeze(1), diag)
         blocks = blocks.index_copy(0, torch.nonzero(off).squeeze(1), offd)
         blocks = 0.5 * (blocks + blocks[reverse].transpose(1, 2))
-        fock, nao = self.assemble(blocks, z, ptr, i, j, mol)
+        flat, valid, nao, total = index
+        fock = blocks.new_zeros(total).index_put_((flat[valid],), blocks[valid])
         return {"fock": fock, "nao": nao, "blocks": blocks}
 
-    def assemble(self, blocks, z, ptr, i, j, mol):
-        """Scatter padded pair blocks (Pn, P, P) into flattened PySCF-ordered AO matrices (sum nao^2,)."""
+    @torch.no_grad()
+    def fit_reference(self, z, fock, index, is_diag) -> None:
+        """Set the reference diagonal block of every element of ``z`` not fitted yet from labels ``fock``.
+
+        The reference is the rotation-invariant part of the element's mean diagonal block: on each pair of
+        shells of equal l the block c * I with c = trace / (2l+1) (D (c I) D^T = c I, so equivariance holds).
+        Called once per element from the first training batch that contains it (like a data-dependent
+        initialisation); afterwards the network only learns the deviation from it.
+        """
+        flat, valid, _, _ = index
+        flat, valid = flat[is_diag], valid[is_diag]
+        target = torch.zeros(valid.shape, dtype=self.ref_blocks.dtype, device=z.device)
+        target[valid] = fock[flat[valid]].to(target.dtype)
+        for el in torch.unique(z).tolist():
+            if bool(self.ref_fitted[el]):
+                continue
+            mean = target[z == el].mean(0)
+            ref = torch.zeros_like(mean)
+            for a, b, d in self._same_l_pairs:
+                c = torch.diagonal(mean[a:a + d, b:b + d]).sum() / d
+                ref[a:a + d, b:b + d] = c * torch.eye(d, dtype=ref.dtype, device=ref.device)
+            self.ref_blocks[el] = ref * self.padded_mask(el)
+            self.ref_fitted[el] = True
+
+    def padded_mask(self, el: int) -> torch.Tensor:
+        m = (self.slot_table[el] >= 0).to(self.ref_blocks.dtype)
+        return m.unsqueeze(1) * m.unsqueeze(0)
+
+    def scatter_index(self, z, ptr, i, j, mol):
+        """Flat positions of every padded pair-block entry in the concatenated (sum nao^2,) AO matrices.
+
+        Returns (flat (Pn, P, P) long, valid (Pn, P, P) bool, nao (B,), total)."""
         atom_nao = self.atom_nao[z]                                     # (n,)
         # AO offset of each atom inside its molecule
         cum = torch.cumsum(atom_nao, 0) - atom_nao
@@ -397,8 +440,7 @@ class QHNet(nn.Module):
         c = (atom_off[j].unsqueeze(1) + cols).unsqueeze(1)
         flat = base[mol].view(-1, 1, 1) + r * nao[mol].view(-1, 1, 1) + c
         total = int((nao * nao).sum())
-        fock = blocks.new_zeros(total).index_put_((flat[valid],), blocks[valid])
-        return fock, nao
+        return flat, valid, nao, total
 
 
 def build_qhnet_for_params(target: float = 20e6, **kw) -> QHNetConfig:

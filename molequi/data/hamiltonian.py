@@ -484,12 +484,13 @@ def _square(m: np.ndarray) -> np.ndarray:
 def read_qh9_lmdb(path: str | os.PathLike, *, indices: Sequence[int] | None = None):
     """Yield ``HamiltonianRecord`` s from a QH9 LMDB (``QH9Stable.lmdb`` / ``QH9Dynamic*.lmdb``).
 
-    Layout (QH9, Yu et al. 2023, ``QH9/datasets.py``): keys are ``int(i).to_bytes(length=4, byteorder='big')``
-    (plus an optional ``b'length'`` key holding the pickled count); each value is a pickled dict with
-    ``num_nodes`` (int), ``atoms`` (bytes of int32 Z), ``pos`` (bytes of float64, Å... QH9 stores Bohr for
-    QH9Stable? -- the QH9 loader multiplies nothing, positions are Å), ``Ham`` (bytes of float64, nao^2,
-    Hartree, PySCF AO order, B3LYP/def2-SVP). We decode exactly that; an ``overlap`` key is read when
-    present, otherwise the overlap is recomputed with PySCF from the geometry (QH9 does the same).
+    Layout (QH9, Yu et al. 2023, the PyG ``QH9Stable`` / ``QH9Dynamic`` ``get``): keys are
+    ``int(i).to_bytes(length=4, byteorder='big')`` (an optional ``b'length'`` key holds the pickled count);
+    each value is a pickled dict with ``id``, ``num_nodes`` (int), ``atoms`` (bytes of int32 Z), ``pos``
+    (bytes of float64, (num_nodes, 3); Å -- QH9's own tools pass them unconverted to ``ase.Atoms``) and
+    ``Ham`` (bytes of float64, nao x nao, Hartree, PySCF def2-SVP AO order, B3LYP). Some derived copies
+    add ``overlap``; it is read when present, otherwise recomputed with PySCF from the geometry, as
+    QH9's evaluation does. Assumption to check on the real files: no unit conversion of ``pos``.
     """
     import lmdb
 

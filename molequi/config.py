@@ -95,13 +95,15 @@ class OptimConfig:
     weight_decay: float = _help("weight decay (L2 for adam, decoupled for adamw)", default=0.0)
     scheduler: Literal["plateau", "cosine", "none"] = _help(
         "plateau: multiply lr by plateau_factor when the validation metric stalls; cosine: anneal to "
-        "min_lr over the run; none: constant", default="plateau")
+        "min_lr over the run (over trainer.max_time when no step or epoch count is given); none: constant",
+        default="plateau")
     plateau_factor: float = _help("lr multiplier of the plateau schedule", default=0.8)
     plateau_patience: int = _help("validation rounds without improvement before the plateau schedule "
                                   "lowers lr", default=50)
     min_lr: float = _help("lower bound of the learning rate (plateau and cosine)", default=0.0)
     cosine_steps: int | None = _help("length of the cosine schedule in optimiser steps (null: "
-                                     "trainer.max_steps, or max_epochs x steps per epoch)", default=None)
+                                     "trainer.max_steps, or max_epochs x steps per epoch, or the trainer.max_time wall-time budget)",
+                                     default=None)
     warmup_steps: int = _help("linear learning-rate warm-up over this many optimiser steps", default=0)
     ema_decay: float | None = _help("decay of the exponential moving average of the weights used for "
                                     "validation, test and export (null: no EMA)", default=0.99)

@@ -146,10 +146,43 @@ class TaskModule(L.LightningModule):
                     "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.task.monitor}",
                                      "interval": "epoch", "frequency": self.config.trainer.val_every,
                                      "strict": False}}
+        if o.scheduler == "cosine" and self._time_budget() is not None and not self._known_length():
+            self._time_cosine = True  # annealed over the wall-time budget in on_train_batch_start
+            return optimizer
         total = self._schedule_length() if o.scheduler == "cosine" else None
         lr_lambda = _LRLambda(o.warmup_steps, total, o.min_lr / o.lr if o.lr > 0 else 0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _known_length(self) -> bool:
+        o, t = self.config.optim, self.config.trainer
+        return bool(o.cosine_steps or (t.max_steps and t.max_steps > 0) or t.max_epochs)
+
+    def _time_budget(self) -> float | None:
+        from molequi.train.run import parse_max_time
+
+        budget = parse_max_time(self.config.trainer.max_time)
+        return None if budget is None else budget.total_seconds()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
+        lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on resume)."""
+        if not getattr(self, "_time_cosine", False):
+            return
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            return
+        o = self.config.optim
+        frac = min(1.0, timer.time_elapsed("train") / max(self._time_budget(), 1e-9))
+        scale = 1.0
+        if o.warmup_steps and self.global_step < o.warmup_steps:
+            scale = (self.global_step + 1) / o.warmup_steps
+        lr = (o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))) * scale
+        for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") \
+                else self.optimizers().param_groups:
+            group["lr"] = lr
 
     def _schedule_length(self) -> int:
         o, t = self.config.optim, self.config.trainer

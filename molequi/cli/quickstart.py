@@ -1,0 +1,153 @@
+"""``molequi quickstart``: train MACE on the shipped rMD17 ethanol sample, test it, plot, report.
+
+The whole job keeps to a wall-time budget (``--max-time``, default 9.5 minutes): after the data are read
+and the cost of evaluating the test set is measured, the remaining time goes to training (Lightning's
+``max_time``), with the learning rate annealed by a cosine over that training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_BUDGET = "9.5min"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "quickstart", help="train MACE on the shipped rMD17 ethanol sample in ~10 minutes and test it",
+        description="Train a small MACE on rMD17 ethanol (950 training + 50 validation frames of the shipped "
+                    "train file), test it on the 1000 frames of the shipped test file, and write into --out: "
+                    "metrics.json (test and validation errors, training steps and time), learning_curve.png, "
+                    "parity.png, test_errors.csv, config.yaml and run/ (checkpoints, model.pt for "
+                    "`molequi eval` / the ASE calculator). Prints the test force MAE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  molequi quickstart --out quickstart_out --max-time 10min")
+    p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
+    p.add_argument("--max-time", default=DEFAULT_BUDGET,
+                   help="wall-time budget of the whole job, training and testing: seconds, '10min', "
+                        f"'HH:MM:SS' (default {DEFAULT_BUDGET})")
+    p.add_argument("--data", default=None,
+                   help="folder with rmd17_ethanol_{train,test}_01.npz (default: the shipped data/rmd17)")
+    p.add_argument("--float64", action="store_true", help="train in float64 (slower; default float32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the weights (default 0)")
+    p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                   help="override any key of the training config, e.g. model.hidden_irreps=64x0e+64x1o")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def quickstart_config(out: str, train_seconds: float, *, float64: bool = False, seed: int = 0,
+                      progress: bool = True, overrides: list[str] | None = None):
+    """The training config of the quickstart (a small MACE, cosine over the time budget)."""
+    from molequi.config import Config, apply_overrides
+
+    raw = {
+        "model": {"name": "mace", "r_max": 5.0, "num_bessel": 8, "num_polynomial_cutoff": 5, "max_ell": 2,
+                  "hidden_irreps": "32x0e+32x1o", "correlation": 3, "num_interactions": 2,
+                  "MLP_irreps": "16x0e", "radial_MLP": [32, 32, 32]},
+        "data": {"name": "rmd17_npz", "root": "rmd17_ethanol_train_01.npz", "n_train": 950, "n_valid": 50,
+                 "seed": seed},
+        "task": {"name": "energy_forces", "weights": {"energy": 1.0, "forces": 100.0}, "loss": "mse"},
+        "optim": {"optimizer": "adam", "lr": 0.01, "amsgrad": True, "scheduler": "cosine", "min_lr": 1e-4,
+                  "warmup_steps": 20, "ema_decay": 0.99, "grad_clip": 10.0},
+        "trainer": {"max_time": float(train_seconds), "batch_size": 5, "valid_batch_size": 25,
+                    "precision": "float64" if float64 else "float32", "accelerator": "cpu", "devices": 1,
+                    "seed": seed, "output": out, "log_every": 20, "progress_bar": progress},
+    }
+    return Config.from_dict(apply_overrides(raw, overrides))
+
+
+def run(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from molequi.data.rmd17_npz import read_rmd17_npz
+    from molequi.errors import DatasetError
+    from molequi.train.checkpoint import atomic_write_text, load_model
+    from molequi.train.data import split_records, with_graphs
+    from molequi.train.evaluate import learning_curve, parity_plot, predict
+    from molequi.train.run import build_task, parse_max_time, train
+
+    t0 = time.perf_counter()
+    budget = parse_max_time(args.max_time).total_seconds()
+    out = Path(args.out)
+    run_dir = out / "run"
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise DatasetError(f"{out} already holds a quickstart run; choose another --out or remove it")
+    data_dir = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "data" / "rmd17"
+    train_file, test_file = data_dir / "rmd17_ethanol_train_01.npz", data_dir / "rmd17_ethanol_test_01.npz"
+    for f in (train_file, test_file):
+        if not f.exists():
+            raise DatasetError(f"{f} not found", hint="pass --data with the folder of the rMD17 ethanol npz files")
+
+    # 1. data: 950 train + 50 validation from the train file, 1000 test frames from the test file
+    cfg = quickstart_config(str(run_dir), 60.0, float64=args.float64, seed=args.seed,
+                            progress=not args.no_progress, overrides=args.set)
+    records = read_rmd17_npz(train_file)
+    train_records, valid_records = split_records(records, cfg.data)
+    test_records = read_rmd17_npz(test_file)
+    print(f"rMD17 ethanol: {len(train_records)} train, {len(valid_records)} validation, "
+          f"{len(test_records)} test frames")
+
+    # 2. measure what testing will cost, and give the rest of the budget to training
+    from molequi.data.statistics import compute_statistics
+
+    cutoff = cfg.model.config.r_max
+    probe = build_task(cfg, compute_statistics(with_graphs(valid_records[:10], cutoff), cutoff)).model
+    if args.float64:
+        probe = probe.double()
+    predict(probe, valid_records[:5], cutoff, batch_size=5)  # warm-up (first calls are slower)
+    tp = time.perf_counter()
+    predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
+    per_50 = time.perf_counter() - tp
+    reserve = per_50 * (len(test_records) / 50 + 2) + 20.0  # test set, final validation, plots and files
+    train_seconds = budget - (time.perf_counter() - t0) - reserve
+    print(f"testing will take about {reserve:.0f} s ({per_50:.1f} s per 50 frames)")
+    if train_seconds < 30:
+        raise DatasetError(f"--max-time {args.max_time} leaves {train_seconds:.0f} s for training after "
+                           f"{reserve:.0f} s reserved for testing; give more time")
+    cfg = quickstart_config(str(run_dir), train_seconds, float64=args.float64, seed=args.seed,
+                            progress=not args.no_progress, overrides=args.set)
+    print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
+          f"correlation {cfg.model.config.correlation}) for {train_seconds / 60:.1f} min of a "
+          f"{budget / 60:.1f} min budget")
+
+    # 3. train
+    tt = time.perf_counter()
+    result = train(cfg, splits={"train": train_records, "valid": valid_records, "test": []},
+                   enable_summary=False)
+    train_time = time.perf_counter() - tt
+
+    # 4. test with the EMA weights of model.pt, plots, files
+    model = load_model(result.model_path)
+    pred = predict(model, test_records, cutoff, batch_size=50, progress=not args.no_progress)
+    test = pred.metrics()
+    parity_plot(pred, out / "parity.png", title="MACE on rMD17 ethanol (test file, 1000 frames)")
+    learning_curve(run_dir, out / "learning_curve.png")
+    atomic_write_text(out / "test_errors.csv", pred.per_structure_csv())
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    summary = {
+        "dataset": "rMD17 ethanol (andersx/rmd17-npz split 01): 950 train / 50 validation / 1000 test",
+        "test": {**test,
+                 "energy_mae_meV": test["energy_mae"] * 1e3, "energy_mae_meV_per_atom":
+                 test["energy_mae_per_atom"] * 1e3, "forces_mae_meV_A": test["forces_mae"] * 1e3,
+                 "forces_rmse_meV_A": test["forces_rmse"] * 1e3},
+        "valid": result.metrics.get("valid", {}),
+        "units": {"energy_*": "eV", "*_per_atom": "eV/atom", "forces_*": "eV/Å", "*_meV*": "meV, meV/atom, meV/Å"},
+        "training": {"steps": result.global_step, "seconds": train_time,
+                     "structures_per_second": result.global_step * cfg.trainer.batch_size / max(train_time, 1e-9),
+                     "precision": cfg.trainer.precision},
+        "model": {"name": cfg.model.name, **__import__("molequi.config", fromlist=["to_plain"]).to_plain(
+            cfg.model.config)},
+        "wall_seconds": time.perf_counter() - t0,
+        "model_path": str(result.model_path),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    print(f"test (1000 frames): energy MAE {test['energy_mae'] * 1e3:.2f} meV "
+          f"({test['energy_mae_per_atom'] * 1e3:.3f} meV/atom), "
+          f"force MAE {test['forces_mae'] * 1e3:.2f} meV/Å  [{result.global_step} steps, "
+          f"{train_time / 60:.1f} min training]")
+    print(f"test force MAE: {test['forces_mae'] * 1e3:.2f} meV/Å")
+    print(f"wrote {out / 'metrics.json'}, learning_curve.png, parity.png, test_errors.csv; model {result.model_path}")
+    return 0

@@ -196,6 +196,7 @@ class MolequiCalculator(Calculator):
             raise ValueRangeError(f"stress must be 'auto', True or False, got {stress!r}")
         self.stress_mode = stress
         self.neighbors = NeighborCache(skin)
+        self._checked_numbers = None  # numbers whose elements were last checked against the model
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -245,7 +246,9 @@ class MolequiCalculator(Calculator):
         positions = np.asarray(atoms.positions, dtype=np.float64)
         if not np.all(np.isfinite(positions)):
             raise ValueRangeError("positions contain NaN or inf", hint="the simulation has probably exploded")
-        check_elements(atoms.numbers, self.elements)
+        if self._checked_numbers is None or not np.array_equal(atoms.numbers, self._checked_numbers):
+            check_elements(atoms.numbers, self.elements)
+            self._checked_numbers = np.array(atoms.numbers, copy=True)
         cell = np.asarray(atoms.cell[:], dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         periodic = has_stress(cell, pbc)
@@ -268,6 +271,18 @@ class MolequiCalculator(Calculator):
         self.results = self._combine(outs, want_stress)
 
     def _combine(self, outs: list[dict], want_stress: bool) -> dict:
+        if len(outs) == 1:  # one model: no stacking
+            o = outs[0]
+            energy = float(o[K.ENERGY].reshape(-1)[0])
+            results = {
+                "energy": energy,
+                "free_energy": energy,
+                "energies": o[K.ENERGIES].reshape(-1),
+                "forces": o[K.FORCES].reshape(-1, 3),
+            }
+            if want_stress:
+                results["stress"] = stress_to_voigt(o[K.STRESS].reshape(3, 3))
+            return results
         energy = np.array([float(o[K.ENERGY].reshape(-1)[0]) for o in outs])  # (M,)
         energies = np.stack([o[K.ENERGIES].reshape(-1) for o in outs])  # (M, n)
         forces = np.stack([o[K.FORCES].reshape(-1, 3) for o in outs])  # (M, n, 3)

@@ -111,12 +111,12 @@ def test_nvt_and_npt_run(tmp_path):
         ensemble="nvt",
         temperature=60,
         timestep=5.0,
-        steps=200,
+        steps=100,
         seed=1,
         friction=0.05,
         loginterval=10,
     )
-    assert res.steps == 200 and 10 < np.mean(res.log["temperature_K"][5:]) < 150
+    assert res.steps == 100 and 10 < np.mean(res.log["temperature_K"][5:]) < 150
     for barostat in ("mtk", "berendsen"):
         crystal = ar_fcc(2, a=5.4)  # expanded: the barostat should shrink it
         v0 = crystal.get_volume()
@@ -126,14 +126,15 @@ def test_nvt_and_npt_run(tmp_path):
             ensemble="npt",
             temperature=30,
             timestep=5.0,
-            steps=60,
+            steps=30,
             seed=2,
             pressure=1.0,
             barostat=barostat,
-            taup=200.0,
+            taup=100.0,
             compressibility=1e-3,
         )
-        assert r.steps == 60 and crystal.get_volume() != pytest.approx(v0, rel=1e-6)
+        assert r.steps == 30 and crystal.get_volume() < 0.99 * v0
+        assert r.log["volume_A3"][-1] == pytest.approx(crystal.get_volume())
     with pytest.raises(ConfigError, match="periodic"):
         run_md(ar_cluster(5), MolequiCalculator(LennardJones()), ensemble="npt", steps=1)
 
@@ -155,12 +156,12 @@ def test_quickstart_md_writes_plot_and_returns_drift(tmp_path):
         LennardJones(),
         ar_fcc(2),
         tmp_path,
-        nvt_ps=0.05,
-        nve_ps=0.1,
+        nvt_ps=0.02,
+        nve_ps=0.06,
         timestep_fs=2.0,
         temperature=40,
         progress=False,
-        loginterval=5,
+        loginterval=3,
     )
     assert abs(drift) < 1e-5
     for name in ("md_energy.png", "md_nvt.extxyz", "md_nve.extxyz", "md_nve.csv", "md_summary.json"):

@@ -64,9 +64,9 @@ def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0,
     import numpy as np
     from ase import units
     from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixCom
     from ase.io import write
     from ase.md.langevin import Langevin
-    from ase.constraints import FixCom
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
     from tqdm.auto import tqdm
 

@@ -9,8 +9,16 @@ import yaml
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "train"))
 import tiny_model  # noqa: E402
 
-from molequi.config import (TASKS, Config, OptimConfig, apply_overrides, default_yaml, get_task_class,  # noqa: E402
-                            load_config, parse_override)
+from molequi.config import (  # noqa: E402
+    TASKS,
+    Config,
+    OptimConfig,
+    apply_overrides,
+    default_yaml,
+    get_task_class,
+    load_config,
+    parse_override,
+)
 from molequi.errors import ConfigError  # noqa: E402
 
 

@@ -20,6 +20,7 @@ import datetime as _dt
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,9 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     )
     data = RecordsDataModule(train_records, valid_records, test_records, t.batch_size, t.valid_batch_size,
                              shuffle=cfg.data.shuffle, num_workers=cfg.data.num_workers, seed=t.seed)
+    t_fit = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    fit_seconds = time.perf_counter() - t_fit
 
     metrics: dict[str, dict[str, float]] = {}
     if has_valid:
@@ -185,7 +188,8 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     model_path = out / "model.pt"
     if trainer.is_global_zero:
         save_model(module.payload(), model_path)
-        summary = {"global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch), **metrics}
+        summary = {"global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+                   "fit_seconds": fit_seconds, **metrics}
         atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(output=out, model_path=model_path, metrics=metrics, global_step=int(trainer.global_step),
                      module=module)

@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""molequi MACE vs mace-torch: same data, same hyperparameters, same training wall time, test errors.
+
+    bash scripts/bench/setup_mace_torch.sh                  # once: the mace-torch venv
+    python scripts/bench/mace_accuracy.py --minutes 5       # each code trains 5 minutes
+
+Data: rMD17 ethanol shipped in data/rmd17 (950 train / 50 validation frames of the train file, seed 0;
+test on the 1000 frames of the test file), written once as extended XYZ in eV / eV/Å for both codes.
+
+Both codes train in a fresh process with the same number of threads (``--threads``), one after the other,
+with identical hyperparameters (r_max, Bessel functions, polynomial cutoff, max_ell, hidden irreps,
+correlation, interactions, MLP irreps, radial MLP, batch size, Adam + AMSGrad, lr, plateau schedule with
+the same factor and patience, EMA decay, gradient clipping, energy/force weights, precision) for the same
+training wall time: molequi through ``trainer.max_time``; mace-torch (``mace_run_train``, its own CLI and
+training loop) is stopped by a hook in its ``take_step`` once the time is spent, after which mace-torch
+itself restores its best (EMA) checkpoint and writes its model. Both models are then evaluated on the test
+set with the same metric code (component-wise force MAE; energy MAE over structures).
+
+Prints a table and saves bench_results/mace_accuracy.json. The training throughput is optimiser steps x
+batch size / training seconds (validation included in both, as each code runs it every epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# identical hyperparameters for both codes
+HP = {
+    "r_max": 5.0, "num_bessel": 8, "num_polynomial_cutoff": 5, "max_ell": 2, "hidden_irreps": "32x0e+32x1o",
+    "correlation": 3, "num_interactions": 2, "MLP_irreps": "16x0e", "radial_MLP": [32, 32, 32],
+    "batch_size": 5, "valid_batch_size": 25, "lr": 0.01, "amsgrad": True, "ema_decay": 0.99, "grad_clip": 10.0,
+    "energy_weight": 1.0, "forces_weight": 100.0, "plateau_factor": 0.8, "plateau_patience": 50,
+    "precision": "float32", "seed": 0,
+}
+
+# runs inside the mace-torch venv: train with mace_run_train's own code for a fixed time, then evaluate
+MACE_DRIVER = textwrap.dedent('''
+    import json, sys, time
+    import mace  # first: mace restores torch.load's old default so e3nn 0.4.4 imports
+    import mace.tools
+    import mace.tools.train as mt
+    from mace.cli import run_train
+
+    budget, stats_path = float(sys.argv[1]), sys.argv[2]
+    state = {"t0": None, "steps": 0, "stopped": False}
+
+    class Budget(Exception):
+        pass
+
+    original_step = mt.take_step
+
+    def take_step(*args, **kwargs):
+        if state["t0"] is None:
+            state["t0"] = time.perf_counter()
+        if time.perf_counter() - state["t0"] > budget:
+            state["stopped"] = True
+            raise Budget()
+        state["steps"] += 1
+        return original_step(*args, **kwargs)
+
+    mt.take_step = take_step
+    original_train = mace.tools.train
+
+    def train(*args, **kwargs):
+        try:
+            original_train(*args, **kwargs)
+        except Budget:
+            pass
+        state["seconds"] = time.perf_counter() - state["t0"]
+
+    mace.tools.train = train
+    sys.argv = ["mace_run_train"] + sys.argv[3:]
+    run_train.main()
+    with open(stats_path, "w") as fh:
+        json.dump({"steps": state["steps"], "seconds": state.get("seconds"), "stopped": state["stopped"]}, fh)
+''')
+
+MACE_EVAL = textwrap.dedent('''
+    import json, sys
+    import mace
+    import numpy as np
+    from ase.io import read
+    from mace.calculators import MACECalculator
+
+    model, test, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    calc = MACECalculator(model_paths=model, device="cpu", default_dtype=sys.argv[4])
+    e_true, e_pred, f_true, f_pred, n = [], [], [], [], []
+    for atoms in read(test, ":"):
+        e_true.append(atoms.info["REF_energy"]); f_true.append(atoms.arrays["REF_forces"])
+        atoms.calc = calc
+        e_pred.append(atoms.get_potential_energy()); f_pred.append(atoms.get_forces()); n.append(len(atoms))
+    np.savez(out, e_true=np.array(e_true), e_pred=np.array(e_pred), f_true=np.concatenate(f_true),
+             f_pred=np.concatenate(f_pred), n=np.array(n))
+''')
+
+
+def metrics(e_true, e_pred, f_true, f_pred, n) -> dict:
+    import numpy as np
+
+    de = np.asarray(e_pred, float) - np.asarray(e_true, float)
+    df = np.asarray(f_pred, float) - np.asarray(f_true, float)
+    return {"energy_mae_meV": float(np.abs(de).mean() * 1e3),
+            "energy_mae_meV_atom": float(np.abs(de / np.asarray(n)).mean() * 1e3),
+            "energy_rmse_meV": float(np.sqrt((de**2).mean()) * 1e3),
+            "forces_mae_meV_A": float(np.abs(df).mean() * 1e3),
+            "forces_rmse_meV_A": float(np.sqrt((df**2).mean()) * 1e3)}
+
+
+def write_data(folder: Path) -> dict[str, Path]:
+    """train.xyz (950), valid.xyz (50), trainval.xyz (both) + index files, test.xyz (1000); eV and eV/Å."""
+    from ase.io import write
+
+    from molequi.config import DataConfig
+    from molequi.data.records import data_to_atoms
+    from molequi.data.rmd17_npz import read_rmd17_npz
+    from molequi.train.data import split_records
+
+    records = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_train_01.npz")
+    train, valid = split_records(records, DataConfig(n_train=950, n_valid=50, seed=HP["seed"]))
+    test = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")
+
+    def frames(recs):
+        out = []
+        for r in recs:
+            a = data_to_atoms(r)
+            a.info["REF_energy"] = a.calc.results["energy"]
+            a.arrays["REF_forces"] = a.calc.results["forces"]
+            a.calc = None
+            out.append(a)
+        return out
+
+    paths = {k: folder / f"{k}.xyz" for k in ("train", "valid", "trainval", "test")}
+    write(paths["train"], frames(train), format="extxyz")
+    write(paths["valid"], frames(valid), format="extxyz")
+    write(paths["trainval"], frames(train) + frames(valid), format="extxyz")
+    write(paths["test"], frames(test), format="extxyz")
+    (folder / "train_idx.txt").write_text("\n".join(map(str, range(len(train)))) + "\n")
+    (folder / "valid_idx.txt").write_text("\n".join(map(str, range(len(train), len(train) + len(valid)))) + "\n")
+    return paths
+
+
+def run_molequi(folder: Path, paths: dict, seconds: float, threads: int) -> dict:
+    import yaml
+
+    cfg = {
+        "model": {"name": "mace", **{k: HP[k] for k in ("r_max", "num_bessel", "num_polynomial_cutoff", "max_ell",
+                                                        "hidden_irreps", "correlation", "num_interactions",
+                                                        "MLP_irreps", "radial_MLP")}},
+        "data": {"name": "xyz", "root": str(paths["trainval"]), "energy_key": "REF_energy",
+                 "forces_key": "REF_forces", "train_indices": str(folder / "train_idx.txt"),
+                 "valid_indices": str(folder / "valid_idx.txt"), "seed": HP["seed"]},
+        "task": {"name": "energy_forces", "weights": {"energy": HP["energy_weight"], "forces": HP["forces_weight"]}},
+        "optim": {"optimizer": "adam", "lr": HP["lr"], "amsgrad": HP["amsgrad"], "scheduler": "plateau",
+                  "plateau_factor": HP["plateau_factor"], "plateau_patience": HP["plateau_patience"],
+                  "ema_decay": HP["ema_decay"], "grad_clip": HP["grad_clip"]},
+        "trainer": {"max_time": seconds, "batch_size": HP["batch_size"], "valid_batch_size": HP["valid_batch_size"],
+                    "precision": HP["precision"], "accelerator": "cpu", "devices": 1, "seed": HP["seed"],
+                    "output": str(folder / "molequi_run"), "progress_bar": False, "log_every": 50},
+    }
+    cfg_path = folder / "molequi.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "molequi.cli.main", "train", str(cfg_path)], check=True, env=env,
+                   cwd=ROOT)
+    wall = time.perf_counter() - t0
+    summary = json.loads((folder / "molequi_run" / "metrics.json").read_text())
+    # evaluate with the same metric code as mace-torch
+    import numpy as np
+
+    from molequi.data.readers import read_structures
+    from molequi.train.checkpoint import load_model
+    from molequi.train.evaluate import predict
+
+    model = load_model(folder / "molequi_run" / "model.pt")
+    test = read_structures(paths["test"], energy_key="REF_energy", forces_key="REF_forces")
+    pred = predict(model, test, HP["r_max"], batch_size=50)
+    m = metrics(pred.energy_true, pred.energy_pred, pred.forces_true, pred.forces_pred, pred.n_atoms)
+    steps, fit = summary["global_step"], summary["fit_seconds"]
+    return {**m, "steps": steps, "train_seconds": fit, "structures_per_s": steps * HP["batch_size"] / fit,
+            "process_wall_seconds": wall, "n_params": int(sum(p.numel() for p in model.parameters())),
+            "_check": float(np.abs(pred.forces_pred).mean())}
+
+
+def run_mace_torch(folder: Path, paths: dict, seconds: float, threads: int, venv: Path) -> dict:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"mace-torch venv not found at {venv}; run scripts/bench/setup_mace_torch.sh")
+    (folder / "mace_driver.py").write_text(MACE_DRIVER)
+    (folder / "mace_eval.py").write_text(MACE_EVAL)
+    work = folder / "mace_run"
+    args = [
+        "--name", "ethanol", "--work_dir", str(work), "--seed", str(HP["seed"]), "--device", "cpu",
+        "--default_dtype", HP["precision"], "--model", "MACE",
+        "--train_file", str(paths["train"]), "--valid_file", str(paths["valid"]),
+        "--energy_key", "REF_energy", "--forces_key", "REF_forces", "--E0s", "average",
+        "--r_max", str(HP["r_max"]), "--num_radial_basis", str(HP["num_bessel"]),
+        "--num_cutoff_basis", str(HP["num_polynomial_cutoff"]), "--max_ell", str(HP["max_ell"]),
+        "--hidden_irreps", HP["hidden_irreps"], "--correlation", str(HP["correlation"]),
+        "--num_interactions", str(HP["num_interactions"]), "--MLP_irreps", HP["MLP_irreps"],
+        "--radial_MLP", json.dumps(HP["radial_MLP"]),
+        "--batch_size", str(HP["batch_size"]), "--valid_batch_size", str(HP["valid_batch_size"]),
+        "--lr", str(HP["lr"]), "--amsgrad", "--optimizer", "adam", "--scheduler", "ReduceLROnPlateau",
+        "--lr_factor", str(HP["plateau_factor"]), "--scheduler_patience", str(HP["plateau_patience"]),
+        "--ema", "--ema_decay", str(HP["ema_decay"]), "--clip_grad", str(HP["grad_clip"]),
+        "--loss", "weighted", "--energy_weight", str(HP["energy_weight"]),
+        "--forces_weight", str(HP["forces_weight"]), "--max_num_epochs", "100000", "--eval_interval", "1",
+        "--patience", "100000", "--error_table", "PerAtomMAE",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("PYTHONPATH", None)
+    stats = folder / "mace_stats.json"
+    t0 = time.perf_counter()
+    subprocess.run([str(py), str(folder / "mace_driver.py"), str(seconds), str(stats), *args], check=True,
+                   env=env, cwd=folder)
+    wall = time.perf_counter() - t0
+    st = json.loads(stats.read_text())
+    model_file = next(iter(sorted(work.glob("ethanol*.model"))), None) or next(iter(sorted(folder.glob("ethanol*.model"))))
+    out = folder / "mace_pred.npz"
+    subprocess.run([str(py), str(folder / "mace_eval.py"), str(model_file), str(paths["test"]), str(out),
+                    HP["precision"]], check=True, env=env, cwd=folder)
+    import numpy as np
+
+    z = np.load(out)
+    m = metrics(z["e_true"], z["e_pred"], z["f_true"], z["f_pred"], z["n"])
+    return {**m, "steps": st["steps"], "train_seconds": st["seconds"],
+            "structures_per_s": st["steps"] * HP["batch_size"] / st["seconds"], "process_wall_seconds": wall,
+            "stopped_by_budget": st["stopped"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=5.0, help="training wall time of each code (default 5)")
+    p.add_argument("--threads", type=int, default=2, help="threads for each code (default 2)")
+    p.add_argument("--mace-venv", type=Path,
+                   default=Path(os.environ.get("MACE_VENV", Path.home() / ".cache/molequi/mace-venv")))
+    p.add_argument("--only", choices=["molequi", "mace-torch"], help="run one side only")
+    p.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    from _common import print_table, save
+
+    seconds = args.minutes * 60
+    with tempfile.TemporaryDirectory(prefix="mace_accuracy_") as tmp:
+        folder = args.workdir or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = write_data(folder)
+        rows = []
+        if args.only in (None, "molequi"):
+            rows.append({"code": "molequi", **run_molequi(folder, paths, seconds, args.threads)})
+        if args.only in (None, "mace-torch"):
+            rows.append({"code": "mace-torch", **run_mace_torch(folder, paths, seconds, args.threads,
+                                                                 args.mace_venv)})
+    print(f"\nrMD17 ethanol, 950 train / 50 valid / 1000 test, {args.minutes:g} min training each, "
+          f"{args.threads} threads, {HP['precision']}")
+    print_table(rows, ["code", "energy_mae_meV", "energy_mae_meV_atom", "forces_mae_meV_A", "forces_rmse_meV_A",
+                       "steps", "train_seconds", "structures_per_s"])
+    save("mace_accuracy", {"hyperparameters": HP, "minutes": args.minutes, "threads": args.threads,
+                           "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,42 +72,49 @@ class SO2Linear(nn.Module):
             self.radial_sizes.append(n_in)
         self.radial_dim = sum(self.radial_sizes) if radial else 0
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        # one gather into the m-major layout [m=0 | +1 | -1 | +2 | -2 | ...] and one gather back
+        gather_in, self.sizes_in = [], []
+        out_pos = {}
+        k_out = 0
         for m in range(m_max + 1):
-            for name, lmax, sgn in (("in", lmax_in, 1), ("in", lmax_in, -1), ("out", lmax_out, 1),
-                                    ("out", lmax_out, -1)):
-                if m == 0 and sgn < 0:
-                    continue
-                self.register_buffer(f"idx_{name}_{m}_{'p' if sgn > 0 else 'n'}",
-                                     torch.tensor(m_indices(lmax, m, sgn), dtype=torch.long), persistent=False)
+            for sgn in ((1,) if m == 0 else (1, -1)):
+                idx_in = m_indices(lmax_in, m, sgn)
+                gather_in += idx_in
+                self.sizes_in.append(len(idx_in))
+                for k in m_indices(lmax_out, m, sgn):
+                    out_pos[k] = k_out
+                    k_out += 1
+        zero_slot = k_out  # components with |m| > m_max read an appended zero row
+        self.register_buffer("gather_in", torch.tensor(gather_in, dtype=torch.long), persistent=False)
+        self.register_buffer("scatter_out", torch.tensor([out_pos.get(k, zero_slot)
+                                                          for k in range((lmax_out + 1) ** 2)], dtype=torch.long),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None) -> torch.Tensor:
         E = x.shape[0]
-        out = x.new_zeros(E, (self.lmax_out + 1) ** 2, self.c_out)
+        parts = torch.split(x[:, self.gather_in], self.sizes_in, dim=1)  # m-major views
         rads = torch.split(radial, self.radial_sizes, dim=-1) if radial is not None else None
+        ys = []
         for m in range(self.m_max + 1):
-            ip, op = getattr(self, f"idx_in_{m}_p"), getattr(self, f"idx_out_{m}_p")
-            xp = x[:, ip].reshape(E, -1)  # [E, n_m C_in]
+            xp = parts[0 if m == 0 else 2 * m - 1].reshape(E, -1)  # [E, n_m C_in]
             if rads is not None:
                 xp = xp * rads[m]
             w1 = self.w1[m].to(x.dtype)
             if m == 0:
-                y0 = (xp @ w1).reshape(E, -1, self.c_out)
-                if self.bias is not None:
-                    y0 = torch.cat([y0[:, :1] + self.bias.to(x.dtype), y0[:, 1:]], dim=1)
-                out[:, op] = y0
+                ys.append(xp @ w1)
                 continue
-            inn, on = getattr(self, f"idx_in_{m}_n"), getattr(self, f"idx_out_{m}_n")
-            xn = x[:, inn].reshape(E, -1)
+            xn = parts[2 * m].reshape(E, -1)
             if rads is not None:
                 xn = xn * rads[m]
             w2 = self.w2[m - 1].to(x.dtype)
             both = torch.cat([xp, xn], dim=0) @ torch.cat([w1, w2], dim=1)  # [2E, 2 n_m' C_out]
             a, b = both.split(w1.shape[1], dim=1)
-            yp = a[:E] - b[E:]  # W1 x_+ - W2 x_-
-            yn = a[E:] + b[:E]  # W1 x_- + W2 x_+
-            out[:, op] = yp.reshape(E, -1, self.c_out)
-            out[:, on] = yn.reshape(E, -1, self.c_out)
-        return out
+            ys.append(a[:E] - b[E:])  # y_+ = W1 x_+ - W2 x_-
+            ys.append(a[E:] + b[:E])  # y_- = W1 x_- + W2 x_+
+        y = torch.cat(ys + [x.new_zeros(E, self.c_out)], dim=1).view(E, -1, self.c_out)  # m-major + zero row
+        if self.bias is not None:
+            y = torch.cat([y[:, :1] + self.bias.to(x.dtype), y[:, 1:]], dim=1)  # row 0 is (l=0, m=0)
+        return y[:, self.scatter_out]
 
 
 class SO2Convolution(nn.Module):

@@ -163,3 +163,29 @@ def test_cell_relax_with_frechet_filter_reduces_stress():
     s1 = np.abs(atoms.get_stress()).max()
     assert res.converged
     assert s1 < 0.05 * s0 and atoms.get_volume() > v0
+
+
+def _small_mace():
+    from molequi.data.statistics import Statistics
+    from molequi.models.mace import MACE
+
+    torch.manual_seed(0)
+    cfg = MACE.Config(
+        r_max=4.0, max_ell=1, hidden_irreps="8x0e+8x1o", correlation=2, radial_MLP=[8], MLP_irreps="4x0e"
+    )
+    return MACE.from_config(cfg, Statistics(elements=[29], avg_num_neighbors=12.0)).double().eval()
+
+
+def test_mace_through_calculator_equals_model_and_fd_stress():
+    from ase.build import bulk
+
+    model = _small_mace()
+    atoms = bulk("Cu", "fcc", a=3.61).repeat(2)
+    atoms.rattle(0.05, seed=0)
+    calc = MolequiCalculator(model)
+    atoms.calc = calc
+    data = RadiusGraph(model.r_max)(atoms_to_data(atoms, dtype=torch.float64))
+    out = model(data, compute_forces=True, compute_stress=True)
+    assert atoms.get_potential_energy() == pytest.approx(float(out[K.ENERGY][0]), abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), out[K.FORCES].detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(), calc.calculate_numerical_stress(atoms, d=1e-5), atol=1e-8)

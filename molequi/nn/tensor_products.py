@@ -14,15 +14,20 @@ and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irre
 ``"so2"``   the *same* function (same irreps_out, same weight layout, equal outputs to round-off),
             evaluated in each edge's frame where Y(u) has only m = 0 (eSCN). Per path and order m,
             a path l1 (x) l2 -> lo acts as y_{+-m} = a x_{+-m} -+ b x_{-+m} (``molequi.nn.so2``), so the
-            cost is O(L^3 C) for the rotations plus O(sum_paths min(l1, lo)) = O(L^4 C) for applying
-            independent per-path weights (the eSCN layer itself, with per-order weights, is O(L^3 C):
-            ``molequi.nn.so2.SO2Convolution``).
+            cost is O(L^3 C) for rotating the input plus O(sum_paths min(l1, lo)) = O(L^4 C) for applying
+            independent per-path weights, plus rotating the output back: O(L^3 C) with ``merge_paths=True``
+            (one block per l), O(L^5 C) in MACE's one-block-per-path layout, whose output alone has
+            O(L^4 C) numbers. (The eSCN layer itself, with per-order weights that mix channels, is
+            O(L^3 C^2): ``molequi.nn.so2.SO2Convolution``.)
 ``"gaunt"`` the Gaunt product (Luo et al. 2024): per edge and channel the filter
             F_u(s) = sum_{l2} w[l2, u] Y^{l2}(u)(s) is multiplied pointwise with the node function on an
             exact S2 grid and projected back. Equal to the parity-allowed CG paths (l1 + l2 + lo even)
             with weights w[l2, u] * ``gaunt_path_weight(l1, l2, lo)``; it has fewer free weights
             (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
             Cost O(L^4 C) with dense grid projections.
+
+``merge_paths=True`` sums the paths that end in the same irrep before returning (one block per (l, p)),
+which is what molequi's MACE convolution and eSCN produce; the default keeps MACE's (mace-torch's) layout.
 
 The "so2" and "gaunt" kinds need ``edge_sh`` to be the spherical harmonics of the edge direction, with e3nn's
 y-polar convention in any normalisation (MACE: ``o3.SphericalHarmonics(..., normalize=True,

@@ -42,6 +42,14 @@ def run(args) -> int:
     cutoff = payload["config"].get("model", {}).get("r_max")
     model = load_model(args.checkpoint, device=args.device, dtype=torch.float64 if args.float64 else None,
                        use_ema=not args.no_ema)
+    if payload["config"].get("task", {}).get("name") == "hamiltonian":  # Fock-matrix models: QHNet metrics
+        from molequi.tasks.hamiltonian import evaluate_hamiltonian
+
+        metrics = evaluate_hamiltonian(model, args.data, batch_size=args.batch_size)
+        if args.out:
+            atomic_write_text(Path(args.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps(metrics) if args.json else "\n".join(f"{k:>14s}  {v:.6g}" for k, v in metrics.items()))
+        return 0
     records = read_eval_data(args.data, args.energy_key, args.forces_key)
     pred = predict(model, records, cutoff, batch_size=args.batch_size, device=args.device,
                    progress=not args.json)

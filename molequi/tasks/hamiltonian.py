@@ -121,4 +121,22 @@ class HamiltonianTask(Task):
         return out
 
 
-__all__ = ["HamiltonianTask", "hamiltonian_metrics", "orbitals", "split_matrices"]
+def evaluate_hamiltonian(model, data, *, batch_size: int = 16, indices=None) -> dict[str, float]:
+    """Metrics of a Hamiltonian model on a ``HamiltonianStore`` path (or store): what ``molequi eval`` prints.
+
+    Returns ``HamiltonianTask.compute_metrics()`` plus ``n_structures``.
+    """
+    from torch_geometric.loader import DataLoader
+
+    from molequi.data.hamiltonian import HamiltonianDataset
+
+    dtype = next(model.parameters()).dtype
+    ds = HamiltonianDataset(data, indices=indices, dtype=dtype)
+    task = HamiltonianTask(model).eval()
+    with torch.no_grad():
+        for batch in DataLoader([ds[i] for i in range(len(ds))], batch_size=batch_size):
+            task.update_metrics(batch, task(batch))
+    return {**task.compute_metrics(), "n_structures": len(ds)}
+
+
+__all__ = ["HamiltonianTask", "evaluate_hamiltonian", "hamiltonian_metrics", "orbitals", "split_matrices"]

@@ -5,8 +5,8 @@ Design (what QHNet does, and what is done differently here for speed):
 1. Node interaction layers. Atom features are stacks (n, D, C), D = (lmax+1)^2 components in e3nn order,
    channels last (every linear map is one batched matmul). A layer sends messages along
    every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17),
-       m_ij[l3] = sum_{(l1, lf, l3)} w_ij[path, c] * CG(l1, lf, l3) . (x_j[l1], Y^lf(r_ij))       (channel-wise)
-   with radial weights w_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
+       m_ij[l3, w] = sum_{(l1, lf, l3), u} W_path[u, w] rad_ij[l1, u] * CG(l1, lf, l3) . (x_j[l1, u], Y^lf(r_ij))
+   with radial modulation rad_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
    (o3.Linear-like, one weight per l), gates l > 0 by sigmoid(scalars) and adds the residual.
    QHNet evaluates the edge tensor product with e3nn ``TensorProduct`` kernels (O(L^6) per edge); here it
    is an eSCN SO(2) convolution in each edge's frame (``molequi.nn.so2``), the same fully connected

@@ -171,8 +171,12 @@ def sample_normal_modes(atoms, n: int, *, temperature: float = 500.0, seed: int 
     BFGS(atoms, logfile=None).run(fmax=1e-3, steps=500)
     hessian = _finite_difference_hessian(atoms)
     vib = VibrationsData.from_2d(atoms, hessian)
-    k, modes = np.linalg.eigh(vib.get_hessian_2d())  # eV/Å^2, mass-unweighted
-    keep = k > 1e-3
+    k, modes = np.linalg.eigh(vib.get_hessian_2d())  # eV/Å^2, mass-unweighted, ascending
+    # drop the translations and rotations (the 6, or 5 for a linear molecule, softest modes; finite
+    # differences leave them slightly positive, and sqrt(kT / k) would blow them up) and any soft mode
+    n_rigid = 5 if _is_linear(atoms.positions) else 6
+    k, modes = k[n_rigid:], modes[:, n_rigid:]
+    keep = k > 0.05
     k, modes = k[keep], modes[:, keep]
     rng = np.random.default_rng(seed)
     base = atoms.positions.copy()
@@ -184,6 +188,11 @@ def sample_normal_modes(atoms, n: int, *, temperature: float = 500.0, seed: int 
         new.positions = base + (modes @ amp).reshape(-1, 3)
         frames.append(new)
     return frames
+
+
+def _is_linear(pos: np.ndarray) -> bool:
+    centred = pos - pos.mean(0)
+    return len(pos) < 3 or np.linalg.svd(centred, compute_uv=False)[1] < 1e-3
 
 
 def _finite_difference_hessian(atoms, delta: float = 5e-3) -> np.ndarray:

@@ -125,3 +125,20 @@ def test_named_errors():
         model.time_grid(0)
     with pytest.raises(ModelError):
         model.encode(torch.tensor([17]), torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1)
+
+
+def test_split_egnn_layer_equals_egnn_layer():
+    """EDM's feature update is molequi's EGNNLayer: the split evaluation gives the same numbers."""
+    from molequi.models.egnn import EGNNLayer
+    from molequi.models.generative.layers import EDMBlock
+
+    torch.manual_seed(0)
+    block = EDMBlock(12, edge_dim=3).double()
+    plain = EGNNLayer(12, 3, update_coords=False, messages_agg="sum", attention=True).double()
+    plain.load_state_dict(block.gcl.state_dict())
+    batch = sizes_to_batch(torch.tensor([4, 6]))
+    ei = fully_connected_edges(batch)
+    h, x = torch.randn(10, 12, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    e = torch.randn(ei.shape[1], 3, dtype=torch.float64)
+    assert torch.allclose(block.gcl(h, x, ei, edge_attr=e)[0], plain(h, x, ei, edge_attr=e)[0], atol=1e-12)
+    assert isinstance(block.gcl, EGNNLayer)

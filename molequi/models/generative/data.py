@@ -10,7 +10,6 @@ context) without edges: generative models build per-molecule fully connected gra
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Sequence
 

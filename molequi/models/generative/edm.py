@@ -24,7 +24,6 @@ Molecules of different sizes share a batch PyG style (no padding to 29 atoms, no
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

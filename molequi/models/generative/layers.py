@@ -76,6 +76,42 @@ class EquivariantUpdate(nn.Module):
         return x + scatter_sum(unit * phi, dst, h.shape[0]) / self.normalization_factor
 
 
+def _egnn_layer_class():
+    from molequi.models.egnn import EGNNLayer
+
+    class SplitEGNNLayer(EGNNLayer):
+        """``EGNNLayer`` (same parameters, same function) evaluated with its first message layer split:
+
+            phi_e[0]([h_i, h_j, d_ij, a_ij]) = W_i h_i + W_j h_j + W_e [d_ij, a_ij] + b
+
+        W_i h and W_j h are computed per node and gathered per edge, which removes the (2H x H) matmul per
+        edge -- the dominant cost on fully connected molecular graphs. Only the options EDM uses are taken
+        (no periodic shifts, edge weights or node masks); anything else falls back to ``EGNNLayer.forward``.
+        """
+
+        def forward(self, h, x, edge_index, edge_attr=None, shifts=None, edge_weight=None, node_mask=None):
+            if shifts is not None or edge_weight is not None or node_mask is not None or self.phi_x is not None \
+                    or self.messages_agg != "sum":
+                return super().forward(h, x, edge_index, edge_attr, shifts, edge_weight, node_mask)
+            sender, receiver = edge_index
+            H = self.hidden
+            first = self.phi_e[0]
+            w = first.weight  # (H, 2H + 1 + D)
+            diff = x[receiver] - x[sender]
+            d2 = (diff * diff).sum(-1, keepdim=True)
+            e = d2 if not self.edge_dim else torch.cat([d2, edge_attr], -1)
+            pre = nn.functional.linear(h, w[:, :H], first.bias)[receiver] + \
+                nn.functional.linear(h, w[:, H:2 * H])[sender] + nn.functional.linear(e, w[:, 2 * H:])
+            m = self.phi_e[1:](pre)  # (E, H)
+            if self.phi_att is not None:
+                m = m * self.phi_att(m)
+            agg = scatter_sum(m, receiver, h.shape[0]) / self.normalization_factor
+            update = self.phi_h(torch.cat([h, agg], dim=-1))
+            return (h + update if self.residual else update), x
+
+    return SplitEGNNLayer
+
+
 class EDMBlock(nn.Module):
     """One EDM ``EquivariantBlock``: a feature update (``molequi.models.egnn.EGNNLayer`` with attention, sum
     aggregation, no coordinate update; its edge attributes are e) followed by EDM's ``EquivariantUpdate``
@@ -89,9 +125,7 @@ class EDMBlock(nn.Module):
     def __init__(self, hidden: int, coords_range: float = 15.0 / 9, normalization_factor: float = 1.0,
                  attention: bool = True, tanh: bool = True, norm_constant: float = 1.0, edge_dim: int = 1):
         super().__init__()
-        from molequi.models.egnn import EGNNLayer
-
-        self.gcl = EGNNLayer(hidden, edge_dim, update_coords=False, messages_agg="sum",
+        self.gcl = _egnn_layer_class()(hidden, edge_dim, update_coords=False, messages_agg="sum",
                              normalization_factor=normalization_factor, attention=attention)
         self.coords = EquivariantUpdate(hidden, edge_dim, coords_range, normalization_factor, tanh, norm_constant)
 

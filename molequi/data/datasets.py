@@ -59,6 +59,12 @@ DATASETS: dict[str, object] = {
     "db": _read_generic("db"),
     "traj": _read_generic("traj"),
     "hamiltonian": "molequi.data.hamiltonian:build_hamiltonian_dataset",
+    # benchmark families (molequi.data.qm9 / md17 / oc20); each returns {"train", "val", "test"}
+    "qm9": "molequi.data.qm9:build_qm9",
+    "md17": "molequi.data.md17:build_md17",
+    "rmd17": "molequi.data.md17:build_rmd17",
+    "oc20_s2ef": "molequi.data.oc20:build_oc20_s2ef",
+    "oc20_is2re": "molequi.data.oc20:build_oc20_is2re",
 }
 
 

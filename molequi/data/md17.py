@@ -248,38 +248,52 @@ def rmd17_splits(frames: MD17Frames, split_dir: str | os.PathLike, split_id: int
             "test": frames.subset(test_ix)}
 
 
+def _molecule(cfg) -> str:
+    from molequi.data.options import dataset_option as opt
+
+    mol = opt(cfg, "molecule") or getattr(cfg, "target", None)
+    if not mol:
+        raise DatasetError("no molecule named", hint="set dataset target (or options.molecule) to one of: "
+                                                      + ", ".join(RMD17_MOLECULES))
+    return mol
+
+
 def build_md17(cfg) -> dict[str, MD17Frames]:
-    """Registry entry for sGDML MD17: ``cfg.name`` names the molecule (or ``cfg.root`` is an npz / xyz file);
+    """Registry entry for sGDML MD17: ``cfg.target`` (or option ``molecule``) names the molecule (or ``cfg.root`` is an npz / xyz file);
     seeded split ``cfg.split`` (default 950 / 50 / rest)."""
+    from molequi.data.options import dataset_option as opt
     from molequi.data.qm9 import random_split
 
     root = Path(cfg.root)
     if root.is_file():
         frames = load_md17_xyz(root) if root.suffix == ".xyz" else load_md17_npz(root)
     else:
-        mol = check_molecule(getattr(cfg, "molecule", None) or cfg.name, revised=False)
+        mol = check_molecule(_molecule(cfg), revised=False)
         frames = load_md17_npz(_find(root, [MD17_FILES[mol]]))
-    sizes = getattr(cfg, "split", None) or (RMD17_N_TRAIN, RMD17_N_VAL, None)
-    tr, va, te = random_split(len(frames), sizes, seed=getattr(cfg, "seed", 0))
+    sizes = opt(cfg, "split") or (RMD17_N_TRAIN, RMD17_N_VAL, None)
+    tr, va, te = random_split(len(frames), sizes, seed=opt(cfg, "seed", 0))
     return {"train": frames.subset(tr), "val": frames.subset(va), "test": frames.subset(te)}
 
 
 def build_rmd17(cfg) -> dict[str, MD17Frames]:
-    """Registry entry for rMD17: ``cfg.molecule`` (or ``cfg.name``) e.g. 'ethanol', ``cfg.root`` the rmd17 folder
-    (``npz_data/rmd17_<mol>.npz`` + ``splits/``) or an npz file; ``cfg.split_id`` 1..5."""
+    """Registry entry for rMD17: ``cfg.target`` (or option ``molecule``) e.g. 'ethanol', ``cfg.root`` the rmd17 folder
+    (``npz_data/rmd17_<mol>.npz`` + ``splits/``) or an npz file; options ``split_id`` 1..5, ``seed``,
+    ``test`` ('rest' | 'index'), ``split_dir``."""
+    from molequi.data.options import dataset_option as opt
+
     root = Path(cfg.root)
     if root.is_file():
         path, base = root, root.parent
     else:
-        mol = check_molecule(getattr(cfg, "molecule", None) or cfg.name, revised=True)
+        mol = check_molecule(_molecule(cfg), revised=True)
         path = _find(root, [f"rmd17_{mol}.npz"])
         base = root
     frames = load_md17_npz(path)
-    split_dir = getattr(cfg, "split_dir", None)
+    split_dir = opt(cfg, "split_dir")
     if split_dir is None:
         split_dir = next((d for d in (base / "splits", base.parent / "splits") if d.exists()), base / "splits")
-    return rmd17_splits(frames, split_dir, split_id=getattr(cfg, "split_id", 1), seed=getattr(cfg, "seed", 0),
-                        test=getattr(cfg, "test", "rest"))
+    return rmd17_splits(frames, split_dir, split_id=int(opt(cfg, "split_id", 1)), seed=opt(cfg, "seed", 0),
+                        test=opt(cfg, "test", "rest"))
 
 
 __all__ = ["MD17_FILES", "RMD17_MOLECULES", "MD17Frames", "check_molecule", "load_md17_npz", "load_md17_xyz",

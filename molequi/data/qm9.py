@@ -22,11 +22,9 @@ one cached file under ``root/processed``, written atomically (temporary file + `
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ import torch
 from ase.data import atomic_numbers
 from torch_geometric.data import Data, InMemoryDataset
 
-from molequi import keys as K
+from molequi.data.atomic_io import atomic_write_torch
 from molequi.errors import DatasetError, FormatError
 from molequi.units import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
 
@@ -100,8 +98,9 @@ class QM9Molecule:
         return None if self.props is None else xyz_props_to_targets(self.props, self.numbers)
 
     def to_data(self, source: str | None = None, validate: bool = True) -> Data:
-        from molequi.data.records import atoms_to_data
         import ase
+
+        from molequi.data.records import atoms_to_data
 
         atoms = ase.Atoms(numbers=self.numbers, positions=self.positions)
         extras = {"idx": np.int64(self.index if self.index is not None else -1)}
@@ -372,21 +371,6 @@ def random_split(n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, se
     return out
 
 
-def atomic_write_torch(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | None]:
     """Find QM9 raw files in ``folder`` -> (layout 'sdf' | 'xyz', files, uncharacterized.txt or None)."""
     folder = Path(folder)
@@ -471,19 +455,28 @@ class QM9Dataset(InMemoryDataset):
 
 
 def build_qm9(cfg):
-    """Registry entry: DatasetConfig -> {'train', 'val', 'test'} datasets.
+    """Registry entry: DatasetConfig -> {'train', 'val', 'test'} subsets of ``QM9Dataset``.
 
-    Reads ``cfg.root`` (folder with ``raw/`` or a raw file / tarball), ``cfg.split`` (sizes, default
-    110k/10k/rest) and ``cfg.seed``.
+    ``cfg.root``: a folder with ``raw/`` (PyG style), a folder of raw files, or one raw file / tarball.
+    ``cfg.target`` (optional) is checked against ``TARGETS``. Options: ``split`` (sizes, default 110k / 10k /
+    rest), ``seed`` (0), ``exclude_uncharacterized`` (True), ``cache_dir`` (default: next to the raw files).
     """
+    from molequi.data.options import dataset_option as opt
+
+    if getattr(cfg, "target", None):
+        target_index(cfg.target)
     root = Path(cfg.root)
-    source = getattr(cfg, "source", None) or (root if root.is_file() or (root.is_dir() and not (root / "raw").exists())
-                                              else root / "raw")
-    cache = Path(getattr(cfg, "cache_dir", None) or (root.parent if root.is_file() else root))
-    ds = QM9Dataset(cache, source=source,
-                    exclude_uncharacterized=getattr(cfg, "exclude_uncharacterized", True))
-    sizes = getattr(cfg, "split", None) or DIMENET_SPLIT
-    train, val, test = ds.split(sizes, seed=getattr(cfg, "seed", 0))
+    if opt(cfg, "source"):
+        source = Path(opt(cfg, "source"))
+    elif root.is_dir() and (root / "raw").exists():
+        source = root / "raw"
+    else:
+        source = root
+    cache = Path(opt(cfg, "cache_dir") or (root if root.is_dir() and (root / "raw").exists() else
+                                           (source.parent if source.is_file() else source)))
+    ds = QM9Dataset(cache, source=source, exclude_uncharacterized=opt(cfg, "exclude_uncharacterized", True))
+    sizes = opt(cfg, "split") or DIMENET_SPLIT
+    train, val, test = ds.split(sizes, seed=opt(cfg, "seed", 0))
     return {"train": train, "val": val, "test": test}
 
 

@@ -125,6 +125,8 @@ class TrainerConfig:
     patience: int | None = _help("early stopping: validation rounds without improvement of the monitored "
                                  "metric before stopping (null: never stop early)", default=None)
     val_every: int = _help("validate every this many epochs", default=1)
+    val_every_steps: int | None = _help("validate every this many optimiser steps instead (null: use "
+                                        "val_every epochs)", default=None)
     devices: int | str = _help("number of devices per node, or 'auto'", default="auto")
     accelerator: str = _help("cpu, gpu, cuda, mps or auto", default="auto")
     strategy: str = _help("auto, ddp, ddp_spawn, ... (Lightning strategies)", default="auto")

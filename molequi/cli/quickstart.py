@@ -52,7 +52,8 @@ def quickstart_config(out: str, train_seconds: float, *, float64: bool = False, 
                   "warmup_steps": 20, "ema_decay": 0.99, "grad_clip": 10.0},
         "trainer": {"max_time": float(train_seconds), "batch_size": 5, "valid_batch_size": 25,
                     "precision": "float64" if float64 else "float32", "accelerator": "cpu", "devices": 1,
-                    "seed": seed, "output": out, "log_every": 20, "progress_bar": progress},
+                    "seed": seed, "output": out, "log_every": 20, "progress_bar": progress,
+                    "val_every_steps": 95},
     }
     return Config.from_dict(apply_overrides(raw, overrides))
 

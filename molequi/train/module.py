@@ -144,7 +144,8 @@ class TaskModule(L.LightningModule):
                                                                patience=o.plateau_patience, min_lr=o.min_lr)
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.task.monitor}",
-                                     "interval": "epoch", "frequency": self.config.trainer.val_every,
+                                     "interval": "step" if self.config.trainer.val_every_steps else "epoch",
+                                     "frequency": self.config.trainer.val_every_steps or self.config.trainer.val_every,
                                      "strict": False}}
         if o.scheduler == "cosine" and self._time_budget() is not None and not self._known_length():
             self._time_cosine = True  # annealed over the wall-time budget in on_train_batch_start

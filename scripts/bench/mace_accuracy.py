@@ -117,7 +117,7 @@ def metrics(e_true, e_pred, f_true, f_pred, n) -> dict:
             "forces_rmse_meV_A": float(np.sqrt((df**2).mean()) * 1e3)}
 
 
-def write_data(folder: Path) -> dict[str, Path]:
+def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
     """train.xyz (950), valid.xyz (50), trainval.xyz (both) + index files, test.xyz (1000); eV and eV/Å."""
     from ase.io import write
 
@@ -128,7 +128,7 @@ def write_data(folder: Path) -> dict[str, Path]:
 
     records = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_train_01.npz")
     train, valid = split_records(records, DataConfig(n_train=950, n_valid=50, seed=HP["seed"]))
-    test = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")
+    test = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")[:n_test]
 
     def frames(recs):
         out = []
@@ -247,6 +247,7 @@ def main(argv=None) -> int:
                    default=Path(os.environ.get("MACE_VENV", Path.home() / ".cache/molequi/mace-venv")))
     p.add_argument("--only", choices=["molequi", "mace-torch"], help="run one side only")
     p.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--n-test", type=int, default=None, help="test on the first N test frames only (smoke runs)")
     args = p.parse_args(argv)
     from _common import print_table, save
 
@@ -254,18 +255,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mace_accuracy_") as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = write_data(folder)
+        paths = write_data(folder, args.n_test)
         rows = []
         if args.only in (None, "molequi"):
             rows.append({"code": "molequi", **run_molequi(folder, paths, seconds, args.threads)})
         if args.only in (None, "mace-torch"):
             rows.append({"code": "mace-torch", **run_mace_torch(folder, paths, seconds, args.threads,
                                                                  args.mace_venv)})
-    print(f"\nrMD17 ethanol, 950 train / 50 valid / 1000 test, {args.minutes:g} min training each, "
+    print(f"\nrMD17 ethanol, 950 train / 50 valid / {args.n_test or 1000} test, {args.minutes:g} min training each, "
           f"{args.threads} threads, {HP['precision']}")
     print_table(rows, ["code", "energy_mae_meV", "energy_mae_meV_atom", "forces_mae_meV_A", "forces_rmse_meV_A",
                        "steps", "train_seconds", "structures_per_s"])
-    save("mace_accuracy", {"hyperparameters": HP, "minutes": args.minutes, "threads": args.threads,
+    save("mace_accuracy" if args.n_test is None else "mace_accuracy_smoke",
+         {"hyperparameters": HP, "minutes": args.minutes, "threads": args.threads, "n_test": args.n_test or 1000,
                            "results": rows})
     return 0
 

@@ -19,10 +19,12 @@ def tiny_config(tmp_path, **trainer):
 
 def test_five_structure_overfit_and_checkpoint_round_trip(tmp_path, morse_five):
     five = morse_five
-    cfg = tiny_config(tmp_path, val_every=50)
+    cfg = tiny_config(tmp_path, val_every_steps=50)
     result = train(cfg, splits={"train": five, "valid": five, "test": []}, enable_summary=False)
     rows = read_run_metrics(result.output)
     first = next(r["train/loss_step"] for r in rows if "train/loss_step" in r)
+    val_steps = [r["step"] for r in rows if "val/loss" in r]
+    assert val_steps[:3] == [49.0, 99.0, 149.0]  # every 50 optimiser steps (logged at the step index)
     last = [r["val/loss"] for r in rows if "val/loss" in r][-1]
     assert result.global_step == 150
     assert last < first / 100, (first, last)

@@ -17,7 +17,7 @@ Adam, batch 8, lr 2e-3 (a minimal loop, not the Lightning trainer, so all models
 Small budgets give far-from-converged numbers: the table compares cost and early learning speed, not final
 accuracy (the MACE paper's ethanol numbers need ~200k steps).
 
-    python scripts/bench/models.py [--budget 60] [--n-train 200] [--n-test 200] [--threads 2]
+    python scripts/bench/models.py [--budget 90] [--n-train 200] [--n-test 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=60.0, help="training wall time per model and dataset, s")
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 by default: OpenMP threads on an oversubscribed machine slow training ~50x")
     ap.add_argument("--force-weight", type=float, default=10.0)
     ap.add_argument("--r-max", type=float, default=5.0)
     ap.add_argument("--models", default="mace,equiformer_v2,frame_averaging,egnn")

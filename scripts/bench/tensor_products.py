@@ -11,11 +11,13 @@ Columns (microseconds per edge, forward, best of repeats (the machine is shared)
                 molequi's MACE convolution and eSCN produce)                           O(L^6 C)
   so2_merged    the same function in edge frames                                       O(L^4 C) (per-path weights)
   gaunt         S2-grid Gaunt product with radial filter (``kind="gaunt"``)            O(L^4 C) (dense grids)
+  e3nn_uvw      e3nn ``FullyConnectedTensorProduct`` x (x) Y(u), channel mixing, shared weights: the
+                function eSCN's layer equals (with Y up to 2L; here only up to L, favouring e3nn)  O(L^6 C^2)
   escn          eSCN's SO(2) convolution layer (per-order weights, radial modulation,
                 channel mixing; ``molequi.nn.so2.SO2Convolution``, m_max = L)          O(L^3 C^2)
 A GPU column is added when CUDA is available.
 
-    python scripts/bench/tensor_products.py [--edges 512] [--lmax 6] [--repeats 5] [--threads 2]
+    python scripts/bench/tensor_products.py [--edges 256] [--lmax 6] [--repeats 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
     fns = {name: (lambda tp=tp, w=weights[(tp.weight_numel, variants[name][1])]: tp(x, sh, w))
            for name, tp in tps.items()}
     fns["escn"] = lambda: conv(xs, vec, rad)
+    # the function eSCN's layer reproduces (tests/nn/test_so2.py): e3nn's channel-mixing 'uvw' product x (x) Y
+    fctp = o3.FullyConnectedTensorProduct(ir_in, ir_sh, target).to(device=device, dtype=dt)
+    fns["e3nn_uvw"] = lambda: fctp(x, sh)
 
     def timed(fn):
         def run():
@@ -122,16 +127,18 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
     row["merged e3nn/so2"] = row["e3nn_merged_us"] / row["so2_merged_us"]
     row["merged e3nn/gaunt"] = row["e3nn_merged_us"] / row["gaunt_us"]
     row["merged e3nn/escn"] = row["e3nn_merged_us"] / row["escn_us"]
+    row["e3nn_uvw/escn"] = row["e3nn_uvw_us"] / row["escn_us"]
     return row
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--edges", type=int, default=512)
+    ap.add_argument("--edges", type=int, default=256)
     ap.add_argument("--lmax", type=int, default=6)
     ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 by default: OpenMP threads on an oversubscribed shared machine make timings erratic")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -144,8 +151,9 @@ def main(argv=None) -> None:
             print(f"[{device}] L={L}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items()
                                                        if isinstance(v, float)), flush=True)
     cols = ["device", "lmax", "e3nn_us", "so2_uvu_us", "e3nn/so2_uvu", "e3nn_merged_us", "so2_merged_us",
-            "gaunt_us", "escn_us", "merged e3nn/so2", "merged e3nn/gaunt", "merged e3nn/escn"]
-    mem_cols = ["device", "lmax", "e3nn_B", "so2_uvu_B", "e3nn_merged_B", "so2_merged_B", "gaunt_B", "escn_B",
+            "gaunt_us", "merged e3nn/so2", "merged e3nn/gaunt", "e3nn_uvw_us", "escn_us", "e3nn_uvw/escn"]
+    mem_cols = ["device", "lmax", "e3nn_B", "so2_uvu_B", "e3nn_merged_B", "so2_merged_B", "gaunt_B", "e3nn_uvw_B",
+                "escn_B",
                 "so2_max_err", "so2_merged_max_err"]
     print("time per edge, microseconds (forward, float32)")
     print_table(rows, cols)
@@ -157,7 +165,7 @@ def main(argv=None) -> None:
     cpu = {r["lmax"]: r for r in rows if r["device"] == "cpu"}
     scaling = {}
     if 3 in cpu and args.lmax > 3:
-        for k in ("e3nn_us", "so2_uvu_us", "e3nn_merged_us", "so2_merged_us", "gaunt_us", "escn_us"):
+        for k in ("e3nn_us", "so2_uvu_us", "e3nn_merged_us", "so2_merged_us", "gaunt_us", "e3nn_uvw_us", "escn_us"):
             scaling[k] = math.log(cpu[args.lmax][k] / cpu[3][k]) / math.log(args.lmax / 3)
         print("empirical exponent k in time ~ L^k (L = 3 .. %d): " % args.lmax
               + ", ".join(f"{k}: {v:.2f}" for k, v in scaling.items()))

@@ -85,3 +85,13 @@ def test_bad_config_is_named():
         EquiformerV2.Config(lmax=2, mmax=3).validate()
     with pytest.raises(ConfigError, match="activation"):
         EquiformerV2.Config(activation="relu").validate()
+
+
+def test_lmax6_mmax2_equivariant():
+    """EquiformerV2's OC20 setting (L = 6, m_max = 2), tiny channels."""
+    cfg = EquiformerV2.Config(r_max=CUTOFF, lmax=6, mmax=2, channels=2, num_layers=1, num_heads=1, hidden_channels=2,
+                              attn_channels=2, value_channels=2, ffn_channels=2, radial_hidden=4, element_channels=2,
+                              readout_hidden=2, activation="gate")
+    torch.manual_seed(0)
+    model = EquiformerV2.from_config(cfg, stats()).double()
+    assert_equivariant(model, [molecule()], CUTOFF, dtype=torch.float64, n_rotations=1, atol=1e-10)

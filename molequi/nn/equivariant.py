@@ -251,8 +251,6 @@ class EquivariantConvolution(nn.Module):
                 )
                 row += 2 * l3 + 1
         self.dim_mid = dim_mid
-        row_path = [k for k, p in enumerate(paths) for _ in range(2 * irreps_out.irreps[p.i_out][0] + 1)]
-        self.register_buffer("row_path", torch.tensor(row_path), persistent=False)  # path of each message row
         self.constants = Constants()
         self.constants.add("cg", cg.reshape(dim_sh, irreps_in.dim * dim_mid))  # [sh, (in, mid)]
         c = irreps_in.channels
@@ -276,17 +274,21 @@ class EquivariantConvolution(nn.Module):
         cg = self.constants.get("cg", x)
         g = (sh @ cg).view(n_edges, self.irreps_in.dim, self.dim_mid)  # [E, in, mid]
         xs = x.index_select(0, sender)  # [E, in, c]
-        if self.irreps_in.dim == 1:
-            msg = g.transpose(1, 2) * xs  # [E, mid, c]
-        else:
-            msg = torch.bmm(g.transpose(1, 2), xs)  # [E, mid, c]
-        msg = msg * weights.index_select(1, self.row_path)  # [E, mid, c]
-        agg = x.new_zeros(n, self.dim_mid, c).index_add_(0, receiver, msg)  # [n, mid, c]
+        # split (not slice): the backward of a split is a concatenation, of a slice a zero-filled full tensor
+        g_blocks = torch.split(g, [n_paths * d3 for _, _, n_paths, d3, _ in self._groups], dim=2)
+        w_blocks = torch.split(weights, [n_paths for _, _, n_paths, _, _ in self._groups], dim=1)
         out_blocks: dict[int, torch.Tensor] = {}
-        for (row, _, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
-            block = agg[:, row : row + n_paths * d3, :].reshape(n, n_paths, d3, c)
-            block = block.transpose(1, 2).reshape(n, d3, n_paths * c)
-            out_blocks[i_out] = block @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
+        for (_, _, n_paths, d3, i_out), mix, g_block, w_block in zip(
+            self._groups, self.mix, g_blocks, w_blocks
+        ):
+            if self.irreps_in.dim == 1:
+                m = g_block.transpose(1, 2) * xs  # [E, paths * d3, c]
+            else:
+                m = torch.bmm(g_block.transpose(1, 2), xs)  # [E, paths * d3, c]
+            m = m.view(n_edges, n_paths, d3, c) * w_block.unsqueeze(2)  # [E, paths, d3, c]
+            agg = x.new_zeros(n, n_paths, d3, c).index_add_(0, receiver, m)  # [n, paths, d3, c]
+            agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
+            out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
         blocks = [
             out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)
             for i, (l, _) in enumerate(self.irreps_out.irreps)

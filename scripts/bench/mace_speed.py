@@ -10,7 +10,8 @@ water box of 171 molecules (513 atoms, 1 g/cm^3) built with ase. Graphs are buil
 
 Each (implementation, system, dtype) runs in a fresh subprocess - the mace-torch one with the python of
 ${MACE_VENV:-~/.cache/molequi/mace-venv} (mace-torch pins e3nn 0.4.4, which cannot share molequi's venv) -
-with ``torch.set_num_threads(threads)``: one warm-up call, then the median of ``--repeats`` timed calls.
+with ``torch.set_num_threads(threads)``: one warm-up call, then the median of ``--repeats`` timed calls,
+both wall-clock and process CPU time (the CPU time is the fairer number on a shared, loaded machine).
 Memory: growth of the process's peak resident set over one inference call (energy + forces) and over one
 training step (forces with create_graph, loss backward), divided by the number of atoms.
 """
@@ -81,16 +82,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _time(fn, repeats: int) -> tuple[float, list[float]]:
+def _time(fn, repeats: int) -> dict:
+    """Warm-up call, then ``repeats`` timed calls: median wall-clock and median process CPU time (s)."""
     import statistics
 
-    fn()  # warm-up
-    times = []
+    fn()
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return dict(
+        median_s=statistics.median(wall), median_cpu_s=statistics.median(cpu), times_s=wall, cpu_s=cpu
+    )
 
 
 def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train: bool) -> dict:
@@ -121,13 +126,12 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
     base = _peak_rss_mb()
     infer()
     infer_mb = _peak_rss_mb() - base
-    median, times = _time(infer, repeats)
+    timing = _time(infer, repeats)
     result = dict(
         impl="molequi",
         n_atoms=n_atoms,
         n_edges=int(batch.edge_index.shape[1]),
-        median_s=median,
-        times_s=times,
+        **timing,
         peak_mb_infer=infer_mb,
     )
     if train:
@@ -200,15 +204,14 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
     base = _peak_rss_mb()
     infer()
     infer_mb = _peak_rss_mb() - base
-    median, times = _time(infer, repeats)
+    timing = _time(infer, repeats)
     import mace as mace_pkg
 
     result = dict(
         impl=f"mace-torch {getattr(mace_pkg, '__version__', '?')}",
         n_atoms=n_atoms,
         n_edges=int(batch.edge_index.shape[1]),
-        median_s=median,
-        times_s=times,
+        **timing,
         peak_mb_infer=infer_mb,
     )
     if train:
@@ -313,21 +316,24 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
+    """Wall-clock and CPU-time medians, speed-up over mace-torch for each, peak memory per atom."""
     print(
-        f"\n{'system':12s} {'dtype':8s} {'impl':22s} {'atoms':>6s} {'edges':>7s} {'median s':>9s} "
-        f"{'speed-up':>8s} {'MB/atom inf':>11s} {'MB/atom train':>13s}"
+        f"\n{'system':12s} {'dtype':8s} {'impl':18s} {'atoms':>5s} {'edges':>6s} {'wall s':>8s} {'x':>6s} "
+        f"{'cpu s':>8s} {'x':>6s} {'MB/atom inf':>11s} {'MB/atom train':>13s}"
     )
-    ref = {(r["system"], r["dtype"]): r.get("median_s") for r in rows if r["impl_key"] == "mace-torch"}
+    ref = {(r["system"], r["dtype"]): r for r in rows if r["impl_key"] == "mace-torch" and "median_s" in r}
     for r in rows:
         if "median_s" not in r:
-            print(f"{r['system']:12s} {r['dtype']:8s} {r['impl_key']:22s} error: {r.get('error')}")
+            print(f"{r['system']:12s} {r['dtype']:8s} {r['impl_key']:18s} error: {r.get('error')}")
             continue
         base = ref.get((r["system"], r["dtype"]))
-        speed = f"{base / r['median_s']:.2f}x" if base else "-"
+        wall_x = f"{base['median_s'] / r['median_s']:.2f}" if base else "-"
+        cpu_x = f"{base['median_cpu_s'] / r['median_cpu_s']:.2f}" if base else "-"
         train = r.get("peak_mb_train")
         print(
-            f"{r['system']:12s} {r['dtype']:8s} {r['impl'][:22]:22s} {r['n_atoms']:6d} {r['n_edges']:7d} "
-            f"{r['median_s']:9.3f} {speed:>8s} {r['peak_mb_infer'] / r['n_atoms']:11.3f} "
+            f"{r['system']:12s} {r['dtype']:8s} {r['impl'][:18]:18s} {r['n_atoms']:5d} {r['n_edges']:6d} "
+            f"{r['median_s']:8.3f} {wall_x:>6s} {r['median_cpu_s']:8.3f} {cpu_x:>6s} "
+            f"{r['peak_mb_infer'] / r['n_atoms']:11.3f} "
             + (f"{train / r['n_atoms']:13.3f}" if train is not None else f"{'-':>13s}")
         )
 

@@ -76,14 +76,14 @@ def test_2d_slab_frames_invariant_about_z_and_stress():
     s = slab()
     out = m(_batch([s], CUTOFF, torch.float64), compute_stress=True)
     assert torch.isfinite(out[K.STRESS]).all()
-    e0 = float(out[K.ENERGY][0])
+    e0 = out[K.ENERGY][0].item()
     for angle in (0.7, 2.1):  # rotate the slab (positions and cell) about z
         c, sn = np.cos(angle), np.sin(angle)
         R = np.array([[c, -sn, 0], [sn, c, 0], [0, 0, 1.0]])
         r = s.copy()
         r.set_cell(s.cell[:] @ R.T)
         r.positions = s.positions @ R.T
-        e = float(m(_batch([r], CUTOFF, torch.float64), compute_forces=False)[K.ENERGY][0])
+        e = m(_batch([r], CUTOFF, torch.float64), compute_forces=False)[K.ENERGY][0].item()
         assert abs(e - e0) < 1e-10 * max(1.0, abs(e0))
     check_forces_fd(m, s, CUTOFF, dtype=torch.float64, n_atoms=2)
     bulk_like = s.copy()

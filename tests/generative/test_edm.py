@@ -142,3 +142,30 @@ def test_split_egnn_layer_equals_egnn_layer():
     e = torch.randn(ei.shape[1], 3, dtype=torch.float64)
     assert torch.allclose(block.gcl(h, x, ei, edge_attr=e)[0], plain(h, x, ei, edge_attr=e)[0], atol=1e-12)
     assert isinstance(block.gcl, EGNNLayer)
+
+
+def test_property_conditioning():
+    from torch_geometric.data import Data
+
+    torch.manual_seed(0)
+    model = tiny(context_dim=1)
+    recs = []
+    for n, c in ((3, 0.5), (4, -1.0)):
+        d = Data(numbers=torch.tensor([6] + [1] * (n - 1)), pos=torch.randn(n, 3), context=torch.tensor([[c]]))
+        d.num_nodes = n
+        recs.append(d)
+    batch = Batch.from_data_list(recs)
+    assert batch.context.shape == (2, 1)
+    loss, _ = model.training_loss(batch)
+    loss.backward()
+    mols = model.sample(2, steps=3, context=torch.tensor([[0.5], [-1.0]]))
+    assert [len(m.numbers) for m in mols] and all(len(m.numbers) in (3, 4) for m in mols)
+    # the context changes the prediction
+    b = sizes_to_batch(torch.tensor([3]))
+    ei = fully_connected_edges(b)
+    x, h = torch.randn(3, 3), torch.randn(3, model.n_features)
+    e1 = model.dynamics(x, h, torch.tensor([0.5]), b, ei, torch.tensor([[0.0]]))[1]
+    e2 = model.dynamics(x, h, torch.tensor([0.5]), b, ei, torch.tensor([[3.0]]))[1]
+    assert not torch.allclose(e1, e2)
+    with pytest.raises(ModelError):
+        model.sample(1, steps=2)  # conditioned model without context

@@ -28,8 +28,60 @@ class UnsafePickleError(FormatError):
     """A pickle names a global outside the allow-list; it was refused, nothing was executed."""
 
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER of the legacy (non-zip) format
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+}
+
+
+class _StorageHeader(pickle.Unpickler):
+    """Unpickles the header of a legacy ``torch.save(storage)`` blob: only storage classes, one persistent id."""
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise UnsafePickleError(f"refused global {module}.{name} inside a tensor storage")
+
+    def persistent_load(self, pid):
+        return pid
+
+
+def _fast_storage(b: bytes):
+    """Parse a little-endian CPU legacy storage blob directly (the common case); None -> use torch.load."""
+    f = io.BytesIO(b)
+    if _StorageHeader(f).load() != _LEGACY_MAGIC or _StorageHeader(f).load() != 1001:
+        return None
+    sys_info = _StorageHeader(f).load()
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
+        return None
+    pid = _StorageHeader(f).load()
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
+            and pid[3] == "cpu"):
+        return None
+    keys = _StorageHeader(f).load()
+    if not isinstance(keys, list) or len(keys) != 1 or (len(pid) > 5 and pid[5] is not None):
+        return None
+    dtype, numel = pid[1], int(pid[4])
+    stored = int.from_bytes(f.read(8), "little", signed=True)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = f.read(stored * itemsize)
+    if stored != numel or len(raw) != stored * itemsize:
+        raise ValueError(f"tensor storage truncated ({len(raw)} of {numel * itemsize} bytes)")
+    flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+    return torch.storage.TypedStorage(wrap_storage=flat.untyped_storage(), dtype=dtype, _internal=True)
+
+
 def _load_storage_from_bytes(b: bytes):
-    return torch.load(io.BytesIO(b), weights_only=True)
+    """Replacement for ``torch.storage._load_from_bytes`` (which runs an unrestricted ``torch.load``): a direct
+    parser for the usual CPU little-endian blob, else ``torch.load(weights_only=True)``."""
+    try:
+        storage = _fast_storage(b)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
+        storage = None
+    return storage if storage is not None else torch.load(io.BytesIO(b), weights_only=True)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

@@ -68,10 +68,17 @@ def run(args) -> int:
     print(f"molequi generate: {args.n} molecules in {seconds:.1f} s ({args.n / seconds:.2f} mol/s); wrote {out} "
           f"and {out.with_suffix('.xyz')}")
     print(format_report(report))
+    has_bonds = any(m.bonds is not None for m in mols)
+    if has_bonds:  # also EDM's distance-bond metrics, comparable with EDM and with the relaxed geometries
+        from molequi.models.generative.metrics import Molecule
+
+        dist = molecule_report([Molecule(m.numbers, m.positions) for m in mols], train_smiles)
+        print("with bonds from distances (EDM's rule) instead of the predicted ones:")
+        print(format_report(dist))
+        summary["metrics_distance_bonds"] = {k: v for k, v in dist.items() if k != "smiles"}
 
     if args.relax_with:
         from molequi.calculators import MolequiCalculator, relax
-        from molequi.models.generative.io import to_rdkit  # noqa: F401  (bonds unchanged by relaxation)
         from molequi.models.generative.metrics import Molecule
 
         import ase
@@ -84,14 +91,15 @@ def run(args) -> int:
             try:
                 res = relax(atoms, calc, fmax=args.relax_fmax, steps=args.relax_steps)
                 converged += int(res.converged)
-                relaxed.append(Molecule(m.numbers, atoms.positions.copy(), m.bonds, m.charges))
+                relaxed.append(Molecule(m.numbers, atoms.positions.copy()))
             except MolequiError:
                 failed += 1
-                relaxed.append(m)
+                relaxed.append(Molecule(m.numbers, m.positions))
         after = molecule_report(relaxed, train_smiles)
         rel_out = out.with_name(out.stem + "_relaxed.sdf")
         write_sdf(relaxed, rel_out)
         write_extxyz(relaxed, rel_out.with_suffix(".xyz"))
+        print("after relaxation (bonds from distances):" if has_bonds else "after relaxation:")
         print(f"relaxed with {args.relax_with}: {converged} converged, {failed} failed "
               f"({time.perf_counter() - t0:.1f} s); wrote {rel_out}")
         print(format_report(after))

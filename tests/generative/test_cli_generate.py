@@ -37,3 +37,25 @@ def test_generate_bad_checkpoint(tmp_path, capsys):
     bad.write_text("not a checkpoint")
     assert main(["generate", str(bad), "--n", "2", "--out", str(tmp_path / "m.sdf")]) == 1
     assert "CheckpointError" in capsys.readouterr().err
+
+
+def test_generate_relax_with_potential(ckpt, tmp_path, capsys):
+    """--relax-with: each molecule relaxed through molequi's ASE calculator; metrics before and after."""
+    import dataclasses
+
+    from molequi.data.statistics import Statistics
+    from molequi.models import get_model_class
+    from molequi.train.checkpoint import make_payload, save_model
+
+    cls = get_model_class("lj")
+    cfg = cls.Config()
+    stats = Statistics(elements=[1, 6, 7, 8, 9])
+    ff = tmp_path / "lj.pt"
+    save_model(make_payload(config={"model": {"name": "lj", **dataclasses.asdict(cfg)}}, statistics=stats.to_dict(),
+                            model_state=cls.from_config(cfg, stats).state_dict()), ff)
+    out = tmp_path / "m.sdf"
+    assert main(["generate", str(ckpt), "--n", "2", "--steps", "3", "--out", str(out), "--relax-with", str(ff),
+                 "--relax-steps", "5"]) == 0
+    summary = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert summary["relaxed"]["failed"] == 0 and "atom_stability" in summary["relaxed"]["metrics"]
+    assert (tmp_path / "m_relaxed.sdf").read_text().count("$$$$") == 2

@@ -8,7 +8,8 @@ What is timed: ASE velocity Verlet (0.5 fs, Maxwell-Boltzmann 300 K, seed 0) dri
 warm-up step, then ``steps`` timed steps (each = one energy + forces call, plus stress for periodic cells -
 both calculators compute stress for periodic structures). Reported: steps/s and atom-steps/s
 (= atoms x steps / s) from the median wall time of one step (robust to other processes stealing the CPU;
-the mean rate is in the JSON too), and the ratio to mace-torch in the same run.
+the mean rate is in the JSON too), the same from the process's CPU time (less sensitive to a shared machine),
+and the ratios to mace-torch in the same run. A Markdown table goes next to the JSON.
 
 Models: MACE with hidden 64x0e+64x1o, max_ell 3, correlation 3, 2 interactions, r_max 5 Å, 8 Bessel, p = 5,
 radial MLP [64, 64, 64], MLP readout 16x0e (the hyperparameters of ``mace_speed.py``), elements H C O Cu,
@@ -130,14 +131,19 @@ def _run_md(atoms, calc, steps: int) -> dict:
     t0 = time.perf_counter()
     dyn.run(1)  # warm-up: first force call (graph, allocations) and one step
     warm = time.perf_counter() - t0
-    stamps = []
-    dyn.attach(lambda: stamps.append(time.perf_counter()), interval=1)
+    stamps, cpu = [], []
+
+    def stamp():
+        stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
+
+    dyn.attach(stamp, interval=1)
     t0 = time.perf_counter()
-    stamps.append(t0)
+    stamp()
     dyn.run(steps)  # nsteps > 0 now, so ASE calls the observer only after each step
     wall = time.perf_counter() - t0
-    per_step = np.diff(stamps)
-    median = float(np.median(per_step))
+    median = float(np.median(np.diff(stamps)))
+    median_cpu = float(np.median(np.diff(cpu)))
     n = len(atoms)
     return dict(
         n_atoms=n,
@@ -148,6 +154,9 @@ def _run_md(atoms, calc, steps: int) -> dict:
         steps_per_s=1 / median,
         atom_steps_per_s=n / median,
         mean_steps_per_s=steps / wall,
+        median_step_cpu_s=median_cpu,
+        cpu_steps_per_s=1 / median_cpu,
+        cpu_atom_steps_per_s=n / median_cpu,
         epot_final=float(atoms.get_potential_energy()),
         peak_rss_mb=_peak_rss_mb(),
     )
@@ -322,11 +331,13 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    ref = {r["system"]: r.get("steps_per_s") for r in rows if r["impl_key"] == "mace-torch"}
+    ref = {r["system"]: r for r in rows if r["impl_key"] == "mace-torch" and "steps_per_s" in r}
     for r in rows:
-        if "steps_per_s" in r and ref.get(r["system"]):
-            r["speedup_vs_mace_torch"] = r["steps_per_s"] / ref[r["system"]]
-    print_table(rows)
+        if "steps_per_s" in r and r["system"] in ref:
+            r["speedup_vs_mace_torch"] = r["steps_per_s"] / ref[r["system"]]["steps_per_s"]
+            r["cpu_speedup_vs_mace_torch"] = r["cpu_steps_per_s"] / ref[r["system"]]["cpu_steps_per_s"]
+    text = table(rows)
+    print("\n" + text)
     meta = dict(
         hyperparameters=HYPER,
         elements=ELEMENTS,
@@ -338,25 +349,43 @@ def main() -> None:
         load_average=os.getloadavg(),
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
-    write_json(Path(args.out), {"meta": meta, "results": rows})
-
-
-def print_table(rows: list[dict]) -> None:
-    print(
-        f"\n{'system':10s} {'impl':16s} {'atoms':>6s} {'steps':>5s} {'steps/s':>9s} {'atom-steps/s':>12s} "
-        f"{'vs mace-torch':>13s} {'NL builds':>9s} {'peak MB':>8s}"
+    out = Path(args.out)
+    write_json(out, {"meta": meta, "results": rows})
+    md = out.with_suffix(".md")
+    header = (
+        f"# MD throughput: MolequiCalculator vs mace-torch MACECalculator\n\n"
+        f"`python scripts/bench/md_speed.py {' '.join(sys.argv[1:])}`; {meta['date']}; dtype {args.dtype}, "
+        f"{args.threads} thread(s) per process, velocity Verlet 0.5 fs, median time per step. "
+        f"Load average when written: {meta['load_average'][0]:.1f} on {meta['cpu_count']} cores "
+        f"(shared machine: wall-clock rates are noisy, CPU-time rates less so).\n\n"
     )
+    tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
+    tmp.write_text(header + text)
+    os.replace(tmp, md)
+    print(f"saved {md}")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: wall-clock rates and CPU-time rates (the latter robust to a shared machine)."""
+    head = (
+        "| system | impl | atoms | steps | steps/s (wall) | atom-steps/s (wall) | vs mace-torch (wall) "
+        "| steps/s (CPU) | atom-steps/s (CPU) | vs mace-torch (CPU) | NL builds/calls | peak MB |"
+    )
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         if "steps_per_s" not in r:
-            print(f"{r['system']:10s} {r['impl_key']:16s} error: {r.get('error')}")
+            lines.append(f"| {r['system']} | {r['impl_key']} | error: {r.get('error')} |" + " |" * 9)
             continue
-        ratio = f"{r['speedup_vs_mace_torch']:.2f}x" if "speedup_vs_mace_torch" in r else "-"
+        wall = f"{r['speedup_vs_mace_torch']:.2f}x" if "speedup_vs_mace_torch" in r else "-"
+        cpu = f"{r['cpu_speedup_vs_mace_torch']:.2f}x" if "cpu_speedup_vs_mace_torch" in r else "-"
         builds = f"{r['nl_builds']}/{r['nl_calls']}" if "nl_builds" in r else "-"
-        print(
-            f"{r['system']:10s} {r['impl_key']:16s} {r['n_atoms']:6d} {r['steps']:5d} "
-            f"{r['steps_per_s']:9.3f} "
-            f"{r['atom_steps_per_s']:12.1f} {ratio:>13s} {builds:>9s} {r['peak_rss_mb']:8.0f}"
+        lines.append(
+            f"| {r['system']} | {r['impl_key']} | {r['n_atoms']} | {r['steps']} | {r['steps_per_s']:.4g} "
+            f"| {r['atom_steps_per_s']:.4g} | {wall} | {r['cpu_steps_per_s']:.4g} "
+            f"| {r['cpu_atom_steps_per_s']:.4g} "
+            f"| {cpu} | {builds} | {r['peak_rss_mb']:.0f} |"
         )
+    return "\n".join(lines) + "\n"
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -119,7 +120,11 @@ def main() -> None:
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
     parser.add_argument("--equil-ps", type=float, default=0.25, help="NVT equilibration before NVE (ps)")
     parser.add_argument("--nve-ps", type=float, default=1.0, help="NVE length (ps)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float64"])
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="float64, float32 or both as 'float64,float32' (default: the checkpoint's)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-reference", action="store_true", help="skip the Lennard-Jones argon reference")
@@ -136,7 +141,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtypes = [getattr(torch, d) for d in args.dtype.split(",")] if args.dtype else [None]
     common = dict(
         temperature=args.temperature,
         timestep=args.timestep,
@@ -149,8 +154,11 @@ def main() -> None:
     if args.checkpoint:
         atoms = read(args.structure, index=-1) if args.structure else ethanol()
         path = args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint
-        calc = MolequiCalculator.from_checkpoint(path, dtype=dtype)
-        rows.append(measure(f"checkpoint {args.checkpoint} ({calc.dtype})", calc, atoms, **common))
+        names = ", ".join(Path(p).name for p in args.checkpoint)
+        for dtype in dtypes:
+            calc = MolequiCalculator.from_checkpoint(path, dtype=dtype)
+            name = f"{names} ({str(calc.dtype).removeprefix('torch.')})"
+            rows.append(measure(name, calc, atoms.copy(), **common))
     if not args.no_reference:
         from molequi.models.lj import LennardJones
 
@@ -167,7 +175,7 @@ def main() -> None:
         from molequi.data.statistics import Statistics
         from molequi.models.mace import MACE
 
-        for dt in (args.dtype,) if args.dtype else ("float64", "float32"):
+        for dt in args.dtype.split(",") if args.dtype else ("float64", "float32"):
             torch.manual_seed(args.seed)
             model = MACE.from_config(
                 MACE.Config(**HYPER), Statistics(elements=[1, 6, 8], avg_num_neighbors=8.0)
@@ -186,16 +194,29 @@ def main() -> None:
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     os.replace(tmp, out)
-    print(
-        f"\n{'model':45s} {'atoms':>5s} {'dt fs':>5s} {'drift eV/atom/ps':>17s} "
-        f"{'p2p meV/atom':>12s} {'<T> K':>6s}"
-    )
+    lines = [
+        "| model | atoms | dt fs | NVE ps | drift eV/atom/ps | E_tot peak-to-peak meV/atom | <T> K "
+        "| steps/s |",
+        "|" + " --- |" * 8,
+    ]
     for r in rows:
-        print(
-            f"{r['model'][:45]:45s} {r['n_atoms']:5d} {r['timestep_fs']:5.2f} "
-            f"{r['drift_eV_per_atom_per_ps']:17.3e} {r['etot_peak_to_peak_meV_per_atom']:12.3g} "
-            f"{r['mean_temperature_K']:6.0f}"
+        lines.append(
+            f"| {r['model']} | {r['n_atoms']} | {r['timestep_fs']:g} | {r['nve_ps']:g} "
+            f"| {r['drift_eV_per_atom_per_ps']:.3e} | {r['etot_peak_to_peak_meV_per_atom']:.3g} "
+            f"| {r['mean_temperature_K']:.0f} | {r['steps_per_s']:.1f} |"
         )
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    md = out.with_suffix(".md")
+    header = (
+        f"# NVE energy drift\n\n`python scripts/bench/nve_drift.py {' '.join(sys.argv[1:])}`; "
+        f"{meta['date']}; NVT (Langevin) {args.equil_ps} ps then NVE {args.nve_ps} ps; drift = slope of a "
+        "least-squares line through E_tot/n versus time.\n\n"
+    )
+    tmp = md.with_name(f".{md.name}.tmp{os.getpid()}")
+    tmp.write_text(header + text)
+    os.replace(tmp, md)
+    print(f"saved {md}")
     print(f"\nsaved {out}")
 
 

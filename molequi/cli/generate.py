@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--relax-steps", type=int, default=200, help="maximum optimiser steps per molecule (200)")
     p.add_argument("--training-smiles", default=None, metavar="CSV",
                    help="CSV with a 'smiles' column (e.g. the QM9 training SMILES) for novelty")
+    p.add_argument("--training-geometries", default=None, metavar="FILE",
+                   help="training geometries (extxyz, or a tarball of xyz files) whose distance-bond SMILES are "
+                        "the novelty reference, as EDM computes it (used instead of --training-smiles)")
     p.add_argument("--seed", type=int, default=0, help="random seed of sizes and noise (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
@@ -58,6 +61,11 @@ def run(args) -> int:
     mols = model.sample(args.n, **kw)
     seconds = time.perf_counter() - t0
     train_smiles = load_training_smiles(args.training_smiles) if args.training_smiles else None
+    if args.training_geometries:
+        from molequi.models.generative.data import read_molecules
+        from molequi.models.generative.metrics import smiles_of_geometries
+
+        train_smiles = smiles_of_geometries(read_molecules(args.training_geometries))
     out = Path(args.out)
     write_sdf(mols, out)
     write_extxyz(mols, out.with_suffix(".xyz"))

@@ -95,3 +95,15 @@ def test_bad_input_named():
         bond_order_matrix(np.array([6, 1]), np.zeros((3, 3)))
     with pytest.raises(InputError):
         molecule_report([])
+
+
+def test_novelty_reference_from_geometries():
+    from molequi.models.generative.metrics import smiles_of_geometries
+
+    class A:
+        def __init__(self, z, p):
+            self.numbers, self.positions = z, p
+
+    z, pos = METHANE
+    ze, pe = ethylene()
+    assert smiles_of_geometries([A(z, pos), A(ze, pe)]) == {"C", "C=C"}

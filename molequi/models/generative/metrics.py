@@ -255,6 +255,18 @@ def load_training_smiles(path: str) -> set[str]:
         return canonical_smiles_set(row[col] for row in reader)
 
 
+def smiles_of_geometries(molecules: Iterable) -> set[str]:
+    """Training SMILES the way EDM builds its novelty reference: each training geometry (anything with
+    ``numbers`` and ``positions``, e.g. ``ase.Atoms``) through the same distance-bond pipeline."""
+    out = set()
+    for a in molecules:
+        z = np.asarray(a.numbers)
+        smiles, _ = validity(build_rdkit_molecule(z, np.asarray(a.positions)))
+        if smiles is not None:
+            out.add(smiles)
+    return out
+
+
 @dataclass
 class Molecule:
     """One generated molecule: numbers (n,), positions (n, 3) Å, optional predicted bonds (n, n) / charges (n,)."""
@@ -318,5 +330,5 @@ def format_report(report: dict) -> str:
 
 __all__ = ["BOND_LENGTHS_SINGLE", "BOND_LENGTHS_DOUBLE", "BOND_LENGTHS_TRIPLE", "MARGINS_PM", "VALENCES",
            "CHARGED_VALENCES", "bond_order", "bond_order_matrix", "atom_stability", "build_rdkit_molecule",
-           "sanitized_smiles", "validity", "canonical_smiles_set", "load_training_smiles", "Molecule",
+           "sanitized_smiles", "validity", "canonical_smiles_set", "load_training_smiles", "smiles_of_geometries", "Molecule",
            "molecule_report", "format_report"]

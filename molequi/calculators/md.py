@@ -452,13 +452,16 @@ def quickstart_md(
     loginterval: int = 10,
     friction: float = 0.01,
     progress: bool = True,
+    max_force: float | None = 50.0,
+    min_distance: float | None = 0.5,
 ) -> float:
     """NVT (Langevin) for ``nvt_ps`` then NVE for ``nve_ps``; returns the NVE drift in eV/atom/ps.
 
     ``model``: a molequi model, a list of models (committee), a ``MolequiCalculator`` or a checkpoint path.
     ``atoms`` is copied. Writes into ``out_dir``: ``md_nvt.extxyz``, ``md_nve.extxyz``, ``md_nvt.csv``,
     ``md_nve.csv``, ``md_energy.png`` (potential / kinetic / total energy versus time, NVE fit line) and
-    ``md_summary.json`` (drift, steps/s, temperatures). A blow-up raises ``SimulationBlowUp``.
+    ``md_summary.json`` (drift, steps/s, temperatures). A blow-up (NaN, a force above ``max_force`` eV/Å,
+    atoms closer than ``min_distance`` Å) raises ``SimulationBlowUp``; the files hold every step before it.
     """
     import json
 
@@ -490,6 +493,8 @@ def quickstart_md(
         loginterval=loginterval,
         seed=seed,
         progress=progress,
+        max_force=max_force,
+        min_distance=min_distance,
     )
     nve = run_md(
         atoms,
@@ -502,6 +507,8 @@ def quickstart_md(
         loginterval=loginterval,
         seed=seed,
         progress=progress,
+        max_force=max_force,
+        min_distance=min_distance,
     )
     drift = nve.drift_ev_per_atom_per_ps
     plot_energies(nvt, nve, out / "md_energy.png")

@@ -326,8 +326,9 @@ def run_md(
             "or several checkpoints on the command line)"
         )
     rng = np.random.default_rng(seed)
-    if not np.any(atoms.get_momenta()) and (init_temperature or temperature) > 0:
-        init_velocities(atoms, init_temperature if init_temperature is not None else temperature, rng)
+    t_init = temperature if init_temperature is None else init_temperature
+    if not np.any(atoms.get_momenta()) and t_init > 0:
+        init_velocities(atoms, t_init, rng)
     taut = 100 * timestep if taut is None else taut
     taup = 1000 * timestep if taup is None else taup
     dyn = make_integrator(

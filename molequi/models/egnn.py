@@ -10,8 +10,9 @@ For an edge j -> i (``edge_index = [sender j, receiver i]``) with d_ij = x_i - x
             s_ij = phi_x(m_ij), or coords_range tanh(phi_x(m_ij)) if tanh
             d~_ij = d_ij, or d_ij / (|d_ij| + norm_constant) if norm_diff (EDM)
 
-agg is a sum divided by ``normalization_factor`` or a (weighted) mean over neighbours; w_ij an optional edge weight
-(a cutoff envelope, or an edge mask for padded fully-connected graphs). h' is E(3)-invariant and x' is
+agg is a sum divided by ``normalization_factor`` or a (weighted) mean over
+neighbours; w_ij an optional edge weight (a cutoff envelope, or an edge mask for padded fully-connected
+graphs). h' is E(3)-invariant and x' is
 E(3)-equivariant: rotations, reflections and translations of x act on x' and leave h' unchanged.
 
 ``EGNN`` is the force field: atoms embedded by element, edges within r_max of a radius graph (periodic

@@ -2,18 +2,20 @@
 
 Per layer t, for atom i with element z_i and features h_i (n, dim, c):
 
-    A_i   = (1 / avg_num_neighbors) Linear( sum_j R(r_ji) . (Linear_up(h_j) (x) Y(r_ji)) )     atomic basis
-    B_i   = sum_{nu <= correlation} w_{z_i} . U^nu . A_i^{(x) nu}                               symmetric product
-    h_i'  = Linear(B_i) + Skip_{z_i}(h_i)                                                       residual update
-    y_i  += readout_t(scalars of h_i')     (linear for t < T, MLP on the last layer, which keeps only scalars)
+    A_i   = (1 / avg_num_neighbors) Linear( sum_j R(r_ji) . (Linear_up(h_j) (x) Y(r_ji)) )   atomic basis
+    B_i   = sum_{nu <= correlation} w_{z_i} . U^nu . A_i^{(x) nu}                           symmetric product
+    h_i'  = Linear(B_i) + Skip_{z_i}(h_i)                                                   residual update
+    y_i  += readout_t(scalars of h_i')    (linear for t < T; an MLP on the last layer, which keeps scalars)
 
 R is an MLP of the Bessel basis, times the polynomial cutoff envelope; Y are the spherical harmonics up to
 ``max_ell``. Per-atom energy E_i = E0[z_i] + scale * y_i + shift (``molequi.models.base``). Forces and stress
 come from ``molequi.response``. Layers: ``molequi.nn`` (radial, equivariant, symmetric_contraction, readout).
 
 Differences from mace-torch, none of which changes the function space: the symmetric contraction evaluates
-monomials of the atomic basis times one dense matrix per correlation order (``molequi.nn.symmetric_contraction``),
-and the convolution contracts the harmonics with the Clebsch-Gordan tensor per edge before touching channels.
+monomials of the atomic basis times one dense matrix per correlation order
+(``molequi.nn.symmetric_contraction``), and the convolution contracts the harmonics with the Clebsch-Gordan
+tensor per edge before touching channels. Every layer uses mace-torch's default residual interaction block;
+initialisation and normalisation constants follow e3nn's conventions, not mace-torch's bit for bit.
 """
 
 from __future__ import annotations

@@ -207,14 +207,14 @@ class EquivariantConvolution(nn.Module):
     For every path (l1 of the node features) x (l2 of the harmonics) -> l3 allowed by the selection and parity
     rules and present in ``irreps_out``:
 
-        m_i^{p}[u, m3] = sum_{j in N(i)} w_ji[p, u] sum_{m1, m2} C^{p}_{m1 m2 m3} x_j[l1 m1, u] Y_{l2 m2}(r_ji)
+        m_i^p[u, m3] = sum_{j in N(i)} w_ji[p, u] sum_{m1, m2} C^p_{m1 m2 m3} x_j[l1 m1, u] Y_{l2 m2}(r_ji)
         out_i[l3 m3, v] = sum_{p -> l3, u} m_i^{p}[u, m3] W_{l3}[(p, u), v] / sqrt(paths(l3) * c)
 
     The harmonics are first contracted with the Clebsch-Gordan tensor per edge, G_e = C . Y_e (no channel
     axis), so the per-channel work is one batched (dim_mid x dim_in) @ (dim_in x c) product per edge.
 
-    forward(x (n, irreps_in.dim, c), sh (E, (lmax+1)^2), weights (E, num_paths, c), sender (E,), receiver (E,))
-    -> (n, irreps_out.dim, c_out). The sum over neighbours is not normalised here.
+    forward(x (n, irreps_in.dim, c), sh (E, (lmax+1)^2), weights (E, num_paths, c), sender (E,),
+    receiver (E,)) -> (n, irreps_out.dim, c_out). The sum over neighbours is not normalised here.
     """
 
     def __init__(self, irreps_in: ChannelIrreps, sh_lmax: int, irreps_out: ChannelIrreps):
@@ -297,7 +297,7 @@ class EquivariantConvolution(nn.Module):
 
 
 def spherical_harmonics(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
-    """Real spherical harmonics of the unit vectors, e3nn basis, "component" norm: (E, 3) -> (E, (lmax+1)^2)."""
+    """Real spherical harmonics of the directions, e3nn basis, "component" norm: (E, 3) -> (E, (lmax+1)^2)."""
     return o3.spherical_harmonics(list(range(lmax + 1)), vectors, normalize=True, normalization="component")
 
 

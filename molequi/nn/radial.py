@@ -6,7 +6,7 @@ All lengths are in Å. Shapes: E = edges.
 - ``PolynomialCutoff``: f(r) = 1 - (p+1)(p+2)/2 u^p + p(p+2) u^(p+1) - p(p+1)/2 u^(p+2),  u = r / r_max,
                         f = 0 for r >= r_max; f and its first two derivatives vanish at r_max (DimeNet eq. 8)
 - ``RadialMLP``:        bias-free MLP with normalised SiLU, weights scaled by 1/sqrt(fan_in) in the forward
-                        (the e3nn ``FullyConnectedNet`` convention used by MACE for the tensor-product weights)
+                        (e3nn's ``FullyConnectedNet`` convention, used by MACE for the tensor-product weights)
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class PolynomialCutoff(nn.Module):
 
 
 def _normalised_silu_constant() -> float:
-    """c such that E[(c silu(z))^2] = 1 for z ~ N(0, 1) (e3nn ``normalize2mom``), by Gauss-Hermite quadrature."""
+    """c such that E[(c silu(z))^2] = 1 for z ~ N(0, 1) (e3nn ``normalize2mom``), by Gauss-Hermite."""
     import numpy as np
 
     z, w = np.polynomial.hermite_e.hermegauss(200)
@@ -72,7 +72,7 @@ SILU_NORM = _normalised_silu_constant()
 
 
 class RadialMLP(nn.Module):
-    """MLP ``sizes[0] -> ... -> sizes[-1]`` without biases, SiLU between layers, (E, sizes[0]) -> (E, sizes[-1]).
+    """Bias-free MLP ``sizes[0] -> ... -> sizes[-1]``, SiLU between layers: (E, sizes[0]) -> (E, sizes[-1]).
 
     Weights are N(0, 1) and each layer divides by sqrt(fan_in), so activations keep unit second moment
     (e3nn ``nn.FullyConnectedNet``). No activation after the last layer.

@@ -162,14 +162,14 @@ class SymmetricContraction(nn.Module):
         for nu in range(2, correlation + 1):
             flat_prev = {}  # position of a level-(nu-1) tuple in the concatenation of its blocks
             offset = 0
-            for b, parity_b in enumerate(self._groups.get(nu - 1, [0])):
+            for b in range(len(self._groups.get(nu - 1, [0]))):
                 members = [t for t, (bb, _) in position[nu - 1].items() if bb == b]
                 for t in members:
                     flat_prev[t] = offset + position[nu - 1][t][1]
                 offset += len(members)
             position[nu] = {}
             self._groups[nu] = []
-            for parity_b in (1, -1):
+            for parity_b in (1, -1):  # even block first
                 block = sorted(t for t in needed[nu] if parity(t) == parity_b)
                 if not block:
                     continue

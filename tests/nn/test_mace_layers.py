@@ -21,7 +21,14 @@ from molequi.nn.equivariant import (
 from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialMLP
 from molequi.nn.symmetric_contraction import SymmetricContraction, symmetric_basis
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Every tensor in these tests is float64 (exact checks); the default is restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def wigner(irreps: ChannelIrreps, rot: torch.Tensor) -> torch.Tensor:
@@ -90,7 +97,7 @@ def test_symmetric_basis_counts_and_symmetry(target, nu, count):
 
 
 def dense_reference(sc: SymmetricContraction, x: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
-    """B[n, M, c] = sum_nu sum_k w[k, z_n, c] U[k, M, a1..anu] x[n, a1, c] ... x[n, anu, c], from full tensors."""
+    """B[n, M, c] = sum_nu sum_k w[k, z_n, c] U[k, M, a1..] x[n, a1, c] ... x[n, anu, c] from full tensors."""
     blocks = []
     letters = "pqrst"
     for target, entries in zip(sc.irreps_out.irreps, sc._plan):

@@ -66,7 +66,8 @@ def _help(text: str, **kw) -> Any:
 class DataConfig:
     """Where the structures come from and how they are split into train / validation / test."""
 
-    name: str = _help("dataset name in molequi.data.datasets.DATASETS (xyz, db, traj, rmd17_npz, rmd17, qm9, ...)",
+    name: str = _help("dataset name in molequi.data.datasets.DATASETS "
+                      "(xyz, db, traj, rmd17_npz, rmd17, qm9, ...)",
                       default="xyz")
     dataset: dict[str, Any] = _help("further options of the dataset (path, root, energy_key, ...); "
                                     "written flat in YAML next to 'name'", default_factory=dict)
@@ -102,7 +103,8 @@ class OptimConfig:
                                   "lowers lr", default=50)
     min_lr: float = _help("lower bound of the learning rate (plateau and cosine)", default=0.0)
     cosine_steps: int | None = _help("length of the cosine schedule in optimiser steps (null: "
-                                     "trainer.max_steps, or max_epochs x steps per epoch, or the trainer.max_time wall-time budget)",
+                                     "trainer.max_steps, or max_epochs x steps per epoch, or the "
+                                     "trainer.max_time wall-time budget)",
                                      default=None)
     warmup_steps: int = _help("linear learning-rate warm-up over this many optimiser steps", default=0)
     ema_decay: float | None = _help("decay of the exponential moving average of the weights used for "
@@ -174,11 +176,13 @@ class Config:
             raw["data"] = raw.pop("dataset")
         _check_keys(raw, ["model", "data", "task", "optim", "trainer"], "")
         model = _section_with_name(raw.get("model"), "model", "mace", _model_config_class)
-        task = _section_with_name(raw.get("task"), "task", "energy_forces", lambda n: get_task_class(n).Config)
+        task = _section_with_name(raw.get("task"), "task", "energy_forces",
+                                  lambda n: get_task_class(n).Config)
         data = _data_from_dict(raw.get("data") or {})
         optim = from_dict(OptimConfig, raw.get("optim") or {}, "optim")
         trainer = from_dict(TrainerConfig, raw.get("trainer") or {}, "trainer")
-        return cls(model=ModelSection(*model), data=data, task=TaskSection(*task), optim=optim, trainer=trainer)
+        return cls(model=ModelSection(*model), data=data, task=TaskSection(*task), optim=optim,
+                   trainer=trainer)
 
     def to_dict(self) -> dict:
         """Plain dict (YAML / checkpoint safe) that ``from_dict`` maps back to an equal ``Config``."""
@@ -450,7 +454,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.exists():
-            raise ConfigError(f"config file {path} does not exist (write one with `molequi init-config mace`)")
+            raise ConfigError(f"config file {path} does not exist "
+                              "(write one with `molequi init-config mace`)")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

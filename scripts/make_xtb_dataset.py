@@ -77,7 +77,8 @@ def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0,
     Stationary(atoms)
     ZeroRotation(atoms)
     atoms.set_constraint(FixCom())  # no drift of the molecule (Langevin's own fixcm is deprecated)
-    dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng,
+    dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                   rng=rng,
                    fixcm=False)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=500.0, help="Langevin temperature, K (default 500)")
     p.add_argument("--timestep", type=float, default=0.5, help="MD time step, fs (default 0.5)")
     p.add_argument("--every", type=int, default=10, help="MD steps between written frames (default 10)")
-    p.add_argument("--equilibrate", type=int, default=100, help="MD steps before the first frame (default 100)")
+    p.add_argument("--equilibrate", type=int, default=100,
+                   help="MD steps before the first frame (default 100)")
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the embedding and of the MD (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,9 +10,11 @@ def register(subparsers) -> None:
         "eval", help="metrics, parity plot and per-structure errors of a checkpoint on labelled data",
         description="Evaluate a model checkpoint (model.pt or a training .ckpt) on labelled structures. "
                     "Prints energy and force MAE / RMSE (eV, eV/atom, eV/Å; component-wise force errors). "
-                    "With --out, also writes parity.png, errors.csv (one row per structure) and metrics.json.",
+                    "With --out, also writes parity.png, errors.csv (one row per structure) and "
+                    "metrics.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  molequi eval runs/ethanol/model.pt data/rmd17/rmd17_ethanol_test_01.npz --out eval_out")
+        epilog="example:\n  molequi eval runs/ethanol/model.pt data/rmd17/rmd17_ethanol_test_01.npz "
+               "--out eval_out")
     p.add_argument("checkpoint", help="model.pt or checkpoints/*.ckpt written by `molequi train`")
     p.add_argument("data", help="labelled structures: extended XYZ, ASE db / traj, or an rMD17 / MD17 .npz")
     p.add_argument("--json", action="store_true",
@@ -22,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--float64", action="store_true", help="evaluate in float64 (default: training precision)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw last weights instead of the EMA weights")
+    p.add_argument("--no-ema", action="store_true",
+                   help="use the raw last weights instead of the EMA weights")
     p.add_argument("--energy-key", help="key of the reference energy in the data file (default: energy, "
                                         "REF_energy, free_energy)")
     p.add_argument("--forces-key", help="key of the reference forces (default: forces, REF_forces)")

@@ -80,7 +80,8 @@ def run(args) -> int:
     train_file, test_file = data_dir / "rmd17_ethanol_train_01.npz", data_dir / "rmd17_ethanol_test_01.npz"
     for f in (train_file, test_file):
         if not f.exists():
-            raise DatasetError(f"{f} not found", hint="pass --data with the folder of the rMD17 ethanol npz files")
+            raise DatasetError(f"{f} not found",
+                               hint="pass --data with the folder of the rMD17 ethanol npz files")
 
     # 1. data: 950 train + 50 validation from the train file, 1000 test frames from the test file
     cfg = quickstart_config(str(run_dir), 60.0, float64=args.float64, seed=args.seed,
@@ -135,9 +136,11 @@ def run(args) -> int:
                  test["energy_mae_per_atom"] * 1e3, "forces_mae_meV_A": test["forces_mae"] * 1e3,
                  "forces_rmse_meV_A": test["forces_rmse"] * 1e3},
         "valid": result.metrics.get("valid", {}),
-        "units": {"energy_*": "eV", "*_per_atom": "eV/atom", "forces_*": "eV/Å", "*_meV*": "meV, meV/atom, meV/Å"},
+        "units": {"energy_*": "eV", "*_per_atom": "eV/atom", "forces_*": "eV/Å",
+                  "*_meV*": "meV, meV/atom, meV/Å"},
         "training": {"steps": result.global_step, "seconds": train_time,
-                     "structures_per_second": result.global_step * cfg.trainer.batch_size / max(train_time, 1e-9),
+                     "structures_per_second":
+                         result.global_step * cfg.trainer.batch_size / max(train_time, 1e-9),
                      "precision": cfg.trainer.precision},
         "model": {"name": cfg.model.name, **__import__("molequi.config", fromlist=["to_plain"]).to_plain(
             cfg.model.config)},
@@ -150,5 +153,6 @@ def run(args) -> int:
           f"force MAE {test['forces_mae'] * 1e3:.2f} meV/Å  [{result.global_step} steps, "
           f"{train_time / 60:.1f} min training]")
     print(f"test force MAE: {test['forces_mae'] * 1e3:.2f} meV/Å")
-    print(f"wrote {out / 'metrics.json'}, learning_curve.png, parity.png, test_errors.csv; model {result.model_path}")
+    print(f"wrote {out / 'metrics.json'}, learning_curve.png, parity.png, test_errors.csv; "
+          f"model {result.model_path}")
     return 0

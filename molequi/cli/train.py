@@ -9,16 +9,20 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model from a YAML config",
         description="Train a model as CONFIG.yaml says (write one with `molequi init-config mace`). "
-                    "The run directory (trainer.output) receives config.yaml, checkpoints/last.ckpt and best.ckpt, "
+                    "The run directory (trainer.output) receives config.yaml, checkpoints/last.ckpt and "
+                    "best.ckpt, "
                     "CSV and TensorBoard logs, metrics.json and model.pt (the model for inference).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  molequi train run.yaml\n  molequi train run.yaml optim.lr=1e-3 trainer.max_epochs=100\n"
+        epilog="examples:\n  molequi train run.yaml\n"
+               "  molequi train run.yaml optim.lr=1e-3 trainer.max_epochs=100\n"
                "  molequi train run.yaml --resume        # continue after an interruption")
     p.add_argument("config", help="YAML configuration file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="override config keys; values are read as YAML (trainer.devices=2, optim.ema_decay=null)")
+                   help="override config keys; values are read as YAML "
+                        "(trainer.devices=2, optim.ema_decay=null)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in trainer.output from checkpoints/last.ckpt (same step, optimiser, "
+                   help="continue the run in trainer.output from checkpoints/last.ckpt (same step, "
+                        "optimiser, "
                         "scheduler, EMA and RNG state)")
     p.set_defaults(func=run)
 

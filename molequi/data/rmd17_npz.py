@@ -1,4 +1,6 @@
-"""rMD17 npz files (``nuclear_charges``, ``coords`` Å, ``energies`` kcal/mol, ``forces`` kcal/mol/Å) as records.
+"""rMD17 npz files as records.
+
+Keys: ``nuclear_charges``, ``coords`` Å, ``energies`` kcal/mol, ``forces`` kcal/mol/Å.
 
 The conversion (kcal/mol -> eV and kcal/mol/Å -> eV/Å with ``molequi.units.KCAL_PER_MOL_TO_EV``) lives in
 one place, ``molequi.data.md17.load_md17_npz``; this module is the stable name the quickstart and the

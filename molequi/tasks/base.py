@@ -66,7 +66,8 @@ class RunningSums:
             self.counts[name] = self.counts[name] + count
         else:
             self.totals[name] = total.clone()
-            self.counts[name] = count.clone() if count.shape == total.shape else count.expand_as(total).clone()
+            same = count.shape == total.shape
+            self.counts[name] = count.clone() if same else count.expand_as(total).clone()
 
     def __contains__(self, name: str) -> bool:
         return name in self.totals

@@ -183,5 +183,6 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     return model
 
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write_bytes", "make_payload", "save_model", "read_checkpoint",
+__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write_bytes", "make_payload", "save_model",
+           "read_checkpoint",
            "build_model_from_payload", "load_model", "FORMAT", "VERSION"]

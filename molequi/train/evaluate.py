@@ -145,7 +145,8 @@ def parity_plot(pred: Predictions, path: str | Path, title: str = "") -> None:
         ax.scatter(x, y, s=6, alpha=0.6)
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_title(f"energy  MAE {m['energy_mae'] * 1e3:.2f} meV  ({m['energy_mae_per_atom'] * 1e3:.2f} meV/atom)")
+        ax.set_title(f"energy  MAE {m['energy_mae'] * 1e3:.2f} meV  "
+                     f"({m['energy_mae_per_atom'] * 1e3:.2f} meV/atom)")
     ax.set_xlabel("reference energy - mean (eV)")
     ax.set_ylabel("predicted energy - mean (eV)")
     ax = axes[1]

@@ -1,4 +1,4 @@
-"""The Lightning wiring around a ``Task``: optimisation, schedules, EMA, validation metrics, checkpoint payload.
+"""The Lightning wiring around a ``Task``: optimisation, schedules, EMA, validation metrics, checkpoints.
 
 ``TaskModule`` holds the task (which holds the model) and, when ``optim.ema_decay`` is set, an
 ``ExponentialMovingAverage`` whose shadows are buffers, so Lightning's checkpoints carry weights, EMA,
@@ -145,7 +145,8 @@ class TaskModule(L.LightningModule):
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": sched, "monitor": f"val/{self.task.monitor}",
                                      "interval": "step" if self.config.trainer.val_every_steps else "epoch",
-                                     "frequency": self.config.trainer.val_every_steps or self.config.trainer.val_every,
+                                     "frequency": (self.config.trainer.val_every_steps
+                                                   or self.config.trainer.val_every),
                                      "strict": False}}
         if o.scheduler == "cosine" and self._time_budget() is not None and not self._known_length():
             self._time_cosine = True  # annealed over the wall-time budget in on_train_batch_start
@@ -167,7 +168,8 @@ class TaskModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
-        lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on resume)."""
+        lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on
+        resume)."""
         if not getattr(self, "_time_cosine", False):
             return
         from lightning.pytorch.callbacks import Timer
@@ -219,7 +221,8 @@ class TaskModule(L.LightningModule):
 
 
 class _LRLambda:
-    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` over ``total`` steps (or flat)."""
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` over ``total`` steps (or
+    flat)."""
 
     def __init__(self, warmup: int, total: int | None, floor: float):
         self.warmup, self.total, self.floor = warmup, total, floor
@@ -247,7 +250,8 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
 

@@ -151,7 +151,8 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
                                every_n_train_steps=t.checkpoint_every or None, save_top_k=1, save_last=True,
                                save_on_train_epoch_end=None if t.checkpoint_every else not has_valid))
     if has_valid:
-        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_top_k=1,
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min",
+                                   save_top_k=1,
                                    auto_insert_metric_name=False, enable_version_counter=False))
         if t.patience is not None:
             cbs.append(EarlyStopping(monitor=monitor, patience=t.patience, mode="min", strict=False,
@@ -167,7 +168,8 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
         max_steps=t.max_steps, max_time=parse_max_time(t.max_time),
         gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm",
         check_val_every_n_epoch=None if t.val_every_steps else t.val_every,
-        val_check_interval=t.val_every_steps or None, log_every_n_steps=t.log_every, callbacks=cbs, logger=loggers,
+        val_check_interval=t.val_every_steps or None, log_every_n_steps=t.log_every, callbacks=cbs,
+        logger=loggers,
         inference_mode=False, num_sanity_val_steps=0, enable_progress_bar=t.progress_bar,
         enable_model_summary=enable_summary, plugins=[_checkpoint_io()], deterministic=False,
         limit_val_batches=1.0 if has_valid else 0, use_distributed_sampler=False,

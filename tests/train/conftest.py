@@ -24,7 +24,8 @@ def ethanol():
 
 
 def morse_structures(n=5, seed=0):
-    """``n`` random H4O2 clusters labelled by ASE's Morse potential (smooth, cheap, a pair model can fit it)."""
+    """``n`` random H4O2 clusters labelled by ASE's Morse potential (smooth and cheap: a small model fits
+    it)."""
     import numpy as np
     from ase import Atoms
     from ase.calculators.morse import MorsePotential

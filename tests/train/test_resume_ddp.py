@@ -79,8 +79,8 @@ def test_sigkill_then_resume_continues_the_run(tmp_path):
     with pytest.raises(ConfigError, match="--resume"):
         train(load_config(cfg))
     target = killed_step + 10
-    done = subprocess.run(CLI + ["train", str(cfg), f"trainer.max_steps={target}", "--resume"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(CLI + ["train", str(cfg), f"trainer.max_steps={target}", "--resume"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_checkpoint(tmp_path / "run" / "model.pt")["step"] == target
     resumed_steps = [r["step"] for r in read_run_metrics(tmp_path / "run") if "train/loss_step" in r]

@@ -4,13 +4,14 @@ Node features x_i are real spherical-harmonic coefficients up to ``lmax`` with C
 Edges j -> i carry u = r_ij / |r_ij| and the radial features rho_ij = [Bessel(r_ij), emb(z_i), emb(z_j)].
 
 Embedding
-    x_i^{l=0} = emb(z_i);   x_i += (1/avg_nb) sum_j D(R_ij) [MLP_l(rho_ij) f_cut(r_ij)]_{m=0}      (edge-degree embedding)
+    x_i^{l=0} = emb(z_i)
+    x_i += (1/avg_nb) sum_j D(R_ij) [MLP_l(rho_ij) f_cut(r_ij)]_{m=0}     (edge-degree embedding)
 Block (repeated ``num_layers`` times), all in pre-norm residual form
     attention:
-        m_ij  = SO2Conv_1( D(R_ij)^T [norm(x_j) || norm(x_i)] ; rad(rho_ij) )              (edge frame, m <= m_max)
-        a_ij^h = w_h . act(LayerNorm(Linear(m_ij^{l=0})))                                 (attention re-normalisation)
-        alpha_ij^h = f_cut(r_ij) exp(a_ij^h) / sum_k f_cut(r_ik) exp(a_ik^h)               (envelope-weighted softmax)
-        v_ij  = D(R_ij) SO2Conv_2( act_S2(m_ij) )                                         (heads x C_v channels)
+        m_ij  = SO2Conv_1( D(R_ij)^T [norm(x_j) || norm(x_i)] ; rad(rho_ij) )  (edge frame, m <= m_max)
+        a_ij^h = w_h . act(LayerNorm(Linear(m_ij^{l=0})))  (attention re-normalisation)
+        alpha_ij^h = f_cut(r_ij) exp(a_ij^h) / sum_k f_cut(r_ik) exp(a_ik^h)  (envelope-weighted softmax)
+        v_ij  = D(R_ij) SO2Conv_2( act_S2(m_ij) )  (heads x C_v channels)
         x_i  += Linear_l( sum_j alpha_ij^h v_ij^h )
     feed-forward:
         x_i  += Linear_l( act_S2( Linear_l( norm(x_i) ) ) )
@@ -24,11 +25,11 @@ Readout
   only up to the grid's aliasing error (as in EquiformerV2; ~1e-3 relative at the default resolution,
   falling with ``grid_resolution``). ``activation="gate"`` instead uses a scalar-gated SiLU, which is exactly
   equivariant (used by the float64 equivariance tests).
-* The envelope-weighted softmax keeps the energy smooth when a neighbour crosses the cutoff, which conservative
-  forces (and MD) need; a plain softmax jumps there.
-* Edge frames use ``molequi.so3.rotations.EdgeFrame``. Edge vectors are tilted once by a fixed generic rotation
-  P0 (the model is equivariant, so this changes nothing but moves the frames' polar singularity to an
-  irrational direction that lattice bonds do not hit); direct forces are rotated back by P0.
+* The envelope-weighted softmax keeps the energy smooth when a neighbour crosses the cutoff, which
+  conservative forces (and MD) need; a plain softmax jumps there.
+* Edge frames use ``molequi.so3.rotations.EdgeFrame``. Edge vectors are tilted once by a fixed generic
+  rotation P0 (the model is equivariant, so this changes nothing but moves the frames' polar singularity
+  to an irrational direction that lattice bonds do not hit); direct forces are rotated back by P0.
 
 Forces. ``direct_forces=False`` (default): forces and stress are -dE/dpos and the strain derivative from
 ``molequi.response`` (conservative). ``direct_forces=True`` adds the OC20-style force head (an attention block
@@ -79,7 +80,8 @@ class SO3Linear(nn.Module):
 class SeparableLayerNorm(nn.Module):
     """EquiformerV2's separable layer norm over (n, (L+1)^2, C).
 
-    l = 0: (x - mean_c x) / sqrt(var_c + eps) * g_0 + b;  l > 0: x / sqrt(mean_{l>0} mean_{m,c} x^2 + eps) * g_l.
+    l = 0: (x - mean_c x) / sqrt(var_c + eps) * g_0 + b
+    l > 0: x / sqrt(mean_{l>0} mean_{m,c} x^2 + eps) * g_l
     """
 
     def __init__(self, lmax: int, channels: int, eps: float = 1e-5):
@@ -132,14 +134,16 @@ class RadialMLP(nn.Module):
 
     def __init__(self, d_in: int, hidden: int, d_out: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, d_out)
+        )
 
     def forward(self, rho: torch.Tensor) -> torch.Tensor:
         return self.net(rho)
 
 
 class EdgeDegreeEmbedding(nn.Module):
-    """x_i += (1/avg_nb) sum_j D(R_ij) [MLP(rho_ij) f_cut]_{m=0}: initial l > 0 features from the neighbourhood."""
+    """x_i += (1/avg_nb) sum_j D(R_ij) [MLP(rho_ij) f_cut]_{m=0}: initial l > 0 features from neighbours."""
 
     def __init__(self, lmax: int, channels: int, d_rho: int, hidden: int, avg_num_neighbors: float):
         super().__init__()
@@ -158,11 +162,24 @@ class EdgeDegreeEmbedding(nn.Module):
 
 
 class EquivariantGraphAttention(nn.Module):
-    """EquiformerV2's SO(2) equivariant graph attention (see the module docstring). (n, K, C) -> (n, K, C_out)."""
+    """EquiformerV2's SO(2) equivariant graph attention (module docstring): (n, K, C) -> (n, K, C_out)."""
 
-    def __init__(self, lmax: int, mmax: int, channels: int, hidden: int, heads: int, attn_channels: int,
-                 value_channels: int, c_out: int, d_rho: int, radial_hidden: int, activation: str,
-                 grid_resolution: int | None, avg_num_neighbors: float):
+    def __init__(
+        self,
+        lmax: int,
+        mmax: int,
+        channels: int,
+        hidden: int,
+        heads: int,
+        attn_channels: int,
+        value_channels: int,
+        c_out: int,
+        d_rho: int,
+        radial_hidden: int,
+        activation: str,
+        grid_resolution: int | None,
+        avg_num_neighbors: float,
+    ):
         super().__init__()
         self.heads, self.value_channels, self.hidden = heads, value_channels, hidden
         self.so2_1 = SO2Linear(lmax, 2 * channels, lmax, hidden, mmax, radial=True)
@@ -211,9 +228,21 @@ class EquiformerV2Block(nn.Module):
         super().__init__()
         L, C = cfg.lmax, cfg.channels
         self.norm1 = SeparableLayerNorm(L, C)
-        self.attn = EquivariantGraphAttention(L, cfg.mmax, C, cfg.hidden_channels, cfg.num_heads, cfg.attn_channels,
-                                              cfg.value_channels, C, d_rho, cfg.radial_hidden, cfg.activation,
-                                              cfg.grid_resolution, avg)
+        self.attn = EquivariantGraphAttention(
+            L,
+            cfg.mmax,
+            C,
+            cfg.hidden_channels,
+            cfg.num_heads,
+            cfg.attn_channels,
+            cfg.value_channels,
+            C,
+            d_rho,
+            cfg.radial_hidden,
+            cfg.activation,
+            cfg.grid_resolution,
+            avg,
+        )
         self.norm2 = SeparableLayerNorm(L, C)
         self.ffn = FeedForward(L, C, cfg.ffn_channels, cfg.activation, cfg.grid_resolution)
 
@@ -254,7 +283,7 @@ class EquiformerV2(nn.Module):
         """Size of the element embeddings that enter the radial functions."""
         readout_hidden: int = 32
         activation: str = "s2"
-        """'s2' (EquiformerV2's separable S2 activation, equivariant up to grid aliasing) or 'gate' (exact)."""
+        """'s2' (EquiformerV2's separable S2 activation, equivariant up to grid aliasing) or 'gate'."""
         grid_resolution: int | None = None
         """S2 grid points per angle for 's2' (default 2 (lmax + 1))."""
         direct_forces: bool = False
@@ -271,8 +300,18 @@ class EquiformerV2(nn.Module):
                 raise ConfigError(f"EquiformerV2 mmax must be in 0..lmax={self.lmax}, got {self.mmax}")
             if self.activation not in ("s2", "gate"):
                 raise ConfigError(f"EquiformerV2 activation must be 's2' or 'gate', got '{self.activation}'")
-            if min(self.channels, self.num_layers, self.num_heads, self.hidden_channels, self.attn_channels,
-                   self.value_channels, self.ffn_channels) < 1:
+            if (
+                min(
+                    self.channels,
+                    self.num_layers,
+                    self.num_heads,
+                    self.hidden_channels,
+                    self.attn_channels,
+                    self.value_channels,
+                    self.ffn_channels,
+                )
+                < 1
+            ):
                 raise ConfigError("EquiformerV2 sizes (channels, layers, heads, ...) must be >= 1")
             if self.direct_forces and self.lmax < 1:
                 raise ConfigError("EquiformerV2 direct_forces needs lmax >= 1 (forces are the l = 1 output)")
@@ -284,7 +323,9 @@ class EquiformerV2(nn.Module):
         self.elements = [int(z) for z in statistics.elements]
         self.r_max = float(cfg.r_max)
         self.conservative = not cfg.direct_forces
-        avg = float(cfg.avg_num_neighbors if cfg.avg_num_neighbors is not None else statistics.avg_num_neighbors)
+        avg = float(
+            cfg.avg_num_neighbors if cfg.avg_num_neighbors is not None else statistics.avg_num_neighbors
+        )
         L, C = cfg.lmax, cfg.channels
         self.element_table = ElementTable(self.elements)
         n_el = len(self.elements)
@@ -297,12 +338,26 @@ class EquiformerV2(nn.Module):
         self.degree_embedding = EdgeDegreeEmbedding(L, C, d_rho, cfg.radial_hidden, avg)
         self.blocks = nn.ModuleList([EquiformerV2Block(cfg, d_rho, avg) for _ in range(cfg.num_layers)])
         self.norm = SeparableLayerNorm(L, C)
-        self.readout = nn.Sequential(nn.Linear(C, cfg.readout_hidden), nn.SiLU(), nn.Linear(cfg.readout_hidden, 1))
+        self.readout = nn.Sequential(
+            nn.Linear(C, cfg.readout_hidden), nn.SiLU(), nn.Linear(cfg.readout_hidden, 1)
+        )
         self.head = AtomicEnergyHead(statistics, self.elements)
         if cfg.direct_forces:
-            self.force_block = EquivariantGraphAttention(L, cfg.mmax, C, cfg.hidden_channels, cfg.num_heads,
-                                                         cfg.attn_channels, cfg.value_channels, 1, d_rho,
-                                                         cfg.radial_hidden, cfg.activation, cfg.grid_resolution, avg)
+            self.force_block = EquivariantGraphAttention(
+                L,
+                cfg.mmax,
+                C,
+                cfg.hidden_channels,
+                cfg.num_heads,
+                cfg.attn_channels,
+                cfg.value_channels,
+                1,
+                d_rho,
+                cfg.radial_hidden,
+                cfg.activation,
+                cfg.grid_resolution,
+                avg,
+            )
             self.register_buffer("force_scale", torch.tensor(float(statistics.force_rms)))
         self._p0 = tilt_matrix()
 
@@ -314,12 +369,14 @@ class EquiformerV2(nn.Module):
         return asdict(self.config)
 
     def _features(self, data, pos: torch.Tensor, cell: torch.Tensor):
-        """Run the trunk. Returns (element (n,), final features (n, K, C), edge context) in the tilted frame."""
+        """Run the trunk: (element (n,), features (n, K, C), edge context), in the tilted frame."""
         element = self.element_table(data[K.NUMBERS])
         ei = data[K.EDGE_INDEX]
         sender, receiver = ei[0], ei[1]
         vec = edge_vectors(pos, ei, data[K.UNIT_SHIFTS], cell, batch_vector(data))  # [E, 3] Å
-        vec = vec @ self._p0.to(device=vec.device, dtype=vec.dtype)  # tilt: rows P0^T r (see module docstring)
+        vec = vec @ self._p0.to(
+            device=vec.device, dtype=vec.dtype
+        )  # tilt: rows P0^T r (see module docstring)
         r = torch.linalg.vector_norm(vec, dim=-1)  # [E]
         envelope = self.cutoff(r)  # [E, 1]
         emb = self.edge_embedding(element).to(pos.dtype)
@@ -341,13 +398,22 @@ class EquiformerV2(nn.Module):
         y = self.readout(self.norm(x)[:, 0]).squeeze(-1)  # [n]
         return self.head(element, y)
 
-    def forward(self, data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self, data, compute_forces: bool = True, compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
         if self.conservative:
-            return energy_response(self.atomic_energies, data, compute_forces=compute_forces,
-                                   compute_stress=compute_stress, create_graph=self.training)
+            return energy_response(
+                self.atomic_energies,
+                data,
+                compute_forces=compute_forces,
+                compute_stress=compute_stress,
+                create_graph=self.training,
+            )
         if compute_stress:
-            raise ModelError("an EquiformerV2 with direct_forces=True has no stress (its forces are not the "
-                             "gradient of its energy); use direct_forces=False for stress")
+            raise ModelError(
+                "an EquiformerV2 with direct_forces=True has no stress (its forces are not the "
+                "gradient of its energy); use direct_forces=False for stress"
+            )
         pos = data[K.POS]
         cell = data[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
         element, x, (rho, envelope, frame, sender, receiver) = self._features(data, pos, cell)
@@ -355,9 +421,14 @@ class EquiformerV2(nn.Module):
         energies = self.head(element, self.readout(xn[:, 0]).squeeze(-1))
         batch = batch_vector(data)
         n_graphs = int(batch.max()) + 1 if batch.numel() else 1
-        out = {K.ENERGY: scatter(energies, batch, dim=0, dim_size=n_graphs, reduce="sum"), K.ENERGIES: energies}
+        out = {
+            K.ENERGY: scatter(energies, batch, dim=0, dim_size=n_graphs, reduce="sum"),
+            K.ENERGIES: energies,
+        }
         if compute_forces:
-            f = self.force_block(xn, rho, envelope, self.frame, frame, sender, receiver)[:, 1:4, 0]  # [n, 3] tilted
+            f = self.force_block(xn, rho, envelope, self.frame, frame, sender, receiver)[
+                :, 1:4, 0
+            ]  # [n, 3] tilted
             # e3nn's l = 1 coefficients are (x, y, z); undo the tilt: F = P0 F'
             out[K.FORCES] = self.force_scale.to(f.dtype) * f @ self._p0.to(device=f.device, dtype=f.dtype).T
         return out

@@ -86,7 +86,7 @@ class SafeEigh(torch.autograd.Function):
 
 
 def sign_frames(dim: int, proper_only: bool) -> torch.Tensor:
-    """Sign patterns s (F, dim) of the frames U diag(s); with ``proper_only`` the caller keeps det(U_s) = +1."""
+    """Sign patterns s (F, dim) of the frames U diag(s) (the caller keeps det(U_s) = +1 for proper ones)."""
     return torch.tensor(list(itertools.product([1.0, -1.0], repeat=dim)))
 
 
@@ -94,7 +94,7 @@ class EdgeMLPBackbone(nn.Module):
     """A small, deliberately NOT invariant message-passing backbone: MLPs on raw edge-vector components.
 
         h_i^0 = emb(z_i)
-        m_ij  = MLP([h_j, h_i, r_ij / r_max, Bessel(|r_ij|)]) f_cut(|r_ij|)          (r_ij = its x, y, z components)
+        m_ij  = MLP([h_j, h_i, r_ij / r_max, Bessel(|r_ij|)]) f_cut(|r_ij|)  (r_ij = its x, y, z components)
         h_i  <- h_i + MLP_t(h_i + (1/avg_nb) sum_j m_ij)
         y_i   = MLP_out(h_i)
 
@@ -118,15 +118,19 @@ class EdgeMLPBackbone(nn.Module):
         self.bessel = BesselBasis(cfg.r_max, cfg.num_bessel)
         self.cutoff = PolynomialCutoff(cfg.r_max, cfg.num_polynomial_cutoff)
         d_edge = 2 * C + 3 + cfg.num_bessel
-        self.message = nn.ModuleList([nn.Sequential(nn.Linear(d_edge, C), nn.SiLU(), nn.Linear(C, C))
-                                      for _ in range(cfg.num_layers)])
-        self.update = nn.ModuleList([nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
-                                     for _ in range(cfg.num_layers)])
+        self.message = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d_edge, C), nn.SiLU(), nn.Linear(C, C)) for _ in range(cfg.num_layers)]
+        )
+        self.update = nn.ModuleList(
+            [nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C)) for _ in range(cfg.num_layers)]
+        )
         self.out = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, 1))
         self.inv_avg = 1.0 / avg_num_neighbors
         self.r_max = cfg.r_max
 
-    def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(
+        self, data, pos: torch.Tensor, cell: torch.Tensor, element: torch.Tensor
+    ) -> torch.Tensor:
         ei = data[K.EDGE_INDEX]
         sender, receiver = ei[0], ei[1]
         vec = edge_vectors(pos, ei, data[K.UNIT_SHIFTS], cell, batch_vector(data))  # [E, 3] in the frame
@@ -170,15 +174,20 @@ class FrameAveraging(nn.Module):
         def validate(self) -> None:
             if self.r_max <= 0:
                 raise ConfigError(f"FrameAveraging r_max must be positive, got {self.r_max}")
-            for name, value, valid in (("mode", self.mode, ("3d", "2d")), ("frames", self.frames, ("all", "proper")),
-                                       ("frames_train", self.frames_train, ("random", "all")),
-                                       ("weighting", self.weighting, ("z", "uniform"))):
+            for name, value, valid in (
+                ("mode", self.mode, ("3d", "2d")),
+                ("frames", self.frames, ("all", "proper")),
+                ("frames_train", self.frames_train, ("random", "all")),
+                ("weighting", self.weighting, ("z", "uniform")),
+            ):
                 if value not in valid:
                     raise ConfigError(f"FrameAveraging {name} must be one of {valid}, got '{value}'")
             unknown = set(self.backbone) - set(EdgeMLPBackbone.Config.__dataclass_fields__)
             if unknown:
-                raise ConfigError(f"unknown backbone fields {sorted(unknown)}; valid: "
-                                  f"{sorted(EdgeMLPBackbone.Config.__dataclass_fields__)}")
+                raise ConfigError(
+                    f"unknown backbone fields {sorted(unknown)}; valid: "
+                    f"{sorted(EdgeMLPBackbone.Config.__dataclass_fields__)}"
+                )
 
     def __init__(self, cfg: FrameAveraging.Config, statistics: Statistics, backbone: nn.Module | None = None):
         super().__init__()
@@ -188,7 +197,9 @@ class FrameAveraging(nn.Module):
         self.r_max = float(cfg.r_max)
         self.conservative = True
         self.element_table = ElementTable(self.elements)
-        self.register_buffer("z_of_element", torch.tensor(self.elements, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "z_of_element", torch.tensor(self.elements, dtype=torch.float64), persistent=False
+        )
         self.external = backbone is not None
         if backbone is None:
             bcfg = EdgeMLPBackbone.Config(**{**cfg.backbone, "r_max": cfg.r_max})
@@ -225,17 +236,22 @@ class FrameAveraging(nn.Module):
             w = torch.ones_like(pos[:, 0])
         centre = scatter(pos, batch, dim=0, dim_size=n_graphs, reduce="mean")  # [B, 3]
         x = (pos - centre[batch])[:, :d]  # [n, d]
-        cov = scatter(w[:, None, None] * x[:, :, None] * x[:, None, :], batch, dim=0, dim_size=n_graphs,
-                      reduce="mean")  # [B, d, d]
+        cov = scatter(
+            w[:, None, None] * x[:, :, None] * x[:, None, :], batch, dim=0, dim_size=n_graphs, reduce="mean"
+        )  # [B, d, d]
         lam, U = SafeEigh.apply(cov, self.config.degeneracy_tol)
         with torch.no_grad():
             gaps = (lam[:, 1:] - lam[:, :-1]) / lam.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
             self.last_min_gap = float(gaps.min()) if gaps.numel() else float("inf")
         if self.last_min_gap < self.config.degeneracy_tol and not self._warned:
             self._warned = True
-            warnings.warn(f"FrameAveraging: near-degenerate PCA eigenvalues (relative gap {self.last_min_gap:.2g}); "
-                          "the frame is not unique and results are not exactly invariant for this structure "
-                          "(see molequi.models.frame_averaging)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"FrameAveraging: near-degenerate PCA eigenvalues (relative gap {self.last_min_gap:.2g}); "
+                "the frame is not unique and results are not exactly invariant for this structure "
+                "(see molequi.models.frame_averaging)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         frames = U[:, None] * self.signs.to(U.dtype)[None, :, None, :]  # [B, F, d, d], column k times s_k
         if d == 2:
             full = torch.zeros(*frames.shape[:2], 3, 3, dtype=U.dtype, device=U.device)
@@ -245,13 +261,16 @@ class FrameAveraging(nn.Module):
         return centre, frames
 
     def _select(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames used now: (B, F', 3, 3) -- all / proper ones, or one random frame per structure in training."""
+        """Frames used now (B, F', 3, 3): all / proper ones, or one random frame per structure in training."""
         det = torch.linalg.det(frames.detach())  # [B, F]
         if self.training and self.config.frames_train == "random":
             pick = []
             for b in range(frames.shape[0]):
-                allowed = (det[b] > 0).nonzero().flatten() if self.config.frames == "proper" else \
-                    torch.arange(frames.shape[1], device=frames.device)
+                allowed = (
+                    (det[b] > 0).nonzero().flatten()
+                    if self.config.frames == "proper"
+                    else torch.arange(frames.shape[1], device=frames.device)
+                )
                 pick.append(allowed[torch.randint(len(allowed), (1,), device=frames.device)])
             return frames[torch.arange(frames.shape[0], device=frames.device), torch.cat(pick)][:, None]
         if self.config.frames == "proper":
@@ -287,12 +306,25 @@ class FrameAveraging(nn.Module):
             return Data(**{K.NUMBERS: data[K.NUMBERS], K.EDGE_INDEX: ei, K.UNIT_SHIFTS: us, K.BATCH: batch})
         f = torch.arange(n_frames, device=ei.device)
         edge_index = (ei[:, None, :] + (f * n)[None, :, None]).reshape(2, -1)
-        return Data(**{K.NUMBERS: data[K.NUMBERS].repeat(n_frames), K.EDGE_INDEX: edge_index,
-                       K.UNIT_SHIFTS: us.repeat(n_frames, 1), K.BATCH: (batch[None] + (f * n_graphs)[:, None]).reshape(-1)})
+        return Data(
+            **{
+                K.NUMBERS: data[K.NUMBERS].repeat(n_frames),
+                K.EDGE_INDEX: edge_index,
+                K.UNIT_SHIFTS: us.repeat(n_frames, 1),
+                K.BATCH: (batch[None] + (f * n_graphs)[:, None]).reshape(-1),
+            }
+        )
 
-    def forward(self, data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
-        return energy_response(self.atomic_energies, data, compute_forces=compute_forces,
-                               compute_stress=compute_stress, create_graph=self.training)
+    def forward(
+        self, data, compute_forces: bool = True, compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return energy_response(
+            self.atomic_energies,
+            data,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
+            create_graph=self.training,
+        )
 
 
 __all__ = ["FrameAveraging", "EdgeMLPBackbone", "SafeEigh", "sign_frames"]

@@ -36,7 +36,9 @@ def _grid_matrices(lmax_to: int, lmax_from: int, res_beta: int, res_alpha: int):
     B, A = torch.meshgrid(betas, alphas, indexing="ij")
     xyz = o3.angles_to_xyz(A, B).reshape(-1, 3)  # [G, 3]
     lmax = max(lmax_to, lmax_from)
-    Y = o3.spherical_harmonics(list(range(lmax + 1)), xyz, normalize=True, normalization="component")  # [G, K]
+    Y = o3.spherical_harmonics(
+        list(range(lmax + 1)), xyz, normalize=True, normalization="component"
+    )  # [G, K]
     fr = o3.FromS2Grid((res_beta, res_alpha), 0, normalization="component").to(dt)
     q = fr(torch.eye(res_beta * res_alpha, dtype=dt).reshape(-1, res_beta, res_alpha))[:, 0]  # [G], ~ weights
     q = q / q.sum()
@@ -46,21 +48,28 @@ def _grid_matrices(lmax_to: int, lmax_from: int, res_beta: int, res_alpha: int):
 
 
 class S2Grid(nn.Module):
-    """Projection between coefficients up to ``lmax`` and a (res_beta x res_alpha) grid, as two fixed matrices.
+    """Projection between coefficients up to ``lmax`` and a (res_beta x res_alpha) grid (two fixed matrices).
 
     ``to_grid(x (..., K, C)) -> (..., G, C)``; ``from_grid(f (..., G, C)) -> (..., K_out, C)`` with
     K_out = (lmax_out + 1)^2 (``lmax_out`` defaults to ``lmax``).
     """
 
-    def __init__(self, lmax: int, res_beta: int | None = None, res_alpha: int | None = None,
-                 lmax_out: int | None = None):
+    def __init__(
+        self,
+        lmax: int,
+        res_beta: int | None = None,
+        res_alpha: int | None = None,
+        lmax_out: int | None = None,
+    ):
         super().__init__()
         lmax_out = lmax if lmax_out is None else lmax_out
         res_beta = res_beta or 2 * (lmax + 1)
         res_alpha = res_alpha or 2 * lmax + 2
         if res_beta % 2 or res_beta < 2 or res_alpha < max(lmax, lmax_out) + 1:
-            raise ConfigError(f"S2Grid(lmax={lmax}): res_beta must be even and res_alpha > lmax, "
-                              f"got {res_beta}, {res_alpha}")
+            raise ConfigError(
+                f"S2Grid(lmax={lmax}): res_beta must be even and res_alpha > lmax, "
+                f"got {res_beta}, {res_alpha}"
+            )
         self.lmax, self.lmax_out, self.res = lmax, lmax_out, (res_beta, res_alpha)
         to_mat, from_mat = _grid_matrices(lmax, lmax_out, res_beta, res_alpha)
         dtype = torch.get_default_dtype()
@@ -128,9 +137,10 @@ def gaunt_000(l1: int, l2: int, l3: int) -> float:
 
 
 def gaunt_path_weight(l1: int, l2: int, lo: int) -> float:
-    """The scalar c with (1/4pi) int Y^{l1}_{m1} Y^{l2}_{m2} Y^{lo}_{mo} dOmega = c * C[m1, m2, mo] / (2lo+1)...
+    """The CG path weight c that turns a Clebsch-Gordan path into the Gaunt product.
 
-    Precisely: the Gaunt product out^{lo}_{mo} = sum (1/4pi) int Y^{lo}_{mo} Y^{l1}_{m1} Y^{l2}_{m2} x_{m1} y_{m2}
+    The Gaunt product
+        out^{lo}_{mo} = sum (1/4pi) int Y^{lo}_{mo} Y^{l1}_{m1} Y^{l2}_{m2} x_{m1} y_{m2}
     (``GauntProduct`` with component normalisation) equals c * sum_{m1 m2} C_{m1 m2 mo} x_{m1} y_{m2} with
     C = ``o3.wigner_3j(l1, l2, lo)`` and c = gaunt_000 / C[l1, l2, lo] (centre entries), zero unless
     l1 + l2 + lo is even. This is the CG path weight that makes a CG product equal the Gaunt product.
@@ -145,7 +155,8 @@ class GauntProduct(nn.Module):
     """Channel-wise product of two spherical functions through a grid (Gaunt tensor product, Luo et al. 2024).
 
     forward(x (..., (L1+1)^2, C), y (..., (L2+1)^2, C)) -> (..., (Lo+1)^2, C):
-        out = from_grid(to_grid(x) * to_grid(y)),  i.e. out^{lo} = sum_{l1,l2} gaunt_path_weight * CG(x^{l1}, y^{l2})
+        out = from_grid(to_grid(x) * to_grid(y)),
+        i.e. out^{lo} = sum_{l1,l2} gaunt_path_weight * CG(x^{l1}, y^{l2})
     over the parity-allowed paths (l1 + l2 + lo even) only. The grid is exact (no aliasing).
     Cost per channel O((K1 + K2 + Ko) G) with G ~ (L1 + L2 + Lo)^2 points: O(L^4) with dense projections.
     """
@@ -161,4 +172,11 @@ class GauntProduct(nn.Module):
         return self.g1.from_grid(self.g1.to_grid(x) * self.g2.to_grid(y))
 
 
-__all__ = ["S2Grid", "S2Activation", "SeparableS2Activation", "GauntProduct", "gaunt_000", "gaunt_path_weight"]
+__all__ = [
+    "S2Grid",
+    "S2Activation",
+    "SeparableS2Activation",
+    "GauntProduct",
+    "gaunt_000",
+    "gaunt_path_weight",
+]

@@ -3,7 +3,7 @@
 Why it works. Let x be node features (real spherical-harmonic coefficients, e3nn basis, degrees 0..L) and
 u an edge direction. A full SO(3) tensor product with the edge's spherical harmonics,
 
-    out^{lo}_{w, mo} = sum_{l1, l2, u} pw_p w_p[u, w] sum_{m1, m2} C^{l1 l2 lo}_{m1 m2 mo} x^{l1}_{u, m1} Y^{l2}_{m2}(u),
+    out^lo_{w,mo} = sum_{l1,l2,u} pw_p w_p[u,w] sum_{m1,m2} C^{l1 l2 lo}_{m1 m2 mo} x^l1_{u,m1} Y^l2_{m2}(u)
 
 is equivariant, so it can be evaluated in the edge frame (rotate x by D(R_u)^T, rotate the result back by
 D(R_u)). There Y^{l2}(e_y) = s_{l2} delta_{m2, 0}, and the map x -> out commutes with rotations about the
@@ -53,13 +53,22 @@ class SO2Linear(nn.Module):
     n_m = L_in - m + 1, n_m' = L_out - m + 1. A bias is added to the l = 0 output only.
     """
 
-    def __init__(self, lmax_in: int, c_in: int, lmax_out: int, c_out: int, m_max: int | None = None,
-                 bias: bool = True, radial: bool = False):
+    def __init__(
+        self,
+        lmax_in: int,
+        c_in: int,
+        lmax_out: int,
+        c_out: int,
+        m_max: int | None = None,
+        bias: bool = True,
+        radial: bool = False,
+    ):
         super().__init__()
         m_max = min(lmax_in, lmax_out) if m_max is None else int(m_max)
         if not 0 <= m_max <= min(lmax_in, lmax_out):
-            raise ConfigError(f"SO2Linear: m_max={m_max} must lie in 0..min(lmax_in, lmax_out)="
-                              f"{min(lmax_in, lmax_out)}")
+            raise ConfigError(
+                f"SO2Linear: m_max={m_max} must lie in 0..min(lmax_in, lmax_out)={min(lmax_in, lmax_out)}"
+            )
         self.lmax_in, self.lmax_out, self.c_in, self.c_out, self.m_max = lmax_in, lmax_out, c_in, c_out, m_max
         self.w1 = nn.ParameterList()
         self.w2 = nn.ParameterList()
@@ -77,7 +86,7 @@ class SO2Linear(nn.Module):
         out_pos = {}
         k_out = 0
         for m in range(m_max + 1):
-            for sgn in ((1,) if m == 0 else (1, -1)):
+            for sgn in (1,) if m == 0 else (1, -1):
                 idx_in = m_indices(lmax_in, m, sgn)
                 gather_in += idx_in
                 self.sizes_in.append(len(idx_in))
@@ -86,9 +95,11 @@ class SO2Linear(nn.Module):
                     k_out += 1
         zero_slot = k_out  # components with |m| > m_max read an appended zero row
         self.register_buffer("gather_in", torch.tensor(gather_in, dtype=torch.long), persistent=False)
-        self.register_buffer("scatter_out", torch.tensor([out_pos.get(k, zero_slot)
-                                                          for k in range((lmax_out + 1) ** 2)], dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "scatter_out",
+            torch.tensor([out_pos.get(k, zero_slot) for k in range((lmax_out + 1) ** 2)], dtype=torch.long),
+            persistent=False,
+        )
 
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None) -> torch.Tensor:
         E = x.shape[0]
@@ -125,8 +136,17 @@ class SO2Convolution(nn.Module):
     spherical harmonics (see module docstring; ``tests/nn/test_so2.py`` checks it to round-off).
     """
 
-    def __init__(self, lmax_in: int, c_in: int, lmax_out: int, c_out: int, m_max: int | None = None,
-                 bias: bool = True, radial: bool = False, tilt: bool = True):
+    def __init__(
+        self,
+        lmax_in: int,
+        c_in: int,
+        lmax_out: int,
+        c_out: int,
+        m_max: int | None = None,
+        bias: bool = True,
+        radial: bool = False,
+        tilt: bool = True,
+    ):
         super().__init__()
         self.linear = SO2Linear(lmax_in, c_in, lmax_out, c_out, m_max, bias=bias, radial=radial)
         self.frame_in = EdgeFrame(list(range(lmax_in + 1)), tilt=tilt)
@@ -155,29 +175,37 @@ def edge_frame_path_coefficients(l1: int, l2: int, lo: int, m: int) -> tuple[flo
     return a, b
 
 
-def so2_weights_from_tensor_product(tp: o3.TensorProduct, weight: torch.Tensor, lmax_in: int, lmax_out: int,
-                                    m_max: int | None = None, sh_values: dict[int, float] | None = None,
-                                    ) -> dict[str, list[torch.Tensor]]:
+def so2_weights_from_tensor_product(
+    tp: o3.TensorProduct,
+    weight: torch.Tensor,
+    lmax_in: int,
+    lmax_out: int,
+    m_max: int | None = None,
+    sh_values: dict[int, float] | None = None,
+) -> dict[str, list[torch.Tensor]]:
     """Map the weights of an e3nn 'uvw' tensor product x (x) Y(u) to ``SO2Linear`` weights (W1_m, W2_m).
 
-    ``tp`` has irreps_in1 = C_in x (l = 0..L_in, one irrep per l, any parity), irreps_in2 = spherical harmonics
-    (one irrep per l2), irreps_out = C_out x (lo, parity) blocks; outputs of the same lo but different parity
-    are summed (an SO(2) map does not see parity). ``weight`` is ``tp``'s flat weight vector. ``sh_values[l2]``
-    is Y^{l2}_{m=0}(e_y) in the normalisation used for the spherical harmonics (default e3nn 'component',
-    sqrt(2 l2 + 1)). Returns {"w1": [W1_0 .. W1_mmax], "w2": [W2_1 .. W2_mmax]} with shapes as in ``SO2Linear``.
+    ``tp`` has irreps_in1 = C_in x (l = 0..L_in, one irrep per l, any parity), irreps_in2 = spherical
+    harmonics (one irrep per l2), irreps_out = C_out x (lo, parity) blocks; outputs of the same lo but
+    different parity are summed (an SO(2) map does not see parity). ``weight`` is ``tp``'s flat weight
+    vector. ``sh_values[l2]`` is Y^{l2}_{m=0}(e_y) in the normalisation of the spherical harmonics
+    (default e3nn 'component', sqrt(2 l2 + 1)). Returns {"w1": [W1_0 .. W1_mmax], "w2": [W2_1 .. W2_mmax]}
+    with shapes as in ``SO2Linear``.
     """
     m_max = min(lmax_in, lmax_out) if m_max is None else m_max
     ir1, ir2, iro = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
     c_in, c_out = ir1[0].mul, iro[0].mul
-    w1 = [torch.zeros(lmax_in - m + 1, c_in, lmax_out - m + 1, c_out, dtype=torch.float64)
-          for m in range(m_max + 1)]
+    w1 = [
+        torch.zeros(lmax_in - m + 1, c_in, lmax_out - m + 1, c_out, dtype=torch.float64)
+        for m in range(m_max + 1)
+    ]
     w2 = [torch.zeros_like(w1[m]) for m in range(m_max + 1)]
     offset = 0
     for ins in tp.instructions:
         if ins.connection_mode != "uvw":
             raise ConfigError("so2_weights_from_tensor_product maps 'uvw' tensor products only")
         n = math.prod(ins.path_shape)
-        w = weight[offset:offset + n].reshape(ins.path_shape).to(torch.float64)  # [C_in, 1, C_out]
+        w = weight[offset : offset + n].reshape(ins.path_shape).to(torch.float64)  # [C_in, 1, C_out]
         offset += n
         l1, l2, lo = ir1[ins.i_in1].ir.l, ir2[ins.i_in2].ir.l, iro[ins.i_out].ir.l
         s = math.sqrt(2 * l2 + 1) if sh_values is None else sh_values[l2]
@@ -189,5 +217,10 @@ def so2_weights_from_tensor_product(tp: o3.TensorProduct, weight: torch.Tensor, 
     return {"w1": [flat(t) for t in w1], "w2": [flat(t) for t in w2[1:]]}
 
 
-__all__ = ["SO2Linear", "SO2Convolution", "so2_weights_from_tensor_product", "edge_frame_path_coefficients",
-           "m_indices"]
+__all__ = [
+    "SO2Linear",
+    "SO2Convolution",
+    "so2_weights_from_tensor_product",
+    "edge_frame_path_coefficients",
+    "m_indices",
+]

@@ -3,7 +3,8 @@
 A message-passing convolution (MACE's ``InteractionBlock``) calls
 
     tp = build_conv_tensor_product(kind, irreps_node, irreps_sh, target_irreps)
-    msg = tp(node_feats[sender], edge_sh, weights)     # (E, irreps_in1.dim), (E, irreps_in2.dim), (E, tp.weight_numel)
+    # (E, irreps_in1.dim), (E, irreps_in2.dim), (E, tp.weight_numel)
+    msg = tp(node_feats[sender], edge_sh, weights)
                                                         # -> (E, tp.irreps_out.dim)
 
 and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irreps_out``. Kinds:
@@ -50,9 +51,10 @@ from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_ir
 KINDS = ("e3nn", "so2", "gaunt")
 
 
-def uvu_instructions(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, target_irreps: o3.Irreps,
-                     merge_paths: bool = False) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
-    """MACE's ``tp_out_irreps_with_instructions``: every (i1, i2) -> ir_out in ``target_irreps``, 'uvu', sorted.
+def uvu_instructions(
+    irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, target_irreps: o3.Irreps, merge_paths: bool = False
+) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
+    """MACE's ``tp_out_irreps_with_instructions``: all (i1, i2) -> ir_out in ``target_irreps``, 'uvu', sorted.
 
     With ``merge_paths`` the paths that end in the same irrep are summed into one output block
     (irreps_out = one block per (l, p), sorted), as MACE's own convolution and eSCN do before mixing channels.
@@ -60,12 +62,23 @@ def uvu_instructions(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, target_irreps
     target = o3.Irreps(target_irreps)
     if merge_paths:
         mul = irreps_in1[0].mul
-        found = sorted({ir_out for _, ir_in in irreps_in1 for _, ir_edge in irreps_in2
-                        for ir_out in ir_in * ir_edge if ir_out in target})
+        found = sorted(
+            {
+                ir_out
+                for _, ir_in in irreps_in1
+                for _, ir_edge in irreps_in2
+                for ir_out in ir_in * ir_edge
+                if ir_out in target
+            }
+        )
         irreps_out = o3.Irreps([(mul, ir) for ir in found])
-        instructions = [(i, j, found.index(ir_out), "uvu", True)
-                        for i, (_, ir_in) in enumerate(irreps_in1) for j, (_, ir_edge) in enumerate(irreps_in2)
-                        for ir_out in ir_in * ir_edge if ir_out in target]
+        instructions = [
+            (i, j, found.index(ir_out), "uvu", True)
+            for i, (_, ir_in) in enumerate(irreps_in1)
+            for j, (_, ir_edge) in enumerate(irreps_in2)
+            for ir_out in ir_in * ir_edge
+            if ir_out in target
+        ]
         return irreps_out, sorted(instructions, key=lambda x: x[2])
     out, instructions = [], []
     for i, (mul, ir_in) in enumerate(irreps_in1):
@@ -88,8 +101,9 @@ def _edge_direction(edge_sh: torch.Tensor, irreps_sh: o3.Irreps, edge_vectors: t
     for s, (_, ir) in zip(irreps_sh.slices(), irreps_sh):
         if ir.l == 1:
             return edge_sh[:, s]  # e3nn's l = 1 harmonics are proportional to (x, y, z)
-    raise ModelError("this tensor product needs the edge direction: give edge_sh with an l = 1 block or "
-                     "pass edge_vectors=")
+    raise ModelError(
+        "this tensor product needs the edge direction: give edge_sh with an l = 1 block or pass edge_vectors="
+    )
 
 
 class E3nnConvTP(nn.Module):
@@ -98,10 +112,17 @@ class E3nnConvTP(nn.Module):
     def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False):
         super().__init__()
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
-        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps,
-                                                              merge_paths)
-        self.tp = o3.TensorProduct(self.irreps_in1, self.irreps_in2, self.irreps_out, self.instructions,
-                                   shared_weights=False, internal_weights=False)
+        self.irreps_out, self.instructions = uvu_instructions(
+            self.irreps_in1, self.irreps_in2, target_irreps, merge_paths
+        )
+        self.tp = o3.TensorProduct(
+            self.irreps_in1,
+            self.irreps_in2,
+            self.irreps_out,
+            self.instructions,
+            shared_weights=False,
+            internal_weights=False,
+        )
         self.weight_numel = self.tp.weight_numel
 
     def forward(self, x, edge_sh, weights, edge_vectors=None):
@@ -109,9 +130,9 @@ class E3nnConvTP(nn.Module):
 
 
 class SO2ConvTP(nn.Module):
-    """The e3nn 'uvu' convolution evaluated in edge frames (same irreps_out and weight layout as ``E3nnConvTP``).
+    """The e3nn 'uvu' convolution evaluated in edge frames (irreps_out and weight layout of ``E3nnConvTP``).
 
-    Per edge: x' = D(R_u)^T x (stacked (E, K1, C)); s_{l2} = |edge_sh^{l2}| (= Y^{l2}_0(e_y) in the edge frame);
+    Per edge: x' = D(R_u)^T x (stacked (E, K1, C)); s_{l2} = |edge_sh^{l2}| (= Y^{l2}_0(e_y), edge frame);
     out'[o, +-m] = sum_paths w_p s_{l2} pw_p (a x'[i, +-m] -+ b x'[i, -+m]); out = D(R_u) out'.
     pw_p is e3nn's path normalisation ('component' irreps, 'element' paths: sqrt((2lo+1) / n_paths(lo))).
     """
@@ -121,11 +142,14 @@ class SO2ConvTP(nn.Module):
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
         muls = {mul for mul, _ in self.irreps_in1}
         if len(muls) != 1 or any(mul != 1 for mul, _ in self.irreps_in2):
-            raise ConfigError(f"the 'so2' tensor product needs one multiplicity in irreps_in1 (got "
-                              f"{self.irreps_in1}) and multiplicity 1 in irreps_in2 (got {self.irreps_in2})")
+            raise ConfigError(
+                f"the 'so2' tensor product needs one multiplicity in irreps_in1 (got "
+                f"{self.irreps_in1}) and multiplicity 1 in irreps_in2 (got {self.irreps_in2})"
+            )
         self.channels = muls.pop()
-        self.irreps_out, self.instructions = uvu_instructions(self.irreps_in1, self.irreps_in2, target_irreps,
-                                                              merge_paths)
+        self.irreps_out, self.instructions = uvu_instructions(
+            self.irreps_in1, self.irreps_in2, target_irreps, merge_paths
+        )
         self.weight_numel = len(self.instructions) * self.channels
         ls_in = [ir.l for _, ir in self.irreps_in1]
         ls_out = [ir.l for _, ir in self.irreps_out]
@@ -156,15 +180,19 @@ class SO2ConvTP(nn.Module):
         self.register_buffer("in_idx", torch.tensor(in_idx, dtype=torch.long), persistent=False)
         self.register_buffer("path_idx", torch.tensor(path, dtype=torch.long), persistent=False)
         self._coef64 = torch.tensor(coef, dtype=torch.float64)
-        self.register_buffer("sh_of_path", torch.tensor([ins[1] for ins in self.instructions], dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "sh_of_path",
+            torch.tensor([ins[1] for ins in self.instructions], dtype=torch.long),
+            persistent=False,
+        )
         self.sh_slices = [s for s in self.irreps_in2.slices()]
 
     def forward(self, x, edge_sh, weights, edge_vectors=None):
         E, C = x.shape[0], self.channels
         vec = _edge_direction(edge_sh, self.irreps_in2, edge_vectors)
-        frame = (self.frame_in if self.frame_in.layout.lmax >= self.frame_out.layout.lmax
-                 else self.frame_out).angles(vec)
+        frame = (
+            self.frame_in if self.frame_in.layout.lmax >= self.frame_out.layout.lmax else self.frame_out
+        ).angles(vec)
         xr = self.frame_in.to_edge(irreps_blocks_to_stack(x, self.irreps_in1), frame)  # [E, K1, C]
         s = torch.stack([edge_sh[:, sl].norm(dim=-1) for sl in self.sh_slices], dim=-1)  # [E, n_sh]
         w = weights.reshape(E, -1, C) * s[:, self.sh_of_path].unsqueeze(-1)  # [E, P, C]
@@ -178,7 +206,7 @@ class GauntConvTP(nn.Module):
     """Gaunt product of node functions with a radially weighted edge filter, on an exact S2 grid.
 
     out_u = from_grid( to_grid(x_u) * sum_{l2} w[l2, u] to_grid(Y^{l2}(u)) ), for every channel u.
-    irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) present in ``target_irreps``.
+    irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) in ``target_irreps``.
     """
 
     def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True):
@@ -189,15 +217,19 @@ class GauntConvTP(nn.Module):
         ls1 = [ir.l for _, ir in self.irreps_in1]
         ls2 = [ir.l for _, ir in self.irreps_in2]
         if len(muls) != 1 or not natural or ls1 != list(range(len(ls1))) or ls2 != list(range(len(ls2))):
-            raise ConfigError("the 'gaunt' tensor product needs irreps_in1 = C x (0e + 1o + ... + Lp) with one "
-                              f"multiplicity and natural parity, and irreps_in2 = 0e + 1o + ...; got "
-                              f"{self.irreps_in1} and {self.irreps_in2}")
+            raise ConfigError(
+                "the 'gaunt' tensor product needs irreps_in1 = C x (0e + 1o + ... + Lp) with one "
+                f"multiplicity and natural parity, and irreps_in2 = 0e + 1o + ...; got "
+                f"{self.irreps_in1} and {self.irreps_in2}"
+            )
         self.channels = muls.pop()
         L1, L2 = max(ls1), max(ls2)
         target = o3.Irreps(target_irreps)
         lo = [l for l in range(L1 + L2 + 1) if o3.Irrep(l, (-1) ** l) in target]
         if lo != list(range(len(lo))) or not lo:
-            raise ConfigError(f"'gaunt' needs target irreps 0e + 1o + ... (consecutive natural parity), got {target}")
+            raise ConfigError(
+                f"'gaunt' needs target irreps 0e + 1o + ... (consecutive natural parity), got {target}"
+            )
         Lo = max(lo)
         self.irreps_out = o3.Irreps([(self.channels, (l, (-1) ** l)) for l in lo])
         self.weight_numel = len(ls2) * self.channels
@@ -205,7 +237,9 @@ class GauntConvTP(nn.Module):
         self.grid_x = S2Grid(L1, rb, ra, lmax_out=Lo)
         self.grid_y = S2Grid(L2, rb, ra, lmax_out=Lo)
         self.L2 = L2
-        self.register_buffer("sh_degree", torch.tensor([l for l in ls2 for _ in range(2 * l + 1)]), persistent=False)
+        self.register_buffer(
+            "sh_degree", torch.tensor([l for l in ls2 for _ in range(2 * l + 1)]), persistent=False
+        )
 
     def forward(self, x, edge_sh, weights, edge_vectors=None):
         E, C = x.shape[0], self.channels
@@ -216,8 +250,9 @@ class GauntConvTP(nn.Module):
         return stack_to_irreps_blocks(out, self.irreps_out)
 
 
-def build_conv_tensor_product(kind: str, irreps_in1, irreps_in2, target_irreps,
-                              merge_paths: bool = False) -> nn.Module:
+def build_conv_tensor_product(
+    kind: str, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False
+) -> nn.Module:
     """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract).
 
     ``merge_paths=True`` sums the paths that end in the same irrep (one output block per (l, p)); the

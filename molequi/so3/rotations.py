@@ -107,9 +107,13 @@ class EdgeFrame(nn.Module):
         super().__init__()
         self.layout = BlockLayout(ls)
         self.tilt = bool(tilt)
-        Q = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)  # R_z(-pi/2)
-        assert torch.allclose(Q @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
-                              torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+        Q = torch.tensor(
+            [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+        )  # R_z(-pi/2)
+        assert torch.allclose(
+            Q @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
+            torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),
+        )
         lmax = self.layout.lmax
         # fixed matrices are kept in float64 (not as buffers, so ``module.to(float32).to(float64)`` cannot
         # round them) and cast once per (device, dtype) on first use
@@ -139,9 +143,9 @@ class EdgeFrame(nn.Module):
             self._cache[key] = t
         return t
 
-    # -- per-edge tables --------------------------------------------------------------------------------------
+    # -- per-edge tables ---------------------------------------------------------------------------------
     def angles(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-edge tables from edge vectors (E, 3) (any length > 0): cos/sin(m alpha), cos/sin(m beta), (E, L+1)."""
+        """Per-edge tables from edge vectors (E, 3): cos/sin(m alpha), cos/sin(m beta), each (E, L+1)."""
         u = vec / vec.norm(dim=-1, keepdim=True)
         if self.tilt:
             u = u @ self._fixed("p0", u)  # rows: (P0^T u)^T
@@ -155,8 +159,10 @@ class EdgeFrame(nn.Module):
         cos_b, sin_b = cos_sin_multiples(cb, sb, L)
         return {"cos_a": cos_a, "sin_a": sin_a, "cos_b": cos_b, "sin_b": sin_b}
 
-    # -- elementary passes ------------------------------------------------------------------------------------
-    def _rot_y(self, x: torch.Tensor, cos_m: torch.Tensor, sin_m: torch.Tensor, inverse: bool) -> torch.Tensor:
+    # -- elementary passes -------------------------------------------------------------------------------
+    def _rot_y(
+        self, x: torch.Tensor, cos_m: torch.Tensor, sin_m: torch.Tensor, inverse: bool
+    ) -> torch.Tensor:
         """x (E, K, C) -> Dy(theta) x (or Dy(-theta) x), theta per edge given by cos/sin(m theta) (E, L+1)."""
         c = cos_m[:, self.abs_m].unsqueeze(-1)  # [E, K, 1]
         s = (sin_m[:, self.abs_m] * self._fixed("sign", sin_m)).unsqueeze(-1)  # [E, K, 1]
@@ -173,7 +179,7 @@ class EdgeFrame(nn.Module):
         for l, idx, k0 in self._groups:
             if l == 0:
                 if idx is None:
-                    out[:, k0:k0 + 1] = x[:, k0:k0 + 1]
+                    out[:, k0 : k0 + 1] = x[:, k0 : k0 + 1]
                 else:
                     out[:, idx] = x[:, idx]
                 continue
@@ -181,7 +187,7 @@ class EdgeFrame(nn.Module):
             if transpose:
                 d = d.T
             if idx is None:  # a single block of this degree: a slice
-                out[:, k0:k0 + 2 * l + 1] = torch.matmul(d, x[:, k0:k0 + 2 * l + 1])  # [E, 2l+1, C]
+                out[:, k0 : k0 + 2 * l + 1] = torch.matmul(d, x[:, k0 : k0 + 2 * l + 1])  # [E, 2l+1, C]
             else:
                 xb = x[:, idx]  # [E, nb, 2l+1, C]
                 out[:, idx] = torch.matmul(d, xb)
@@ -225,13 +231,15 @@ class EdgeFrame(nn.Module):
 
 
 def irreps_blocks_to_stack(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
-    """e3nn layout (..., irreps.dim) with a common multiplicity C -> stack (..., K, C), K = sum_i (2 l_i + 1)."""
+    """e3nn layout (..., irreps.dim), one multiplicity C -> stack (..., K, C), K = sum_i (2 l_i + 1)."""
     muls = {mul for mul, _ in irreps}
     if len(muls) != 1:
         raise ValueError(f"irreps {irreps} must have one common multiplicity to be stacked")
     (C,) = muls
-    parts = [x[..., s].reshape(*x.shape[:-1], C, ir.dim).transpose(-1, -2)
-             for s, (_, ir) in zip(irreps.slices(), irreps)]
+    parts = [
+        x[..., s].reshape(*x.shape[:-1], C, ir.dim).transpose(-1, -2)
+        for s, (_, ir) in zip(irreps.slices(), irreps)
+    ]
     return torch.cat(parts, dim=-2)
 
 
@@ -239,7 +247,7 @@ def stack_to_irreps_blocks(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
     """Inverse of ``irreps_blocks_to_stack``: (..., K, C) -> (..., irreps.dim)."""
     parts, k = [], 0
     for _, ir in irreps:
-        blk = x[..., k:k + ir.dim, :].transpose(-1, -2)
+        blk = x[..., k : k + ir.dim, :].transpose(-1, -2)
         parts.append(blk.reshape(*x.shape[:-2], -1))
         k += ir.dim
     return torch.cat(parts, dim=-1)
@@ -255,5 +263,13 @@ def haar_rotation(generator: torch.Generator | None = None, dtype=torch.float64)
     return Qm.to(dtype)
 
 
-__all__ = ["EdgeFrame", "BlockLayout", "cos_sin_multiples", "wigner_D_fixed", "tilt_matrix",
-           "irreps_blocks_to_stack", "stack_to_irreps_blocks", "haar_rotation"]
+__all__ = [
+    "EdgeFrame",
+    "BlockLayout",
+    "cos_sin_multiples",
+    "wigner_D_fixed",
+    "tilt_matrix",
+    "irreps_blocks_to_stack",
+    "stack_to_irreps_blocks",
+    "haar_rotation",
+]

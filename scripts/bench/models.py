@@ -1,4 +1,4 @@
-"""One table for MACE, EquiformerV2-style, frame averaging and EGNN on rMD17 ethanol and an OC20-style slab set.
+"""One table for MACE, EquiformerV2-style, frame averaging and EGNN on rMD17 ethanol and OC20-style slabs.
 
 For each (dataset, model): parameters, training steps and wall time within a fixed wall-time budget, test
 energy MAE (meV per structure) and force MAE (meV/Å), inference time (ms per structure, energy + forces,
@@ -51,8 +51,13 @@ def rmd17_ethanol(n_train: int, n_test: int):
         z = d["nuclear_charges"]
         out = []
         for i in range(min(n, len(d["energies"]))):
-            out.append((Atoms(numbers=z, positions=d["coords"][i]), float(d["energies"][i]) * KCAL_PER_MOL_TO_EV,
-                        d["forces"][i] * KCAL_PER_MOL_TO_EV))
+            out.append(
+                (
+                    Atoms(numbers=z, positions=d["coords"][i]),
+                    float(d["energies"][i]) * KCAL_PER_MOL_TO_EV,
+                    d["forces"][i] * KCAL_PER_MOL_TO_EV,
+                )
+            )
         return out
 
     return load("train", n_train), load("test", n_test)
@@ -67,8 +72,14 @@ def slabs(n_train: int, n_test: int):
         txt = path.with_suffix(".txt")
         systems = [line.split(",")[0] for line in txt.read_text().split()] if txt.exists() else None
         for i, a in enumerate(read(path, ":")):
-            frames.append((a, float(a.get_potential_energy()), a.get_forces().copy(),
-                           systems[i] if systems else str(i // 9)))
+            frames.append(
+                (
+                    a,
+                    float(a.get_potential_energy()),
+                    a.get_forces().copy(),
+                    systems[i] if systems else str(i // 9),
+                )
+            )
         source = str(path.relative_to(ROOT))
     else:  # small EMT set built here
         from ase.build import add_adsorbate, fcc111
@@ -78,7 +89,7 @@ def slabs(n_train: int, n_test: int):
         for s, (metal, ads) in enumerate([(m, a) for m in ("Cu", "Pt", "Au") for a in ("O", "H", "C")]):
             base = fcc111(metal, size=(2, 2, 3), vacuum=6.0)
             add_adsorbate(base, ads, 1.6, "fcc")
-            for k in range(12):
+            for _ in range(12):
                 a = base.copy()
                 a.positions += 0.08 * rng.normal(size=a.positions.shape)
                 a.calc = EMT()
@@ -93,19 +104,44 @@ def slabs(n_train: int, n_test: int):
 
 def to_records(items, cutoff):
     graph = RadiusGraph(cutoff)
-    return [graph(atoms_to_data(a, energy=e, forces=f, dtype=torch.float32, validate=False)) for a, e, f in items]
+    return [
+        graph(atoms_to_data(a, energy=e, forces=f, dtype=torch.float32, validate=False)) for a, e, f in items
+    ]
 
 
 def model_configs(dataset: str, r_max: float) -> dict:
     slab = dataset == "slabs"
     return {
-        "mace": {"r_max": r_max, "hidden_irreps": "32x0e+32x1o", "max_ell": 2, "correlation": 2,
-                 "num_interactions": 2, "radial_MLP": [32, 32]},
-        "equiformer_v2": {"r_max": r_max, "lmax": 2, "mmax": 2, "channels": 16, "num_layers": 2, "num_heads": 2,
-                          "hidden_channels": 16, "attn_channels": 8, "value_channels": 8, "ffn_channels": 16,
-                          "radial_hidden": 16, "element_channels": 8, "readout_hidden": 16},
-        "frame_averaging": {"r_max": r_max, "mode": "2d" if slab else "3d", "frames": "all",
-                            "frames_train": "random", "backbone": {"channels": 64, "num_layers": 3}},
+        "mace": {
+            "r_max": r_max,
+            "hidden_irreps": "32x0e+32x1o",
+            "max_ell": 2,
+            "correlation": 2,
+            "num_interactions": 2,
+            "radial_MLP": [32, 32],
+        },
+        "equiformer_v2": {
+            "r_max": r_max,
+            "lmax": 2,
+            "mmax": 2,
+            "channels": 16,
+            "num_layers": 2,
+            "num_heads": 2,
+            "hidden_channels": 16,
+            "attn_channels": 8,
+            "value_channels": 8,
+            "ffn_channels": 16,
+            "radial_hidden": 16,
+            "element_channels": 8,
+            "readout_hidden": 16,
+        },
+        "frame_averaging": {
+            "r_max": r_max,
+            "mode": "2d" if slab else "3d",
+            "frames": "all",
+            "frames_train": "random",
+            "backbone": {"channels": 64, "num_layers": 3},
+        },
         "egnn": {"r_max": r_max, "hidden_channels": 64, "num_layers": 4},
     }
 
@@ -129,8 +165,9 @@ def run_one(name, cfg, train, test, stats, budget, force_weight, seed=0):
         for batch in loader:
             out = model(batch, compute_forces=True)
             n_atoms = torch.bincount(batch.batch).to(out[K.ENERGY].dtype)
-            loss = (((out[K.ENERGY] - batch[K.ENERGY].view(-1)) / n_atoms) ** 2).mean() \
-                + force_weight * ((out[K.FORCES] - batch[K.FORCES]) ** 2).mean()
+            loss = (((out[K.ENERGY] - batch[K.ENERGY].view(-1)) / n_atoms) ** 2).mean() + force_weight * (
+                (out[K.FORCES] - batch[K.FORCES]) ** 2
+            ).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,10 +188,16 @@ def run_one(name, cfg, train, test, stats, budget, force_weight, seed=0):
         t = time.perf_counter()
         model(infer_batch, compute_forces=True)
         best = min(best, time.perf_counter() - t)
-    return {"model": name, "params": n_params, "steps": steps, "train_s": train_s,
-            "E_MAE_meV": float(torch.cat(e_err).mean()) * 1000, "F_MAE_meV/A": float(torch.cat(f_err).mean()) * 1000,
-            "infer_ms_per_struct": best / infer_batch.num_graphs * 1000,
-            "conservative": bool(getattr(model, "conservative", True))}
+    return {
+        "model": name,
+        "params": n_params,
+        "steps": steps,
+        "train_s": train_s,
+        "E_MAE_meV": float(torch.cat(e_err).mean()) * 1000,
+        "F_MAE_meV/A": float(torch.cat(f_err).mean()) * 1000,
+        "infer_ms_per_struct": best / infer_batch.num_graphs * 1000,
+        "conservative": bool(getattr(model, "conservative", True)),
+    }
 
 
 def main(argv=None):
@@ -162,8 +205,12 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=60.0, help="training wall time per model and dataset, s")
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: OpenMP threads on an oversubscribed machine slow training ~50x")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="1 by default: OpenMP threads on an oversubscribed machine slow training ~50x",
+    )
     ap.add_argument("--force-weight", type=float, default=10.0)
     ap.add_argument("--r-max", type=float, default=5.0)
     ap.add_argument("--models", default="mace,equiformer_v2,frame_averaging,egnn")
@@ -181,16 +228,37 @@ def main(argv=None):
         stats = compute_statistics(train)
         cfgs = model_configs(dataset, args.r_max)
         for name in args.models.split(","):
-            row = {"dataset": dataset, "n_train": len(train), "n_test": len(test),
-                   **run_one(name, cfgs[name], train, test, stats, args.budget, args.force_weight)}
+            row = {
+                "dataset": dataset,
+                "n_train": len(train),
+                "n_test": len(test),
+                **run_one(name, cfgs[name], train, test, stats, args.budget, args.force_weight),
+            }
             rows.append(row)
-            print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
-    cols = ["dataset", "model", "params", "steps", "train_s", "E_MAE_meV", "F_MAE_meV/A", "infer_ms_per_struct"]
+            print(
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                flush=True,
+            )
+    cols = [
+        "dataset",
+        "model",
+        "params",
+        "steps",
+        "train_s",
+        "E_MAE_meV",
+        "F_MAE_meV/A",
+        "infer_ms_per_struct",
+    ]
     print_table(rows, cols)
-    save("models", {"args": vars(args), "sources": sources, "configs": {d: model_configs(d, args.r_max)
-                                                                         for d in args.datasets.split(",")},
-                    "rows": rows})
+    save(
+        "models",
+        {
+            "args": vars(args),
+            "sources": sources,
+            "configs": {d: model_configs(d, args.r_max) for d in args.datasets.split(",")},
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 Setting (as in docs/targets.md): 16 channels per l, node features 16 x (0e + 1o + ... + L), edge spherical
 harmonics up to L ('component'), outputs up to L (natural parity, MACE's target), per-edge weights.
 
-Columns (microseconds per edge, forward, best of repeats (the machine is shared); memory = bytes per edge saved for backward):
+Columns (microseconds per edge, forward, best of repeats as the machine is shared; memory = bytes per edge
+saved for backward):
   e3nn          ``o3.TensorProduct`` uvu, one output block per path (MACE's layout)     O(L^6 C)
   so2_uvu       the same function in edge frames (``kind="so2"``)                      O(L^5 C) (rotating back
                 one output block per path dominates)
   e3nn_merged   uvu with the paths into the same irrep summed (one block per l; what
                 molequi's MACE convolution and eSCN produce)                           O(L^6 C)
-  so2_merged    the same function in edge frames                                       O(L^4 C) (per-path weights)
+  so2_merged  the same function in edge frames  O(L^4 C) (per-path weights)
   gaunt         S2-grid Gaunt product with radial filter (``kind="gaunt"``)            O(L^4 C) (dense grids)
   e3nn_uvw      e3nn ``FullyConnectedTensorProduct`` x (x) Y(u), channel mixing, shared weights: the
                 function eSCN's layer equals (with Y up to 2L; here only up to L, favouring e3nn)  O(L^6 C^2)
@@ -80,11 +81,17 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
     x = torch.randn(E, ir_in.dim, generator=g, dtype=dt).to(device).requires_grad_(True)
     row = {"lmax": L, "edges": E}
     variants = {  # name -> (kind, merge_paths)
-        "e3nn": ("e3nn", False), "so2_uvu": ("so2", False),
-        "e3nn_merged": ("e3nn", True), "so2_merged": ("so2", True), "gaunt": ("gaunt", True)}
+        "e3nn": ("e3nn", False),
+        "so2_uvu": ("so2", False),
+        "e3nn_merged": ("e3nn", True),
+        "so2_merged": ("so2", True),
+        "gaunt": ("gaunt", True),
+    }
     tps, weights = {}, {}
     for name, (kind, merge) in variants.items():
-        tp = build_conv_tensor_product(kind, ir_in, ir_sh, target, merge_paths=merge).to(device=device, dtype=dt)
+        tp = build_conv_tensor_product(kind, ir_in, ir_sh, target, merge_paths=merge).to(
+            device=device, dtype=dt
+        )
         tps[name] = tp
         key = (tp.weight_numel, merge)  # e3nn and so2 share the weight layout: same weights for both
         if key not in weights:
@@ -92,8 +99,10 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
     conv = SO2Convolution(L, C, L, C, m_max=L, radial=True).to(device=device, dtype=dt)
     xs = irreps_blocks_to_stack(x.detach(), ir_in).requires_grad_(True)
     rad = torch.randn(E, conv.radial_dim, generator=g, dtype=dt).to(device)
-    fns = {name: (lambda tp=tp, w=weights[(tp.weight_numel, variants[name][1])]: tp(x, sh, w))
-           for name, tp in tps.items()}
+    fns = {
+        name: (lambda tp=tp, w=weights[(tp.weight_numel, variants[name][1])]: tp(x, sh, w))
+        for name, tp in tps.items()
+    }
     fns["escn"] = lambda: conv(xs, vec, rad)
     # the function eSCN's layer reproduces (tests/nn/test_so2.py): e3nn's channel-mixing 'uvw' product x (x) Y
     fctp = o3.FullyConnectedTensorProduct(ir_in, ir_sh, target).to(device=device, dtype=dt)
@@ -106,6 +115,7 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
             if device == "cuda":
                 torch.cuda.synchronize()
             return out
+
         return run
 
     with torch.no_grad():
@@ -115,7 +125,7 @@ def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
         row["so2_merged_max_err"] = float((got - ref).abs().max() / ref.abs().max())
     # interleave the variants so that load changes on a shared machine hit all of them alike
     best = {name: float("inf") for name in fns}
-    for name, fn in fns.items():
+    for fn in fns.values():
         timed(fn)()  # warm-up
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -137,8 +147,12 @@ def main(argv=None) -> None:
     ap.add_argument("--lmax", type=int, default=6)
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: OpenMP threads on an oversubscribed shared machine make timings erratic")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="1 by default: OpenMP threads on an oversubscribed shared machine make timings erratic",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -148,13 +162,39 @@ def main(argv=None) -> None:
             row = bench_one(L, args.channels, args.edges, args.repeats, device)
             row["device"] = device
             rows.append(row)
-            print(f"[{device}] L={L}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items()
-                                                       if isinstance(v, float)), flush=True)
-    cols = ["device", "lmax", "e3nn_us", "so2_uvu_us", "e3nn/so2_uvu", "e3nn_merged_us", "so2_merged_us",
-            "gaunt_us", "merged e3nn/so2", "merged e3nn/gaunt", "e3nn_uvw_us", "escn_us", "e3nn_uvw/escn"]
-    mem_cols = ["device", "lmax", "e3nn_B", "so2_uvu_B", "e3nn_merged_B", "so2_merged_B", "gaunt_B", "e3nn_uvw_B",
-                "escn_B",
-                "so2_max_err", "so2_merged_max_err"]
+            print(
+                f"[{device}] L={L}: "
+                + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)),
+                flush=True,
+            )
+    cols = [
+        "device",
+        "lmax",
+        "e3nn_us",
+        "so2_uvu_us",
+        "e3nn/so2_uvu",
+        "e3nn_merged_us",
+        "so2_merged_us",
+        "gaunt_us",
+        "merged e3nn/so2",
+        "merged e3nn/gaunt",
+        "e3nn_uvw_us",
+        "escn_us",
+        "e3nn_uvw/escn",
+    ]
+    mem_cols = [
+        "device",
+        "lmax",
+        "e3nn_B",
+        "so2_uvu_B",
+        "e3nn_merged_B",
+        "so2_merged_B",
+        "gaunt_B",
+        "e3nn_uvw_B",
+        "escn_B",
+        "so2_max_err",
+        "so2_merged_max_err",
+    ]
     print("time per edge, microseconds (forward, float32)")
     print_table(rows, cols)
     print("bytes per edge saved for backward; relative max error of the SO(2) paths against e3nn")
@@ -165,13 +205,30 @@ def main(argv=None) -> None:
     cpu = {r["lmax"]: r for r in rows if r["device"] == "cpu"}
     scaling = {}
     if 3 in cpu and args.lmax > 3:
-        for k in ("e3nn_us", "so2_uvu_us", "e3nn_merged_us", "so2_merged_us", "gaunt_us", "e3nn_uvw_us", "escn_us"):
+        for k in (
+            "e3nn_us",
+            "so2_uvu_us",
+            "e3nn_merged_us",
+            "so2_merged_us",
+            "gaunt_us",
+            "e3nn_uvw_us",
+            "escn_us",
+        ):
             scaling[k] = math.log(cpu[args.lmax][k] / cpu[3][k]) / math.log(args.lmax / 3)
-        print("empirical exponent k in time ~ L^k (L = 3 .. %d): " % args.lmax
-              + ", ".join(f"{k}: {v:.2f}" for k, v in scaling.items()))
-    save("tensor_products", {"args": vars(args), "rows": rows, "scaling_exponent_L3_to_Lmax": scaling,
-                             "notes": "microseconds per edge (forward, float32), bytes per edge saved for "
-                                      "backward; so2_max_err = max |so2 - e3nn| / max |e3nn|"})
+        print(
+            f"empirical exponent k in time ~ L^k (L = 3 .. {args.lmax}): "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in scaling.items())
+        )
+    save(
+        "tensor_products",
+        {
+            "args": vars(args),
+            "rows": rows,
+            "scaling_exponent_L3_to_Lmax": scaling,
+            "notes": "microseconds per edge (forward, float32), bytes per edge saved for "
+            "backward; so2_max_err = max |so2 - e3nn| / max |e3nn|",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,14 +17,33 @@ CUTOFF = 3.0
 
 
 def stats():
-    return Statistics(elements=[1, 6, 8, 29], e0s={1: -13.6, 6: -1030.0, 8: -2040.0, 29: -3.0}, energy_shift=0.1,
-                      energy_scale=0.5, force_rms=1.2, avg_num_neighbors=4.0)
+    return Statistics(
+        elements=[1, 6, 8, 29],
+        e0s={1: -13.6, 6: -1030.0, 8: -2040.0, 29: -3.0},
+        energy_shift=0.1,
+        energy_scale=0.5,
+        force_rms=1.2,
+        avg_num_neighbors=4.0,
+    )
 
 
 def tiny(**kw):
-    cfg = EquiformerV2.Config(r_max=CUTOFF, lmax=2, mmax=1, channels=6, num_layers=1, num_heads=2,
-                              hidden_channels=6, attn_channels=4, value_channels=3, ffn_channels=6, radial_hidden=8,
-                              element_channels=4, readout_hidden=6, **kw)
+    cfg = EquiformerV2.Config(
+        r_max=CUTOFF,
+        lmax=2,
+        mmax=1,
+        channels=6,
+        num_layers=1,
+        num_heads=2,
+        hidden_channels=6,
+        attn_channels=4,
+        value_channels=3,
+        ffn_channels=6,
+        radial_hidden=8,
+        element_channels=4,
+        readout_hidden=6,
+        **kw,
+    )
     torch.manual_seed(0)
     return EquiformerV2.from_config(cfg, stats()).double()
 
@@ -51,14 +70,27 @@ def test_registry_and_interface():
 
 
 def test_equivariance_float64_gate_exact():
-    assert_equivariant(tiny(activation="gate"), [molecule(), crystal()], CUTOFF, dtype=torch.float64,
-                       n_rotations=2, atol=1e-10)
+    assert_equivariant(
+        tiny(activation="gate"),
+        [molecule(), crystal()],
+        CUTOFF,
+        dtype=torch.float64,
+        n_rotations=2,
+        atol=1e-10,
+    )
 
 
 def test_s2_activation_equivariant_up_to_grid_aliasing():
-    """The S2 activation is EquiformerV2's: equivariant only up to the grid's aliasing, documented tolerance."""
-    rep = assert_equivariant(tiny(activation="s2", grid_resolution=12), [molecule()], CUTOFF, dtype=torch.float64,
-                             n_rotations=2, atol=1e-2, compute_stress=False)
+    """EquiformerV2's S2 activation is equivariant only up to the grid's aliasing (documented tolerance)."""
+    rep = assert_equivariant(
+        tiny(activation="s2", grid_resolution=12),
+        [molecule()],
+        CUTOFF,
+        dtype=torch.float64,
+        n_rotations=2,
+        atol=1e-2,
+        compute_stress=False,
+    )
     assert rep.energy < 1e-2
 
 
@@ -76,8 +108,9 @@ def test_direct_force_mode_is_flagged_and_equivariant():
     assert out[K.FORCES].shape == (5, 3)
     with pytest.raises(ModelError, match="no stress"):
         model(batch, compute_stress=True)
-    assert_equivariant(model, [molecule()], CUTOFF, dtype=torch.float64, n_rotations=2, atol=1e-10,
-                       compute_stress=False)
+    assert_equivariant(
+        model, [molecule()], CUTOFF, dtype=torch.float64, n_rotations=2, atol=1e-10, compute_stress=False
+    )
 
 
 def test_bad_config_is_named():
@@ -89,9 +122,22 @@ def test_bad_config_is_named():
 
 def test_lmax6_mmax2_equivariant():
     """EquiformerV2's OC20 setting (L = 6, m_max = 2), tiny channels."""
-    cfg = EquiformerV2.Config(r_max=CUTOFF, lmax=6, mmax=2, channels=2, num_layers=1, num_heads=1, hidden_channels=2,
-                              attn_channels=2, value_channels=2, ffn_channels=2, radial_hidden=4, element_channels=2,
-                              readout_hidden=2, activation="gate")
+    cfg = EquiformerV2.Config(
+        r_max=CUTOFF,
+        lmax=6,
+        mmax=2,
+        channels=2,
+        num_layers=1,
+        num_heads=1,
+        hidden_channels=2,
+        attn_channels=2,
+        value_channels=2,
+        ffn_channels=2,
+        radial_hidden=4,
+        element_channels=2,
+        readout_hidden=2,
+        activation="gate",
+    )
     torch.manual_seed(0)
     model = EquiformerV2.from_config(cfg, stats()).double()
     assert_equivariant(model, [molecule()], CUTOFF, dtype=torch.float64, n_rotations=1, atol=1e-10)

@@ -17,8 +17,13 @@ CUTOFF = 3.0
 
 
 def stats():
-    return Statistics(elements=[1, 6, 8, 13, 29], e0s={1: -1.0, 6: -5.0, 8: -7.0}, energy_shift=0.1,
-                      energy_scale=0.5, avg_num_neighbors=4.0)
+    return Statistics(
+        elements=[1, 6, 8, 13, 29],
+        e0s={1: -1.0, 6: -5.0, 8: -7.0},
+        energy_shift=0.1,
+        energy_scale=0.5,
+        avg_num_neighbors=4.0,
+    )
 
 
 def model(**kw):
@@ -41,7 +46,9 @@ def slab():
 
 
 def test_registry_and_backbone_is_not_invariant():
-    assert get_model_class("faenet") is FrameAveraging and get_model_class("frame_averaging") is FrameAveraging
+    assert (
+        get_model_class("faenet") is FrameAveraging and get_model_class("frame_averaging") is FrameAveraging
+    )
     torch.manual_seed(0)
     bb = EdgeMLPBackbone(EdgeMLPBackbone.Config(r_max=CUTOFF, channels=8, num_layers=2), 5, 4.0).double()
     batch = _batch([molecule()], CUTOFF, torch.float64)
@@ -54,8 +61,15 @@ def test_registry_and_backbone_is_not_invariant():
 
 
 def test_all_frames_exact_o3_invariance():
-    rep = assert_equivariant(model(frames="all"), [molecule()], CUTOFF, dtype=torch.float64, reflections=True,
-                             n_rotations=2, atol=1e-10)
+    rep = assert_equivariant(
+        model(frames="all"),
+        [molecule()],
+        CUTOFF,
+        dtype=torch.float64,
+        reflections=True,
+        n_rotations=2,
+        atol=1e-10,
+    )
     assert rep.worst() < 1e-10
 
 
@@ -63,8 +77,9 @@ def test_proper_frames_se3_but_not_reflections():
     m = model(frames="proper")
     assert_equivariant(m, [molecule()], CUTOFF, dtype=torch.float64, n_rotations=2, atol=1e-10)
     with pytest.raises(AssertionError):
-        assert_equivariant(m, [molecule()], CUTOFF, dtype=torch.float64, reflections=True, n_rotations=1,
-                           atol=1e-10)
+        assert_equivariant(
+            m, [molecule()], CUTOFF, dtype=torch.float64, reflections=True, n_rotations=1, atol=1e-10
+        )
 
 
 def test_forces_are_conservative_through_the_frames():
@@ -99,7 +114,9 @@ def test_random_frame_in_training_and_wrapping_any_backbone():
     # wrap another molequi model through its atomic_energies
     from molequi.models.lj import LennardJones
 
-    lj = LennardJones.from_config(LennardJones.Config(r_max=CUTOFF, epsilon=0.01, sigma=1.0), stats()).double()
+    lj = LennardJones.from_config(
+        LennardJones.Config(r_max=CUTOFF, epsilon=0.01, sigma=1.0), stats()
+    ).double()
     fa = FrameAveraging.wrap(lj, stats()).double().eval()
     b = _batch([molecule()], CUTOFF, torch.float64)
     assert torch.allclose(fa(b)[K.ENERGY], lj(b)[K.ENERGY], atol=1e-12)  # LJ is invariant: FA changes nothing

@@ -59,7 +59,7 @@ def test_so2_kind_equals_e3nn_kind(irreps, L, target, merge):
 
 
 def test_gaunt_product_equals_weighted_cg_paths():
-    """Grid product == sum over parity-allowed CG paths with Gaunt weights (derived from Legendre integrals)."""
+    """Grid product == parity-allowed CG paths with Gaunt weights (derived from Legendre integrals)."""
     torch.manual_seed(1)
     L1, L2, Lo = 2, 3, 3
     gp = GauntProduct(L1, L2, Lo)
@@ -72,9 +72,12 @@ def test_gaunt_product_equals_weighted_cg_paths():
                 if (l1 + l2 + lo) % 2:
                     assert c == 0.0  # Gaunt keeps only the parity-allowed paths
                 if c:
-                    ref[:, lo * lo:(lo + 1) ** 2] += c * torch.einsum(
-                        "ijk,eic,ejc->ekc", o3.wigner_3j(l1, l2, lo), x[:, l1 * l1:(l1 + 1) ** 2],
-                        y[:, l2 * l2:(l2 + 1) ** 2])
+                    ref[:, lo * lo : (lo + 1) ** 2] += c * torch.einsum(
+                        "ijk,eic,ejc->ekc",
+                        o3.wigner_3j(l1, l2, lo),
+                        x[:, l1 * l1 : (l1 + 1) ** 2],
+                        y[:, l2 * l2 : (l2 + 1) ** 2],
+                    )
     assert (gp(x, y) - ref).abs().max() < 1e-12 * ref.abs().max()
 
 
@@ -97,12 +100,20 @@ def test_gaunt_kind_equals_cg_with_gaunt_weights_and_is_equivariant():
             for lo in range(L + 1):
                 c = gaunt_path_weight(l1, l2, lo)
                 if c:
-                    ref[:, lo * lo:(lo + 1) ** 2] += c * torch.einsum(
-                        "ijk,eic,ej,ec->ekc", o3.wigner_3j(l1, l2, lo), xs[:, l1 * l1:(l1 + 1) ** 2],
-                        sh[:, l2 * l2:(l2 + 1) ** 2], wl[:, l2])
+                    ref[:, lo * lo : (lo + 1) ** 2] += c * torch.einsum(
+                        "ijk,eic,ej,ec->ekc",
+                        o3.wigner_3j(l1, l2, lo),
+                        xs[:, l1 * l1 : (l1 + 1) ** 2],
+                        sh[:, l2 * l2 : (l2 + 1) ** 2],
+                        wl[:, l2],
+                    )
     assert (out - stack_to_irreps_blocks(ref, tp.irreps_out)).abs().max() < 1e-12 * out.abs().max()
     R = o3.rand_matrix()
-    out_r = tp(x @ ir_in.D_from_matrix(R).T, o3.spherical_harmonics(ir_sh, vec @ R.T, True, normalization="component"), w)
+    out_r = tp(
+        x @ ir_in.D_from_matrix(R).T,
+        o3.spherical_harmonics(ir_sh, vec @ R.T, True, normalization="component"),
+        w,
+    )
     assert (out_r - out @ tp.irreps_out.D_from_matrix(R).T).abs().max() < 1e-12 * out.abs().max()
 
 

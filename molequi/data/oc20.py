@@ -116,6 +116,7 @@ def fixed_mask(atoms: ase.Atoms) -> np.ndarray:
 def atoms_to_s2ef_record(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_reference: bool = False,
                          source: str | None = None, frame: int | None = None) -> Data:
     """One S2EF frame -> molequi record with OC20 extras."""
+    from molequi.data.checks import validate_structure
     from molequi.data.records import atoms_to_data
 
     energy = forces = None
@@ -128,7 +129,9 @@ def atoms_to_s2ef_record(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_ref
             raise DatasetError("reference-energy subtraction asked for but no txt was given", source=source,
                                frame=frame, hint="put N.txt beside N.extxyz or pass txt=")
         energy = energy - ref.ref_energy
-    d = atoms_to_data(atoms, energy=energy, forces=forces, source=source, frame=frame, dtype=torch.float32)
+    validate_structure(atoms, source=source, frame=frame)
+    d = atoms_to_data(atoms, energy=energy, forces=forces, source=source, frame=frame, dtype=torch.float32,
+                      validate=False)
     d[K.TAGS] = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
     d[K.FIXED] = torch.as_tensor(fixed_mask(atoms))
     if ref is not None:

@@ -100,12 +100,15 @@ class QM9Molecule:
     def to_data(self, source: str | None = None, validate: bool = True) -> Data:
         import ase
 
+        from molequi.data.checks import validate_structure
         from molequi.data.records import atoms_to_data
 
         atoms = ase.Atoms(numbers=self.numbers, positions=self.positions)
         extras = {"idx": np.int64(self.index if self.index is not None else -1)}
+        if validate:
+            validate_structure(atoms, source=source, frame=self.index)
         d = atoms_to_data(atoms, charges=self.charges, extras=extras, source=source, frame=self.index,
-                          validate=validate, dtype=torch.float32)
+                          validate=False, dtype=torch.float32)
         y = self.targets()
         if y is not None:  # set directly: extras would read a 19-atom molecule's (19,) vector as per-atom
             d.y = torch.as_tensor(y, dtype=torch.float32).reshape(1, -1)

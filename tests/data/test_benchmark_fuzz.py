@@ -1,0 +1,39 @@
+"""Fuzz the text parsers of the benchmark formats: any input either parses or raises a named FormatError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from molequi.data import oc20, qm9
+from molequi.errors import MolequiError
+
+METHANE = (Path(__file__).resolve().parents[2] / "data" / "qm9" / "crescendo" / "dsgdb9nsd_000001.xyz").read_text()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(0, len(METHANE)), junk=st.text(alphabet="0123456789.-eE*^ \t\nCHgdb", max_size=30))
+def test_qm9_parser_cut_or_corrupted(cut, junk):
+    text = METHANE[:cut] + junk + METHANE[cut + len(junk):]
+    try:
+        mols = qm9.parse_qm9_xyz(text, source="fuzz.xyz")
+    except MolequiError as exc:
+        assert "fuzz.xyz" in str(exc)
+        return
+    for m in mols:
+        assert m.positions.shape == (len(m.numbers), 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.text(alphabet="random,frame0123456789.-e", max_size=25), max_size=5))
+def test_s2ef_txt_parser(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("txt") / "f.txt"
+    path.write_text("\n".join(lines))
+    try:
+        refs = oc20.read_s2ef_txt(path)
+    except MolequiError as exc:
+        assert "f.txt" in str(exc)
+        return
+    assert all(isinstance(r.sid, int) for r in refs)

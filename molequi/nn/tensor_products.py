@@ -197,7 +197,7 @@ class SO2ConvTP(nn.Module):
         s = torch.stack([edge_sh[:, sl].norm(dim=-1) for sl in self.sh_slices], dim=-1)  # [E, n_sh]
         w = weights.reshape(E, -1, C) * s[:, self.sh_of_path].unsqueeze(-1)  # [E, P, C]
         coef = self._coef64.to(device=x.device, dtype=x.dtype)
-        src = xr[:, self.in_idx] * w[:, self.path_idx] * coef[:, None]  # [E, T, C]
+        src = xr.index_select(1, self.in_idx) * w.index_select(1, self.path_idx) * coef[:, None]  # [E, T, C]
         out = x.new_zeros(E, self.frame_out.layout.dim, C).index_add_(1, self.out_idx, src)
         return stack_to_irreps_blocks(self.frame_out.from_edge(out, frame), self.irreps_out)
 
@@ -265,3 +265,96 @@ def build_conv_tensor_product(
 
 
 __all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS"]
+
+
+class SO2EquivariantConvolution(nn.Module):
+    """Drop-in for ``molequi.nn.equivariant.EquivariantConvolution`` (MACE's interaction), in edge frames.
+
+    Same constructor ``(irreps_in: ChannelIrreps, sh_lmax, irreps_out: ChannelIrreps)``, same ``paths`` /
+    ``num_paths``, same parameters (``mix``, identical state-dict keys) and same
+    ``forward(x (n, in.dim, c), sh (E, (lmax+1)^2), weights (E, num_paths, c), sender, receiver)
+    -> (n, out.dim, c_out)``, equal to round-off. Per edge the sender's features are rotated into the edge
+    frame, every path l1 (x) l2 -> l3 acts on the orders (+-m) with two coefficients (``molequi.nn.so2``), the
+    per-path messages are rotated back, then summed over neighbours and mixed exactly as in the reference.
+    MACE can switch with one line: build this class instead of ``EquivariantConvolution``.
+    """
+
+    def __init__(self, irreps_in, sh_lmax: int, irreps_out):
+        super().__init__()
+        from molequi.nn.equivariant import EquivariantConvolution
+
+        if sh_lmax < 1:
+            raise ConfigError(
+                "SO2EquivariantConvolution needs sh_lmax >= 1 (the edge direction comes from l = 1)"
+            )
+        ref = EquivariantConvolution(irreps_in, sh_lmax, irreps_out)
+        self.irreps_in, self.irreps_out, self.sh_lmax = irreps_in, irreps_out, sh_lmax
+        self.paths, self.num_paths, self._groups, self.dim_mid = (
+            ref.paths,
+            ref.num_paths,
+            ref._groups,
+            ref.dim_mid,
+        )
+        self.mix = ref.mix
+        ls_in = [l for l, _ in irreps_in.irreps]
+        ls_out = [l for l, _ in irreps_out.irreps]
+        ls_mid, mid_start = [], {}
+        row = 0
+        for _, first, n_paths, d3, _ in self._groups:
+            for k in range(first, first + n_paths):
+                mid_start[k] = row
+                ls_mid.append((d3 - 1) // 2)
+                row += d3
+        self.frame_in = EdgeFrame(ls_in, tilt=True)
+        self.frame_mid = EdgeFrame(ls_mid, tilt=True)
+        start_in = self.frame_in.layout.start
+        out_idx, in_idx, coef, path, sh_l = [], [], [], [], []
+        for k, p in enumerate(self.paths):
+            l1, l2, l3 = ls_in[p.i_in], p.l_edge, ls_out[p.i_out]
+            ci, co = start_in[p.i_in] + l1, mid_start[k] + l3
+            norm = math.sqrt(2 * l3 + 1)  # molequi's clebsch_gordan = w3j sqrt(2 l3 + 1)
+            for m in range(min(l1, l3) + 1):
+                a, b = edge_frame_path_coefficients(l1, l2, l3, m)
+                terms = []
+                if abs(a) > 1e-14:
+                    terms += [(co + m, ci + m, norm * a)] + ([(co - m, ci - m, norm * a)] if m else [])
+                if m and abs(b) > 1e-14:
+                    terms += [(co + m, ci - m, -norm * b), (co - m, ci + m, norm * b)]
+                for o, i, c in terms:
+                    out_idx.append(o)
+                    in_idx.append(i)
+                    coef.append(c)
+                    path.append(k)
+                    sh_l.append(l2)
+        self.register_buffer("out_idx", torch.tensor(out_idx, dtype=torch.long), persistent=False)
+        self.register_buffer("in_idx", torch.tensor(in_idx, dtype=torch.long), persistent=False)
+        self.register_buffer("path_idx", torch.tensor(path, dtype=torch.long), persistent=False)
+        self.register_buffer("sh_idx", torch.tensor(sh_l, dtype=torch.long), persistent=False)
+        self._coef64 = torch.tensor(coef, dtype=torch.float64)
+
+    def forward(self, x, sh, weights, sender, receiver):
+        n, c = x.shape[0], x.shape[2]
+        E = sh.shape[0]
+        big = self.frame_in if self.frame_in.layout.lmax >= self.frame_mid.layout.lmax else self.frame_mid
+        frame = big.angles(sh[:, 1:4])  # e3nn's l = 1 harmonics are proportional to (x, y, z)
+        xr = self.frame_in.to_edge(x.index_select(0, sender), frame)  # [E, in, c]
+        s = torch.stack([sh[:, l * l : (l + 1) ** 2].norm(dim=-1) for l in range(self.sh_lmax + 1)], -1)
+        coef = self._coef64.to(device=x.device, dtype=x.dtype)
+        scale = (s[:, self.sh_idx] * coef).unsqueeze(-1)  # [E, T, 1]
+        src = xr.index_select(1, self.in_idx) * weights.index_select(1, self.path_idx) * scale  # [E, T, c]
+        mid = x.new_zeros(E, self.dim_mid, c).index_add_(1, self.out_idx, src)
+        mid = self.frame_mid.from_edge(mid, frame)  # [E, mid, c], rows (output irrep, path, m3)
+        out_blocks = {}
+        for (row, _, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
+            m = mid[:, row : row + n_paths * d3].view(E, n_paths, d3, c)
+            agg = x.new_zeros(n, n_paths, d3, c).index_add_(0, receiver, m)
+            agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
+            out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))
+        blocks = [
+            out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)
+            for i, (l, _) in enumerate(self.irreps_out.irreps)
+        ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+__all__ += ["SO2EquivariantConvolution"]

@@ -132,6 +132,14 @@ class EdgeFrame(nn.Module):
             else:
                 idx = torch.tensor([[k0 + i for i in range(2 * l + 1)] for k0 in starts], dtype=torch.long)
                 self._groups.append((l, idx, starts[0]))
+        # position of every coefficient in the concatenation of the groups' outputs (None: already in order)
+        order = []
+        for l, idx, k0 in self._groups:
+            order += list(range(k0, k0 + 2 * l + 1)) if idx is None else idx.flatten().tolist()
+        inverse = [0] * len(order)
+        for pos, k in enumerate(order):
+            inverse[k] = pos
+        self._inverse_order = None if order == list(range(len(order))) else torch.tensor(inverse)
         self.register_buffer("abs_m", self.layout.abs_m, persistent=False)
         self.register_buffer("partner", self.layout.partner, persistent=False)
 
@@ -168,30 +176,31 @@ class EdgeFrame(nn.Module):
         s = (sin_m[:, self.abs_m] * self._fixed("sign", sin_m)).unsqueeze(-1)  # [E, K, 1]
         if inverse:
             s = -s
-        return c * x + s * x[:, self.partner]
+        return c * x + s * x.index_select(1, self.partner)
 
     def _dense(self, x: torch.Tensor, prefix: str, transpose: bool) -> torch.Tensor:
         """Apply a fixed block-diagonal matrix (one (2l+1)^2 block per l) to x (E, K, C).
 
-        Blocks of equal degree are gathered and multiplied together (one matmul per distinct l).
+        Blocks of equal degree are gathered and multiplied together (one matmul per distinct l); the results
+        are concatenated and put back in place with one ``index_select`` (no zero fill, no index_put).
         """
-        out = torch.empty_like(x) if len(self._groups) > 1 or self._groups[0][0] != 0 else x
+        parts = []
         for l, idx, k0 in self._groups:
-            if l == 0:
-                if idx is None:
-                    out[:, k0 : k0 + 1] = x[:, k0 : k0 + 1]
-                else:
-                    out[:, idx] = x[:, idx]
-                continue
-            d = self._fixed(f"{prefix}_{l}", x)
-            if transpose:
-                d = d.T
             if idx is None:  # a single block of this degree: a slice
-                out[:, k0 : k0 + 2 * l + 1] = torch.matmul(d, x[:, k0 : k0 + 2 * l + 1])  # [E, 2l+1, C]
+                xb = x[:, k0 : k0 + 2 * l + 1]  # [E, 2l+1, C]
+                parts.append(xb if l == 0 else torch.matmul(self._block(prefix, l, x, transpose), xb))
             else:
-                xb = x[:, idx]  # [E, nb, 2l+1, C]
-                out[:, idx] = torch.matmul(d, xb)
-        return out
+                xb = x.index_select(1, idx.to(x.device).flatten()).unflatten(1, idx.shape)  # [E, nb, 2l+1, C]
+                y = xb if l == 0 else torch.matmul(self._block(prefix, l, x, transpose), xb)
+                parts.append(y.flatten(1, 2))
+        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self._inverse_order is None:
+            return y
+        return y.index_select(1, self._inverse_order.to(x.device))
+
+    def _block(self, prefix: str, l: int, like: torch.Tensor, transpose: bool) -> torch.Tensor:
+        d = self._fixed(f"{prefix}_{l}", like)
+        return d.T if transpose else d
 
     # -- public ---------------------------------------------------------------------------------------------
     def to_edge(self, x: torch.Tensor, frame: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -133,3 +133,30 @@ def test_bad_kind_and_bad_irreps_are_named():
         build_conv_tensor_product("so2", "2x0e+3x1o", "0e+1o", "2x0e")
     with pytest.raises(ConfigError, match="natural parity"):
         build_conv_tensor_product("gaunt", "2x0e+2x1e", "0e+1o", "2x0e")
+
+
+@pytest.mark.parametrize(
+    "irreps_in,sh_lmax,irreps_out", [("3x0e", 3, "3x0e+3x1o+3x2e+3x3o"), ("2x0e+2x1o", 2, "2x0e+2x1o+2x1e")]
+)
+def test_so2_drop_in_for_mace_convolution(irreps_in, sh_lmax, irreps_out):
+X
+    from molequi.nn.equivariant import ChannelIrreps, EquivariantConvolution, spherical_harmonics
+    from molequi.nn.tensor_products import SO2EquivariantConvolution
+
+    torch.manual_seed(3)
+    ir_in, ir_out = ChannelIrreps.parse(irreps_in), ChannelIrreps.parse(irreps_out)
+    ref = EquivariantConvolution(ir_in, sh_lmax, ir_out)
+    so2 = SO2EquivariantConvolution(ir_in, sh_lmax, ir_out)
+    so2.load_state_dict(ref.state_dict())
+    n, E = 5, 12
+    x = torch.randn(n, ir_in.dim, ir_in.channels)
+    sender, receiver = torch.randint(0, n, (E,)), torch.randint(0, n, (E,))
+    vec = torch.randn(E, 3, requires_grad=True)
+    w = torch.randn(E, ref.num_paths, ir_in.channels)
+    a = ref(x, spherical_harmonics(sh_lmax, vec), w, sender, receiver)
+    b = so2(x, spherical_harmonics(sh_lmax, vec), w, sender, receiver)
+    assert (a - b).abs().max() < 1e-11 * a.abs().max()
+    probe = torch.randn_like(a)
+    ga = torch.autograd.grad((a * probe).sum(), vec)[0]
+    gb = torch.autograd.grad((b * probe).sum(), vec)[0]
+    assert (ga - gb).abs().max() < 1e-9 * ga.abs().max()

@@ -139,7 +139,7 @@ def test_bad_kind_and_bad_irreps_are_named():
     "irreps_in,sh_lmax,irreps_out", [("3x0e", 3, "3x0e+3x1o+3x2e+3x3o"), ("2x0e+2x1o", 2, "2x0e+2x1o+2x1e")]
 )
 def test_so2_drop_in_for_mace_convolution(irreps_in, sh_lmax, irreps_out):
-X
+    """SO2EquivariantConvolution == molequi's MACE convolution (same parameters): values and gradients."""
     from molequi.nn.equivariant import ChannelIrreps, EquivariantConvolution, spherical_harmonics
     from molequi.nn.tensor_products import SO2EquivariantConvolution
 

@@ -82,7 +82,9 @@ def frames_for(metal: str, ads: str, site: str, rng: np.random.Generator):
     def snapshot():
         f = s.copy()
         e = s.get_potential_energy()
-        f.calc = SinglePointCalculator(f, energy=e, free_energy=e, forces=s.get_forces(apply_constraint=False))
+        f.calc = SinglePointCalculator(
+            f, energy=e, free_energy=e, forces=s.get_forces(apply_constraint=False)
+        )
         frames.append(f)
 
     opt = BFGS(s, logfile=None)

@@ -28,7 +28,10 @@ def main(argv=None) -> int:
     frames = [ase.io.read(src / "atoms.json")] + ase.io.read(src / "random1000156.traj", ":")
     refs = [FrameRef(0, 0, 0.0)] + [FrameRef(1000156, i, 0.0) for i in range(len(frames) - 1)]
     write_s2ef(frames, refs, out / "oc20_real.extxyz", out / "oc20_real.txt")
-    for name, xz in (("oc20_real.extxyz", "oc20_real_xz.extxyz.xz"), ("oc20_real.txt", "oc20_real_xz.txt.xz")):
+    for name, xz in (
+        ("oc20_real.extxyz", "oc20_real_xz.extxyz.xz"),
+        ("oc20_real.txt", "oc20_real_xz.txt.xz"),
+    ):
         atomic_write_bytes(lzma.compress((out / name).read_bytes()), out / xz)
     from molequi.cli.data_lmdb import convert
 

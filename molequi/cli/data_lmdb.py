@@ -37,21 +37,31 @@ def _convert_file(job: tuple[str, str | None, bool]) -> list[bytes]:
     from molequi.data.oc20 import iter_s2ef_pairs, s2ef_to_fairchem
 
     extxyz, txt, subtract = job
-    return [pickle.dumps(s2ef_to_fairchem(atoms, ref, subtract_reference=subtract), protocol=4)
-            for _, atoms, ref in iter_s2ef_pairs(extxyz, txt)]
+    return [
+        pickle.dumps(s2ef_to_fairchem(atoms, ref, subtract_reference=subtract), protocol=4)
+        for _, atoms, ref in iter_s2ef_pairs(extxyz, txt)
+    ]
 
 
-def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, workers: int = 0,
-            subtract_reference: bool = False, progress: bool = True, require_txt: bool = True) -> int:
+def convert(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    workers: int = 0,
+    subtract_reference: bool = False,
+    progress: bool = True,
+    require_txt: bool = True,
+) -> int:
     """Convert S2EF raw files to one LMDB at ``output``; returns the number of frames written."""
     from molequi.data.lmdb import write_lmdb
 
     pairs = _inputs(inputs)
     missing = [str(x) for x, t in pairs if t is None]
     if missing and (require_txt or subtract_reference):
-        raise DatasetError(f"no txt beside {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
-                                                           else ""),
-                           hint="S2EF frames need N.txt (random<sid>,frame<fid>,<ref energy>) beside N.extxyz")
+        raise DatasetError(
+            f"no txt beside {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            hint="S2EF frames need N.txt (random<sid>,frame<fid>,<ref energy>) beside N.extxyz",
+        )
     jobs = [(str(x), None if t is None else str(t), subtract_reference) for x, t in pairs]
     bar = None
     if progress:
@@ -83,22 +93,40 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, w
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("to-lmdb", help="convert OC20 S2EF extxyz + txt files to an LMDB",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "to-lmdb",
+        help="convert OC20 S2EF extxyz + txt files to an LMDB",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("inputs", nargs="+", help="N.extxyz[.xz] files (txt beside them) or folders of them")
     p.add_argument("-o", "--output", required=True, help="output LMDB file, e.g. train/data.0000.lmdb")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="parser processes (0 = in this process)")
-    p.add_argument("--subtract-reference", action="store_true",
-                   help="store energy - reference energy (the OC20 adsorption-energy target)")
-    p.add_argument("--allow-missing-txt", action="store_true", help="convert extxyz files without a txt (no sid)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="parser processes (0 = in this process)",
+    )
+    p.add_argument(
+        "--subtract-reference",
+        action="store_true",
+        help="store energy - reference energy (the OC20 adsorption-energy target)",
+    )
+    p.add_argument(
+        "--allow-missing-txt", action="store_true", help="convert extxyz files without a txt (no sid)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    n = convert(args.inputs, args.output, workers=args.workers, subtract_reference=args.subtract_reference,
-                progress=not args.no_progress, require_txt=not args.allow_missing_txt)
+    n = convert(
+        args.inputs,
+        args.output,
+        workers=args.workers,
+        subtract_reference=args.subtract_reference,
+        progress=not args.no_progress,
+        require_txt=not args.allow_missing_txt,
+    )
     print(f"wrote {n} frames to {args.output}")
     return 0
 

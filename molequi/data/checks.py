@@ -17,8 +17,13 @@ from molequi.errors import ValueRangeError
 SEARCH_RADIUS = 1.0  # Å
 
 
-def validate_structure(atoms: ase.Atoms, *, source: str | None = None, frame: int | None = None,
-                       min_distance: float = MIN_DISTANCE) -> None:
+def validate_structure(
+    atoms: ase.Atoms,
+    *,
+    source: str | None = None,
+    frame: int | None = None,
+    min_distance: float = MIN_DISTANCE,
+) -> None:
     """Raise ``ValueRangeError`` (naming source and frame) for an unusable structure."""
     from molequi.graph.neighbors import minimum_distance
 
@@ -26,8 +31,12 @@ def validate_structure(atoms: ase.Atoms, *, source: str | None = None, frame: in
     if len(atoms) > 1:
         dmin = minimum_distance(atoms, max(SEARCH_RADIUS, min_distance))
         if dmin < min_distance:
-            raise ValueRangeError(f"atoms closer than {min_distance} Å (minimum distance {dmin:.4g} Å)",
-                                  source=source, frame=frame, hint="duplicate atoms or wrong units (Bohr vs Å?)")
+            raise ValueRangeError(
+                f"atoms closer than {min_distance} Å (minimum distance {dmin:.4g} Å)",
+                source=source,
+                frame=frame,
+                hint="duplicate atoms or wrong units (Bohr vs Å?)",
+            )
 
 
 __all__ = ["validate_structure", "SEARCH_RADIUS"]

@@ -10,7 +10,8 @@ length array; each process (DataLoader worker, DDP rank) opens its own read-only
 access, so the object pickles cheaply into workers. Any ``Sampler`` works, including
 ``torch.utils.data.DistributedSampler`` and the one Lightning injects with ``use_distributed_sampler=True``.
 
-Records are returned in molequi's keys (``numbers``, ``pos``, ``cell``, ``pbc``, ``energy``, ``forces``) with the
+Records are returned in molequi's keys (``numbers``, ``pos``, ``cell``, ``pbc``, ``energy``, ``forces``)
+with the
 OC20 extras kept: ``tags`` (0 subsurface, 1 surface, 2 adsorbate), ``fixed`` (1 = fixed), ``sid``, ``fid``,
 ``natoms`` and, for IS2RE, ``y_init``, ``y_relaxed``, ``pos_relaxed``. Old target names ``y`` / ``force`` are
 mapped to ``energy`` / ``forces``. Stored edges (``edge_index``, ``cell_offsets``) are dropped: the cutoff
@@ -44,8 +45,24 @@ MAP_SIZE = 1 << 40  # address space only; the file grows with what is written (s
 
 # per-structure fields copied as they are; per-atom fields handled explicitly
 _SCALARS = ("sid", "fid", "natoms", "y_init", "y_relaxed", "oc_id", "ref_energy")
-_DROP = {"edge_index", "cell_offsets", "distances", "offsets", "neighbors", "atomic_numbers", "pos", "cell",
-         "y", "energy", "force", "forces", "tags", "fixed", "pos_relaxed", "stress"}
+_DROP = {
+    "edge_index",
+    "cell_offsets",
+    "distances",
+    "offsets",
+    "neighbors",
+    "atomic_numbers",
+    "pos",
+    "cell",
+    "y",
+    "energy",
+    "force",
+    "forces",
+    "tags",
+    "fixed",
+    "pos_relaxed",
+    "stress",
+}
 
 
 def is_lmdb_file(path: str | os.PathLike) -> bool:
@@ -64,7 +81,9 @@ def lmdb_shards(path: str | os.PathLike) -> list[Path]:
     if path.is_dir():
         shards = sorted(p for p in path.glob("*.lmdb") if p.is_file())
         if not shards:
-            raise DatasetError(f"no *.lmdb files in {path}", hint="point at an LMDB file or a folder of shards")
+            raise DatasetError(
+                f"no *.lmdb files in {path}", hint="point at an LMDB file or a folder of shards"
+            )
         return shards
     if not path.exists():
         raise DatasetError(f"{path} does not exist")
@@ -84,8 +103,11 @@ def check_lmdb_size(path: Path) -> None:
     with open(path, "rb") as fh:
         first = fh.read(152)
         if len(first) < 152 or first[16:20] != LMDB_MAGIC:
-            raise FormatError("not an LMDB file (no LMDB magic number)", source=str(path),
-                              hint="expected a fairchem/OC20 data.NNNN.lmdb written with subdir=False")
+            raise FormatError(
+                "not an LMDB file (no LMDB magic number)",
+                source=str(path),
+                hint="expected a fairchem/OC20 data.NNNN.lmdb written with subdir=False",
+            )
         psize = struct.unpack_from("<I", first, 40)[0]
         metas = [first]
         if psize >= 512 and size >= psize + 152:
@@ -99,8 +121,11 @@ def check_lmdb_size(path: Path) -> None:
     last_pg = struct.unpack_from("<Q", meta, 136)[0]
     need = (last_pg + 1) * psize
     if size < need:
-        raise FormatError(f"LMDB truncated: {size} bytes on disk, its header needs {need}", source=str(path),
-                          hint="the copy or download was cut short; copy the file again")
+        raise FormatError(
+            f"LMDB truncated: {size} bytes on disk, its header needs {need}",
+            source=str(path),
+            hint="the copy or download was cut short; copy the file again",
+        )
 
 
 _ENVS: dict[tuple[int, str], Any] = {}  # (pid, real path) -> open read-only env; lmdb allows one per process
@@ -123,11 +148,15 @@ def _open_env(path: Path):
 
     check_lmdb_size(path)
     try:
-        env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False,
-                        max_readers=1)
+        env = lmdb.open(
+            str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1
+        )
     except lmdb.Error as exc:
-        raise FormatError(f"cannot open the LMDB ({exc})", source=str(path),
-                          hint="the file is truncated or corrupt; copy it again") from None
+        raise FormatError(
+            f"cannot open the LMDB ({exc})",
+            source=str(path),
+            hint="the file is truncated or corrupt; copy it again",
+        ) from None
     _ENVS[key] = env
     return env
 
@@ -153,16 +182,22 @@ def _shard_length(path: Path) -> int:
             else:
                 n = env.stat()["entries"]
             if n and txn.get(str(n - 1).encode("ascii")) is None:
-                raise FormatError(f"key b'{n - 1}' is missing although the file holds {n} entries",
-                                  source=str(path), hint="keys must be str(i) for i = 0..N-1 (fairchem layout)")
+                raise FormatError(
+                    f"key b'{n - 1}' is missing although the file holds {n} entries",
+                    source=str(path),
+                    hint="keys must be str(i) for i = 0..N-1 (fairchem layout)",
+                )
     except lmdb.Error as exc:
-        raise FormatError(f"cannot read the LMDB ({exc})", source=str(path),
-                          hint="the file is truncated or corrupt; copy it again") from None
+        raise FormatError(
+            f"cannot read the LMDB ({exc})",
+            source=str(path),
+            hint="the file is truncated or corrupt; copy it again",
+        ) from None
     return n
 
 
 def to_record(obj: Any, *, source: str | None = None, frame: int | None = None) -> Data:
-    """A fairchem ``Data`` (old or new target names) -> a molequi record (``molequi.keys``) with OC20 extras."""
+    """A fairchem ``Data`` (old or new target names) -> molequi record (``molequi.keys``) + OC20 extras."""
     d = rebuild_pyg_data(obj)
     if not isinstance(d, Data):
         raise FormatError(f"entry is a {type(obj).__name__}, not a PyG Data", source=source, frame=frame)
@@ -171,14 +206,19 @@ def to_record(obj: Any, *, source: str | None = None, frame: int | None = None) 
         if need not in keys:
             from molequi.errors import MissingKeyError
 
-            raise MissingKeyError(f"entry has no '{need}' (fields: {sorted(keys)})", source=source, frame=frame)
+            raise MissingKeyError(
+                f"entry has no '{need}' (fields: {sorted(keys)})", source=source, frame=frame
+            )
     out = Data()
     pos = torch.as_tensor(d.pos, dtype=torch.float32)
     n = pos.shape[0]
     out[K.NUMBERS] = torch.as_tensor(d.atomic_numbers).round().long().reshape(-1)
     out[K.POS] = pos
-    cell = torch.as_tensor(d.cell, dtype=torch.float32).reshape(1, 3, 3) if "cell" in keys \
+    cell = (
+        torch.as_tensor(d.cell, dtype=torch.float32).reshape(1, 3, 3)
+        if "cell" in keys
         else torch.zeros(1, 3, 3)
+    )
     out[K.CELL] = cell
     out[K.PBC] = (cell.abs().sum(-1) > 0).reshape(1, 3)
     out.num_nodes = n
@@ -201,7 +241,9 @@ def to_record(obj: Any, *, source: str | None = None, frame: int | None = None) 
             v = torch.as_tensor(d[name])
             out[name] = v.to(torch.float32).reshape(1) if v.is_floating_point() else v.long().reshape(1)
     if out[K.NUMBERS].shape[0] != n:
-        raise FormatError(f"{out[K.NUMBERS].shape[0]} atomic numbers for {n} positions", source=source, frame=frame)
+        raise FormatError(
+            f"{out[K.NUMBERS].shape[0]} atomic numbers for {n} positions", source=source, frame=frame
+        )
     return out
 
 
@@ -212,7 +254,9 @@ class LmdbDataset(Dataset):
     ``energy`` so that energy tasks train on it. ``transform`` is applied to each record.
     """
 
-    def __init__(self, path: str | os.PathLike, *, target: str | None = None, transform=None, raw: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, *, target: str | None = None, transform=None, raw: bool = False
+    ):
         self.path = Path(path)
         self.shards = lmdb_shards(path)
         lengths = [_shard_length(p) for p in self.shards]
@@ -248,8 +292,12 @@ class LmdbDataset(Dataset):
         with self._env(shard).begin(buffers=True) as txn:
             buf = txn.get(key)
             if buf is None:
-                raise FormatError(f"key {key!r} is missing", source=str(self.shards[shard]), frame=local,
-                                  hint="keys must be str(i) for i = 0..N-1")
+                raise FormatError(
+                    f"key {key!r} is missing",
+                    source=str(self.shards[shard]),
+                    frame=local,
+                    hint="keys must be str(i) for i = 0..N-1",
+                )
             raw = bytes(buf)
         return rebuild_pyg_data(safe_loads(raw, source=str(self.shards[shard]), frame=local))
 
@@ -261,8 +309,12 @@ class LmdbDataset(Dataset):
         d = to_record(obj, source=str(self.shards[shard]), frame=local)
         if self.target not in (None, "energy"):
             if self.target not in d:
-                raise DatasetError(f"entry has no target '{self.target}'", source=str(self.shards[shard]),
-                                   frame=local, hint=f"fields: {sorted(d.keys())}")
+                raise DatasetError(
+                    f"entry has no target '{self.target}'",
+                    source=str(self.shards[shard]),
+                    frame=local,
+                    hint=f"fields: {sorted(d.keys())}",
+                )
             d[K.ENERGY] = d[self.target].to(torch.float32).reshape(1)
         return self.transform(d) if self.transform is not None else d
 
@@ -276,17 +328,29 @@ class LmdbDataset(Dataset):
         self._envs = None
 
 
-def fairchem_data(atoms_numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, *, energy: float | None,
-                  forces: np.ndarray | None, tags: np.ndarray | None, fixed: np.ndarray | None, sid: int | None = None,
-                  fid: int | None = None, extra: dict | None = None) -> Data:
+def fairchem_data(
+    atoms_numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    *,
+    energy: float | None,
+    forces: np.ndarray | None,
+    tags: np.ndarray | None,
+    fixed: np.ndarray | None,
+    sid: int | None = None,
+    fid: int | None = None,
+    extra: dict | None = None,
+) -> Data:
     """A PyG ``Data`` in fairchem's S2EF layout (what ``write_lmdb`` stores)."""
     n = len(atoms_numbers)
-    d = Data(pos=torch.as_tensor(np.asarray(positions), dtype=torch.float32),
-             cell=torch.as_tensor(np.asarray(cell), dtype=torch.float32).reshape(1, 3, 3),
-             atomic_numbers=torch.as_tensor(np.asarray(atoms_numbers), dtype=torch.float32),
-             natoms=n,
-             tags=torch.as_tensor(np.zeros(n) if tags is None else np.asarray(tags), dtype=torch.long),
-             fixed=torch.as_tensor(np.zeros(n) if fixed is None else np.asarray(fixed), dtype=torch.float32))
+    d = Data(
+        pos=torch.as_tensor(np.asarray(positions), dtype=torch.float32),
+        cell=torch.as_tensor(np.asarray(cell), dtype=torch.float32).reshape(1, 3, 3),
+        atomic_numbers=torch.as_tensor(np.asarray(atoms_numbers), dtype=torch.float32),
+        natoms=n,
+        tags=torch.as_tensor(np.zeros(n) if tags is None else np.asarray(tags), dtype=torch.long),
+        fixed=torch.as_tensor(np.zeros(n) if fixed is None else np.asarray(fixed), dtype=torch.float32),
+    )
     if energy is not None:
         d.energy = float(energy)
     if forces is not None:
@@ -301,8 +365,11 @@ def fairchem_data(atoms_numbers: np.ndarray, positions: np.ndarray, cell: np.nda
 
 
 def write_lmdb(items: Iterable[Data | bytes], path: str | os.PathLike, *, length_key: bool = True) -> int:
-    """Write ``items`` (PyG ``Data`` or already pickled bytes) under keys ``b"0"``, ``b"1"``, ... (+ ``b"length"``)
-    into ``path`` atomically: a temporary file in the same folder, renamed when complete. Returns the count."""
+    """Write ``items`` (PyG ``Data`` or pickled bytes) under keys ``b"0"``, ``b"1"``, ... (+ ``b"length"``)
+    into ``path`` atomically: a temporary file in the same folder, renamed when complete.
+
+    Returns the number of items written.
+    """
     import lmdb
 
     path = Path(path)
@@ -338,5 +405,14 @@ def write_lmdb(items: Iterable[Data | bytes], path: str | os.PathLike, *, length
     return n
 
 
-__all__ = ["LmdbDataset", "write_lmdb", "fairchem_data", "to_record", "is_lmdb_file", "lmdb_shards", "LMDB_MAGIC", "check_lmdb_size",
-           "close_envs"]
+__all__ = [
+    "LmdbDataset",
+    "write_lmdb",
+    "fairchem_data",
+    "to_record",
+    "is_lmdb_file",
+    "lmdb_shards",
+    "LMDB_MAGIC",
+    "check_lmdb_size",
+    "close_envs",
+]

@@ -55,8 +55,11 @@ def _read_all(path: Path) -> str:
         with _open_text(path) as fh:
             return fh.read()
     except (lzma.LZMAError, EOFError) as exc:
-        raise FormatError(f"corrupt .xz stream ({exc})", source=str(path),
-                          hint="the download is truncated or damaged; fetch the file again") from None
+        raise FormatError(
+            f"corrupt .xz stream ({exc})",
+            source=str(path),
+            hint="the download is truncated or damaged; fetch the file again",
+        ) from None
     except UnicodeDecodeError as exc:
         raise FormatError(f"not a text file ({exc})", source=str(path)) from None
 
@@ -74,8 +77,11 @@ def read_s2ef_txt(path: str | os.PathLike) -> list[FrameRef]:
                 raise ValueError
             out.append(FrameRef(int(parts[0][6:]), int(parts[1][5:]), float(parts[2])))
         except ValueError:
-            raise FormatError(f"expected 'random<sid>,frame<fid>,<reference_energy>', got {line[:60]!r}",
-                              source=str(path), line=ln) from None
+            raise FormatError(
+                f"expected 'random<sid>,frame<fid>,<reference_energy>', got {line[:60]!r}",
+                source=str(path),
+                line=ln,
+            ) from None
     return out
 
 
@@ -113,8 +119,14 @@ def fixed_mask(atoms: ase.Atoms) -> np.ndarray:
     return fixed
 
 
-def atoms_to_s2ef_record(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_reference: bool = False,
-                         source: str | None = None, frame: int | None = None) -> Data:
+def atoms_to_s2ef_record(
+    atoms: ase.Atoms,
+    ref: FrameRef | None,
+    *,
+    subtract_reference: bool = False,
+    source: str | None = None,
+    frame: int | None = None,
+) -> Data:
     """One S2EF frame -> molequi record with OC20 extras."""
     from molequi.data.checks import validate_structure
     from molequi.data.records import atoms_to_data
@@ -126,12 +138,17 @@ def atoms_to_s2ef_record(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_ref
         forces = res.get("forces")
     if energy is not None and subtract_reference:
         if ref is None:
-            raise DatasetError("reference-energy subtraction asked for but no txt was given", source=source,
-                               frame=frame, hint="put N.txt beside N.extxyz or pass txt=")
+            raise DatasetError(
+                "reference-energy subtraction asked for but no txt was given",
+                source=source,
+                frame=frame,
+                hint="put N.txt beside N.extxyz or pass txt=",
+            )
         energy = energy - ref.ref_energy
     validate_structure(atoms, source=source, frame=frame)
-    d = atoms_to_data(atoms, energy=energy, forces=forces, source=source, frame=frame, dtype=torch.float32,
-                      validate=False)
+    d = atoms_to_data(
+        atoms, energy=energy, forces=forces, source=source, frame=frame, dtype=torch.float32, validate=False
+    )
     d[K.TAGS] = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
     d[K.FIXED] = torch.as_tensor(fixed_mask(atoms))
     if ref is not None:
@@ -141,8 +158,9 @@ def atoms_to_s2ef_record(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_ref
     return d
 
 
-def iter_s2ef_pairs(extxyz: str | os.PathLike, txt: str | os.PathLike | None = None
-                    ) -> Iterator[tuple[int, ase.Atoms, FrameRef | None]]:
+def iter_s2ef_pairs(
+    extxyz: str | os.PathLike, txt: str | os.PathLike | None = None
+) -> Iterator[tuple[int, ase.Atoms, FrameRef | None]]:
     """Yield (frame index, atoms, txt line) of an extxyz + txt pair, checking that the counts match."""
     extxyz = Path(extxyz)
     txt = Path(txt) if txt is not None else find_txt(extxyz)
@@ -151,19 +169,28 @@ def iter_s2ef_pairs(extxyz: str | os.PathLike, txt: str | os.PathLike | None = N
     for i, atoms in enumerate(iter_s2ef_atoms(extxyz)):
         if refs is not None and i >= len(refs):
             n = sum(1 for _ in iter_s2ef_atoms(extxyz))
-            raise FormatError(f"the txt has {len(refs)} lines but the extxyz has {n} frames", source=str(txt),
-                              hint=f"{txt.name} and {extxyz.name} must list the same frames in the same order")
+            raise FormatError(
+                f"the txt has {len(refs)} lines but the extxyz has {n} frames",
+                source=str(txt),
+                hint=f"{txt.name} and {extxyz.name} must list the same frames in the same order",
+            )
         yield i, atoms, None if refs is None else refs[i]
     if refs is not None and i + 1 != len(refs):
-        raise FormatError(f"the txt has {len(refs)} lines but the extxyz has {i + 1} frames", source=str(txt),
-                          hint=f"{txt.name} and {extxyz.name} must list the same frames in the same order")
+        raise FormatError(
+            f"the txt has {len(refs)} lines but the extxyz has {i + 1} frames",
+            source=str(txt),
+            hint=f"{txt.name} and {extxyz.name} must list the same frames in the same order",
+        )
 
 
-def read_s2ef(extxyz: str | os.PathLike, txt: str | os.PathLike | None = None, *,
-              subtract_reference: bool = False) -> list[Data]:
+def read_s2ef(
+    extxyz: str | os.PathLike, txt: str | os.PathLike | None = None, *, subtract_reference: bool = False
+) -> list[Data]:
     """An S2EF extxyz (+ its txt, found beside it when not given) as records."""
-    return [atoms_to_s2ef_record(a, r, subtract_reference=subtract_reference, source=str(extxyz), frame=i)
-            for i, a, r in iter_s2ef_pairs(extxyz, txt)]
+    return [
+        atoms_to_s2ef_record(a, r, subtract_reference=subtract_reference, source=str(extxyz), frame=i)
+        for i, a, r in iter_s2ef_pairs(extxyz, txt)
+    ]
 
 
 def s2ef_pairs_in(folder: str | os.PathLike) -> list[tuple[Path, Path | None]]:
@@ -175,8 +202,12 @@ def s2ef_pairs_in(folder: str | os.PathLike) -> list[tuple[Path, Path | None]]:
     return [(p, find_txt(p)) for p in files]
 
 
-def write_s2ef(frames: Sequence[ase.Atoms], refs: Sequence[FrameRef], extxyz: str | os.PathLike,
-               txt: str | os.PathLike | None = None) -> None:
+def write_s2ef(
+    frames: Sequence[ase.Atoms],
+    refs: Sequence[FrameRef],
+    extxyz: str | os.PathLike,
+    txt: str | os.PathLike | None = None,
+) -> None:
     """Write frames in the exact S2EF raw layout (extxyz + txt), each file atomically."""
     from molequi.data.atomic_io import atomic_write_text
 
@@ -192,11 +223,15 @@ def write_s2ef(frames: Sequence[ase.Atoms], refs: Sequence[FrameRef], extxyz: st
         tags = atoms.get_tags()
         pbc = " ".join("T" if p else "F" for p in atoms.pbc)
         lines.append(str(len(atoms)))
-        lines.append(f'Lattice="{" ".join(f"{v:.8f}" for v in cell)}" Properties={S2EF_PROPERTIES} '
-                     f'energy={energy:.8f} free_energy={free:.8f} pbc="{pbc}"')
+        lines.append(
+            f'Lattice="{" ".join(f"{v:.8f}" for v in cell)}" Properties={S2EF_PROPERTIES} '
+            f'energy={energy:.8f} free_energy={free:.8f} pbc="{pbc}"'
+        )
         for s, p, m, t, f in zip(atoms.get_chemical_symbols(), atoms.positions, move, tags, forces):
-            lines.append(f"{s:2s} {p[0]:15.8f} {p[1]:15.8f} {p[2]:15.8f} {'T' if m else 'F'} {int(t):d} "
-                         f"{f[0]:15.8f} {f[1]:15.8f} {f[2]:15.8f}")
+            lines.append(
+                f"{s:2s} {p[0]:15.8f} {p[1]:15.8f} {p[2]:15.8f} {'T' if m else 'F'} {int(t):d} "
+                f"{f[0]:15.8f} {f[1]:15.8f} {f[2]:15.8f}"
+            )
     extxyz = Path(extxyz)
     txt = Path(txt) if txt is not None else extxyz.with_suffix(".txt")
     atomic_write_text("\n".join(lines) + "\n", extxyz)
@@ -204,7 +239,8 @@ def write_s2ef(frames: Sequence[ase.Atoms], refs: Sequence[FrameRef], extxyz: st
 
 
 def s2ef_to_fairchem(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_reference: bool = False) -> Data:
-    """One S2EF frame -> fairchem's LMDB ``Data`` (``atomic_numbers``, ``pos``, ``cell``, ``energy``, ``forces``,
+    """One S2EF frame -> fairchem's LMDB ``Data`` (``atomic_numbers``, ``pos``, ``cell``, ``energy``,
+    ``forces``,
     ``tags``, ``fixed``, ``sid``, ``fid``, ``natoms``; ``ref_energy`` when known)."""
     from molequi.data.lmdb import fairchem_data
 
@@ -213,9 +249,18 @@ def s2ef_to_fairchem(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_referen
     if energy is not None and subtract_reference and ref is not None:
         energy = energy - ref.ref_energy
     extra = {"ref_energy": float(ref.ref_energy)} if ref is not None else {}
-    return fairchem_data(atoms.numbers, atoms.positions, atoms.cell[:], energy=energy, forces=res.get("forces"),
-                         tags=atoms.get_tags(), fixed=fixed_mask(atoms), sid=None if ref is None else ref.sid,
-                         fid=None if ref is None else ref.fid, extra=extra)
+    return fairchem_data(
+        atoms.numbers,
+        atoms.positions,
+        atoms.cell[:],
+        energy=energy,
+        forces=res.get("forces"),
+        tags=atoms.get_tags(),
+        fixed=fixed_mask(atoms),
+        sid=None if ref is None else ref.sid,
+        fid=None if ref is None else ref.fid,
+        extra=extra,
+    )
 
 
 # --------------------------------------------------------------------------- registry builders
@@ -244,7 +289,11 @@ def _split_paths(cfg) -> dict[str, Path]:
 
     root = Path(cfg.root)
     out = {}
-    for split, names in (("train", ("train",)), ("val", ("val", "val_id", "valid")), ("test", ("test", "test_id"))):
+    for split, names in (
+        ("train", ("train",)),
+        ("val", ("val", "val_id", "valid")),
+        ("test", ("test", "test_id")),
+    ):
         explicit = opt(cfg, split)
         if explicit:
             out[split] = Path(explicit)
@@ -255,8 +304,10 @@ def _split_paths(cfg) -> dict[str, Path]:
                 break
     if not out:
         if not root.exists():
-            raise DatasetError(f"{root} does not exist", hint="point root at an OC20 LMDB, a folder of shards, "
-                                                              "or a folder with train/ val/ test/")
+            raise DatasetError(
+                f"{root} does not exist",
+                hint="point root at an OC20 LMDB, a folder of shards, or a folder with train/ val/ test/",
+            )
         out["train"] = root
     return out
 
@@ -285,7 +336,7 @@ def build_oc20_s2ef(cfg) -> dict[str, torch.utils.data.Dataset]:
 
 
 def build_oc20_is2re(cfg) -> dict[str, torch.utils.data.Dataset]:
-    """Registry entry ``oc20_is2re``: IS2RE LMDBs; ``energy`` is set to ``cfg.target`` (default ``y_relaxed``)."""
+    """Registry entry ``oc20_is2re``: IS2RE LMDBs; ``energy`` := ``cfg.target`` (default ``y_relaxed``)."""
     from molequi.data.options import dataset_option as opt
 
     target = opt(cfg, "target") or "y_relaxed"
@@ -294,6 +345,20 @@ def build_oc20_is2re(cfg) -> dict[str, torch.utils.data.Dataset]:
     return {k: _open_split(p, target, False) for k, p in _split_paths(cfg).items()}
 
 
-__all__ = ["FrameRef", "read_s2ef_txt", "find_txt", "iter_s2ef_atoms", "iter_s2ef_pairs", "read_s2ef",
-           "write_s2ef", "s2ef_to_fairchem", "atoms_to_s2ef_record", "fixed_mask", "s2ef_pairs_in", "S2EFFrames",
-           "build_oc20_s2ef", "build_oc20_is2re", "S2EF_PROPERTIES"]
+__all__ = [
+    "FrameRef",
+    "read_s2ef_txt",
+    "find_txt",
+    "iter_s2ef_atoms",
+    "iter_s2ef_pairs",
+    "read_s2ef",
+    "write_s2ef",
+    "s2ef_to_fairchem",
+    "atoms_to_s2ef_record",
+    "fixed_mask",
+    "s2ef_pairs_in",
+    "S2EFFrames",
+    "build_oc20_s2ef",
+    "build_oc20_is2re",
+    "S2EF_PROPERTIES",
+]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 def dataset_option(cfg, name: str, default=None):
-    """``cfg.options[name]``, else the attribute ``cfg.<name>``, else ``default`` (DatasetConfig or a namespace)."""
+    """``cfg.options[name]``, else the attribute ``cfg.<name>``, else ``default``.
+
+    ``cfg`` is a ``DatasetConfig`` or any namespace.
+    """
     options = getattr(cfg, "options", None) or {}
     if name in options:
         return options[name]

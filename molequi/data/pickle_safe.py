@@ -30,15 +30,23 @@ class UnsafePickleError(FormatError):
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER of the legacy (non-zip) format
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
 }
 
 
 class _StorageHeader(pickle.Unpickler):
-    """Unpickles the header of a legacy ``torch.save(storage)`` blob: only storage classes, one persistent id."""
+    """Unpickles the header of a legacy ``torch.save(storage)`` blob: storage classes only."""
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -58,8 +66,13 @@ def _fast_storage(b: bytes):
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         return None
     pid = _StorageHeader(f).load()
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)
-            and pid[3] == "cpu"):
+    if not (
+        isinstance(pid, tuple)
+        and len(pid) >= 5
+        and pid[0] == "storage"
+        and isinstance(pid[1], torch.dtype)
+        and pid[3] == "cpu"
+    ):
         return None
     keys = _StorageHeader(f).load()
     if not isinstance(keys, list) or len(keys) != 1 or (len(pid) > 5 and pid[5] is not None):
@@ -75,7 +88,8 @@ def _fast_storage(b: bytes):
 
 
 def _load_storage_from_bytes(b: bytes):
-    """Replacement for ``torch.storage._load_from_bytes`` (which runs an unrestricted ``torch.load``): a direct
+    """Replacement for ``torch.storage._load_from_bytes`` (which runs an unrestricted ``torch.load``):
+    a direct
     parser for the usual CPU little-endian blob, else ``torch.load(weights_only=True)``."""
     try:
         storage = _fast_storage(b)
@@ -120,8 +134,20 @@ def _allowed() -> dict[tuple[str, str], Any]:
     }
     for name in ("GlobalStorage", "NodeStorage", "EdgeStorage", "BaseStorage"):
         table[("torch_geometric.data.storage", name)] = getattr(pyg_storage, name)
-    for name in ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "uint8", "int8",
-                 "int16", "int32", "int64", "bool"):
+    for name in (
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "bool",
+    ):
         table[("torch", name)] = getattr(torch, name)
     core = np._core if hasattr(np, "_core") else np.core
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -131,8 +157,17 @@ def _allowed() -> dict[tuple[str, str], Any]:
         table[(mod, "_frombuffer")] = core.numeric._frombuffer
     table[("numpy", "ndarray")] = np.ndarray
     table[("numpy", "dtype")] = np.dtype
-    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "UInt8DType", "BoolDType",
-                 "Int8DType", "Int16DType", "Float16DType"):
+    for name in (
+        "Float64DType",
+        "Float32DType",
+        "Int64DType",
+        "Int32DType",
+        "UInt8DType",
+        "BoolDType",
+        "Int8DType",
+        "Int16DType",
+        "Float16DType",
+    ):
         if hasattr(np.dtypes, name):
             table[("numpy.dtypes", name)] = getattr(np.dtypes, name)
     return table
@@ -155,9 +190,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _TABLE[(module, name)]
         except KeyError:
-            raise UnsafePickleError(f"refused to unpickle global {module}.{name}: not a class these dataset files "
-                                    "need (nothing was executed)", source=self.source, frame=self.frame,
-                                    hint="the file is not an OC20/fairchem LMDB, or it was tampered with") from None
+            raise UnsafePickleError(
+                f"refused to unpickle global {module}.{name}: not a class these dataset files "
+                "need (nothing was executed)",
+                source=self.source,
+                frame=self.frame,
+                hint="the file is not an OC20/fairchem LMDB, or it was tampered with",
+            ) from None
 
     def persistent_load(self, pid):
         raise UnsafePickleError("persistent ids are not allowed", source=self.source, frame=self.frame)
@@ -169,10 +208,22 @@ def safe_loads(data: bytes, *, source: str | None = None, frame: int | None = No
         return RestrictedUnpickler(io.BytesIO(data), source=source, frame=frame).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RuntimeError) as exc:
-        raise FormatError(f"cannot unpickle the entry ({type(exc).__name__}: {exc})", source=source, frame=frame,
-                          hint="the value is truncated or not a pickled PyG Data") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RuntimeError,
+    ) as exc:
+        raise FormatError(
+            f"cannot unpickle the entry ({type(exc).__name__}: {exc})",
+            source=source,
+            frame=frame,
+            hint="the value is truncated or not a pickled PyG Data",
+        ) from None
 
 
 def rebuild_pyg_data(obj: Any):

@@ -38,22 +38,92 @@ from molequi.data.atomic_io import atomic_write_torch
 from molequi.errors import DatasetError, FormatError
 from molequi.units import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
 
-TARGETS: tuple[str, ...] = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv",
-                            "U0_atom", "U_atom", "H_atom", "G_atom", "A", "B", "C")
+TARGETS: tuple[str, ...] = (
+    "mu",
+    "alpha",
+    "homo",
+    "lumo",
+    "gap",
+    "r2",
+    "zpve",
+    "U0",
+    "U",
+    "H",
+    "G",
+    "Cv",
+    "U0_atom",
+    "U_atom",
+    "H_atom",
+    "G_atom",
+    "A",
+    "B",
+    "C",
+)
 TARGET_UNITS: dict[str, str] = {
-    "mu": "D", "alpha": "a0^3", "homo": "eV", "lumo": "eV", "gap": "eV", "r2": "a0^2", "zpve": "eV",
-    "U0": "eV", "U": "eV", "H": "eV", "G": "eV", "Cv": "cal/(mol K)", "U0_atom": "eV", "U_atom": "eV",
-    "H_atom": "eV", "G_atom": "eV", "A": "GHz", "B": "GHz", "C": "GHz",
+    "mu": "D",
+    "alpha": "a0^3",
+    "homo": "eV",
+    "lumo": "eV",
+    "gap": "eV",
+    "r2": "a0^2",
+    "zpve": "eV",
+    "U0": "eV",
+    "U": "eV",
+    "H": "eV",
+    "G": "eV",
+    "Cv": "cal/(mol K)",
+    "U0_atom": "eV",
+    "U_atom": "eV",
+    "H_atom": "eV",
+    "G_atom": "eV",
+    "A": "GHz",
+    "B": "GHz",
+    "C": "GHz",
 }
 # the 15 numbers after ``gdb <index>`` on line 2 of a figshare record
-XYZ_FIELDS: tuple[str, ...] = ("A", "B", "C", "mu", "alpha", "homo", "lumo", "gap", "r2", "zpve",
-                               "U0", "U", "H", "G", "Cv")
+XYZ_FIELDS: tuple[str, ...] = (
+    "A",
+    "B",
+    "C",
+    "mu",
+    "alpha",
+    "homo",
+    "lumo",
+    "gap",
+    "r2",
+    "zpve",
+    "U0",
+    "U",
+    "H",
+    "G",
+    "Cv",
+)
 # columns of gdb9.sdf.csv after mol_id
-CSV_FIELDS: tuple[str, ...] = ("A", "B", "C", "mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0",
-                               "u298", "h298", "g298", "cv", "u0_atom", "u298_atom", "h298_atom", "g298_atom")
+CSV_FIELDS: tuple[str, ...] = (
+    "A",
+    "B",
+    "C",
+    "mu",
+    "alpha",
+    "homo",
+    "lumo",
+    "gap",
+    "r2",
+    "zpve",
+    "u0",
+    "u298",
+    "h298",
+    "g298",
+    "cv",
+    "u0_atom",
+    "u298_atom",
+    "h298_atom",
+    "g298_atom",
+)
 
 # B3LYP/6-31G(2df,p) energies of the free atoms, Hartree: (U0, U, H, G). Source: QM9 ``atomref.txt``
-# (Ramakrishnan et al., Sci. Data 1, 140022 (2014), figshare 978904); PyG's qm9.py holds the same values in eV.
+# (Ramakrishnan et al., Sci. Data 1, 140022 (2014), figshare 978904); PyG's qm9.py holds the same
+# values in eV.
 ATOM_REFS: dict[int, tuple[float, float, float, float]] = {
     1: (-0.500273, -0.498857, -0.497912, -0.510927),
     6: (-37.846772, -37.845355, -37.844411, -37.861317),
@@ -107,8 +177,15 @@ class QM9Molecule:
         extras = {"idx": np.int64(self.index if self.index is not None else -1)}
         if validate:
             validate_structure(atoms, source=source, frame=self.index)
-        d = atoms_to_data(atoms, charges=self.charges, extras=extras, source=source, frame=self.index,
-                          validate=False, dtype=torch.float32)
+        d = atoms_to_data(
+            atoms,
+            charges=self.charges,
+            extras=extras,
+            source=source,
+            frame=self.index,
+            validate=False,
+            dtype=torch.float32,
+        )
         y = self.targets()
         if y is not None:  # set directly: extras would read a 19-atom molecule's (19,) vector as per-atom
             d.y = torch.as_tensor(y, dtype=torch.float32).reshape(1, -1)
@@ -125,22 +202,60 @@ def xyz_props_to_targets(props: np.ndarray, numbers: np.ndarray) -> np.ndarray:
         try:
             refs += ATOM_REFS[int(z)]
         except KeyError as exc:
-            raise FormatError(f"element Z={int(z)} has no QM9 atom reference", hint="QM9 holds H C N O F only") \
-                from exc
+            raise FormatError(
+                f"element Z={int(z)} has no QM9 atom reference", hint="QM9 holds H C N O F only"
+            ) from exc
     h = HARTREE_TO_EV
     atom = [(p[k] - refs[j]) * h for j, k in enumerate(("U0", "U", "H", "G"))]
-    return np.array([p["mu"], p["alpha"], p["homo"] * h, p["lumo"] * h, p["gap"] * h, p["r2"], p["zpve"] * h,
-                     p["U0"] * h, p["U"] * h, p["H"] * h, p["G"] * h, p["Cv"], *atom, p["A"], p["B"], p["C"]])
+    return np.array(
+        [
+            p["mu"],
+            p["alpha"],
+            p["homo"] * h,
+            p["lumo"] * h,
+            p["gap"] * h,
+            p["r2"],
+            p["zpve"] * h,
+            p["U0"] * h,
+            p["U"] * h,
+            p["H"] * h,
+            p["G"] * h,
+            p["Cv"],
+            *atom,
+            p["A"],
+            p["B"],
+            p["C"],
+        ]
+    )
 
 
 def csv_row_to_targets(row: Sequence[float]) -> np.ndarray:
     """Map a ``gdb9.sdf.csv`` row (``CSV_FIELDS``, without mol_id) to the 19 targets in molequi units."""
     r = dict(zip(CSV_FIELDS, np.asarray(row, dtype=float)))
     h, kc = HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
-    return np.array([r["mu"], r["alpha"], r["homo"] * h, r["lumo"] * h, r["gap"] * h, r["r2"], r["zpve"] * h,
-                     r["u0"] * h, r["u298"] * h, r["h298"] * h, r["g298"] * h, r["cv"],
-                     r["u0_atom"] * kc, r["u298_atom"] * kc, r["h298_atom"] * kc, r["g298_atom"] * kc,
-                     r["A"], r["B"], r["C"]])
+    return np.array(
+        [
+            r["mu"],
+            r["alpha"],
+            r["homo"] * h,
+            r["lumo"] * h,
+            r["gap"] * h,
+            r["r2"],
+            r["zpve"] * h,
+            r["u0"] * h,
+            r["u298"] * h,
+            r["h298"] * h,
+            r["g298"] * h,
+            r["cv"],
+            r["u0_atom"] * kc,
+            r["u298_atom"] * kc,
+            r["h298_atom"] * kc,
+            r["g298_atom"] * kc,
+            r["A"],
+            r["B"],
+            r["C"],
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- xyz
@@ -165,26 +280,38 @@ def parse_qm9_xyz(text: str, source: str = "<string>", index: int | None = None)
             continue
         head = lines[i].split()
         if len(head) != 1 or not head[0].isdigit():
-            raise FormatError(f"expected the atom count, got {lines[i].strip()[:60]!r}", source=source,
-                              line=i + 1, hint="a QM9 record starts with its number of atoms")
+            raise FormatError(
+                f"expected the atom count, got {lines[i].strip()[:60]!r}",
+                source=source,
+                line=i + 1,
+                hint="a QM9 record starts with its number of atoms",
+            )
         na = int(head[0])
         if i + 1 + na > n_lines - 1:
-            raise FormatError(f"record truncated: {na} atoms announced, file ends first", source=source,
-                              line=i + 1, hint="the file is cut short; re-extract or re-download it")
+            raise FormatError(
+                f"record truncated: {na} atoms announced, file ends first",
+                source=source,
+                line=i + 1,
+                hint="the file is cut short; re-extract or re-download it",
+            )
         comment = lines[i + 1].split()
         full = bool(comment) and comment[0] == "gdb"
         props = mol_index = None
         if full:
             if len(comment) != 17:
-                raise FormatError(f"property line has {len(comment)} fields, expected 17 "
-                                  "(gdb, index, A B C mu alpha homo lumo gap r2 zpve U0 U H G Cv)",
-                                  source=source, line=i + 2)
+                raise FormatError(
+                    f"property line has {len(comment)} fields, expected 17 "
+                    "(gdb, index, A B C mu alpha homo lumo gap r2 zpve U0 U H G Cv)",
+                    source=source,
+                    line=i + 2,
+                )
             try:
                 mol_index = int(comment[1])
                 props = np.array([_float(t) for t in comment[2:]])
             except ValueError as exc:
-                raise FormatError(f"unreadable number on the property line ({exc})", source=source,
-                                  line=i + 2) from None
+                raise FormatError(
+                    f"unreadable number on the property line ({exc})", source=source, line=i + 2
+                ) from None
         numbers = np.empty(na, dtype=np.int64)
         pos = np.empty((na, 3))
         charges = np.empty(na) if full else None
@@ -192,26 +319,38 @@ def parse_qm9_xyz(text: str, source: str = "<string>", index: int | None = None)
             ln = i + 2 + a
             parts = lines[ln].split()
             if len(parts) < (5 if full else 4):
-                raise FormatError(f"atom row {a + 1} has {len(parts)} fields, expected "
-                                  f"{'element x y z charge' if full else 'element x y z'}",
-                                  source=source, line=ln + 1, hint="the record may be truncated")
+                raise FormatError(
+                    f"atom row {a + 1} has {len(parts)} fields, expected "
+                    f"{'element x y z charge' if full else 'element x y z'}",
+                    source=source,
+                    line=ln + 1,
+                    hint="the record may be truncated",
+                )
             try:
                 numbers[a] = atomic_numbers[parts[0]]
             except KeyError:
-                raise FormatError(f"unknown element symbol {parts[0]!r}", source=source, line=ln + 1) from None
+                raise FormatError(
+                    f"unknown element symbol {parts[0]!r}", source=source, line=ln + 1
+                ) from None
             try:
                 pos[a] = (_float(parts[1]), _float(parts[2]), _float(parts[3]))
                 if full:
                     charges[a] = _float(parts[4])
             except ValueError as exc:
-                raise FormatError(f"unreadable number in atom row ({exc})", source=source, line=ln + 1) from None
+                raise FormatError(
+                    f"unreadable number in atom row ({exc})", source=source, line=ln + 1
+                ) from None
         i += 2 + na
-        mol = QM9Molecule(index=mol_index if full else index, numbers=numbers, positions=pos, charges=charges,
-                          props=props)
+        mol = QM9Molecule(
+            index=mol_index if full else index, numbers=numbers, positions=pos, charges=charges, props=props
+        )
         if full:
             if i + 1 >= n_lines:
-                raise FormatError("record truncated after the atom rows (frequencies, SMILES, InChI expected)",
-                                  source=source, line=i + 1)
+                raise FormatError(
+                    "record truncated after the atom rows (frequencies, SMILES, InChI expected)",
+                    source=source,
+                    line=i + 1,
+                )
             try:
                 mol.frequencies = np.array([_float(t) for t in lines[i].split()])
             except ValueError:
@@ -255,11 +394,15 @@ def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
                     if not member.isfile() or not member.name.endswith(".xyz"):
                         continue
                     text = tar.extractfile(member).read().decode()
-                    yield from parse_qm9_xyz(text, source=f"{path}:{member.name}",
-                                             index=_index_from_name(member.name))
+                    yield from parse_qm9_xyz(
+                        text, source=f"{path}:{member.name}", index=_index_from_name(member.name)
+                    )
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise FormatError(f"cannot read the tarball ({exc})", source=str(path),
-                              hint="the archive is corrupt or truncated") from None
+            raise FormatError(
+                f"cannot read the tarball ({exc})",
+                source=str(path),
+                hint="the archive is corrupt or truncated",
+            ) from None
         return
     yield from parse_qm9_xyz(path.read_text(), source=str(path), index=_index_from_name(path.name))
 
@@ -267,12 +410,15 @@ def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
 def read_qm9_xyz(path: str | os.PathLike, exclude: Iterable[int] = (), validate: bool = True) -> list[Data]:
     """Records of ``path`` (file, directory or tarball) as graph records, skipping indices in ``exclude``."""
     skip = set(exclude)
-    return [m.to_data(source=str(path), validate=validate) for m in iter_qm9_xyz(path)
-            if m.index is None or m.index not in skip]
+    return [
+        m.to_data(source=str(path), validate=validate)
+        for m in iter_qm9_xyz(path)
+        if m.index is None or m.index not in skip
+    ]
 
 
 def read_uncharacterized(path: str | os.PathLike) -> set[int]:
-    """1-based indices listed in QM9's ``uncharacterized.txt`` (only lines whose first token is an integer)."""
+    """1-based indices listed in QM9's ``uncharacterized.txt`` (lines whose first token is an integer)."""
     out = set()
     for line in Path(path).read_text().splitlines():
         tok = line.split()
@@ -291,8 +437,12 @@ def read_qm9_csv(path: str | os.PathLike) -> dict[int, np.ndarray]:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[1:20]] != list(CSV_FIELDS):
-            raise FormatError(f"unexpected header {header}", source=str(path), line=1,
-                              hint="expected mol_id," + ",".join(CSV_FIELDS) + " (PyG gdb9.sdf.csv layout)")
+            raise FormatError(
+                f"unexpected header {header}",
+                source=str(path),
+                line=1,
+                hint="expected mol_id," + ",".join(CSV_FIELDS) + " (PyG gdb9.sdf.csv layout)",
+            )
         for ln, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -304,8 +454,12 @@ def read_qm9_csv(path: str | os.PathLike) -> dict[int, np.ndarray]:
     return out
 
 
-def read_qm9_sdf(sdf: str | os.PathLike, csv_path: str | os.PathLike | None = None, exclude: Iterable[int] = (),
-                 validate: bool = True) -> list[Data]:
+def read_qm9_sdf(
+    sdf: str | os.PathLike,
+    csv_path: str | os.PathLike | None = None,
+    exclude: Iterable[int] = (),
+    validate: bool = True,
+) -> list[Data]:
     """PyG's layout: ``gdb9.sdf`` (+ ``gdb9.sdf.csv`` for targets; default: the sdf's name + ``.csv``)."""
     from rdkit import Chem, RDLogger
 
@@ -331,8 +485,12 @@ def read_qm9_sdf(sdf: str | os.PathLike, csv_path: str | os.PathLike | None = No
         d = m.to_data(source=str(sdf), validate=validate)
         if targets:
             if idx not in targets:
-                raise DatasetError(f"gdb_{idx} has no row in {csv_path}", source=str(sdf), frame=i,
-                                   hint="the sdf and csv must come from the same release")
+                raise DatasetError(
+                    f"gdb_{idx} has no row in {csv_path}",
+                    source=str(sdf),
+                    frame=i,
+                    hint="the sdf and csv must come from the same release",
+                )
             d.y = torch.as_tensor(targets[idx], dtype=torch.float32).reshape(1, -1)
         try:
             d.smiles = Chem.MolToSmiles(mol, isomericSmiles=False)
@@ -345,9 +503,10 @@ def read_qm9_sdf(sdf: str | os.PathLike, csv_path: str | os.PathLike | None = No
 # --------------------------------------------------------------------------- splits and dataset
 
 
-def random_split(n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0
-                 ) -> list[np.ndarray]:
-    """Seeded random split of ``range(n)``; ``sizes`` are counts, fractions (< 1) or one ``None`` (= the rest).
+def random_split(
+    n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0
+) -> list[np.ndarray]:
+    """Seeded random split of ``range(n)``; ``sizes``: counts, fractions (< 1) or one ``None`` (the rest).
 
     With ``sizes=(110000, 10000, None)`` and the 130,831 characterised molecules this is PyG/DimeNet's split.
     """
@@ -363,13 +522,15 @@ def random_split(n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, se
         raise DatasetError("at most one split size may be None (the rest)")
     fixed = sum(c for c in counts if c is not None)
     if fixed > n:
-        raise DatasetError(f"split sizes {list(sizes)} ask for {fixed} items but the dataset has {n}",
-                           hint="give smaller counts or fractions such as (0.8, 0.1, 0.1)")
+        raise DatasetError(
+            f"split sizes {list(sizes)} ask for {fixed} items but the dataset has {n}",
+            hint="give smaller counts or fractions such as (0.8, 0.1, 0.1)",
+        )
     counts = [n - fixed if c is None else c for c in counts]
     perm = np.random.default_rng(seed).permutation(n)
     out, start = [], 0
     for c in counts:
-        out.append(np.sort(perm[start:start + c]))
+        out.append(np.sort(perm[start : start + c]))
         start += c
     return out
 
@@ -382,8 +543,10 @@ def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | Non
         layout = "sdf" if folder.suffix == ".sdf" else "xyz"
         return layout, [folder], unc if unc.exists() else None
     if not folder.is_dir():
-        raise DatasetError(f"QM9 raw folder {folder} does not exist",
-                           hint="put gdb9.sdf + gdb9.sdf.csv, or dsgdb9nsd.xyz.tar.bz2 / *.xyz files, there")
+        raise DatasetError(
+            f"QM9 raw folder {folder} does not exist",
+            hint="put gdb9.sdf + gdb9.sdf.csv, or dsgdb9nsd.xyz.tar.bz2 / *.xyz files, there",
+        )
     unc = folder / "uncharacterized.txt"
     unc = unc if unc.exists() else None
     sdfs = sorted(folder.glob("*.sdf"))
@@ -395,9 +558,11 @@ def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | Non
     xyz = sorted(folder.glob("*.xyz"))
     if xyz:
         return "xyz", xyz, unc
-    raise DatasetError(f"no QM9 raw files in {folder}",
-                       hint="expected gdb9.sdf (+ gdb9.sdf.csv), a figshare tarball, or dsgdb9nsd_*.xyz files; "
-                            "download them from https://figshare.com/collections/978904 or PyG's QM9 URLs")
+    raise DatasetError(
+        f"no QM9 raw files in {folder}",
+        hint="expected gdb9.sdf (+ gdb9.sdf.csv), a figshare tarball, or dsgdb9nsd_*.xyz files; "
+        "download them from https://figshare.com/collections/978904 or PyG's QM9 URLs",
+    )
 
 
 class QM9Dataset(InMemoryDataset):
@@ -409,8 +574,15 @@ class QM9Dataset(InMemoryDataset):
     ``exclude_uncharacterized`` drops the indices listed in ``uncharacterized.txt`` (when present).
     """
 
-    def __init__(self, root: str | os.PathLike, source: str | os.PathLike | None = None,
-                 exclude_uncharacterized: bool = True, transform=None, pre_transform=None, force_reload=False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        source: str | os.PathLike | None = None,
+        exclude_uncharacterized: bool = True,
+        transform=None,
+        pre_transform=None,
+        force_reload=False,
+    ):
         self._source = Path(source) if source is not None else Path(root) / "raw"
         self.layout, self._files, self._unc = find_qm9_raw(self._source)
         self.exclude_uncharacterized = exclude_uncharacterized
@@ -428,8 +600,11 @@ class QM9Dataset(InMemoryDataset):
     @property
     def processed_file_names(self) -> list[str]:
         excl = "excl" if (self.exclude_uncharacterized and self._unc is not None) else "all"
-        stem = "_".join(p.name.split(".")[0] for p in self._files)[:60] if len(self._files) < 4 else \
-            f"{len(self._files)}files"
+        stem = (
+            "_".join(p.name.split(".")[0] for p in self._files)[:60]
+            if len(self._files) < 4
+            else f"{len(self._files)}files"
+        )
         return [f"qm9_{self.layout}_{stem}_{excl}.pt"]
 
     def download(self) -> None:  # raw files are found in __init__ or a DatasetError says what is missing
@@ -453,8 +628,10 @@ class QM9Dataset(InMemoryDataset):
 
     def split(self, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0):
         """Seeded (train, val, test) subsets; see ``random_split``."""
-        return [self.index_select(torch.as_tensor(ix, dtype=torch.long)) for ix in
-                random_split(len(self), sizes, seed)]
+        return [
+            self.index_select(torch.as_tensor(ix, dtype=torch.long))
+            for ix in random_split(len(self), sizes, seed)
+        ]
 
 
 def build_qm9(cfg):
@@ -475,14 +652,36 @@ def build_qm9(cfg):
         source = root / "raw"
     else:
         source = root
-    cache = Path(opt(cfg, "cache_dir") or (root if root.is_dir() and (root / "raw").exists() else
-                                           (source.parent if source.is_file() else source)))
+    cache = Path(
+        opt(cfg, "cache_dir")
+        or (
+            root
+            if root.is_dir() and (root / "raw").exists()
+            else (source.parent if source.is_file() else source)
+        )
+    )
     ds = QM9Dataset(cache, source=source, exclude_uncharacterized=opt(cfg, "exclude_uncharacterized", True))
     sizes = opt(cfg, "split") or DIMENET_SPLIT
     train, val, test = ds.split(sizes, seed=opt(cfg, "seed", 0))
     return {"train": train, "val": val, "test": test}
 
 
-__all__ = ["TARGETS", "TARGET_UNITS", "ATOM_REFS", "QM9Molecule", "QM9Dataset", "parse_qm9_xyz", "iter_qm9_xyz",
-           "read_qm9_xyz", "read_qm9_sdf", "read_qm9_csv", "read_uncharacterized", "random_split", "target_index",
-           "build_qm9", "atomic_write_torch", "xyz_props_to_targets", "csv_row_to_targets"]
+__all__ = [
+    "TARGETS",
+    "TARGET_UNITS",
+    "ATOM_REFS",
+    "QM9Molecule",
+    "QM9Dataset",
+    "parse_qm9_xyz",
+    "iter_qm9_xyz",
+    "read_qm9_xyz",
+    "read_qm9_sdf",
+    "read_qm9_csv",
+    "read_uncharacterized",
+    "random_split",
+    "target_index",
+    "build_qm9",
+    "atomic_write_torch",
+    "xyz_props_to_targets",
+    "csv_row_to_targets",
+]

@@ -1,11 +1,13 @@
-"""Recognise the dataset formats of ``qm9``, ``md17``, ``rmd17``, ``oc20_s2ef`` and ``oc20_is2re`` from a path.
+"""Recognise the formats of ``qm9``, ``md17``, ``rmd17``, ``oc20_s2ef`` and ``oc20_is2re`` from a path.
 
 ``sniff_format(path)`` returns the registry name (``molequi.data.datasets.DATASETS``) or ``None`` when the
 path is none of these (the generic readers then take over). It reads only a few bytes or lines:
 
-- ``rmd17``: an npz with ``nuclear_charges`` and ``coords``; ``md17``: an npz with ``R``, ``z``, ``E``, ``F``, or an
+- ``rmd17``: an npz with ``nuclear_charges`` and ``coords``; ``md17``: an npz with ``R``, ``z``, ``E``,
+  ``F``, or an
   sGDML xyz (line 2 a bare number, 7-column atom rows)
-- ``oc20_s2ef``: an ``*.extxyz[.xz]`` whose first comment line declares ``move_mask`` and ``tags`` and which has
+- ``oc20_s2ef``: an ``*.extxyz[.xz]`` whose first comment line declares ``move_mask`` and ``tags`` and
+  which has
   its ``N.txt[.xz]`` beside it; an LMDB (file with LMDB's magic, or a folder of ``*.lmdb``) whose first entry
   has no ``y_relaxed``
 - ``oc20_is2re``: an LMDB whose first entry has ``y_relaxed``
@@ -117,7 +119,9 @@ def sniff_format(path: str | os.PathLike) -> str | None:
         return None
     if name.endswith(".xyz"):
         lines = _head_lines(path)
-        if _is_qm9_xyz_text(lines) or (name.startswith("dsgdb9nsd_") and lines and lines[0].strip().isdigit()):
+        if _is_qm9_xyz_text(lines) or (
+            name.startswith("dsgdb9nsd_") and lines and lines[0].strip().isdigit()
+        ):
             return "qm9"
         if _is_sgdml_xyz(lines):
             return "md17"

@@ -55,16 +55,30 @@ class PropertyTask(Task):
 
     @dataclass
     class Config:
-        target: str = field(default="U0", metadata={"help": "property name (QM9: mu, alpha, homo, lumo, gap, r2, "
-                                                            "zpve, U0, U, H, G, Cv, U0_atom, ..., A, B, C)"})
-        key: str = field(default="y", metadata={"help": "record field holding the property (QM9: y, 19 columns)"})
+        target: str = field(
+            default="U0",
+            metadata={
+                "help": "property name (QM9: mu, alpha, homo, lumo, gap, r2, "
+                "zpve, U0, U, H, G, Cv, U0_atom, ..., A, B, C)"
+            },
+        )
+        key: str = field(
+            default="y", metadata={"help": "record field holding the property (QM9: y, 19 columns)"}
+        )
         index: int | None = field(default=None, metadata={"help": "column of key (null: from the QM9 name)"})
-        readout: str = field(default="auto", metadata={"help": "sum | mean | auto (sum for extensive targets)"})
+        readout: str = field(
+            default="auto", metadata={"help": "sum | mean | auto (sum for extensive targets)"}
+        )
         loss: str = field(default="mse", metadata={"help": "mse or l1, on the standardised target"})
-        shift: float | None = field(default=None, metadata={"help": "output shift (null: from the first batch)"})
-        scale: float | None = field(default=None, metadata={"help": "output scale (null: from the first batch)"})
-        unit: str | None = field(default=None, metadata={"help": "unit label of the metrics (null: known QM9 "
-                                                                 "unit)"})
+        shift: float | None = field(
+            default=None, metadata={"help": "output shift (null: from the first batch)"}
+        )
+        scale: float | None = field(
+            default=None, metadata={"help": "output scale (null: from the first batch)"}
+        )
+        unit: str | None = field(
+            default=None, metadata={"help": "unit label of the metrics (null: known QM9 unit)"}
+        )
 
         def __post_init__(self):
             if self.readout not in ("auto", "sum", "mean"):
@@ -90,8 +104,10 @@ class PropertyTask(Task):
         """(B,) property of each structure."""
         key = self.config.key
         if key not in batch:
-            raise MissingKeyError(f"batch has no '{key}' field for property '{self.config.target}'",
-                                  hint="use a dataset that stores it (e.g. qm9) or set task.key")
+            raise MissingKeyError(
+                f"batch has no '{key}' field for property '{self.config.target}'",
+                hint="use a dataset that stores it (e.g. qm9) or set task.key",
+            )
         y = batch[key]
         n_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
         y = y.reshape(n_graphs, -1)
@@ -139,8 +155,9 @@ class PropertyTask(Task):
             raw = out[K.ENERGY].reshape(-1)
         n = n.to(raw.dtype)
         if self.readout == "sum":
-            refs = scatter(self.ref.to(raw.dtype)[batch[K.NUMBERS].long()], b, dim=0, dim_size=n.numel(),
-                           reduce="sum")
+            refs = scatter(
+                self.ref.to(raw.dtype)[batch[K.NUMBERS].long()], b, dim=0, dim_size=n.numel(), reduce="sum"
+            )
             pred = self.scale * raw + refs
         else:
             pred = self.scale * raw / n + self.shift

@@ -80,16 +80,26 @@ def build(path: Path, frames: int, atoms: int, distinct: int, seed: int = 0) -> 
     def items():
         pool: list[bytes] = []
         for i in range(frames):
-            if len(pool) == distinct:  # cycle through the distinct pickles: same bytes and layout, cheap to write
+            if (
+                len(pool) == distinct
+            ):  # cycle through the distinct pickles: same bytes and layout, cheap to write
                 yield pool[i % distinct]
                 if i % 100000 == 0:
                     print(f"  wrote {i} frames ({time.perf_counter() - t0:.0f} s)", flush=True)
                 continue
             pos = torch.from_numpy(base + rng.normal(0, 0.05, size=base.shape).astype(np.float32))
-            d = Data(pos=pos, cell=cell, atomic_numbers=torch.from_numpy(numbers), natoms=atoms, tags=tags,
-                     fixed=fixed, energy=float(-3.0 * atoms + rng.normal()),
-                     forces=torch.from_numpy(rng.normal(0, 0.5, size=(atoms, 3)).astype(np.float32)),
-                     sid=i // 50, fid=i % 50)
+            d = Data(
+                pos=pos,
+                cell=cell,
+                atomic_numbers=torch.from_numpy(numbers),
+                natoms=atoms,
+                tags=tags,
+                fixed=fixed,
+                energy=float(-3.0 * atoms + rng.normal()),
+                forces=torch.from_numpy(rng.normal(0, 0.5, size=(atoms, 3)).astype(np.float32)),
+                sid=i // 50,
+                fid=i % 50,
+            )
             pool.append(pickle.dumps(d, protocol=4))
             yield pool[-1]
 
@@ -112,16 +122,25 @@ def read_window(ds, index: np.ndarray, workers: int, batch_size: int) -> dict:
             peak_anon, peak_rss = max(peak_anon, a), max(peak_rss, r)
     dt = time.perf_counter() - t0
     a, r = memory_mb()
-    return {"frames": n, "seconds": round(dt, 3), "frames_per_s": round(n / dt, 1),
-            "anon_mb": round(max(peak_anon, a), 1), "rss_mb": round(max(peak_rss, r), 1)}
+    return {
+        "frames": n,
+        "seconds": round(dt, 3),
+        "frames_per_s": round(n / dt, 1),
+        "anon_mb": round(max(peak_anon, a), 1),
+        "rss_mb": round(max(peak_rss, r), 1),
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--atoms", type=int, default=12)
-    ap.add_argument("--distinct", type=int, default=5000,
-                    help="distinct frames pickled; the file cycles through them (keys and sizes as a real file)")
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=5000,
+        help="distinct frames pickled; the file cycles through them (keys and sizes as a real file)",
+    )
     ap.add_argument("--window", type=int, default=4000, help="frames read at each index position")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
@@ -135,10 +154,17 @@ def main(argv=None) -> int:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="molequi_bench_lmdb_"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "data.0000.lmdb"
-    result = {"frames": args.frames, "distinct_frames": min(args.distinct, args.frames),
-              "atoms_per_frame": args.atoms, "window": args.window,
-              "batch_size": args.batch_size, "python": platform.python_version(), "torch": torch.__version__,
-              "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    result = {
+        "frames": args.frames,
+        "distinct_frames": min(args.distinct, args.frames),
+        "atoms_per_frame": args.atoms,
+        "window": args.window,
+        "batch_size": args.batch_size,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+    }
     try:
         if not path.exists():
             print(f"building {args.frames} frames in {path} ...", flush=True)
@@ -169,12 +195,16 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     print()
-    print(f"S2EF LMDB, {args.frames} frames x {args.atoms} atoms, {result.get('file_mb')} MB; "
-          f"window {args.window} frames, batch {args.batch_size}")
+    print(
+        f"S2EF LMDB, {args.frames} frames x {args.atoms} atoms, {result.get('file_mb')} MB; "
+        f"window {args.window} frames, batch {args.batch_size}"
+    )
     print(f"{'workers':>7} {'position':>16} {'first idx':>10} {'frames/s':>9} {'anon MB':>8} {'RSS MB':>8}")
     for r in result["rows"]:
-        print(f"{r['workers']:>7} {r['position']:>16} {r['first_index']:>10} {r['frames_per_s']:>9.0f} "
-              f"{r['anon_mb']:>8.1f} {r['rss_mb']:>8.1f}")
+        print(
+            f"{r['workers']:>7} {r['position']:>16} {r['first_index']:>10} {r['frames_per_s']:>9.0f} "
+            f"{r['anon_mb']:>8.1f} {r['rss_mb']:>8.1f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

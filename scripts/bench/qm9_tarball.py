@@ -1,4 +1,4 @@
-"""Read the full QM9 geometry tarball straight from disk (streamed, never unpacked) and report counts and time.
+"""Read the full QM9 geometry tarball (streamed, never unpacked) and report counts and time.
 
     python scripts/bench/qm9_tarball.py /work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz [--records]
 
@@ -38,11 +38,19 @@ def main(argv=None) -> int:
         if args.records:
             mol.to_data(source=args.tarball)
     dt = time.perf_counter() - t0
-    result = {"tarball": str(args.tarball), "molecules": count, "atoms": atoms, "max_atoms": max_atoms,
-              "elements": sorted(elements), "records_built": args.records, "seconds": round(dt, 2),
-              "molecules_per_s": round(count / dt, 1),
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              "python": platform.python_version(), "machine": platform.machine()}
+    result = {
+        "tarball": str(args.tarball),
+        "molecules": count,
+        "atoms": atoms,
+        "max_atoms": max_atoms,
+        "elements": sorted(elements),
+        "records_built": args.records,
+        "seconds": round(dt, 2),
+        "molecules_per_s": round(count / dt, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     print(f"{'molecules':>10} {'atoms':>10} {'seconds':>8} {'mol/s':>9} {'peak RSS MB':>11}")
     print(f"{count:>10} {atoms:>10} {dt:>8.1f} {count / dt:>9.0f} {result['peak_rss_mb']:>11}")
     out = Path(args.out)

@@ -10,13 +10,15 @@ from hypothesis import strategies as st
 from molequi.data import oc20, qm9
 from molequi.errors import MolequiError
 
-METHANE = (Path(__file__).resolve().parents[2] / "data" / "qm9" / "crescendo" / "dsgdb9nsd_000001.xyz").read_text()
+METHANE = (
+    Path(__file__).resolve().parents[2] / "data" / "qm9" / "crescendo" / "dsgdb9nsd_000001.xyz"
+).read_text()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cut=st.integers(0, len(METHANE)), junk=st.text(alphabet="0123456789.-eE*^ \t\nCHgdb", max_size=30))
 def test_qm9_parser_cut_or_corrupted(cut, junk):
-    text = METHANE[:cut] + junk + METHANE[cut + len(junk):]
+    text = METHANE[:cut] + junk + METHANE[cut + len(junk) :]
     try:
         mols = qm9.parse_qm9_xyz(text, source="fuzz.xyz")
     except MolequiError as exc:

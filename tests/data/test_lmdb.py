@@ -61,11 +61,23 @@ def _pyg1_pickle(**fields) -> bytes:
 
 
 def test_pyg1_pickles_with_old_target_names(tmp_path):
-    items = [_pyg1_pickle(pos=torch.rand(3, 3) * 3, cell=torch.eye(3).view(1, 3, 3) * 10,
-                          atomic_numbers=torch.tensor([8.0, 1.0, 1.0]), natoms=3, tags=torch.tensor([2, 2, 2]),
-                          fixed=torch.zeros(3), y=-1.5 - i, force=torch.ones(3, 3) * i, sid=7, fid=i,
-                          __num_nodes__=None, edge_index=None)
-             for i in range(4)]
+    items = [
+        _pyg1_pickle(
+            pos=torch.rand(3, 3) * 3,
+            cell=torch.eye(3).view(1, 3, 3) * 10,
+            atomic_numbers=torch.tensor([8.0, 1.0, 1.0]),
+            natoms=3,
+            tags=torch.tensor([2, 2, 2]),
+            fixed=torch.zeros(3),
+            y=-1.5 - i,
+            force=torch.ones(3, 3) * i,
+            sid=7,
+            fid=i,
+            __num_nodes__=None,
+            edge_index=None,
+        )
+        for i in range(4)
+    ]
     write_lmdb(items, tmp_path / "old.lmdb", length_key=False)
     ds = LmdbDataset(tmp_path / "old.lmdb")
     assert len(ds) == 4
@@ -84,8 +96,10 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path):
 
     with pytest.raises(UnsafePickleError, match="refused to unpickle global posix.system"):
         safe_loads(pickle.dumps(Evil()))
-    write_lmdb([pickle.dumps(Data(pos=torch.zeros(1, 3), atomic_numbers=torch.ones(1))), pickle.dumps(Evil())],
-               tmp_path / "evil.lmdb")
+    write_lmdb(
+        [pickle.dumps(Data(pos=torch.zeros(1, 3), atomic_numbers=torch.ones(1))), pickle.dumps(Evil())],
+        tmp_path / "evil.lmdb",
+    )
     ds = LmdbDataset(tmp_path / "evil.lmdb")
     assert ds[0].numbers.tolist() == [1]
     with pytest.raises(UnsafePickleError, match=r"evil.lmdb, frame 1: refused"):
@@ -157,4 +171,6 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     close_envs()
     shutil.copy(S2EF, tmp_path / "s.lmdb")
-    np.testing.assert_allclose(LmdbDataset(tmp_path / "s.lmdb")[3].energy.numpy(), LmdbDataset(S2EF)[3].energy)
+    np.testing.assert_allclose(
+        LmdbDataset(tmp_path / "s.lmdb")[3].energy.numpy(), LmdbDataset(S2EF)[3].energy
+    )

@@ -42,8 +42,15 @@ def test_rmd17_npz_first_energy_in_ev():
 def test_sgdml_npz_keys(tmp_path):
     path = tmp_path / "md17_ethanol.npz"
     frames = md17.load_md17_xyz(SNIP)
-    np.savez(path, R=frames.positions, z=frames.numbers, E=(frames.energy / KCAL_PER_MOL_TO_EV)[:, None],
-             F=frames.forces / KCAL_PER_MOL_TO_EV, name="ethanol", theory="PBE+TS")
+    np.savez(
+        path,
+        R=frames.positions,
+        z=frames.numbers,
+        E=(frames.energy / KCAL_PER_MOL_TO_EV)[:, None],
+        F=frames.forces / KCAL_PER_MOL_TO_EV,
+        name="ethanol",
+        theory="PBE+TS",
+    )
     again = md17.load_md17_npz(path)
     np.testing.assert_allclose(again.energy, frames.energy)
     splits = md17.build_md17(SimpleNamespace(root=str(tmp_path), molecule="ethanol", split=(1, 1, None)))
@@ -69,7 +76,8 @@ def test_rmd17_protocol_with_split_files(tmp_path):
     assert set(out["train"].frame_ids) | set(out["val"].frame_ids) == set(range(0, 400, 2))
     idx = md17.build_rmd17(SimpleNamespace(root=str(root), molecule="ethanol", split_id=1, test="index"))
     assert len(idx["test"]) == 50 and idx["test"][0].energy.item() == pytest.approx(
-        md17.load_md17_npz(RMD17).energy[1], rel=1e-6)
+        md17.load_md17_npz(RMD17).energy[1], rel=1e-6
+    )
 
 
 def test_missing_split_file_is_named(tmp_path):
@@ -79,7 +87,9 @@ def test_missing_split_file_is_named(tmp_path):
 
 
 def test_unknown_molecule_lists_valid_names():
-    with pytest.raises(DatasetError, match="unknown rMD17 molecule 'ethenol'.*aspirin, azobenzene.*did you mean 'ethanol'"):
+    with pytest.raises(
+        DatasetError, match="unknown rMD17 molecule 'ethenol'.*aspirin, azobenzene.*did you mean 'ethanol'"
+    ):
         md17.check_molecule("ethenol", revised=True)
     with pytest.raises(DatasetError, match="valid names: aspirin"):
         md17.build_md17(SimpleNamespace(root="/nonexistent", molecule="water"))
@@ -100,3 +110,10 @@ def test_bad_files(tmp_path):
     cut.write_text("\n".join(lines[:6]) + "\n")
     with pytest.raises(FormatError, match="frame 0"):
         md17.load_md17_xyz(cut)
+
+
+def test_lone_npz_without_split_folder_gets_seeded_split():
+    out = md17.build_rmd17(SimpleNamespace(root=str(RMD17)))
+    assert [len(out[k]) for k in ("train", "val", "test")] == [900, 50, 50]
+    with pytest.raises(DatasetError, match="index_train_02.csv is missing"):
+        md17.build_rmd17(SimpleNamespace(root=str(RMD17), split_id=2))

@@ -30,7 +30,9 @@ def test_methane_targets_from_figshare_xyz():
     np.testing.assert_allclose(y[:8], METHANE_HEAD, atol=1e-4)
     np.testing.assert_allclose(y[-3:], METHANE_TAIL, atol=1e-4)
     # U0_atom: U0 minus the B3LYP energies of C + 4 H, in eV
-    assert y[qm9.target_index("U0_atom")] == pytest.approx((-40.47893 + 37.846772 + 4 * 0.500273) * 27.211386245988)
+    assert y[qm9.target_index("U0_atom")] == pytest.approx(
+        (-40.47893 + 37.846772 + 4 * 0.500273) * 27.211386245988
+    )
     assert mol.index == 1 and mol.smiles == "C"
     np.testing.assert_allclose(mol.charges, [-0.535689, 0.133921, 0.133922, 0.133923, 0.133923])
 
@@ -129,3 +131,16 @@ def test_first_molecules_of_ppqm_tarball_match_originals():
     assert [m.index for m in first] == [1, 2, 3]
     (orig,) = qm9.parse_qm9_xyz((XYZ / "dsgdb9nsd_000001.xyz").read_text())
     np.testing.assert_array_equal(first[0].positions, orig.positions)
+
+
+def test_dataset_excludes_uncharacterized_and_caches_separately(tmp_path):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(XYZ, raw)
+    (raw / "uncharacterized.txt").write_text("\n\n Index  Name\n  5000  gdb 5000\n    3  x\n")
+    ds = qm9.QM9Dataset(tmp_path)
+    assert len(ds) == 18 and {int(d.idx) for d in ds}.isdisjoint({3, 5000})
+    full = qm9.QM9Dataset(tmp_path, exclude_uncharacterized=False)
+    assert len(full) == 20
+    assert len(list((tmp_path / "processed").glob("qm9_*.pt"))) == 2

@@ -1,4 +1,4 @@
-"""Property task on real QM9 molecules: target lookup, readouts, units, and a short run through the trainer."""
+"""Property task on real QM9 molecules: target lookup, readouts, units, a short run through the trainer."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_target_columns_units_and_readouts(molecules):
     assert mu.unit == "D" and mu.index == 0
     g.update_metrics(batch, {"property": batch.y[:, 4] + 0.01})
     m = g.compute_metrics()
-    assert m["gap_mae_eV"] == pytest.approx(0.01, rel=1e-3) and m["gap_mae_meV"] == pytest.approx(10.0, rel=1e-3)
+    assert m["gap_mae_eV"] == pytest.approx(0.01, rel=1e-3) and m["gap_mae_meV"] == pytest.approx(
+        10.0, rel=1e-3
+    )
     with pytest.raises(DatasetError, match="valid targets"):
         PropertyTask(SumOfOnes(), PropertyTask.Config(target="bandgap"))
 
@@ -69,15 +71,26 @@ def test_first_batch_sets_normalisation(molecules):
 def test_egnn_trains_on_qm9_u0_through_the_trainer(tmp_path, molecules):
     from molequi.train.run import train
 
-    cfg = Config.from_dict({
-        "model": {"name": "egnn", "r_max": 4.0, "hidden_channels": 16, "num_layers": 2},
-        "task": {"name": "property", "target": "U0"},
-        "optim": {"lr": 0.005, "scheduler": "none", "ema_decay": 0.0, "grad_clip": None},
-        "trainer": {"max_steps": 30, "batch_size": 8, "accelerator": "cpu", "devices": 1,
-                    "output": str(tmp_path / "run"), "progress_bar": False, "log_every": 5, "val_every_steps": 15},
-    })
-    result = train(cfg, splits={"train": molecules[:16], "valid": molecules[16:], "test": []},
-                   enable_summary=False)
+    cfg = Config.from_dict(
+        {
+            "model": {"name": "egnn", "r_max": 4.0, "hidden_channels": 16, "num_layers": 2},
+            "task": {"name": "property", "target": "U0"},
+            "optim": {"lr": 0.005, "scheduler": "none", "ema_decay": 0.0, "grad_clip": None},
+            "trainer": {
+                "max_steps": 30,
+                "batch_size": 8,
+                "accelerator": "cpu",
+                "devices": 1,
+                "output": str(tmp_path / "run"),
+                "progress_bar": False,
+                "log_every": 5,
+                "val_every_steps": 15,
+            },
+        }
+    )
+    result = train(
+        cfg, splits={"train": molecules[:16], "valid": molecules[16:], "test": []}, enable_summary=False
+    )
     metrics = result.metrics["valid"]
     assert result.global_step == 30
     assert "U0_mae_eV" in metrics and "U0_mae_meV" in metrics and math.isfinite(metrics["U0_mae_eV"])

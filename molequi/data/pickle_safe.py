@@ -5,9 +5,9 @@ calls it on a dataset file. ``safe_loads`` admits only the globals these files n
 
 - ``torch_geometric.data`` ``Data`` / storage classes (PyG 2 objects carry ``_store``; PyG 1.x objects are
   plain ``__dict__`` states, rebuilt by ``rebuild_pyg_data``),
-- torch tensor rebuild functions and dtypes; ``torch.storage._load_from_bytes`` is swapped for a version
-  that loads the embedded storage with ``torch.load(weights_only=True)`` (the original runs a full,
-  unrestricted ``torch.load``),
+- torch tensor rebuild functions and dtypes; ``torch.storage._load_from_bytes`` (which would run a full,
+  unrestricted ``torch.load`` on the embedded bytes) is swapped for a direct parser of the legacy storage
+  blob that checks every size against the bytes present,
 - numpy array / dtype / scalar reconstruction, ``collections.OrderedDict`` and a few builtins.
 
 Anything else raises ``UnsafePickleError`` (a ``FormatError``) before it is called.
@@ -19,6 +19,7 @@ import io
 import pickle
 from typing import Any
 
+import numpy as np
 import torch
 
 from molequi.errors import FormatError
@@ -57,14 +58,19 @@ class _StorageHeader(pickle.Unpickler):
         return pid
 
 
-def _fast_storage(b: bytes):
-    """Parse a little-endian CPU legacy storage blob directly (the common case); None -> use torch.load."""
+def _load_storage_from_bytes(b: bytes):
+    """Replacement for ``torch.storage._load_from_bytes`` (which runs an unrestricted ``torch.load``).
+
+    Parses the legacy ``torch.save(storage)`` blob these files hold (CPU, little endian) directly, with
+    every size checked against the bytes present, so a corrupt entry can neither run code nor make us
+    allocate more memory than the entry's own size. Other layouts raise ``ValueError`` (-> ``FormatError``).
+    """
     f = io.BytesIO(b)
     if _StorageHeader(f).load() != _LEGACY_MAGIC or _StorageHeader(f).load() != 1001:
-        return None
+        raise ValueError("tensor storage is not in torch's legacy serialisation format")
     sys_info = _StorageHeader(f).load()
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-        return None
+        raise ValueError("big-endian tensor storage is not supported")
     pid = _StorageHeader(f).load()
     if not (
         isinstance(pid, tuple)
@@ -72,30 +78,24 @@ def _fast_storage(b: bytes):
         and pid[0] == "storage"
         and isinstance(pid[1], torch.dtype)
         and pid[3] == "cpu"
+        and isinstance(pid[4], int)
     ):
-        return None
+        raise ValueError(f"unexpected tensor storage header {str(pid)[:80]}")
     keys = _StorageHeader(f).load()
     if not isinstance(keys, list) or len(keys) != 1 or (len(pid) > 5 and pid[5] is not None):
-        return None
-    dtype, numel = pid[1], int(pid[4])
+        raise ValueError("tensor storage blob holds views or several storages")
+    dtype, numel = pid[1], pid[4]
     stored = int.from_bytes(f.read(8), "little", signed=True)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = f.read(stored * itemsize)
-    if stored != numel or len(raw) != stored * itemsize:
-        raise ValueError(f"tensor storage truncated ({len(raw)} of {numel * itemsize} bytes)")
-    flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+    if stored != numel or stored < 0 or stored * itemsize != len(b) - f.tell():
+        raise ValueError(
+            f"tensor storage says {stored} elements of {itemsize} bytes, blob holds {len(b) - f.tell()}"
+        )
+    if stored == 0:
+        flat = torch.empty(0, dtype=dtype)
+    else:
+        flat = torch.from_numpy(np.frombuffer(b, dtype=np.uint8, offset=f.tell()).copy()).view(dtype)
     return torch.storage.TypedStorage(wrap_storage=flat.untyped_storage(), dtype=dtype, _internal=True)
-
-
-def _load_storage_from_bytes(b: bytes):
-    """Replacement for ``torch.storage._load_from_bytes`` (which runs an unrestricted ``torch.load``):
-    a direct
-    parser for the usual CPU little-endian blob, else ``torch.load(weights_only=True)``."""
-    try:
-        storage = _fast_storage(b)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
-        storage = None
-    return storage if storage is not None else torch.load(io.BytesIO(b), weights_only=True)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -208,16 +208,7 @@ def safe_loads(data: bytes, *, source: str | None = None, frame: int | None = No
         return RestrictedUnpickler(io.BytesIO(data), source=source, frame=frame).load()
     except UnsafePickleError:
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        RuntimeError,
-    ) as exc:
+    except Exception as exc:  # noqa: BLE001 - malformed bytes fail in many ways; nothing ran
         raise FormatError(
             f"cannot unpickle the entry ({type(exc).__name__}: {exc})",
             source=source,

@@ -39,3 +39,35 @@ def test_s2ef_txt_parser(tmp_path_factory, lines):
         assert "f.txt" in str(exc)
         return
     assert all(isinstance(r.sid, int) for r in refs)
+
+
+def _real_entry() -> bytes:
+    import lmdb
+
+    path = Path(__file__).resolve().parents[2] / "data" / "oc20" / "oc20_real.lmdb"
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return bytes(txn.get(b"0"))
+    finally:
+        env.close()
+
+
+REAL_ENTRY = None
+
+
+@settings(max_examples=80, deadline=None)
+@given(pos=st.integers(0, 10_000), junk=st.binary(min_size=1, max_size=16), cut=st.booleans())
+def test_restricted_unpickler_on_mutated_entries(pos, junk, cut):
+    """Mutated or cut LMDB values give a named error (or a value), never another exception type."""
+    from molequi.data.pickle_safe import safe_loads
+
+    global REAL_ENTRY
+    if REAL_ENTRY is None:
+        REAL_ENTRY = _real_entry()
+    pos = pos % len(REAL_ENTRY)
+    data = REAL_ENTRY[:pos] if cut else REAL_ENTRY[:pos] + junk + REAL_ENTRY[pos + len(junk) :]
+    try:
+        safe_loads(data, source="fuzz.lmdb", frame=0)
+    except MolequiError as exc:
+        assert "fuzz.lmdb" in str(exc)

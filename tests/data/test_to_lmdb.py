@@ -14,6 +14,7 @@ from molequi.data.oc20 import read_s2ef
 DATA = Path(__file__).resolve().parents[2] / "data" / "oc20"
 
 
+@pytest.mark.slow
 def test_cli_converts_two_pairs_with_workers(tmp_path, capsys):
     src = tmp_path / "raw"
     src.mkdir()

@@ -42,15 +42,11 @@ def test_s2ef_txt_parser(tmp_path_factory, lines):
 
 
 def _real_entry() -> bytes:
-    import lmdb
+    from molequi.data.lmdb import _open_env  # the process-wide env (lmdb allows one per file and process)
 
     path = Path(__file__).resolve().parents[2] / "data" / "oc20" / "oc20_real.lmdb"
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return bytes(txn.get(b"0"))
-    finally:
-        env.close()
+    with _open_env(path).begin() as txn:
+        return bytes(txn.get(b"0"))
 
 
 REAL_ENTRY = None

@@ -13,12 +13,14 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "hamiltonian", help="label geometries with PySCF Fock/overlap matrices",
+        "hamiltonian",
+        help="label geometries with PySCF Fock/overlap matrices",
         description="Sample geometries of one molecule (GFN2-xTB MD or normal-mode displacements) and run "
-                    "PySCF RKS on each; store the converged Fock matrix mf.get_fock() (Hartree, PySCF AO "
-                    "order), overlap, energy (Hartree), forces (Hartree/Bohr) and electron count in a "
-                    "sharded, memory-mapped store (DIR/index.json + DIR/shard_*/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "PySCF RKS on each; store the converged Fock matrix mf.get_fock() (Hartree, PySCF AO "
+        "order), overlap, energy (Hartree), forces (Hartree/Bohr) and electron count in a "
+        "sharded, memory-mapped store (DIR/index.json + DIR/shard_*/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--smiles", help="molecule as SMILES (RDKit conformer with hydrogens)")
     src.add_argument("--xyz", help="starting geometry (any ASE-readable file, first frame; Å)")
@@ -26,9 +28,13 @@ def register(sub) -> None:
     p.add_argument("--xc", default="pbe", help="PySCF exchange-correlation functional")
     p.add_argument("--basis", default="def2-svp", help="PySCF basis set name")
     p.add_argument("--charge", type=int, default=0, help="total charge")
-    p.add_argument("--sampler", choices=["xtb-md", "normal-modes"], default="xtb-md",
-                   help="xtb-md: GFN2-xTB Langevin MD (tblite); normal-modes: Boltzmann displacements along "
-                        "GFN2-xTB normal modes")
+    p.add_argument(
+        "--sampler",
+        choices=["xtb-md", "normal-modes"],
+        default="xtb-md",
+        help="xtb-md: GFN2-xTB Langevin MD (tblite); normal-modes: Boltzmann displacements along "
+        "GFN2-xTB normal modes",
+    )
     p.add_argument("--temperature", type=float, default=500.0, help="sampling temperature, K")
     p.add_argument("--interval", type=int, default=10, help="MD steps (0.5 fs) between kept frames")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
@@ -51,15 +57,32 @@ def run(args) -> int:
     atoms = molecule_from_smiles(args.smiles, seed=args.seed) if args.smiles else ase.io.read(args.xyz, 0)
     t0 = time.perf_counter()
     if args.sampler == "xtb-md":
-        frames = sample_xtb_md(atoms, args.n, temperature=args.temperature, interval=args.interval, seed=args.seed)
+        frames = sample_xtb_md(
+            atoms, args.n, temperature=args.temperature, interval=args.interval, seed=args.seed
+        )
     else:
         frames = sample_normal_modes(atoms, args.n, temperature=args.temperature, seed=args.seed)
     t_sample = time.perf_counter() - t0
-    meta = {"source": args.smiles or str(args.xyz), "sampler": args.sampler, "temperature_K": args.temperature,
-            "interval": args.interval, "seed": args.seed, "command": " ".join(sys.argv),
-            "sampling_seconds": t_sample}
-    out = generate(frames, args.out, xc=args.xc, basis=args.basis, charge=args.charge, workers=args.workers,
-                   shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
-                   extra_meta=meta)
+    meta = {
+        "source": args.smiles or str(args.xyz),
+        "sampler": args.sampler,
+        "temperature_K": args.temperature,
+        "interval": args.interval,
+        "seed": args.seed,
+        "command": " ".join(sys.argv),
+        "sampling_seconds": t_sample,
+    }
+    out = generate(
+        frames,
+        args.out,
+        xc=args.xc,
+        basis=args.basis,
+        charge=args.charge,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        extra_meta=meta,
+    )
     print(f"wrote {len(frames)} labelled geometries to {out} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -1,4 +1,4 @@
-"""``molequi scf-guess CKPT molecule.xyz``: start PySCF from a predicted Hamiltonian and compare with minao."""
+"""``molequi scf-guess CKPT molecule.xyz``: start PySCF from a predicted Hamiltonian, compare with minao."""
 
 from __future__ import annotations
 
@@ -7,23 +7,34 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "scf-guess", help="start a PySCF SCF from a QHNet-predicted Fock matrix and count the cycles saved",
-        description="Predict the Fock matrix of a molecule with a trained Hamiltonian model, build the initial "
-                    "density from it (diagonalise H C = S C e, occupy the n_elec/2 lowest orbitals) and run "
-                    "PySCF RKS from that density (mf.kernel(dm0=...)). Unless --no-compare is given, the same "
-                    "SCF is also run from PySCF's --reference-guess, and SCF cycles, wall times and energies "
-                    "of both are printed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "scf-guess",
+        help="start a PySCF SCF from a QHNet-predicted Fock matrix and count the cycles saved",
+        description="Predict the Fock matrix of a molecule with a trained Hamiltonian model, build the "
+        "initial "
+        "density from it (diagonalise H C = S C e, occupy the n_elec/2 lowest orbitals) and run "
+        "PySCF RKS from that density (mf.kernel(dm0=...)). Unless --no-compare is given, the same "
+        "SCF is also run from PySCF's --reference-guess, and SCF cycles, wall times and energies "
+        "of both are printed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("checkpoint", help="model.pt or .ckpt written by `molequi train` with model 'qhnet'")
-    p.add_argument("structure", help="molecule file readable by ASE (xyz, ...; Å); every frame is run "
-                                     "(use --index to pick some)")
+    p.add_argument(
+        "structure",
+        help="molecule file readable by ASE (xyz, ...; Å); every frame is run (use --index to pick some)",
+    )
     p.add_argument("--index", default=":", help="ASE index of the frames to run, e.g. 0, -1 or 0:10")
-    p.add_argument("--xc", default="pbe", help="exchange-correlation functional (must match the training labels)")
+    p.add_argument(
+        "--xc", default="pbe", help="exchange-correlation functional (must match the training labels)"
+    )
     p.add_argument("--basis", default="def2-svp", help="basis set (must match the model's basis)")
     p.add_argument("--charge", type=int, default=0, help="total charge")
     p.add_argument("--conv-tol", type=float, default=1e-9, help="PySCF energy convergence threshold, Hartree")
-    p.add_argument("--reference-guess", default="minao", choices=["minao", "1e", "atom", "huckel"],
-                   help="PySCF initial guess to compare against")
+    p.add_argument(
+        "--reference-guess",
+        default="minao",
+        choices=["minao", "1e", "atom", "huckel"],
+        help="PySCF initial guess to compare against",
+    )
     p.add_argument("--no-compare", action="store_true", help="run only the predicted-guess SCF")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -37,8 +48,7 @@ def run(args) -> int:
 
     from molequi.errors import ConfigError
     from molequi.models.hamiltonian.scf import predict_fock, run_scf
-    from molequi.train.checkpoint import load_model
-    from molequi.train.checkpoint import atomic_write_text
+    from molequi.train.checkpoint import atomic_write_text, load_model
 
     model = load_model(args.checkpoint)
     if getattr(model, "basis", None) is None:
@@ -50,24 +60,45 @@ def run(args) -> int:
     rows = []
     for k, atoms in enumerate(frames):
         fock = predict_fock(model, atoms.numbers, atoms.positions)
-        pred = run_scf(atoms.numbers, atoms.positions, xc=args.xc, basis=args.basis, fock=fock,
-                       conv_tol=args.conv_tol, charge=args.charge)
+        pred = run_scf(
+            atoms.numbers,
+            atoms.positions,
+            xc=args.xc,
+            basis=args.basis,
+            fock=fock,
+            conv_tol=args.conv_tol,
+            charge=args.charge,
+        )
         row = {"frame": k, "predicted": pred}
         if not args.no_compare:
-            row["reference"] = run_scf(atoms.numbers, atoms.positions, xc=args.xc, basis=args.basis,
-                                       init_guess=args.reference_guess, conv_tol=args.conv_tol, charge=args.charge)
+            row["reference"] = run_scf(
+                atoms.numbers,
+                atoms.positions,
+                xc=args.xc,
+                basis=args.basis,
+                init_guess=args.reference_guess,
+                conv_tol=args.conv_tol,
+                charge=args.charge,
+            )
         rows.append(row)
-        line = f"frame {k}: predicted guess {pred['cycles']} cycles {pred['seconds']:.2f} s E={pred['e_tot']:.8f} Ha"
+        line = (
+            f"frame {k}: predicted guess {pred['cycles']} cycles {pred['seconds']:.2f} s "
+            f"E={pred['e_tot']:.8f} Ha"
+        )
         if "reference" in row:
             ref = row["reference"]
-            line += (f" | {args.reference_guess} {ref['cycles']} cycles {ref['seconds']:.2f} s "
-                     f"E={ref['e_tot']:.8f} Ha | dE={pred['e_tot'] - ref['e_tot']:.1e} Ha")
+            line += (
+                f" | {args.reference_guess} {ref['cycles']} cycles {ref['seconds']:.2f} s "
+                f"E={ref['e_tot']:.8f} Ha | dE={pred['e_tot'] - ref['e_tot']:.1e} Ha"
+            )
         print(line)
     if len(rows) > 1 and not args.no_compare:
         p = [r["predicted"]["cycles"] for r in rows]
         r = [r["reference"]["cycles"] for r in rows]
-        print(f"median cycles: predicted {np.median(p):g}, {args.reference_guess} {np.median(r):g} "
-              f"({100 * (1 - np.sum(p) / np.sum(r)):.0f}% fewer in total)")
+        print(
+            f"median cycles: predicted {np.median(p):g}, {args.reference_guess} {np.median(r):g} "
+            f"({100 * (1 - np.sum(p) / np.sum(r)):.0f}% fewer in total)"
+        )
     if args.json:
         from pathlib import Path
 

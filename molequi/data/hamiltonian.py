@@ -76,7 +76,9 @@ class HamiltonianRecord:
         self.overlap = np.asarray(self.overlap, dtype=np.float64)
         nao = self.fock.shape[0]
         if self.fock.shape != (nao, nao) or self.overlap.shape != (nao, nao):
-            raise FormatError(f"fock {self.fock.shape} and overlap {self.overlap.shape} must be equal squares")
+            raise FormatError(
+                f"fock {self.fock.shape} and overlap {self.overlap.shape} must be equal squares"
+            )
         if self.forces is None:
             self.forces = np.full((n, 3), np.nan)
         self.forces = np.asarray(self.forces, dtype=np.float64).reshape(n, 3)
@@ -93,9 +95,18 @@ class HamiltonianRecord:
 
 # --------------------------------------------------------------------------------------------------
 # PySCF labels
-def pyscf_label(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "pbe", basis: str = "def2-svp",
-                charge: int = 0, forces: bool = True, conv_tol: float = 1e-10, dm0: np.ndarray | None = None,
-                grids_level: int = 3) -> HamiltonianRecord:
+def pyscf_label(
+    numbers: Sequence[int],
+    pos_angstrom: np.ndarray,
+    *,
+    xc: str = "pbe",
+    basis: str = "def2-svp",
+    charge: int = 0,
+    forces: bool = True,
+    conv_tol: float = 1e-10,
+    dm0: np.ndarray | None = None,
+    grids_level: int = 3,
+) -> HamiltonianRecord:
     """Run PySCF RKS at one geometry and return its converged Fock (Hartree) and overlap matrices.
 
     ``fock = mf.get_fock()`` at the converged density, so ``eigh(fock, overlap)`` reproduces
@@ -104,8 +115,13 @@ def pyscf_label(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "
     """
     from pyscf import dft, gto
 
-    mol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
-                basis=basis, charge=charge, unit="Angstrom", verbose=0)
+    mol = gto.M(
+        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
+        basis=basis,
+        charge=charge,
+        unit="Angstrom",
+        verbose=0,
+    )
     mf = dft.RKS(mol)
     mf.xc = xc
     mf.conv_tol = conv_tol
@@ -114,10 +130,17 @@ def pyscf_label(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "
     if not mf.converged:
         raise InputError(f"PySCF {xc}/{basis} SCF did not converge", hint="check the geometry")
     grad = mf.nuc_grad_method().kernel() if forces else None
-    return HamiltonianRecord(numbers=np.asarray(numbers), pos=np.asarray(pos_angstrom), fock=mf.get_fock(),
-                             overlap=mf.get_ovlp(), energy=float(e),
-                             forces=None if grad is None else -np.asarray(grad), mo_energy=mf.mo_energy,
-                             n_elec=int(mol.nelectron), cycles=int(getattr(mf, "cycles", -1)))
+    return HamiltonianRecord(
+        numbers=np.asarray(numbers),
+        pos=np.asarray(pos_angstrom),
+        fock=mf.get_fock(),
+        overlap=mf.get_ovlp(),
+        energy=float(e),
+        forces=None if grad is None else -np.asarray(grad),
+        mo_energy=mf.mo_energy,
+        n_elec=int(mol.nelectron),
+        cycles=int(getattr(mf, "cycles", -1)),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,8 +153,17 @@ def _xtb_calc():
     return TBLite(method="GFN2-xTB", verbosity=0)
 
 
-def sample_xtb_md(atoms, n: int, *, temperature: float = 500.0, timestep: float = 0.5, interval: int = 10,
-                  equilibration: int = 200, friction: float = 0.02, seed: int = 0):
+def sample_xtb_md(
+    atoms,
+    n: int,
+    *,
+    temperature: float = 500.0,
+    timestep: float = 0.5,
+    interval: int = 10,
+    equilibration: int = 200,
+    friction: float = 0.02,
+    seed: int = 0,
+):
     """``n`` snapshots of GFN2-xTB Langevin MD (ASE, tblite) at ``temperature`` K, every ``interval`` steps.
 
     timestep in fs; the first ``equilibration`` steps are discarded. Returns a list of ``ase.Atoms``.
@@ -144,8 +176,9 @@ def sample_xtb_md(atoms, n: int, *, temperature: float = 500.0, timestep: float 
     atoms.calc = _xtb_calc()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
-                   rng=rng)
+    dyn = Langevin(
+        atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng
+    )
     dyn.run(equilibration)
     frames = []
     for _ in range(n):
@@ -221,7 +254,9 @@ class HamiltonianStore:
         self.root = Path(root)
         index = self.root / "index.json"
         if not index.exists():
-            raise DatasetError(f"no index.json in {self.root}", hint="create the store with `molequi data hamiltonian`")
+            raise DatasetError(
+                f"no index.json in {self.root}", hint="create the store with `molequi data hamiltonian`"
+            )
         self.meta = json.loads(index.read_text())
         if self.meta.get("format") != FORMAT:
             raise FormatError(f"{index}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
@@ -259,12 +294,16 @@ class HamiltonianStore:
         m0, m1 = int(a["mat_ptr"][j]), int(a["mat_ptr"][j + 1])
         o0, o1 = int(a["orb_ptr"][j]), int(a["orb_ptr"][j + 1])
         nao = int(a["nao"][j])
-        return HamiltonianRecord(numbers=np.array(a["numbers"][a0:a1]), pos=np.array(a["pos"][a0:a1]),
-                                 forces=np.array(a["forces"][a0:a1]),
-                                 fock=np.array(a["fock"][m0:m1]).reshape(nao, nao),
-                                 overlap=np.array(a["overlap"][m0:m1]).reshape(nao, nao),
-                                 mo_energy=np.array(a["mo_energy"][o0:o1]), energy=float(a["energy"][j]),
-                                 n_elec=int(a["n_elec"][j]))
+        return HamiltonianRecord(
+            numbers=np.array(a["numbers"][a0:a1]),
+            pos=np.array(a["pos"][a0:a1]),
+            forces=np.array(a["forces"][a0:a1]),
+            fock=np.array(a["fock"][m0:m1]).reshape(nao, nao),
+            overlap=np.array(a["overlap"][m0:m1]).reshape(nao, nao),
+            mo_energy=np.array(a["mo_energy"][o0:o1]),
+            energy=float(a["energy"][j]),
+            n_elec=int(a["n_elec"][j]),
+        )
 
     def __iter__(self):
         for i in range(len(self)):
@@ -274,18 +313,41 @@ class HamiltonianStore:
 class HamiltonianStoreWriter:
     """Append records, flushed into shards of ``shard_size`` records, each written atomically."""
 
-    def __init__(self, root: str | os.PathLike, *, basis: str, xc: str, shard_size: int = 100,
-                 extra_meta: dict | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        basis: str,
+        xc: str,
+        shard_size: int = 100,
+        extra_meta: dict | None = None,
+        overwrite: bool = False,
+    ):
         self.root = Path(root)
         if (self.root / "index.json").exists() and not overwrite:
-            raise DatasetError(f"{self.root} already holds a store", hint="choose another --out or pass --overwrite")
+            raise DatasetError(
+                f"{self.root} already holds a store", hint="choose another --out or pass --overwrite"
+            )
         if overwrite and self.root.exists():
             for p in self.root.glob("shard_*"):
                 shutil.rmtree(p)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.meta = {"format": FORMAT, "basis": basis, "xc": xc, "units": {
-            "fock": "Hartree", "overlap": "1", "energy": "Hartree", "forces": "Hartree/Bohr", "pos": "Angstrom",
-            "mo_energy": "Hartree"}, "ao_order": "pyscf", "shards": [], **(extra_meta or {})}
+        self.meta = {
+            "format": FORMAT,
+            "basis": basis,
+            "xc": xc,
+            "units": {
+                "fock": "Hartree",
+                "overlap": "1",
+                "energy": "Hartree",
+                "forces": "Hartree/Bohr",
+                "pos": "Angstrom",
+                "mo_energy": "Hartree",
+            },
+            "ao_order": "pyscf",
+            "shards": [],
+            **(extra_meta or {}),
+        }
         self.shard_size = int(shard_size)
         self._buffer: list[HamiltonianRecord] = []
         self._write_index()
@@ -349,10 +411,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_store(root, records: Iterable[HamiltonianRecord], *, basis: str, xc: str, shard_size: int = 100,
-                overwrite: bool = False, extra_meta: dict | None = None) -> Path:
-    with HamiltonianStoreWriter(root, basis=basis, xc=xc, shard_size=shard_size, overwrite=overwrite,
-                                extra_meta=extra_meta) as w:
+def write_store(
+    root,
+    records: Iterable[HamiltonianRecord],
+    *,
+    basis: str,
+    xc: str,
+    shard_size: int = 100,
+    overwrite: bool = False,
+    extra_meta: dict | None = None,
+) -> Path:
+    with HamiltonianStoreWriter(
+        root, basis=basis, xc=xc, shard_size=shard_size, overwrite=overwrite, extra_meta=extra_meta
+    ) as w:
         w.extend(records)
     return Path(root)
 
@@ -376,9 +447,19 @@ def _init_worker():
         pass
 
 
-def generate(frames, out, *, xc: str = "pbe", basis: str = "def2-svp", charge: int = 0, workers: int = 1,
-             shard_size: int = 100, overwrite: bool = False, progress: bool = True,
-             extra_meta: dict | None = None) -> Path:
+def generate(
+    frames,
+    out,
+    *,
+    xc: str = "pbe",
+    basis: str = "def2-svp",
+    charge: int = 0,
+    workers: int = 1,
+    shard_size: int = 100,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+) -> Path:
     """Label ``frames`` (list of ``ase.Atoms``) with PySCF and write a store at ``out``.
 
     ``workers`` processes run PySCF (one thread each); results are written in input order.
@@ -397,8 +478,10 @@ def generate(frames, out, *, xc: str = "pbe", basis: str = "def2-svp", charge: i
     done: dict[int, HamiltonianRecord] = {}
     next_i = 0
     times = []
-    with HamiltonianStoreWriter(out, basis=basis, xc=xc, shard_size=shard_size, overwrite=overwrite,
-                                extra_meta=extra_meta) as writer:
+    with HamiltonianStoreWriter(
+        out, basis=basis, xc=xc, shard_size=shard_size, overwrite=overwrite, extra_meta=extra_meta
+    ) as writer:
+
         def consume(res):
             nonlocal next_i
             i, rec, dt = res
@@ -476,8 +559,14 @@ def read_md17_hamiltonian(path: str | os.PathLike, *, indices: Sequence[int] | N
             s = (s * np.outer(sign, sign))[np.ix_(perm, perm)]
             energy = float(np.asarray(data.get("energy", np.nan)).reshape(-1)[0])
             forces = data.get("forces")
-            yield HamiltonianRecord(numbers=numbers, pos=row.positions, fock=h, overlap=s, energy=energy,
-                                    forces=None if forces is None else np.asarray(forces).reshape(-1, 3))
+            yield HamiltonianRecord(
+                numbers=numbers,
+                pos=row.positions,
+                fock=h,
+                overlap=s,
+                energy=energy,
+                forces=None if forces is None else np.asarray(forces).reshape(-1, 3),
+            )
 
 
 def _square(m: np.ndarray) -> np.ndarray:
@@ -538,8 +627,13 @@ def pyscf_overlap(numbers, pos_angstrom, basis: str) -> np.ndarray:
     """AO overlap matrix (PySCF order) at one geometry."""
     from pyscf import gto
 
-    mol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
-                basis=basis, unit="Angstrom", verbose=0, spin=int(np.sum(numbers)) % 2)
+    mol = gto.M(
+        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
+        basis=basis,
+        unit="Angstrom",
+        verbose=0,
+        spin=int(np.sum(numbers)) % 2,
+    )
     return mol.intor("int1e_ovlp")
 
 
@@ -598,7 +692,20 @@ def record_to_data(rec: HamiltonianRecord, dtype=None):
 
 
 __all__ = [
-    "HamiltonianRecord", "HamiltonianStore", "HamiltonianStoreWriter", "HamiltonianDataset", "write_store",
-    "pyscf_label", "pyscf_overlap", "generate", "sample_xtb_md", "sample_normal_modes", "SAMPLERS",
-    "molecule_from_smiles", "read_md17_hamiltonian", "read_qh9_lmdb", "record_to_data", "build_hamiltonian_dataset",
+    "HamiltonianRecord",
+    "HamiltonianStore",
+    "HamiltonianStoreWriter",
+    "HamiltonianDataset",
+    "write_store",
+    "pyscf_label",
+    "pyscf_overlap",
+    "generate",
+    "sample_xtb_md",
+    "sample_normal_modes",
+    "SAMPLERS",
+    "molecule_from_smiles",
+    "read_md17_hamiltonian",
+    "read_qh9_lmdb",
+    "record_to_data",
+    "build_hamiltonian_dataset",
 ]

@@ -37,7 +37,7 @@ DEFAULT_ELEMENTS = (1, 6, 7, 8, 9)
 L_LETTERS = "spdfghi"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _element_shells(basis: str, z: int) -> tuple[int, ...]:
     """Angular momenta of the shells of element ``z`` in ``basis``, in PySCF's AO order."""
     from pyscf import gto
@@ -47,8 +47,9 @@ def _element_shells(basis: str, z: int) -> tuple[int, ...]:
     try:
         gto.basis.load(basis, symbol)
     except Exception as exc:  # PySCF raises bare Exceptions / KeyErrors / RuntimeErrors for unknown names
-        raise ConfigError(f"PySCF has no basis '{basis}' for {symbol}: {exc}",
-                          ) from exc
+        raise ConfigError(
+            f"PySCF has no basis '{basis}' for {symbol}: {exc}",
+        ) from exc
     mol = gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=basis, spin=z % 2, verbose=0)
     ls = []
     for b in range(mol.nbas):
@@ -66,9 +67,9 @@ def _label_l(label) -> str:
     return label[2][-1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pyscf_to_e3nn(l: int) -> np.ndarray:
-    """Orthogonal (2l+1, 2l+1) matrix T_l with v_e3nn = T_l @ v_pyscf for real spherical harmonics of degree l.
+    """Orthogonal (2l+1, 2l+1) T_l with v_e3nn = T_l @ v_pyscf for real spherical harmonics of degree l.
 
     Fitted on 200 random unit vectors: PySCF AO values of a single primitive (radial part constant on the
     sphere) against ``e3nn.o3.spherical_harmonics(l, normalize=True)``; rows are renormalised to unit length.
@@ -122,8 +123,9 @@ class OrbitalBasis:
         try:
             return self.elements.index(int(z))
         except ValueError:
-            raise ModelError(f"element Z={int(z)} is not in the orbital basis (elements {list(self.elements)})",
-                             ) from None
+            raise ModelError(
+                f"element Z={int(z)} is not in the orbital basis (elements {list(self.elements)})",
+            ) from None
 
     def shells(self, z: int) -> tuple[int, ...]:
         """Angular momenta of the shells of element ``z`` (PySCF order), e.g. (0, 0, 1) for H in def2-SVP."""
@@ -191,7 +193,9 @@ class OrbitalBasis:
     # ---- molecules
     def ao_offsets(self, numbers: Sequence[int]) -> np.ndarray:
         """(n + 1,) AO offsets of each atom in a molecule's PySCF-ordered AO matrix."""
-        return np.concatenate([[0], np.cumsum([self.nao(z) for z in np.asarray(numbers).tolist()])]).astype(np.int64)
+        return np.concatenate([[0], np.cumsum([self.nao(z) for z in np.asarray(numbers).tolist()])]).astype(
+            np.int64
+        )
 
     def ao_slices(self, numbers: Sequence[int]) -> list[slice]:
         off = self.ao_offsets(numbers)
@@ -208,7 +212,7 @@ class OrbitalBasis:
         for z in np.asarray(numbers).tolist():
             for l in self.shells(z):
                 d = 2 * l + 1
-                u[off:off + d, off:off + d] = pyscf_to_e3nn(l)
+                u[off : off + d, off : off + d] = pyscf_to_e3nn(l)
                 off += d
         return u
 
@@ -237,7 +241,7 @@ class OrbitalBasis:
                     t = pyscf_to_e3nn(l)
                     cache[l] = t.T @ de @ t
                 d = 2 * l + 1
-                dm[off:off + d, off:off + d] = cache[l]
+                dm[off : off + d, off : off + d] = cache[l]
                 off += d
         return dm
 
@@ -274,8 +278,9 @@ class OrbitalBasis:
     def check_numbers(self, numbers: Sequence[int]) -> None:
         bad = sorted(set(int(z) for z in np.asarray(numbers).tolist()) - set(self.elements))
         if bad:
-            raise ModelError(f"elements {bad} are not in the orbital basis {self.name} "
-                             f"(covers {list(self.elements)})", )
+            raise ModelError(
+                f"elements {bad} are not in the orbital basis {self.name} (covers {list(self.elements)})",
+            )
 
 
 def basis_names_hint(name: str) -> str:

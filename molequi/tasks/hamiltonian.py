@@ -42,7 +42,9 @@ def orbitals(h: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scipy.linalg.eigh(h, np.asarray(s, dtype=np.float64))
 
 
-def hamiltonian_metrics(h_pred: np.ndarray, h_true: np.ndarray, s: np.ndarray, n_elec: int) -> dict[str, float]:
+def hamiltonian_metrics(
+    h_pred: np.ndarray, h_true: np.ndarray, s: np.ndarray, n_elec: int
+) -> dict[str, float]:
     """Per-molecule errors (sums and counts are returned so callers can aggregate exactly).
 
     Returns {"h_abs": sum |dH| (Ha), "h_n": nao^2, "eps_abs": sum |de_occ| (Ha), "eps_n": n_occ,
@@ -55,11 +57,16 @@ def hamiltonian_metrics(h_pred: np.ndarray, h_true: np.ndarray, s: np.ndarray, n
     e_t, c_t = orbitals(h_true, s)
     occ = slice(0, n_occ)
     cos = np.abs(np.sum(c_p[:, occ] * c_t[:, occ], axis=0)) / (
-        np.linalg.norm(c_p[:, occ], axis=0) * np.linalg.norm(c_t[:, occ], axis=0))
-    out = {"h_abs": float(np.abs(h_pred - h_true).sum()), "h_n": float(h_true.size),
-           "eps_abs": float(np.abs(e_p[occ] - e_t[occ]).sum()), "eps_n": float(n_occ),
-           "psi_cos": float(cos.sum()),
-           "homo_abs": float(abs(e_p[n_occ - 1] - e_t[n_occ - 1]))}
+        np.linalg.norm(c_p[:, occ], axis=0) * np.linalg.norm(c_t[:, occ], axis=0)
+    )
+    out = {
+        "h_abs": float(np.abs(h_pred - h_true).sum()),
+        "h_n": float(h_true.size),
+        "eps_abs": float(np.abs(e_p[occ] - e_t[occ]).sum()),
+        "eps_n": float(n_occ),
+        "psi_cos": float(cos.sum()),
+        "homo_abs": float(abs(e_p[n_occ - 1] - e_t[n_occ - 1])),
+    }
     if n_occ < len(e_t):
         out["lumo_abs"] = float(abs(e_p[n_occ] - e_t[n_occ]))
         out["gap_abs"] = float(abs((e_p[n_occ] - e_p[n_occ - 1]) - (e_t[n_occ] - e_t[n_occ - 1])))
@@ -77,18 +84,23 @@ class HamiltonianTask(Task):
     class Config:
         mse_weight: float = field(default=1.0, metadata={"help": "weight of the mean squared error (Ha^2)"})
         mae_weight: float = field(default=1.0, metadata={"help": "weight of the mean absolute error (Ha)"})
-        orbital_metrics: bool = field(default=True, metadata={
-            "help": "diagonalise H with S in validation for epsilon / psi / HOMO-LUMO metrics"})
+        orbital_metrics: bool = field(
+            default=True,
+            metadata={"help": "diagonalise H with S in validation for epsilon / psi / HOMO-LUMO metrics"},
+        )
 
     def forward(self, batch):
         return self.model(batch)
 
     def loss(self, batch, outputs):
         diff = outputs["fock"] - batch.fock.to(outputs["fock"].dtype)
-        mse = (diff ** 2).mean()
+        mse = (diff**2).mean()
         mae = diff.abs().mean()
         loss = self.config.mse_weight * mse + self.config.mae_weight * mae
-        return loss, {"h_mae_uha": mae.detach() / MICRO_HARTREE, "h_rmse_uha": mse.detach().sqrt() / MICRO_HARTREE}
+        return loss, {
+            "h_mae_uha": mae.detach() / MICRO_HARTREE,
+            "h_rmse_uha": mse.detach().sqrt() / MICRO_HARTREE,
+        }
 
     @torch.no_grad()
     def update_metrics(self, batch, outputs):

@@ -12,13 +12,16 @@ train  QHNet protocol on ``data/hamiltonian/water`` (our PySCF labels, MD at 500
        geometries train (the last 25 of them also drive the learning-rate plateau), trained with
        ``molequi.train`` for a fixed wall-time budget.
 test   the held-out geometries after the training ones (a later stretch of the trajectory): H MAE /
-       epsilon MAE (micro-Hartree), psi (|cos| x 100), HOMO/LUMO/gap MAE (meV). QHNet's published water numbers (MD17, 200k steps,
-       float64, GPU): 10.79 / 33.76 / 99.99.
+       epsilon MAE (micro-Hartree), psi (|cos| x 100), HOMO/LUMO/gap MAE (meV). QHNet's published
+       water numbers (MD17, 200k steps, float64, GPU): 10.79 / 33.76 / 99.99.
 scf    SCF cycles from the predicted Fock matrix vs PySCF's ``minao`` guess on the first 50 held-out
        geometries (same PySCF settings for both: RKS, conv_tol 1e-9, grids level 3).
 
-Example (what produced the shipped results):
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench/hamiltonian.py --stages speed,train,test,scf --budget-min 25
+What produced the shipped results (three calls; the train stage started as soon as 500 labels existed):
+    OMP_NUM_THREADS=1 python scripts/bench/hamiltonian.py --stages speed
+    OMP_NUM_THREADS=1 python scripts/bench/hamiltonian.py --stages train --budget-min 25 \
+        --channels 64 --layers 3 --lr 3e-3
+    OMP_NUM_THREADS=1 python scripts/bench/hamiltonian.py --stages test,scf --n-test 100 --n-scf 50
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-REFERENCE = {"qhnet_water": {"h_mae_uha": 10.79, "eps_mae_uha": 33.76, "psi_cos_x100": 99.99},
-             "qhnet_speed_s": {"water_b10_train_step": 1.02, "ethanol_b5_train_step": 3.68,
-                               "ethanol_inference": 0.30, "params_millions": 20.4}}
+REFERENCE = {
+    "qhnet_water": {"h_mae_uha": 10.79, "eps_mae_uha": 33.76, "psi_cos_x100": 99.99},
+    "qhnet_speed_s": {
+        "water_b10_train_step": 1.02,
+        "ethanol_b5_train_step": 3.68,
+        "ethanol_inference": 0.30,
+        "params_millions": 20.4,
+    },
+}
 
 
 def _records_for_speed(kind: str, n: int):
@@ -51,8 +60,12 @@ def _records_for_speed(kind: str, n: int):
     out = []
     for _ in range(n):
         nao = basis.molecule_nao(atoms.numbers)
-        rec = HamiltonianRecord(numbers=atoms.numbers, pos=atoms.positions + rng.normal(0, 0.05, atoms.positions.shape),
-                                fock=np.zeros((nao, nao)), overlap=np.eye(nao))
+        rec = HamiltonianRecord(
+            numbers=atoms.numbers,
+            pos=atoms.positions + rng.normal(0, 0.05, atoms.positions.shape),
+            fock=np.zeros((nao, nao)),
+            overlap=np.eye(nao),
+        )
         out.append(record_to_data(rec, dtype=torch.float32))
     return out
 
@@ -69,8 +82,13 @@ def stage_speed(channels: int, layers: int, repeats: int = 5) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     task = HamiltonianTask(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    res = {"params_millions": n_params / 1e6, "channels": channels, "num_layers": layers, "threads": 1,
-           "dtype": "float32"}
+    res = {
+        "params_millions": n_params / 1e6,
+        "channels": channels,
+        "num_layers": layers,
+        "threads": 1,
+        "dtype": "float32",
+    }
     for name, kind, bs in (("water_b10_train_step", "water", 10), ("ethanol_b5_train_step", "ethanol", 5)):
         batch = Batch.from_data_list(_records_for_speed(kind, bs))
         cpu, wall = [], []
@@ -95,7 +113,10 @@ def stage_speed(channels: int, layers: int, repeats: int = 5) -> dict:
             if it:
                 cpu.append(time.process_time() - c0)
                 wall.append(time.perf_counter() - t0)
-    res["ethanol_inference"] = {"cpu_s_median": float(np.median(cpu)), "wall_s_median": float(np.median(wall))}
+    res["ethanol_inference"] = {
+        "cpu_s_median": float(np.median(cpu)),
+        "wall_s_median": float(np.median(wall)),
+    }
     for k in ("water_b10_train_step", "ethanol_b5_train_step", "ethanol_inference"):
         res[k]["speedup_vs_reference_cpu"] = REFERENCE["qhnet_speed_s"][k] / res[k]["cpu_s_median"]
     return res
@@ -112,7 +133,7 @@ def _split(store_path: str, n_train: int, n_monitor: int):
         raise SystemExit(f"{store_path} holds {len(store)} geometries; need at least {n_train}")
     idx = {"train": range(0, n_train), "monitor": range(n_train - n_monitor, n_train)}
     splits = {"train": [record_to_data(store[i], dtype=torch.float32) for i in idx["train"]]}
-    splits["valid"] = splits["train"][n_train - n_monitor:]
+    splits["valid"] = splits["train"][n_train - n_monitor :]
     splits["test"] = []
     return store, splits, idx
 
@@ -127,25 +148,55 @@ def stage_train(args) -> dict:
         import shutil
 
         shutil.rmtree(out)
-    cfg = Config.from_dict({
-        "model": {"name": "qhnet", "channels": args.channels, "num_layers": args.layers, "num_radial": 32,
-                  "radial_hidden": 64},
-        "data": {"name": "hamiltonian", "root": args.data},
-        "task": {"name": "hamiltonian", "mse_weight": 1.0, "mae_weight": 1.0},
-        "optim": {"lr": args.lr, "scheduler": "plateau", "plateau_factor": 0.5, "plateau_patience": 4,
-                  "min_lr": 1e-5, "ema_decay": 0.99, "grad_clip": 10.0, "amsgrad": False},
-        "trainer": {"max_time": int(args.budget_min * 60), "batch_size": 10, "valid_batch_size": 25,
-                    "precision": "float32", "output": str(out), "progress_bar": False, "log_every": 10},
-    })
+    cfg = Config.from_dict(
+        {
+            "model": {
+                "name": "qhnet",
+                "channels": args.channels,
+                "num_layers": args.layers,
+                "num_radial": 32,
+                "radial_hidden": 64,
+            },
+            "data": {"name": "hamiltonian", "root": args.data},
+            "task": {"name": "hamiltonian", "mse_weight": 1.0, "mae_weight": 1.0},
+            "optim": {
+                "lr": args.lr,
+                "scheduler": "plateau",
+                "plateau_factor": 0.5,
+                "plateau_patience": 4,
+                "min_lr": 1e-5,
+                "ema_decay": 0.99,
+                "grad_clip": 10.0,
+                "amsgrad": False,
+            },
+            "trainer": {
+                "max_time": int(args.budget_min * 60),
+                "batch_size": 10,
+                "valid_batch_size": 25,
+                "precision": "float32",
+                "output": str(out),
+                "progress_bar": False,
+                "log_every": 10,
+            },
+        }
+    )
     t0 = time.perf_counter()
     result = train(cfg, splits=splits)
     wall = time.perf_counter() - t0
     n_params = sum(p.numel() for p in result.module.task.model.parameters())
-    return {"split": {k: [v.start, v.stop] for k, v in idx.items()}, "model_path": str(result.model_path),
-            "params": n_params, "channels": args.channels, "num_layers": args.layers,
-            "budget_min": args.budget_min, "wall_s": wall, "global_step": result.global_step, "lr": args.lr,
-            "epochs": result.global_step * 10 / args.n_train,
-            "monitor_on_training_records": result.metrics.get("valid", {})}
+    return {
+        "split": {k: [v.start, v.stop] for k, v in idx.items()},
+        "model_path": str(result.model_path),
+        "params": n_params,
+        "channels": args.channels,
+        "num_layers": args.layers,
+        "budget_min": args.budget_min,
+        "wall_s": wall,
+        "global_step": result.global_step,
+        "lr": args.lr,
+        "epochs": result.global_step * 10 / args.n_train,
+        "monitor_on_training_records": result.metrics.get("valid", {}),
+    }
 
 
 def stage_test(args, model_path: str) -> dict:
@@ -177,19 +228,33 @@ def stage_scf(args, model_path: str, n: int) -> dict:
         fock = predict_fock(model, rec.numbers, rec.pos)
         pred = run_scf(rec.numbers, rec.pos, fock=fock, xc=store.xc, basis=store.basis)
         ref = run_scf(rec.numbers, rec.pos, init_guess="minao", xc=store.xc, basis=store.basis)
-        rows.append({"index": i, "pred_cycles": pred["cycles"], "minao_cycles": ref["cycles"],
-                     "pred_s": pred["seconds"], "minao_s": ref["seconds"],
-                     "de_ha": pred["e_tot"] - ref["e_tot"], "converged": pred["converged"] and ref["converged"]})
+        rows.append(
+            {
+                "index": i,
+                "pred_cycles": pred["cycles"],
+                "minao_cycles": ref["cycles"],
+                "pred_s": pred["seconds"],
+                "minao_s": ref["seconds"],
+                "de_ha": pred["e_tot"] - ref["e_tot"],
+                "converged": pred["converged"] and ref["converged"],
+            }
+        )
     p = np.array([r["pred_cycles"] for r in rows])
     m = np.array([r["minao_cycles"] for r in rows])
-    return {"n": len(rows), "indices": [ids[0], ids[-1] + 1] if ids else [],
-            "median_cycles_pred": float(np.median(p)), "median_cycles_minao": float(np.median(m)),
-            "mean_cycles_pred": float(p.mean()), "mean_cycles_minao": float(m.mean()),
-            "cycles_saved_fraction": float(1 - p.sum() / m.sum()),
-            "median_wall_s_pred": float(np.median([r["pred_s"] for r in rows])),
-            "median_wall_s_minao": float(np.median([r["minao_s"] for r in rows])),
-            "max_abs_de_ha": float(np.max(np.abs([r["de_ha"] for r in rows]))),
-            "all_converged": bool(all(r["converged"] for r in rows)), "rows": rows}
+    return {
+        "n": len(rows),
+        "indices": [ids[0], ids[-1] + 1] if ids else [],
+        "median_cycles_pred": float(np.median(p)),
+        "median_cycles_minao": float(np.median(m)),
+        "mean_cycles_pred": float(p.mean()),
+        "mean_cycles_minao": float(m.mean()),
+        "cycles_saved_fraction": float(1 - p.sum() / m.sum()),
+        "median_wall_s_pred": float(np.median([r["pred_s"] for r in rows])),
+        "median_wall_s_minao": float(np.median([r["minao_s"] for r in rows])),
+        "max_abs_de_ha": float(np.max(np.abs([r["de_ha"] for r in rows]))),
+        "all_converged": bool(all(r["converged"] for r in rows)),
+        "rows": rows,
+    }
 
 
 def write_table(res: dict, path: Path) -> None:
@@ -197,33 +262,50 @@ def write_table(res: dict, path: Path) -> None:
     if "train" in res:
         t = res["train"]
         te = res.get("test", {})
-        lines += [f"Training: {t['params'] / 1e6:.2f}M params (channels {t['channels']}, {t['num_layers']} layers), "
-                  f"float32, {t['budget_min']} min wall budget on a shared 2-core CPU, {t['global_step']} steps "
-                  f"(~{t['epochs']:.0f} epochs), training geometries {t['split']['train']}, test geometries "
-                  f"{te.get('indices')} (held out, later in the MD trajectory).", "",
-                  "| metric (test) | molequi QHNet (this budget) | QHNet paper (MD17 water, 200k steps) |",
-                  "| --- | --- | --- |",
-                  f"| H MAE (µHa) | {te.get('h_mae_uha', float('nan')):.2f} | 10.79 |",
-                  f"| ε occupied MAE (µHa) | {te.get('eps_mae_uha', float('nan')):.2f} | 33.76 |",
-                  f"| ψ mean abs. cosine x100 | {te.get('psi_cos_x100', float('nan')):.3f} | 99.99 |",
-                  f"| HOMO / LUMO / gap MAE (meV) | {te.get('homo_mae_mev', float('nan')):.2f} / "
-                  f"{te.get('lumo_mae_mev', float('nan')):.2f} / {te.get('gap_mae_mev', float('nan')):.2f} | - |", ""]
+        lines += [
+            f"Training: {t['params'] / 1e6:.2f}M params (channels {t['channels']}, "
+            f"{t['num_layers']} layers), "
+            f"float32, {t['budget_min']} min wall budget on a shared 2-core CPU, {t['global_step']} steps "
+            f"(~{t['epochs']:.0f} epochs), training geometries {t['split']['train']}, test geometries "
+            f"{te.get('indices')} (held out, later in the MD trajectory).",
+            "",
+            "| metric (test) | molequi QHNet (this budget) | QHNet paper (MD17 water, 200k steps) |",
+            "| --- | --- | --- |",
+            f"| H MAE (µHa) | {te.get('h_mae_uha', float('nan')):.2f} | 10.79 |",
+            f"| ε occupied MAE (µHa) | {te.get('eps_mae_uha', float('nan')):.2f} | 33.76 |",
+            f"| ψ mean abs. cosine x100 | {te.get('psi_cos_x100', float('nan')):.3f} | 99.99 |",
+            f"| HOMO / LUMO / gap MAE (meV) | {te.get('homo_mae_mev', float('nan')):.2f} / "
+            f"{te.get('lumo_mae_mev', float('nan')):.2f} / {te.get('gap_mae_mev', float('nan')):.2f} | - |",
+            "",
+        ]
     if "scf" in res:
         s = res["scf"]
-        lines += [f"SCF from the predicted H vs `minao` ({s['n']} held-out geometries): median cycles "
-                  f"{s['median_cycles_pred']:g} vs {s['median_cycles_minao']:g}, mean {s['mean_cycles_pred']:.2f} vs "
-                  f"{s['mean_cycles_minao']:.2f}, {100 * s['cycles_saved_fraction']:.0f}% fewer cycles in total "
-                  f"(goal >= 40%); median SCF wall {s['median_wall_s_pred']:.2f} s vs {s['median_wall_s_minao']:.2f} s; "
-                  f"max |dE| {s['max_abs_de_ha']:.1e} Ha; all converged: {s['all_converged']}.", ""]
+        lines += [
+            f"SCF from the predicted H vs `minao` ({s['n']} held-out geometries): median cycles "
+            f"{s['median_cycles_pred']:g} vs {s['median_cycles_minao']:g}, "
+            f"mean {s['mean_cycles_pred']:.2f} vs "
+            f"{s['mean_cycles_minao']:.2f}, {100 * s['cycles_saved_fraction']:.0f}% fewer cycles in total "
+            f"(goal >= 40%); median SCF wall {s['median_wall_s_pred']:.2f} s vs "
+            f"{s['median_wall_s_minao']:.2f} s; "
+            f"max |dE| {s['max_abs_de_ha']:.1e} Ha; all converged: {s['all_converged']}.",
+            "",
+        ]
     if "speed" in res:
         sp = res["speed"]
-        lines += [f"Speed at {sp['params_millions']:.1f}M params (channels {sp['channels']}, {sp['num_layers']} layers, "
-                  "float32) vs the reference QHNet (20.4M, float32, two quiet cores):", "",
-                  "| step | molequi CPU s (1 thread) | molequi wall s (shared machine) | QHNet ref s | speed-up (CPU) |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"Speed at {sp['params_millions']:.1f}M params (channels {sp['channels']}, "
+            f"{sp['num_layers']} layers, "
+            "float32) vs the reference QHNet (20.4M, float32, two quiet cores):",
+            "",
+            "| step | molequi CPU s (1 thread) | molequi wall s (shared machine) | QHNet ref s "
+            "| speed-up (CPU) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for k in ("water_b10_train_step", "ethanol_b5_train_step", "ethanol_inference"):
-            lines.append(f"| {k} | {sp[k]['cpu_s_median']:.3f} | {sp[k]['wall_s_median']:.3f} | "
-                         f"{REFERENCE['qhnet_speed_s'][k]} | {sp[k]['speedup_vs_reference_cpu']:.2f}x |")
+            lines.append(
+                f"| {k} | {sp[k]['cpu_s_median']:.3f} | {sp[k]['wall_s_median']:.3f} | "
+                f"{REFERENCE['qhnet_speed_s'][k]} | {sp[k]['speedup_vs_reference_cpu']:.2f}x |"
+            )
         lines.append("")
     lines.append(f"Load average when written: {os.getloadavg()[0]:.1f} (2 cores shared by several jobs).")
     tmp = path.with_suffix(".tmp")
@@ -236,14 +318,20 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default="speed,train,test,scf")
     p.add_argument("--data", default=str(ROOT / "data/hamiltonian/water"))
     p.add_argument("--n-train", type=int, default=500)
-    p.add_argument("--n-monitor", type=int, default=25,
-                   help="last training records used as the trainer's validation (plateau schedule)")
+    p.add_argument(
+        "--n-monitor",
+        type=int,
+        default=25,
+        help="last training records used as the trainer's validation (plateau schedule)",
+    )
     p.add_argument("--n-test", type=int, default=100, help="held-out geometries after the training ones")
-    p.add_argument("--budget-min", type=float, default=15.0, help="training wall-time budget, minutes")
-    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--budget-min", type=float, default=25.0, help="training wall-time budget, minutes")
+    p.add_argument("--channels", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--speed-channels", type=int, default=160, help="channels of the ~20M-parameter speed config")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--speed-channels", type=int, default=160, help="channels of the ~20M-parameter speed config"
+    )
     p.add_argument("--speed-layers", type=int, default=5)
     p.add_argument("--n-scf", type=int, default=50)
     p.add_argument("--run-dir", default="/tmp/molequi_bench_hamiltonian")

@@ -27,5 +27,7 @@ def water_labels():
     from molequi.data.hamiltonian import pyscf_label
 
     rng = np.random.default_rng(0)
-    return [pyscf_label([8, 1, 1], WATER + rng.normal(0, 0.03, (3, 3)), xc="pbe", basis="def2-svp",
-                        forces=False) for _ in range(3)]
+    return [
+        pyscf_label([8, 1, 1], WATER + rng.normal(0, 0.03, (3, 3)), xc="pbe", basis="def2-svp", forces=False)
+        for _ in range(3)
+    ]

@@ -71,4 +71,8 @@ def test_orca_permutation_is_a_permutation():
     b = OrbitalBasis("def2-svp")
     perm, sign = b.orca_to_pyscf([8, 1])
     assert sorted(perm.tolist()) == list(range(19)) and np.all(sign == 1)
-    assert perm[3:6].tolist() == [4, 5, 3]  # PySCF px, py, pz = ORCA entries 1, 2, 0 of the (pz, px, py) shell
+    assert perm[3:6].tolist() == [
+        4,
+        5,
+        3,
+    ]  # PySCF px, py, pz = ORCA entries 1, 2, 0 of the (pz, px, py) shell

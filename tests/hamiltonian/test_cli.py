@@ -7,8 +7,26 @@ from molequi.cli.main import build_parser, main
 
 def test_data_hamiltonian_normal_modes(tmp_path):
     out = tmp_path / "w"
-    assert main(["data", "hamiltonian", "--smiles", "O", "--n", "2", "--sampler", "normal-modes",
-                 "--shard-size", "1", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "hamiltonian",
+                "--smiles",
+                "O",
+                "--n",
+                "2",
+                "--sampler",
+                "normal-modes",
+                "--shard-size",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from molequi.data.hamiltonian import HamiltonianStore
 
     store = HamiltonianStore(out)

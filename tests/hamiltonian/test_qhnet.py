@@ -45,14 +45,22 @@ def test_swapping_identical_atoms_permutes_blocks(tiny_model):
 def test_batch_equals_single(tiny_model):
     z1, p1 = _ethanolish()
     z2, p2 = [8, 1, 1], WATER
-    out = tiny_model(Batch.from_data_list([Data(numbers=torch.tensor(z1), pos=torch.as_tensor(p1)),
-                                           Data(numbers=torch.tensor(z2), pos=torch.as_tensor(p2))]))
+    out = tiny_model(
+        Batch.from_data_list(
+            [
+                Data(numbers=torch.tensor(z1), pos=torch.as_tensor(p1)),
+                Data(numbers=torch.tensor(z2), pos=torch.as_tensor(p2)),
+            ]
+        )
+    )
     n1 = 57
     assert out["nao"].tolist() == [57, 24]
-    np.testing.assert_allclose(out["fock"][: n1 * n1].detach().numpy().reshape(n1, n1), _predict(tiny_model, z1, p1),
-                               atol=1e-12)
-    np.testing.assert_allclose(out["fock"][n1 * n1:].detach().numpy().reshape(24, 24), _predict(tiny_model, z2, p2),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        out["fock"][: n1 * n1].detach().numpy().reshape(n1, n1), _predict(tiny_model, z1, p1), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        out["fock"][n1 * n1 :].detach().numpy().reshape(24, 24), _predict(tiny_model, z2, p2), atol=1e-12
+    )
 
 
 def test_reference_blocks_are_fitted_on_first_training_batch(water_labels):

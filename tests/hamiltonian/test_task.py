@@ -1,7 +1,5 @@
 """Hamiltonian metrics on known inputs, the task's loss, and the SCF guess from an exact Fock matrix."""
 
-import numpy as np
-import pytest
 import torch
 
 from molequi.tasks.hamiltonian import HamiltonianTask, hamiltonian_metrics, split_matrices

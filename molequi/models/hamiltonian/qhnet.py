@@ -5,7 +5,7 @@ Design (what QHNet does, and what is done differently here for speed):
 1. Node interaction layers. Atom features are stacks (n, D, C), D = (lmax+1)^2 components in e3nn order,
    channels last (every linear map is one batched matmul). A layer sends messages along
    every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17),
-       m_ij[l3, w] = sum_{(l1, lf, l3), u} W_path[u, w] rad_ij[l1, u] * CG(l1, lf, l3) . (x_j[l1, u], Y^lf(r_ij))
+       m_ij[l3, w] = sum_{(l1, lf, l3), u} W_path[u, w] rad_ij[l1, u] CG(l1, lf, l3).(x_j[l1, u], Y^lf(r_ij))
    with radial modulation rad_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
    (o3.Linear-like, one weight per l), gates l > 0 by sigmoid(scalars) and adds the residual.
    QHNet evaluates the edge tensor product with e3nn ``TensorProduct`` kernels (O(L^6) per edge); here it
@@ -62,8 +62,12 @@ class QHNetConfig:
 
 
 def _cg_paths(lmax_in: int, lmax_f: int, lmax_out: int):
-    return [(l1, lf, l3) for l1 in range(lmax_in + 1) for lf in range(lmax_f + 1)
-            for l3 in range(abs(l1 - lf), min(l1 + lf, lmax_out) + 1)]
+    return [
+        (l1, lf, l3)
+        for l1 in range(lmax_in + 1)
+        for lf in range(lmax_f + 1)
+        for l3 in range(abs(l1 - lf), min(l1 + lf, lmax_out) + 1)
+    ]
 
 
 def _wigner_3j(l1, l2, l3, dtype):
@@ -88,8 +92,9 @@ class GaussianRBF(nn.Module):
 class RadialMLP(nn.Module):
     def __init__(self, n_in: int, hidden: int, n_out: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, n_out))
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_out)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -101,7 +106,7 @@ def _degree_of_rows(lmax: int) -> torch.Tensor:
 
 
 class LinearL(nn.Module):
-    """Per-degree channel mixing on features x (n, D, C_in): y[:, rows of l] = x[:, rows of l] @ W_l, + bias on l=0.
+    """Per-degree channel mixing of x (n, D, C_in): y[:, rows of l] = x[:, rows of l] @ W_l (+ bias, l=0).
 
     Equivariant (acts on channels only). One batched matmul over the D = (lmax+1)^2 component rows.
     """
@@ -120,7 +125,7 @@ class LinearL(nn.Module):
 class SparseTP(nn.Module):
     """Channel-wise tensor product of two equivariant features with per-(row, path, channel) weights.
 
-        out[K3, r, c] = sum_{paths p = (l1, l2, l3)} w[r, p, c] sum_{a, b} CG_p[a, b, K3] x[a, r, c] y[b, r, c]
+        out[K3, r, c] = sum_{p = (l1, l2, l3)} w[r, p, c] sum_{a, b} CG_p[a, b, K3] x[a, r, c] y[b, r, c]
 
     x: (Dx, R, C), y: (Dy, R, C) or (Dy, R, 1) (e.g. spherical harmonics, broadcast over channels),
     w: (R, n_paths, C). All paths with l1 <= lx, l2 <= ly, l3 <= lout (SO(3): parity is not restricted).
@@ -156,10 +161,10 @@ class SparseTP(nn.Module):
 
     def forward(self, x, y, w):
         dx, r, c = x.shape
-        outer = (x.unsqueeze(1) * y.unsqueeze(0)).reshape(dx * y.shape[0], r * c)   # (Dx*Dy, R*C)
-        z = torch.sparse.mm(self.cg, outer).view(-1, r, c)                           # (rows, R, C)
-        z = z * w.permute(1, 0, 2)[self.row_path]                                   # per-path weights
-        return z.new_zeros(self.dout, r, c).index_add_(0, self.row_out, z)          # (Dout, R, C)
+        outer = (x.unsqueeze(1) * y.unsqueeze(0)).reshape(dx * y.shape[0], r * c)  # (Dx*Dy, R*C)
+        z = torch.sparse.mm(self.cg, outer).view(-1, r, c)  # (rows, R, C)
+        z = z * w.permute(1, 0, 2)[self.row_path]  # per-path weights
+        return z.new_zeros(self.dout, r, c).index_add_(0, self.row_out, z)  # (Dout, R, C)
 
 
 class Gate(nn.Module):
@@ -199,9 +204,9 @@ class InteractionLayer(nn.Module):
 
     def forward(self, x, edge_frame, frame, rbf, sender, receiver):
         h = self.pre(x)
-        y = self.conv(edge_frame.to_edge(h[sender], frame), self.radial(rbf))   # (E, D, C), edge frame
+        y = self.conv(edge_frame.to_edge(h[sender], frame), self.radial(rbf))  # (E, D, C), edge frame
         msg = edge_frame.from_edge(y, frame)
-        agg = torch.zeros_like(h).index_add_(0, receiver, msg * self.norm)      # (n, D, C)
+        agg = torch.zeros_like(h).index_add_(0, receiver, msg * self.norm)  # (n, D, C)
         return x + self.gate(self.post(agg))
 
 
@@ -245,12 +250,15 @@ class BlockExpansion(nn.Module):
             for s2, l2 in enumerate(shells):
                 for L in range(abs(l1 - l2), l1 + l2 + 1):
                     if L > lmax:
-                        raise ConfigError(f"lmax={lmax} is too small for basis {basis.name}: shells l={l1}, "
-                                          f"l={l2} need degree {l1 + l2}; set lmax >= {2 * basis.lmax}")
+                        raise ConfigError(
+                            f"lmax={lmax} is too small for basis {basis.name}: shells l={l1}, "
+                            f"l={l2} need degree {l1 + l2}; set lmax >= {2 * basis.lmax}"
+                        )
                     slots[L].append((s1, s2))
         self.Ls = [L for L in range(lmax + 1) if slots[L]]
-        self.reduce = nn.ParameterList([nn.Parameter(torch.randn(channels, len(slots[L])) / math.sqrt(channels))
-                                        for L in self.Ls])
+        self.reduce = nn.ParameterList(
+            [nn.Parameter(torch.randn(channels, len(slots[L])) / math.sqrt(channels)) for L in self.Ls]
+        )
         rows = sum((2 * L + 1) * len(slots[L]) for L in self.Ls)
         g = np.zeros((rows, P, P))
         r0 = 0
@@ -259,18 +267,20 @@ class BlockExpansion(nn.Module):
             for k, (s1, s2) in enumerate(slots[L]):
                 l1, l2 = shells[s1], shells[s2]
                 cg = _wigner_3j(l1, l2, L, torch.float64).numpy()  # (2l1+1, 2l2+1, 2L+1), e3nn basis
-                t1, t2 = pyscf_to_e3nn(l1), pyscf_to_e3nn(l2)       # v_e3nn = T v_pyscf
-                cg_p = np.einsum("am,bn,abk->mnk", t1, t2, cg)       # PySCF basis for the orbital indices
+                t1, t2 = pyscf_to_e3nn(l1), pyscf_to_e3nn(l2)  # v_e3nn = T v_pyscf
+                cg_p = np.einsum("am,bn,abk->mnk", t1, t2, cg)  # PySCF basis for the orbital indices
                 for M in range(2 * L + 1):
                     # feature (L, M, slot k) sits at row r0 + M * n_L + k   (M-major, as f_L @ W flattens)
-                    g[r0 + M * n_L + k, starts[s1]:starts[s1 + 1], starts[s2]:starts[s2 + 1]] = cg_p[:, :, M]
+                    g[r0 + M * n_L + k, starts[s1] : starts[s1 + 1], starts[s2] : starts[s2 + 1]] = cg_p[
+                        :, :, M
+                    ]
             r0 += (2 * L + 1) * n_L
         self.register_buffer("G", torch.as_tensor(g.reshape(rows, P * P), dtype=torch.get_default_dtype()))
         self.P = P
 
     def forward(self, f):
         """f (R, D, C) -> (R, P, P)."""
-        parts = [(f[:, L * L:(L + 1) ** 2] @ w).flatten(1) for L, w in zip(self.Ls, self.reduce)]
+        parts = [(f[:, L * L : (L + 1) ** 2] @ w).flatten(1) for L, w in zip(self.Ls, self.reduce)]
         return (torch.cat(parts, dim=1) @ self.G).view(-1, self.P, self.P)
 
 
@@ -307,8 +317,10 @@ class QHNet(nn.Module):
         self.cfg = cfg
         self.basis = OrbitalBasis(cfg.basis, tuple(cfg.elements))
         if cfg.lmax < 2 * self.basis.lmax:
-            raise ConfigError(f"lmax={cfg.lmax} cannot express {cfg.basis} blocks between l={self.basis.lmax} "
-                              f"shells; set lmax >= {2 * self.basis.lmax}")
+            raise ConfigError(
+                f"lmax={cfg.lmax} cannot express {cfg.basis} blocks between l={self.basis.lmax} "
+                f"shells; set lmax >= {2 * self.basis.lmax}"
+            )
         L, C = cfg.lmax, cfg.channels
         zmax = max(self.basis.elements)
         self.embed = nn.Embedding(zmax + 1, C)
@@ -343,9 +355,12 @@ class QHNet(nn.Module):
         self.register_buffer("ref_blocks", torch.zeros(zmax + 1, P, P))
         self.register_buffer("ref_fitted", torch.zeros(zmax + 1, dtype=torch.bool))
         starts = np.concatenate([[0], np.cumsum([2 * l + 1 for l in self.basis.padded_shells])])
-        self._same_l_pairs = [(int(starts[a]), int(starts[b]), 2 * la + 1)
-                              for a, la in enumerate(self.basis.padded_shells)
-                              for b, lb in enumerate(self.basis.padded_shells) if la == lb]
+        self._same_l_pairs = [
+            (int(starts[a]), int(starts[b]), 2 * la + 1)
+            for a, la in enumerate(self.basis.padded_shells)
+            for b, lb in enumerate(self.basis.padded_shells)
+            if la == lb
+        ]
 
     @classmethod
     def from_config(cls, cfg, statistics=None):
@@ -356,7 +371,9 @@ class QHNet(nn.Module):
         pos = data[K.POS]
         if int(z.max()) >= len(self.known) or not bool(self.known[z].all()):
             bad = sorted(set(z.tolist()) - set(self.basis.elements))
-            raise ModelError(f"elements {bad} are not in this model's basis (elements {list(self.basis.elements)})")
+            raise ModelError(
+                f"elements {bad} are not in this model's basis (elements {list(self.basis.elements)})"
+            )
         ptr = getattr(data, K.PTR, None)
         if ptr is None:
             ptr = torch.tensor([0, len(z)], device=z.device)
@@ -366,16 +383,19 @@ class QHNet(nn.Module):
         C, L = self.cfg.channels, self.cfg.lmax
         n = len(z)
         D = (L + 1) ** 2
-        x = torch.cat([self.embed(z).unsqueeze(1), pos.new_zeros(n, D - 1, C)], dim=1)   # (n, D, C)
-        vec = pos[r_idx] - pos[s_idx]   # pos[receiver] - pos[sender], Å
-        rbf = self.rbf(vec.norm(dim=-1))                                 # (E, num_radial)
+        x = torch.cat([self.embed(z).unsqueeze(1), pos.new_zeros(n, D - 1, C)], dim=1)  # (n, D, C)
+        vec = pos[r_idx] - pos[s_idx]  # pos[receiver] - pos[sender], Å
+        rbf = self.rbf(vec.norm(dim=-1))  # (E, num_radial)
         frame = self.edge_frame.angles(vec)
         for layer in self.layers:
             x = layer(x, self.edge_frame, frame, rbf, s_idx, r_idx)
         # diagonal blocks (one per atom): channel-wise x (x) x over all CG paths, plus x
-        d = self.diag_tp(self.diag_a(x).transpose(0, 1), self.diag_b(x).transpose(0, 1),
-                         self.diag_w.unsqueeze(0).expand(n, -1, -1)).transpose(0, 1)
-        diag = self.diag_out(d + self.diag_lin(x))                       # (n, P, P)
+        d = self.diag_tp(
+            self.diag_a(x).transpose(0, 1),
+            self.diag_b(x).transpose(0, 1),
+            self.diag_w.unsqueeze(0).expand(n, -1, -1),
+        ).transpose(0, 1)
+        diag = self.diag_out(d + self.diag_lin(x))  # (n, P, P)
         index = self.scatter_index(z, ptr, i, j, mol)
         if self.training and "fock" in data and not bool(self.ref_fitted[z].all()):
             self.fit_reference(z, data.fock, index, ~off)
@@ -411,8 +431,8 @@ class QHNet(nn.Module):
             mean = target[z == el].mean(0)
             ref = torch.zeros_like(mean)
             for a, b, d in self._same_l_pairs:
-                c = torch.diagonal(mean[a:a + d, b:b + d]).sum() / d
-                ref[a:a + d, b:b + d] = c * torch.eye(d, dtype=ref.dtype, device=ref.device)
+                c = torch.diagonal(mean[a : a + d, b : b + d]).sum() / d
+                ref[a : a + d, b : b + d] = c * torch.eye(d, dtype=ref.dtype, device=ref.device)
             self.ref_blocks[el] = ref * self.padded_mask(el)
             self.ref_fitted[el] = True
 
@@ -424,7 +444,7 @@ class QHNet(nn.Module):
         """Flat positions of every padded pair-block entry in the concatenated (sum nao^2,) AO matrices.
 
         Returns (flat (Pn, P, P) long, valid (Pn, P, P) bool, nao (B,), total)."""
-        atom_nao = self.atom_nao[z]                                     # (n,)
+        atom_nao = self.atom_nao[z]  # (n,)
         # AO offset of each atom inside its molecule
         cum = torch.cumsum(atom_nao, 0) - atom_nao
         nmol = len(ptr) - 1
@@ -433,7 +453,7 @@ class QHNet(nn.Module):
         atom_off = cum - first[mol_of_atom]
         nao = torch.zeros(nmol, dtype=torch.long, device=z.device).index_add_(0, mol_of_atom, atom_nao)
         base = torch.cumsum(nao * nao, 0) - nao * nao
-        rows = self.slot_table[z[i]]                                    # (Pn, P)
+        rows = self.slot_table[z[i]]  # (Pn, P)
         cols = self.slot_table[z[j]]
         valid = (rows >= 0).unsqueeze(2) & (cols >= 0).unsqueeze(1)
         r = (atom_off[i].unsqueeze(1) + rows).unsqueeze(2)

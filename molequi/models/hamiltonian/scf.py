@@ -33,13 +33,27 @@ def density_from_fock(fock: np.ndarray, overlap: np.ndarray, n_elec: int) -> np.
 def build_mol(numbers: Sequence[int], pos_angstrom: np.ndarray, basis: str, charge: int = 0):
     from pyscf import gto
 
-    return gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
-                 basis=basis, charge=charge, unit="Angstrom", verbose=0)
+    return gto.M(
+        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
+        basis=basis,
+        charge=charge,
+        unit="Angstrom",
+        verbose=0,
+    )
 
 
-def run_scf(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "pbe", basis: str = "def2-svp",
-            fock: np.ndarray | None = None, init_guess: str = "minao", conv_tol: float = 1e-9,
-            charge: int = 0, grids_level: int = 3) -> dict:
+def run_scf(
+    numbers: Sequence[int],
+    pos_angstrom: np.ndarray,
+    *,
+    xc: str = "pbe",
+    basis: str = "def2-svp",
+    fock: np.ndarray | None = None,
+    init_guess: str = "minao",
+    conv_tol: float = 1e-9,
+    charge: int = 0,
+    grids_level: int = 3,
+) -> dict:
     """Run PySCF RKS from ``fock`` (a predicted Fock matrix, PySCF AO order, Hartree) or from ``init_guess``.
 
     Returns {"cycles", "seconds" (SCF wall time, guess included), "e_tot" (Hartree), "converged",
@@ -57,8 +71,9 @@ def run_scf(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "pbe"
     if fock is not None:
         fock = np.asarray(fock, dtype=np.float64)
         if fock.shape != (mol.nao, mol.nao):
-            raise InputError(f"predicted Fock matrix has shape {fock.shape}, the molecule has {mol.nao} AOs "
-                             f"in {basis}")
+            raise InputError(
+                f"predicted Fock matrix has shape {fock.shape}, the molecule has {mol.nao} AOs in {basis}"
+            )
         dm0 = density_from_fock(fock, mol.intor("int1e_ovlp"), mol.nelectron)
         e = mf.kernel(dm0=dm0)
         guess = "predicted"
@@ -66,8 +81,13 @@ def run_scf(numbers: Sequence[int], pos_angstrom: np.ndarray, *, xc: str = "pbe"
         mf.init_guess = init_guess
         e = mf.kernel()
         guess = init_guess
-    return {"cycles": int(mf.cycles), "seconds": time.perf_counter() - t0, "e_tot": float(e),
-            "converged": bool(mf.converged), "guess": guess}
+    return {
+        "cycles": int(mf.cycles),
+        "seconds": time.perf_counter() - t0,
+        "e_tot": float(e),
+        "converged": bool(mf.converged),
+        "guess": guess,
+    }
 
 
 def predict_fock(model, numbers: Sequence[int], pos_angstrom: np.ndarray) -> np.ndarray:

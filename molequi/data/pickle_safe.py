@@ -206,7 +206,9 @@ def safe_loads(data: bytes, *, source: str | None = None, frame: int | None = No
     """Unpickle ``data`` with ``RestrictedUnpickler``; corrupt bytes raise ``FormatError``."""
     try:
         return RestrictedUnpickler(io.BytesIO(data), source=source, frame=frame).load()
-    except UnsafePickleError:
+    except UnsafePickleError as exc:
+        if exc.source is None and source is not None:  # raised inside a nested tensor blob: add where
+            raise UnsafePickleError(str(exc), source=source, frame=frame) from None
         raise
     except Exception as exc:  # noqa: BLE001 - malformed bytes fail in many ways; nothing ran
         raise FormatError(

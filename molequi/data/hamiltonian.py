@@ -391,6 +391,7 @@ class HamiltonianStoreWriter:
 
     def close(self) -> None:
         self.flush()
+        self._write_index()  # metadata set after the last flush (timings) must reach index.json too
 
     def __enter__(self):
         return self

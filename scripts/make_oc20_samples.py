@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ase.io
 
-from molequi.data.atomic_io import atomic_write_bytes
+from molequi.io import atomic_write_bytes
 from molequi.data.oc20 import FrameRef, write_s2ef
 
 

@@ -84,21 +84,36 @@ def build_dataset(cfg: DatasetConfig):
 
 
 # ------------------------------------------------------------------------------------------------ splits
-def random_split(n: int, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
-    """Split ``range(n)`` into disjoint index arrays of the given fractions (the last may take the rest).
+def random_split(
+    n: int, sizes: Sequence[int | float | None], seed: int = 0
+) -> list[np.ndarray]:
+    """Seeded random split of ``range(n)``; ``sizes``: counts, fractions (< 1) or one ``None`` (the rest).
 
-    Fractions must sum to at most 1; with a sum < 1 the remainder is unused. Seeded permutation.
+    Fractions are floats in [0, 1]; a float 1.0 means the whole set. With ``sizes=(110000, 10000, None)`` and
+    QM9's 130,831 characterised molecules this is PyG/DimeNet's split.
     """
-    if any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
-        raise ConfigError(f"split fractions {list(fractions)} must be >= 0 and sum to at most 1")
+    counts = []
+    for s in sizes:
+        if s is None:
+            counts.append(None)
+        elif isinstance(s, float) and 0 <= s <= 1:
+            counts.append(int(round(s * n)))
+        else:
+            counts.append(int(s))
+    if counts.count(None) > 1:
+        raise DatasetError("at most one split size may be None (the rest)")
+    fixed = sum(c for c in counts if c is not None)
+    if fixed > n:
+        raise DatasetError(
+            f"split sizes {list(sizes)} ask for {fixed} items but the dataset has {n}",
+            hint="give smaller counts or fractions such as (0.8, 0.1, 0.1)",
+        )
+    counts = [n - fixed if c is None else c for c in counts]
     perm = np.random.default_rng(seed).permutation(n)
-    sizes = [int(round(f * n)) for f in fractions]
-    if abs(sum(fractions) - 1) < 1e-9:
-        sizes[-1] = n - sum(sizes[:-1])
     out, start = [], 0
-    for size in sizes:
-        out.append(np.sort(perm[start:start + size]))
-        start += size
+    for c in counts:
+        out.append(np.sort(perm[start : start + c]))
+        start += c
     return out
 
 

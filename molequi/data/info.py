@@ -69,14 +69,26 @@ def summarize(records: Sequence, cutoff: float | None = 5.0) -> dict:
 
 
 def dataset_info(source: str, format: str | None = None, cutoff: float | None = 5.0, **options) -> dict:
+    """Summary of everything in ``source``; a dataset that comes split reports the split sizes too."""
     name = format or detect_format(source)
+    if name in WHOLE_SET_SPLIT:  # describe the whole file, not the default benchmark split of it
+        options.setdefault("options", {}).setdefault("split", WHOLE_SET_SPLIT[name])
     cfg = DatasetConfig(name=name, root=str(source), **options)
-    records = build_dataset(cfg)
+    built = build_dataset(cfg)
+    info = {"source": str(Path(source)), "format": name}
+    if isinstance(built, dict):  # benchmark families return {"train", "val", "test"}
+        info["splits"] = {part: len(records) for part, records in built.items()}
+        records = [r for part in built.values() for r in part]
+    else:
+        records = list(built)
     if len(records) == 0:
         raise FormatError("no structures found", source=str(source))
-    info = {"source": str(Path(source)), "format": name}
     info.update(summarize(records, cutoff=cutoff))
     return info
+
+
+# datasets whose builder splits by sizes: ask for everything in one part
+WHOLE_SET_SPLIT = {"qm9": [None, 0, 0], "md17": [None, 0, 0]}
 
 
 __all__ = ["dataset_info", "summarize", "detect_format"]

@@ -346,7 +346,7 @@ def build_md17(cfg) -> dict[str, MD17Frames]:
     (or ``cfg.root`` is an npz / xyz file);
     seeded split ``cfg.split`` (default 950 / 50 / rest)."""
     from molequi.data.options import dataset_option as opt
-    from molequi.data.qm9 import random_split
+    from molequi.data.datasets import random_split
 
     root = Path(cfg.root)
     if root.is_file():
@@ -380,7 +380,7 @@ def build_rmd17(cfg) -> dict[str, MD17Frames]:
         found = next((d for d in (base / "splits", base.parent / "splits") if d.exists()), None)
         if found is None and root.is_file() and opt(cfg, "split_id") is None:
             # a lone npz (e.g. a 1000-frame subset) without the release's split folder: seeded 950 / 50 / rest
-            from molequi.data.qm9 import random_split
+            from molequi.data.datasets import random_split
 
             n_train = min(RMD17_N_TRAIN, max(len(frames) - 2 * RMD17_N_VAL, 1))
             tr, va, te = random_split(

@@ -209,7 +209,7 @@ def write_s2ef(
     txt: str | os.PathLike | None = None,
 ) -> None:
     """Write frames in the exact S2EF raw layout (extxyz + txt), each file atomically."""
-    from molequi.data.atomic_io import atomic_write_text
+    from molequi.io import atomic_write_text
 
     if len(frames) != len(refs):
         raise DatasetError(f"{len(frames)} frames but {len(refs)} txt entries")

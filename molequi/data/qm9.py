@@ -34,7 +34,8 @@ import torch
 from ase.data import atomic_numbers
 from torch_geometric.data import Data, InMemoryDataset
 
-from molequi.data.atomic_io import atomic_write_torch
+from molequi.data.datasets import random_split
+from molequi.io import atomic_write_torch
 from molequi.errors import DatasetError, FormatError
 from molequi.units import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
 
@@ -501,38 +502,6 @@ def read_qm9_sdf(
 
 
 # --------------------------------------------------------------------------- splits and dataset
-
-
-def random_split(
-    n: int, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0
-) -> list[np.ndarray]:
-    """Seeded random split of ``range(n)``; ``sizes``: counts, fractions (< 1) or one ``None`` (the rest).
-
-    With ``sizes=(110000, 10000, None)`` and the 130,831 characterised molecules this is PyG/DimeNet's split.
-    """
-    counts = []
-    for s in sizes:
-        if s is None:
-            counts.append(None)
-        elif isinstance(s, float) and 0 <= s <= 1:
-            counts.append(int(round(s * n)))
-        else:
-            counts.append(int(s))
-    if counts.count(None) > 1:
-        raise DatasetError("at most one split size may be None (the rest)")
-    fixed = sum(c for c in counts if c is not None)
-    if fixed > n:
-        raise DatasetError(
-            f"split sizes {list(sizes)} ask for {fixed} items but the dataset has {n}",
-            hint="give smaller counts or fractions such as (0.8, 0.1, 0.1)",
-        )
-    counts = [n - fixed if c is None else c for c in counts]
-    perm = np.random.default_rng(seed).permutation(n)
-    out, start = [], 0
-    for c in counts:
-        out.append(np.sort(perm[start : start + c]))
-        start += c
-    return out
 
 
 def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | None]:

@@ -97,23 +97,24 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float,
 
 
 def minimum_distance(atoms, threshold: float) -> float:
-    """Smallest interatomic distance in ``atoms`` (periodic images included), searched up to ``threshold``.
+    """Smallest interatomic distance in ``atoms`` (periodic images included) if it is below ``threshold``.
 
-    Returns ``inf`` if no pair is closer than ``threshold``.
+    Returns ``inf`` when no pair is closer than ``threshold``. The search radius is at least 1 Å: vesin's
+    cell list has bins of the cutoff's size, so a 0.1 Å search in a cell with 20 Å of vacuum would build
+    millions of bins; at 1 Å there are few bins and few pairs (bonds to H are ~1 Å).
     """
     pbc = np.asarray(atoms.pbc, dtype=bool)
     positions = np.asarray(atoms.positions, dtype=np.float64)
     cell = np.asarray(atoms.cell[:], dtype=np.float64)
-    if pbc.any() and abs(np.linalg.det(cell)) < 1e-8:
-        pbc = np.zeros(3, dtype=bool)  # singular cells are reported elsewhere
-    nl = NeighborList(cutoff=float(threshold), full_list=False)
-    box = _box(cell, pbc, positions, threshold)
+    if pbc.any() and np.linalg.matrix_rank(cell[pbc], tol=1e-8) < pbc.sum():
+        pbc = np.zeros(3, dtype=bool)  # singular cells are reported by the caller
+    radius = max(float(threshold), 1.0)
+    nl = NeighborList(cutoff=radius, full_list=False)
+    box = _box(cell, pbc, positions, radius)
     (d,) = nl.compute(points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="d")
     d = np.asarray(d)
-    if len(positions) > 1 and not pbc.any():
-        # vesin excludes d == 0 pairs? be safe: exact duplicates give distance 0
-        pass
-    return float(d.min()) if len(d) else float("inf")
+    dmin = float(d.min()) if len(d) else float("inf")
+    return dmin if dmin < threshold else float("inf")
 
 
 class RadiusGraph:

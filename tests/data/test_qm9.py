@@ -103,7 +103,7 @@ def test_dataset_cache_and_split(tmp_path):
 
 
 def test_dimenet_split_sizes():
-    tr, va, te = qm9.random_split(130831, seed=0)
+    tr, va, te = qm9.random_split(130831, qm9.DIMENET_SPLIT, seed=0)
     assert (len(tr), len(va), len(te)) == (110000, 10000, 10831)
     assert len(np.intersect1d(tr, te)) == 0
 

@@ -24,6 +24,7 @@ from e3nn import o3
 from torch import nn
 
 from molequi.errors import ConfigError
+from molequi.nn.scatter import gather, scatter_sum
 
 Irrep = tuple[int, int]  # (l, parity) with parity +1 (even) or -1 (odd)
 
@@ -273,7 +274,7 @@ class EquivariantConvolution(nn.Module):
         n_edges = sh.shape[0]
         cg = self.constants.get("cg", x)
         g = (sh @ cg).view(n_edges, self.irreps_in.dim, self.dim_mid)  # [E, in, mid]
-        xs = x.index_select(0, sender)  # [E, in, c]
+        xs = gather(x, sender)  # [E, in, c]
         # split (not slice): the backward of a split is a concatenation, of a slice a zero-filled full tensor
         g_blocks = torch.split(g, [n_paths * d3 for _, _, n_paths, d3, _ in self._groups], dim=2)
         w_blocks = torch.split(weights, [n_paths for _, _, n_paths, _, _ in self._groups], dim=1)
@@ -286,7 +287,7 @@ class EquivariantConvolution(nn.Module):
             else:
                 m = torch.bmm(g_block.transpose(1, 2), xs)  # [E, paths * d3, c]
             m = m.view(n_edges, n_paths, d3, c) * w_block.unsqueeze(2)  # [E, paths, d3, c]
-            agg = x.new_zeros(n, n_paths, d3, c).index_add_(0, receiver, m)  # [n, paths, d3, c]
+            agg = scatter_sum(m, receiver, n)  # [n, paths, d3, c]
             agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
             out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
         blocks = [

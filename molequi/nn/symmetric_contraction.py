@@ -34,6 +34,7 @@ from torch import nn
 
 from molequi.errors import ConfigError
 from molequi.nn.equivariant import ChannelIrreps, Constants, Irrep, clebsch_gordan
+from molequi.nn.scatter import gather
 
 
 def _cg(l1: int, l2: int, l3: int) -> np.ndarray:
@@ -226,7 +227,7 @@ class SymmetricContraction(nn.Module):
             blocks = []
             for b in range(len(self._groups[nu])):
                 prefix, last = getattr(self, f"prefix_{nu}_{b}"), getattr(self, f"last_{nu}_{b}")
-                blocks.append(prev.index_select(0, prefix) * a.index_select(0, last))
+                blocks.append(gather(prev, prefix) * gather(a, last))
             levels.append(blocks)
         outs = []
         for target, entries in zip(self.irreps_out.irreps, self._plan):

@@ -56,15 +56,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         write(fh)
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda fh: fh.write(data))
 
 
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def atomic_write_torch(obj, path: str | os.PathLike) -> None:
+def atomic_write_torch(path: str | os.PathLike, obj) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
     import torch
 

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         ("oc20_real.extxyz", "oc20_real_xz.extxyz.xz"),
         ("oc20_real.txt", "oc20_real_xz.txt.xz"),
     ):
-        atomic_write_bytes(lzma.compress((out / name).read_bytes()), out / xz)
+        atomic_write_bytes(out / xz, lzma.compress((out / name).read_bytes()))
     from molequi.cli.data_lmdb import convert
 
     convert([out / "oc20_real.extxyz"], out / "oc20_real.lmdb", workers=0, progress=False)

@@ -32,24 +32,15 @@ def build_records(
     frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype, elements=None, validate: bool = True
 ) -> list:
     """Graph records (edges within ``cutoff``) for every frame; ``ModelError`` names unknown elements."""
-    from molequi.data.records import MIN_DISTANCE, atoms_to_data
+    from molequi.data.records import atoms_to_data
     from molequi.graph.neighbors import neighbor_list
 
     records = []
     for idx, atoms in enumerate(frames):
         check_elements(atoms.numbers, elements, where=f"frame {idx}")
-        # validation without its own minimum-distance search: the edges below give the distances
-        d = atoms_to_data(atoms, validate=validate, min_distance=None, frame=idx, dtype=dtype)
+        d = atoms_to_data(atoms, validate=validate, frame=idx, dtype=dtype)
         cell = np.asarray(atoms.cell[:], dtype=np.float64)
         ei, us, sh = neighbor_list(atoms.positions, cell, atoms.pbc, cutoff)
-        if validate and ei.shape[1]:
-            dmin = float(np.sqrt(((atoms.positions[ei[1]] - atoms.positions[ei[0]] + sh) ** 2).sum(1).min()))
-            if dmin < MIN_DISTANCE:
-                raise ValueRangeError(
-                    f"atoms closer than {MIN_DISTANCE} Å (minimum distance {dmin:.4g} Å)",
-                    frame=idx,
-                    hint="duplicate atoms or wrong units (Bohr vs Å?)",
-                )
         d[K.EDGE_INDEX] = torch.as_tensor(ei, dtype=torch.long)
         d[K.UNIT_SHIFTS] = torch.as_tensor(us, dtype=torch.long)
         d[K.SHIFTS] = torch.as_tensor(sh, dtype=dtype)

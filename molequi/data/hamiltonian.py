@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from molequi.errors import DatasetError, FormatError, InputError, MissingKeyError
+from molequi.io import atomic_write_text
 from molequi.units import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
 
 FORMAT = "molequi-hamiltonian/1"
@@ -402,14 +403,6 @@ class HamiltonianStoreWriter:
     def _write_index(self) -> None:
         self.meta["n_records"] = int(sum(s["count"] for s in self.meta["shards"]))
         atomic_write_text(self.root / "index.json", json.dumps(self.meta, indent=1))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_store(

@@ -234,8 +234,8 @@ def write_s2ef(
             )
     extxyz = Path(extxyz)
     txt = Path(txt) if txt is not None else extxyz.with_suffix(".txt")
-    atomic_write_text("\n".join(lines) + "\n", extxyz)
-    atomic_write_text("".join(f"random{r.sid},frame{r.fid},{r.ref_energy:.8f}\n" for r in refs), txt)
+    atomic_write_text(extxyz, "\n".join(lines) + "\n")
+    atomic_write_text(txt, "".join(f"random{r.sid},frame{r.fid},{r.ref_energy:.8f}\n" for r in refs))
 
 
 def s2ef_to_fairchem(atoms: ase.Atoms, ref: FrameRef | None, *, subtract_reference: bool = False) -> Data:

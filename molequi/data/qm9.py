@@ -35,8 +35,8 @@ from ase.data import atomic_numbers
 from torch_geometric.data import Data, InMemoryDataset
 
 from molequi.data.datasets import random_split
-from molequi.io import atomic_write_torch
 from molequi.errors import DatasetError, FormatError
+from molequi.io import atomic_write_torch
 from molequi.units import HARTREE_TO_EV, KCAL_PER_MOL_TO_EV
 
 TARGETS: tuple[str, ...] = (
@@ -593,7 +593,7 @@ class QM9Dataset(InMemoryDataset):
         if self.pre_transform is not None:
             data_list = [self.pre_transform(d) for d in data_list]
         data, slices = self.collate(data_list)
-        atomic_write_torch((data.to_dict(), slices, data.__class__), self.processed_paths[0])
+        atomic_write_torch(self.processed_paths[0], (data.to_dict(), slices, data.__class__))
 
     def split(self, sizes: Sequence[int | float | None] = DIMENET_SPLIT, seed: int = 0):
         """Seeded (train, val, test) subsets; see ``random_split``."""

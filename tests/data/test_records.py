@@ -65,6 +65,8 @@ def test_bad_structures_are_named_errors():
         atoms_to_data(ase.Atoms())
     with pytest.raises(ValueRangeError, match="atoms closer than 0.1 Å"):
         atoms_to_data(ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.05]]))
+    with pytest.raises(ValueRangeError, match=r"minimum distance 0 Å"):  # exact duplicates
+        atoms_to_data(ase.Atoms("H2", positions=[[1, 1, 1], [1, 1, 1]]))
     with pytest.raises(ValueRangeError, match="atoms closer than"):  # through a periodic image
         atoms_to_data(ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 2.96]], cell=np.eye(3) * 3, pbc=True))
     with pytest.raises(ValueRangeError, match="singular cell"):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from ase import units
 
 from molequi.errors import ConfigError, ModelError, MolequiError, ValueRangeError
 from molequi.graph.neighbors import NeighborOverflowError
+from molequi.io import atomic_path, atomic_write_text
 
 ENSEMBLES = ("nve", "nvt", "npt")
 BAROSTATS = ("mtk", "berendsen")
@@ -563,23 +563,9 @@ def plot_energies(nvt: MDResult | None, nve: MDResult, path: str | Path) -> None
         if nvt is not None and name == "NVT":
             offset = t[-1] if len(t) else 0.0
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 __all__ = [
@@ -591,6 +577,5 @@ __all__ = [
     "quickstart_md",
     "drift_per_atom_per_ps",
     "plot_energies",
-    "atomic_write_text",
     "ENSEMBLES",
 ]

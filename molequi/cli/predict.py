@@ -40,9 +40,9 @@ def run(args) -> int:
     import torch
     from ase.io import read, write
 
-    from molequi.calculators.md import atomic_write_text
     from molequi.calculators.predict import predict
     from molequi.errors import FormatError
+    from molequi.io import atomic_write_text
 
     try:
         frames = read(args.structures, index=":")

@@ -53,9 +53,9 @@ def run(args) -> int:
 
     from ase.io import write
 
-    from molequi.calculators.md import atomic_write_text
     from molequi.calculators.relax import relax
     from molequi.cli.md import load_inputs
+    from molequi.io import atomic_write_text
 
     args.skin = 0.5
     calc, atoms = load_inputs(args)

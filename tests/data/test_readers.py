@@ -141,10 +141,7 @@ def test_foreign_files_are_format_errors(tmp_path):
 def test_real_oc20_frames_from_fairchem():
     from pathlib import Path
 
-    root = Path(__file__).parents[2] / "data" / "oc20"
-    traj = root / "random1000156.traj"
-    if not traj.exists():  # shipped by the OC20 adapter; fall back to the shared sample
-        traj = Path(__file__).parents[3] / "shared/data/real/FAIR-Chem__fairchem/random1000156.traj"
+    traj = Path(__file__).resolve().parents[2] / "data" / "oc20" / "source" / "random1000156.traj"
     records = read_trajectory(traj)
     assert len(records) == 36 and records[0].num_nodes == 49
     assert float(records[0].energy) == pytest.approx(-67.09131622314453)

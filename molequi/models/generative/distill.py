@@ -92,7 +92,7 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         if log and (it % 50 == 0 or it == iterations - 1):
-            log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss):.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss.detach()):.3e} ({time.perf_counter() - start:.0f} s)")
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
     student.eval()

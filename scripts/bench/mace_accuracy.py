@@ -100,21 +100,23 @@ MACE_DRIVER = textwrap.dedent('''
 ''')
 
 MACE_EVAL = textwrap.dedent('''
-    import json, sys
-    import mace
+    # batched evaluation with mace-torch's own mace_eval_configs, then the arrays for the shared metrics
+    import sys
+    import mace  # noqa: F401  (before e3nn 0.4.4)
     import numpy as np
     from ase.io import read
-    from mace.calculators import MACECalculator
+    from mace.cli import eval_configs
 
-    model, test, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    calc = MACECalculator(model_paths=model, device="cpu", default_dtype=sys.argv[4])
-    e_true, e_pred, f_true, f_pred, n = [], [], [], [], []
-    for atoms in read(test, ":"):
-        e_true.append(atoms.info["REF_energy"]); f_true.append(atoms.arrays["REF_forces"])
-        atoms.calc = calc
-        e_pred.append(atoms.get_potential_energy()); f_pred.append(atoms.get_forces()); n.append(len(atoms))
-    np.savez(out, e_true=np.array(e_true), e_pred=np.array(e_pred), f_true=np.concatenate(f_true),
-             f_pred=np.concatenate(f_pred), n=np.array(n))
+    model, test, out, dtype = sys.argv[1:5]
+    pred_xyz = out + ".xyz"
+    sys.argv = ["mace_eval_configs", "--configs", test, "--model", model, "--output", pred_xyz,
+                "--default_dtype", dtype, "--batch_size", "50", "--info_prefix", "MACE_"]
+    eval_configs.main()
+    ref, pred = read(test, ":"), read(pred_xyz, ":")
+    np.savez(out, e_true=np.array([a.info["REF_energy"] for a in ref]),
+             e_pred=np.array([a.info["MACE_energy"] for a in pred]),
+             f_true=np.concatenate([a.arrays["REF_forces"] for a in ref]),
+             f_pred=np.concatenate([a.arrays["MACE_forces"] for a in pred]), n=np.array([len(a) for a in ref]))
 ''')
 
 
@@ -239,7 +241,8 @@ def run_mace_torch(folder: Path, paths: dict, seconds: float, threads: int, venv
                    env=env, cwd=folder)
     wall = time.perf_counter() - t0
     st = json.loads(stats.read_text())
-    model_file = next(iter(sorted(work.glob("ethanol*.model"))), None) or next(iter(sorted(folder.glob("ethanol*.model"))))
+    candidates = sorted(work.glob("ethanol*.model")) + sorted(work.glob("checkpoints/ethanol*.model"))
+    model_file = next(p for p in candidates if "compiled" not in p.name)
     out = folder / "mace_pred.npz"
     subprocess.run([str(py), str(folder / "mace_eval.py"), str(model_file), str(paths["test"]), str(out),
                     HP["precision"]], check=True, env=env, cwd=folder)

@@ -347,12 +347,15 @@ def _load(name):
 def cmd_report(args) -> None:
     lines = ["# 3D generation benchmarks (molequi EDM, unpadded)", "",
              "Machine: shared 2-core CPU (about 7 concurrent jobs; load averages recorded in the JSON files), "
-             "torch CPU, 1 thread (OMP_NUM_THREADS=1). Reference EDM numbers: EDM's own code on this machine "
+             "torch CPU. Reference EDM numbers: EDM's own code on this machine "
              "(targets.md), measured under load. 'padded' = our network run with EDM's batching "
              "(29-atom padding, dense edges) in the same process.", ""]
     sp = _load("speed")
     if sp:
+        hw = sp["hardware"]
         lines += ["## Training throughput (batch 64) and denoising step", "",
+                  f"torch threads {hw['torch_threads']}, load average at the end {hw['load_average'][0]:.1f} "
+                  f"(1 / 5 / 15 min: {', '.join(f'{v:.1f}' for v in hw['load_average'])}).", "",
                   "| model | params | ours s/iter | ours mol/s | padded s/iter | EDM code s/iter (ref) | "
                   "speed-up vs EDM code | vs padded |", "|---|---|---|---|---|---|---|---|"]
         for name, label in (("paper", "EGNN 9 x 256 (paper)"), ("small", "EGNN 4 x 64")):
@@ -366,6 +369,14 @@ def cmd_report(args) -> None:
             lines += ["", f"Denoising step, 16 molecules ({r['atoms']} atoms), paper model: "
                           f"{r['s_per_step']:.3f} s (padded {r['s_per_step_padded']:.3f} s; EDM code ~1 s): "
                           f"{r['speedup_vs_reference']:.1f}x faster than EDM's code.", ""]
+    sp1 = _load("speed_1thread_loaded")
+    if sp1:
+        a, b = sp1["training"]["paper"], sp1["training"]["small"]
+        st = sp1["sampling"]["paper_16_molecules"]
+        lines += [f"Earlier run, 1 thread under heavy load (load average {sp1['hardware']['load_average'][0]:.0f}): "
+                  f"paper {a['s_per_iter']:.1f} s/iter (padded {a['s_per_iter_padded']:.1f}), small "
+                  f"{b['s_per_iter']:.2f} s/iter (padded {b['s_per_iter_padded']:.2f}), step for 16 molecules "
+                  f"{st['s_per_step']:.2f} s (padded {st['s_per_step_padded']:.2f}).", ""]
     tr = _load("train")
     if tr:
         lines += ["## Training on all QM9 geometries", "",
@@ -376,16 +387,19 @@ def cmd_report(args) -> None:
     sa = _load("sample")
     if sa:
         lines += ["## Speed / quality of samplers (EMA weights of the run above)", "",
-                  "| model | sampler | steps | n | s | mol/s | speed-up vs 1000-step | atom stab | mol stab | "
+                  "| model | sampler | steps | n | s | mol/s | wall-time speed-up vs 1000-step (step ratio) | atom stab | mol stab | "
                   "valid | valid strict | unique | valid x unique | novel |", "|---" * 14 + "|"]
         base = next((r for r in sa["rows"] if r["steps"] == 1000), None)
         for r in sa["rows"]:
             sp_up = (r["mol_per_s"] / base["mol_per_s"]) if base else float("nan")
             lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['n']} | {r['seconds']:.0f} | "
-                         f"{r['mol_per_s']:.2f} | {sp_up:.1f}x | {r['atom_stability']:.1f} | "
+                         f"{r['mol_per_s']:.2f} | {sp_up:.1f}x ({1000 / r['steps']:.1f}x) | {r['atom_stability']:.1f} | "
                          f"{r['molecule_stability']:.1f} | {r['validity']:.1f} | {r['validity_strict']:.1f} | "
                          f"{r['uniqueness']:.1f} | {r['valid_x_unique']:.1f} | {r.get('novelty', float('nan')):.1f} |")
-        lines += ["", "Published rows (atom stab / mol stab / valid / valid x unique): " + "; ".join(
+        lines += ["", "Wall times fluctuate with the other jobs on the machine; the step ratio is the speed-up an "
+                      "unloaded machine gives (one network evaluation per step, plus one final x_0 prediction). "
+                      "'novel' is against the lapool QM9 SMILES CSV, on which 23-24 % of *real* QM9 molecules already "
+                      "count as novel (see below), so it is only a loose reference.", "", "Published rows (atom stab / mol stab / valid / valid x unique): " + "; ".join(
             f"{k} {' / '.join(str(v) for v in vals)}" for k, vals in EDM_ROWS.items()), ""]
     toy = _load("toy")
     if toy:

@@ -1,8 +1,7 @@
 """Molecule sets for generative models: geometries only (atomic numbers + positions), any size.
 
-``read_xyz_tarball`` is a deliberately minimal reader for a tarball of plain xyz files (ppqm/dataset-qm9's
-``xyz.tar.gz``: line 1 = atom count, line 2 = comment, rows ``symbol x y z`` in Å). When the datasets
-module ``molequi.data.qm9`` is present, prefer its readers for the original figshare files.
+``read_xyz_tarball`` reads a tarball of QM9 xyz files (e.g. ppqm/dataset-qm9's ``xyz.tar.gz``, geometry
+only) with the datasets module's streaming reader and returns ``ase.Atoms``.
 
 ``GeometryDataset`` turns a list of ``ase.Atoms`` into PyG records (numbers, pos, optional per-molecule
 context) without edges: generative models build per-molecule fully connected graphs themselves.
@@ -16,60 +15,33 @@ from collections.abc import Sequence
 import ase
 import numpy as np
 import torch
-from ase.data import atomic_numbers
 from torch_geometric.data import Data
 
 from molequi import keys as K
 from molequi.errors import FormatError, InputError
 
 
-def parse_plain_xyz(text: str, source: str = "<xyz>") -> ase.Atoms:
-    """One plain xyz block -> ``ase.Atoms`` (Å). Accepts Mathematica ``*^`` exponents."""
-    lines = text.strip("\n").splitlines()
-    try:
-        n = int(lines[0].split()[0])
-    except (IndexError, ValueError) as exc:
-        raise FormatError("first line must be the atom count", source=source, line=1) from exc
-    if len(lines) < n + 2:
-        raise FormatError(f"expected {n} atom rows, found {len(lines) - 2}", source=source)
-    symbols, pos = [], np.zeros((n, 3))
-    for i in range(n):
-        parts = lines[2 + i].split()
-        if len(parts) < 4 or parts[0] not in atomic_numbers:
-            raise FormatError(f"bad atom row {lines[2 + i]!r}", source=source, line=3 + i)
-        symbols.append(parts[0])
-        pos[i] = [float(p.replace("*^", "e")) for p in parts[1:4]]
-    return ase.Atoms(symbols=symbols, positions=pos)
-
-
 def read_xyz_tarball(path: str, *, indices: Sequence[int] | None = None, limit: int | None = None,
                      ) -> list[ase.Atoms]:
-    """Read the xyz members of a (gzipped) tarball in archive order.
+    """Molecules of a QM9-style xyz tarball (figshare files or geometry-only copies), in archive order,
+    through the datasets module's streaming reader ``molequi.data.qm9.iter_qm9_xyz``.
 
-    ``indices`` selects members by their position among the xyz members (sorted result in archive order);
-    ``limit`` stops after that many molecules. Each Atoms gets ``info['name']`` (the member's file name).
+    ``indices`` selects records by their position in the archive; ``limit`` stops after that many molecules.
+    Each Atoms gets ``info['name']`` = ``dsgdb9nsd_NNNNNN.xyz`` (the QM9 id) when the id is known.
     """
+    from molequi.data.qm9 import iter_qm9_xyz
+
     wanted = None if indices is None else set(int(i) for i in indices)
     out = []
-    k = -1
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.endswith(".xyz"):
-                    continue
-                k += 1
-                if wanted is not None and k not in wanted:
-                    continue
-                text = tar.extractfile(member).read().decode()
-                atoms = parse_plain_xyz(text, source=f"{path}:{member.name}")
-                atoms.info["name"] = member.name.rsplit("/", 1)[-1]
-                out.append(atoms)
-                if limit is not None and len(out) >= limit:
-                    break
-                if wanted is not None and len(out) == len(wanted):
-                    break
-    except (tarfile.TarError, OSError) as exc:
-        raise FormatError(f"cannot read tarball: {exc}", source=str(path)) from exc
+    for k, rec in enumerate(iter_qm9_xyz(path)):
+        if wanted is not None and k not in wanted:
+            continue
+        atoms = ase.Atoms(numbers=rec.numbers, positions=rec.positions)
+        if rec.index is not None:
+            atoms.info["name"] = f"dsgdb9nsd_{int(rec.index):06d}.xyz"
+        out.append(atoms)
+        if (limit is not None and len(out) >= limit) or (wanted is not None and len(out) == len(wanted)):
+            break
     return out
 
 
@@ -193,5 +165,5 @@ class GeometryDataset(torch.utils.data.Dataset):
         return self.records[i]
 
 
-__all__ = ["parse_plain_xyz", "read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
+__all__ = ["read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
            "GeometryDataset", "perceive_bonds", "perceive_batch_bonds"]

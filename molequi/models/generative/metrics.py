@@ -258,6 +258,9 @@ def load_training_smiles(path: str) -> set[str]:
 def smiles_of_geometries(molecules: Iterable) -> set[str]:
     """Training SMILES the way EDM builds its novelty reference: each training geometry (anything with
     ``numbers`` and ``positions``, e.g. ``ase.Atoms``) through the same distance-bond pipeline."""
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
     out = set()
     for a in molecules:
         z = np.asarray(a.numbers)

@@ -37,9 +37,12 @@ def fully_connected_edges(batch: torch.Tensor, num_graphs: int | None = None) ->
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """out[k] = sum_{i: index[i] = k} src[i]; src (m, ...) -> (dim_size, ...)."""
-    out = src.new_zeros((dim_size, *src.shape[1:]))
-    return out.index_add_(0, index, src)
+    """out[k] = sum_{i: index[i] = k} src[i]; src (m, ...) -> (dim_size, ...).
+
+    ``molequi.nn.scatter.scatter_sum`` (serial accumulation: multithreaded CPU ``index_add_`` is much slower)."""
+    from molequi.nn.scatter import scatter_sum as _scatter_sum
+
+    return _scatter_sum(src, index, dim_size)
 
 
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:

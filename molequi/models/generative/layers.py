@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from molequi.models.generative.graph import scatter_sum
+from molequi.nn.scatter import gather  # src[index] whose backward is a serial scatter-sum
 
 
 class PairLinear(nn.Module):
@@ -43,7 +44,7 @@ class PairLinear(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def forward(self, h, e, src, dst):
-        return self.lin_i(h)[dst] + self.lin_j(h)[src] + self.lin_e(e)
+        return gather(self.lin_i(h), dst) + gather(self.lin_j(h), src) + self.lin_e(e)
 
 
 class EquivariantUpdate(nn.Module):
@@ -67,7 +68,7 @@ class EquivariantUpdate(nn.Module):
 
     def forward(self, h, x, edge_index, e):
         src, dst = edge_index
-        diff = x[dst] - x[src]  # (E, 3) x_i - x_j
+        diff = gather(x, dst) - gather(x, src)  # (E, 3) x_i - x_j
         radial = (diff * diff).sum(-1, keepdim=True)  # (E, 1)
         unit = diff / (torch.sqrt(radial + 1e-8) + self.norm_constant)
         phi = self.coord_mlp(self.coord_in(h, torch.cat([radial, e], -1), src, dst))  # (E, 1)
@@ -97,11 +98,11 @@ def _egnn_layer_class():
             H = self.hidden
             first = self.phi_e[0]
             w = first.weight  # (H, 2H + 1 + D)
-            diff = x[receiver] - x[sender]
+            diff = gather(x, receiver) - gather(x, sender)
             d2 = (diff * diff).sum(-1, keepdim=True)
             e = d2 if not self.edge_dim else torch.cat([d2, edge_attr], -1)
-            pre = nn.functional.linear(h, w[:, :H], first.bias)[receiver] + \
-                nn.functional.linear(h, w[:, H:2 * H])[sender] + nn.functional.linear(e, w[:, 2 * H:])
+            pre = gather(nn.functional.linear(h, w[:, :H], first.bias), receiver) + \
+                gather(nn.functional.linear(h, w[:, H:2 * H]), sender) + nn.functional.linear(e, w[:, 2 * H:])
             m = self.phi_e[1:](pre)  # (E, H)
             if self.phi_att is not None:
                 m = m * self.phi_att(m)

@@ -377,6 +377,15 @@ def cmd_report(args) -> None:
                   f"paper {a['s_per_iter']:.1f} s/iter (padded {a['s_per_iter_padded']:.1f}), small "
                   f"{b['s_per_iter']:.2f} s/iter (padded {b['s_per_iter_padded']:.2f}), step for 16 molecules "
                   f"{st['s_per_step']:.2f} s (padded {st['s_per_step_padded']:.2f}).", ""]
+    sp2 = _load("speed_2thread_before_gather_fix")
+    if sp2:
+        a, b = sp2["training"]["paper"], sp2["training"]["small"]
+        st = sp2["sampling"]["paper_16_molecules"]
+        lines += [f"Run before gathers/scatters went through molequi.nn.scatter (2 threads, load "
+                  f"{sp2['hardware']['load_average'][0]:.0f}): paper {a['s_per_iter']:.1f} s/iter (padded "
+                  f"{a['s_per_iter_padded']:.1f}), small {b['s_per_iter']:.2f} s/iter (padded "
+                  f"{b['s_per_iter_padded']:.2f}), step {st['s_per_step']:.2f} s (padded {st['s_per_step_padded']:.2f}). "
+                  "Multithreaded CPU index_add_ (the backward of x[index]) was the bottleneck of training.", ""]
     tr = _load("train")
     if tr:
         lines += ["## Training on all QM9 geometries", "",

@@ -100,9 +100,11 @@ def run(args) -> int:
     if args.float64:
         probe = probe.double()
     predict(probe, valid_records[:5], cutoff, batch_size=5)  # warm-up (first calls are slower)
-    tp = time.perf_counter()
-    predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
-    per_50 = time.perf_counter() - tp
+    per_50 = float("inf")
+    for _ in range(2):  # the faster of two: a momentary load spike should not cut the training time
+        tp = time.perf_counter()
+        predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
+        per_50 = min(per_50, time.perf_counter() - tp)
     reserve = per_50 * (len(test_records) / 50 + 2) + 20.0  # test set, final validation, plots and files
     train_seconds = budget - (time.perf_counter() - t0) - reserve
     print(f"testing will take about {reserve:.0f} s ({per_50:.1f} s per 50 frames)")

@@ -86,8 +86,8 @@ def atoms_to_data(atoms: ase.Atoms, *, energy: float | None = None, forces: np.n
     where = _where(source, frame)
     d = Data()
     d[K.NUMBERS] = torch.as_tensor(np.asarray(atoms.numbers), dtype=torch.long)
-    d[K.POS] = torch.as_tensor(np.asarray(atoms.positions), dtype=dtype)
-    d[K.CELL] = torch.as_tensor(np.asarray(atoms.cell[:], dtype=float), dtype=dtype).reshape(1, 3, 3)
+    d[K.POS] = _tensor("positions", atoms.positions, dtype, source, frame)
+    d[K.CELL] = _tensor("cell", atoms.cell[:], dtype, source, frame).reshape(1, 3, 3)
     d[K.PBC] = torch.as_tensor(np.asarray(atoms.pbc, dtype=bool)).reshape(1, 3)
     d.num_nodes = n
     if energy is not None:
@@ -95,14 +95,14 @@ def atoms_to_data(atoms: ase.Atoms, *, energy: float | None = None, forces: np.n
         if e.size != 1:
             raise FormatError(f"energy must be one number, got shape {np.shape(energy)}", **where)
         check_finite("energy", e, source, frame)
-        d[K.ENERGY] = torch.as_tensor(e, dtype=dtype)
+        d[K.ENERGY] = _tensor("energy", e, dtype, source, frame)
     if forces is not None:
         f = np.asarray(forces, dtype=float)
         if f.shape != (n, 3):
             raise FormatError(f"forces have shape {f.shape}, expected ({n}, 3)", **where,
                               hint="one (fx, fy, fz) row per atom")
         check_finite("forces", f, source, frame)
-        d[K.FORCES] = torch.as_tensor(f, dtype=dtype)
+        d[K.FORCES] = _tensor("forces", f, dtype, source, frame)
     if stress is not None:
         s = np.asarray(stress, dtype=float)
         if s.shape == (6,):
@@ -110,18 +110,27 @@ def atoms_to_data(atoms: ase.Atoms, *, energy: float | None = None, forces: np.n
         if s.shape != (3, 3):
             raise FormatError(f"stress has shape {s.shape}, expected (6,) Voigt or (3, 3)", **where)
         check_finite("stress", s, source, frame)
-        d[K.STRESS] = torch.as_tensor(s, dtype=dtype).reshape(1, 3, 3)
+        d[K.STRESS] = _tensor("stress", s, dtype, source, frame).reshape(1, 3, 3)
     if charges is not None:
         q = np.asarray(charges, dtype=float).reshape(-1)
         if q.shape != (n,):
             raise FormatError(f"charges have shape {q.shape}, expected ({n},)", **where)
         check_finite("charges", q, source, frame)
-        d[K.CHARGES] = torch.as_tensor(q, dtype=dtype)
+        d[K.CHARGES] = _tensor("charges", q, dtype, source, frame)
     for name, value in (extras or {}).items():
         if name in _RESERVED:
             raise FormatError(f"extra field '{name}' clashes with a reserved key", **where)
         d[name] = _extra_tensor(value, n, dtype)
     return d
+
+
+def _tensor(name: str, value, dtype: torch.dtype, source, frame) -> torch.Tensor:
+    """``value`` as a tensor of ``dtype``; finite in float64 is not enough when the record is float32."""
+    t = torch.as_tensor(np.asarray(value, dtype=float), dtype=dtype)
+    if not torch.isfinite(t).all():
+        raise ValueRangeError(f"{name} overflow {dtype} (largest |value| {np.abs(np.asarray(value)).max():.3g})",
+                              **_where(source, frame), hint="check the units or use float64 records")
+    return t
 
 
 def _extra_tensor(value: Any, n: int, dtype: torch.dtype) -> torch.Tensor:

@@ -55,6 +55,63 @@ def _box(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cutoff: float
     return new
 
 
+# vesin's cell list bins space by the cutoff; past ~1e5 bins along one axis it dies with SIGFPE (seen
+# with a 1e5 Å span at 1 Å) and huge periodic cells hang. We stay well below that.
+MAX_BINS_PER_AXIS = 5000
+MAX_PERIODIC_IMAGES = 200_000
+
+
+def _pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, quantities: str,
+           full_list: bool):
+    """vesin's pairs within ``cutoff`` (``quantities`` a subset of "ijSd"), guarded against inputs that would
+    crash or hang it: isolated structures spread over many bins go through scipy's k-d tree instead, and
+    periodic cells that are absurdly large or small for the cutoff raise ``ValueRangeError``."""
+    span = np.ptp(positions, axis=0) if len(positions) else np.zeros(3)
+    if not pbc.any():
+        if span.max() / cutoff > MAX_BINS_PER_AXIS:
+            return _kdtree_pairs(positions, cutoff, quantities, full_list)
+        box, periodic = np.zeros((3, 3)), False
+    else:
+        heights = _heights(cell)
+        for a in range(3):
+            extent = heights[a] if pbc[a] else span[a]
+            if extent / cutoff > MAX_BINS_PER_AXIS:
+                what = f"lattice vector {a} spans {extent:.3g} Å" if pbc[a] else f"atoms span {extent:.3g} Å"
+                raise ValueRangeError(f"{what} in a periodic structure, over {MAX_BINS_PER_AXIS} times the "
+                                      f"cutoff {cutoff} Å", hint="check the units of the cell and positions")
+        images = np.prod([2 * np.ceil(cutoff / heights[a]) + 1 for a in range(3) if pbc[a]])
+        if images > MAX_PERIODIC_IMAGES:
+            raise ValueRangeError(f"cell too small for a cutoff of {cutoff} Å: {images:.3g} periodic images "
+                                  "would be searched", hint="check the cell (units?) or use a supercell")
+        box, periodic = _box(cell, pbc, positions, cutoff), pbc.tolist()
+    nl = NeighborList(cutoff=float(cutoff), full_list=full_list)
+    return nl.compute(points=positions, box=box, periodic=periodic, quantities=quantities)
+
+
+def _heights(cell: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of the cell along each lattice vector (inf for a zero vector)."""
+    volume = abs(np.linalg.det(cell))
+    out = np.full(3, np.inf)
+    for a in range(3):
+        area = np.linalg.norm(np.cross(cell[(a + 1) % 3], cell[(a + 2) % 3]))
+        if area > 0 and volume > 0:
+            out[a] = volume / area
+    return out
+
+
+def _kdtree_pairs(positions: np.ndarray, cutoff: float, quantities: str, full_list: bool):
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(positions).query_pairs(cutoff, output_type="ndarray").astype(np.int64).reshape(-1, 2)
+    if full_list:
+        pairs = np.concatenate([pairs, pairs[:, ::-1]])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    i, j = pairs[:, 0], pairs[:, 1]
+    values = {"i": i, "j": j, "S": np.zeros((len(i), 3), dtype=np.int64),
+              "d": np.linalg.norm(positions[j] - positions[i], axis=1)}
+    return [values[q] for q in quantities]
+
+
 def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float,
                   max_edges: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(edge_index (2, E), unit_shifts (E, 3) int, shifts (E, 3) Å)`` for one structure.
@@ -74,10 +131,7 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float,
         if np.linalg.matrix_rank(periodic_cell, tol=1e-8) < pbc.sum():
             raise ValueRangeError(f"singular cell with periodic boundaries {pbc.tolist()}",
                                   hint="give a full-rank cell or set pbc to False")
-    box = _box(cell, pbc, positions, cutoff)
-    nl = NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, S, d = nl.compute(points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False,
-                            quantities="ijSd")
+    i, j, S, d = _pairs(positions, cell, pbc, float(cutoff), "ijSd", full_list=True)
     S = np.asarray(S, dtype=np.int64).reshape(-1, 3)
     i = np.asarray(i, dtype=np.int64)
     j = np.asarray(j, dtype=np.int64)
@@ -109,9 +163,7 @@ def minimum_distance(atoms, threshold: float) -> float:
     if pbc.any() and np.linalg.matrix_rank(cell[pbc], tol=1e-8) < pbc.sum():
         pbc = np.zeros(3, dtype=bool)  # singular cells are reported by the caller
     radius = max(float(threshold), 1.0)
-    nl = NeighborList(cutoff=radius, full_list=False)
-    box = _box(cell, pbc, positions, radius)
-    (d,) = nl.compute(points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="d")
+    (d,) = _pairs(positions, cell, pbc, radius, "d", full_list=False)
     d = np.asarray(d)
     dmin = float(d.min()) if len(d) else float("inf")
     return dmin if dmin < threshold else float("inf")

@@ -73,6 +73,8 @@ def test_bad_structures_are_named_errors():
         atoms_to_data(ase.Atoms("H", cell=np.diag([2.0, 2.0, 0.0]), pbc=True))
     with pytest.raises(ValueRangeError, match="positions contains NaN"):
         atoms_to_data(ase.Atoms("H", positions=[[np.nan, 0, 0]]))
+    with pytest.raises(ValueRangeError, match="positions overflow torch.float32"):
+        atoms_to_data(ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 1e39]]), dtype=torch.float32)
     # a slab with a zero vacuum vector is fine when that direction is not periodic
     atoms_to_data(ase.Atoms("H", cell=np.diag([2.0, 2.0, 0.0]), pbc=[True, True, False]))
     # the threshold is a parameter

@@ -106,3 +106,22 @@ def test_radius_graph_and_edge_vectors_match_ase_distances():
     ours = np.sort(vec.norm(dim=1).numpy())
     ref = np.sort(np.concatenate([ase_neighbor_list("d", a, 4.0) for a in (crystal, mol)]))
     np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_far_apart_fragments_use_the_tree_path_and_stay_exact():
+    # vesin's cell list would need 1e11 bins here (it crashes); the k-d tree path gives the exact pairs
+    rng = np.random.default_rng(5)
+    positions = np.concatenate([rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + [1e11, 0, 0]])
+    edge_index, unit_shifts, _ = neighbor_list(positions, np.zeros((3, 3)), [False] * 3, 1.5)
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    brute = {(i, j) for i in range(12) for j in range(12) if i != j and d[i, j] <= 1.5}
+    assert set(zip(edge_index[0].tolist(), edge_index[1].tolist())) == brute
+    assert not unit_shifts.any()
+
+
+def test_absurd_periodic_cells_are_named_errors_not_crashes():
+    positions = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ValueRangeError, match="lattice vector 0 spans 1e\\+11 Å"):
+        neighbor_list(positions, np.diag([1e11, 2.0, 2.0]), [True] * 3, 1.0)
+    with pytest.raises(ValueRangeError, match="cell too small for a cutoff of 5.0 Å"):
+        neighbor_list(positions, np.diag([0.01, 0.01, 2.0]), [True] * 3, 5.0)

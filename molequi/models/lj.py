@@ -46,12 +46,12 @@ class LennardJonesConfig:
     - ``elements``: atomic numbers the model accepts; ``None`` means every element (Z = 1..118).
     """
 
-    r_max: float = 8.5
-    epsilon: float = 0.0104
-    sigma: float = 3.40
-    per_element: dict[int, list[float]] = field(default_factory=dict)
-    pairs: list[list[float]] = field(default_factory=list)
-    elements: list[int] | None = None
+    r_max: float = 8.5  # cutoff r_c (Å); energy and force go to zero there (shifted force)
+    epsilon: float = 0.0104  # well depth (eV) of every element not in per_element (argon)
+    sigma: float = 3.40  # zero-crossing distance (Å) of every element not in per_element (argon)
+    per_element: dict[int, list[float]] = field(default_factory=dict)  # {Z: [epsilon, sigma]}, mixed (L-B)
+    pairs: list[list[float]] = field(default_factory=list)  # [[Z1, Z2, epsilon, sigma], ...] override mixing
+    elements: list[int] | None = None  # atomic numbers accepted; null means every element
 
     def __post_init__(self):
         if self.r_max <= 0:

@@ -6,9 +6,6 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("tblite")
-pytest.importorskip("rdkit")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

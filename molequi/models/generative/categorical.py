@@ -112,13 +112,13 @@ class CategoricalDiffusion(nn.Module):
         edge_hidden: int = 64  # bond features
         layers: int = 6  # equivariant blocks
         timesteps: int = 500  # T (EQGAT-diff: 500)
-        coords_range: float = 15.0
-        weight_x: float = 3.0  # loss weights (EQGAT-diff)
-        weight_types: float = 0.4
-        weight_charges: float = 1.0
-        weight_bonds: float = 2.0
+        coords_range: float = 15.0  # bound of the coordinate update per model (Å), split over the blocks
+        weight_x: float = 3.0  # loss weight of the positions (EQGAT-diff)
+        weight_types: float = 0.4  # loss weight of the atom-type cross-entropy
+        weight_charges: float = 1.0  # loss weight of the charge cross-entropy
+        weight_bonds: float = 2.0  # loss weight of the bond-order cross-entropy
         weight_clamp: list[float] = field(default_factory=lambda: [0.05, 1.5])  # clamp of alpha_bar/(1-alpha_bar)
-        max_atoms: int = 64
+        max_atoms: int = 64  # largest molecule the size distribution can hold
 
     def __init__(self, config: Config | None = None):
         super().__init__()

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
                    help="override any key of the training config, e.g. model.hidden_irreps=64x0e+64x1o")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--md-ps", type=float, default=1.0,
+                   help="after testing, run this many ps of NVT (300 K, Langevin) then as many of NVE with "
+                        "the trained model at 0.5 fs and report the NVE energy drift (default 1; 0: no MD)")
     p.set_defaults(func=run)
 
 
@@ -65,7 +68,8 @@ def run(args) -> int:
 
     from molequi.data.rmd17_npz import read_rmd17_npz
     from molequi.errors import DatasetError
-    from molequi.train.checkpoint import atomic_write_text, load_model
+    from molequi.io import atomic_write_text
+    from molequi.train.checkpoint import load_model
     from molequi.train.data import split_records, with_graphs
     from molequi.train.evaluate import learning_curve, parity_plot, predict
     from molequi.train.run import build_task, parse_max_time, train
@@ -106,8 +110,22 @@ def run(args) -> int:
         predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
         per_50 = min(per_50, time.perf_counter() - tp)
     reserve = per_50 * (len(test_records) / 50 + 2) + 20.0  # test set, final validation, plots and files
+    md_steps = int(round(2 * args.md_ps * 1000 / 0.5))  # NVT + NVE at 0.5 fs
+    if md_steps:
+        from molequi.calculators import MolequiCalculator
+        from molequi.data.records import data_to_atoms
+
+        probe_atoms = data_to_atoms(valid_records[0])
+        probe_atoms.calc = MolequiCalculator(probe)
+        probe_atoms.get_forces()
+        tp = time.perf_counter()
+        for k in range(20):
+            probe_atoms.positions[0, 0] += 1e-3 * (-1) ** k
+            probe_atoms.get_forces()
+        reserve += 1.5 * md_steps * (time.perf_counter() - tp) / 20 + 10.0  # MD steps with some slack
     train_seconds = budget - (time.perf_counter() - t0) - reserve
-    print(f"testing will take about {reserve:.0f} s ({per_50:.1f} s per 50 frames)")
+    print(f"testing{' and MD' if md_steps else ''} will take about {reserve:.0f} s "
+          f"({per_50:.1f} s per 50 test frames)")
     if train_seconds < 30:
         raise DatasetError(f"--max-time {args.max_time} leaves {train_seconds:.0f} s for training after "
                            f"{reserve:.0f} s reserved for testing; give more time")
@@ -149,6 +167,21 @@ def run(args) -> int:
         "wall_seconds": time.perf_counter() - t0,
         "model_path": str(result.model_path),
     }
+    if md_steps:  # 5. the trained model in MD: NVT, then NVE and its energy drift
+        from molequi.calculators.md import quickstart_md
+        from molequi.data.records import data_to_atoms
+
+        tm = time.perf_counter()
+        drift = quickstart_md(model, data_to_atoms(test_records[0]), out / "md", nvt_ps=args.md_ps,
+                              nve_ps=args.md_ps, timestep_fs=0.5, temperature=300.0, seed=args.seed,
+                              progress=not args.no_progress)
+        summary["md"] = {"nvt_ps": args.md_ps, "nve_ps": args.md_ps, "timestep_fs": 0.5,
+                         "temperature_K": 300.0,
+                         "nve_drift_eV_per_atom_per_ps": drift, "seconds": time.perf_counter() - tm,
+                         "files": "md/md_energy.png, md/md_nvt.extxyz, md/md_nve.extxyz, md/md_*.csv"}
+        summary["wall_seconds"] = time.perf_counter() - t0
+        print(f"MD: {args.md_ps:g} ps NVT + {args.md_ps:g} ps NVE at 0.5 fs; NVE drift {drift:.3g} "
+              f"eV/atom/ps (plot {out / 'md' / 'md_energy.png'})")
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     print(f"test (1000 frames): energy MAE {test['energy_mae'] * 1e3:.2f} meV "
           f"({test['energy_mae_per_atom'] * 1e3:.3f} meV/atom), "

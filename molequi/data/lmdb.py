@@ -254,6 +254,8 @@ class LmdbDataset(Dataset):
     ``energy`` so that energy tasks train on it. ``transform`` is applied to each record.
     """
 
+    lazy = True  # read on access: the trainer keeps it as it is and builds graphs per item
+
     def __init__(
         self, path: str | os.PathLike, *, target: str | None = None, transform=None, raw: bool = False
     ):

@@ -66,7 +66,8 @@ def fit_e0s(records: Iterable, elements: Sequence[int]) -> dict[int, float]:
 
 def compute_statistics(records: Sequence, cutoff: float | None = None, elements: Sequence[int] | None = None,
                        e0s: dict[int, float] | None = None) -> Statistics:
-    """Compute ``Statistics`` over ``records`` (graph records; neighbours counted if edges present or cutoff given)."""
+    """Compute ``Statistics`` over ``records`` (graph records; neighbours counted from their edges, or within
+    ``cutoff`` when they have none)."""
     records = list(records)
     if elements is None:
         elements = sorted({int(z) for d in records for z in d[K.NUMBERS].tolist()})
@@ -107,12 +108,21 @@ def compute_statistics(records: Sequence, cutoff: float | None = None, elements:
     )
 
 
-def as_tensor_e0s(stats: Statistics, dtype=torch.get_default_dtype()) -> torch.Tensor:
-    """E0 as a (118 + 1,) lookup table indexed by atomic number."""
-    table = torch.zeros(119, dtype=dtype)
+def statistics_sample(records, limit: int = 20_000, seed: int = 0):
+    """``records`` itself when it is small or in memory; a seeded sample of ``limit`` items of a lazy dataset
+    (an OC20 LMDB of millions of frames), so that statistics never load the whole dataset."""
+    if not getattr(records, "lazy", False) or len(records) <= limit:
+        return records
+    idx = np.sort(np.random.default_rng(seed).choice(len(records), size=limit, replace=False))
+    return [records[int(i)] for i in idx]
+
+
+def as_tensor_e0s(stats: Statistics, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """E0 as a (118 + 1,) lookup table indexed by atomic number (``dtype`` defaults to torch's default)."""
+    table = torch.zeros(119, dtype=dtype or torch.get_default_dtype())
     for z, v in stats.e0s.items():
         table[int(z)] = v
     return table
 
 
-__all__ = ["Statistics", "fit_e0s", "compute_statistics", "as_tensor_e0s"]
+__all__ = ["Statistics", "fit_e0s", "compute_statistics", "statistics_sample", "as_tensor_e0s"]

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from molequi.config import DataConfig
 from molequi.errors import ConfigError, DatasetError
@@ -29,8 +30,32 @@ def _dataset_config(data: DataConfig, root: str | None = None):
     return DatasetConfig(name=data.name, **opts)
 
 
-def _as_list(ds) -> list:
-    return ds if isinstance(ds, list) else [ds[i] for i in range(len(ds))]
+def is_lazy(records) -> bool:
+    """Datasets read on access (``lazy = True``, e.g. OC20 LMDBs) are never turned into lists."""
+    return bool(getattr(records, "lazy", False))
+
+
+def _as_list(ds):
+    if isinstance(ds, list) or is_lazy(ds):
+        return ds
+    return [ds[i] for i in range(len(ds))]
+
+
+class LazyGraphs(torch.utils.data.Dataset):
+    """``records[i]`` with its neighbour graph built on access: memory stays flat with the dataset size."""
+
+    lazy = True
+
+    def __init__(self, records, cutoff: float):
+        from molequi.graph.neighbors import RadiusGraph
+
+        self.records, self.graph = records, RadiusGraph(cutoff)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.graph(self.records[int(i)])
 
 
 def load_splits(data: DataConfig) -> dict[str, list]:
@@ -86,7 +111,9 @@ def split_records(records: Sequence, data: DataConfig) -> tuple[list, list]:
 def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False) -> list:
     """Records with ``edge_index`` / ``unit_shifts`` / ``shifts`` within ``cutoff`` (None: unchanged)."""
     if cutoff is None:
-        return list(records)
+        return records if is_lazy(records) else list(records)
+    if is_lazy(records):
+        return LazyGraphs(records, cutoff)
     from tqdm.auto import tqdm
 
     from molequi.graph.neighbors import RadiusGraph
@@ -98,8 +125,8 @@ def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False)
 def make_loader(records: Sequence, batch_size: int, shuffle: bool, num_workers: int = 0):
     from torch_geometric.loader import DataLoader
 
-    return DataLoader(list(records), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return DataLoader(records if is_lazy(records) else list(records), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 
@@ -122,7 +149,8 @@ class RecordsDataModule(_lightning_datamodule_base()):
     def __init__(self, train: Sequence, valid: Sequence, test: Sequence, batch_size: int,
                  valid_batch_size: int, shuffle: bool = True, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        self.train_records, self.valid_records, self.test_records = list(train), list(valid), list(test)
+        self.train_records, self.valid_records, self.test_records = (
+            r if is_lazy(r) else list(r) for r in (train, valid, test))
         self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
         self.shuffle, self.num_workers, self.seed = shuffle, num_workers, seed
 
@@ -146,7 +174,12 @@ class RecordsDataModule(_lightning_datamodule_base()):
 
     def _eval_loader(self, records):
         world, rank = self._world()
-        return make_loader(records[rank::world], self.valid_batch_size, False, self.num_workers)
+        if is_lazy(records):
+            shard = torch.utils.data.Subset(records, range(rank, len(records), world))
+            shard.lazy = True
+        else:
+            shard = records[rank::world]
+        return make_loader(shard, self.valid_batch_size, False, self.num_workers)
 
     def val_dataloader(self):
         return self._eval_loader(self.valid_records)
@@ -155,4 +188,5 @@ class RecordsDataModule(_lightning_datamodule_base()):
         return self._eval_loader(self.test_records)
 
 
-__all__ = ["load_splits", "split_indices", "split_records", "with_graphs", "make_loader", "RecordsDataModule"]
+__all__ = ["LazyGraphs", "is_lazy", "load_splits", "split_indices", "split_records", "with_graphs",
+           "make_loader", "RecordsDataModule"]

@@ -102,7 +102,7 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from molequi.data.statistics import Statistics, compute_statistics
+    from molequi.data.statistics import Statistics, compute_statistics, statistics_sample
     from molequi.train.data import RecordsDataModule, load_splits, with_graphs
     from molequi.train.module import TaskModule
 
@@ -129,7 +129,7 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     if resume:
         statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
     else:
-        statistics = compute_statistics(train_records, cutoff)
+        statistics = compute_statistics(statistics_sample(train_records), cutoff)
     torch.manual_seed(t.seed)
     dtype = _dtype(cfg)
     previous = torch.get_default_dtype()

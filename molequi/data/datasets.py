@@ -63,6 +63,7 @@ DATASETS: dict[str, object] = {
     "qm9": "molequi.data.qm9:build_qm9",
     "md17": "molequi.data.md17:build_md17",
     "rmd17": "molequi.data.md17:build_rmd17",
+    "rmd17_npz": "molequi.data.rmd17_npz:build_rmd17_npz",  # one rMD17 npz, no split files (shipped sample)
     "oc20_s2ef": "molequi.data.oc20:build_oc20_s2ef",
     "oc20_is2re": "molequi.data.oc20:build_oc20_is2re",
 }
@@ -121,7 +122,8 @@ def read_index_file(path: str | os.PathLike, n: int | None = None) -> np.ndarray
     """Read integer indices (one per line, or whitespace/comma separated; 0-based); checks range if ``n``."""
     p = Path(path)
     if not p.exists():
-        raise DatasetError("split index file not found", source=str(p), hint="check the path of the split file")
+        raise DatasetError("split index file not found", source=str(p),
+                           hint="check the path of the split file")
     values = []
     for lineno, line in enumerate(p.read_text().splitlines(), 1):
         for tok in line.replace(",", " ").split():
@@ -141,7 +143,8 @@ def read_index_file(path: str | os.PathLike, n: int | None = None) -> np.ndarray
 class GraphDataset(Dataset):
     """Records with their neighbour graphs built once (``RadiusGraph(cutoff)``), kept in memory."""
 
-    def __init__(self, records: Sequence, cutoff: float, progress: bool = False, dtype: torch.dtype | None = None):
+    def __init__(self, records: Sequence, cutoff: float, progress: bool = False,
+                 dtype: torch.dtype | None = None):
         from tqdm.auto import tqdm
 
         from molequi.graph.neighbors import RadiusGraph

@@ -60,10 +60,8 @@ class LazyGraphs(torch.utils.data.Dataset):
 
 def load_splits(data: DataConfig) -> dict[str, list]:
     """``{"train": [...], "valid": [...], "test": [...]}`` (test may be empty) of records without graphs."""
-    from molequi.data.datasets import DATASETS, build_dataset
+    from molequi.data.datasets import build_dataset
 
-    # one rMD17-style npz without split files (the shipped data/rmd17 sample); TODO: move to datasets.py
-    DATASETS.setdefault("rmd17_npz", "molequi.data.rmd17_npz:build_rmd17_npz")
     built = build_dataset(_dataset_config(data))
     if isinstance(built, dict):
         train = _as_list(built.get("train", []))

@@ -47,7 +47,8 @@ def run(args) -> int:
     import torch
 
     from molequi.errors import ConfigError, MolequiError
-    from molequi.models.generative.io import _atomic_text, load_generative, write_extxyz, write_sdf
+    from molequi.io import atomic_write_text
+    from molequi.models.generative.io import load_generative, write_extxyz, write_sdf
     from molequi.models.generative.metrics import format_report, load_training_smiles, molecule_report
 
     if args.n < 1 or args.batch_size < 1:
@@ -86,10 +87,10 @@ def run(args) -> int:
         summary["metrics_distance_bonds"] = {k: v for k, v in dist.items() if k != "smiles"}
 
     if args.relax_with:
+        import ase
+
         from molequi.calculators import MolequiCalculator, relax
         from molequi.models.generative.metrics import Molecule
-
-        import ase
 
         calc = MolequiCalculator.from_checkpoint(args.relax_with, device=args.device)
         relaxed, failed, converged = [], 0, 0
@@ -113,5 +114,5 @@ def run(args) -> int:
         print(format_report(after))
         summary["relaxed"] = {"force_field": args.relax_with, "converged": converged, "failed": failed,
                               "metrics": {k: v for k, v in after.items() if k != "smiles"}}
-    _atomic_text(out.with_suffix(".metrics.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".metrics.json"), json.dumps(summary, indent=2) + "\n")
     return 0

@@ -24,7 +24,7 @@ def run(args) -> int:
 
     text = default_yaml(args.model, args.task)
     if args.output:
-        from molequi.train.checkpoint import atomic_write_text
+        from molequi.io import atomic_write_text
 
         atomic_write_text(args.output, text)
         print(f"wrote {args.output}")

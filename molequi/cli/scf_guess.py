@@ -47,8 +47,9 @@ def run(args) -> int:
     import numpy as np
 
     from molequi.errors import ConfigError
+    from molequi.io import atomic_write_text
     from molequi.models.hamiltonian.scf import predict_fock, run_scf
-    from molequi.train.checkpoint import atomic_write_text, load_model
+    from molequi.train.checkpoint import load_model
 
     model = load_model(args.checkpoint)
     if getattr(model, "basis", None) is None:

@@ -20,68 +20,15 @@ the target, so a process killed at any moment leaves the previous file intact.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from molequi.errors import CheckpointError, ConfigError
+from molequi.io import atomic_write_torch
 
 FORMAT = "molequi"
 VERSION = 1
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file + fsync + ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_payload(*, config: dict, statistics: dict, model_state: dict, ema_state: dict | None = None,
@@ -108,7 +55,7 @@ def make_payload(*, config: dict, statistics: dict, model_state: dict, ema_state
 
 def save_model(payload: dict, path: str | Path) -> None:
     """Write a model payload (``make_payload``) atomically to ``path``."""
-    atomic_torch_save(payload, path)
+    atomic_write_torch(path, payload)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -183,6 +130,6 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     return model
 
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write_bytes", "make_payload", "save_model",
+__all__ = ["make_payload", "save_model",
            "read_checkpoint",
            "build_model_from_payload", "load_model", "FORMAT", "VERSION"]

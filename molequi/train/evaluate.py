@@ -122,7 +122,7 @@ def read_eval_data(path: str | Path, energy_key: str | None = None, forces_key: 
 
 
 def _figure_path_save(fig, path: Path) -> None:
-    from molequi.train.checkpoint import atomic_write_bytes
+    from molequi.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

@@ -29,7 +29,8 @@ import torch
 
 from molequi.config import Config, get_task_class
 from molequi.errors import CheckpointError, ConfigError
-from molequi.train.checkpoint import atomic_torch_save, atomic_write_text, read_checkpoint, save_model
+from molequi.io import atomic_write_text, atomic_write_torch
+from molequi.train.checkpoint import read_checkpoint, save_model
 
 
 def _checkpoint_io():
@@ -39,7 +40,7 @@ def _checkpoint_io():
         """Lightning checkpoint I/O that never leaves a torn file and loads with ``weights_only=True``."""
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            atomic_torch_save(checkpoint, path)
+            atomic_write_torch(path, checkpoint)
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)

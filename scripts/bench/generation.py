@@ -31,12 +31,12 @@ from torch_geometric.data import Batch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from molequi.io import atomic_write_text  # noqa: E402
 from molequi.models.generative.data import GeometryDataset, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.models.generative.edm import EDM, count_parameters  # noqa: E402
 from molequi.models.generative.graph import scatter_sum, sizes_to_batch  # noqa: E402
-from molequi.models.generative.io import _atomic_text, load_generative, save_checkpoint  # noqa: E402
-from molequi.models.generative.metrics import (Molecule, load_training_smiles,  # noqa: E402
-                                               molecule_report)
+from molequi.models.generative.io import load_generative, save_checkpoint  # noqa: E402
+from molequi.models.generative.metrics import Molecule, load_training_smiles, molecule_report  # noqa: E402
 
 TARBALL = "/work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz"
 SMILES_CSV = "/work/shared/data/real/valence-discovery__lapool/qm9.csv"
@@ -60,7 +60,7 @@ def hardware() -> dict:
 
 def save_json(name: str, obj: dict) -> Path:
     path = OUT / f"generation_{name}.json"
-    _atomic_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
     return path
 
 
@@ -285,7 +285,7 @@ def cmd_make_subset(args) -> None:
     for a in read_xyz_tarball(TARBALL, indices=idx):
         lines += [str(len(a)), f'Properties=species:S:1:pos:R:3 name={a.info["name"][:-4]} pbc="F F F"']
         lines += [f"{s} {p[0]:.5f} {p[1]:.5f} {p[2]:.5f}" for s, p in zip(a.get_chemical_symbols(), a.positions)]
-    _atomic_text(SUBSET, "\n".join(lines) + "\n")
+    atomic_write_text(SUBSET, "\n".join(lines) + "\n")
 
 
 def cmd_toy(args) -> None:
@@ -434,7 +434,7 @@ def cmd_report(args) -> None:
                       f"molecule {o['molecule_stability']:.2f}, valid {o['validity']:.1f}, strict "
                       f"{o['validity_strict']:.1f}, unique {o['uniqueness']:.1f}, novel vs lapool CSV "
                       f"{o.get('novelty', float('nan')):.1f} (EDM's code on its 1000: 99.53 / 96.10 / 98.2 / 100).", ""]
-    _atomic_text(OUT / "generation.md", "\n".join(lines) + "\n")
+    atomic_write_text(OUT / "generation.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

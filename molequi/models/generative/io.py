@@ -7,8 +7,6 @@ interrupted run never leaves a truncated SDF or checkpoint behind.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,25 +14,10 @@ import numpy as np
 import torch
 
 from molequi.errors import CheckpointError
+from molequi.io import atomic_write_text
 from molequi.models.generative.metrics import Molecule, build_rdkit_molecule
 
 MODEL_NAMES = {"EDM": "edm", "CategoricalDiffusion": "eqgat_diff"}
-
-
-def _atomic_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, *, metrics: dict | None = None, step: int = 0,
@@ -85,7 +68,7 @@ def write_sdf(molecules: Sequence[Molecule], path: str | Path, names: Sequence[s
         mol.SetProp("_Name", names[k] if names else f"generated_{k}")
         block = Chem.MolToMolBlock(mol, kekulize=False)
         blocks.append(f"{block}>  <valid>\n{valid}\n\n$$$$\n")
-    _atomic_text(path, "".join(blocks))
+    atomic_write_text(path, "".join(blocks))
     return len(blocks)
 
 
@@ -104,7 +87,7 @@ def write_extxyz(molecules: Sequence[Molecule], path: str | Path, info: Sequence
             if m.charges is not None:
                 row += f" {int(m.charges[i])}"
             lines.append(row)
-    _atomic_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return len(molecules)
 
 

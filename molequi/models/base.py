@@ -17,10 +17,29 @@ from torch import nn
 
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError, ModelError
+from molequi.response import energy_response
 
 
 def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+class EnergyModel(nn.Module):
+    """A model defined by its per-atom energies; energy, forces and stress follow from ``molequi.response``.
+
+    Subclasses implement ``atomic_energies(data, pos, cell) -> (n,)`` in eV. ``forward`` keeps the graph of
+    the derivatives while training (force training needs second derivatives).
+    """
+
+    conservative = True
+
+    def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, data, compute_forces: bool = True,
+                compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        return energy_response(self.atomic_energies, data, compute_forces=compute_forces,
+                               compute_stress=compute_stress, create_graph=self.training)
 
 
 class ElementTable(nn.Module):

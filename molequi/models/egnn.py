@@ -32,10 +32,10 @@ from molequi import keys as K
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.graph.neighbors import edge_vectors
-from molequi.models.base import AtomicEnergyHead, ElementTable
+from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel
 from molequi.nn.radial import BesselBasis, PolynomialCutoff
 from molequi.nn.readout import ElementEmbedding
-from molequi.response import batch_vector, energy_response
+from molequi.response import batch_vector
 
 
 def _aggregate(
@@ -174,7 +174,7 @@ class EGNNLayer(nn.Module):
         return h_new, x + dx
 
 
-class EGNN(nn.Module):
+class EGNN(EnergyModel):
     """EGNN force field with molequi's model interface (see ``molequi.models``)."""
 
     @dataclass
@@ -254,17 +254,6 @@ class EGNN(nn.Module):
         for layer in self.layers:
             h, x = layer(h, x, edge_index, edge_attr=edge_attr, shifts=shifts, edge_weight=envelope)
         return self.head(element, self.readout(h).squeeze(-1))
-
-    def forward(
-        self, data, compute_forces: bool = True, compute_stress: bool = False
-    ) -> dict[str, torch.Tensor]:
-        return energy_response(
-            self.atomic_energies,
-            data,
-            compute_forces=compute_forces,
-            compute_stress=compute_stress,
-            create_graph=self.training,
-        )
 
 
 __all__ = ["EGNN", "EGNNLayer"]

@@ -51,11 +51,11 @@ from molequi import keys as K
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError, ModelError
 from molequi.graph.neighbors import edge_vectors
-from molequi.models.base import AtomicEnergyHead, ElementTable
+from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel
 from molequi.nn.radial import BesselBasis, PolynomialCutoff
 from molequi.nn.s2 import SeparableS2Activation
 from molequi.nn.so2 import SO2Linear
-from molequi.response import batch_vector, energy_response
+from molequi.response import batch_vector
 from molequi.so3.rotations import EdgeFrame, tilt_matrix
 
 
@@ -251,7 +251,7 @@ class EquiformerV2Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class EquiformerV2(nn.Module):
+class EquiformerV2(EnergyModel):
     """EquiformerV2-style force field with molequi's model interface (see ``molequi.models``)."""
 
     @dataclass
@@ -402,13 +402,7 @@ class EquiformerV2(nn.Module):
         self, data, compute_forces: bool = True, compute_stress: bool = False
     ) -> dict[str, torch.Tensor]:
         if self.conservative:
-            return energy_response(
-                self.atomic_energies,
-                data,
-                compute_forces=compute_forces,
-                compute_stress=compute_stress,
-                create_graph=self.training,
-            )
+            return super().forward(data, compute_forces, compute_stress)
         if compute_stress:
             raise ModelError(
                 "an EquiformerV2 with direct_forces=True has no stress (its forces are not the "

@@ -52,9 +52,9 @@ from molequi import keys as K
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.graph.neighbors import edge_vectors
-from molequi.models.base import AtomicEnergyHead, ElementTable
+from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel
 from molequi.nn.radial import BesselBasis, PolynomialCutoff
-from molequi.response import batch_vector, energy_response
+from molequi.response import batch_vector
 
 
 class SafeEigh(torch.autograd.Function):
@@ -145,7 +145,7 @@ class EdgeMLPBackbone(nn.Module):
         return self.out(h).squeeze(-1)
 
 
-class FrameAveraging(nn.Module):
+class FrameAveraging(EnergyModel):
     """Frame-averaged force field around a backbone (see the module docstring).
 
     ``FrameAveraging.from_config(cfg, statistics)`` builds the default ``EdgeMLPBackbone``;
@@ -315,16 +315,6 @@ class FrameAveraging(nn.Module):
             }
         )
 
-    def forward(
-        self, data, compute_forces: bool = True, compute_stress: bool = False
-    ) -> dict[str, torch.Tensor]:
-        return energy_response(
-            self.atomic_energies,
-            data,
-            compute_forces=compute_forces,
-            compute_stress=compute_stress,
-            create_graph=self.training,
-        )
 
 
 __all__ = ["FrameAveraging", "EdgeMLPBackbone", "SafeEigh", "sign_frames"]

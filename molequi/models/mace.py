@@ -29,7 +29,7 @@ from molequi import keys as K
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.graph.neighbors import edge_vectors
-from molequi.models.base import AtomicEnergyHead, ElementTable
+from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel
 from molequi.nn.equivariant import (
     ChannelIrreps,
     ElementIrrepsLinear,
@@ -40,7 +40,7 @@ from molequi.nn.equivariant import (
 from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialMLP
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
 from molequi.nn.symmetric_contraction import SymmetricContraction
-from molequi.response import batch_vector, energy_response
+from molequi.response import batch_vector
 
 
 class MACELayer(nn.Module):
@@ -85,7 +85,7 @@ class MACELayer(nn.Module):
         return self.linear(self.product(a, element)) + sc
 
 
-class MACE(nn.Module):
+class MACE(EnergyModel):
     """MACE force field with molequi's model interface (see ``molequi.models``)."""
 
     @dataclass
@@ -189,17 +189,6 @@ class MACE(nn.Module):
             h = layer(h, element, sh, radial, envelope, sender, receiver)
             readout = readout + head(h[:, row, :])
         return self.head(element, readout)
-
-    def forward(
-        self, data, compute_forces: bool = True, compute_stress: bool = False
-    ) -> dict[str, torch.Tensor]:
-        return energy_response(
-            self.atomic_energies,
-            data,
-            compute_forces=compute_forces,
-            compute_stress=compute_stress,
-            create_graph=self.training,
-        )
 
 
 __all__ = ["MACE", "MACELayer"]

@@ -10,7 +10,22 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench_results"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench_results"
+# 1000 real rMD17 ethanol frames shipped with molequi (CC0, see data/rmd17/ORIGIN.md)
+ETHANOL_NPZ = str(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")
+# the MACE hyperparameters every speed comparison with mace-torch uses (identical on both sides)
+MACE_HYPER = dict(
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    hidden_irreps="64x0e+64x1o",
+    correlation=3,
+    num_interactions=2,
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+)
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:

@@ -37,18 +37,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
-HYPER = dict(
-    r_max=5.0,
-    num_bessel=8,
-    num_polynomial_cutoff=5,
-    max_ell=3,
-    hidden_irreps="64x0e+64x1o",
-    correlation=3,
-    num_interactions=2,
-    MLP_irreps="16x0e",
-    radial_MLP=[64, 64, 64],
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ETHANOL_NPZ  # noqa: E402
+from _common import MACE_HYPER as HYPER  # noqa: E402
+
 ELEMENTS = [1, 6, 8, 29]
 SYSTEMS = ["ethanol", "cu_64", "cu_512", "cu_4096", "water_63", "water_513", "water_4095"]
 DEFAULT_SYSTEMS = "ethanol,cu_64,water_63,cu_512,water_513,cu_4096"

@@ -5,7 +5,7 @@ energy MAE (meV per structure) and force MAE (meV/Å), inference time (ms per st
 batch of 16, eval mode). Same loop, loss, optimiser and budget for every model, float32, CPU threads as given.
 
 Data
-- rMD17 ethanol (``/work/shared/data/real/andersx__rmd17-npz``; kcal/mol and kcal/mol/Å converted with
+- rMD17 ethanol (``data/rmd17``, the shipped copy; kcal/mol and kcal/mol/Å converted with
   ``molequi.units.KCAL_PER_MOL_TO_EV``): the first ``--n-train`` frames of split 01's training file, test on
   the first ``--n-test`` frames of its test file.
 - Slabs: ``data/oc20/emt_slabs.extxyz`` (OC20 S2EF layout, CO/O/H on Cu/Pt/Au(111), EMT labels -- a toy
@@ -42,7 +42,7 @@ from molequi.models import get_model_class  # noqa: E402
 from molequi.units import KCAL_PER_MOL_TO_EV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RMD17 = Path("/work/shared/data/real/andersx__rmd17-npz")
+RMD17 = Path(__file__).resolve().parents[2] / "data" / "rmd17"  # shipped copy (CC0, see ORIGIN.md)
 
 
 def rmd17_ethanol(n_train: int, n_test: int):

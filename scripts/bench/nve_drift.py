@@ -27,18 +27,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-ETHANOL_NPZ = "/work/shared/data/real/andersx__rmd17-npz/rmd17_ethanol_test_01.npz"
-HYPER = dict(
-    r_max=5.0,
-    num_bessel=8,
-    num_polynomial_cutoff=5,
-    max_ell=3,
-    hidden_irreps="64x0e+64x1o",
-    correlation=3,
-    num_interactions=2,
-    MLP_irreps="16x0e",
-    radial_MLP=[64, 64, 64],
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ETHANOL_NPZ  # noqa: E402
+from _common import MACE_HYPER as HYPER  # noqa: E402
 
 
 def ethanol():

@@ -124,13 +124,7 @@ def register(sub) -> None:
         help="run even if the model predicts forces directly (they are not -dE/dx, so energy is "
         "not conserved)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default=None,
-        help="evaluation precision (default: the checkpoint's)",
-    )
+    add_device_arguments(p)
     p.add_argument(
         "--skin",
         type=float,
@@ -141,9 +135,26 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_device_arguments(p) -> None:
+    """``--device`` and ``--dtype``, shared by the verbs that evaluate a checkpoint (md, relax, predict)."""
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="evaluation precision (default: the checkpoint's)",
+    )
+
+
+def dtype_of(args):
+    """The torch dtype asked for by ``--dtype`` (None: the checkpoint's)."""
+    import torch
+
+    return getattr(torch, args.dtype) if args.dtype else None
+
+
 def load_inputs(args):
     """(calculator, atoms) from ``args.inputs`` = checkpoints..., structure."""
-    import torch
     from ase.io import read
 
     from molequi.calculators import MolequiCalculator
@@ -152,7 +163,7 @@ def load_inputs(args):
     if len(args.inputs) < 2:
         raise ConfigError("give at least one checkpoint and a structure file: molequi md CKPT STRUCTURE")
     *ckpts, structure = args.inputs
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtype = dtype_of(args)
     try:
         atoms = read(structure, index=-1)
     except FileNotFoundError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from molequi.cli.md import add_device_arguments
+
     p = sub.add_parser(
         "predict",
         help="predict energies / forces / stress for many structures (batched)",
@@ -22,13 +24,7 @@ def register(sub) -> None:
         default="auto",
         help="auto: stress for periodic frames; yes: require it (error on non-periodic frames); no",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default=None,
-        help="evaluation precision (default: the checkpoint's)",
-    )
+    add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -37,10 +33,10 @@ def run(args) -> int:
     import io
     import time
 
-    import torch
     from ase.io import read, write
 
     from molequi.calculators.predict import predict
+    from molequi.cli.md import dtype_of
     from molequi.errors import FormatError
     from molequi.io import atomic_write_text
 
@@ -58,7 +54,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         compute_stress=stress,
         device=args.device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        dtype=dtype_of(args),
         as_atoms=True,
         progress=not args.no_progress,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from molequi.cli.md import add_device_arguments
+
     p = sub.add_parser(
         "relax",
         help="relax a structure (positions, optionally the cell) with a trained model",
@@ -37,13 +39,7 @@ def register(sub) -> None:
         help="relaxed structure, extended XYZ with energy, forces (and stress) (default relaxed.xyz)",
     )
     p.add_argument("--traj", default=None, help="optional extended-XYZ trajectory of every optimiser step")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default=None,
-        help="evaluation precision (default: the checkpoint's)",
-    )
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no optimiser log on stdout")
     p.set_defaults(func=run)
 

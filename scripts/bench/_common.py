@@ -28,6 +28,30 @@ MACE_HYPER = dict(
 )
 
 
+def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch.dtype):
+    """mace-torch's ScaleShiftMACE at ``MACE_HYPER`` (random weights, eval mode), for the speed comparisons.
+
+    Runs in the mace-torch virtual environment; the caller imports ``mace`` first (it makes e3nn 0.4.4
+    importable under torch >= 2.6).
+    """
+    import numpy as np
+    from e3nn import o3
+    from mace import modules
+
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    h = MACE_HYPER
+    model = modules.ScaleShiftMACE(
+        r_max=h["r_max"], num_bessel=h["num_bessel"], num_polynomial_cutoff=h["num_polynomial_cutoff"],
+        max_ell=h["max_ell"], interaction_cls=block, interaction_cls_first=block,
+        num_interactions=h["num_interactions"], num_elements=len(elements),
+        hidden_irreps=o3.Irreps(h["hidden_irreps"]), MLP_irreps=o3.Irreps(h["MLP_irreps"]),
+        atomic_energies=np.zeros(len(elements)), avg_num_neighbors=avg_num_neighbors, atomic_numbers=elements,
+        correlation=h["correlation"], gate=torch.nn.functional.silu, radial_MLP=h["radial_MLP"],
+        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+    )
+    return model.to(dtype).eval()
+
+
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
@@ -41,8 +65,8 @@ def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
 
 
 def machine() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

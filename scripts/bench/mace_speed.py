@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ  # noqa: E402
+from _common import ETHANOL_NPZ, build_mace_torch  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 ELEMENTS = [1, 6, 8]
@@ -138,11 +138,8 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
 def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: bool) -> dict:
     import ase.io
     import mace  # noqa: F401  (first: it makes e3nn 0.4.4 importable under torch >= 2.6)
-    import numpy as np
     import torch
-    from e3nn import o3
     from mace import data as mdata
-    from mace import modules
     from mace.tools import torch_geometric, utils
 
     torch.set_num_threads(threads)
@@ -159,31 +156,7 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
     batch = next(iter(loader))
     n_atoms = int(batch.num_nodes)
     avg = batch.edge_index.shape[1] / n_atoms
-    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = (
-        modules.ScaleShiftMACE(
-            r_max=HYPER["r_max"],
-            num_bessel=HYPER["num_bessel"],
-            num_polynomial_cutoff=HYPER["num_polynomial_cutoff"],
-            max_ell=HYPER["max_ell"],
-            interaction_cls=block,
-            interaction_cls_first=block,
-            num_interactions=HYPER["num_interactions"],
-            num_elements=len(ELEMENTS),
-            hidden_irreps=o3.Irreps(HYPER["hidden_irreps"]),
-            MLP_irreps=o3.Irreps(HYPER["MLP_irreps"]),
-            atomic_energies=np.zeros(len(ELEMENTS)),
-            avg_num_neighbors=avg,
-            atomic_numbers=ELEMENTS,
-            correlation=HYPER["correlation"],
-            gate=torch.nn.functional.silu,
-            radial_MLP=HYPER["radial_MLP"],
-            atomic_inter_scale=1.0,
-            atomic_inter_shift=0.0,
-        )
-        .to(dtype)
-        .eval()
-    )
+    model = build_mace_torch(ELEMENTS, avg, dtype)
     batch_dict = batch.to_dict()
     for k, v in batch_dict.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point():

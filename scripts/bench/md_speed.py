@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ  # noqa: E402
+from _common import ETHANOL_NPZ, build_mace_torch  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 ELEMENTS = [1, 6, 8, 29]
@@ -178,10 +178,7 @@ def worker_molequi(structure: str, dtype_name: str, steps: int, threads: int, sk
 def worker_mace(structure: str, dtype_name: str, steps: int, threads: int, skin: float) -> dict:
     import ase.io
     import mace  # noqa: F401  (first: makes e3nn 0.4.4 importable under torch >= 2.6)
-    import numpy as np
     import torch
-    from e3nn import o3
-    from mace import modules
     from mace.calculators import MACECalculator
 
     torch.set_num_threads(threads)
@@ -189,31 +186,7 @@ def worker_mace(structure: str, dtype_name: str, steps: int, threads: int, skin:
     dtype = getattr(torch, dtype_name)
     torch.set_default_dtype(dtype)
     atoms = ase.io.read(structure)
-    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = (
-        modules.ScaleShiftMACE(
-            r_max=HYPER["r_max"],
-            num_bessel=HYPER["num_bessel"],
-            num_polynomial_cutoff=HYPER["num_polynomial_cutoff"],
-            max_ell=HYPER["max_ell"],
-            interaction_cls=block,
-            interaction_cls_first=block,
-            num_interactions=HYPER["num_interactions"],
-            num_elements=len(ELEMENTS),
-            hidden_irreps=o3.Irreps(HYPER["hidden_irreps"]),
-            MLP_irreps=o3.Irreps(HYPER["MLP_irreps"]),
-            atomic_energies=np.zeros(len(ELEMENTS)),
-            avg_num_neighbors=_avg_neighbors(atoms),
-            atomic_numbers=ELEMENTS,
-            correlation=HYPER["correlation"],
-            gate=torch.nn.functional.silu,
-            radial_MLP=HYPER["radial_MLP"],
-            atomic_inter_scale=1.0,
-            atomic_inter_shift=0.0,
-        )
-        .to(dtype)
-        .eval()
-    )
+    model = build_mace_torch(ELEMENTS, _avg_neighbors(atoms), dtype)
     calc = MACECalculator(models=model, device="cpu", default_dtype=dtype_name)
     res = _run_md(atoms, calc, steps)
     res.update(impl=f"mace-torch {getattr(mace, '__version__', '?')}")

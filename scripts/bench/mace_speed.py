@@ -12,8 +12,10 @@ Each (implementation, system, dtype) runs in a fresh subprocess - the mace-torch
 ${MACE_VENV:-~/.cache/molequi/mace-venv} (mace-torch pins e3nn 0.4.4, which cannot share molequi's venv) -
 with ``torch.set_num_threads(threads)``: one warm-up call, then the median of ``--repeats`` timed calls,
 both wall-clock and process CPU time (the CPU time is the fairer number on a shared, loaded machine).
-Memory: growth of the process's peak resident set over one inference call (energy + forces) and over one
-training step (forces with create_graph, loss backward), divided by the number of atoms.
+Training: the median of ``--repeats`` optimiser steps as a trainer takes them (forces with create_graph, an
+energy + 100 x force MSE loss, backward, Adam with AMSGrad), as time per step and structures per CPU second.
+Memory: growth of the process's peak resident set over the inference calls (energy + forces) and over the
+training steps, divided by the number of atoms.
 """
 
 from __future__ import annotations
@@ -90,6 +92,31 @@ def _time(fn, repeats: int) -> dict:
     )
 
 
+def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, infer_mb: float,
+                  n_structures: int) -> dict:
+    """One optimiser step as training does it: forces with create_graph, weighted E + F loss, backward,
+    Adam (AMSGrad). Returns the timing of a step (``train_*``), structures per CPU second and peak memory."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    f_ref = torch.randn(n_atoms, 3, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = forward()
+        loss = (out["energy"] ** 2).mean() + 100.0 * ((out["forces"] - f_ref) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    timing = _time(step, repeats)
+    return {
+        "train_median_s": timing["median_s"],
+        "train_median_cpu_s": timing["median_cpu_s"],
+        "train_structures_per_cpu_s": n_structures / timing["median_cpu_s"],
+        "peak_mb_train": max(_peak_rss_mb() - base_mb, infer_mb),
+    }
+
+
 def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train: bool) -> dict:
     import ase.io
     import torch
@@ -128,10 +155,8 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
     )
     if train:
         model.train()
-        out = model(batch, compute_forces=True)
-        loss = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
-        loss.backward()
-        result["peak_mb_train"] = max(_peak_rss_mb() - base, infer_mb)
+        result.update(_train_timing(model, lambda: model(batch, compute_forces=True), n_atoms, repeats, base,
+                                    infer_mb, len(frames)))
     return result
 
 
@@ -181,10 +206,10 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
     )
     if train:
         model.train()
-        out = model(batch_dict, training=True, compute_force=True)
-        loss = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
-        loss.backward()
-        result["peak_mb_train"] = max(_peak_rss_mb() - base, infer_mb)
+        def forward():
+            return model(batch_dict, training=True, compute_force=True)
+
+        result.update(_train_timing(model, forward, n_atoms, repeats, base, infer_mb, len(frames)))
     return result
 
 
@@ -228,7 +253,7 @@ def main() -> None:
     parser.add_argument("--systems", default="ethanol_x32,water_513")
     parser.add_argument("--impls", default="molequi,mace-torch")
     parser.add_argument(
-        "--no-train", dest="train", action="store_false", help="skip the training-step memory"
+        "--no-train", dest="train", action="store_false", help="skip the training-step timing and memory"
     )
     parser.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
     parser.add_argument("--out", default="bench_results/mace_speed.json")
@@ -281,10 +306,11 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    """Wall-clock and CPU-time medians, speed-up over mace-torch for each, peak memory per atom."""
+    """Inference and training step: CPU-time medians, speed-up over mace-torch, wall time, memory per atom."""
     print(
-        f"\n{'system':12s} {'dtype':8s} {'impl':18s} {'atoms':>5s} {'edges':>6s} {'wall s':>8s} {'x':>6s} "
-        f"{'cpu s':>8s} {'x':>6s} {'MB/atom inf':>11s} {'MB/atom train':>13s}"
+        f"\n{'system':12s} {'dtype':8s} {'impl':18s} {'atoms':>5s} {'edges':>6s} {'wall s':>8s} "
+        f"{'cpu s':>8s} {'x cpu':>6s} {'train cpu s':>11s} {'x':>6s} {'struct/cpu s':>12s} "
+        f"{'MB/atom inf':>11s} {'MB/atom train':>13s}"
     )
     ref = {(r["system"], r["dtype"]): r for r in rows if r["impl_key"] == "mace-torch" and "median_s" in r}
     for r in rows:
@@ -292,16 +318,19 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['system']:12s} {r['dtype']:8s} {r['impl_key']:18s} error: {r.get('error')}")
             continue
         base = ref.get((r["system"], r["dtype"]))
-        wall_x = f"{base['median_s'] / r['median_s']:.2f}" if base else "-"
         cpu_x = f"{base['median_cpu_s'] / r['median_cpu_s']:.2f}" if base else "-"
+        trained = "train_median_cpu_s" in r
+        train_x = (f"{base['train_median_cpu_s'] / r['train_median_cpu_s']:.2f}"
+                   if base and trained and "train_median_cpu_s" in base else "-")
         train = r.get("peak_mb_train")
         print(
             f"{r['system']:12s} {r['dtype']:8s} {r['impl'][:18]:18s} {r['n_atoms']:5d} {r['n_edges']:6d} "
-            f"{r['median_s']:8.3f} {wall_x:>6s} {r['median_cpu_s']:8.3f} {cpu_x:>6s} "
-            f"{r['peak_mb_infer'] / r['n_atoms']:11.3f} "
+            f"{r['median_s']:8.3f} {r['median_cpu_s']:8.3f} {cpu_x:>6s} "
+            + (f"{r['train_median_cpu_s']:11.3f} {train_x:>6s} {r['train_structures_per_cpu_s']:12.2f} "
+               if trained else f"{'-':>11s} {'-':>6s} {'-':>12s} ")
+            + f"{r['peak_mb_infer'] / r['n_atoms']:11.3f} "
             + (f"{train / r['n_atoms']:13.3f}" if train is not None else f"{'-':>13s}")
         )
-
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,8 @@ def symmetric_basis(irreps_in: tuple[Irrep, ...], target: Irrep, nu: int) -> np.
         if rn > 1e-6:
             ortho.append(r / rn)
             kept.append(t / norm * math.sqrt(2 * L + 1))
+    if not kept:  # every coupling is antisymmetric (e.g. 1o x 1o -> 1e at nu = 2): no symmetric basis
+        return np.zeros((0, 2 * L + 1) + (dim,) * nu)
     return np.stack(kept)
 
 

@@ -96,6 +96,17 @@ def test_symmetric_basis_counts_and_symmetry(target, nu, count):
     np.testing.assert_allclose(lhs, rhs, atol=1e-10)
 
 
+def test_symmetric_basis_may_be_empty():
+    """1e at nu = 2 from 0e + 1o + 2e + 3o: every coupling (1o x 1o, 2e x 2e, ...) is antisymmetric."""
+    u = symmetric_basis(ChannelIrreps.spherical(1, 3).irreps, (1, 1), 2)
+    assert u.shape == (0, 3, 16, 16)
+    a, b = ChannelIrreps.spherical(2, 3), ChannelIrreps(2, ((0, 1), (1, 1)))
+    with pytest.raises(ConfigError, match="up to correlation 2 gives 1e"):  # a clear error, not a crash
+        SymmetricContraction(a, b, 2, 1)
+    out = SymmetricContraction(a, b, 3, 1)(torch.randn(4, 16, 2), torch.zeros(4, dtype=torch.long))
+    assert out.shape == (4, 4, 2) and out[:, 1:].abs().max() > 0  # 1e from nu = 3 (1o x 2e x 3o)
+
+
 def dense_reference(sc: SymmetricContraction, x: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
     """B[n, M, c] = sum_nu sum_k w[k, z_n, c] U[k, M, a1..] x[n, a1, c] ... x[n, anu, c] from full tensors."""
     blocks = []

@@ -23,7 +23,8 @@ Readout
 * ``act_S2`` is the separable S2 activation: SiLU on l = 0; for l > 0 the coefficients are projected to an
   S2 grid (e3nn grid, ``molequi.nn.s2``), passed through SiLU pointwise and projected back. It is equivariant
   only up to the grid's aliasing error (as in EquiformerV2; ~1e-3 relative at the default resolution,
-  falling with ``grid_resolution``). ``activation="gate"`` instead uses a scalar-gated SiLU, which is exactly
+  falling fast with ``grid_resolution``: force errors 1.8e-5, 6.7e-9, 1.1e-11 at 12, 24, 48 points per
+  angle for lmax 2, tested). ``activation="gate"`` instead uses a scalar-gated SiLU, which is exactly
   equivariant (used by the float64 equivariance tests).
 * The envelope-weighted softmax keeps the energy smooth when a neighbour crosses the cutoff, which
   conservative forces (and MD) need; a plain softmax jumps there.

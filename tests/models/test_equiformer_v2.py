@@ -80,18 +80,23 @@ def test_equivariance_float64_gate_exact():
     )
 
 
-def test_s2_activation_equivariant_up_to_grid_aliasing():
-    """EquiformerV2's S2 activation is equivariant only up to the grid's aliasing (documented tolerance)."""
-    rep = assert_equivariant(
-        tiny(activation="s2", grid_resolution=12),
-        [molecule()],
-        CUTOFF,
-        dtype=torch.float64,
-        n_rotations=2,
-        atol=1e-2,
-        compute_stress=False,
-    )
-    assert rep.energy < 1e-2
+def test_s2_activation_equivariance_error_falls_with_grid_to_1e10():
+    """The S2 activation is equivariant up to the grid's aliasing: the error falls fast with the resolution
+    (measured: forces 1.8e-5, 6.7e-9, 1.1e-11 at 12, 24, 48 points per angle) and is ~1e-10 at 48."""
+    errors = []
+    for resolution in (12, 24, 48):
+        rep = assert_equivariant(
+            tiny(activation="s2", grid_resolution=resolution),
+            [molecule()],
+            CUTOFF,
+            dtype=torch.float64,
+            n_rotations=2,
+            atol=1e-3,
+            compute_stress=False,
+        )
+        errors.append(max(rep.energy, rep.forces))
+    assert errors[1] < errors[0] / 100 and errors[2] < errors[1] / 100, errors
+    assert errors[2] < 1e-10, errors
 
 
 def test_forces_and_stress_match_finite_differences():

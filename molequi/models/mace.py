@@ -16,10 +16,23 @@ monomials of the atomic basis times one dense matrix per correlation order
 (``molequi.nn.symmetric_contraction``), and the convolution contracts the harmonics with the Clebsch-Gordan
 tensor per edge before touching channels. Every layer uses mace-torch's default residual interaction block;
 initialisation and normalisation constants follow e3nn's conventions, not mace-torch's bit for bit.
+
+``Config.tensor_product`` chooses how the per-edge messages of the atomic basis are computed: "native" (the
+default, the fast convolution above), or a kind of ``molequi.nn.tensor_products``: "e3nn" (e3nn's 'uvu'
+``TensorProduct``, mace-torch's layout), "so2" (the same function in edge frames, eSCN) or "gaunt" (product on
+an S2 grid). Each message is summed over the receiver's neighbours, divided by avg_num_neighbors, mixed per
+irrep over (path, channel) and fed to the same symmetric contraction; the radial MLP gives ``weight_numel``
+weights per edge. "native", "e3nn" and "so2" are one function: same parameters (state-dict keys, shapes and
+path order), equal outputs to round-off. The atomic basis is 0e + 1o + ... + max_ell (natural parity) for
+every kind. "gaunt" ties the weights of the paths that share an l of the harmonics (one weight per l2 and
+channel, instead of per path and channel) and has only the natural-parity paths l1 + l2 + l3 even: with
+natural-parity hidden irreps (0e + 1o + 2e ...) these are all the paths there are, but a pseudo-tensor
+feature (1e, 0o, ...) would reach the basis by none, so "gaunt" refuses such hidden_irreps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -40,7 +53,10 @@ from molequi.nn.equivariant import (
 from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialMLP
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
 from molequi.nn.symmetric_contraction import SymmetricContraction
+from molequi.nn.tensor_products import KINDS, TensorProductConvolution
 from molequi.response import batch_vector
+
+TENSOR_PRODUCTS = ("native", *KINDS)
 
 
 class MACELayer(nn.Module):
@@ -56,14 +72,20 @@ class MACELayer(nn.Module):
         correlation: int,
         num_elements: int,
         avg_num_neighbors: float,
+        tensor_product: str = "native",
     ):
         super().__init__()
         c = irreps_out.channels
         target = ChannelIrreps.spherical(c, max_ell)  # the atomic basis carries every l of the harmonics
         self.skip = ElementIrrepsLinear(irreps_in, irreps_out, num_elements)
         self.linear_up = IrrepsLinear(irreps_in, irreps_in)
-        self.conv = EquivariantConvolution(irreps_in, max_ell, target)
-        self.radial = RadialMLP([num_radial, *radial_mlp, self.conv.num_paths * irreps_in.channels])
+        if tensor_product == "native":
+            self.conv = EquivariantConvolution(irreps_in, max_ell, target)
+            self._weight_shape = (self.conv.num_paths, irreps_in.channels)
+        else:
+            self.conv = TensorProductConvolution(tensor_product, irreps_in, max_ell, target)
+            self._weight_shape = (self.conv.weight_numel,)
+        self.radial = RadialMLP([num_radial, *radial_mlp, math.prod(self._weight_shape)])
         self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
         self.linear = IrrepsLinear(irreps_out, irreps_out)
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
@@ -80,7 +102,8 @@ class MACELayer(nn.Module):
     ) -> torch.Tensor:
         sc = self.skip(h, element)
         x = self.linear_up(h)
-        weights = (self.radial(radial) * envelope).view(radial.shape[0], self.conv.num_paths, -1)  # [E, P, c]
+        # [E, paths, c] (native) or [E, weight_numel]
+        weights = (self.radial(radial) * envelope).view(radial.shape[0], *self._weight_shape)
         a = self.conv(x, sh, weights, sender, receiver) * self.inv_avg_num_neighbors  # [n, dim_sh, c]
         return self.linear(self.product(a, element)) + sc
 
@@ -110,6 +133,9 @@ class MACE(EnergyModel):
         """Hidden widths of the radial MLP that gives the per-edge tensor-product weights."""
         avg_num_neighbors: float | None = None
         """Normaliser of the neighbour sum; None takes it from the statistics."""
+        tensor_product: str = "native"
+        """Edge tensor product of the atomic basis: native (fast default) | e3nn (reference) | so2 (same
+        function in edge frames) | gaunt (S2 grid; natural-parity hidden irreps only)."""
 
         def validate(self) -> None:
             if self.r_max <= 0:
@@ -122,6 +148,21 @@ class MACE(EnergyModel):
             mlp = ChannelIrreps.parse(self.MLP_irreps)
             if mlp.irreps != ((0, 1),):
                 raise ConfigError(f"MLP_irreps must be scalars like '16x0e', got '{self.MLP_irreps}'")
+            if self.tensor_product not in TENSOR_PRODUCTS:
+                raise ConfigError(
+                    f"unknown tensor_product '{self.tensor_product}'; valid: {', '.join(TENSOR_PRODUCTS)}"
+                )
+            if self.tensor_product == "so2" and self.max_ell < 1:
+                raise ConfigError(
+                    "tensor_product 'so2' needs max_ell >= 1 (edge frames from the l = 1 harmonics)"
+                )
+            natural = tuple((l, (-1) ** l) for l in range(hidden.lmax + 1))
+            if self.tensor_product == "gaunt" and hidden.irreps != natural:
+                raise ConfigError(
+                    "tensor_product 'gaunt' has only natural-parity paths (l1 + l2 + l3 even): "
+                    f"hidden_irreps must be 0e + 1o + 2e + ... up to some l, got '{self.hidden_irreps}' "
+                    "(use 'native', 'e3nn' or 'so2' for pseudo-tensor features)"
+                )
 
     def __init__(self, cfg: MACE.Config, statistics: Statistics):
         super().__init__()
@@ -157,6 +198,7 @@ class MACE(EnergyModel):
                     cfg.correlation,
                     num_elements,
                     avg,
+                    cfg.tensor_product,
                 )
             )
             hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels

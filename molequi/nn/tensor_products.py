@@ -45,6 +45,7 @@ from torch import nn
 
 from molequi.errors import ConfigError, ModelError
 from molequi.nn.s2 import S2Grid
+from molequi.nn.scatter import gather, scatter_sum
 from molequi.nn.so2 import edge_frame_path_coefficients
 from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
 
@@ -358,3 +359,94 @@ class SO2EquivariantConvolution(nn.Module):
 
 
 __all__ += ["SO2EquivariantConvolution"]
+
+
+class TensorProductConvolution(nn.Module):
+    """MACE's interaction with the edge tensor product of ``kind`` (``build_conv_tensor_product``).
+
+    Constructor as ``molequi.nn.equivariant.EquivariantConvolution``: ``(kind, irreps_in: ChannelIrreps,
+    sh_lmax, irreps_out: ChannelIrreps)``. ``forward(x (n, in.dim, c), sh (E, (sh_lmax+1)^2),
+    weights (E, weight_numel), sender (E,), receiver (E,)) -> (n, irreps_out.dim, c_out)``:
+
+        m_ji  = tp(x_j, Y(r_ji), w_ji)                              per edge, e3nn layout (tp.irreps_out)
+        out_i[l m, v] = sum_{b, u} (sum_{j in N(i)} m_ji)[b, u, m] W_l[(b, u), v] / sqrt(nb c)
+                                      (b: the nb blocks of tp.irreps_out with the irrep (l, p))
+
+    i.e. mace-torch's ``conv_tp`` -> scatter -> ``linear`` (the neighbour sum is not normalised here). With
+    ``kind`` "e3nn" or "so2" (one output block per path) this is the function of ``EquivariantConvolution``,
+    with its path order and parameter shapes (MACE's state dicts load across the three); "gaunt" has one
+    weight per (l of the harmonics, channel) and one block per output l. Fixed tensors of the product
+    (e3nn's Wigner 3j, the S2 grid matrices) are built in float64 and kept out of the state dict; each
+    ``.to(dtype)`` re-derives them from the float64 copies, so a model built in float32 and moved to float64
+    keeps exact equivariance.
+    """
+
+    def __init__(self, kind: str, irreps_in, sh_lmax: int, irreps_out):
+        super().__init__()
+        c = irreps_in.channels
+        self.kind, self.irreps_in, self.irreps_out, self.sh_lmax = kind, irreps_in, irreps_out, sh_lmax
+        self.irreps_in_e3nn = o3.Irreps(str(irreps_in))
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            tp = build_conv_tensor_product(
+                kind,
+                self.irreps_in_e3nn,
+                o3.Irreps.spherical_harmonics(sh_lmax),
+                str(irreps_out.with_channels(c)),
+            )
+        finally:
+            torch.set_default_dtype(default)
+        self._float64 = {n: b.detach().clone() for n, b in tp.named_buffers() if b.is_floating_point()}
+        for module in tp.modules():  # derived from the configuration: no place in a state dict
+            module._non_persistent_buffers_set.update(module._buffers)
+        self.tp = tp.to(default)
+        self.weight_numel = tp.weight_numel
+        # per output irrep: the columns of the e3nn-layout message, as (2l+1, blocks * c), and the mixing
+        self._plan: list[tuple[int, int]] = []  # (index buffer number or -1, 2l+1)
+        self.mix = nn.ParameterList()
+        offsets = [s.start for s in tp.irreps_out.slices()]
+        for l, p in irreps_out.irreps:
+            d = 2 * l + 1
+            blocks = [k for k, (_, ir) in enumerate(tp.irreps_out) if (ir.l, ir.p) == (l, p)]
+            if not blocks:
+                self._plan.append((-1, d))
+                continue
+            cols = torch.tensor(
+                [[offsets[k] + u * d + m for k in blocks for u in range(c)] for m in range(d)],
+                dtype=torch.long,
+            )
+            self.register_buffer(f"_cols{len(self.mix)}", cols.reshape(-1), persistent=False)
+            self._plan.append((len(self.mix), d))
+            self.mix.append(nn.Parameter(torch.randn(len(blocks) * c, irreps_out.channels)))
+        if not self.mix:
+            raise ConfigError(
+                f"no '{kind}' tensor-product path from {irreps_in} x Y(l<={sh_lmax}) to {irreps_out}"
+            )
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        for name, master in self._float64.items():
+            path, _, buffer = name.rpartition(".")
+            module = self.tp.get_submodule(path)
+            now = module._buffers[buffer]
+            module._buffers[buffer] = master.to(device=now.device, dtype=now.dtype)
+        return out
+
+    def forward(self, x, sh, weights, sender, receiver):
+        n = x.shape[0]
+        xf = stack_to_irreps_blocks(x, self.irreps_in_e3nn)  # [n, D_in], e3nn layout
+        msg = self.tp(gather(xf, sender), sh, weights)  # [E, D_mid]
+        agg = scatter_sum(msg, receiver, n)  # [n, D_mid]
+        blocks = []
+        for k, d in self._plan:
+            if k < 0:
+                blocks.append(x.new_zeros(n, d, self.irreps_out.channels))
+                continue
+            mix = self.mix[k]
+            g = agg.index_select(1, getattr(self, f"_cols{k}")).view(n, d, -1)  # [n, 2l+1, blocks * c]
+            blocks.append(g @ (mix / math.sqrt(mix.shape[0])))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+__all__ += ["TensorProductConvolution"]

@@ -19,6 +19,15 @@ saved for backward):
 A GPU column is added when CUDA is available.
 
     python scripts/bench/tensor_products.py [--edges 256] [--lmax 6] [--repeats 15] [--threads 1]
+
+``--mace`` times whole MACE models instead: energy + forces (float32, eval mode, graph built beforehand) of
+``--frames`` rMD17 ethanol frames as one batch, for each ``MACE.Config.tensor_product`` (native, e3nn, so2,
+gaunt) at each ``--mace-lmax`` (max_ell), other hyperparameters as in the mace-torch comparison
+(``_common.MACE_HYPER``: 64x0e+64x1o, correlation 3, 2 layers). The kinds run interleaved, one call each per
+round, after a warm-up; median wall and median process CPU time over ``--repeats`` rounds, and their ratio
+to native. Saved as bench_results/tensor_products_mace.{json,md}.
+
+    python scripts/bench/tensor_products.py --mace [--mace-lmax 3 4] [--frames 32] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import torch
 from e3nn import o3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save  # noqa: E402
+from _common import ETHANOL_NPZ, MACE_HYPER, print_table, save  # noqa: E402
 
 from molequi.nn.so2 import SO2Convolution  # noqa: E402
 from molequi.nn.tensor_products import build_conv_tensor_product  # noqa: E402
@@ -153,8 +162,14 @@ def main(argv=None) -> None:
         default=1,
         help="1 by default: OpenMP threads on an oversubscribed shared machine make timings erratic",
     )
+    ap.add_argument("--mace", action="store_true", help="time MACE energy + forces per tensor_product")
+    ap.add_argument("--mace-lmax", type=int, nargs="+", default=[3, 4], help="max_ell values (with --mace)")
+    ap.add_argument("--frames", type=int, default=32, help="ethanol frames in the batch (with --mace)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.mace:
+        bench_mace(args)
+        return
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
@@ -229,6 +244,104 @@ def main(argv=None) -> None:
             "backward; so2_max_err = max |so2 - e3nn| / max |e3nn|",
         },
     )
+
+
+def bench_mace(args) -> None:
+    """MACE energy + forces with each tensor_product (see the module docstring); table, JSON and Markdown."""
+    import os
+    import statistics as st
+
+    import numpy as np
+    from ase import Atoms
+    from torch_geometric.data import Batch
+
+    from molequi.data.records import atoms_to_data
+    from molequi.data.statistics import Statistics
+    from molequi.graph.neighbors import RadiusGraph
+    from molequi.io import atomic_write_text
+    from molequi.models.mace import MACE, TENSOR_PRODUCTS
+
+    d = np.load(ETHANOL_NPZ)
+    frames = [Atoms(numbers=d["nuclear_charges"], positions=d["coords"][i]) for i in range(args.frames)]
+    graph = RadiusGraph(MACE_HYPER["r_max"])
+    batch = Batch.from_data_list([graph(atoms_to_data(a, dtype=torch.float32)) for a in frames])
+    n_atoms, n_edges = batch.num_nodes, batch.edge_index.shape[1]
+    stats = Statistics(elements=[1, 6, 8], avg_num_neighbors=n_edges / n_atoms)
+    rows = []
+    for lmax in args.mace_lmax:
+        models, t_build = {}, {}
+        for kind in TENSOR_PRODUCTS:
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            cfg = MACE.Config(**{**MACE_HYPER, "max_ell": lmax, "tensor_product": kind})
+            models[kind] = MACE.from_config(cfg, stats).eval()
+            t_build[kind] = time.perf_counter() - t0
+        energies = {k: m(batch, compute_forces=True)["energy"].detach() for k, m in models.items()}  # warm-up
+        wall = {k: [] for k in models}
+        cpu = {k: [] for k in models}
+        for _ in range(args.repeats):  # interleaved: load changes on the shared machine hit every kind alike
+            for kind, model in models.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                model(batch, compute_forces=True)
+                wall[kind].append(time.perf_counter() - t0)
+                cpu[kind].append(time.process_time() - c0)
+        base_wall, base_cpu = st.median(wall["native"]), st.median(cpu["native"])
+        for kind, model in models.items():
+            row = {
+                "max_ell": lmax,
+                "tensor_product": kind,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "wall_ms": 1e3 * st.median(wall[kind]),
+                "cpu_ms": 1e3 * st.median(cpu[kind]),
+            }
+            row["wall / native"] = row["wall_ms"] / (1e3 * base_wall)
+            row["cpu / native"] = row["cpu_ms"] / (1e3 * base_cpu)
+            row["build_s"] = t_build[kind]
+            row["wall_samples_ms"] = [1e3 * t for t in wall[kind]]
+            row["cpu_samples_ms"] = [1e3 * t for t in cpu[kind]]
+            if kind in ("e3nn", "so2"):  # same parameters from the same seed: the same function as native
+                ref = energies["native"]
+                row["max_rel_energy_diff_vs_native"] = float(((energies[kind] - ref).abs() / ref.abs()).max())
+            rows.append(row)
+            print(
+                f"max_ell={lmax} {kind}: {row['wall_ms']:.1f} ms wall, {row['cpu_ms']:.1f} ms CPU", flush=True
+            )
+    cols = ["max_ell", "tensor_product", "parameters", "wall_ms", "cpu_ms", "wall / native", "cpu / native"]
+    print(f"MACE energy + forces, {args.frames} ethanol frames ({n_atoms} atoms, {n_edges} edges), float32")
+    print_table(rows, cols)
+    meta = {
+        "structure": f"{args.frames} rMD17 ethanol frames as one batch ({n_atoms} atoms, {n_edges} edges)",
+        "hyperparameters": {k: v for k, v in MACE_HYPER.items() if k != "max_ell"},
+        "dtype": "float32",
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    path = save("tensor_products_mace", {"args": vars(args), "meta": meta, "rows": rows})
+    lines = [
+        "# MACE energy + forces per tensor_product",
+        "",
+        f"`python scripts/bench/tensor_products.py --mace --mace-lmax {' '.join(map(str, args.mace_lmax))} "
+        f"--frames {args.frames} --repeats {args.repeats} --threads {args.threads}`; {meta['date']}; "
+        f"{meta['structure']}; hidden 64x0e+64x1o, correlation 3, 2 layers; float32, "
+        f"{args.threads} thread(s); load average {meta['load_average'][0]:.1f} on {os.cpu_count()} cores "
+        f"(shared machine: CPU time is the steadier number). Medians of {args.repeats} interleaved rounds.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + " --- |" * len(cols),
+    ]
+    for r in rows:
+        cells = [
+            f"{r[c]:.2f}x" if "/" in c else f"{r[c]:.0f}" if c.endswith("_ms") else str(r[c]) for c in cols
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "e3nn and so2 are built from the same seed as native and have its parameters: their energies differ "
+        "from native's by at most "
+        f"{max(r.get('max_rel_energy_diff_vs_native', 0.0) for r in rows):.1e} (relative, float32).",
+    ]
+    atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
+    print(f"saved {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

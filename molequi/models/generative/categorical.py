@@ -39,6 +39,7 @@ from molequi.models.generative.graph import (centred_gaussian, fully_connected_e
 from molequi.models.generative.layers import EDMBlock, PairLinear
 from molequi.models.generative.metrics import Molecule
 from molequi.models.generative.schedules import NoiseSchedule
+from molequi.nn.heap import retained_heap
 
 CHARGE_VALUES = (-1, 0, 1)
 N_BOND_TYPES = 5  # none, single, double, triple, aromatic
@@ -251,6 +252,7 @@ class CategoricalDiffusion(nn.Module):
         return [int(g) for g in np.round(np.linspace(T, 0, steps + 1)).astype(int)]
 
     @torch.no_grad()
+    @retained_heap()  # see molequi.nn.heap
     def sample_batch(self, sizes, *, steps: int | None = None, generator=None):
         """-> numbers (n,), positions (n, 3), charges (n,), bond matrix entries (edge_index (2, E), orders (E,)),
         batch (n,)."""

@@ -37,6 +37,7 @@ from molequi.models.generative.graph import (centred_gaussian, fully_connected_e
 from molequi.models.generative.layers import EDMBlock
 from molequi.models.generative.metrics import Molecule
 from molequi.models.generative.schedules import NoiseSchedule
+from molequi.nn.heap import retained_heap
 
 QM9_ELEMENTS = [1, 6, 7, 8, 9]  # H C N O F, EDM's atom_decoder order
 
@@ -262,6 +263,7 @@ class EDM(nn.Module):
         return (z_x - s0 * eps_x) / a0, (z_h - s0 * eps_h) / a0
 
     @torch.no_grad()
+    @retained_heap()  # no_grad frees every intermediate at once: keep the pages (see molequi.nn.heap)
     def sample_batch(self, sizes: torch.Tensor, *, steps: int | None = None, method: str = "ancestral",
                      context: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """Generate one batch: sizes (B,) -> (numbers (n,), positions (n, 3) Å, batch (n,))."""

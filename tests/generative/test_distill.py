@@ -1,9 +1,9 @@
 """Progressive distillation: the target reproduces two teacher steps in one; the student halves the steps."""
 
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
-from molequi.models.generative.distill import distill_round, two_step_target
+from molequi.models.generative.distill import distill_round, distillation_loss, loss_weights, two_step_target
 from molequi.models.generative.edm import EDM
 from molequi.models.generative.graph import centred_gaussian, fully_connected_edges, sizes_to_batch
 from molequi.models.generative.io import load_generative, save_checkpoint
@@ -44,6 +44,69 @@ def test_two_step_target_is_one_ddim_step():
     student = Fixed(teacher.config).double()
     zx, zh = student.step(z_x, z_h, t, s, b, ei, 2, method="ddim")
     assert torch.allclose(zx, z2x, atol=1e-10) and torch.allclose(zh, z2h, atol=1e-10)
+
+
+def test_two_step_target_per_molecule():
+    """Each molecule of a batch at its own student step: one DDIM step with the target epsilon lands on the
+    teacher's two steps, and each molecule's target equals the one computed for it alone."""
+    teacher = _teacher()
+    sizes = torch.tensor([3, 5, 4])
+    b = sizes_to_batch(sizes)
+    ei = fully_connected_edges(b)
+    z_x = centred_gaussian(b, 3, dtype=torch.float64)
+    z_h = torch.randn(12, teacher.n_features, dtype=torch.float64)
+    t, mid, s = torch.tensor([64, 16, 40]), torch.tensor([60, 12, 36]), torch.tensor([56, 8, 32])
+    ex, eh, z2x, z2h = two_step_target(teacher, z_x, z_h, t, mid, s, b, ei, 3)
+
+    class Fixed(EDM):
+        def epsilon(self, *args, **kw):
+            return ex, eh
+
+    zx, zh = Fixed(teacher.config).double().step(z_x, z_h, t, s, b, ei, 3, method="ddim")
+    assert torch.allclose(zx, z2x, atol=1e-10) and torch.allclose(zh, z2h, atol=1e-10)
+    for k in range(3):
+        sel = b == k
+        bk = torch.zeros(int(sel.sum()), dtype=torch.long)
+        ek = two_step_target(teacher, z_x[sel], z_h[sel], int(t[k]), int(mid[k]), int(s[k]), bk,
+                             fully_connected_edges(bk), 1)
+        assert torch.allclose(ek[0], ex[sel], atol=1e-9) and torch.allclose(ek[1], eh[sel], atol=1e-9)
+
+
+def test_truncated_snr_weights_are_the_x_space_loss():
+    """w_t ||d eps||^2 is max(SNR_t, 1) ||d x||^2 (x_hat = (z - sigma eps) / alpha) up to one constant."""
+    teacher = _teacher()
+    t = torch.tensor(teacher.time_grid(8)[:-1])  # the starts of an 8-step student
+    w = loss_weights(teacher, t, 8)
+    assert abs(float(w.mean()) - 1.0) < 1e-12
+    _, a, s = teacher._coeffs(t, None, None)
+    snr = a ** 2 / s ** 2
+    d_eps = torch.rand(len(t), dtype=torch.float64) + 0.5
+    x_loss = torch.maximum(snr, torch.ones_like(snr)) * (s / a * d_eps) ** 2
+    ratio = w * d_eps ** 2 / x_loss
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-10)
+    assert float(w[0]) > 1e3 * float(w[-1])  # the high-noise steps are no longer ignored
+    assert torch.equal(loss_weights(teacher, t, 8, "snr"), torch.ones(len(t), dtype=torch.float64))
+
+
+def test_distillation_loss_of_a_student_that_is_the_target_is_zero():
+    teacher = _teacher()
+    batch = Batch.from_data_list(_records(6))
+    seen = {}
+
+    class Oracle(EDM):  # returns the two-step target the loss asks for
+        def epsilon(self, z_x, z_h, t, b, ei, num_graphs, context=None):
+            grid = torch.tensor(teacher.time_grid(8))
+            k = (grid[::2][:-1] == t.unsqueeze(-1)).nonzero()[:, 1]
+            seen["t"] = t
+            mid, s = grid[2 * k + 1], grid[2 * k + 2]
+            return two_step_target(teacher, z_x, z_h, t, mid, s, b, ei, num_graphs)[:2]
+
+    oracle = Oracle(teacher.config).double()
+    oracle.load_state_dict(teacher.state_dict())
+    loss = distillation_loss(oracle, teacher, batch, 4, torch.Generator().manual_seed(3))
+    assert float(loss) < 1e-20 and len(set(seen["t"].tolist())) > 1  # molecules at different steps
+    untaught = distillation_loss(teacher, teacher, batch, 4, torch.Generator().manual_seed(3))
+    assert float(untaught.detach()) > 1e-6  # the teacher itself is not its own two-step target
 
 
 def test_student_halves_steps(tmp_path):

@@ -6,11 +6,20 @@ land. With z'' the teacher's result and the DDIM update z_s = alpha_s x + sigma_
 the single-step target is
 
     x_tilde = (z'' - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t),
-    eps_tilde = (z_t - alpha_t x_tilde) / sigma_t,
+    eps_tilde = (z_t - alpha_t x_tilde) / sigma_t      (positions: in the zero centre-of-mass subspace).
 
-and the student (initialised from the teacher, epsilon parameterisation kept) minimises ||eps_theta - eps_tilde||^2
-per dimension, as EDM's own loss. Each student halves the steps of its teacher and becomes the next teacher:
-N -> N/2 -> N/4 ... Each student is saved as a checkpoint whose config records ``sampling_steps``.
+The student is initialised from the teacher and keeps EDM's epsilon parameterisation, so the x-space loss
+is written on epsilon: ||x_tilde - x_hat||^2 = (sigma_t^2 / alpha_t^2) ||eps_tilde - eps_theta||^2. Salimans &
+Ho's truncated-SNR weighting max(SNR_t, 1) ||x_tilde - x_hat||^2 is therefore, per molecule,
+
+    w_t ||eps_tilde - eps_theta||^2 / ((3 + F) n_b),   w_t = max(1, sigma_t^2 / alpha_t^2) = max(1, 1 / SNR_t)
+
+(``weighting="truncated_snr"``, divided by the mean of w_t over the student's steps so that the loss keeps the
+scale of an epsilon error); ``weighting="snr"`` is the plain epsilon loss (EDM's, = SNR weighting of the x
+error), which all but ignores the high-noise steps. Each molecule of a batch draws its own student step t
+(uniform over the S steps). The learning rate decays linearly to 0 over each round (Salimans & Ho). Each
+student halves the steps of its teacher and becomes the next teacher: N -> N/2 -> N/4 ...; each is saved as a
+checkpoint whose config records ``sampling_steps``.
 """
 
 from __future__ import annotations
@@ -28,73 +37,100 @@ from molequi.errors import ConfigError
 from molequi.models.generative.edm import EDM
 from molequi.models.generative.graph import fully_connected_edges, remove_mean, scatter_sum
 
-
-def _alpha_sigma(model: EDM, t: int):
-    _, a, s = model._coeffs(t, None, None)
-    return float(a), float(s)
+WEIGHTINGS = ("truncated_snr", "snr")
 
 
 @torch.no_grad()
-def two_step_target(teacher: EDM, z_x, z_h, t: int, mid: int, s: int, batch, edge_index, num_graphs, context=None):
+def two_step_target(teacher: EDM, z_x, z_h, t, mid, s, batch, edge_index, num_graphs, context=None):
     """(eps_tilde_x, eps_tilde_h, z''_x, z''_h): the epsilon with which ONE DDIM step t -> s reproduces the
-    teacher's two DDIM steps t -> mid -> s."""
+    teacher's two DDIM steps t -> mid -> s. ``t``, ``mid``, ``s``: ints, or (B,) long tensors (per
+    molecule)."""
     z1x, z1h = teacher.step(z_x, z_h, t, mid, batch, edge_index, num_graphs, method="ddim", context=context)
     z2x, z2h = teacher.step(z1x, z1h, mid, s, batch, edge_index, num_graphs, method="ddim", context=context)
-    a_t, s_t = _alpha_sigma(teacher, t)
-    a_s, s_s = _alpha_sigma(teacher, s)
+    _, a_t, s_t = teacher._coeffs(t, None, z_x.device)
+    _, a_s, s_s = teacher._coeffs(s, None, z_x.device)
     r = s_s / s_t
-    tx = (z2x - r * z_x) / (a_s - r * a_t)
-    th = (z2h - r * z_h) / (a_s - r * a_t)
-    ex_t = remove_mean((z_x - a_t * tx) / s_t, batch, num_graphs)
-    eh_t = (z_h - a_t * th) / s_t
+    node = lambda c: EDM.per_node(c, batch, z_x.dtype)  # noqa: E731
+    rn, den, an, sn = node(r), node(a_s - r * a_t), node(a_t), node(s_t)
+    tx = (z2x - rn * z_x) / den
+    th = (z2h - rn * z_h) / den
+    ex_t = remove_mean((z_x - an * tx) / sn, batch, num_graphs)
+    eh_t = (z_h - an * th) / sn
     return ex_t, eh_t, z2x, z2h
 
 
-def distillation_loss(student: EDM, teacher: EDM, batch, steps: int, generator=None) -> torch.Tensor:
+def loss_weights(model: EDM, t: torch.Tensor, steps: int, weighting: str = "truncated_snr") -> torch.Tensor:
+    """(B,) weights of the per-molecule epsilon errors at student steps ``t`` (see module docstring)."""
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"unknown distillation weighting '{weighting}'; valid: {', '.join(WEIGHTINGS)}")
+    if weighting == "snr":
+        return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+    starts = torch.tensor(model.time_grid(steps)[:-1], device=t.device)
+
+    def w(tt):
+        return torch.exp(model.schedule.gamma(tt, torch.float64)).clamp(min=1.0)  # max(1, 1/SNR)
+
+    return w(t) / w(starts).mean()
+
+
+def distillation_loss(student: EDM, teacher: EDM, batch, steps: int, generator=None,
+                      weighting: str = "truncated_snr") -> torch.Tensor:
     """Loss of one batch for a student of ``steps`` steps taught by ``teacher`` at 2 * ``steps``."""
     b, num_graphs = EDM._batch_info(batch)
     x, h = teacher.encode(batch["numbers"], batch["pos"], b, num_graphs)
-    grid = teacher.time_grid(2 * steps)  # student grid = grid[::2]
-    k = int(torch.randint(0, steps, (1,), generator=generator))
+    grid = torch.tensor(teacher.time_grid(2 * steps), device=x.device)  # student grid = grid[::2]
+    k = torch.randint(0, steps, (num_graphs,), generator=generator).to(x.device)  # student step per molecule
     t, mid, s = grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]
-    t_int = torch.full((num_graphs,), t, dtype=torch.long, device=x.device)
-    z_x, z_h, _, _ = teacher.noised(x, h, t_int, b, num_graphs, generator)
+    z_x, z_h, _, _ = teacher.noised(x, h, t, b, num_graphs, generator)
     edge_index = fully_connected_edges(b, num_graphs)
     ctx = batch["context"] if teacher.config.context_dim else None
     ex_t, eh_t = two_step_target(teacher, z_x, z_h, t, mid, s, b, edge_index, num_graphs, ctx)[:2]
     ex, eh = student.epsilon(z_x, z_h, t, b, edge_index, num_graphs, ctx)
     err = scatter_sum(((ex - ex_t) ** 2).sum(-1) + ((eh - eh_t) ** 2).sum(-1), b, num_graphs)
     sizes = torch.bincount(b, minlength=num_graphs).to(x.dtype)
-    return (err / ((3 + student.n_features) * sizes)).mean()
+    w = loss_weights(teacher, t, steps, weighting).to(x.dtype)
+    return (w * err / ((3 + student.n_features) * sizes)).mean()
 
 
-def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: int = 1000, batch_size: int = 64,
-                  lr: float = 1e-4, max_seconds: float | None = None, seed: int = 0, log=print) -> EDM:
+def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: int = 1000,
+                  batch_size: int = 64, lr: float = 1e-4, max_seconds: float | None = None, seed: int = 0,
+                  weighting: str = "truncated_snr", ema: float | None = None, log=print) -> EDM:
     """Train a ``steps``-step student from ``teacher`` (sampling with 2 * ``steps`` DDIM steps).
 
-    Stops after ``iterations`` optimiser steps or ``max_seconds``, whichever comes first.
+    The learning rate decays linearly from ``lr`` to 0 over ``iterations`` optimiser steps; training stops
+    there or after ``max_seconds``, whichever comes first. ``ema``: return an exponential moving average
+    of the student's weights with this decay (None: the weights themselves).
     """
     if steps < 1 or 2 * steps > teacher.config.timesteps:
         raise ConfigError(f"student steps must lie in 1..{teacher.config.timesteps // 2}, got {steps}")
     teacher.eval()
     student = copy.deepcopy(teacher)
     student.config = dataclasses.replace(teacher.config, sampling_steps=steps)
+    average = copy.deepcopy(student) if ema else None
     student.train()
     opt = torch.optim.Adam(student.parameters(), lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / iterations))
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for it in range(iterations):
         idx = torch.randint(0, len(records), (batch_size,), generator=g).tolist()
         batch = Batch.from_data_list([records[i] for i in idx])
-        loss = distillation_loss(student, teacher, batch, steps, g)
+        loss = distillation_loss(student, teacher, batch, steps, g, weighting)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        sched.step()
+        if average is not None:
+            with torch.no_grad():
+                for pa, ps in zip(average.parameters(), student.parameters()):
+                    pa.lerp_(ps, 1 - ema)
         if log and (it % 50 == 0 or it == iterations - 1):
-            log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss.detach()):.3e} ({time.perf_counter() - start:.0f} s)")
+            log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss.detach()):.3e} "
+                f"({time.perf_counter() - start:.0f} s)")
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
+    student = average if average is not None else student
     student.eval()
     return student
 
@@ -118,4 +154,5 @@ def progressive_distillation(teacher: EDM, records: Sequence, start_steps: int, 
     return paths
 
 
-__all__ = ["two_step_target", "distillation_loss", "distill_round", "progressive_distillation"]
+__all__ = ["two_step_target", "loss_weights", "distillation_loss", "distill_round",
+           "progressive_distillation"]

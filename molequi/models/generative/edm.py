@@ -223,30 +223,46 @@ class EDM(nn.Module):
         return torch.multinomial(p.float(), n, replacement=True, generator=generator)
 
     def epsilon(self, z_x, z_h, t_int, batch, edge_index, num_graphs, context=None):
-        t = torch.full((num_graphs,), float(t_int) / self.config.timesteps, dtype=z_x.dtype, device=z_x.device)
+        """eps_theta(z_t, t) at the integer step ``t_int``: an int, or a (B,) long tensor (per molecule)."""
+        if torch.is_tensor(t_int):
+            t = (t_int.double() / self.config.timesteps).to(z_x.dtype)
+        else:
+            t = torch.full((num_graphs,), float(t_int) / self.config.timesteps, dtype=z_x.dtype,
+                           device=z_x.device)
         return self.dynamics(z_x, z_h, t, batch, edge_index, context)
 
-    def _coeffs(self, t: int, dtype, device):
-        g = self.schedule.gamma(torch.tensor([t], device=device), torch.float64)
+    def _coeffs(self, t, dtype, device):
+        """(gamma_t, alpha_t, sigma_t) in float64: shape (1,) for an int step, (B,) for (B,) steps."""
+        t = t if torch.is_tensor(t) else torch.tensor([t], device=device)
+        g = self.schedule.gamma(t, torch.float64)
         return g, torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
 
-    def step(self, z_x, z_h, t: int, s: int, batch, edge_index, num_graphs, *, method: str = "ancestral",
+    @staticmethod
+    def per_node(c: torch.Tensor, batch: torch.Tensor, dtype) -> torch.Tensor:
+        """A schedule coefficient in ``dtype``, broadcastable against (n, d) node arrays: a (1,) coefficient
+        as is, a (B,) per-molecule one gathered to (n, 1)."""
+        c = c.to(dtype)
+        return c if c.numel() == 1 else c[batch].unsqueeze(-1)
+
+    def step(self, z_x, z_h, t, s, batch, edge_index, num_graphs, *, method: str = "ancestral",
              context=None, generator=None):
-        """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM (deterministic) rule."""
+        """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM (deterministic) rule.
+
+        ``t`` and ``s`` are ints (the whole batch) or (B,) long tensors (a step per molecule)."""
         eps_x, eps_h = self.epsilon(z_x, z_h, t, batch, edge_index, num_graphs, context)
         g_t, a_t, s_t = self._coeffs(t, z_x.dtype, z_x.device)
         g_s, a_s, s_s = self._coeffs(s, z_x.dtype, z_x.device)
         if method == "ddim":
-            c_x = (a_s / a_t).to(z_x.dtype)
-            c_e = (s_s - a_s * s_t / a_t).to(z_x.dtype)
+            c_x = self.per_node(a_s / a_t, batch, z_x.dtype)
+            c_e = self.per_node(s_s - a_s * s_t / a_t, batch, z_x.dtype)
             z_x = c_x * z_x + c_e * eps_x
             z_h = c_x * z_h + c_e * eps_h
         elif method == "ancestral":
             sigma2_ts = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
             a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
-            mu_c = (sigma2_ts / a_ts / s_t).to(z_x.dtype)
-            std = (sigma2_ts.sqrt() * s_s / s_t).to(z_x.dtype)
-            inv = (1.0 / a_ts).to(z_x.dtype)
+            mu_c = self.per_node(sigma2_ts / a_ts / s_t, batch, z_x.dtype)
+            std = self.per_node(sigma2_ts.sqrt() * s_s / s_t, batch, z_x.dtype)
+            inv = self.per_node(1.0 / a_ts, batch, z_x.dtype)
             nx = centred_gaussian(batch, num_graphs, dtype=z_x.dtype, device=z_x.device, generator=generator)
             nh = torch.randn(z_h.shape, dtype=z_h.dtype, device=z_h.device, generator=generator)
             z_x = inv * z_x - mu_c * eps_x + std * nx

@@ -283,7 +283,11 @@ def write_table(res: dict, path: Path) -> None:
             f"{t['num_layers']} layers), "
             f"float32, {t['budget_min']} min wall budget on a shared 2-core CPU, {t['global_step']} steps "
             f"(~{t['epochs']:.0f} epochs), training geometries {t['split']['train']}, test geometries "
-            f"{te.get('indices')} (held out, later in the MD trajectory).",
+            f"{te.get('indices')} (held out, later in the MD trajectory). Recipe: batch "
+            f"{t.get('batch_size', 10)}, Adam, lr {t['lr']:g} {t.get('scheduler', 'plateau')}"
+            f"{' to ' + format(t['min_lr'], 'g') if t.get('scheduler') == 'cosine' else ''} over the budget, "
+            f"EMA {t.get('ema_decay', 0.99)}, loss MAE + MSE on H (Hartree); 1-min load average at the end "
+            f"of training {t.get('load_average_1min_at_end', float('nan')):.1f}.",
             "",
             "| metric (test) | molequi QHNet (this budget) | QHNet paper (MD17 water, 200k steps) |",
             "| --- | --- | --- |",

@@ -149,14 +149,25 @@ def has_stress(cell: np.ndarray, pbc: np.ndarray) -> bool:
     return bool(np.any(pbc)) and abs(np.linalg.det(np.asarray(cell, dtype=np.float64))) > 1e-8
 
 
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """None, a torch float dtype, or its name ('float32', 'float64', 'torch.float64') -> torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    found = {"float32": torch.float32, "float64": torch.float64}.get(str(dtype).removeprefix("torch."))
+    if found is None:
+        raise ModelError(f"dtype {dtype!r} is not one of 'float32', 'float64' (or a torch dtype)")
+    return found
+
+
 class MolequiCalculator(Calculator):
     """ASE calculator over one molequi model or a committee (see the module docstring).
 
     Parameters
     - ``model``: a model following molequi's interface (``r_max``, ``elements``, ``forward``); or
     - ``models``: a list of such models (committee). Give exactly one of ``model`` / ``models``.
-    - ``device``, ``dtype``: where and in which precision to evaluate (default: the model's own dtype).
-      Given a dtype, the models are converted in place.
+    - ``device``, ``dtype``: where and in which precision to evaluate (default: the model's own dtype);
+      ``dtype`` is a ``torch.dtype`` or ``"float32"`` / ``"float64"``. Given a dtype, the models are
+      converted in place.
     - ``skin`` (Å): Verlet skin of the cached neighbour list; 0 rebuilds it every call.
     - ``stress``: ``"auto"`` (compute for periodic structures, the default), ``True`` or ``False``.
     """
@@ -170,7 +181,7 @@ class MolequiCalculator(Calculator):
         *,
         models: Sequence[torch.nn.Module] | None = None,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         skin: float = DEFAULT_SKIN,
         stress: bool | str = "auto",
         **kwargs,
@@ -182,7 +193,7 @@ class MolequiCalculator(Calculator):
         if not members:
             raise ModelError("MolequiCalculator(models=[]) needs at least one model")
         self.device = torch.device(device)
-        self.dtype = dtype or model_dtype(members[0])
+        self.dtype = _as_dtype(dtype) or model_dtype(members[0])
         self.models = [m.to(device=self.device, dtype=self.dtype).eval() for m in members]
         for m in self.models:
             if not hasattr(m, "r_max"):

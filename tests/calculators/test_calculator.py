@@ -138,6 +138,11 @@ def test_float32_dtype():
     ref = atoms.copy()
     ref.calc = MolequiCalculator(LennardJones())
     assert e32 == pytest.approx(ref.get_potential_energy(), rel=1e-5)
+    named = atoms.copy()
+    named.calc = MolequiCalculator(LennardJones(), dtype="float32")  # as ASE users write it (MACECalculator)
+    assert named.calc.dtype == torch.float32 and named.get_potential_energy() == e32
+    with pytest.raises(ModelError, match="float64"):
+        MolequiCalculator(LennardJones(), dtype="half")
 
 
 def test_fixatoms_honoured_in_md_and_relax():

@@ -460,8 +460,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--n-test", type=int, default=None, help="test on the first N test frames only (smoke runs)"
     )
+    p.add_argument(
+        "--seed", type=int, default=HP["seed"], help="split and initialisation seed of both codes (default 0)"
+    )
     args = p.parse_args(argv)
     from _common import print_table, save
+
+    HP["seed"] = args.seed
 
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="mace_accuracy_") as tmp:
@@ -493,8 +498,9 @@ def main(argv=None) -> int:
             "structures_per_cpu_s",
         ],
     )
+    name = "mace_accuracy" if args.n_test is None else "mace_accuracy_smoke"
     save(
-        "mace_accuracy" if args.n_test is None else "mace_accuracy_smoke",
+        name if args.seed == 0 else f"{name}_seed{args.seed}",
         {
             "hyperparameters": HP,
             "minutes": args.minutes,

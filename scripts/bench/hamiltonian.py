@@ -328,6 +328,8 @@ def write_table(res: dict, path: Path) -> None:
                 f"{REFERENCE['qhnet_speed_s'][k]} | {sp[k]['speedup_vs_reference_cpu']:.2f}x |"
             )
         lines.append("")
+    for note in res.get("notes", []):
+        lines += [note, ""]
     lines.append(f"Load average when written: {os.getloadavg()[0]:.1f} (2 cores shared by several jobs).")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")

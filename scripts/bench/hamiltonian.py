@@ -293,7 +293,7 @@ def write_table(res: dict, path: Path) -> None:
             "| --- | --- | --- |",
             f"| H MAE (µHa) | {te.get('h_mae_uha', float('nan')):.2f} | 10.79 |",
             f"| ε occupied MAE (µHa) | {te.get('eps_mae_uha', float('nan')):.2f} | 33.76 |",
-            f"| ψ mean abs. cosine x100 | {te.get('psi_cos_x100', float('nan')):.3f} | 99.99 |",
+            f"| ψ mean abs. cosine x100 | {te.get('psi_cos_x100', float('nan')):.5f} | 99.99 |",
             f"| HOMO / LUMO / gap MAE (meV) | {te.get('homo_mae_mev', float('nan')):.2f} / "
             f"{te.get('lumo_mae_mev', float('nan')):.2f} / {te.get('gap_mae_mev', float('nan')):.2f} | - |",
             "",

@@ -64,6 +64,21 @@ def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def wall_cpu_times(fn, repeats: int = 5, warmup: int = 1) -> dict:
+    """``warmup`` calls, then ``repeats`` timed calls of ``fn()``: median wall-clock and median process CPU
+    seconds (the CPU is shared, so both are kept) and the lists of both."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return dict(median_s=statistics.median(wall), median_cpu_s=statistics.median(cpu), times_s=wall,
+                cpu_s=cpu)
+
+
 def machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}

@@ -31,6 +31,8 @@ from torch_geometric.data import Batch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from _common import wall_cpu_times  # noqa: E402
+
 from molequi.io import atomic_write_text  # noqa: E402
 from molequi.models.generative.data import GeometryDataset, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.models.generative.edm import EDM, count_parameters  # noqa: E402
@@ -104,7 +106,80 @@ def time_it(fn, repeats: int) -> list[float]:
     return out
 
 
+def time_denoising_step(model: EDM, mols, repeats: int, loop_steps: int = 10) -> dict:
+    """Seconds per denoising step of the paper model for 16 QM9-size molecules (sizes from ``mols``).
+
+    'loop': a whole ``sample_batch`` of ``loop_steps`` ancestral steps (graph, noise, the final x_0
+    prediction included) divided by its ``loop_steps + 1`` network evaluations -- the cost a sampler pays.
+    'step': one ``model.step`` call; 'padded': the same call on EDM's layout (16 x 29 atoms, dense edges).
+    """
+    from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
+    from molequi.nn.heap import retained_heap
+
+    model.eval()
+    model.size_counts.zero_()
+    for m in mols:
+        model.size_counts[len(m)] += 1
+    sizes = model.sample_sizes(16, torch.Generator().manual_seed(0))
+    b16 = sizes_to_batch(sizes)
+    ei = fully_connected_edges(b16, 16)
+    zx = centred_gaussian(b16, 16)
+    zh = torch.randn(b16.numel(), model.n_features)
+    pb = sizes_to_batch(torch.full((16,), 29))
+    pei = padded_edges(16)
+    pzx, pzh = torch.randn(16 * 29, 3), torch.randn(16 * 29, model.n_features)
+
+    def loop():
+        model.sample_batch(sizes, steps=loop_steps, generator=torch.Generator().manual_seed(0))
+
+    out = {"atoms": int(b16.numel()), "edges": int(ei.shape[1]), "loop_steps": loop_steps,
+           "torch_threads": torch.get_num_threads()}
+    with torch.no_grad(), retained_heap():
+        timings = {"loop": wall_cpu_times(loop, repeats),
+                   "step": wall_cpu_times(lambda: model.step(zx, zh, 500, 499, b16, ei, 16), repeats),
+                   "padded": wall_cpu_times(lambda: model.step(pzx, pzh, 500, 499, pb, pei, 16), repeats)}
+    for k, r in timings.items():
+        per = loop_steps + 1 if k == "loop" else 1  # network evaluations per call
+        out[f"all_{k}_wall"] = [v / per for v in r["times_s"]]
+        out[f"all_{k}_cpu"] = [v / per for v in r["cpu_s"]]
+        out[f"{k}_wall"], out[f"{k}_cpu"] = r["median_s"] / per, r["median_cpu_s"] / per
+    out["s_per_step"], out["s_per_step_padded"] = out["loop_wall"], out["padded_wall"]
+    out["speedup_vs_reference"] = REFERENCE["sample16_s_per_step"] / out["s_per_step"]
+    out["load_average_after"] = os.getloadavg()
+    return out
+
+
+def time_training(model: EDM, batch, name: str, reps: int) -> dict:
+    """Seconds per training iteration (forward, backward, Adam) of ``model`` on ``batch``, ours and padded."""
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+
+    def step_ours():
+        loss, _ = model.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def step_padded():
+        loss = padded_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step_ours()  # warm-up
+    ours = time_it(step_ours, reps)
+    padded = time_it(step_padded, reps)
+    row = {"params": count_parameters(model), "s_per_iter": float(np.median(ours)),
+           "s_per_iter_padded": float(np.median(padded)), "all_ours": ours, "all_padded": padded}
+    row["mol_per_s"] = 64 / row["s_per_iter"]
+    row["mol_per_s_padded"] = 64 / row["s_per_iter_padded"]
+    row["speedup_vs_reference"] = REFERENCE[f"{name}_s_per_iter"] / row["s_per_iter"]
+    row["speedup_vs_padded"] = row["s_per_iter_padded"] / row["s_per_iter"]
+    return row
+
+
 def cmd_speed(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mols = read_molecules(str(SUBSET))
     ds = GeometryDataset(mols)
     g = torch.Generator().manual_seed(0)
@@ -112,61 +187,44 @@ def cmd_speed(args) -> None:
     batch = Batch.from_data_list([ds[i] for i in idx])
     results = {"hardware": hardware(), "reference": REFERENCE, "batch_atoms": int(batch.num_nodes),
                "training": {}, "sampling": {}}
+    if args.only == "step":  # keep the training numbers of the last full run
+        results = _load("speed") or results
+        results.setdefault("sampling", {})
+    threads_key = f"{torch.get_num_threads()}_threads"
     for name, hid, lay, reps in (("small", 64, 4, args.repeats_small), ("paper", 256, 9, args.repeats_paper)):
+        if args.only == "step" and name == "small":
+            continue
         torch.manual_seed(0)
         model = EDM(EDM.Config(hidden=hid, layers=lay))
-        opt = torch.optim.Adam(model.parameters(), 1e-4)
-
-        def step_ours():
-            loss, _ = model.training_loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        def step_padded():
-            loss = padded_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        step_ours()  # warm-up
-        ours = time_it(step_ours, reps)
-        padded = time_it(step_padded, reps)
-        row = {"params": count_parameters(model), "s_per_iter": float(np.median(ours)),
-               "s_per_iter_padded": float(np.median(padded)), "all_ours": ours, "all_padded": padded}
-        row["mol_per_s"] = 64 / row["s_per_iter"]
-        row["mol_per_s_padded"] = 64 / row["s_per_iter_padded"]
-        row["speedup_vs_reference"] = REFERENCE[f"{name}_s_per_iter"] / row["s_per_iter"]
-        row["speedup_vs_padded"] = row["s_per_iter_padded"] / row["s_per_iter"]
-        results["training"][name] = row
-        print(name, json.dumps(row), flush=True)
-        if name == "paper":  # time per denoising step, 16 molecules, paper model
-            model.eval()
-            model.size_counts.zero_()
-            for m in mols:
-                model.size_counts[len(m)] += 1
-            sizes = model.sample_sizes(16, torch.Generator().manual_seed(0))
-            b16 = sizes_to_batch(sizes)
-            from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
-
-            ei = fully_connected_edges(b16, 16)
-            zx = centred_gaussian(b16, 16)
-            zh = torch.randn(b16.numel(), model.n_features)
-            with torch.no_grad():
-                ours_s = time_it(lambda: model.step(zx, zh, 500, 499, b16, ei, 16), args.repeats_step)
-                pb = sizes_to_batch(torch.full((16,), 29))
-                pei = padded_edges(16)
-                pzx, pzh = torch.randn(16 * 29, 3), torch.randn(16 * 29, model.n_features)
-                pad_s = time_it(lambda: model.step(pzx, pzh, 500, 499, pb, pei, 16), args.repeats_step)
-            results["sampling"]["paper_16_molecules"] = {
-                "s_per_step": float(np.median(ours_s)), "s_per_step_padded": float(np.median(pad_s)),
-                "speedup_vs_reference": REFERENCE["sample16_s_per_step"] / float(np.median(ours_s)),
-                "atoms": int(b16.numel()), "all": ours_s, "all_padded": pad_s}
-            print(json.dumps(results["sampling"]), flush=True)
+        if args.only != "step":
+            results["training"][name] = time_training(model, batch, name, reps)
+            print(name, json.dumps(results["training"][name]), flush=True)
+        if name == "paper" and args.only != "training":  # time per denoising step, 16 molecules, paper model
+            step = time_denoising_step(model, mols, args.repeats_step)
+            step["hardware"] = hardware()
+            rows = results["sampling"].get("paper_16_molecules", {})
+            if "s_per_step" in rows:  # the single row of runs before the heap fix: kept under its own name
+                rows["load_average"] = results["hardware"]["load_average"]
+                rows["torch_threads"] = results["hardware"]["torch_threads"]
+                results["sampling"]["paper_16_molecules_before_heap_fix"] = rows
+                rows = {}
+            rows[threads_key] = step
+            results["sampling"]["paper_16_molecules"] = rows
+            print(json.dumps(step), flush=True)
     print("wrote", save_json("speed", results))
 
 
 # ---------------------------------------------------------------- training on all of QM9
+@torch.no_grad()
+def ema_update(ema: EDM, model: EDM, it: int, decay: float) -> None:
+    """EMA of the weights with EDM's warm-up (decay min(decay, (1 + it) / (10 + it))); copies the size
+    histogram."""
+    d = min(decay, (1 + it) / (10 + it))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - d)
+    ema.size_counts.copy_(model.size_counts)
+
+
 def cmd_train(args) -> None:
     t0 = time.perf_counter()
     mols = read_xyz_tarball(TARBALL) if not args.subset else read_molecules(str(SUBSET))
@@ -194,11 +252,7 @@ def cmd_train(args) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + it) / (10 + it))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-            ema.size_counts.copy_(model.size_counts)
+        ema_update(ema, model, it, args.ema)
         it += 1
         seen += args.batch_size
         if it % 50 == 0:
@@ -289,59 +343,224 @@ def cmd_make_subset(args) -> None:
 
 
 def cmd_toy(args) -> None:
-    """Distillation where quality is measurable in a short CPU budget: EDM overfit on the ten smallest QM9
-    molecules (ids 1-10), then 1000-step ancestral vs DDIM vs progressively distilled students."""
+    """Distillation where quality is measurable in a short CPU budget: EDM overfit on QM9 ids 1-10 (EMA
+    teacher), then 1000-step ancestral vs DDIM vs progressively distilled DDIM students (start / 2, ...)."""
+    import math
+
     from molequi.models.generative.distill import progressive_distillation
     from molequi.models.generative.metrics import canonical_smiles_set
 
+    torch.set_num_threads(1)
     mols = read_molecules(str(SUBSET), limit=10)
     ds = GeometryDataset(mols)
-    batch = Batch.from_data_list([ds[i] for i in range(10)] * 4)
-    ckpt = OUT / "toy" / "teacher.pt"
-    prev = _load("toy") or {}
+    records = [ds[i] for i in range(10)]
+    batch = Batch.from_data_list(records * args.repeat)
+    ckpt = OUT / "toy" / "teacher.pt"  # git-ignored, as are the students under toy/<name>/
+    info_path = ckpt.with_suffix(".json")  # how the teacher was trained, for reruns with --reuse-teacher
     if args.reuse_teacher and ckpt.exists():
-        model, train_s = load_generative(ckpt), prev.get("train_seconds", float("nan"))
+        model = load_generative(ckpt)
+        teacher_info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        teacher_info["reused"] = str(ckpt)
     else:
         torch.manual_seed(0)
-        model = EDM(EDM.Config(hidden=args.hidden, layers=args.layers, timesteps=1000))
-        opt = torch.optim.Adam(model.parameters(), 3e-3)
-        t0 = time.perf_counter()
-        for _ in range(args.iterations):
-            loss, _ = model.training_loss(batch)
+        net = EDM(EDM.Config(hidden=args.hidden, layers=args.layers, timesteps=1000))
+        model = EDM(net.config)
+        model.load_state_dict(net.state_dict())
+        opt = torch.optim.Adam(net.parameters(), args.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(  # cosine decay to 0
+            opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / args.iterations, 1.0))))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for it in range(args.iterations):
+            loss, _ = net.training_loss(batch)
             opt.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
-        train_s = time.perf_counter() - t0
+            sched.step()
+            ema_update(model, net, it, args.ema)
+            if it % 1000 == 0:
+                print(f"teacher it {it} loss {float(loss.detach()):.4f} ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+        teacher_info = {"hidden": args.hidden, "layers": args.layers, "params": count_parameters(model),
+                        "iterations": args.iterations, "batch": 10 * args.repeat, "lr": args.lr,
+                        "lr_schedule": "cosine to 0", "ema": args.ema, "grad_clip": 1.0,
+                        "train_seconds": time.perf_counter() - t0,
+                        "train_cpu_seconds": time.process_time() - c0}
         model.eval()
         save_checkpoint(model, ckpt)
+        atomic_write_text(info_path, json.dumps(teacher_info, indent=1) + "\n")
+    model.eval()
     known = canonical_smiles_set(["C", "N", "O", "C#C", "C#N", "C=O", "CC", "CO", "C#CC", "CC#N"])
-    t0 = time.perf_counter()
-    paths = progressive_distillation(model, [ds[i] for i in range(10)], args.start_steps, args.rounds,
-                                     OUT / "toy", iterations=args.distill_iterations, batch_size=40,
-                                     lr=args.distill_lr,
-                                     log=None)
-    distill_s = time.perf_counter() - t0
-    rows = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    paths = progressive_distillation(model, records, args.start_steps, args.rounds, OUT / "toy" / args.name,
+                                     iterations=args.distill_iterations, batch_size=10 * args.repeat,
+                                     lr=args.distill_lr, weighting=args.weighting,
+                                     ema=args.distill_ema or None,
+                                     log=lambda m: print(m, flush=True) if " it 0 " in m or "99 loss" in m
+                                     else None)
+    distill = {"iterations_per_round": args.distill_iterations, "lr": args.distill_lr,
+               "lr_schedule": "linear to 0",
+               "batch": 10 * args.repeat, "weighting": args.weighting, "ema": args.distill_ema or None,
+               "start_steps": args.start_steps, "rounds": args.rounds,
+               "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    print(json.dumps(distill), flush=True)
     torch.set_grad_enabled(False)
-    specs = [(model, "teacher", 1000, "ancestral"), (model, "teacher", args.start_steps, "ddim")]
+    # the 1000-step teacher, its DDIM sampler where distillation starts, then for each student count S:
+    # the teacher's own samplers at S steps (what distillation has to beat) and the student
+    specs = [(model, "teacher", 1000, "ancestral"), (model, "teacher", 1000, "ddim")]
+    if args.start_steps != 1000:
+        specs.append((model, "teacher", args.start_steps, "ddim"))
     for p in paths:
         st = load_generative(p)
-        specs += [(model, "teacher", st.config.sampling_steps, "ddim"), (st, p.name, st.config.sampling_steps, "ddim")]
+        n = st.config.sampling_steps
+        specs += [(model, "teacher", n, "ancestral"), (model, "teacher", n, "ddim"), (st, p.name, n, "ddim")]
+    rows = []
     for m, name, steps, method in specs:
+        c0 = time.process_time()
         row = evaluate(m, args.n, steps, method, args.n, known)
+        row["cpu_seconds"] = time.process_time() - c0
         row["model"] = name
         row["novelty_is_fraction_outside_the_10"] = True
         rows.append(row)
         print(json.dumps(row), flush=True)
-    save_json("toy", {"hardware": hardware(), "train_seconds": train_s, "train_iterations": args.iterations,
-                      "hidden": args.hidden, "layers": args.layers, "distill_seconds": distill_s,
-                      "distill_iterations_per_round": args.distill_iterations, "distill_lr": args.distill_lr,
-                      "rows": rows})
+    save_json(args.name, {"hardware": hardware(), "molecules": 10, "teacher": teacher_info,
+                          "distill": distill, "rows": rows})
+
+
+def cmd_toy_errors(args) -> None:
+    """For each student of a ``toy`` run: its one-step error against its teacher's two steps along the
+    teacher's DDIM trajectory (``distill.local_step_errors``), added to the run's JSON."""
+    from molequi.models.generative.distill import local_step_errors
+
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    res = _load(args.name)
+    teacher = load_generative(OUT / "toy" / "teacher.pt")
+    sizes = teacher.sample_sizes(args.n, torch.Generator().manual_seed(0))
+    out = {}
+    for steps in sorted((r["steps"] for r in res["rows"] if r["model"] != "teacher"), reverse=True):
+        student = load_generative(OUT / "toy" / args.name / f"student_{steps}.pt")
+        rows = local_step_errors(teacher, student, sizes, torch.Generator().manual_seed(0))
+        out[f"student_{steps}.pt"] = rows
+        first, rest = rows[0], rows[1:]
+        print(f"student_{steps}: first step x {first['x_rms']:.2e} h {first['h_rms']:.2e} (c_eps "
+              f"{first['c_eps']:.1f}); other steps median x {np.median([r['x_rms'] for r in rest]):.2e}",
+              flush=True)
+        teacher = student
+    res["local_errors"] = {"n": args.n, "students": out}
+    save_json(args.name, res)
 
 
 def _load(name):
     path = OUT / f"generation_{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _step_lines(sampling: dict) -> list[str]:
+    """The denoising-step paragraph of the report (one table row per thread count)."""
+    rows = sampling.get("paper_16_molecules", {})
+    if not rows:
+        return []
+    one = next(iter(rows.values()))
+    n_loop = one["loop_steps"]
+    out = [f"Denoising step, paper model (EGNN 9 x 256), 16 QM9-size molecules ({one['atoms']} atoms, "
+           f"{one['edges']} edges): `python scripts/bench/generation.py speed --only step --threads N`. "
+           f"'loop' = a whole {n_loop}-step `EDM.sample_batch` divided by its {n_loop + 1} network "
+           "evaluations (what a sampler pays per step); 'step' = one `EDM.step` call; 'padded' = the same "
+           "call on EDM's layout (16 x 29 atoms, dense edges). Medians of 5: wall seconds, CPU seconds of "
+           "the process in brackets. Reference: EDM's own code takes about 1 s per step for 16 molecules, "
+           "measured on 2 quiet cores; the speed-up column divides that by our loop wall time.", "",
+           "| torch threads | load avg (1 min) | loop s/step (CPU) | step s (CPU) | padded s (CPU) | "
+           "speed-up vs EDM code |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows.values(), key=lambda r: r["torch_threads"]):
+        out.append(f"| {r['torch_threads']} | {r['hardware']['load_average'][0]:.1f} | "
+                   f"{r['loop_wall']:.3f} ({r['loop_cpu']:.3f}) | "
+                   f"{r['step_wall']:.3f} ({r['step_cpu']:.3f}) | "
+                   f"{r['padded_wall']:.3f} ({r['padded_cpu']:.3f}) | {r['speedup_vs_reference']:.1f}x |")
+    old = sampling.get("paper_16_molecules_before_heap_fix")
+    if old:
+        out += ["", f"Before `molequi.nn.heap.retained_heap` ({old['torch_threads']} threads, load "
+                    f"{old['load_average'][0]:.1f}): {old['s_per_step']:.3f} s per step (padded "
+                    f"{old['s_per_step_padded']:.3f} s). Under no_grad every intermediate is freed at once "
+                    "and glibc gave the pages of the large edge tensors back to the kernel after each "
+                    "operation: about 100,000 page faults and a third of the CPU time of a step (0.40 s -> "
+                    "0.26 s on 1 quiet core). With 2 threads on this shared machine each parallel region "
+                    "waits for whichever thread is descheduled, so 2-thread times under load are far worse "
+                    "than 1-thread ones."]
+    return out
+
+
+def _toy_lines(toy: dict | None) -> list[str]:
+    """The distillation section of the report (``toy`` command)."""
+    if not toy or "teacher" not in toy:
+        return []
+    te, di, rows = toy["teacher"], toy["distill"], toy["rows"]
+    students = [r for r in rows if r["model"] != "teacher"]
+
+    def find(steps, method):
+        return next((r for r in rows if r["steps"] == steps and r["method"] == method
+                     and r["model"] == "teacher"), None)
+
+    anc, ddim = find(1000, "ancestral"), find(1000, "ddim")
+    chain = " -> ".join([str(di["start_steps"])] + [str(r["steps"]) for r in students])
+    lines = ["## Distillation where quality is measurable: EDM overfit on QM9 ids 1-10", "",
+             f"`python scripts/bench/generation.py toy --iterations {te['iterations']} --rounds 0` "
+             "(teacher), "
+             f"then `toy --reuse-teacher --start-steps {di['start_steps']} --rounds {di['rounds']} "
+             f"--distill-iterations {di['iterations_per_round']}` and `toy-errors`; 1 torch thread "
+             f"throughout. Teacher: EDM, EGNN {te['layers']} x {te['hidden']} ({te['params']:,} parameters), "
+             f"T = 1000, trained on the {toy['molecules']} molecules only (batch {te['batch']} = each "
+             f"molecule {te['batch'] // toy['molecules']} times), Adam lr {te['lr']} ({te['lr_schedule']}), "
+             f"gradient clip {te['grad_clip']}, EMA {te['ema']}, {te['iterations']:,} iterations: "
+             f"{te['train_cpu_seconds'] / 60:.1f} min CPU ({te['train_seconds'] / 60:.0f} min wall on the "
+             f"shared machine). Progressive distillation of its DDIM sampler, {chain} steps (each student "
+             f"initialised from its teacher, a student step drawn per molecule, {di['weighting']} weighting, "
+             f"{di['iterations_per_round']:,} iterations per round, batch {di['batch']}, lr {di['lr']} "
+             f"{di['lr_schedule']}): {di['cpu_seconds'] / 60:.1f} min CPU ({di['seconds'] / 60:.0f} min "
+             f"wall). Each row samples {rows[0]['n']} molecules (seed 0). Speed-up = CPU time of the "
+             "1000-step ancestral teacher / CPU time of the row ('s' = wall seconds on the shared machine), "
+             "the ratio of network evaluations (steps + 1) in brackets. 'novel' = fraction of unique valid "
+             "SMILES that are not one of the ten training molecules; uniqueness is bounded by the ten.", "",
+             "| model | sampler | steps | n | s | speed-up (evaluations) | atom stab | mol stab | valid | "
+             "valid strict | unique | novel |", "|---" * 12 + "|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['n']} | {r['seconds']:.1f} | "
+                     f"{anc['cpu_seconds'] / r['cpu_seconds']:.1f}x "
+                     f"({(anc['steps'] + 1) / (r['steps'] + 1):.1f}x) | {r['atom_stability']:.1f} | "
+                     f"{r['molecule_stability']:.1f} | {r['validity']:.1f} | {r['validity_strict']:.1f} | "
+                     f"{r['uniqueness']:.1f} | {r.get('novelty', float('nan')):.1f} |")
+    lines.append("")
+    fast = [r for r in students if 1000 / r["steps"] >= 7.5]
+    if anc and ddim and fast:
+        best = max(fast, key=lambda r: r["steps"])
+        same, plain = find(best["steps"], "ddim"), find(best["steps"], "ancestral")
+        stab = best["molecule_stability"]
+        lines += [f"Molecule stability of the 1000-step teacher: {anc['molecule_stability']:.1f} "
+                  f"(ancestral), {ddim['molecule_stability']:.1f} (DDIM, the deterministic sampler "
+                  f"distillation starts from). The {best['steps']}-step student "
+                  f"({1000 / best['steps']:.1f}x fewer steps): {stab:.1f}, i.e. "
+                  f"{anc['molecule_stability'] - stab:.1f} points below the ancestral teacher, "
+                  f"{ddim['molecule_stability'] - stab:.1f} below the 1000-step DDIM teacher and "
+                  f"{same['molecule_stability'] - stab:.1f} below the teacher's DDIM at {best['steps']} "
+                  f"steps; plain ancestral sampling at {best['steps']} steps gives "
+                  f"{plain['molecule_stability']:.1f}. One standard error of a rate near 90 % on "
+                  f"{best['n']} samples is about 2 points.", ""]
+    le = toy.get("local_errors")
+    if le:
+        parts = []
+        for name, errs in le["students"].items():
+            rest = float(np.median([e["x_rms"] for e in errs[1:]]))
+            parts.append(f"{name}: first step {errs[0]['x_rms']:.1e} (c_eps {errs[0]['c_eps']:.1f}), "
+                         f"other steps median {rest:.1e}")
+        lines += [f"Where the students depart from their teachers (`toy-errors`, {le['n']} molecules; RMS "
+                  "of the positions z_s after ONE student step from the teacher's own DDIM state, against "
+                  "the teacher's two steps): " + "; ".join(parts) + ". An epsilon error at the first step "
+                  "T -> s reaches z_s multiplied by c_eps = sigma_s - alpha_s sigma_T / alpha_T, and EDM's "
+                  "schedule ends at alpha_T = 0.004: with few steps (alpha_s / alpha_T large) the first "
+                  "step of an epsilon-parameterised student must be almost exact, which is Salimans & Ho's "
+                  "reason to distil x- or v-parameterised models. The first step's deviation is carried "
+                  "to the end of the trajectory.", ""]
+    return lines
 
 
 def cmd_report(args) -> None:
@@ -364,11 +583,7 @@ def cmd_report(args) -> None:
                 lines.append(f"| {label} | {r['params']:,} | {r['s_per_iter']:.2f} | {r['mol_per_s']:.1f} | "
                              f"{r['s_per_iter_padded']:.2f} | {REFERENCE[name + '_s_per_iter']} | "
                              f"{r['speedup_vs_reference']:.1f}x | {r['speedup_vs_padded']:.1f}x |")
-        r = sp["sampling"].get("paper_16_molecules")
-        if r:
-            lines += ["", f"Denoising step, 16 molecules ({r['atoms']} atoms), paper model: "
-                          f"{r['s_per_step']:.3f} s (padded {r['s_per_step_padded']:.3f} s; EDM code ~1 s): "
-                          f"{r['speedup_vs_reference']:.1f}x faster than EDM's code.", ""]
+        lines += [""] + _step_lines(sp["sampling"]) + [""]
     sp1 = _load("speed_1thread_loaded")
     if sp1:
         a, b = sp1["training"]["paper"], sp1["training"]["small"]
@@ -410,22 +625,7 @@ def cmd_report(args) -> None:
                       "'novel' is against the lapool QM9 SMILES CSV, on which 23-24 % of *real* QM9 molecules already "
                       "count as novel (see below), so it is only a loose reference.", "", "Published rows (atom stab / mol stab / valid / valid x unique): " + "; ".join(
             f"{k} {' / '.join(str(v) for v in vals)}" for k, vals in EDM_ROWS.items()), ""]
-    toy = _load("toy")
-    if toy:
-        lines += ["## Distillation where quality is measurable: EDM overfit on QM9 ids 1-10", "",
-                  f"EGNN {toy['layers']} x {toy['hidden']}, T = 1000, {toy['train_iterations']} iterations "
-                  f"({toy['train_seconds']:.0f} s); distillation {toy['distill_iterations_per_round']} iterations "
-                  f"per round at lr {toy.get('distill_lr', 1e-3)} ({toy['distill_seconds']:.0f} s in all). 'novel' = fraction of unique valid SMILES that "
-                  "are not one of the ten training molecules.", "",
-                  "| model | sampler | steps | n | s | speed-up vs 1000-step | atom stab | mol stab | valid | "
-                  "valid strict | unique | novel |", "|---" * 12 + "|"]
-        base = toy["rows"][0]
-        for r in toy["rows"]:
-            lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['n']} | {r['seconds']:.1f} | "
-                         f"{base['seconds'] / r['seconds']:.1f}x | {r['atom_stability']:.1f} | "
-                         f"{r['molecule_stability']:.1f} | {r['validity']:.1f} | {r['validity_strict']:.1f} | "
-                         f"{r['uniqueness']:.1f} | {r.get('novelty', float('nan')):.1f} |")
-        lines.append("")
+    lines += _toy_lines(_load("toy"))
     for seed in range(5):
         rd = _load(f"realdata_seed{seed}")
         if rd:
@@ -444,7 +644,10 @@ def main(argv=None) -> None:
     s = sub.add_parser("speed")
     s.add_argument("--repeats-small", type=int, default=5)
     s.add_argument("--repeats-paper", type=int, default=2)
-    s.add_argument("--repeats-step", type=int, default=3)
+    s.add_argument("--repeats-step", type=int, default=5)
+    s.add_argument("--only", choices=["all", "training", "step"], default="all",
+                   help="step: only the denoising-step timing (the JSON keeps the last training numbers)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     s.set_defaults(func=cmd_speed)
     s = sub.add_parser("train")
     s.add_argument("--minutes", type=float, default=30)
@@ -482,16 +685,26 @@ def main(argv=None) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_realdata)
     s = sub.add_parser("toy")
-    s.add_argument("--hidden", type=int, default=32)
-    s.add_argument("--layers", type=int, default=3)
-    s.add_argument("--iterations", type=int, default=1500)
-    s.add_argument("--start-steps", type=int, default=64)
-    s.add_argument("--rounds", type=int, default=2)
-    s.add_argument("--distill-iterations", type=int, default=300)
+    s.add_argument("--hidden", type=int, default=64)
+    s.add_argument("--layers", type=int, default=4)
+    s.add_argument("--iterations", type=int, default=8000)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--ema", type=float, default=0.999)
+    s.add_argument("--repeat", type=int, default=8, help="batch = the 10 molecules this many times")
+    s.add_argument("--start-steps", type=int, default=1000)
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--distill-iterations", type=int, default=1000)
     s.add_argument("--distill-lr", type=float, default=1e-4)
+    s.add_argument("--distill-ema", type=float, default=0.0, help="EMA decay of the students (0: none)")
+    s.add_argument("--weighting", choices=["truncated_snr", "snr"], default="truncated_snr")
     s.add_argument("--reuse-teacher", action="store_true", help="reuse bench_results/toy/teacher.pt")
-    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--n", type=int, default=200)
+    s.add_argument("--name", default="toy", help="results go to bench_results/generation_<name>.json")
     s.set_defaults(func=cmd_toy)
+    s = sub.add_parser("toy-errors")
+    s.add_argument("--name", default="toy")
+    s.add_argument("--n", type=int, default=200)
+    s.set_defaults(func=cmd_toy_errors)
     s = sub.add_parser("report")
     s.set_defaults(func=cmd_report)
     s = sub.add_parser("make-subset")

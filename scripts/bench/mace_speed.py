@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ, build_mace_torch  # noqa: E402
+from _common import ETHANOL_NPZ, build_mace_torch, wall_cpu_times  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 ELEMENTS = [1, 6, 8]
@@ -78,18 +78,7 @@ def _peak_rss_mb() -> float:
 
 def _time(fn, repeats: int) -> dict:
     """Warm-up call, then ``repeats`` timed calls: median wall-clock and median process CPU time (s)."""
-    import statistics
-
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return dict(
-        median_s=statistics.median(wall), median_cpu_s=statistics.median(cpu), times_s=wall, cpu_s=cpu
-    )
+    return wall_cpu_times(fn, repeats, warmup=1)
 
 
 def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, infer_mb: float,

@@ -1,9 +1,17 @@
 """Progressive distillation: the target reproduces two teacher steps in one; the student halves the steps."""
 
+import dataclasses
+
 import torch
 from torch_geometric.data import Batch, Data
 
-from molequi.models.generative.distill import distill_round, distillation_loss, loss_weights, two_step_target
+from molequi.models.generative.distill import (
+    distill_round,
+    distillation_loss,
+    local_step_errors,
+    loss_weights,
+    two_step_target,
+)
 from molequi.models.generative.edm import EDM
 from molequi.models.generative.graph import centred_gaussian, fully_connected_edges, sizes_to_batch
 from molequi.models.generative.io import load_generative, save_checkpoint
@@ -124,3 +132,26 @@ def test_student_halves_steps(tmp_path):
     assert again.config.sampling_steps == 4
     for k, v in student.state_dict().items():
         assert torch.equal(v, again.state_dict()[k].to(v.dtype))
+
+
+def test_local_step_errors_vanish_for_the_two_step_oracle():
+    teacher = _teacher()
+
+    class Oracle(EDM):  # one step = the teacher's two steps, exactly
+        def epsilon(self, z_x, z_h, t, b, ei, num_graphs, context=None):
+            grid = teacher.time_grid(8)
+            k = grid.index(int(t))
+            return two_step_target(teacher, z_x, z_h, t, grid[k + 1], grid[k + 2], b, ei, num_graphs)[:2]
+
+    oracle = Oracle(dataclasses.replace(teacher.config, sampling_steps=4)).double()
+    copy = EDM(dataclasses.replace(teacher.config, sampling_steps=4)).double()
+    copy.load_state_dict(teacher.state_dict())  # an undistilled student: one teacher step for two
+    sizes = torch.tensor([3, 5])
+    exact = local_step_errors(teacher, oracle, sizes, torch.Generator().manual_seed(0))
+    plain = local_step_errors(teacher, copy, sizes, torch.Generator().manual_seed(0))
+    assert [(r["t"], r["s"]) for r in exact] == list(zip(teacher.time_grid(4)[:-1], teacher.time_grid(4)[1:]))
+    assert max(max(r["x_rms"], r["h_rms"]) for r in exact) < 1e-10
+    assert min(r["x_rms"] + r["h_rms"] for r in plain) > 1e-8
+    _, a, s = teacher._coeffs(64, None, None)
+    _, a2, s2 = teacher._coeffs(48, None, None)
+    assert abs(exact[0]["c_eps"] - float(s2 - a2 * s / a)) < 1e-12 and abs(exact[0]["c_eps"]) > 1.0

@@ -135,6 +135,44 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
     return student
 
 
+@torch.no_grad()
+def local_step_errors(teacher: EDM, student: EDM, sizes,
+                      generator: torch.Generator | None = None) -> list[dict]:
+    """Where a student departs from its teacher: along the teacher's own DDIM trajectory (2S steps, from noise
+    shared by all molecules of ``sizes``), ONE student step t -> s from the teacher's state z_t against the
+    teacher's two steps t -> mid -> s.
+
+    Returns one dict per student step: t, s, the RMS differences of z_s for positions (``x_rms``) and features
+    (``h_rms``), and ``c_eps`` = sigma_s - alpha_s sigma_t / alpha_t, the factor by which an epsilon error at
+    t is multiplied in z_s (its size at t = T, where alpha_T is tiny, is what makes few-step students hard).
+    """
+    from molequi.models.generative.graph import centred_gaussian, sizes_to_batch
+
+    steps = student.config.sampling_steps
+    if steps is None:
+        raise ConfigError("the student has no sampling_steps; give a distilled student")
+    sizes = torch.as_tensor(sizes, dtype=torch.long)
+    b, num_graphs = sizes_to_batch(sizes), len(sizes)
+    ei = fully_connected_edges(b, num_graphs)
+    z = (centred_gaussian(b, num_graphs, generator=generator),
+         torch.randn(b.numel(), teacher.n_features, generator=generator))
+    dtype = next(teacher.parameters()).dtype
+    z = (z[0].to(dtype), z[1].to(dtype))
+    grid = teacher.time_grid(2 * steps)
+    out = []
+    for k in range(steps):
+        t, mid, s = grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]
+        one = student.step(*z, t, s, b, ei, num_graphs, method="ddim")
+        half = teacher.step(*z, t, mid, b, ei, num_graphs, method="ddim")
+        z = teacher.step(*half, mid, s, b, ei, num_graphs, method="ddim")
+        _, a_t, s_t = teacher._coeffs(t, None, None)
+        _, a_s, s_s = teacher._coeffs(s, None, None)
+        out.append({"t": t, "s": s, "x_rms": float(((one[0] - z[0]) ** 2).mean().sqrt()),
+                    "h_rms": float(((one[1] - z[1]) ** 2).mean().sqrt()),
+                    "c_eps": float(s_s - a_s * s_t / a_t)})
+    return out
+
+
 def progressive_distillation(teacher: EDM, records: Sequence, start_steps: int, rounds: int, out_dir: str | Path,
                              **kwargs) -> list[Path]:
     """``rounds`` halvings from a ``start_steps`` DDIM teacher; writes ``student_<S>.pt`` for each student S."""
@@ -154,5 +192,5 @@ def progressive_distillation(teacher: EDM, records: Sequence, start_steps: int, 
     return paths
 
 
-__all__ = ["two_step_target", "loss_weights", "distillation_loss", "distill_round",
+__all__ = ["two_step_target", "loss_weights", "distillation_loss", "distill_round", "local_step_errors",
            "progressive_distillation"]

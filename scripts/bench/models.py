@@ -86,7 +86,7 @@ def slabs(n_train: int, n_test: int):
                 (
                     a,
                     float(a.get_potential_energy()),
-                    a.get_forces().copy(),
+                    a.get_forces(apply_constraint=False).copy(),
                     systems[i] if systems else str(i // 9),
                 )
             )
@@ -103,7 +103,8 @@ def slabs(n_train: int, n_test: int):
                 a = base.copy()
                 a.positions += 0.08 * rng.normal(size=a.positions.shape)
                 a.calc = EMT()
-                frames.append((a, float(a.get_potential_energy()), a.get_forces().copy(), f"sys{s}"))
+                forces = a.get_forces(apply_constraint=False).copy()
+                frames.append((a, float(a.get_potential_energy()), forces, f"sys{s}"))
         source = "generated EMT slabs"
     order = sorted(set(f[3] for f in frames), key=lambda x: (len(x), x))
     test_sys = set(order[::5])
@@ -244,6 +245,7 @@ def main(argv=None):
     ap.add_argument("--r-max", type=float, default=5.0)
     ap.add_argument("--models", default="mace,equiformer_v2,frame_averaging,egnn")
     ap.add_argument("--datasets", default="rmd17_ethanol,slabs")
+    ap.add_argument("--out", default="models", help="results name: bench_results/OUT.json (default models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_start, wall_start = os.getloadavg(), time.perf_counter()
@@ -284,7 +286,7 @@ def main(argv=None):
     ]
     print_table(rows, cols)
     save(
-        "models",
+        args.out,
         {
             "args": vars(args),
             "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},

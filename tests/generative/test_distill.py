@@ -84,7 +84,7 @@ def test_truncated_snr_weights_are_the_x_space_loss():
     """w_t ||d eps||^2 is max(SNR_t, 1) ||d x||^2 (x_hat = (z - sigma eps) / alpha) up to one constant."""
     teacher = _teacher()
     t = torch.tensor(teacher.time_grid(8)[:-1])  # the starts of an 8-step student
-    w = loss_weights(teacher, t, 8)
+    w = loss_weights(teacher, t, 8, "truncated_snr")
     assert abs(float(w.mean()) - 1.0) < 1e-12
     _, a, s = teacher._coeffs(t, None, None)
     snr = a ** 2 / s ** 2
@@ -93,7 +93,8 @@ def test_truncated_snr_weights_are_the_x_space_loss():
     ratio = w * d_eps ** 2 / x_loss
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-10)
     assert float(w[0]) > 1e3 * float(w[-1])  # the high-noise steps are no longer ignored
-    assert torch.equal(loss_weights(teacher, t, 8, "snr"), torch.ones(len(t), dtype=torch.float64))
+    default = loss_weights(teacher, t, 8)  # snr: the plain epsilon loss
+    assert torch.equal(default, torch.ones(len(t), dtype=torch.float64))
 
 
 def test_distillation_loss_of_a_student_that_is_the_target_is_zero():

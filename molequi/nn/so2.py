@@ -175,6 +175,26 @@ def edge_frame_path_coefficients(l1: int, l2: int, lo: int, m: int) -> tuple[flo
     return a, b
 
 
+
+def edge_frame_path_terms(
+    l1: int, l2: int, lo: int, centre_in: int, centre_out: int, scale: float
+) -> list[tuple[int, int, float]]:
+    """The sparse edge-frame map of one path l1 (x) l2 -> lo as (output row, input row, coefficient) triples.
+
+    Rows are absolute indices of stacked coefficient blocks whose m = 0 entries sit at ``centre_in`` /
+    ``centre_out``; coefficients are ``scale`` times (a, b) of ``edge_frame_path_coefficients``, for
+    m = 0 .. min(l1, lo) in that order (zero couplings left out).
+    """
+    terms: list[tuple[int, int, float]] = []
+    ci, co = centre_in, centre_out
+    for m in range(min(l1, lo) + 1):
+        a, b = edge_frame_path_coefficients(l1, l2, lo, m)
+        if abs(a) > 1e-14:
+            terms += [(co + m, ci + m, scale * a)] + ([(co - m, ci - m, scale * a)] if m else [])
+        if m and abs(b) > 1e-14:
+            terms += [(co + m, ci - m, -scale * b), (co - m, ci + m, scale * b)]
+    return terms
+
 def so2_weights_from_tensor_product(
     tp: o3.TensorProduct,
     weight: torch.Tensor,
@@ -222,5 +242,6 @@ __all__ = [
     "SO2Convolution",
     "so2_weights_from_tensor_product",
     "edge_frame_path_coefficients",
+    "edge_frame_path_terms",
     "m_indices",
 ]

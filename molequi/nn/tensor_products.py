@@ -46,7 +46,7 @@ from torch import nn
 from molequi.errors import ConfigError, ModelError
 from molequi.nn.s2 import S2Grid
 from molequi.nn.scatter import gather, scatter_sum
-from molequi.nn.so2 import edge_frame_path_coefficients
+from molequi.nn.so2 import edge_frame_path_terms
 from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
 
 KINDS = ("e3nn", "so2", "gaunt")
@@ -164,19 +164,12 @@ class SO2ConvTP(nn.Module):
         for p, (i1, i2, io, _, _) in enumerate(self.instructions):
             l1, l2, lo = self.irreps_in1[i1].ir.l, self.irreps_in2[i2].ir.l, self.irreps_out[io].ir.l
             pw = math.sqrt((2 * lo + 1) / n_into[io])
-            ci, co = start_in[i1] + l1, start_out[io] + lo  # centre (m = 0) indices
-            for m in range(min(l1, lo) + 1):
-                a, b = edge_frame_path_coefficients(l1, l2, lo, m)
-                terms = []
-                if abs(a) > 1e-14:
-                    terms += [(co + m, ci + m, pw * a)] + ([(co - m, ci - m, pw * a)] if m else [])
-                if m and abs(b) > 1e-14:
-                    terms += [(co + m, ci - m, -pw * b), (co - m, ci + m, pw * b)]
-                for o, i, c in terms:
-                    out_idx.append(o)
-                    in_idx.append(i)
-                    coef.append(c)
-                    path.append(p)
+            # centre (m = 0) indices of the input and output blocks
+            for o, i, c in edge_frame_path_terms(l1, l2, lo, start_in[i1] + l1, start_out[io] + lo, pw):
+                out_idx.append(o)
+                in_idx.append(i)
+                coef.append(c)
+                path.append(p)
         self.register_buffer("out_idx", torch.tensor(out_idx, dtype=torch.long), persistent=False)
         self.register_buffer("in_idx", torch.tensor(in_idx, dtype=torch.long), persistent=False)
         self.register_buffer("path_idx", torch.tensor(path, dtype=torch.long), persistent=False)
@@ -312,21 +305,13 @@ class SO2EquivariantConvolution(nn.Module):
         out_idx, in_idx, coef, path, sh_l = [], [], [], [], []
         for k, p in enumerate(self.paths):
             l1, l2, l3 = ls_in[p.i_in], p.l_edge, ls_out[p.i_out]
-            ci, co = start_in[p.i_in] + l1, mid_start[k] + l3
             norm = math.sqrt(2 * l3 + 1)  # molequi's clebsch_gordan = w3j sqrt(2 l3 + 1)
-            for m in range(min(l1, l3) + 1):
-                a, b = edge_frame_path_coefficients(l1, l2, l3, m)
-                terms = []
-                if abs(a) > 1e-14:
-                    terms += [(co + m, ci + m, norm * a)] + ([(co - m, ci - m, norm * a)] if m else [])
-                if m and abs(b) > 1e-14:
-                    terms += [(co + m, ci - m, -norm * b), (co - m, ci + m, norm * b)]
-                for o, i, c in terms:
-                    out_idx.append(o)
-                    in_idx.append(i)
-                    coef.append(c)
-                    path.append(k)
-                    sh_l.append(l2)
+            for o, i, c in edge_frame_path_terms(l1, l2, l3, start_in[p.i_in] + l1, mid_start[k] + l3, norm):
+                out_idx.append(o)
+                in_idx.append(i)
+                coef.append(c)
+                path.append(k)
+                sh_l.append(l2)
         self.register_buffer("out_idx", torch.tensor(out_idx, dtype=torch.long), persistent=False)
         self.register_buffer("in_idx", torch.tensor(in_idx, dtype=torch.long), persistent=False)
         self.register_buffer("path_idx", torch.tensor(path, dtype=torch.long), persistent=False)

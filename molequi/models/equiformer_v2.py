@@ -165,6 +165,13 @@ class EdgeDegreeEmbedding(nn.Module):
 class EquivariantGraphAttention(nn.Module):
     """EquiformerV2's SO(2) equivariant graph attention (module docstring): (n, K, C) -> (n, K, C_out)."""
 
+    @classmethod
+    def from_config(cls, cfg, c_out: int, d_rho: int, avg_num_neighbors: float) -> EquivariantGraphAttention:
+        """The attention of an ``EquiformerV2.Config`` with ``c_out`` output channels per coefficient."""
+        return cls(cfg.lmax, cfg.mmax, cfg.channels, cfg.hidden_channels, cfg.num_heads, cfg.attn_channels,
+                   cfg.value_channels, c_out, d_rho, cfg.radial_hidden, cfg.activation, cfg.grid_resolution,
+                   avg_num_neighbors)
+
     def __init__(
         self,
         lmax: int,
@@ -229,21 +236,7 @@ class EquiformerV2Block(nn.Module):
         super().__init__()
         L, C = cfg.lmax, cfg.channels
         self.norm1 = SeparableLayerNorm(L, C)
-        self.attn = EquivariantGraphAttention(
-            L,
-            cfg.mmax,
-            C,
-            cfg.hidden_channels,
-            cfg.num_heads,
-            cfg.attn_channels,
-            cfg.value_channels,
-            C,
-            d_rho,
-            cfg.radial_hidden,
-            cfg.activation,
-            cfg.grid_resolution,
-            avg,
-        )
+        self.attn = EquivariantGraphAttention.from_config(cfg, C, d_rho, avg)
         self.norm2 = SeparableLayerNorm(L, C)
         self.ffn = FeedForward(L, C, cfg.ffn_channels, cfg.activation, cfg.grid_resolution)
 
@@ -344,21 +337,7 @@ class EquiformerV2(EnergyModel):
         )
         self.head = AtomicEnergyHead(statistics, self.elements)
         if cfg.direct_forces:
-            self.force_block = EquivariantGraphAttention(
-                L,
-                cfg.mmax,
-                C,
-                cfg.hidden_channels,
-                cfg.num_heads,
-                cfg.attn_channels,
-                cfg.value_channels,
-                1,
-                d_rho,
-                cfg.radial_hidden,
-                cfg.activation,
-                cfg.grid_resolution,
-                avg,
-            )
+            self.force_block = EquivariantGraphAttention.from_config(cfg, 1, d_rho, avg)
             self.register_buffer("force_scale", torch.tensor(float(statistics.force_rms)))
         self._p0 = tilt_matrix()
 

@@ -17,9 +17,7 @@ Output keys: ``energy`` and ``forces`` (``molequi train`` reads them with ``data
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -70,6 +68,8 @@ def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0,
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
     from tqdm.auto import tqdm
 
+    from molequi.io import atomic_open
+
     atoms, charge = embed_smiles(smiles, seed)
     atoms.calc = xtb_calculator(charge)
     rng = np.random.default_rng(seed)
@@ -81,36 +81,26 @@ def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0,
                    rng=rng,
                    fixcm=False)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
     written = 0
-    try:
-        bar = tqdm(total=equilibrate + n_frames * every, desc=f"GFN2-xTB MD of {smiles}", unit="step",
-                   disable=not progress)
-        if equilibrate:
-            dyn.run(equilibrate)
-            bar.update(equilibrate)
-        with open(tmp, "w") as fh:
-            for _ in range(n_frames):
-                dyn.run(every)
-                bar.update(every)
-                energy = atoms.get_potential_energy()  # eV
-                forces = atoms.get_forces(apply_constraint=False)  # eV/Å, raw -dE/dr (no FixCom projection)
-                frame = atoms.copy()
-                frame.set_constraint()
-                frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
-                frame.info.update(smiles=smiles, method="GFN2-xTB", temperature_K=temperature,
-                                  md_step=int(dyn.nsteps))
-                write(fh, frame, format="extxyz")
-                written += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        bar.close()
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    bar = tqdm(total=equilibrate + n_frames * every, desc=f"GFN2-xTB MD of {smiles}", unit="step",
+               disable=not progress)
+    if equilibrate:
+        dyn.run(equilibrate)
+        bar.update(equilibrate)
+    with atomic_open(output, "w") as fh:
+        for _ in range(n_frames):
+            dyn.run(every)
+            bar.update(every)
+            energy = atoms.get_potential_energy()  # eV
+            forces = atoms.get_forces(apply_constraint=False)  # eV/Å, raw -dE/dr (no FixCom projection)
+            frame = atoms.copy()
+            frame.set_constraint()
+            frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
+            frame.info.update(smiles=smiles, method="GFN2-xTB", temperature_K=temperature,
+                              md_step=int(dyn.nsteps))
+            write(fh, frame, format="extxyz")
+            written += 1
+    bar.close()
     return written
 
 

@@ -149,7 +149,7 @@ def has_stress(cell: np.ndarray, pbc: np.ndarray) -> bool:
     return bool(np.any(pbc)) and abs(np.linalg.det(np.asarray(cell, dtype=np.float64))) > 1e-8
 
 
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """None, a torch float dtype, or its name ('float32', 'float64', 'torch.float64') -> torch dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -193,7 +193,7 @@ class MolequiCalculator(Calculator):
         if not members:
             raise ModelError("MolequiCalculator(models=[]) needs at least one model")
         self.device = torch.device(device)
-        self.dtype = _as_dtype(dtype) or model_dtype(members[0])
+        self.dtype = as_dtype(dtype) or model_dtype(members[0])
         self.models = [m.to(device=self.device, dtype=self.dtype).eval() for m in members]
         for m in self.models:
             if not hasattr(m, "r_max"):
@@ -319,6 +319,7 @@ class MolequiCalculator(Calculator):
 __all__ = [
     "MolequiCalculator",
     "NeighborCache",
+    "as_dtype",
     "check_elements",
     "load_models",
     "model_dtype",

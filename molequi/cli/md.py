@@ -148,9 +148,9 @@ def add_device_arguments(p) -> None:
 
 def dtype_of(args):
     """The torch dtype asked for by ``--dtype`` (None: the checkpoint's)."""
-    import torch
+    from molequi.calculators.calculator import as_dtype
 
-    return getattr(torch, args.dtype) if args.dtype else None
+    return as_dtype(args.dtype)
 
 
 def load_inputs(args):

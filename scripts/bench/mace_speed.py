@@ -76,11 +76,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _time(fn, repeats: int) -> dict:
-    """Warm-up call, then ``repeats`` timed calls: median wall-clock and median process CPU time (s)."""
-    return wall_cpu_times(fn, repeats, warmup=1)
-
-
 def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, infer_mb: float,
                   n_structures: int) -> dict:
     """One optimiser step as training does it: forces with create_graph, weighted E + F loss, backward,
@@ -97,7 +92,7 @@ def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, in
         loss.backward()
         opt.step()
 
-    timing = _time(step, repeats)
+    timing = wall_cpu_times(step, repeats)
     return {
         "train_median_s": timing["median_s"],
         "train_median_cpu_s": timing["median_cpu_s"],
@@ -134,7 +129,7 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
     base = _peak_rss_mb()
     infer()
     infer_mb = _peak_rss_mb() - base
-    timing = _time(infer, repeats)
+    timing = wall_cpu_times(infer, repeats)
     result = dict(
         impl="molequi",
         n_atoms=n_atoms,
@@ -183,7 +178,7 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
     base = _peak_rss_mb()
     infer()
     infer_mb = _peak_rss_mb() - base
-    timing = _time(infer, repeats)
+    timing = wall_cpu_times(infer, repeats)
     import mace as mace_pkg
 
     result = dict(

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--method", choices=["ancestral", "ddim"], default=None,
                    help="EDM sampler: ancestral (stochastic, EDM's) or ddim (deterministic, needed by distilled "
                         "students); default ancestral, or ddim for a distilled student. Ignored by eqgat_diff")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="with --method ddim: the fraction (0..1) of the ancestral step's noise each DDIM step "
+                        "adds (0, the default: deterministic; 1: the ancestral step's mean and variance). "
+                        "Ignored by eqgat_diff")
     p.add_argument("--batch-size", type=int, default=64, help="molecules denoised together (default 64)")
     p.add_argument("--relax-with", default=None, metavar="FF.ckpt",
                    help="relax every generated molecule with this trained molequi potential (ASE calculator, "
@@ -58,6 +62,9 @@ def run(args) -> int:
     kw = {"steps": args.steps, "batch_size": args.batch_size, "generator": gen}
     if hasattr(model, "dynamics"):  # EDM
         kw["method"] = args.method or ("ddim" if model.config.sampling_steps else "ancestral")
+        if args.eta and kw["method"] != "ddim":
+            raise ConfigError("--eta applies to the ddim sampler only: add --method ddim")
+        kw["eta"] = args.eta
     t0 = time.perf_counter()
     mols = model.sample(args.n, **kw)
     seconds = time.perf_counter() - t0

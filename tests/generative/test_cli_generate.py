@@ -32,6 +32,17 @@ def test_generate_writes_files(ckpt, tmp_path, capsys):
     assert "atom_stability" in capsys.readouterr().out
 
 
+def test_generate_ddim_eta(ckpt, tmp_path, capsys):
+    """--eta reaches the sampler (recorded in the metrics JSON); it is refused for the ancestral sampler."""
+    out = tmp_path / "mols.sdf"
+    assert main(["generate", str(ckpt), "--n", "3", "--steps", "4", "--method", "ddim", "--eta", "0.5",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["eta"] == 0.5
+    assert main(["generate", str(ckpt), "--n", "3", "--steps", "4", "--method", "ancestral", "--eta", "0.5",
+                 "--out", str(out)]) == 1
+    assert "--method ddim" in capsys.readouterr().err
+
+
 def test_generate_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "x.pt"
     bad.write_text("not a checkpoint")

@@ -193,3 +193,33 @@ def test_sample_batch_is_the_plain_step_loop():
         ref_numbers, ref_pos = model.decode(*model.final_prediction(zx, zh, batch, ei, 3))
         assert torch.equal(numbers, ref_numbers)
         assert (pos - ref_pos).abs().max() < 1e-6 and pos.abs().max() > 0.1
+
+
+def test_ddim_eta_interpolates_to_the_ancestral_step():
+    """Generalised DDIM: eta = 1 is the ancestral step (same mean and variance: with the same noise draws the
+    two agree to rounding, float64), eta = 0 is deterministic, and the noise of 0 < eta < 1 scales with eta
+    while the mean stays the DDPM posterior family's."""
+    torch.manual_seed(3)
+    model = tiny().double().eval()
+    sizes = torch.tensor([4, 6])
+    batch = sizes_to_batch(sizes)
+    ei = fully_connected_edges(batch, 2)
+    zx = remove_mean(torch.randn(10, 3, dtype=torch.float64), batch, 2)
+    zh = torch.randn(10, model.n_features, dtype=torch.float64)
+
+    def step(method, eta=0.0, seed=7, t=15, s=9):
+        with torch.no_grad():
+            return model.step(zx, zh, t, s, batch, ei, 2, method=method, eta=eta,
+                              generator=torch.Generator().manual_seed(seed))
+
+    for t, s in ((15, 9), (20, 0), (3, 2)):
+        anc, one = step("ancestral", t=t, s=s), step("ddim", 1.0, t=t, s=s)
+        assert (anc[0] - one[0]).abs().max() < 1e-12 and (anc[1] - one[1]).abs().max() < 1e-12
+    det_a, det_b = step("ddim", 0.0, seed=1), step("ddim", 0.0, seed=2)
+    assert torch.equal(det_a[0], det_b[0]) and torch.equal(det_a[1], det_b[1])
+    # the noise added at eta is eta times the ancestral one; the deterministic part moves along eps only
+    n1 = step("ddim", 1.0)[1] - step("ddim", 1.0, seed=8)[1]
+    n_half = step("ddim", 0.5)[1] - step("ddim", 0.5, seed=8)[1]
+    assert torch.allclose(n_half, 0.5 * n1, atol=1e-12)
+    with pytest.raises(InputError, match="eta"):
+        step("ddim", 1.5)

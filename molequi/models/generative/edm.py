@@ -10,8 +10,10 @@ Training (epsilon parameterisation, EDM's l2 objective):
 Ancestral sampling (EDM ``sample_p_zs_given_zt``), for s < t on any grid:
     sigma^2_{t|s} = 1 - exp(softplus(gamma_s) - softplus(gamma_t)),  alpha_{t|s} = alpha_t / alpha_s
     z_s = z_t / alpha_{t|s} - sigma^2_{t|s} / (alpha_{t|s} sigma_t) eps_theta + (sigma_{t|s} sigma_s / sigma_t) noise
-Deterministic DDIM sampling (Song et al. 2021), any number of steps:
-    x_hat = (z_t - sigma_t eps_theta) / alpha_t,   z_s = alpha_s x_hat + sigma_s eps_theta
+DDIM sampling (Song et al. 2021), any number of steps, deterministic for eta = 0:
+    x_hat = (z_t - sigma_t eps_theta) / alpha_t,   c = eta sigma_{t|s} sigma_s / sigma_t,
+    z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_theta + c noise
+  (eta = 1 has the ancestral step's mean and variance; 0 < eta < 1 interpolates between the two).
 
 Denoiser: EDM's EGNN (``EDMDynamics``): embedding -> L equivariant blocks (attention-gated messages over the
 per-molecule fully connected graph, coordinate update x_i += sum_j (x_i - x_j)/(|x_i - x_j| + 1) *
@@ -245,20 +247,31 @@ class EDM(nn.Module):
         return c if c.numel() == 1 else c[batch].unsqueeze(-1)
 
     def step(self, z_x, z_h, t, s, batch, edge_index, num_graphs, *, method: str = "ancestral",
-             context=None, generator=None):
-        """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM (deterministic) rule.
+             context=None, generator=None, eta: float = 0.0):
+        """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM rule (deterministic
+        for ``eta`` = 0, the default; ``eta`` in (0, 1] adds that fraction of the ancestral step's noise).
 
         ``t`` and ``s`` are ints (the whole batch) or (B,) long tensors (a step per molecule)."""
         eps_x, eps_h = self.epsilon(z_x, z_h, t, batch, edge_index, num_graphs, context)
         g_t, a_t, s_t = self._coeffs(t, z_x.dtype, z_x.device)
         g_s, a_s, s_s = self._coeffs(s, z_x.dtype, z_x.device)
+        # sigma^2_{t|s} = 1 - alpha_t^2 / alpha_s^2 (variance preserving), in the log domain for accuracy
+        sigma2_ts = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
         if method == "ddim":
+            if not 0.0 <= eta <= 1.0:
+                raise InputError(f"DDIM eta must lie in [0, 1], got {eta}")
+            c = eta * sigma2_ts.sqrt() * s_s / s_t  # the noise's standard deviation
             c_x = self.per_node(a_s / a_t, batch, z_x.dtype)
-            c_e = self.per_node(s_s - a_s * s_t / a_t, batch, z_x.dtype)
+            direction = s_s if eta == 0 else (s_s ** 2 - c ** 2).clamp(min=0).sqrt()
+            c_e = self.per_node(direction - a_s * s_t / a_t, batch, z_x.dtype)
             z_x = c_x * z_x + c_e * eps_x
             z_h = c_x * z_h + c_e * eps_h
+            if eta > 0:
+                cn = self.per_node(c, batch, z_x.dtype)
+                z_x = z_x + cn * centred_gaussian(batch, num_graphs, dtype=z_x.dtype, device=z_x.device,
+                                                  generator=generator)
+                z_h = z_h + cn * torch.randn(z_h.shape, dtype=z_h.dtype, device=z_h.device, generator=generator)
         elif method == "ancestral":
-            sigma2_ts = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
             a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
             mu_c = self.per_node(sigma2_ts / a_ts / s_t, batch, z_x.dtype)
             std = self.per_node(sigma2_ts.sqrt() * s_s / s_t, batch, z_x.dtype)
@@ -281,8 +294,10 @@ class EDM(nn.Module):
     @torch.no_grad()
     @retained_heap()  # no_grad frees every intermediate at once: keep the pages (see molequi.nn.heap)
     def sample_batch(self, sizes: torch.Tensor, *, steps: int | None = None, method: str = "ancestral",
-                     context: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """Generate one batch: sizes (B,) -> (numbers (n,), positions (n, 3) Å, batch (n,))."""
+                     context: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     eta: float = 0.0):
+        """Generate one batch: sizes (B,) -> (numbers (n,), positions (n, 3) Å, batch (n,)). ``eta``: DDIM's
+        noise fraction (``method="ddim"`` only)."""
         p = next(self.parameters())
         sizes = torch.as_tensor(sizes, dtype=torch.long, device=p.device)
         num_graphs = len(sizes)
@@ -293,14 +308,14 @@ class EDM(nn.Module):
         grid = self.time_grid(steps)
         for t, s in zip(grid[:-1], grid[1:]):
             z_x, z_h = self.step(z_x, z_h, t, s, batch, edge_index, num_graphs, method=method, context=context,
-                                 generator=generator)
+                                 generator=generator, eta=eta)
         x, h = self.final_prediction(z_x, z_h, batch, edge_index, num_graphs, context)
         numbers, pos = self.decode(x, h)
         return numbers, pos, batch
 
     def sample(self, n: int, *, steps: int | None = None, method: str = "ancestral", batch_size: int = 64,
                sizes: torch.Tensor | None = None, context: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> list[Molecule]:
+               generator: torch.Generator | None = None, eta: float = 0.0) -> list[Molecule]:
         """Generate ``n`` molecules (sizes from the training histogram unless given) as ``Molecule`` objects."""
         was_training = self.training
         self.eval()
@@ -309,7 +324,8 @@ class EDM(nn.Module):
         for start in range(0, n, batch_size):
             sz = sizes[start: start + batch_size]
             ctx = None if context is None else context[start: start + batch_size]
-            numbers, pos, b = self.sample_batch(sz, steps=steps, method=method, context=ctx, generator=generator)
+            numbers, pos, b = self.sample_batch(sz, steps=steps, method=method, context=ctx, generator=generator,
+                                                eta=eta)
             numbers, pos, b = numbers.cpu().numpy(), pos.double().cpu().numpy(), b.cpu().numpy()
             for k in range(len(sz)):
                 sel = b == k

@@ -21,11 +21,13 @@ def register(sub) -> None:
                    help="denoising steps (default: the model's T, or the step count a distilled student was "
                         "trained for); fewer steps sample faster")
     p.add_argument("--method", choices=["ancestral", "ddim"], default=None,
-                   help="EDM sampler: ancestral (stochastic, EDM's) or ddim (deterministic, needed by distilled "
-                        "students); default ancestral, or ddim for a distilled student. Ignored by eqgat_diff")
-    p.add_argument("--eta", type=float, default=0.0,
+                   help="EDM sampler: ancestral (stochastic, EDM's) or ddim (the generalised DDIM step, needed by "
+                        "distilled students); default ancestral, or ddim for a distilled student. Ignored by "
+                        "eqgat_diff")
+    p.add_argument("--eta", type=float, default=None,
                    help="with --method ddim: the fraction (0..1) of the ancestral step's noise each DDIM step "
-                        "adds (0, the default: deterministic; 1: the ancestral step's mean and variance). "
+                        "adds (0: deterministic; 1: the ancestral step's mean and variance). Default 1 for a "
+                        "distilled student (its most stable sampler in bench_results/generation.md), else 0. "
                         "Ignored by eqgat_diff")
     p.add_argument("--batch-size", type=int, default=64, help="molecules denoised together (default 64)")
     p.add_argument("--relax-with", default=None, metavar="FF.ckpt",
@@ -61,10 +63,11 @@ def run(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     kw = {"steps": args.steps, "batch_size": args.batch_size, "generator": gen}
     if hasattr(model, "dynamics"):  # EDM
-        kw["method"] = args.method or ("ddim" if model.config.sampling_steps else "ancestral")
+        student = bool(model.config.sampling_steps)
+        kw["method"] = args.method or ("ddim" if student else "ancestral")
         if args.eta and kw["method"] != "ddim":
             raise ConfigError("--eta applies to the ddim sampler only: add --method ddim")
-        kw["eta"] = args.eta
+        kw["eta"] = args.eta if args.eta is not None else (1.0 if student and kw["method"] == "ddim" else 0.0)
     t0 = time.perf_counter()
     mols = model.sample(args.n, **kw)
     seconds = time.perf_counter() - t0

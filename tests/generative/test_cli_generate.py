@@ -41,6 +41,18 @@ def test_generate_ddim_eta(ckpt, tmp_path, capsys):
     assert main(["generate", str(ckpt), "--n", "3", "--steps", "4", "--method", "ancestral", "--eta", "0.5",
                  "--out", str(out)]) == 1
     assert "--method ddim" in capsys.readouterr().err
+    # a distilled student (sampling_steps set) samples with ddim, eta 1, unless told otherwise
+    import dataclasses
+
+    from molequi.models.generative.io import load_generative
+
+    student = load_generative(ckpt)
+    student.config = dataclasses.replace(student.config, sampling_steps=4)
+    save_checkpoint(student, tmp_path / "student.pt")
+    for extra, eta in (([], 1.0), (["--eta", "0"], 0.0)):
+        assert main(["generate", str(tmp_path / "student.pt"), "--n", "2", "--out", str(out), *extra]) == 0
+        summary = json.loads(out.with_suffix(".metrics.json").read_text())
+        assert (summary["method"], summary["eta"], summary["steps"]) == ("ddim", eta, None)
 
 
 def test_generate_bad_checkpoint(tmp_path, capsys):

@@ -26,6 +26,7 @@ VERBS: list[str] = [
     "molequi.cli.predict",
     "molequi.cli.scf_guess",
     "molequi.cli.generate",
+    "molequi.cli.distill",
 ]
 
 

@@ -3,21 +3,14 @@
 import json
 
 import pytest
-import torch
 
 from molequi.cli.main import main
-from molequi.models.generative.edm import EDM
 from molequi.models.generative.io import save_checkpoint
 
 
 @pytest.fixture()
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    m = EDM(EDM.Config(hidden=8, layers=1, timesteps=10))
-    m.size_counts[3:5] = 1.0
-    path = tmp_path / "edm.pt"
-    save_checkpoint(m, path)
-    return path
+def ckpt(tiny_edm_checkpoint):
+    return tiny_edm_checkpoint(10)
 
 
 def test_generate_writes_files(ckpt, tmp_path, capsys):
@@ -26,7 +19,7 @@ def test_generate_writes_files(ckpt, tmp_path, capsys):
     text = out.read_text()
     assert text.count("$$$$") == 5 and "V2000" in text
     xyz = out.with_suffix(".xyz").read_text().splitlines()
-    assert int(xyz[0]) in (3, 4)
+    assert int(xyz[0]) in (3, 4, 5)
     summary = json.loads(out.with_suffix(".metrics.json").read_text())
     assert summary["n"] == 5 and "molecule_stability" in summary["metrics"]
     assert "atom_stability" in capsys.readouterr().out

@@ -106,12 +106,13 @@ def distillation_loss(student: EDM, teacher: EDM, batch, steps: int, generator=N
 
 def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: int = 1000,
                   batch_size: int = 64, lr: float = 1e-4, max_seconds: float | None = None, seed: int = 0,
-                  weighting: str = "snr", ema: float | None = None, log=print) -> EDM:
+                  weighting: str = "snr", ema: float | None = None, log=print, on_step=None) -> EDM:
     """Train a ``steps``-step student from ``teacher`` (sampling with 2 * ``steps`` DDIM steps).
 
     The learning rate decays linearly from ``lr`` to 0 over ``iterations`` optimiser steps; training stops
     there or after ``max_seconds``, whichever comes first. ``ema``: return an exponential moving average
-    of the student's weights with this decay (None: the weights themselves).
+    of the student's weights with this decay (None: the weights themselves). ``log``: called with a line every
+    50 iterations (None: quiet); ``on_step(iteration, loss)``: called after every optimiser step (progress bars).
     """
     if steps < 1 or 2 * steps > teacher.config.timesteps:
         raise ConfigError(f"student steps must lie in 1..{teacher.config.timesteps // 2}, got {steps}")
@@ -137,6 +138,8 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
             with torch.no_grad():
                 for pa, ps in zip(average.parameters(), student.parameters()):
                     pa.lerp_(ps, 1 - ema)
+        if on_step is not None:
+            on_step(it, float(loss.detach()))
         if log and (it % 50 == 0 or it == iterations - 1):
             log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss.detach()):.3e} "
                 f"({time.perf_counter() - start:.0f} s)")

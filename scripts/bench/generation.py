@@ -294,10 +294,11 @@ def cmd_sample(args) -> None:
     if path.exists() and args.append:
         rows = json.loads(path.read_text())["rows"]
     for spec in args.configs:
-        name, steps, method = spec.split(":")
+        name, steps, method, *eta = spec.split(":")
         ckpt = args.checkpoint if name == "teacher" else name
         m = model if name == "teacher" else load_generative(ckpt)
-        row = evaluate(m, args.n, int(steps), method, args.batch_size, train_smiles)
+        row = evaluate(m, args.n, int(steps), method, args.batch_size, train_smiles,
+                       eta=float(eta[0]) if eta else 0.0)
         row["model"] = "teacher" if name == "teacher" else Path(ckpt).name
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -650,6 +651,12 @@ def _goal_lines(toy, rows, students, anc, ddim, cpu) -> list[str]:
                    f"{f(one)} | "
                    f"{f(stab(k, 'teacher', 'ancestral'))} | {f(stab(k, 'teacher', 'ddim'))} | {speed:.1f}x | "
                    f"{lost:.1f} | {ok} |")
+    spreads = []
+    for k in sorted({r["steps"] for r in students}, reverse=True):
+        sp = [cpu(anc) / cpu(r) for r in rows if r["steps"] == k]
+        spreads.append(f"{k} steps {min(sp):.1f}-{max(sp):.1f}x ({1001 / (k + 1):.1f}x fewer evaluations)")
+    out += ["", "Every row of one step count runs the same network as often, so the spread of their speed-ups is "
+                "the timing noise of the shared machine: " + "; ".join(spreads) + "."]
     return out + [""]
 
 
@@ -780,20 +787,28 @@ def cmd_report(args) -> None:
                   f"{tr['molecules']:,} molecules, EGNN {tr['layers']} x {tr['hidden']} ({tr['params']:,} "
                   f"parameters), batch {tr['batch_size']}, Adam(AMSGrad) lr {tr['lr']}, EMA {tr['ema']}: "
                   f"{tr['iterations']} iterations = {tr['epochs']:.3f} epochs in {tr['train_seconds'] / 60:.1f} "
-                  f"min ({tr['mol_per_s']:.1f} mol/s) on the shared 2-core CPU. EDM: 3000 epochs on a GPU.", ""]
+                  f"min ({tr['mol_per_s']:.1f} mol/s) on the 2-core CPU ({tr['hardware']['torch_threads']} torch "
+                  f"threads, load average {tr['hardware']['load_average'][1]:.1f} over the last 5 min), "
+                  f"`python scripts/bench/generation.py train --minutes {tr['train_seconds'] / 60:.0f}`. "
+                  "EDM: 3000 epochs on a GPU.", ""]
     sa = _load("sample")
     if sa:
         lines += ["## Speed / quality of samplers (EMA weights of the run above)", "",
-                  "| model | sampler | steps | n | s | mol/s | wall-time speed-up vs 1000-step (step ratio) | atom stab | mol stab | "
-                  "valid | valid strict | unique | valid x unique | novel |", "|---" * 14 + "|"]
+                  "| model | sampler | steps | n | s | mol/s | speed-up vs 1000-step, CPU per molecule (step "
+                  "ratio) | atom stab | mol stab | valid | valid strict | unique | valid x unique | novel |",
+                  "|---" * 14 + "|"]
         base = next((r for r in sa["rows"] if r["steps"] == 1000), None)
+
+        def per_mol(r):  # CPU seconds per molecule where recorded, else wall
+            return r.get("cpu_seconds", r["seconds"]) / r["n"]
+
         for r in sa["rows"]:
-            sp_up = (r["mol_per_s"] / base["mol_per_s"]) if base else float("nan")
-            lines.append(f"| {r['model']} | {r['method']} | {r['steps']} | {r['n']} | {r['seconds']:.0f} | "
+            sp_up = per_mol(base) / per_mol(r) if base else float("nan")
+            lines.append(f"| {r['model']} | {_sampler(r)} | {r['steps']} | {r['n']} | {r['seconds']:.0f} | "
                          f"{r['mol_per_s']:.2f} | {sp_up:.1f}x ({1000 / r['steps']:.1f}x) | {r['atom_stability']:.1f} | "
                          f"{r['molecule_stability']:.1f} | {r['validity']:.1f} | {r['validity_strict']:.1f} | "
                          f"{r['uniqueness']:.1f} | {r['valid_x_unique']:.1f} | {r.get('novelty', float('nan')):.1f} |")
-        lines += ["", "Wall times fluctuate with the other jobs on the machine; the step ratio is the speed-up an "
+        lines += ["", "Times fluctuate with the other jobs on the machine; the step ratio is the speed-up an "
                       "unloaded machine gives (one network evaluation per step, plus one final x_0 prediction). "
                       "'novel' is against the lapool QM9 SMILES CSV, on which 23-24 % of *real* QM9 molecules already "
                       "count as novel (see below), so it is only a loose reference.", "", "Published rows (atom stab / mol stab / valid / valid x unique): " + "; ".join(
@@ -845,7 +860,8 @@ def main(argv=None) -> None:
     s.add_argument("--append", action="store_true")
     s.add_argument("--configs", nargs="+", default=["teacher:1000:ancestral", "teacher:250:ancestral",
                                                   "teacher:50:ancestral", "teacher:250:ddim", "teacher:50:ddim"],
-                   help="model:steps:method (model = teacher or a student checkpoint path)")
+                   help="model:steps:method[:eta] (model = teacher or a student checkpoint path; eta: DDIM's "
+                        "noise fraction, default 0)")
     s.set_defaults(func=cmd_sample)
     s = sub.add_parser("distill")
     s.add_argument("checkpoint")

@@ -223,3 +223,7 @@ def test_ddim_eta_interpolates_to_the_ancestral_step():
     assert torch.allclose(n_half, 0.5 * n1, atol=1e-12)
     with pytest.raises(InputError, match="eta"):
         step("ddim", 1.5)
+    # a whole sampler: DDIM with eta = 1 draws what the ancestral sampler draws from the same generator
+    a = model.sample_batch(sizes, steps=6, method="ancestral", generator=torch.Generator().manual_seed(4))
+    d = model.sample_batch(sizes, steps=6, method="ddim", eta=1.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], d[0]) and (a[1] - d[1]).abs().max() < 1e-9

@@ -29,6 +29,9 @@ def register(sub) -> None:
                         "adds (0: deterministic; 1: the ancestral step's mean and variance). Default 1 for a "
                         "distilled student (its most stable sampler in bench_results/generation.md), else 0. "
                         "Ignored by eqgat_diff")
+    p.add_argument("--context", type=float, nargs="+", default=None, metavar="VALUE",
+                   help="for a model trained with condition_on: the target value of each conditioning "
+                        "property (in its own units, in condition_on's order), the same for every molecule")
     p.add_argument("--batch-size", type=int, default=64, help="molecules denoised together (default 64)")
     p.add_argument("--relax-with", default=None, metavar="FF.ckpt",
                    help="relax every generated molecule with this trained molequi potential (ASE calculator, "
@@ -68,6 +71,14 @@ def run(args) -> int:
         if args.eta and kw["method"] != "ddim":
             raise ConfigError("--eta applies to the ddim sampler only: add --method ddim")
         kw["eta"] = args.eta if args.eta is not None else (1.0 if student and kw["method"] == "ddim" else 0.0)
+        names = model.config.condition_on or [f"property {i}" for i in range(model.config.context_dim)]
+        if model.config.context_dim and (args.context is None or len(args.context) != len(names)):
+            raise ConfigError(f"this model is conditioned on {', '.join(names)}: give --context with "
+                              f"{len(names)} value(s)")
+        if args.context and not model.config.context_dim:
+            raise ConfigError("--context: this model is not conditioned on any property")
+        if args.context:
+            kw["context"] = torch.tensor([args.context], dtype=torch.float64).repeat(args.n, 1)
     t0 = time.perf_counter()
     mols = model.sample(args.n, **kw)
     seconds = time.perf_counter() - t0
@@ -82,7 +93,9 @@ def run(args) -> int:
     write_extxyz(mols, out.with_suffix(".xyz"))
     report = molecule_report(mols, train_smiles)
     summary = {"checkpoint": str(args.checkpoint), "n": args.n, "sampling_seconds": seconds,
-               "molecules_per_second": args.n / seconds, **{k: v for k, v in kw.items() if k != "generator"},
+               "molecules_per_second": args.n / seconds,
+               **{k: v for k, v in kw.items() if k not in ("generator", "context")},
+               **({"context": args.context} if args.context else {}),
                "metrics": {k: v for k, v in report.items() if k != "smiles"}}
     print(f"molequi generate: {args.n} molecules in {seconds:.1f} s ({args.n / seconds:.2f} mol/s); wrote {out} "
           f"and {out.with_suffix('.xyz')}")

@@ -26,6 +26,7 @@ Molecules of different sizes share a batch PyG style (no padding to 29 atoms, no
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +34,14 @@ import torch
 from torch import nn
 
 from molequi import keys as K
-from molequi.errors import ConfigError, InputError, ModelError
-from molequi.models.generative.graph import (centred_gaussian, fully_connected_edges, remove_mean,
-                                              scatter_sum, sizes_to_batch)
+from molequi.errors import ConfigError, InputError, MissingKeyError, ModelError
+from molequi.models.generative.graph import (
+    centred_gaussian,
+    fully_connected_edges,
+    remove_mean,
+    scatter_sum,
+    sizes_to_batch,
+)
 from molequi.models.generative.layers import EDMBlock
 from molequi.models.generative.metrics import Molecule
 from molequi.models.generative.schedules import NoiseSchedule
@@ -108,7 +114,8 @@ class EDM(nn.Module):
         normalization_factor: float = 1.0  # message sums divided by this (EDM QM9: 1)
         attention: bool = True  # sigmoid-gated messages
         tanh: bool = True  # bounded coordinate updates
-        context_dim: int = 0  # number of conditioning properties (0: unconditional)
+        context_dim: int = 0  # number of conditioning properties (0: unconditional; follows condition_on)
+        condition_on: list[str] = field(default_factory=list)  # QM9 targets (alpha, gap) or record fields
         max_atoms: int = 64  # largest molecule size the size histogram covers
         sampling_steps: int | None = None  # fixed step count of a distilled student (None: any)
 
@@ -119,6 +126,12 @@ class EDM(nn.Module):
             raise ConfigError("EDM needs at least one element in config.elements")
         if len(cfg.norm_values) != 3:
             raise ConfigError("norm_values must be [x_scale, one_hot_scale, charge_scale]")
+        if cfg.condition_on:
+            if cfg.context_dim not in (0, len(cfg.condition_on)):
+                raise ConfigError(f"context_dim {cfg.context_dim} does not match condition_on "
+                                  f"{cfg.condition_on}; leave context_dim at 0 (it follows condition_on)")
+            cfg = dataclasses.replace(cfg, context_dim=len(cfg.condition_on),
+                                      condition_on=list(cfg.condition_on))
         self.config = cfg
         self.n_types = len(cfg.elements)
         self.n_features = self.n_types + int(cfg.include_charges)
@@ -127,6 +140,11 @@ class EDM(nn.Module):
         self.register_buffer("type_of_z", lookup, persistent=False)
         self.register_buffer("elements", torch.tensor(cfg.elements, dtype=torch.long), persistent=False)
         self.register_buffer("size_counts", torch.zeros(cfg.max_atoms + 1, dtype=torch.float64))
+        if cfg.condition_on:  # raw property -> (value - shift) / scale, set from the first training batch
+            c = len(cfg.condition_on)
+            self.register_buffer("context_shift", torch.zeros(c, dtype=torch.float64))
+            self.register_buffer("context_scale", torch.ones(c, dtype=torch.float64))
+            self.register_buffer("context_ready", torch.tensor(False))
         self.schedule = NoiseSchedule(cfg.schedule, cfg.timesteps, cfg.precision)
         self.dynamics = EDMDynamics(self.n_features, cfg.hidden, cfg.layers, cfg.context_dim,
                                     cfg.coords_range, cfg.normalization_factor, cfg.attention, cfg.tanh)
@@ -175,6 +193,51 @@ class EDM(nn.Module):
                              f"{self.config.max_atoms}; raise model.max_atoms")
         self.size_counts += torch.bincount(sizes, minlength=self.config.max_atoms + 1).to(self.size_counts)
 
+    # ------------------------------------------------------------------ conditioning
+    def _property(self, batch, name: str, num_graphs: int) -> torch.Tensor:
+        """(B,) property ``name`` of a batch: a record field, or a QM9 target (a column of ``y``)."""
+        if name in batch:
+            return batch[name].reshape(num_graphs, -1)[:, 0].double()
+        from molequi.data.qm9 import TARGETS, target_index
+
+        if name in TARGETS and "y" in batch:
+            return batch["y"].reshape(num_graphs, -1)[:, target_index(name)].double()
+        raise MissingKeyError(f"the batch has no property '{name}' to condition on",
+                              hint="use QM9 records (data.name: qm9, whose y holds the 19 targets) or a "
+                                   "dataset that stores the field")
+
+    def batch_context(self, batch) -> torch.Tensor | None:
+        """(B, context_dim) conditioning of a training batch as the denoiser sees it, None if unconditional.
+        With ``condition_on`` the properties are read and normalised by EDM's mean and mean absolute deviation
+        (set by the first training batch); otherwise ``batch['context']`` is used as it is."""
+        if not self.config.context_dim:
+            return None
+        if not self.config.condition_on:
+            return batch["context"]
+        _, num_graphs = self._batch_info(batch)
+        raw = torch.stack([self._property(batch, k, num_graphs) for k in self.config.condition_on], -1)
+        if self.training and not bool(self.context_ready):
+            with torch.no_grad():
+                self.context_shift.copy_(raw.mean(0))
+                mad = (raw - raw.mean(0)).abs().mean(0)
+                self.context_scale.copy_(torch.where(mad > 1e-8, mad, torch.ones_like(mad)))
+                self.context_ready.fill_(True)
+        return self.normalise_context(raw).to(batch[K.POS].dtype)
+
+    def normalise_context(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw property values (B, context_dim) -> what the denoiser sees (identity without condition_on)."""
+        if not self.config.condition_on:
+            return raw
+        raw = torch.as_tensor(raw)
+        if raw.ndim != 2 or raw.shape[1] != self.config.context_dim:
+            c = self.config.context_dim
+            raise ModelError(f"this model is conditioned on {self.config.condition_on}: give one value of "
+                             f"each per molecule, shape (n, {c}), got {tuple(raw.shape)}")
+        if not bool(self.context_ready):
+            raise ModelError("this conditioned model was never trained: its property normalisation is unset")
+        dtype = raw.dtype if raw.is_floating_point() else torch.get_default_dtype()
+        return ((raw.double() - self.context_shift) / self.context_scale).to(dtype)
+
     def noised(self, x, h, t_int, batch, num_graphs, generator=None):
         """Sample z_t = alpha_t [x, h] + sigma_t eps; returns (z_x, z_h, eps_x, eps_h)."""
         alpha, sigma = self.schedule.alpha_sigma(t_int, x.dtype)
@@ -192,7 +255,7 @@ class EDM(nn.Module):
         t_int = torch.randint(0, self.config.timesteps + 1, (num_graphs,), device=x.device, generator=generator)
         z_x, z_h, eps_x, eps_h = self.noised(x, h, t_int, b, num_graphs, generator)
         edge_index = fully_connected_edges(b, num_graphs)
-        ctx = batch["context"] if self.config.context_dim else None
+        ctx = self.batch_context(batch)
         pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(x.dtype) / self.config.timesteps, b, edge_index, ctx)
         ex = scatter_sum(((pred_x - eps_x) ** 2).sum(-1), b, num_graphs)
         eh = scatter_sum(((pred_h - eps_h) ** 2).sum(-1), b, num_graphs)
@@ -301,6 +364,8 @@ class EDM(nn.Module):
         p = next(self.parameters())
         sizes = torch.as_tensor(sizes, dtype=torch.long, device=p.device)
         num_graphs = len(sizes)
+        if context is not None:
+            context = self.normalise_context(torch.as_tensor(context, dtype=p.dtype, device=p.device))
         batch = sizes_to_batch(sizes)
         edge_index = fully_connected_edges(batch, num_graphs)
         z_x = centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device, generator=generator)
@@ -316,7 +381,9 @@ class EDM(nn.Module):
     def sample(self, n: int, *, steps: int | None = None, method: str = "ancestral", batch_size: int = 64,
                sizes: torch.Tensor | None = None, context: torch.Tensor | None = None,
                generator: torch.Generator | None = None, eta: float = 0.0) -> list[Molecule]:
-        """Generate ``n`` molecules (sizes from the training histogram unless given) as ``Molecule`` objects."""
+        """Generate ``n`` molecules (sizes from the training histogram unless given) as ``Molecule`` objects.
+        ``context`` (n, context_dim): the properties to condition on, in their own units (a model with
+        ``condition_on`` normalises them as in training)."""
         was_training = self.training
         self.eval()
         sizes = self.sample_sizes(n, generator) if sizes is None else torch.as_tensor(sizes)

@@ -57,7 +57,13 @@ EDM_ROWS = {  # published, % (atom stab, mol stab, valid, valid x unique)
 def hardware() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_average": os.getloadavg(), "note": "shared 2-core CPU (about 7 concurrent jobs)"}
+            "load_average": os.getloadavg(), "note": "shared 2-core CPU; the load average shows the other jobs"}
+
+
+def _repo_path(path) -> str:
+    """``path`` relative to the repository when it lies inside it (results name no one's home directory)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
 def save_json(name: str, obj: dict) -> Path:
@@ -267,7 +273,7 @@ def cmd_train(args) -> None:
                         "train_seconds": elapsed, "iterations": it, "molecules_seen": seen,
                         "epochs": seen / len(ds), "mol_per_s": seen / elapsed, "hidden": args.hidden,
                         "layers": args.layers, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-                        "params": count_parameters(model), "checkpoint": str(out), "log": log})
+                        "params": count_parameters(model), "checkpoint": _repo_path(out), "log": log})
     print(f"done: {it} iterations, {seen} molecules ({seen / len(ds):.3f} epochs) in {elapsed:.0f} s")
 
 

@@ -814,7 +814,8 @@ def cmd_report(args) -> None:
                          f"{r['mol_per_s']:.2f} | {sp_up:.1f}x ({1000 / r['steps']:.1f}x) | {r['atom_stability']:.1f} | "
                          f"{r['molecule_stability']:.1f} | {r['validity']:.1f} | {r['validity_strict']:.1f} | "
                          f"{r['uniqueness']:.1f} | {r['valid_x_unique']:.1f} | {r.get('novelty', float('nan')):.1f} |")
-        lines += ["", "Times fluctuate with the other jobs on the machine; the step ratio is the speed-up an "
+        lines += ["", (f"Run notes: {sa['note']}. " if sa.get("note") else "")
+                  + "Times fluctuate with the other jobs on the machine; the step ratio is the speed-up an "
                       "unloaded machine gives (one network evaluation per step, plus one final x_0 prediction). "
                       "'novel' is against the lapool QM9 SMILES CSV, on which 23-24 % of *real* QM9 molecules already "
                       "count as novel (see below), so it is only a loose reference.", "", "Published rows (atom stab / mol stab / valid / valid x unique): " + "; ".join(

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import wall_cpu_times  # noqa: E402
 
-from molequi.io import atomic_write_text  # noqa: E402
+from molequi.io import atomic_path, atomic_write_text  # noqa: E402
 from molequi.models.generative.data import GeometryDataset, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.models.generative.edm import EDM, count_parameters  # noqa: E402
 from molequi.models.generative.graph import scatter_sum, sizes_to_batch  # noqa: E402
@@ -44,6 +44,7 @@ TARBALL = "/work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz"
 SMILES_CSV = "/work/shared/data/real/valence-discovery__lapool/qm9.csv"
 SUBSET = ROOT / "data" / "qm9_geometries" / "qm9_geometries.extxyz"
 OUT = ROOT / "bench_results"
+TOY_TEACHER = str(OUT / "toy" / "teacher.pt")  # git-ignored, as are the students under toy/<name>/
 REFERENCE = {  # EDM's own code on this machine (targets.md), batch 64
     "paper_s_per_iter": 41.0, "small_s_per_iter": 8.4, "sample16_s_per_step": 1.0,
     "paper_mol_per_s": 64 / 41.0, "small_mol_per_s": 64 / 8.4,
@@ -364,7 +365,7 @@ def cmd_toy(args) -> None:
     ds = GeometryDataset(mols)
     records = [ds[i] for i in range(10)]
     batch = Batch.from_data_list(records * args.repeat)
-    ckpt = Path(args.teacher)  # git-ignored by default, as are the students under toy/<name>/
+    ckpt = Path(args.teacher)
     info_path = ckpt.with_suffix(".json")  # how the teacher was trained, for reruns with --reuse-teacher
     if args.reuse_teacher and ckpt.exists():
         model = load_generative(ckpt)
@@ -550,6 +551,17 @@ def _step_lines(sampling: dict) -> list[str]:
     return out
 
 
+def _row(rows: list[dict], steps: int, method: str, *, student: bool = False,
+         eta: float = 0.0) -> dict | None:
+    """The row of a toy run for the teacher's (or, with ``student``, the student's) sampler at ``steps``."""
+    return next((r for r in rows if r["steps"] == steps and r["method"] == method
+                 and (r["model"] != "teacher") == student and r.get("eta", 0.0) == eta), None)
+
+
+def _stab(r: dict | None) -> str:
+    return f"{r['molecule_stability']:.1f}" if r else "-"
+
+
 def _sampler(r: dict) -> str:
     eta = r.get("eta", 0.0)
     return r["method"] if r["method"] == "ancestral" or not eta else f"{r['method']} eta={eta:g}"
@@ -565,17 +577,13 @@ def _toy_lines(toy: dict | None, other: dict | None = None, *, full: bool = True
     te, di, rows = toy["teacher"], toy["distill"], toy["rows"]
     students = [r for r in rows if r["model"] != "teacher"]
 
-    def find(steps, method, model="teacher"):
-        return next((r for r in rows if r["steps"] == steps and r["method"] == method
-                     and r["model"] == model and not r.get("eta")), None)
-
     timing = {(r["model"], r["steps"], r["method"], r["eta"]): r["cpu_seconds"]
               for r in toy.get("timing", {}).get("rows", [])}
 
     def cpu(r):  # the median of toy-timing where it ran, else the row's own sampling time
         return timing.get((r["model"], r["steps"], r["method"], r.get("eta", 0.0)), r["cpu_seconds"])
 
-    anc, ddim = find(1000, "ancestral"), find(1000, "ddim")
+    anc, ddim = _row(rows, 1000, "ancestral"), _row(rows, 1000, "ddim")
     student_steps = sorted({r["steps"] for r in students}, reverse=True)
     chain = " -> ".join(str(k) for k in [di["start_steps"], *student_steps])
     opts = f" --name {name} --teacher bench_results/toy/{Path(te.get('reused', 'teacher.pt')).name}"
@@ -616,26 +624,18 @@ def _toy_lines(toy: dict | None, other: dict | None = None, *, full: bool = True
                      f"{r['uniqueness']:.1f} | {r.get('novelty', float('nan')):.1f} |")
     lines.append("")
     if anc and ddim and students:
-        lines += _goal_lines(toy, rows, students, anc, ddim, cpu)
+        lines += _goal_lines(rows, student_steps, anc, ddim, cpu)
     if other and other.get("rows"):
         lines += _weighting_lines(toy, other)
     return lines
 
 
-def _goal_lines(toy, rows, students, anc, ddim, cpu) -> list[str]:
+def _goal_lines(rows, student_steps, anc, ddim, cpu) -> list[str]:
     """Per student: its deterministic and stochastic samplers beside the teacher's own samplers at the same
     step count, and the issue's goal, judged on the eta = 1 sampler (chosen beforehand, as the ancestral
     sampler's analogue, rather than the best of the rows)."""
     n = rows[0]["n"]
     a_stab = anc["molecule_stability"]
-
-    def stab(steps, model, method, eta=0.0):
-        r = next((r for r in rows if r["steps"] == steps and (r["model"] == "teacher") == (model == "teacher")
-                  and r["method"] == method and r.get("eta", 0.0) == eta), None)
-        return r
-
-    def f(r):
-        return f"{r['molecule_stability']:.1f}" if r else "-"
 
     se = 100 * (0.95 * 0.05 / n) ** 0.5
     out = [f"Molecule stability of the 1000-step teacher: {a_stab:.1f} (ancestral), "
@@ -647,20 +647,19 @@ def _goal_lines(toy, rows, students, anc, ddim, cpu) -> list[str]:
            "student's eta = 1 sampler.", "",
            "| steps | student ddim | student eta=0.5 | student eta=1 | teacher ancestral | teacher ddim | "
            "speed-up (eta=1) | lost vs 1000-step ancestral | goal |", "|---" * 9 + "|"]
-    for k in sorted({r["steps"] for r in students}, reverse=True):
-        one = stab(k, "student", "ddim", 1.0)
+    spreads = []
+    for k in student_steps:
+        sp = [cpu(anc) / cpu(r) for r in rows if r["steps"] == k]
+        spreads.append(f"{k} steps {min(sp):.1f}-{max(sp):.1f}x ({1001 / (k + 1):.1f}x fewer evaluations)")
+        one = _row(rows, k, "ddim", student=True, eta=1.0)
         if one is None:
             continue
         speed, lost = cpu(anc) / cpu(one), a_stab - one["molecule_stability"]
         ok = "met" if speed >= 7.5 and lost <= 5 else "too slow" if speed < 7.5 else "too unstable"
-        out.append(f"| {k} | {f(stab(k, 'student', 'ddim'))} | {f(stab(k, 'student', 'ddim', 0.5))} | "
-                   f"{f(one)} | "
-                   f"{f(stab(k, 'teacher', 'ancestral'))} | {f(stab(k, 'teacher', 'ddim'))} | {speed:.1f}x | "
+        out.append(f"| {k} | {_stab(_row(rows, k, 'ddim', student=True))} | "
+                   f"{_stab(_row(rows, k, 'ddim', student=True, eta=0.5))} | {_stab(one)} | "
+                   f"{_stab(_row(rows, k, 'ancestral'))} | {_stab(_row(rows, k, 'ddim'))} | {speed:.1f}x | "
                    f"{lost:.1f} | {ok} |")
-    spreads = []
-    for k in sorted({r["steps"] for r in students}, reverse=True):
-        sp = [cpu(anc) / cpu(r) for r in rows if r["steps"] == k]
-        spreads.append(f"{k} steps {min(sp):.1f}-{max(sp):.1f}x ({1001 / (k + 1):.1f}x fewer evaluations)")
     out += ["", "Every row of one step count runs the same network as often, so the spread of their speed-ups is "
                 "the timing noise of the shared machine: " + "; ".join(spreads) + "."]
     return out + [""]
@@ -670,11 +669,8 @@ def _weighting_lines(toy: dict, other: dict) -> list[str]:
     """Students of two ``toy`` runs that differ in the distillation weighting, side by side."""
     w1, w2 = toy["distill"]["weighting"], other["distill"]["weighting"]
 
-    def stab(res, steps, model):
-        r = next((r for r in res["rows"] if r["steps"] == steps and not r.get("eta")
-                  and (r["model"] == "teacher") == (model == "teacher")
-                  and (model != "teacher" or r["method"] == "ddim")), None)
-        return f"{r['molecule_stability']:.1f}" if r else "-"
+    def stab(res, steps, student):  # the deterministic sampler
+        return _stab(_row(res["rows"], steps, "ddim", student=student))
 
     def errs(res, steps):
         e = res.get("local_errors", {}).get("students", {}).get(f"student_{steps}.pt")
@@ -693,8 +689,7 @@ def _weighting_lines(toy: dict, other: dict) -> list[str]:
              f"| steps | teacher DDIM | student, {w1} | student, {w2} | first / other, {w1} | "
              f"first / other, {w2} |", "|---|---|---|---|---|---|"]
     for n in steps:
-        lines.append(f"| {n} | {stab(toy, n, 'teacher')} | {stab(toy, n, 'student')} | "
-                     f"{stab(other, n, 'student')} | "
+        lines.append(f"| {n} | {stab(toy, n, False)} | {stab(toy, n, True)} | {stab(other, n, True)} | "
                      f"{errs(toy, n)} | {errs(other, n)} |")
     lines += ["", "The first step's deviation is the largest in every student and grows with |c_eps|: an "
                   "epsilon error at T reaches z_s multiplied by c_eps = sigma_s - alpha_s sigma_T / alpha_T "
@@ -742,10 +737,9 @@ def plot_toy(toy: dict, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -898,7 +892,7 @@ def main(argv=None) -> None:
     s.add_argument("--distill-lr", type=float, default=1e-4)
     s.add_argument("--distill-ema", type=float, default=0.0, help="EMA decay of the students (0: none)")
     s.add_argument("--weighting", choices=["snr", "truncated_snr"], default="snr")
-    s.add_argument("--teacher", default=str(OUT / "toy" / "teacher.pt"), help="the teacher's checkpoint: "
+    s.add_argument("--teacher", default=TOY_TEACHER, help="the teacher's checkpoint: "
                    "written after training, read with --reuse-teacher")
     s.add_argument("--reuse-teacher", action="store_true", help="reuse the --teacher checkpoint")
     s.add_argument("--n", type=int, default=200)
@@ -907,19 +901,19 @@ def main(argv=None) -> None:
     s.set_defaults(func=cmd_toy)
     s = sub.add_parser("toy-eval", help="re-sample the rows of a toy run (no training)")
     s.add_argument("--name", default="toy")
-    s.add_argument("--teacher", default=str(OUT / "toy" / "teacher.pt"))
+    s.add_argument("--teacher", default=TOY_TEACHER)
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     s.set_defaults(func=cmd_toy_eval)
     s = sub.add_parser("toy-timing", help="median CPU time of every sampler row of a toy run")
     s.add_argument("--name", default="toy")
-    s.add_argument("--teacher", default=str(OUT / "toy" / "teacher.pt"))
+    s.add_argument("--teacher", default=TOY_TEACHER)
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--repeats", type=int, default=3)
     s.set_defaults(func=cmd_toy_timing)
     s = sub.add_parser("toy-errors")
     s.add_argument("--name", default="toy")
-    s.add_argument("--teacher", default=str(OUT / "toy" / "teacher.pt"))
+    s.add_argument("--teacher", default=TOY_TEACHER)
     s.add_argument("--n", type=int, default=200)
     s.set_defaults(func=cmd_toy_errors)
     s = sub.add_parser("report")

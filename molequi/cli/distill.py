@@ -89,14 +89,11 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.rounds * args.iterations, unit="it", desc=f"distill {start}->{start // 2}",
-               dynamic_ncols=True)
-    state = {"steps": start}
+    bar = tqdm(total=args.rounds * args.iterations, unit="it", dynamic_ncols=True)
 
-    def on_step(it, loss):
-        if it == 0 and bar.n:
-            state["steps"] //= 2
-            bar.set_description(f"distill {state['steps']}->{state['steps'] // 2}")
+    def on_step(steps, it, loss):
+        if it == 0:
+            bar.set_description(f"distill {2 * steps}->{steps}")
         bar.update(1)
         if it % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3e}")

@@ -29,9 +29,9 @@ checkpoint whose config records ``sampling_steps``.
 Sampling a student: distillation fits the deterministic DDIM step, but the student's epsilon can drive the
 generalised DDIM step with noise (``EDM.sample(..., method="ddim", eta=e)``, ``molequi generate --eta``):
 eta = 1 uses the ancestral step's mean and variance around the student's x_hat. On the overfit benchmark
-the deterministic sampler of the teacher itself is 5 points of molecule stability below its ancestral
-one, and the students inherit that gap when sampled deterministically but not when sampled with eta > 0
-(``bench_results/generation.md``).
+the deterministic sampler of the teacher itself is 2-8 points of molecule stability below its ancestral
+one (depending on how long the teacher trained), and the students inherit that gap when sampled
+deterministically but not with eta = 1 (``bench_results/generation.md``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
     The learning rate decays linearly from ``lr`` to 0 over ``iterations`` optimiser steps; training stops
     there or after ``max_seconds``, whichever comes first. ``ema``: return an exponential moving average
     of the student's weights with this decay (None: the weights themselves). ``log``: called with a line every
-    50 iterations (None: quiet); ``on_step(iteration, loss)``: called after every optimiser step (progress bars).
+    50 iterations (None: quiet); ``on_step(steps, iteration, loss)``: after every optimiser step (for
+    progress bars).
     """
     if steps < 1 or 2 * steps > teacher.config.timesteps:
         raise ConfigError(f"student steps must lie in 1..{teacher.config.timesteps // 2}, got {steps}")
@@ -139,7 +140,7 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
                 for pa, ps in zip(average.parameters(), student.parameters()):
                     pa.lerp_(ps, 1 - ema)
         if on_step is not None:
-            on_step(it, float(loss.detach()))
+            on_step(steps, it, float(loss.detach()))
         if log and (it % 50 == 0 or it == iterations - 1):
             log(f"  distill {2 * steps}->{steps} it {it} loss {float(loss.detach()):.3e} "
                 f"({time.perf_counter() - start:.0f} s)")

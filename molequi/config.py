@@ -175,13 +175,13 @@ class Config:
                 raise ConfigError("give either 'data' or 'dataset', not both")
             raw["data"] = raw.pop("dataset")
         _check_keys(raw, ["model", "data", "task", "optim", "trainer"], "")
-        model = _section_with_name(raw.get("model"), "model", "mace", _model_config_class)
+        model = model_section_from_dict(raw.get("model"))
         task = _section_with_name(raw.get("task"), "task", "energy_forces",
                                   lambda n: get_task_class(n).Config)
         data = _data_from_dict(raw.get("data") or {})
         optim = from_dict(OptimConfig, raw.get("optim") or {}, "optim")
         trainer = from_dict(TrainerConfig, raw.get("trainer") or {}, "trainer")
-        return cls(model=ModelSection(*model), data=data, task=TaskSection(*task), optim=optim,
+        return cls(model=model, data=data, task=TaskSection(*task), optim=optim,
                    trainer=trainer)
 
     def to_dict(self) -> dict:
@@ -209,6 +209,11 @@ def _model_config_class(name: str):
         raise ConfigError(f"model '{name}' is registered but its module {exc.name} is not in this "
                           "checkout") from exc
     return cls.Config
+
+
+def model_section_from_dict(raw: dict | None) -> ModelSection:
+    """The ``model`` section (``name`` + that model's fields) as a validated ``ModelSection``."""
+    return ModelSection(*_section_with_name(raw, "model", "mace", _model_config_class))
 
 
 def _section_with_name(raw, section: str, default: str, config_class_of) -> tuple[str, Any]:

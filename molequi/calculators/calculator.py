@@ -72,8 +72,8 @@ def check_elements(numbers: Sequence[int], elements: Sequence[int] | None, where
 
 
 def load_models(paths, device="cpu", dtype=None, use_ema: bool = True) -> list[torch.nn.Module]:
-    """Load one checkpoint or a list of checkpoints with ``molequi.train.checkpoint.load_model``."""
-    from molequi.train.checkpoint import load_model
+    """Load one checkpoint or a list of checkpoints with ``molequi.checkpoint.load_model``."""
+    from molequi.checkpoint import load_model
 
     if isinstance(paths, (str, Path)):
         paths = [paths]

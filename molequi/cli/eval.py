@@ -39,7 +39,7 @@ def run(args) -> int:
     import torch
 
     from molequi.io import atomic_write_text
-    from molequi.train.checkpoint import load_model, read_checkpoint
+    from molequi.checkpoint import load_model, read_checkpoint
     from molequi.train.evaluate import parity_plot, predict, read_eval_data
 
     payload = read_checkpoint(args.checkpoint)

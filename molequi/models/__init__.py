@@ -1,21 +1,25 @@
-"""Models behind one interface.
+"""Models behind one interface, selected by name and built in one place.
 
-Every model is a ``torch.nn.Module`` with
+Every force field is a ``torch.nn.Module`` satisfying ``molequi.models.base.ForceField``:
     ``forward(data, compute_forces=True, compute_stress=False) -> {"energy" (B,), "energies" (n,),
     "forces" (n, 3)?, "stress" (B, 3, 3)?}``
-(energies in eV, forces eV/Å, stress eV/Å^3), a nested ``Config`` dataclass and
-``from_config(cfg, statistics)``. Models are selected by name through ``MODELS``; the import happens only
-when a model is asked for, so inference never imports the training stack.
+(energies in eV, forces eV/Å, stress eV/Å^3) with attributes ``r_max`` (Å), ``elements`` (atomic numbers)
+and ``conservative``. Every model has a nested ``Config`` dataclass (with ``validate()`` where values can be
+wrong) and ``from_config(cfg, statistics)``.
+
+Models are registered by name in ``MODELS`` (a lazy ``molequi.registry.Registry``: the module is imported
+only when the model is asked for, so inference never imports the training stack). ``build_model`` is the
+one way the library turns a model section (name + config) and ``Statistics`` into a model.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
-from molequi.errors import ConfigError, suggest
+from molequi.registry import Registry
 
 # name -> "module:Class"; add a line here to register a model
-MODELS: dict[str, str] = {
+MODELS = Registry("model", {
     "mace": "molequi.models.mace:MACE",
     "egnn": "molequi.models.egnn:EGNN",
     "lj": "molequi.models.lj:LennardJones",
@@ -25,17 +29,23 @@ MODELS: dict[str, str] = {
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",
     "eqgat_diff": "molequi.models.generative.categorical:CategoricalDiffusion",
-}
+})
 
 
 def get_model_class(name: str):
     """Return the model class registered under ``name`` (ConfigError listing valid names otherwise)."""
-    key = name.lower()
-    if key not in MODELS:
-        raise ConfigError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}. "
-                          f"{suggest(key, MODELS)}".strip())
-    module, cls = MODELS[key].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return MODELS.load(name)
 
 
-__all__ = ["MODELS", "get_model_class"]
+def build_model(model_config: Any, statistics: Any):
+    """The (untrained) model a model section describes: ``MODELS[model_config.name].from_config(...)``.
+
+    model_config  a ``molequi.config.ModelSection``: ``name`` (registry key) and ``config`` (that model's
+                  ``Config``, already validated when the run config was read)
+    statistics    ``molequi.data.statistics.Statistics`` (elements, E0s, shift, scale, avg neighbours)
+    """
+    cls = get_model_class(model_config.name)
+    return cls.from_config(model_config.config, statistics)
+
+
+__all__ = ["MODELS", "get_model_class", "build_model"]

@@ -1,13 +1,10 @@
 """Training: Lightning wiring around a task, schedules, EMA, atomic checkpoints, evaluation.
 
-    from molequi.train import load_model, train
-    model = load_model("runs/x/model.pt", device="cpu", dtype=None, use_ema=True)   # inference
+    from molequi.train import train
     result = train(load_config("run.yaml"))                                         # a whole run
 
-``load_model`` needs neither Lightning nor the training stack (checkpoint.py imports torch only).
+Reading a trained model needs none of this: ``molequi.checkpoint.load_model`` (torch only).
 """
-
-from molequi.train.checkpoint import load_model, read_checkpoint, save_model
 
 
 def train(*args, **kwargs):
@@ -17,4 +14,4 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["load_model", "read_checkpoint", "save_model", "train"]
+__all__ = ["train"]

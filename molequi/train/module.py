@@ -23,7 +23,7 @@ import torch
 from molequi.config import Config
 from molequi.data.statistics import Statistics
 from molequi.tasks.base import Task
-from molequi.train.checkpoint import make_payload
+from molequi.checkpoint import make_payload
 from molequi.train.ema import ExponentialMovingAverage
 
 _LOSS_SUM = "_loss_sum"
@@ -202,7 +202,7 @@ class TaskModule(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def payload(self) -> dict:
-        """The molequi model payload (see ``molequi.train.checkpoint``) of the current state."""
+        """The molequi model payload (see ``molequi.checkpoint``) of the current state."""
         model = self.task.export_model()
         ema_state = self.ema.averaged_state_dict(model) if self.ema is not None else None
         metrics = self.last_metrics.get("val", {})

@@ -30,7 +30,7 @@ import torch
 from molequi.config import Config, get_task_class
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
-from molequi.train.checkpoint import read_checkpoint, save_model
+from molequi.checkpoint import read_checkpoint, save_model
 
 
 def _checkpoint_io():
@@ -86,9 +86,9 @@ def _dtype(cfg: Config) -> torch.dtype:
 
 def build_task(cfg: Config, statistics):
     """The model (from ``cfg.model`` + ``statistics``) wrapped in the task ``cfg.task``."""
-    from molequi.models import get_model_class
+    from molequi.models import build_model
 
-    model = get_model_class(cfg.model.name).from_config(cfg.model.config, statistics)
+    model = build_model(cfg.model, statistics)
     return get_task_class(cfg.task.name).from_config(cfg.task.config, model)
 
 

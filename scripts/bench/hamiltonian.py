@@ -215,7 +215,7 @@ def stage_test(args, model_path: str) -> dict:
     """QHNet metrics on the held-out geometries [n_train, n_train + n_test) with ``evaluate_hamiltonian``."""
     from molequi.data.hamiltonian import HamiltonianStore
     from molequi.tasks.hamiltonian import evaluate_hamiltonian
-    from molequi.train.checkpoint import load_model
+    from molequi.checkpoint import load_model
 
     store = HamiltonianStore(args.data)
     ids = list(range(args.n_train, min(len(store), args.n_train + args.n_test)))
@@ -229,7 +229,7 @@ def stage_test(args, model_path: str) -> dict:
 def stage_scf(args, model_path: str, n: int) -> dict:
     from molequi.data.hamiltonian import HamiltonianStore
     from molequi.models.hamiltonian.scf import predict_fock, run_scf
-    from molequi.train.checkpoint import load_model
+    from molequi.checkpoint import load_model
 
     model = load_model(model_path)
     store = HamiltonianStore(args.data)

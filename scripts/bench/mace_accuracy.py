@@ -306,7 +306,7 @@ def run_molequi(folder: Path, paths: dict, seconds: float, threads: int) -> dict
     import numpy as np
 
     from molequi.data.readers import read_structures
-    from molequi.train.checkpoint import load_model
+    from molequi.checkpoint import load_model
     from molequi.train.evaluate import predict
 
     model = load_model(folder / "molequi_run" / "model.pt")

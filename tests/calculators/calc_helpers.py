@@ -32,7 +32,7 @@ def lj_model(**kw) -> LennardJones:
 
 def save_lj_checkpoint(path, **cfg) -> str:
     from molequi.config import to_plain
-    from molequi.train.checkpoint import make_payload, save_model
+    from molequi.checkpoint import make_payload, save_model
 
     model = LennardJones(**cfg)
     elements = model.elements

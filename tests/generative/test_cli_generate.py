@@ -61,7 +61,7 @@ def test_generate_relax_with_potential(ckpt, tmp_path, capsys):
 
     from molequi.data.statistics import Statistics
     from molequi.models import get_model_class
-    from molequi.train.checkpoint import make_payload, save_model
+    from molequi.checkpoint import make_payload, save_model
 
     cls = get_model_class("lj")
     cfg = cls.Config()

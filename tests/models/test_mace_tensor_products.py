@@ -18,7 +18,7 @@ from molequi.errors import ConfigError
 from molequi.models.mace import MACE, TENSOR_PRODUCTS
 from molequi.nn.tensor_products import TensorProductConvolution
 from molequi.testing import assert_equivariant, check_forces_fd, predict
-from molequi.train.checkpoint import build_model_from_payload, load_model, make_payload, save_model
+from molequi.checkpoint import build_model_from_payload, load_model, make_payload, save_model
 
 R_MAX = 4.0
 STATS = Statistics(elements=[1, 6, 8, 14], e0s={}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=6.0)

@@ -41,7 +41,7 @@ def test_lmdb_stays_lazy_from_loading_to_the_loader(tmp_path):
 def test_training_from_an_lmdb(tmp_path):
     from torch_geometric.data import Batch
 
-    from molequi.train.checkpoint import load_model
+    from molequi.checkpoint import load_model
 
     result = train(config(tmp_path), enable_summary=False)
     assert result.global_step == 3

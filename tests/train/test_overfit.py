@@ -3,7 +3,7 @@
 import torch
 
 from molequi.config import Config
-from molequi.train.checkpoint import load_model, read_checkpoint
+from molequi.checkpoint import load_model, read_checkpoint
 from molequi.train.evaluate import read_run_metrics
 from molequi.train.run import train
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import morse_structures
 
-from molequi.train.checkpoint import read_checkpoint
+from molequi.checkpoint import read_checkpoint
 from molequi.train.evaluate import read_run_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -23,8 +23,8 @@ MODEL_NAMES = {"EDM": "edm", "CategoricalDiffusion": "eqgat_diff"}
 def save_checkpoint(model: torch.nn.Module, path: str | Path, *, metrics: dict | None = None, step: int = 0,
                     extra_config: dict | None = None) -> None:
     """Write ``model`` as a molequi model payload (config + weights), loadable with
-    ``molequi.train.checkpoint.load_model`` and ``molequi generate``."""
-    from molequi.train.checkpoint import make_payload, save_model
+    ``molequi.checkpoint.load_model`` and ``molequi generate``."""
+    from molequi.checkpoint import make_payload, save_model
 
     name = MODEL_NAMES.get(type(model).__name__)
     if name is None:
@@ -38,7 +38,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, *, metrics: dict |
 
 def load_generative(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     """A generative model (EDM or categorical) from a checkpoint of ``molequi train`` or ``save_checkpoint``."""
-    from molequi.train.checkpoint import load_model
+    from molequi.checkpoint import load_model
 
     model = load_model(path, device=device)
     if not hasattr(model, "sample"):

@@ -86,22 +86,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def build_model_from_payload(payload: dict) -> torch.nn.Module:
-    """Build (untrained) the model that ``payload`` describes: class from ``config.model.name``."""
-    from molequi.config import from_dict
+    """Build (untrained) the model that ``payload`` describes, with ``molequi.models.build_model``."""
+    from molequi.config import model_section_from_dict
     from molequi.data.statistics import Statistics
-    from molequi.models import get_model_class
+    from molequi.models import build_model
 
-    model_raw = dict(payload["config"].get("model", {}))
-    name = model_raw.pop("name", None)
-    if name is None:
+    model_raw = payload["config"].get("model", {})
+    if not isinstance(model_raw, dict) or model_raw.get("name") is None:
         raise CheckpointError("checkpoint config has no model name")
     try:
-        cls = get_model_class(name)
-        model_cfg = from_dict(cls.Config, model_raw, "model")
+        section = model_section_from_dict(model_raw)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint's model config cannot be used: {exc}") from exc
-    stats = Statistics.from_dict(payload["statistics"])
-    return cls.from_config(model_cfg, stats)
+    return build_model(section, Statistics.from_dict(payload["statistics"]))
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

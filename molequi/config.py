@@ -20,6 +20,7 @@ comments (``molequi init-config``).
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import importlib
 import inspect
 import io
@@ -453,6 +454,27 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return raw
 
 
+def parse_max_time(value) -> _dt.timedelta | None:
+    """Seconds (number) or 'DD:HH:MM:SS' / 'HH:MM:SS' / '10min' / '90s' -> timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _dt.timedelta(seconds=float(value))
+    text = str(value).strip()
+    m = re.fullmatch(r"([\d.]+)\s*(s|sec|m|min|h|hr)?", text)
+    if m:
+        scale = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, None: 1}[m.group(2)]
+        return _dt.timedelta(seconds=float(m.group(1)) * scale)
+    parts = text.split(":")
+    if 2 <= len(parts) <= 4 and all(p.strip().isdigit() for p in parts):
+        nums = [int(p) for p in parts]
+        while len(nums) < 4:
+            nums.insert(0, 0)
+        d, h, mi, s = nums
+        return _dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    raise ConfigError(f"trainer.max_time '{value}' is not seconds, '10min', '2h' or 'DD:HH:MM:SS'")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults when ``path`` is None), apply overrides, validate."""
     raw: dict = {}
@@ -591,4 +613,4 @@ def _models():
 
 __all__ = ["Config", "DataConfig", "OptimConfig", "TrainerConfig", "ModelSection", "TaskSection", "TASKS",
            "get_task_class", "load_config", "apply_overrides", "parse_override", "from_dict", "to_plain",
-           "default_yaml"]
+           "default_yaml", "parse_max_time"]

@@ -20,10 +20,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from molequi.config import Config
+from molequi.checkpoint import make_payload
+from molequi.config import Config, parse_max_time
 from molequi.data.statistics import Statistics
 from molequi.tasks.base import Task
-from molequi.checkpoint import make_payload
 from molequi.train.ema import ExponentialMovingAverage
 
 _LOSS_SUM = "_loss_sum"
@@ -161,8 +161,6 @@ class TaskModule(L.LightningModule):
         return bool(o.cosine_steps or (t.max_steps and t.max_steps > 0) or t.max_epochs)
 
     def _time_budget(self) -> float | None:
-        from molequi.train.run import parse_max_time
-
         budget = parse_max_time(self.config.trainer.max_time)
         return None if budget is None else budget.total_seconds()
 

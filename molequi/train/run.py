@@ -16,10 +16,8 @@ early stopping and progress bars; checkpoints go through ``AtomicCheckpointIO`` 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,10 @@ from typing import Any
 
 import torch
 
-from molequi.config import Config, get_task_class
+from molequi.checkpoint import read_checkpoint, save_model
+from molequi.config import Config, get_task_class, parse_max_time
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
-from molequi.checkpoint import read_checkpoint, save_model
 
 
 def _checkpoint_io():
@@ -46,27 +44,6 @@ def _checkpoint_io():
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
     return AtomicCheckpointIO()
-
-
-def parse_max_time(value) -> _dt.timedelta | None:
-    """Seconds (number) or 'DD:HH:MM:SS' / 'HH:MM:SS' / '10min' / '90s' -> timedelta."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return _dt.timedelta(seconds=float(value))
-    text = str(value).strip()
-    m = re.fullmatch(r"([\d.]+)\s*(s|sec|m|min|h|hr)?", text)
-    if m:
-        scale = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, None: 1}[m.group(2)]
-        return _dt.timedelta(seconds=float(m.group(1)) * scale)
-    parts = text.split(":")
-    if 2 <= len(parts) <= 4 and all(p.strip().isdigit() for p in parts):
-        nums = [int(p) for p in parts]
-        while len(nums) < 4:
-            nums.insert(0, 0)
-        d, h, mi, s = nums
-        return _dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
-    raise ConfigError(f"trainer.max_time '{value}' is not seconds, '10min', '2h' or 'DD:HH:MM:SS'")
 
 
 @dataclass

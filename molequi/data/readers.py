@@ -180,9 +180,41 @@ def read_extxyz(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *, index
     return records
 
 
+def _check_property_columns(chunk: str, source: str, frame: int, line: int) -> None:
+    """Reject a ``Properties=`` string that declares more columns than the atom lines hold.
+
+    ASE builds one numpy field per declared column in a Python loop before it reads a single atom, so
+    ``pos:R:399999999999`` (a stray digit run in a 2-atom file) would allocate tens of GB. A row with
+    fewer values than declared columns can never be read, so such a frame is a format error anyway.
+    """
+    from ase.io.extxyz import key_val_str_to_dict
+
+    lines = chunk.splitlines()
+    if len(lines) < 2 or "Properties" not in lines[1]:
+        return
+    try:
+        info = key_val_str_to_dict(lines[1])
+    except Exception:  # noqa: BLE001 - a broken comment line is reported by the full parse below
+        return
+    prop = info.get("Properties")
+    if not isinstance(prop, str):
+        return
+    fields = prop.split(":")
+    try:
+        declared = sum(int(c) for c in fields[2::3])
+    except ValueError:
+        return  # not an integer column count: the full parse reports it
+    widest = max((len(x.split()) for x in lines[2:]), default=0)
+    if declared > widest:
+        raise FormatError(f"Properties declares {declared} columns per atom but the atom lines have at most "
+                          f"{widest}", source=source, frame=frame, line=line + 1,
+                          hint="fix the column counts in Properties=name:type:count to match the atom lines")
+
+
 def _parse_frame(chunk: str, source: str, frame: int, line: int) -> ase.Atoms:
     from ase.io.extxyz import read_xyz
 
+    _check_property_columns(chunk, source, frame, line)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

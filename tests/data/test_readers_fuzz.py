@@ -1,6 +1,14 @@
-"""Fuzz: mutated files fed to every reader either load or raise a named molequi error, nothing else."""
+"""Fuzz: mutated files fed to every reader either load or raise a named molequi error, nothing else.
 
+Every fuzzer is derandomised (the same examples on every run and machine), so a crash found once is found
+again; inputs that once crashed a reader are kept as explicit regression tests below.
+"""
+
+import atexit
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 
 import ase.db
@@ -15,6 +23,7 @@ from molequi.data.readers import read_ase_db, read_structures, read_trajectory, 
 from molequi.errors import MolequiError
 
 TMP = tempfile.mkdtemp(prefix="molequi-fuzz-")
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)
 
 
 def _seed_files():
@@ -75,19 +84,58 @@ def _feed(reader, ext, payload):
             assert r.forces.shape == r.pos.shape
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@settings(max_examples=2000, **FUZZ)
 @given(mutated("xyz"))
 def test_fuzz_extxyz(payload):
     _feed(read_structures, "xyz", payload)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, **FUZZ)
 @given(mutated("traj"))
 def test_fuzz_trajectory(payload):
     _feed(read_trajectory, "traj", payload)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, **FUZZ)
 @given(mutated("db"))
 def test_fuzz_ase_db(payload):
     _feed(read_ase_db, "db", payload)
+
+
+# A delete of 23 bytes found by the (then random) extxyz fuzzer: ``pos:R:3`` ran into the digits of the
+# energy, ``pos:R:32692780545036``, and ASE built one numpy field per declared column (24 GB, OOM-killed).
+HUGE_COLUMNS = (
+    b'2\nLattice="0.0 3.6 3.6 1.8 0.0 1.8 1.8 1.8 0.0" Properties=species:S:1:pos:R:32692780545036 '
+    b'free_energy=0.0015092692780545036 stress="0.0017880223464154278 0.0007597441795802058 '
+    b'0.004121704916686409 0.0007597441795802058 0.0074270112249026085 -0.0005587722087519936 '
+    b'0.004121704916686409 -0.0005587722087519936 0.005029549277187765" pbc="T T T"\n'
+    b"Cu       0.08820262       0.02000786       0.04893690       0.00075463       0.15045521       "
+    b"0.00857516      -0.26274184\n"
+    b"Cu       0.11204466       1.89337790       1.75113611       0.00075463      -0.15045521      "
+    b"-0.00857516       0.26274184\n"
+)
+
+
+def test_huge_property_column_count_is_a_named_error_not_an_allocation(tmp_path):
+    """Run in a child limited to 3 GB of address space: before the guard this input was a MemoryError there
+    (an OOM kill of the test worker without the limit); now it is a FormatError naming file and line."""
+    path = tmp_path / "huge_columns.xyz"
+    path.write_bytes(HUGE_COLUMNS)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
+        "from molequi.data.readers import read_structures\n"
+        "from molequi.errors import FormatError\n"
+        "try:\n"
+        "    read_structures(sys.argv[1])\n"
+        "except FormatError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message = out.stdout.strip()
+    assert message.startswith(f"{path}, frame 0, line 2: Properties declares 32692780545037 columns"), message
+    assert "at most 8" in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -80,8 +81,41 @@ def wall_cpu_times(fn, repeats: int = 5, warmup: int = 1) -> dict:
 
 
 def machine() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    """Python, torch, threads and CPU of this process, with the 1/5/15-minute load averages of the machine
+    (the CPU is shared: the load says how much the other jobs disturbed the timings) and the UTC date."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+PROVENANCE_KEYS = ("peer", "peer_version", "peer_measured_in_this_run")
+
+
+def provenance(
+    peer: str | None, peer_version: str | None, peer_measured_in_this_run: bool | None, **extra
+) -> dict:
+    """The ``provenance`` block that scripts/bench/report.py reads from every result file.
+
+    ``peer``: the code compared against (None: no peer); ``peer_version``: its version or commit;
+    ``peer_measured_in_this_run``: True when the peer ran in this invocation, False when its figures were
+    typed in from another run or a paper (None without a peer). Threads and load average are added here.
+    """
+    if peer is not None and not isinstance(peer_measured_in_this_run, bool):
+        raise ValueError(f"provenance of {peer!r}: peer_measured_in_this_run must be True or False")
+    return {
+        "peer": peer,
+        "peer_version": peer_version,
+        "peer_measured_in_this_run": peer_measured_in_this_run,
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        **extra,
+    }
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
@@ -97,12 +131,19 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def save(name: str, payload: dict) -> Path:
+def save(name: str, payload: dict, provenance: dict | None = None) -> Path:
+    """``bench_results/<name>.json`` (atomic): ``machine()``, the payload and, when given, the ``provenance``
+    block (see ``provenance()``; the README table needs it)."""
     from molequi.io import atomic_open
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"machine": machine(), **payload}
+    if provenance is not None:
+        missing = [k for k in PROVENANCE_KEYS if k not in provenance]
+        if missing:
+            raise ValueError(f"{path}: provenance lacks {', '.join(missing)}")
+        payload["provenance"] = provenance
     with atomic_open(path) as fh:
         json.dump(payload, fh, indent=2)
     print(f"saved {path}")

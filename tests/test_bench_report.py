@@ -1,0 +1,188 @@
+"""scripts/bench/report.py: the README's benchmark table rendered from bench_results/*.json, and its --check.
+
+The expected figures are computed here by hand from the raw numbers of the JSON (or from small crafted result
+files), not taken from the report's own output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench_results"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "scripts" / "bench" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(text: str, report) -> str:
+    return text[text.index(report.BEGIN) : text.index(report.END)]
+
+
+def test_render_is_deterministic_and_the_committed_readme_is_current(report, capsys):
+    first, second = report.render(RESULTS), report.render(RESULTS)
+    assert first == second
+    assert first.startswith(report.BEGIN) and first.endswith(report.END)
+    assert report.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_check_fails_on_a_changed_number_and_passes_on_the_rendered_readme(report, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    assert report.main(["--readme", str(readme), "--check"]) == 0
+    text = readme.read_text()
+    table = _table(text, report)
+    # the MACE accuracy row: seed 1's force MAE from the JSON, rounded by hand (12.047 -> 12.0, not 12.1)
+    seed1 = json.loads((RESULTS / "mace_accuracy_seed1.json").read_text())
+    f_mae = next(r for r in seed1["results"] if r["code"] == "molequi")["forces_mae_meV_A"]
+    assert f"{round(f_mae, 1)}" == "12.0" and "13.3 / 12.0 vs" in table
+    readme.write_text(text.replace("13.3 / 12.0 vs", "13.3 / 12.1 vs", 1))
+    capsys.readouterr()
+    assert report.main(["--readme", str(readme), "--check"]) == 1
+    diff = capsys.readouterr().out
+    assert "-| MACE accuracy" in diff and "+| MACE accuracy" in diff and "12.1" in diff
+    assert report.main(["--readme", str(readme)]) == 0  # rewrite from the JSON
+    assert readme.read_text() == text
+    assert report.main(["--readme", str(readme), "--check"]) == 0
+
+
+def test_check_fails_when_a_json_number_changes(report, tmp_path, capsys):
+    results = tmp_path / "bench_results"
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("*.png", "*.pt", "toy", "students"))
+    path = results / "neighbors.json"
+    data = json.loads(path.read_text())
+    data["rows"][0]["speedup"] = 31.0
+    path.write_text(json.dumps(data))
+    assert report.main(["--results", str(results), "--readme", str(ROOT / "README.md"), "--check"]) == 1
+    assert "8-31x faster" in capsys.readouterr().out
+
+
+def test_rows_from_the_committed_json_match_hand_computed_ratios(report):
+    table = report.render(RESULTS)
+    # MD like for like: molequi rebuilding its neighbour list every step vs MACECalculator, CPU and wall
+    md = json.loads((RESULTS / "md_speed.json").read_text())["results"]
+    by = {}
+    for r in md:
+        by.setdefault(r["system"], {})[r["impl_key"]] = r
+    cpu = [v["molequi-noreuse"]["median_step_cpu_s"] for v in by.values()]
+    cpu_ref = [v["mace-torch"]["median_step_cpu_s"] for v in by.values()]
+    ratios = [b / a for a, b in zip(cpu, cpu_ref)]  # CPU time per step: mace-torch's over molequi's
+    assert f"{min(ratios):.1f}-{max(ratios):.1f}x CPU" == "1.4-4.1x CPU"
+    wall = [v["mace-torch"]["median_step_s"] / v["molequi-noreuse"]["median_step_s"] for v in by.values()]
+    assert f"{min(wall):.2f}" == "0.90" and f"{max(wall):.1f}" == "8.5"
+    assert "1.4-4.1x CPU, 0.90-8.5x wall" in table
+    # the EDM and QHNet rows say that the peer was not run
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    for name in (
+        "3D generation speed vs EDM's code",
+        "Hamiltonian speed vs QHNet",
+        "Hamiltonian accuracy (water)",
+    ):
+        assert "**no**" in rows[name].split(" | ")[-1], name
+    assert "yes: mace-torch MACECalculator (0.3.16)" in rows["MD steps/s vs mace-torch's MACECalculator"]
+    # QHNet: the mixed ratio (reference wall / molequi CPU) and the wall/wall one, by hand
+    ham = json.loads((RESULTS / "hamiltonian.json").read_text())
+    water = ham["speed"]["water_b10_train_step"]
+    assert f"{1.02 / water['cpu_s_median']:.1f}" == "2.2" and f"{1.02 / water['wall_s_median']:.1f}" == "0.4"
+    assert "2.2 / 1.9 / 2.1x, a ratio that mixes" in rows["Hamiltonian speed vs QHNet"]
+    assert "it is 0.4 / 0.3 / 0.4x" in rows["Hamiltonian speed vs QHNet"]
+    # tensor products: SO(2) on e3nn's own uvu function is slower at every L
+    tp = json.loads((RESULTS / "tensor_products.json").read_text())["rows"]
+    uvu = [r["e3nn_us"] / r["so2_uvu_us"] for r in tp]
+    assert max(uvu) < 1
+    assert (
+        f"{min(uvu):.2f}-{max(uvu):.2f}x e3nn's speed (slower at every L)"
+        in rows["tensor products, L = 1..6"]
+    )
+
+
+def _minimal_accuracy(seed: int, mae: float, rmse: float) -> dict:
+    common = {
+        "train_cpu_seconds": 600.0,
+        "structures_per_cpu_s": 10.0,
+        "forces_mae_meV_A": 1.0,
+        "forces_rmse_meV_A": 2.0,
+    }
+    return {
+        "hyperparameters": {"seed": seed},
+        "minutes": 10.0,
+        "threads": 1,
+        "results": [
+            {"code": "molequi", "energy_mae_meV": 1.0, "energy_rmse_meV": 1.5, **common},
+            {"code": "mace-torch", "energy_mae_meV": mae, "energy_rmse_meV": rmse, **common},
+        ],
+        "provenance": {
+            "peer": "mace-torch",
+            "peer_version": "9.9",
+            "peer_measured_in_this_run": True,
+            "threads": 1,
+            "load_average": [3.25, 0, 0],
+        },
+    }
+
+
+def test_crafted_results_give_the_hand_computed_row(report, tmp_path):
+    # |error| with mean 30 and RMS 50 spreads by sqrt(50^2 - 30^2) = 40 meV around its mean
+    (tmp_path / "mace_accuracy.json").write_text(json.dumps(_minimal_accuracy(0, 30.0, 50.0)))
+    (tmp_path / "mace_accuracy_seed1.json").write_text(json.dumps(_minimal_accuracy(1, 5.0, 13.0)))
+    row = report.row_mace_accuracy(tmp_path)
+    assert math.isclose(math.sqrt(13.0**2 - 5.0**2), 12.0)
+    assert "varies by only 40.0 / 12.0 meV" in row[2]
+    assert "RMSE 1.5 / 1.5 vs 50.0 / 13.0 meV" in row[2]
+    assert row[3] == "yes: mace-torch (9.9) in the same run; 1 thread, load 3.2"
+    neighbors = {
+        "rows": [{"atoms": 1000, "speedup": 2.0}, {"atoms": 20000, "speedup": 10.04}],
+        "provenance": {
+            "peer": "ase",
+            "peer_version": None,
+            "peer_measured_in_this_run": False,
+            "threads": 2,
+            "load_average": None,
+        },
+    }
+    (tmp_path / "neighbors.json").write_text(json.dumps(neighbors))
+    row = report.row_neighbors(tmp_path)
+    assert re.search(r"^2-10x faster .* at 1,000 / 20,000 atoms$", row[2])
+    assert row[3].startswith("**no**: ase figures typed in")
+
+
+def test_missing_provenance_or_markers_are_named_errors(report, tmp_path, capsys):
+    (tmp_path / "neighbors.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(report.ReportError, match=r"neighbors\.json: no 'provenance' block"):
+        report.row_neighbors(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    assert report.main(["--readme", str(readme), "--check"]) == 2
+    assert "markers" in capsys.readouterr().err
+
+
+def test_common_save_records_what_the_report_reads(report, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "scripts" / "bench" / "_common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    with pytest.raises(ValueError, match="peer_measured_in_this_run must be True or False"):
+        common.provenance("EDM", None, None)
+    common.save(
+        "neighbors",
+        {"rows": [{"atoms": 10, "speedup": 3.0}]},
+        provenance=common.provenance("ase", "3.29.0", True),
+    )
+    data = report.load(tmp_path, "neighbors")  # raises unless every provenance key is there
+    assert data["provenance"]["threads"] >= 1 and len(data["provenance"]["load_average"]) == 3
+    assert len(data["machine"]["load_average"]) == 3
+    assert report.row_neighbors(tmp_path)[3].startswith("yes: ase (3.29.0) in the same run")
+    with pytest.raises(ValueError, match="provenance lacks peer_version"):
+        common.save("x", {}, provenance={"peer": None, "peer_measured_in_this_run": None})

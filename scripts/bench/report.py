@@ -316,11 +316,10 @@ def row_models(res: Path) -> list[str]:
     best_slab = min(slabs, key=lambda r: r["E_MAE_meV"])
     budget = d["args"]["budget"]
     result = (
-        f"{budget:.0f} {d['args']['budget_clock'].upper()} s of training each, {d['args']['threads']} "
-        "thread: "
-        f"on ethanol {best['model']} best (E {best['E_MAE_meV']:.0f} meV, F {best['F_MAE_meV/A']:.0f} "
-        "meV/Å), "
-        f"{cheap['model']} cheapest ({cheap['infer_cpu_ms_per_struct']:.1f} CPU ms/structure); slabs barely "
+        f"{budget:.0f} {d['args']['budget_clock'].upper()} s of training each, "
+        f"{d['args']['threads']} thread: on ethanol {best['model']} best (E {best['E_MAE_meV']:.0f} meV, "
+        f"F {best['F_MAE_meV/A']:.0f} meV/Å), {cheap['model']} cheapest "
+        f"({cheap['infer_cpu_ms_per_struct']:.1f} CPU ms/structure); slabs barely "
         f"learned at this budget (best E MAE {best_slab['E_MAE_meV'] / 1000:.1f} eV, {best_slab['model']}); "
         "see `bench_results/models.md`"
     )
@@ -382,14 +381,22 @@ def rows_hamiltonian(res: Path) -> list[list[str]]:
     ref = d["reference"]["qhnet_speed_s"]
     mixed = [sp[k]["speedup_vs_reference_cpu"] for k in keys]
     wall = [ref[k] / sp[k]["wall_s_median"] for k in keys]
+    other_model = (
+        "; not the accuracy model"
+        if (sp["channels"], sp["num_layers"])
+        != (
+            tr["channels"],
+            tr["num_layers"],
+        )
+        else ""
+    )
     speed = (
-        f"{sp['params_millions']:.1f}M parameters (channels {sp['channels']}, {sp['num_layers']} layers; not "
-        "the "
-        f"accuracy model), water train step / ethanol train step / ethanol inference: molequi "
+        f"{sp['params_millions']:.1f}M parameters (channels {sp['channels']}, {sp['num_layers']} layers"
+        f"{other_model}), water train step / ethanol train step / ethanol inference: molequi "
         f"{slash([sp[k]['cpu_s_median'] for k in keys], lambda v: f'{v:.2f}')} CPU s on {sp['threads']} "
-        f"thread vs QHNet {slash([ref[k] for k in keys], str)} s typed in from another run (wall, two "
-        "cores): "
-        f"{slash(mixed)}x, a ratio that mixes molequi's CPU time with the reference's wall time; against "
+        f"thread vs QHNet {slash([ref[k] for k in keys], str)} s typed in from another run "
+        f"(wall, two cores): {slash(mixed)}x, a ratio that mixes molequi's CPU time with the reference's "
+        "wall time; against "
         f"molequi's own wall time on the shared machine "
         f"({slash([sp[k]['wall_s_median'] for k in keys], lambda v: f'{v:.2f}')} s) it is {slash(wall)}x"
     )
@@ -436,23 +443,20 @@ def rows_generation(res: Path) -> list[list[str]]:
             f"{v['hardware']['load_average'][0]:.1f}) = {v['speedup_vs_reference']:.1f}x"
             for t, v in sorted(by_t.items())
         )
-        + f" against EDM's ~{ref['sample16_s_per_step']:.0f} s. EDM's times are typed in from one run under "
-        "load "
-        f"on another day; measured in this run: molequi's network on EDM's padded batching is "
+        + f" against EDM's ~{ref['sample16_s_per_step']:.0f} s. EDM's times are typed in from one run "
+        "under load on another day; measured in this run: molequi's network on EDM's padded batching is "
         f"{paper['speedup_vs_padded']:.1f}x slower to train and "
         + slash([v["padded_wall"] / v["step_wall"] for _, v in sorted(by_t.items())])
-        + "x slower per step (1 / 2 threads)"
+        + f"x slower per step ({' / '.join(map(str, sorted(by_t)))} threads)"
     )
     teacher = next(r for r in sa["rows"] if r["model"] == "teacher" and r["steps"] == 1000)
     edm = sa["provenance"]["published"]["EDM (paper, 3000 epochs on GPU)"]
     qm9 = (
         f"all {tr['molecules']:,} QM9 geometries, {tr['epochs']:.1f} epochs in "
-        f"{tr['train_seconds'] / 60:.0f} "
-        f"wall min ({tr['hardware']['torch_threads']} threads; EDM: 3000 GPU epochs): atom / molecule "
-        "stability "
-        f"{teacher['atom_stability']:.1f} / {teacher['molecule_stability']:.1f}%, valid "
-        f"{teacher['validity']:.1f}% "
-        f"on {teacher['n']} samples ({teacher['steps']}-step {teacher['method']}); EDM paper "
+        f"{tr['train_seconds'] / 60:.0f} wall min ({tr['hardware']['torch_threads']} threads; EDM: 3000 GPU "
+        f"epochs): atom / molecule stability {teacher['atom_stability']:.1f} / "
+        f"{teacher['molecule_stability']:.1f}%, valid {teacher['validity']:.1f}% on {teacher['n']} samples "
+        f"({teacher['steps']}-step {teacher['method']}); EDM paper "
         f"{edm['atom_stability']} / {edm['molecule_stability']} / {edm['validity']}; "
         "see `bench_results/generation.md`"
     )

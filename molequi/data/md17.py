@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,12 +92,15 @@ class MD17Frames(Dataset):
         frame_ids: np.ndarray | None = None,
     ):
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        if self.numbers.size == 0 or self.numbers.min() < 1 or self.numbers.max() > 118:
+            raise FormatError("atomic numbers must be 1..118 and at least one atom", source=source)
         self.positions = np.asarray(positions, dtype=float)
-        n_frames, n = self.positions.shape[0], self.numbers.shape[0]
-        if self.positions.shape[1:] != (n, 3):
+        n = self.numbers.shape[0]
+        if self.positions.ndim != 3 or self.positions.shape[1:] != (n, 3):
             raise FormatError(
                 f"positions have shape {self.positions.shape}, expected (frames, {n}, 3)", source=source
             )
+        n_frames = self.positions.shape[0]
         self.energy = None if energy is None else np.asarray(energy, dtype=float).reshape(-1)
         self.forces = None if forces is None else np.asarray(forces, dtype=float)
         if self.energy is not None and self.energy.shape[0] != n_frames:
@@ -107,7 +111,7 @@ class MD17Frames(Dataset):
             )
         for name, arr in (("positions", self.positions), ("energies", self.energy), ("forces", self.forces)):
             if arr is not None and not np.all(np.isfinite(arr)):
-                bad = int(np.nonzero(~np.isfinite(arr.reshape(n_frames, -1)).any(1))[0][0])
+                bad = int(np.nonzero((~np.isfinite(arr.reshape(n_frames, -1))).any(1))[0][0])
                 raise FormatError(f"{name} contain NaN or inf", source=source, frame=bad)
         self.source = source
         self.frame_ids = np.arange(n_frames) if frame_ids is None else np.asarray(frame_ids)
@@ -180,15 +184,26 @@ def load_md17_npz(path: str | os.PathLike) -> MD17Frames:
                 for k in keys
                 if k in {"R", "z", "E", "F", "nuclear_charges", "coords", "energies", "forces"}
             }
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:  # zipfile: unknown compression / "encrypted" flag bits of a corrupt header
         raise FormatError(
             f"cannot read the npz ({exc})", source=str(path), hint="the file is corrupt or not a numpy .npz"
         ) from None
     numbers = _get(arrays, ("nuclear_charges", "z"), path)
     pos = _get(arrays, ("coords", "R"), path)
-    energy = _get(arrays, ("energies", "E"), path) * KCAL_PER_MOL_TO_EV
-    forces = _get(arrays, ("forces", "F"), path) * KCAL_PER_MOL_PER_ANGSTROM_TO_EV_PER_ANGSTROM
-    return MD17Frames(numbers, pos, energy, forces, source=str(path))
+    energy, forces = _get(arrays, ("energies", "E"), path), _get(arrays, ("forces", "F"), path)
+    for name, arr in (("atomic numbers", numbers), ("coordinates", pos), ("energies", energy),
+                      ("forces", forces)):
+        if arr.dtype.kind not in "biuf":
+            raise FormatError(f"{name} are not numbers (dtype {arr.dtype})", source=str(path))
+    energy = energy * KCAL_PER_MOL_TO_EV
+    forces = forces * KCAL_PER_MOL_PER_ANGSTROM_TO_EV_PER_ANGSTROM
+    frames = MD17Frames(numbers, pos, energy, forces, source=str(path))
+    if len(frames) == 0:
+        raise FormatError("no frames (the coordinate array is empty)", source=str(path))
+    return frames
 
 
 def read_rmd17_npz(path: str | os.PathLike) -> list[Data]:
@@ -199,7 +214,13 @@ def read_rmd17_npz(path: str | os.PathLike) -> list[Data]:
 def load_md17_xyz(path: str | os.PathLike) -> MD17Frames:
     """sGDML xyz: count, bare energy (kcal/mol), ``sym x y z fx fy fz`` rows (kcal/mol/Å)."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"not a text file ({exc.reason} at byte {exc.start})", source=str(path),
+                          hint="sGDML xyz is plain text; an .npz goes to the npz reader") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
     numbers_ref = None
     pos, energy, forces = [], [], []
     i, frame = 0, 0
@@ -209,6 +230,8 @@ def load_md17_xyz(path: str | os.PathLike) -> MD17Frames:
             continue
         try:
             n = int(lines[i].split()[0])
+            if n <= 0:
+                raise ValueError
         except ValueError:
             raise FormatError(
                 f"expected the atom count, got {lines[i][:40]!r}", source=str(path), line=i + 1, frame=frame
@@ -330,7 +353,7 @@ def rmd17_splits(
 
 
 def _molecule(cfg) -> str:
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     mol = opt(cfg, "molecule") or getattr(cfg, "target", None)
     if not mol:
@@ -345,7 +368,7 @@ def build_md17(cfg) -> dict[str, MD17Frames]:
     """Registry entry for sGDML MD17: ``cfg.target`` (or option ``molecule``) names the molecule
     (or ``cfg.root`` is an npz / xyz file);
     seeded split ``cfg.split`` (default 950 / 50 / rest)."""
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
     from molequi.data.datasets import random_split
 
     root = Path(cfg.root)
@@ -365,7 +388,7 @@ def build_rmd17(cfg) -> dict[str, MD17Frames]:
     (``npz_data/rmd17_<mol>.npz`` + ``splits/``) or an npz file; options ``split_id`` 1..5, ``seed``,
     ``test`` ('rest' | 'index'), ``split_dir``. A lone npz file without a ``splits/`` folder beside it (and no
     ``split_id`` asked for) gets a seeded 950 / 50 / rest split instead."""
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     root = Path(cfg.root)
     if root.is_file():

@@ -4,26 +4,22 @@ Every fuzzer is derandomised (the same examples on every run and machine), so a 
 again; inputs that once crashed a reader are kept as explicit regression tests below.
 """
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import ase.db
 import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io.trajectory import Trajectory
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from fuzz_helpers import FUZZ, mutated, scratch_dir
+from hypothesis import given, settings
 
 from molequi.data.readers import read_ase_db, read_structures, read_trajectory, write_extxyz
 from molequi.errors import MolequiError
 
-TMP = tempfile.mkdtemp(prefix="molequi-fuzz-")
-atexit.register(shutil.rmtree, TMP, ignore_errors=True)
+TMP = str(scratch_dir("molequi-fuzz-"))
 
 
 def _seed_files():
@@ -49,25 +45,6 @@ TOKENS = [b"nan", b"inf", b"-", b"Xx", b"0", b"1e400", b'"', b"=", b":", b"\n", 
           b"Properties=", b"Lattice=", b"energy=", b"R:3", b"S:1", b"*^-6", b"99999999999"]
 
 
-@st.composite
-def mutated(draw, ext):
-    data = bytearray(SEEDS[ext])
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "delete", "insert", "truncate", "token"]))
-        pos = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 40))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=12))
-        elif op == "truncate":
-            del data[pos:]
-        else:
-            data[pos:pos] = draw(st.sampled_from(TOKENS))
-    return bytes(data)
-
-
 def _feed(reader, ext, payload):
     path = os.path.join(TMP, f"case.{ext}")
     if os.path.exists(path):
@@ -84,23 +61,20 @@ def _feed(reader, ext, payload):
             assert r.forces.shape == r.pos.shape
 
 
-FUZZ = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-
-
-@settings(max_examples=2000, **FUZZ)
-@given(mutated("xyz"))
+@settings(FUZZ, max_examples=2000)
+@given(mutated(SEEDS["xyz"], TOKENS))
 def test_fuzz_extxyz(payload):
     _feed(read_structures, "xyz", payload)
 
 
-@settings(max_examples=1000, **FUZZ)
-@given(mutated("traj"))
+@FUZZ
+@given(mutated(SEEDS["traj"], TOKENS))
 def test_fuzz_trajectory(payload):
     _feed(read_trajectory, "traj", payload)
 
 
-@settings(max_examples=1000, **FUZZ)
-@given(mutated("db"))
+@FUZZ
+@given(mutated(SEEDS["db"], TOKENS))
 def test_fuzz_ase_db(payload):
     _feed(read_ase_db, "db", payload)
 

@@ -1,0 +1,8 @@
+"""Make ``fuzz_helpers`` importable from the test modules (pytest runs with --import-mode=importlib)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

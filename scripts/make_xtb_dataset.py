@@ -3,9 +3,9 @@
 
     python scripts/make_xtb_dataset.py "CCO" -n 200 -o ethanol_xtb.xyz [--temperature 500] [--every 10]
 
-1. RDKit builds the molecule from SMILES (explicit hydrogens), embeds a 3D geometry (ETKDG, seeded) and
-   relaxes it with MMFF (UFF if MMFF lacks parameters).
-2. Langevin MD with GFN2-xTB forces (``tblite.ase.TBLite(method="GFN2-xTB")``) at ``--temperature`` K,
+1. ``molequi.qc.conformers.molecule_from_smiles``: RDKit builds the molecule from SMILES (explicit
+   hydrogens), embeds a 3D geometry (ETKDG, seeded) and relaxes it with MMFF (UFF if MMFF lacks parameters).
+2. Langevin MD with GFN2-xTB forces (``molequi.qc.xtb.xtb_calculator``, tblite) at ``--temperature`` K,
    time step ``--timestep`` fs; a frame is kept every ``--every`` steps after ``--equilibrate`` steps.
 3. Each kept frame carries the xTB energy (eV) and forces (eV/Å) (ASE units; tblite converts from Hartree).
    Frames go to a temporary file beside the output, which replaces the output only when all are written,
@@ -19,40 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-
-def embed_smiles(smiles: str, seed: int = 0):
-    """3D ``ase.Atoms`` for ``smiles`` (RDKit ETKDG + MMFF/UFF relaxation)."""
-    from ase import Atoms
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise SystemExit(f"error: RDKit cannot parse SMILES '{smiles}'")
-    mol = Chem.AddHs(mol)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        params.useRandomCoords = True
-        if AllChem.EmbedMolecule(mol, params) != 0:
-            raise SystemExit(f"error: RDKit could not embed a 3D geometry for '{smiles}'")
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
-    else:
-        AllChem.UFFOptimizeMolecule(mol, maxIters=500)
-    pos = mol.GetConformer().GetPositions()
-    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
-    charge = Chem.GetFormalCharge(mol)
-    atoms = Atoms(numbers=numbers, positions=pos)
-    atoms.info["smiles"] = smiles
-    return atoms, charge
-
-
-def xtb_calculator(charge: int = 0, accuracy: float = 1.0):
-    from tblite.ase import TBLite
-
-    return TBLite(method="GFN2-xTB", charge=charge, accuracy=accuracy, verbosity=0)
 
 
 def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0, timestep: float = 0.5,
@@ -69,9 +35,11 @@ def run(smiles: str, n_frames: int, output: Path, *, temperature: float = 500.0,
     from tqdm.auto import tqdm
 
     from molequi.io import atomic_open
+    from molequi.qc.conformers import molecule_from_smiles
+    from molequi.qc.xtb import xtb_calculator
 
-    atoms, charge = embed_smiles(smiles, seed)
-    atoms.calc = xtb_calculator(charge)
+    atoms = molecule_from_smiles(smiles, seed, max_iters=500)
+    atoms.calc = xtb_calculator(charge=atoms.info.pop("charge"))
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
@@ -120,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.frames < 1 or args.every < 1 or args.equilibrate < 0:
         p.error("--frames and --every must be >= 1, --equilibrate >= 0")
-    n = run(args.smiles, args.frames, args.output, temperature=args.temperature, timestep=args.timestep,
-            every=args.every, equilibrate=args.equilibrate, friction=args.friction, seed=args.seed,
-            progress=not args.no_progress)
+    from molequi.errors import InputError
+
+    try:
+        n = run(args.smiles, args.frames, args.output, temperature=args.temperature, timestep=args.timestep,
+                every=args.every, equilibrate=args.equilibrate, friction=args.friction, seed=args.seed,
+                progress=not args.no_progress)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"wrote {n} GFN2-xTB frames of {args.smiles} to {args.output}")
     return 0
 

@@ -52,7 +52,9 @@ def run(args) -> int:
 
     import ase.io
 
-    from molequi.data.hamiltonian import generate, molecule_from_smiles, sample_normal_modes, sample_xtb_md
+    from molequi.qc.conformers import molecule_from_smiles
+    from molequi.qc.driver import label_dataset
+    from molequi.qc.xtb import sample_normal_modes, sample_xtb_md
 
     atoms = molecule_from_smiles(args.smiles, seed=args.seed) if args.smiles else ase.io.read(args.xyz, 0)
     t0 = time.perf_counter()
@@ -72,7 +74,7 @@ def run(args) -> int:
         "command": " ".join(sys.argv),
         "sampling_seconds": t_sample,
     }
-    out = generate(
+    out = label_dataset(
         frames,
         args.out,
         xc=args.xc,

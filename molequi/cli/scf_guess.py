@@ -48,7 +48,7 @@ def run(args) -> int:
 
     from molequi.errors import ConfigError
     from molequi.io import atomic_write_text
-    from molequi.models.hamiltonian.scf import predict_fock, run_scf
+    from molequi.qc.scf import predict_fock, run_scf
     from molequi.checkpoint import load_model
 
     model = load_model(args.checkpoint)

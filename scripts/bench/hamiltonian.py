@@ -56,7 +56,8 @@ REFERENCE = {
 
 
 def _records_for_speed(kind: str, n: int):
-    from molequi.data.hamiltonian import HamiltonianRecord, molecule_from_smiles, record_to_data
+    from molequi.data.hamiltonian import HamiltonianRecord, record_to_data
+    from molequi.qc.conformers import molecule_from_smiles
     from molequi.so3.basis import OrbitalBasis
 
     atoms = molecule_from_smiles("O" if kind == "water" else "CCO")
@@ -227,9 +228,9 @@ def stage_test(args, model_path: str) -> dict:
 
 
 def stage_scf(args, model_path: str, n: int) -> dict:
-    from molequi.data.hamiltonian import HamiltonianStore
-    from molequi.models.hamiltonian.scf import predict_fock, run_scf
     from molequi.checkpoint import load_model
+    from molequi.data.hamiltonian import HamiltonianStore
+    from molequi.qc.scf import predict_fock, run_scf
 
     model = load_model(model_path)
     store = HamiltonianStore(args.data)

@@ -24,7 +24,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def water_labels():
     """Three PySCF PBE/def2-SVP labels of displaced waters (about 1 s each)."""
-    from molequi.data.hamiltonian import pyscf_label
+    from molequi.qc.pyscf_labels import pyscf_label
 
     rng = np.random.default_rng(0)
     return [

@@ -8,6 +8,8 @@ from e3nn import o3
 from molequi.errors import ModelError
 from molequi.so3.basis import OrbitalBasis, pyscf_to_e3nn
 
+pytestmark = pytest.mark.qm  # shells and AO conventions come from PySCF
+
 
 def test_def2svp_shells_and_layout():
     b = OrbitalBasis("def2-svp")

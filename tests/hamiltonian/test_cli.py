@@ -1,10 +1,12 @@
 """`molequi data hamiltonian` end to end (tiny), and the scf-guess parser."""
 
 import numpy as np
+import pytest
 
 from molequi.cli.main import build_parser, main
 
 
+@pytest.mark.qm
 def test_data_hamiltonian_normal_modes(tmp_path):
     out = tmp_path / "w"
     assert (
@@ -37,8 +39,10 @@ def test_data_hamiltonian_normal_modes(tmp_path):
     assert store.meta["sampler"] == "normal-modes"
 
 
+@pytest.mark.qm
 def test_xtb_md_sampler_gives_distinct_frames():
-    from molequi.data.hamiltonian import molecule_from_smiles, sample_xtb_md
+    from molequi.qc.conformers import molecule_from_smiles
+    from molequi.qc.xtb import sample_xtb_md
 
     frames = sample_xtb_md(molecule_from_smiles("O"), 3, equilibration=10, interval=5)
     assert len(frames) == 3 and not np.allclose(frames[0].positions, frames[2].positions)

@@ -17,10 +17,11 @@ from molequi.data.hamiltonian import (
 from molequi.errors import DatasetError
 
 
+@pytest.mark.qm
 def test_stored_fock_reproduces_pyscf_energy(water_labels, tmp_path):
     from pyscf import dft, gto
 
-    from molequi.models.hamiltonian.scf import density_from_fock
+    from molequi.qc.scf import density_from_fock
 
     write_store(tmp_path / "w", water_labels, basis="def2-svp", xc="pbe", shard_size=2)
     store = HamiltonianStore(tmp_path / "w")
@@ -56,6 +57,7 @@ def test_store_is_atomic_and_refuses_overwrite(tmp_path):
         HamiltonianStore(tmp_path / "missing")
 
 
+@pytest.mark.qm
 def test_md17_schnorb_layout_reader(water_labels, tmp_path):
     """A SchNOrb-style ASE db (ORCA order, data={'hamiltonian', 'overlap'}) is read back in PySCF order."""
     import ase
@@ -79,6 +81,7 @@ def test_md17_schnorb_layout_reader(water_labels, tmp_path):
     np.testing.assert_allclose(out[0].overlap, rec.overlap)
 
 
+@pytest.mark.qm
 def test_qh9_lmdb_layout_reader(water_labels, tmp_path):
     import lmdb
 

@@ -1,9 +1,12 @@
 """QHNet: symmetric output, rotation equivariance of H (block Wigner-D), permutation of identical atoms."""
 
 import numpy as np
+import pytest
 import torch
 from e3nn import o3
 from torch_geometric.data import Batch, Data
+
+pytestmark = pytest.mark.qm  # the orbital basis comes from PySCF
 
 WATER = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]])  # Å
 

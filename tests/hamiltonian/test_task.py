@@ -1,5 +1,6 @@
 """Hamiltonian metrics on known inputs, the task's loss, and the SCF guess from an exact Fock matrix."""
 
+import pytest
 import torch
 
 from molequi.tasks.hamiltonian import HamiltonianTask, hamiltonian_metrics, split_matrices
@@ -25,6 +26,7 @@ def _batch(water_labels):
     return Batch.from_data_list([record_to_data(r, dtype=torch.float64) for r in water_labels])
 
 
+@pytest.mark.qm
 def test_perfect_prediction_scores_zero_and_100(water_labels):
     task = HamiltonianTask(_Echo(0.0))
     b = _batch(water_labels)
@@ -37,6 +39,7 @@ def test_perfect_prediction_scores_zero_and_100(water_labels):
     assert abs(m["psi_cos_x100"] - 100.0) < 1e-8
 
 
+@pytest.mark.qm
 def test_constant_shift_metrics(water_labels):
     # H + c S shifts every orbital energy by c and keeps the orbitals: eps MAE = c, psi = 100, gap unchanged
     rec = water_labels[0]
@@ -58,8 +61,9 @@ def test_split_matrices():
     assert a.shape == (2, 2) and b.shape == (3, 3) and float(b[2, 2]) == 12.0
 
 
+@pytest.mark.qm
 def test_scf_from_exact_fock_converges_in_one_cycle(water_labels):
-    from molequi.models.hamiltonian.scf import run_scf
+    from molequi.qc.scf import run_scf
 
     rec = water_labels[0]
     pred = run_scf(rec.numbers, rec.pos, fock=rec.fock, conv_tol=1e-9)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from molequi.errors import InputError
+from molequi.qc.pyscf_labels import build_mol, make_rks
 
 
 def density_from_fock(fock: np.ndarray, overlap: np.ndarray, n_elec: int) -> np.ndarray:
@@ -28,18 +29,6 @@ def density_from_fock(fock: np.ndarray, overlap: np.ndarray, n_elec: int) -> np.
     _, c = scipy.linalg.eigh(f, overlap)
     occ = c[:, : n_elec // 2]
     return 2.0 * occ @ occ.T
-
-
-def build_mol(numbers: Sequence[int], pos_angstrom: np.ndarray, basis: str, charge: int = 0):
-    from pyscf import gto
-
-    return gto.M(
-        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, np.asarray(pos_angstrom))],
-        basis=basis,
-        charge=charge,
-        unit="Angstrom",
-        verbose=0,
-    )
 
 
 def run_scf(
@@ -59,13 +48,8 @@ def run_scf(
     Returns {"cycles", "seconds" (SCF wall time, guess included), "e_tot" (Hartree), "converged",
     "guess"}. ``cycles`` is PySCF's ``mf.cycles`` (number of Fock builds after the guess).
     """
-    from pyscf import dft
-
     mol = build_mol(numbers, pos_angstrom, basis, charge)
-    mf = dft.RKS(mol)
-    mf.xc = xc
-    mf.conv_tol = conv_tol
-    mf.grids.level = grids_level
+    mf = make_rks(mol, xc, conv_tol=conv_tol, grids_level=grids_level)
     mf.grids.build()  # grid set-up is the same for every guess; keep it out of the comparison
     t0 = time.perf_counter()
     if fock is not None:
@@ -106,4 +90,4 @@ def predict_fock(model, numbers: Sequence[int], pos_angstrom: np.ndarray) -> np.
     return out["fock"].detach().double().cpu().numpy().reshape(nao, nao)
 
 
-__all__ = ["density_from_fock", "run_scf", "predict_fock", "build_mol"]
+__all__ = ["density_from_fock", "run_scf", "predict_fock"]

@@ -1,0 +1,211 @@
+"""The sharded on-disk store of ``HamiltonianRecord`` s (``molequi data hamiltonian`` writes it).
+
+Layout, a directory::
+
+    index.json                       {"format": "molequi-hamiltonian/1", "basis", "xc", "shards": [...], ...}
+    shard_00000/numbers.npy          (sum n,) int64        all atoms of the shard, concatenated
+    shard_00000/pos.npy              (sum n, 3)            Å
+    shard_00000/forces.npy           (sum n, 3)            Hartree/Bohr
+    shard_00000/atom_ptr.npy         (m + 1,) offsets into the atom arrays
+    shard_00000/fock.npy             (sum nao^2,) flattened matrices, Hartree, PySCF AO order
+    shard_00000/overlap.npy          (sum nao^2,)
+    shard_00000/mo_energy.npy        (sum nao,)            Hartree
+    shard_00000/nao.npy, mat_ptr.npy, orb_ptr.npy, energy.npy, n_elec.npy
+Arrays are opened with ``np.load(mmap_mode="r")``, so a record is read by slicing without loading the
+shard. Every shard is written to a temporary directory and renamed into place; ``index.json`` is written
+to a temporary file and renamed, so an interrupted run leaves a readable store of the finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from molequi.data.hamiltonian.record import HamiltonianRecord
+from molequi.errors import DatasetError, FormatError
+from molequi.io import atomic_write_text
+
+FORMAT = "molequi-hamiltonian/1"
+
+
+class HamiltonianStore:
+    """Random-access reader over a store directory (see module docstring). ``len``, ``store[i]``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        index = self.root / "index.json"
+        if not index.exists():
+            raise DatasetError(
+                f"no index.json in {self.root}", hint="create the store with `molequi data hamiltonian`"
+            )
+        self.meta = json.loads(index.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise FormatError(f"{index}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.shards = list(self.meta["shards"])
+        counts = [s["count"] for s in self.shards]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def basis(self) -> str:
+        return self.meta["basis"]
+
+    @property
+    def xc(self) -> str:
+        return self.meta["xc"]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _shard(self, s: int) -> dict[str, np.ndarray]:
+        if s not in self._cache:
+            d = self.root / self.shards[s]["name"]
+            self._cache[s] = {f.stem: np.load(f, mmap_mode="r") for f in d.glob("*.npy")}
+        return self._cache[s]
+
+    def __getitem__(self, i: int) -> HamiltonianRecord:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} out of range for a store of {n}")
+        i %= n
+        s = int(np.searchsorted(self._starts, i, side="right") - 1)
+        j = i - int(self._starts[s])
+        a = self._shard(s)
+        a0, a1 = int(a["atom_ptr"][j]), int(a["atom_ptr"][j + 1])
+        m0, m1 = int(a["mat_ptr"][j]), int(a["mat_ptr"][j + 1])
+        o0, o1 = int(a["orb_ptr"][j]), int(a["orb_ptr"][j + 1])
+        nao = int(a["nao"][j])
+        return HamiltonianRecord(
+            numbers=np.array(a["numbers"][a0:a1]),
+            pos=np.array(a["pos"][a0:a1]),
+            forces=np.array(a["forces"][a0:a1]),
+            fock=np.array(a["fock"][m0:m1]).reshape(nao, nao),
+            overlap=np.array(a["overlap"][m0:m1]).reshape(nao, nao),
+            mo_energy=np.array(a["mo_energy"][o0:o1]),
+            energy=float(a["energy"][j]),
+            n_elec=int(a["n_elec"][j]),
+        )
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+class HamiltonianStoreWriter:
+    """Append records, flushed into shards of ``shard_size`` records, each written atomically."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        basis: str,
+        xc: str,
+        shard_size: int = 100,
+        extra_meta: dict | None = None,
+        overwrite: bool = False,
+    ):
+        self.root = Path(root)
+        if (self.root / "index.json").exists() and not overwrite:
+            raise DatasetError(
+                f"{self.root} already holds a store", hint="choose another --out or pass --overwrite"
+            )
+        if overwrite and self.root.exists():
+            for p in self.root.glob("shard_*"):
+                shutil.rmtree(p)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.meta = {
+            "format": FORMAT,
+            "basis": basis,
+            "xc": xc,
+            "units": {
+                "fock": "Hartree",
+                "overlap": "1",
+                "energy": "Hartree",
+                "forces": "Hartree/Bohr",
+                "pos": "Angstrom",
+                "mo_energy": "Hartree",
+            },
+            "ao_order": "pyscf",
+            "shards": [],
+            **(extra_meta or {}),
+        }
+        self.shard_size = int(shard_size)
+        self._buffer: list[HamiltonianRecord] = []
+        self._write_index()
+
+    def append(self, rec: HamiltonianRecord) -> None:
+        self._buffer.append(rec)
+        if len(self._buffer) >= self.shard_size:
+            self.flush()
+
+    def extend(self, recs: Iterable[HamiltonianRecord]) -> None:
+        for r in recs:
+            self.append(r)
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        recs, self._buffer = self._buffer, []
+        name = f"shard_{len(self.meta['shards']):05d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
+        natoms = [len(r.numbers) for r in recs]
+        naos = [r.nao for r in recs]
+        arrays = {
+            "numbers": np.concatenate([r.numbers for r in recs]),
+            "pos": np.concatenate([r.pos for r in recs]),
+            "forces": np.concatenate([r.forces for r in recs]),
+            "atom_ptr": np.concatenate([[0], np.cumsum(natoms)]).astype(np.int64),
+            "nao": np.asarray(naos, dtype=np.int64),
+            "mat_ptr": np.concatenate([[0], np.cumsum(np.square(naos))]).astype(np.int64),
+            "orb_ptr": np.concatenate([[0], np.cumsum(naos)]).astype(np.int64),
+            "fock": np.concatenate([r.fock.reshape(-1) for r in recs]),
+            "overlap": np.concatenate([r.overlap.reshape(-1) for r in recs]),
+            "mo_energy": np.concatenate([r.mo_energy for r in recs]),
+            "energy": np.asarray([r.energy for r in recs], dtype=np.float64),
+            "n_elec": np.asarray([r.n_elec for r in recs], dtype=np.int64),
+        }
+        for k, v in arrays.items():
+            np.save(tmp / f"{k}.npy", v)
+        os.replace(tmp, self.root / name)
+        self.meta["shards"].append({"name": name, "count": len(recs)})
+        self._write_index()
+
+    def close(self) -> None:
+        self.flush()
+        self._write_index()  # metadata set after the last flush (timings) must reach index.json too
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _write_index(self) -> None:
+        self.meta["n_records"] = int(sum(s["count"] for s in self.meta["shards"]))
+        atomic_write_text(self.root / "index.json", json.dumps(self.meta, indent=1))
+
+
+def write_store(
+    root,
+    records: Iterable[HamiltonianRecord],
+    *,
+    basis: str,
+    xc: str,
+    shard_size: int = 100,
+    overwrite: bool = False,
+    extra_meta: dict | None = None,
+) -> Path:
+    with HamiltonianStoreWriter(
+        root, basis=basis, xc=xc, shard_size=shard_size, overwrite=overwrite, extra_meta=extra_meta
+    ) as w:
+        w.extend(records)
+    return Path(root)
+
+
+__all__ = ["FORMAT", "HamiltonianStore", "HamiltonianStoreWriter", "write_store"]

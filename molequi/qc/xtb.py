@@ -1,0 +1,133 @@
+"""GFN2-xTB (tblite) geometry samplers for labelling runs, in ASE units (eV, Å, fs, K).
+
+Samplers (``SAMPLERS``): ``xtb-md`` (GFN2-xTB Langevin MD, 500 K like MD17) and ``normal-modes``
+(random displacements along GFN2-xTB normal modes, Boltzmann-weighted at temperature T). The normal
+modes come from a central finite-difference Hessian of the xTB forces,
+
+    H_ij = -(F_j(x + δ e_i) - F_j(x - δ e_i)) / (2 δ),   symmetrised (H + H^T) / 2,  eV/Å^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from molequi.errors import InputError
+
+
+def xtb_calculator(charge: int | None = None, accuracy: float = 1.0):
+    """The tblite ASE calculator for GFN2-xTB.
+
+    ``charge``: total charge (None: tblite's default, the sum of the atoms' initial charges);
+    ``accuracy``: tblite's numerical accuracy factor (1 = its default).
+    """
+    try:
+        from tblite.ase import TBLite
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise InputError("the xtb samplers need tblite (pip install tblite)") from exc
+    return TBLite(method="GFN2-xTB", charge=charge, accuracy=accuracy, verbosity=0)
+
+
+def sample_xtb_md(
+    atoms,
+    n: int,
+    *,
+    temperature: float = 500.0,
+    timestep: float = 0.5,
+    interval: int = 10,
+    equilibration: int = 200,
+    friction: float = 0.02,
+    seed: int = 0,
+):
+    """``n`` snapshots of GFN2-xTB Langevin MD (ASE, tblite) at ``temperature`` K, every ``interval`` steps.
+
+    timestep in fs; the first ``equilibration`` steps are discarded. Returns a list of ``ase.Atoms``.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = atoms.copy()
+    atoms.calc = xtb_calculator()
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dyn = Langevin(
+        atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng
+    )
+    dyn.run(equilibration)
+    frames = []
+    for _ in range(n):
+        dyn.run(interval)
+        frames.append(atoms.copy())
+    for f in frames:
+        f.calc = None
+    return frames
+
+
+def sample_normal_modes(atoms, n: int, *, temperature: float = 500.0, seed: int = 0):
+    """``n`` geometries displaced along GFN2-xTB normal modes of the relaxed structure.
+
+    Each mode i with force constant k_i gets a Gaussian amplitude of variance k_B T / k_i (classical
+    harmonic Boltzmann distribution at ``temperature`` K). Returns a list of ``ase.Atoms``.
+    """
+    from ase import units
+    from ase.optimize import BFGS
+    from ase.vibrations import VibrationsData
+
+    atoms = atoms.copy()
+    atoms.calc = xtb_calculator()
+    BFGS(atoms, logfile=None).run(fmax=1e-3, steps=500)
+    hessian = finite_difference_hessian(atoms)
+    vib = VibrationsData.from_2d(atoms, hessian)
+    k, modes = np.linalg.eigh(vib.get_hessian_2d())  # eV/Å^2, mass-unweighted, ascending
+    # drop the translations and rotations (the 6, or 5 for a linear molecule, softest modes; finite
+    # differences leave them slightly positive, and sqrt(kT / k) would blow them up) and any soft mode
+    n_rigid = 5 if _is_linear(atoms.positions) else 6
+    k, modes = k[n_rigid:], modes[:, n_rigid:]
+    keep = k > 0.05
+    k, modes = k[keep], modes[:, keep]
+    rng = np.random.default_rng(seed)
+    base = atoms.positions.copy()
+    frames = []
+    for _ in range(n):
+        amp = rng.normal(size=len(k)) * np.sqrt(units.kB * temperature / k)
+        new = atoms.copy()
+        new.calc = None
+        new.positions = base + (modes @ amp).reshape(-1, 3)
+        frames.append(new)
+    return frames
+
+
+def _is_linear(pos: np.ndarray) -> bool:
+    centred = pos - pos.mean(0)
+    return len(pos) < 3 or np.linalg.svd(centred, compute_uv=False)[1] < 1e-3
+
+
+def finite_difference_hessian(atoms, delta: float = 5e-3) -> np.ndarray:
+    """(3n, 3n) Hessian in eV/Å^2 by central differences of ``atoms.get_forces()`` with step ``delta`` Å.
+
+    Row i is -(F(x + δ e_i) - F(x - δ e_i)) / (2 δ); the result is symmetrised. ``atoms`` needs a
+    calculator; its positions are restored afterwards.
+    """
+    pos0 = atoms.positions.copy()
+    n3 = pos0.size
+    h = np.zeros((n3, n3))
+    for i in range(n3):
+        for sign in (1, -1):
+            p = pos0.copy().reshape(-1)
+            p[i] += sign * delta
+            atoms.positions = p.reshape(-1, 3)
+            h[i] -= sign * atoms.get_forces().reshape(-1) / (2 * delta)
+    atoms.positions = pos0
+    return 0.5 * (h + h.T)
+
+
+SAMPLERS = {"xtb-md": sample_xtb_md, "normal-modes": sample_normal_modes}
+
+
+__all__ = [
+    "xtb_calculator",
+    "sample_xtb_md",
+    "sample_normal_modes",
+    "finite_difference_hessian",
+    "SAMPLERS",
+]

@@ -14,7 +14,7 @@ Committee (``models=[...]``): every property is the mean over members, and ``res
     ``energy_std``       eV, population standard deviation (ddof=0) of the members' energies
     ``forces_std``       (n, 3) eV/Å, per atom and Cartesian component
     ``forces_std_norm``  (n,) eV/Å, per atom: sqrt(sum_c var_c) = RMS distance of members' force vectors
-                         from the mean force (the quantity ``run_md(max_uncertainty=...)`` watches)
+                         from the mean force (the quantity ``BlowUpGuard(max_uncertainty=...)`` watches)
     ``stress_std``       (6,) eV/Å^3, per Voigt component (periodic structures)
     ``committee_energy`` (M,) eV, every member's energy
 Identical members give exactly zero spreads.

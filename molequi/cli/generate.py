@@ -112,8 +112,9 @@ def run(args) -> int:
     if args.relax_with:
         import ase
 
-        from molequi.calculators import MolequiCalculator, relax
+        from molequi.calculators import MolequiCalculator
         from molequi.models.generative.metrics import Molecule
+        from molequi.simulate.relax import relax
 
         calc = MolequiCalculator.from_checkpoint(args.relax_with, device=args.device)
         relaxed, failed, converged = [], 0, 0

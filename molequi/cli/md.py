@@ -180,32 +180,30 @@ def load_inputs(args):
 def run(args) -> int:
     import sys
 
-    from molequi.calculators.md import SimulationBlowUp, run_md
+    from molequi.simulate.md import BlowUpGuard, MDSettings, SimulationBlowUp, run_md
 
+    settings = MDSettings(
+        ensemble=args.ensemble,
+        temperature=args.temperature,
+        timestep=args.timestep,
+        steps=args.steps,
+        friction=args.friction,
+        pressure=args.pressure,
+        barostat=args.barostat,
+        taut=args.taut,
+        taup=args.taup,
+        compressibility=args.compressibility,
+        loginterval=args.loginterval,
+        seed=args.seed,
+        guard=BlowUpGuard(
+            max_force=args.max_force, min_distance=args.min_distance, max_uncertainty=args.max_uncertainty
+        ),
+        allow_nonconservative=args.allow_nonconservative,
+    )
     calc, atoms = load_inputs(args)
     try:
         result = run_md(
-            atoms,
-            calc,
-            ensemble=args.ensemble,
-            temperature=args.temperature,
-            timestep=args.timestep,
-            steps=args.steps,
-            friction=args.friction,
-            pressure=args.pressure,
-            barostat=args.barostat,
-            taut=args.taut,
-            taup=args.taup,
-            compressibility=args.compressibility,
-            traj=args.traj,
-            log=args.log,
-            loginterval=args.loginterval,
-            seed=args.seed,
-            max_force=args.max_force,
-            min_distance=args.min_distance,
-            max_uncertainty=args.max_uncertainty,
-            allow_nonconservative=args.allow_nonconservative,
-            progress=not args.no_progress,
+            atoms, calc, settings, traj=args.traj, log=args.log, progress=not args.no_progress
         )
     except SimulationBlowUp as exc:
         r = exc.result

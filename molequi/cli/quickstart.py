@@ -168,7 +168,7 @@ def run(args) -> int:
         "model_path": str(result.model_path),
     }
     if md_steps:  # 5. the trained model in MD: NVT, then NVE and its energy drift
-        from molequi.calculators.md import quickstart_md
+        from molequi.simulate.quickstart import quickstart_md
         from molequi.data.records import data_to_atoms
 
         tm = time.perf_counter()

@@ -49,9 +49,9 @@ def run(args) -> int:
 
     from ase.io import write
 
-    from molequi.calculators.relax import relax
     from molequi.cli.md import load_inputs
     from molequi.io import atomic_write_text
+    from molequi.simulate.relax import relax
 
     args.skin = 0.5
     calc, atoms = load_inputs(args)

@@ -10,7 +10,7 @@ MACE (hyperparameters of ``mace_speed.py``) on rMD17 ethanol in float64 and floa
 a random MACE surface has its minimum far from the ethanol geometry and no short-range repulsion, so the
 molecule heats up and falls apart, and atoms can collide; it tests the machinery, not a model. The drift is
 the slope of a least-squares line through E_tot / n versus time over the NVE segment
-(``molequi.calculators.md.drift_per_atom_per_ps``); the peak-to-peak fluctuation of E_tot / n and the mean
+(``molequi.simulate.md.drift_per_atom_per_ps``); the peak-to-peak fluctuation of E_tot / n and the mean
 temperature are reported too. JSON in bench_results/nve_drift.json.
 """
 
@@ -50,14 +50,12 @@ def measure(
     seed: int,
     loginterval: int,
 ) -> dict:
-    from molequi.calculators import run_md
+    from molequi.simulate.md import MDSettings, run_md
 
     nvt_steps = int(round(equil_ps * 1000 / timestep))
     nve_steps = int(round(nve_ps * 1000 / timestep))
     if nvt_steps:
-        run_md(
-            atoms,
-            calc,
+        nvt = MDSettings(
             ensemble="nvt",
             temperature=temperature,
             timestep=timestep,
@@ -66,9 +64,8 @@ def measure(
             friction=0.02,
             loginterval=max(nvt_steps, 1),
         )
-    res = run_md(
-        atoms,
-        calc,
+        run_md(atoms, calc, nvt)
+    nve = MDSettings(
         ensemble="nve",
         temperature=temperature,
         timestep=timestep,
@@ -76,6 +73,7 @@ def measure(
         seed=seed,
         loginterval=loginterval,
     )
+    res = run_md(atoms, calc, nve)
     etot = np.asarray(res.log["etot_eV"]) / len(atoms)
     row = dict(
         model=name,

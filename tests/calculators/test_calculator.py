@@ -9,11 +9,12 @@ from ase.constraints import FixAtoms
 from calc_helpers import ar_cluster, ar_fcc, save_lj_checkpoint
 
 from molequi import keys as K
-from molequi.calculators import MolequiCalculator, relax, run_md
+from molequi.calculators import MolequiCalculator
 from molequi.data.records import atoms_to_data
 from molequi.errors import CheckpointError, ModelError
 from molequi.graph.neighbors import RadiusGraph
 from molequi.models.lj import LennardJones
+from molequi.simulate import MDSettings, relax, run_md
 
 
 @pytest.mark.parametrize("periodic", [True, False])
@@ -60,7 +61,7 @@ def test_neighbor_reuse_equals_rebuild_across_md():
     for skin in (0.3, 0.0):
         atoms = ar_fcc(2, rattle=0.05, seed=5)
         calc = MolequiCalculator(LennardJones(), skin=skin)
-        run_md(atoms, calc, ensemble="nve", temperature=300, timestep=5.0, steps=60, seed=1)
+        run_md(atoms, calc, MDSettings(ensemble="nve", temperature=300, timestep=5.0, steps=60, seed=1))
         runs.append((atoms, calc))
     (a, ca), (b, cb) = runs
     assert cb.neighbors.n_builds == cb.neighbors.n_calls
@@ -151,7 +152,7 @@ def test_fixatoms_honoured_in_md_and_relax():
     atoms.set_constraint(FixAtoms(indices=fixed))
     start = atoms.positions.copy()
     atoms.calc = MolequiCalculator(LennardJones())
-    run_md(atoms, ensemble="nvt", temperature=100, timestep=2.0, steps=20, seed=0)
+    run_md(atoms, settings=MDSettings(ensemble="nvt", temperature=100, timestep=2.0, steps=20, seed=0))
     np.testing.assert_array_equal(atoms.positions[fixed], start[fixed])
     assert np.abs(atoms.positions - start).max() > 1e-3
     res = relax(atoms, optimizer="fire", fmax=0.01, steps=300)

@@ -9,9 +9,10 @@ import pytest
 from ase.io import read
 from calc_helpers import ar_cluster, ar_fcc
 
-from molequi.calculators import MolequiCalculator, SimulationBlowUp, quickstart_md, run_md
+from molequi.calculators import MolequiCalculator
 from molequi.errors import ConfigError, ModelError
 from molequi.models.lj import LennardJones
+from molequi.simulate import BlowUpGuard, MDSettings, SimulationBlowUp, quickstart_md, run_md
 
 # Measured (Ar fcc 2x2x2 = 32 atoms, shifted-force LJ r_c 8.5 Å, float64, T0 = 40 K, dt 2 fs, 500 steps):
 # drift 1.9e-8 eV/atom/ps and peak-to-peak total-energy fluctuation 3.0e-7 eV/atom. Bounds with margin:
@@ -24,12 +25,7 @@ def test_nve_conserves_energy(tmp_path):
     res = run_md(
         atoms,
         MolequiCalculator(LennardJones()),
-        ensemble="nve",
-        temperature=40,
-        timestep=2.0,
-        steps=500,
-        seed=0,
-        loginterval=5,
+        MDSettings(ensemble="nve", temperature=40, timestep=2.0, steps=500, seed=0, loginterval=5),
         log=tmp_path / "nve.csv",
     )
     assert res.steps == 500 and not res.stopped
@@ -57,14 +53,16 @@ def test_blowup_guard_stops_and_keeps_trajectory_readable(tmp_path):
         run_md(
             atoms,
             MolequiCalculator(LennardJones()),
-            ensemble="nve",
-            temperature=3000,
-            timestep=20.0,
-            steps=500,
-            seed=0,
+            MDSettings(
+                ensemble="nve",
+                temperature=3000,
+                timestep=20.0,
+                steps=500,
+                seed=0,
+                guard=BlowUpGuard(max_force=5.0),
+            ),
             traj=traj,
             log=tmp_path / "md.csv",
-            max_force=5.0,
         )
     result = info.value.result
     assert result.stopped and 5 < info.value.step < 500 and "max_force" in result.reason
@@ -81,13 +79,15 @@ def test_guard_min_distance_and_no_raise_mode():
     res = run_md(
         atoms,
         MolequiCalculator(LennardJones()),
-        ensemble="nve",
-        temperature=3000,
-        timestep=40.0,
-        steps=500,
-        seed=0,
-        min_distance=2.5,
-        raise_on_blowup=False,
+        MDSettings(
+            ensemble="nve",
+            temperature=3000,
+            timestep=40.0,
+            steps=500,
+            seed=0,
+            guard=BlowUpGuard(min_distance=2.5),
+            raise_on_blowup=False,
+        ),
     )
     assert res.stopped and "min_distance" in res.reason
 
@@ -97,10 +97,23 @@ def test_guard_committee_uncertainty():
     calc = MolequiCalculator(models=[LennardJones(), LennardJones(sigma=3.6)])
     with pytest.raises(SimulationBlowUp, match="uncertainty"):
         run_md(
-            atoms, calc, ensemble="nvt", temperature=50, timestep=2.0, steps=10, seed=0, max_uncertainty=1e-4
+            atoms,
+            calc,
+            MDSettings(
+                ensemble="nvt",
+                temperature=50,
+                timestep=2.0,
+                steps=10,
+                seed=0,
+                guard=BlowUpGuard(max_uncertainty=1e-4),
+            ),
         )
     with pytest.raises(ConfigError, match="committee"):
-        run_md(ar_cluster(13), MolequiCalculator(LennardJones()), steps=2, max_uncertainty=0.1)
+        run_md(
+            ar_cluster(13),
+            MolequiCalculator(LennardJones()),
+            MDSettings(steps=2, guard=BlowUpGuard(max_uncertainty=0.1)),
+        )
 
 
 def test_nvt_and_npt_run(tmp_path):
@@ -108,13 +121,9 @@ def test_nvt_and_npt_run(tmp_path):
     res = run_md(
         atoms,
         MolequiCalculator(LennardJones()),
-        ensemble="nvt",
-        temperature=60,
-        timestep=5.0,
-        steps=100,
-        seed=1,
-        friction=0.05,
-        loginterval=10,
+        MDSettings(
+            ensemble="nvt", temperature=60, timestep=5.0, steps=100, seed=1, friction=0.05, loginterval=10
+        ),
     )
     assert res.steps == 100 and 10 < np.mean(res.log["temperature_K"][5:]) < 150
     for barostat in ("mtk", "berendsen"):
@@ -123,20 +132,22 @@ def test_nvt_and_npt_run(tmp_path):
         r = run_md(
             crystal,
             MolequiCalculator(LennardJones()),
-            ensemble="npt",
-            temperature=30,
-            timestep=5.0,
-            steps=30,
-            seed=2,
-            pressure=1.0,
-            barostat=barostat,
-            taup=100.0,
-            compressibility=1e-3,
+            MDSettings(
+                ensemble="npt",
+                temperature=30,
+                timestep=5.0,
+                steps=30,
+                seed=2,
+                pressure=1.0,
+                barostat=barostat,
+                taup=100.0,
+                compressibility=1e-3,
+            ),
         )
         assert r.steps == 30 and crystal.get_volume() < 0.99 * v0
         assert r.log["volume_A3"][-1] == pytest.approx(crystal.get_volume())
     with pytest.raises(ConfigError, match="periodic"):
-        run_md(ar_cluster(5), MolequiCalculator(LennardJones()), ensemble="npt", steps=1)
+        run_md(ar_cluster(5), MolequiCalculator(LennardJones()), MDSettings(ensemble="npt", steps=1))
 
 
 def test_nonconservative_model_refused_unless_allowed():
@@ -144,9 +155,11 @@ def test_nonconservative_model_refused_unless_allowed():
     model.conservative = False
     atoms = ar_cluster(5)
     with pytest.raises(ModelError, match="allow_nonconservative"):
-        run_md(atoms, MolequiCalculator(model), ensemble="nve", steps=2)
+        run_md(atoms, MolequiCalculator(model), MDSettings(ensemble="nve", steps=2))
     assert (
-        run_md(atoms, MolequiCalculator(model), ensemble="nve", steps=2, allow_nonconservative=True).steps
+        run_md(
+            atoms, MolequiCalculator(model), MDSettings(ensemble="nve", steps=2, allow_nonconservative=True)
+        ).steps
         == 2
     )
 

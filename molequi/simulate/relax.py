@@ -16,6 +16,7 @@ import numpy as np
 from ase import units
 
 from molequi.errors import ConfigError
+from molequi.simulate.writers import FrameWriter
 
 OPTIMIZERS = ("bfgs", "fire", "lbfgs")
 
@@ -79,8 +80,6 @@ def relax(
     opt = _optimizer_class(optimizer)(target, logfile=logfile)
     writer = None
     if traj is not None:
-        from molequi.calculators.md import FrameWriter
-
         writer = FrameWriter(traj)
         opt.attach(lambda: writer.write(atoms), interval=1)
     try:

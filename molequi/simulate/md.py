@@ -1,19 +1,21 @@
 """Molecular dynamics with ASE integrators, guarded against blow-ups, with a CSV log and a trajectory.
 
-    result = run_md(atoms, calc, ensemble="nvt", temperature=300, timestep=0.5, steps=2000,
-                    traj="md.extxyz", log="md.csv", max_force=50.0, min_distance=0.5)
+    settings = MDSettings(ensemble="nvt", temperature=300, timestep=0.5, steps=2000,
+                          guard=BlowUpGuard(max_force=50.0, min_distance=0.5))
+    result = run_md(atoms, calc, settings, traj="md.extxyz", log="md.csv")
 
 Ensembles (ASE integrators): ``nve`` velocity Verlet; ``nvt`` Langevin (``friction`` in 1/fs); ``npt``
 isotropic MTK Nose-Hoover chains (``ase.md.nose_hoover_chain.IsotropicMTKNPT``, ``barostat="mtk"``, the
 correct NPT ensemble) or Berendsen (``barostat="berendsen"``, fast relaxation of the volume, not a correct
 ensemble). Units: temperature K, timestep fs, pressure bar, friction 1/fs, time constants fs.
 
-Guard: after every step the run stops with ``SimulationBlowUp`` (``reason``, ``step``) when the energy,
-forces or positions are not finite, a force exceeds ``max_force`` (eV/Å), two atoms come closer than
-``min_distance`` (Å), or the committee force uncertainty (``forces_std_norm``, eV/Å) exceeds
-``max_uncertainty``. The trajectory holds every frame written before the bad step: frames are written one
-whole frame at a time (formatted in memory, then one write + flush), so the file is never left with a
-truncated frame. ``run_md(..., raise_on_blowup=False)`` returns a result with ``stopped=True`` instead.
+Guard (``BlowUpGuard``, part of ``MDSettings``): after every step the run stops with ``SimulationBlowUp``
+(``reason``, ``step``) when the energy, forces or positions are not finite, a force exceeds ``max_force``
+(eV/Å), two atoms come closer than ``min_distance`` (Å), or the committee force uncertainty
+(``forces_std_norm``, eV/Å) exceeds ``max_uncertainty``. The trajectory holds every frame written before
+the bad step: frames are written one whole frame at a time (formatted in memory, then one write + flush),
+so the file is never left with a truncated frame. ``MDSettings(raise_on_blowup=False)`` returns a result
+with ``stopped=True`` instead.
 
 Log columns (every ``loginterval`` steps): step, time_fs, epot_eV, ekin_eV, etot_eV, temperature_K,
 drift_eV_per_atom (= (E_tot - E_tot(0)) / n), max_force_eV_A, volume_A3, and energy_std_eV /
@@ -24,7 +26,6 @@ over the logged points: the standard NVE conservation measure (meaningless under
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from ase import units
 
 from molequi.errors import ConfigError, ModelError, MolequiError, ValueRangeError
 from molequi.graph.neighbors import NeighborOverflowError
-from molequi.io import atomic_path, atomic_write_text
+from molequi.simulate.writers import CSVLog, FrameWriter
 
 ENSEMBLES = ("nve", "nvt", "npt")
 BAROSTATS = ("mtk", "berendsen")
@@ -70,23 +71,21 @@ class MDResult:
         return d
 
 
+@dataclass(frozen=True)
 class BlowUpGuard:
-    """Checks a state for the blow-up conditions of ``run_md``; ``check(atoms)`` returns a reason or None."""
+    """When ``run_md`` stops: a force above ``max_force`` (eV/Å), two atoms closer than ``min_distance``
+    (Å), a committee force spread above ``max_uncertainty`` (eV/Å); None switches a check off. Non-finite
+    positions, energies or forces always stop the run. ``check(atoms)`` returns the reason or None."""
 
-    def __init__(
-        self,
-        max_force: float | None = None,
-        min_distance: float | None = None,
-        max_uncertainty: float | None = None,
-    ):
-        for name, v in (
-            ("max_force", max_force),
-            ("min_distance", min_distance),
-            ("max_uncertainty", max_uncertainty),
-        ):
+    max_force: float | None = None
+    min_distance: float | None = None
+    max_uncertainty: float | None = None
+
+    def __post_init__(self):
+        for name in ("max_force", "min_distance", "max_uncertainty"):
+            v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive, got {v}")
-        self.max_force, self.min_distance, self.max_uncertainty = max_force, min_distance, max_uncertainty
 
     def check(self, atoms) -> str | None:
         results = atoms.calc.results
@@ -124,68 +123,53 @@ class BlowUpGuard:
         return None
 
 
-class FrameWriter:
-    """Appends whole extended-XYZ frames to ``path`` (format in memory, one write, flush)."""
+@dataclass
+class MDSettings:
+    """Everything ``run_md`` simulates (outputs aside). Units: K, fs, 1/fs, bar, 1/bar.
 
-    def __init__(self, path: str | Path, append: bool = False):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a" if append else "w")
-        self.count = 0
+    ensemble           ``nve`` | ``nvt`` | ``npt``
+    temperature        target temperature, K; also of the initial Maxwell-Boltzmann velocities
+    timestep, steps    fs, number of steps
+    friction           Langevin friction (nvt), 1/fs
+    pressure, barostat npt target pressure (bar) and integrator (``mtk`` | ``berendsen``)
+    taut, taup         thermostat / barostat time constants (npt), fs; None: 100 / 1000 timesteps
+    compressibility    Berendsen barostat compressibility, 1/bar
+    loginterval        a log line and a trajectory frame every N steps (and at step 0 and the last)
+    seed               seed of the initial velocities and the Langevin noise
+    init_temperature   temperature of the initial velocities when the atoms have none (None: temperature)
+    guard              the blow-up checks (``BlowUpGuard``)
+    allow_nonconservative  run a model whose forces are not -dE/dx (no energy conservation)
+    raise_on_blowup    raise ``SimulationBlowUp`` (True) or return a result with ``stopped=True``
+    """
 
-    def write(self, atoms, extra_info: dict | None = None, extra_arrays: dict | None = None) -> None:
-        from ase.calculators.singlepoint import SinglePointCalculator
-        from ase.io import write
+    ensemble: str = "nvt"
+    temperature: float = 300.0
+    timestep: float = 0.5
+    steps: int = 1000
+    friction: float = 0.01
+    pressure: float = 1.01325
+    barostat: str = "mtk"
+    taut: float | None = None
+    taup: float | None = None
+    compressibility: float = 4.57e-5
+    loginterval: int = 1
+    seed: int | None = None
+    init_temperature: float | None = None
+    guard: BlowUpGuard = field(default_factory=BlowUpGuard)
+    allow_nonconservative: bool = False
+    raise_on_blowup: bool = True
 
-        snap = atoms.copy()  # keeps momenta and constraints
-        res = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
-        standard = {k: res[k] for k in ("energy", "free_energy", "forces", "stress", "energies") if k in res}
-        if standard:
-            snap.calc = SinglePointCalculator(snap, **standard)
-        snap.info.update(extra_info or {})
-        for k, v in (extra_arrays or {}).items():
-            snap.arrays[k] = np.asarray(v)
-        buf = io.StringIO()
-        write(buf, snap, format="extxyz")
-        self.file.write(buf.getvalue())
-        self.file.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class CSVLog:
-    """A CSV file written a line at a time with flush."""
-
-    def __init__(self, path: str | Path, columns: list[str]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w")
-        self.columns = columns
-        self.file.write(",".join(columns) + "\n")
-        self.file.flush()
-
-    def write(self, row: dict) -> None:
-        self.file.write(",".join(_fmt(row.get(c)) for c in self.columns) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return repr(float(v))
+    def __post_init__(self):
+        self.ensemble = self.ensemble.lower()
+        if self.ensemble not in ENSEMBLES:
+            raise ConfigError(f"unknown ensemble '{self.ensemble}'; valid: {', '.join(ENSEMBLES)}")
+        if self.timestep <= 0 or self.steps < 0 or self.loginterval < 1:
+            raise ConfigError(
+                f"need timestep > 0, steps >= 0, loginterval >= 1 "
+                f"(got {self.timestep}, {self.steps}, {self.loginterval})"
+            )
+        if self.ensemble != "nve" and self.temperature <= 0:
+            raise ConfigError(f"{self.ensemble} needs a positive temperature, got {self.temperature} K")
 
 
 def drift_per_atom_per_ps(time_fs, etot, n_atoms: int) -> float | None:
@@ -197,21 +181,16 @@ def drift_per_atom_per_ps(time_fs, etot, n_atoms: int) -> float | None:
     return float(np.polyfit(t, e, 1)[0])
 
 
-def make_integrator(
-    atoms,
-    ensemble: str,
-    timestep: float,
-    temperature: float,
-    friction: float,
-    pressure: float,
-    barostat: str,
-    taut: float,
-    taup: float,
-    compressibility: float,
-    rng,
-):
-    """The ASE integrator for ``ensemble`` (units: fs, K, 1/fs, bar, 1/bar)."""
-    dt = timestep * units.fs
+def make_integrator(atoms, settings: MDSettings, rng):
+    """The ASE integrator of ``settings.ensemble`` over ``atoms`` (units: fs, K, 1/fs, bar, 1/bar).
+
+    Time constants left at None become taut = 100 timesteps and taup = 1000 timesteps.
+    """
+    s = settings
+    ensemble, temperature, pressure, barostat = s.ensemble, s.temperature, s.pressure, s.barostat
+    taut = 100 * s.timestep if s.taut is None else s.taut
+    taup = 1000 * s.timestep if s.taup is None else s.taup
+    dt = s.timestep * units.fs
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
 
@@ -220,7 +199,12 @@ def make_integrator(
         from ase.md.langevin import Langevin
 
         return Langevin(
-            atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng, fixcm=False
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            friction=s.friction / units.fs,
+            rng=rng,
+            fixcm=False,
         )  # fixcm=True samples NVT inexactly (ASE >= 3.28)
     if ensemble == "npt":
         if not np.all(atoms.pbc):
@@ -246,7 +230,7 @@ def make_integrator(
                 pressure_au=pressure * units.bar,
                 taut=taut * units.fs,
                 taup=taup * units.fs,
-                compressibility_au=compressibility / units.bar,
+                compressibility_au=s.compressibility / units.bar,
             )
         raise ConfigError(f"unknown barostat '{barostat}'; valid: {', '.join(BAROSTATS)}")
     raise ConfigError(f"unknown ensemble '{ensemble}'; valid: {', '.join(ENSEMBLES)}")
@@ -269,71 +253,43 @@ def init_velocities(atoms, temperature: float, rng) -> None:
 def run_md(
     atoms,
     calc=None,
+    settings: MDSettings | None = None,
     *,
-    ensemble: str = "nvt",
-    temperature: float = 300.0,
-    timestep: float = 0.5,
-    steps: int = 1000,
-    friction: float = 0.01,
-    pressure: float = 1.01325,
-    barostat: str = "mtk",
-    taut: float | None = None,
-    taup: float | None = None,
-    compressibility: float = 4.57e-5,
     traj: str | Path | None = None,
     log: str | Path | None = None,
-    loginterval: int = 1,
-    seed: int | None = None,
-    init_temperature: float | None = None,
-    max_force: float | None = None,
-    min_distance: float | None = None,
-    max_uncertainty: float | None = None,
-    allow_nonconservative: bool = False,
-    progress: bool = False,
-    raise_on_blowup: bool = True,
     append: bool = False,
+    progress: bool = False,
 ) -> MDResult:
-    """Run ``steps`` MD steps of ``atoms`` (modified in place) with ``calc`` (default: ``atoms.calc``).
+    """Run ``settings.steps`` MD steps of ``atoms`` (modified in place) with ``calc`` (else ``atoms.calc``).
 
+    ``settings`` (default ``MDSettings()``) holds the ensemble, its parameters and the blow-up guard.
     Velocities: if ``atoms`` has no momenta, they are drawn from Maxwell-Boltzmann at ``init_temperature``
-    (default ``temperature``) with ``seed``. Time constants default to taut = 100 timesteps and
-    taup = 1000 timesteps. ``traj`` / ``log`` get a frame / line at step 0 and every ``loginterval``
-    steps. Returns an ``MDResult``; a blow-up raises ``SimulationBlowUp`` (its ``result`` attribute holds the
-    ``MDResult`` up to the last good step) unless ``raise_on_blowup=False``.
+    (default ``temperature``) with ``seed``. ``traj`` (extended XYZ, appended to with ``append``) / ``log``
+    (CSV) get a frame / line at step 0 and every ``loginterval`` steps; ``progress`` shows a tqdm bar.
+    Returns an ``MDResult``; a blow-up raises ``SimulationBlowUp`` (its ``result`` attribute holds the
+    ``MDResult`` up to the last good step) unless ``settings.raise_on_blowup`` is False.
     """
-    ensemble = ensemble.lower()
-    if ensemble not in ENSEMBLES:
-        raise ConfigError(f"unknown ensemble '{ensemble}'; valid: {', '.join(ENSEMBLES)}")
-    if timestep <= 0 or steps < 0 or loginterval < 1:
-        raise ConfigError(
-            f"need timestep > 0, steps >= 0, loginterval >= 1 (got {timestep}, {steps}, {loginterval})"
-        )
-    if ensemble != "nve" and temperature <= 0:
-        raise ConfigError(f"{ensemble} needs a positive temperature, got {temperature} K")
+    s = MDSettings() if settings is None else settings
+    ensemble, timestep, steps, loginterval, guard = s.ensemble, s.timestep, s.steps, s.loginterval, s.guard
     if calc is not None:
         atoms.calc = calc
     if atoms.calc is None:
         raise ConfigError("run_md needs a calculator (calc=... or atoms.calc)")
-    if not getattr(atoms.calc, "conservative", True) and not allow_nonconservative:
+    if not getattr(atoms.calc, "conservative", True) and not s.allow_nonconservative:
         raise ModelError(
             "the model predicts forces directly (not as -dE/dx), so MD with it does not conserve "
-            "energy; pass allow_nonconservative=True (--allow-nonconservative) to run anyway"
+            "energy; pass MDSettings(allow_nonconservative=True) (--allow-nonconservative) to run anyway"
         )
-    guard = BlowUpGuard(max_force, min_distance, max_uncertainty)
-    if max_uncertainty is not None and not getattr(atoms.calc, "is_committee", False):
+    if guard.max_uncertainty is not None and not getattr(atoms.calc, "is_committee", False):
         raise ConfigError(
             "max_uncertainty needs a committee calculator (MolequiCalculator(models=[...]), "
             "or several checkpoints on the command line)"
         )
-    rng = np.random.default_rng(seed)
-    t_init = temperature if init_temperature is None else init_temperature
+    rng = np.random.default_rng(s.seed)
+    t_init = s.temperature if s.init_temperature is None else s.init_temperature
     if not np.any(atoms.get_momenta()) and t_init > 0:
         init_velocities(atoms, t_init, rng)
-    taut = 100 * timestep if taut is None else taut
-    taup = 1000 * timestep if taup is None else taup
-    dyn = make_integrator(
-        atoms, ensemble, timestep, temperature, friction, pressure, barostat, taut, taup, compressibility, rng
-    )
+    dyn = make_integrator(atoms, s, rng)
 
     n = len(atoms)
     committee = bool(getattr(atoms.calc, "is_committee", False))
@@ -430,7 +386,7 @@ def run_md(
             if closer is not None:
                 closer.close()
     result.drift_ev_per_atom_per_ps = drift_per_atom_per_ps(result.log["time_fs"], result.log["etot_eV"], n)
-    if result.stopped and raise_on_blowup:
+    if result.stopped and s.raise_on_blowup:
         raise SimulationBlowUp(result.reason, step, result)
     return result
 
@@ -440,142 +396,15 @@ def _stop(result: MDResult, reason: str, step: int) -> None:
     result.reason = reason
 
 
-# ---------------------------------------------------------------------------------------------- quickstart
-def quickstart_md(
-    model,
-    atoms,
-    out_dir: str | Path,
-    nvt_ps: float = 1.0,
-    nve_ps: float = 1.0,
-    timestep_fs: float = 0.5,
-    temperature: float = 300.0,
-    seed: int = 0,
-    loginterval: int = 10,
-    friction: float = 0.01,
-    progress: bool = True,
-    max_force: float | None = 50.0,
-    min_distance: float | None = 0.5,
-) -> float:
-    """NVT (Langevin) for ``nvt_ps`` then NVE for ``nve_ps``; returns the NVE drift in eV/atom/ps.
-
-    ``model``: a molequi model, a list of models (committee), a ``MolequiCalculator`` or a checkpoint path.
-    ``atoms`` is copied. Writes into ``out_dir``: ``md_nvt.extxyz``, ``md_nve.extxyz``, ``md_nvt.csv``,
-    ``md_nve.csv``, ``md_energy.png`` (potential / kinetic / total energy versus time, NVE fit line) and
-    ``md_summary.json`` (drift, steps/s, temperatures). A blow-up (NaN, a force above ``max_force`` eV/Å,
-    atoms closer than ``min_distance`` Å) raises ``SimulationBlowUp``; the files hold every step before it.
-    """
-    import json
-
-    from molequi.calculators.calculator import MolequiCalculator
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, MolequiCalculator):
-        calc = model
-    elif isinstance(model, (str, Path)):
-        calc = MolequiCalculator.from_checkpoint(model)
-    elif isinstance(model, (list, tuple)):
-        calc = MolequiCalculator(models=list(model))
-    else:
-        calc = MolequiCalculator(model)
-    atoms = atoms.copy()
-    atoms.calc = calc
-    n_nvt = int(round(nvt_ps * 1000 / timestep_fs))
-    n_nve = int(round(nve_ps * 1000 / timestep_fs))
-    nvt = run_md(
-        atoms,
-        ensemble="nvt",
-        temperature=temperature,
-        timestep=timestep_fs,
-        steps=n_nvt,
-        friction=friction,
-        traj=out / "md_nvt.extxyz",
-        log=out / "md_nvt.csv",
-        loginterval=loginterval,
-        seed=seed,
-        progress=progress,
-        max_force=max_force,
-        min_distance=min_distance,
-    )
-    nve = run_md(
-        atoms,
-        ensemble="nve",
-        temperature=temperature,
-        timestep=timestep_fs,
-        steps=n_nve,
-        traj=out / "md_nve.extxyz",
-        log=out / "md_nve.csv",
-        loginterval=loginterval,
-        seed=seed,
-        progress=progress,
-        max_force=max_force,
-        min_distance=min_distance,
-    )
-    drift = nve.drift_ev_per_atom_per_ps
-    plot_energies(nvt, nve, out / "md_energy.png")
-    summary = {
-        "nvt": nvt.summary(),
-        "nve": nve.summary(),
-        "nve_drift_eV_per_atom_per_ps": drift,
-        "timestep_fs": timestep_fs,
-        "temperature_K": temperature,
-        "nve_mean_temperature_K": float(np.mean(nve.log["temperature_K"]))
-        if nve.log["temperature_K"]
-        else None,
-    }
-    atomic_write_text(out / "md_summary.json", json.dumps(summary, indent=2) + "\n")
-    return float("nan") if drift is None else drift
-
-
-def plot_energies(nvt: MDResult | None, nve: MDResult, path: str | Path) -> None:
-    """Energy-versus-time PNG (matplotlib Agg), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, 2 if nvt is not None else 1, figsize=(11 if nvt is not None else 6, 4), squeeze=False
-    )
-    axes = axes[0]
-    offset = 0.0
-    panels = ([("NVT", nvt)] if nvt is not None else []) + [("NVE", nve)]
-    for ax, (name, res) in zip(axes, panels):
-        t = np.asarray(res.log["time_fs"], dtype=float) / 1000 + offset
-        n = res.n_atoms
-        for key, label in (("epot_eV", "potential"), ("ekin_eV", "kinetic"), ("etot_eV", "total")):
-            y = np.asarray(res.log[key], dtype=float) / n
-            ax.plot(t, y - (y[0] if len(y) else 0.0), label=label, lw=1)
-        if name == "NVE" and res.drift_ev_per_atom_per_ps is not None and len(t) > 2:
-            y = np.asarray(res.log["etot_eV"], dtype=float) / n
-            fit = np.polyfit(t, y - y[0], 1)
-            ax.plot(
-                t,
-                np.polyval(fit, t),
-                "k--",
-                lw=1,
-                label=f"fit: {res.drift_ev_per_atom_per_ps:.2e} eV/atom/ps",
-            )
-        ax.set_xlabel("time (ps)")
-        ax.set_ylabel("energy - initial (eV/atom)")
-        ax.set_title(f"{name}: {res.steps} steps")
-        ax.legend(fontsize=8)
-        if nvt is not None and name == "NVT":
-            offset = t[-1] if len(t) else 0.0
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
 __all__ = [
     "run_md",
+    "MDSettings",
     "MDResult",
     "SimulationBlowUp",
     "BlowUpGuard",
-    "FrameWriter",
-    "quickstart_md",
     "drift_per_atom_per_ps",
-    "plot_energies",
+    "make_integrator",
+    "init_velocities",
     "ENSEMBLES",
+    "BAROSTATS",
 ]

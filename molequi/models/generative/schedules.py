@@ -78,6 +78,15 @@ class NoiseSchedule(torch.nn.Module):
         self.register_buffer("gamma_table", torch.tensor(gamma, dtype=torch.float64), persistent=False)
         self.register_buffer("alphas2_table", torch.tensor(alphas2, dtype=torch.float64), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        """Device moves apply to the tables; dtype casts (``model.float()``, ``model.to(torch.float32)``) do
+        not: the tables stay float64, so a model cast to float32 and back keeps the exact schedule."""
+        tables = {name: getattr(self, name) for name in ("gamma_table", "alphas2_table")}
+        super()._apply(fn, recurse)
+        for name, table in tables.items():
+            setattr(self, name, table.to(getattr(self, name).device))
+        return self
+
     def index(self, t: torch.Tensor) -> torch.Tensor:
         """Integer step of ``t`` (long steps pass through; floats in [0, 1] are rounded from t * T)."""
         if t.dtype in (torch.int64, torch.int32):

@@ -181,3 +181,16 @@ def test_quickstart_md_writes_plot_and_returns_drift(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "md_energy.png").read_bytes()[:4] == b"\x89PNG"
     assert len(read(tmp_path / "md_nve.extxyz", index=":")) == 11
+
+
+def test_settings_are_validated_when_built():
+    """Bad MD settings fail when the settings object is made, before any structure or model is read."""
+    with pytest.raises(ConfigError, match="unknown ensemble 'nph'; valid: nve, nvt, npt"):
+        MDSettings(ensemble="nph")
+    with pytest.raises(ConfigError, match="timestep > 0"):
+        MDSettings(timestep=0.0)
+    with pytest.raises(ConfigError, match="nvt needs a positive temperature"):
+        MDSettings(ensemble="nvt", temperature=0.0)
+    assert MDSettings(ensemble="NVE", temperature=0.0).ensemble == "nve"  # NVE from rest is allowed
+    with pytest.raises(ConfigError, match="max_force must be positive"):
+        BlowUpGuard(max_force=-1.0)

@@ -1,4 +1,4 @@
-"""Write the real OC20 frames of /work/shared/data/real/FAIR-Chem__fairchem in the S2EF raw layout.
+"""Write the real OC20 frames shipped in data/oc20/source (FAIR-Chem files) in the S2EF raw layout.
 
     python scripts/make_oc20_samples.py [SRC_DIR] [OUT_DIR]
 
@@ -23,7 +23,7 @@ from molequi.data.oc20 import FrameRef, write_s2ef
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    src = Path(argv[0] if argv else "/work/shared/data/real/FAIR-Chem__fairchem")
+    src = Path(argv[0] if argv else "data/oc20/source")
     out = Path(argv[1] if len(argv) > 1 else "data/oc20")
     frames = [ase.io.read(src / "atoms.json")] + ase.io.read(src / "random1000156.traj", ":")
     refs = [FrameRef(0, 0, 0.0)] + [FrameRef(1000156, i, 0.0) for i in range(len(frames) - 1)]

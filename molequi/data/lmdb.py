@@ -1,6 +1,6 @@
 """OC20 / fairchem LMDB datasets: random access, lazy, memory flat with the dataset size, DDP-ready.
 
-Layout (``/work/shared/docs/formats.md``): a file ``data.NNNN.lmdb`` opened with ``subdir=False``; keys
+Layout (``docs/formats.md``): a file ``data.NNNN.lmdb`` opened with ``subdir=False``; keys
 ``str(i).encode("ascii")`` for i = 0..N-1 and optionally ``b"length"`` (a pickled int; without it the
 entries are counted). Values are pickled PyG ``Data`` (PyG 2 with ``_store`` or PyG 1.x without), read
 with ``molequi.data.pickle_safe.safe_loads`` only (never plain ``pickle.loads``).

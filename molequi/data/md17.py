@@ -1,6 +1,6 @@
 """MD17 (sGDML) and revised MD17 (rMD17): ab-initio MD trajectories of small molecules, energies and forces.
 
-Layouts read (``/work/shared/docs/formats.md``)
+Layouts read (``docs/formats.md``)
 
 - sGDML npz (MD17): ``R`` (F, n, 3) Å, ``z`` (n,), ``E`` (F, 1) kcal/mol, ``F`` (F, n, 3) kcal/mol/Å.
 - sGDML xyz: per frame the atom count, the bare energy (kcal/mol), rows ``sym x y z fx fy fz`` (kcal/mol/Å).

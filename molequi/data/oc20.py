@@ -1,6 +1,6 @@
 """OC20 (Open Catalyst 2020): S2EF raw extxyz + txt pairs, S2EF / IS2RE LMDBs, registry builders.
 
-S2EF raw (``/work/shared/docs/formats.md``): ``N.extxyz`` + ``N.txt`` (each optionally ``.xz``), same frame
+S2EF raw (``docs/formats.md``): ``N.extxyz`` + ``N.txt`` (each optionally ``.xz``), same frame
 order. The extxyz comment line is
 ``Lattice="..." Properties=species:S:1:pos:R:3:move_mask:L:1:tags:I:1:forces:R:3 energy=... free_energy=...
 pbc="T T T"``; ``move_mask`` F marks a fixed atom, tags are 0 subsurface / 1 surface / 2 adsorbate. The txt

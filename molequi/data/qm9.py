@@ -1,6 +1,6 @@
 """QM9: 134k small organic molecules (C, H, N, O, F; up to 9 heavy atoms) with 19 B3LYP/6-31G(2df,p) targets.
 
-Layouts read (see ``/work/shared/docs/formats.md``)
+Layouts read (see ``docs/formats.md``)
 
 - original figshare xyz (``dsgdb9nsd_NNNNNN.xyz``): one record per file, records joined in one file, a
   directory of them, or a tarball (``.tar``, ``.tar.gz``, ``.tar.bz2``) read member by member without

@@ -6,7 +6,7 @@ Batch fields (``molequi.data.hamiltonian.record_to_data``): ``fock`` (sum nao^2,
 
 Loss (QHNet):  L = w_mse * mean((H_pred - H)^2) + w_mae * mean(|H_pred - H|)   over all elements, Hartree.
 
-Metrics (definitions of ``/shared/docs/targets.md``; n_occ = n_elec / 2, closed shell):
+Metrics (QHNet's definitions, Yu et al. 2023; n_occ = n_elec / 2, closed shell):
     h_mae_uha        MAE over all matrix elements, micro-Hartree
     eps_mae_uha      MAE of occupied orbital energies from H C = S C e (scipy ``eigh(H, S)``), micro-Hartree
     psi_cos_x100     mean over occupied orbitals of |cos(c_pred, c_true)| (AO coefficient vectors), x100

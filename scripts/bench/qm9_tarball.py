@@ -1,6 +1,6 @@
 """Read the full QM9 geometry tarball (streamed, never unpacked) and report counts and time.
 
-    python scripts/bench/qm9_tarball.py /work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz [--records]
+    python scripts/bench/qm9_tarball.py PATH/TO/ppqm/xyz.tar.gz [--records]
 
 Parses every ``dsgdb9nsd_*.xyz`` member with ``molequi.data.qm9.iter_qm9_xyz``; ``--records`` also builds the
 graph records (``QM9Molecule.to_data``, with validation). Prints a table and writes

@@ -26,8 +26,8 @@ import torch
 from torch_geometric.data import Batch
 
 from molequi import keys as K
-from molequi.data.records import atoms_to_data
-from molequi.graph.neighbors import RadiusGraph
+from molequi.calculators.predict import build_records, model_outputs
+from molequi.so3.rotations import haar_rotation
 
 EQUIVARIANCE_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 FD_TOL = {torch.float64: 1e-6, torch.float32: 1e-2}
@@ -50,26 +50,23 @@ def random_rotation(rng: np.random.Generator, reflection: bool = False) -> np.nd
 
     With ``reflection=True`` the result has determinant -1 (an improper rotation).
     """
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q @ np.diag(np.sign(np.diag(r)))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
+    q = haar_rotation(gaussian=torch.as_tensor(rng.standard_normal((3, 3)))).numpy()
     if reflection:
         q = -q
     return q
 
 
 def _batch(structures: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype, device="cpu") -> Batch:
-    graph = RadiusGraph(cutoff)
-    records = [graph(atoms_to_data(a, dtype=dtype, validate=False)) for a in structures]
-    return Batch.from_data_list(records).to(device)
+    return Batch.from_data_list(build_records(structures, cutoff, dtype, validate=False)).to(device)
 
 
 def predict(model, structures: Sequence[ase.Atoms], cutoff: float, *, dtype: torch.dtype = torch.float64,
             compute_stress: bool = False, device="cpu") -> dict[str, np.ndarray]:
-    """Run ``model`` on ``structures`` as one batch; return numpy arrays (energy (B,), forces (n, 3), ...)."""
-    batch = _batch(structures, cutoff, dtype, device)
-    out = model(batch, compute_forces=True, compute_stress=compute_stress)
+    """Run ``model`` on ``structures`` as one batch (``molequi.calculators.predict.model_outputs``); return
+    numpy arrays (energy (B,), forces (n, 3), ...)."""
+    records = build_records(structures, cutoff, dtype, validate=False)
+    ((_, out, _),) = model_outputs(model, records, batch_size=max(1, len(records)), device=device,
+                                   compute_stress=compute_stress)
     return {k: v.detach().cpu().double().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 

@@ -6,15 +6,18 @@
 Each result dict holds ``energy`` / ``free_energy`` (eV), ``energies`` (n,) eV, ``forces`` (n, 3) eV/Å and,
 when stress is computed, ``stress`` as ASE's Voigt 6-vector (eV/Å^3). ``compute_stress=None`` computes it
 for every structure that is periodic with a full-rank cell (and gives none for the others).
+
+``model_outputs`` is the one batched inference loop of the package: ``predict`` here, the trainer's
+evaluation (``molequi eval``) and the symmetry checks of ``molequi.testing`` all run their models through it,
+on records whose graphs come from ``build_records`` / ``molequi.graph.RadiusGraph``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import ase
-import numpy as np
 import torch
 
 from molequi import keys as K
@@ -31,21 +34,54 @@ from molequi.errors import ValueRangeError
 def build_records(
     frames: Sequence[ase.Atoms], cutoff: float, dtype: torch.dtype, elements=None, validate: bool = True
 ) -> list:
-    """Graph records (edges within ``cutoff``) for every frame; ``ModelError`` names unknown elements."""
+    """Graph records (edges within ``cutoff``, ``molequi.graph.RadiusGraph``) for every frame; ``ModelError``
+    names unknown elements."""
     from molequi.data.records import atoms_to_data
-    from molequi.graph.neighbors import neighbor_list
+    from molequi.graph.neighbors import RadiusGraph
 
+    graph = RadiusGraph(cutoff)
     records = []
     for idx, atoms in enumerate(frames):
         check_elements(atoms.numbers, elements, where=f"frame {idx}")
-        d = atoms_to_data(atoms, validate=validate, frame=idx, dtype=dtype)
-        cell = np.asarray(atoms.cell[:], dtype=np.float64)
-        ei, us, sh = neighbor_list(atoms.positions, cell, atoms.pbc, cutoff)
-        d[K.EDGE_INDEX] = torch.as_tensor(ei, dtype=torch.long)
-        d[K.UNIT_SHIFTS] = torch.as_tensor(us, dtype=torch.long)
-        d[K.SHIFTS] = torch.as_tensor(sh, dtype=dtype)
-        records.append(d)
+        records.append(graph(atoms_to_data(atoms, validate=validate, frame=idx, dtype=dtype)))
     return records
+
+
+def model_outputs(
+    model,
+    records: Sequence,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    compute_stress: bool | str = False,
+    progress: bool = False,
+    desc: str = "predict",
+) -> Iterator[tuple]:
+    """Run ``model`` over ``records`` (graphs already built) in order, ``batch_size`` structures at a time.
+
+    Yields ``(batch, outputs, stress_computed)`` per PyG batch, where ``outputs`` is the model's dict
+    (``energy`` (B,) eV, ``forces`` (n, 3) eV/Å, ...). ``dtype``: cast every floating tensor of a batch to it
+    (None: as stored). ``compute_stress``: True / False for every batch, or ``"flagged"``: for the batches in
+    which some record has a true ``stress_flag``. Forces need gradients, so they are on inside the loop.
+    """
+    from torch_geometric.loader import DataLoader
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueRangeError(f"batch_size must be >= 1, got {batch_size}")
+    loader = DataLoader(records, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        batch = batch.to(device)
+        if dtype is not None:
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    batch[key] = value.to(dtype)
+        flagged = compute_stress == "flagged"
+        want_stress = bool(batch["stress_flag"].any()) if flagged else bool(compute_stress)
+        with torch.enable_grad():
+            out = model(batch, compute_forces=True, compute_stress=want_stress)
+        yield batch, out, want_stress
 
 
 def predict(
@@ -66,8 +102,6 @@ def predict(
     Returns a list of result dicts, or (``as_atoms=True``) copies of the frames carrying a
     ``SinglePointCalculator`` with those results.
     """
-    from torch_geometric.loader import DataLoader
-
     if isinstance(model_or_ckpt, (str, Path)):
         model = load_models(model_or_ckpt, device=device, dtype=dtype)[0]
     else:
@@ -87,17 +121,9 @@ def predict(
     records = build_records(frames, float(model.r_max), dtype, getattr(model, "elements", None), validate)
     for d, p in zip(records, periodic):
         d["stress_flag"] = torch.tensor([p and compute_stress is not False])
-    loader = DataLoader(records, batch_size=batch_size, shuffle=False)
     results: list[dict] = []
-    iterator = loader
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(loader, desc="predict", unit="batch")
-    for batch in iterator:
-        batch = batch.to(device)
-        want_stress = bool(batch["stress_flag"].any())
-        out = model(batch, compute_forces=True, compute_stress=want_stress)
+    for batch, out, want_stress in model_outputs(model, records, batch_size=batch_size, device=device,
+                                                 compute_stress="flagged", progress=progress):
         ptr = batch.ptr.cpu().numpy()
         energy = out[K.ENERGY].detach().to("cpu", torch.float64).numpy().reshape(-1)
         energies = out[K.ENERGIES].detach().to("cpu", torch.float64).numpy().reshape(-1)
@@ -129,4 +155,4 @@ def predict(
     return out_frames
 
 
-__all__ = ["predict", "build_records"]
+__all__ = ["predict", "build_records", "model_outputs"]

@@ -262,9 +262,19 @@ def stack_to_irreps_blocks(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def haar_rotation(generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
-    """A Haar-uniform random rotation (3, 3) (QR of a Gaussian matrix with the sign fix of Mezzadri 2007)."""
-    A = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+def haar_rotation(generator: torch.Generator | None = None, dtype=torch.float64, *,
+                  gaussian: torch.Tensor | None = None) -> torch.Tensor:
+    """A Haar-uniform random rotation (3, 3) (QR of a Gaussian matrix with the sign fix of Mezzadri 2007).
+
+    With A = QR (A a (3, 3) standard normal matrix), Q diag(sign(diag R)) is Haar-distributed on O(3);
+    negating its first column when its determinant is -1 gives the Haar measure on SO(3). ``gaussian``: use
+    this (3, 3) standard normal draw for A (e.g. from a NumPy generator) instead of drawing it from
+    ``generator``.
+    """
+    if gaussian is None:
+        A = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    else:
+        A = torch.as_tensor(gaussian, dtype=torch.float64).reshape(3, 3)
     Qm, Rm = torch.linalg.qr(A)
     Qm = Qm * torch.sign(torch.diagonal(Rm))
     if torch.det(Qm) < 0:

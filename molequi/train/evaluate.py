@@ -75,10 +75,9 @@ class Predictions:
 
 def predict(model: torch.nn.Module, records: Sequence, cutoff: float | None, *, batch_size: int = 32,
             device: str | torch.device = "cpu", progress: bool = False) -> Predictions:
-    """Energies and forces of ``model`` on ``records`` (graphs built here with ``cutoff``)."""
-    from torch_geometric.loader import DataLoader
-    from tqdm.auto import tqdm
-
+    """Energies and forces of ``model`` on ``records`` (graphs built here with ``cutoff``), through the
+    package's one batched inference loop ``molequi.calculators.predict.model_outputs``."""
+    from molequi.calculators.predict import model_outputs
     from molequi.train.data import with_graphs
 
     dtype = next(model.parameters()).dtype
@@ -86,14 +85,8 @@ def predict(model: torch.nn.Module, records: Sequence, cutoff: float | None, *, 
     n_atoms, e_true, e_pred, numbers, f_true, f_pred = [], [], [], [], [], []
     has_forces = all(K.FORCES in g for g in graphs)
     model.eval()
-    for batch in tqdm(DataLoader(graphs, batch_size=batch_size, shuffle=False), desc="evaluating",
-                      disable=not progress, leave=False):
-        batch = batch.to(device)
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                batch[key] = value.to(dtype)
-        with torch.enable_grad():
-            out = model(batch, compute_forces=True, compute_stress=False)
+    for batch, out, _ in model_outputs(model, graphs, batch_size=batch_size, device=device, dtype=dtype,
+                                       progress=progress, desc="evaluating"):
         counts = torch.bincount(batch[K.BATCH], minlength=batch.num_graphs)
         n_atoms.append(counts.cpu().numpy())
         e_pred.append(out[K.ENERGY].detach().double().cpu().numpy())

@@ -22,9 +22,11 @@ one cached file under ``root/processed``, written atomically (temporary file + `
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +315,11 @@ def parse_qm9_xyz(text: str, source: str = "<string>", index: int | None = None)
                 raise FormatError(
                     f"unreadable number on the property line ({exc})", source=source, line=i + 2
                 ) from None
+            if not np.isfinite(props).all():
+                raise FormatError(
+                    f"property {XYZ_FIELDS[int(np.argmin(np.isfinite(props)))]} is NaN or inf",
+                    source=source, line=i + 2, hint="the record is corrupt; re-extract or re-download it",
+                )
         numbers = np.empty(na, dtype=np.int64)
         pos = np.empty((na, 3))
         charges = np.empty(na) if full else None
@@ -376,8 +383,58 @@ def is_tarball(path: str | os.PathLike) -> bool:
     return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz"))
 
 
+def is_zip(path: str | os.PathLike) -> bool:
+    """A ``.zip`` of ``dsgdb9nsd_*.xyz`` files, as some mirrors distribute the tarball's content."""
+    return str(path).lower().endswith(".zip")
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    return is_tarball(path) or is_zip(path)
+
+
+# a QM9 record is under 3 kB; a member announcing more than this is not one (and would be read into memory)
+MAX_MEMBER_BYTES = 1 << 20
+
+
+def _member_text(data: bytes, source: str) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"member is not text ({exc.reason} at byte {exc.start})", source=source,
+                          hint="the archive is corrupt, or this is not a QM9 xyz member") from None
+
+
+def _iter_zip(path: Path) -> Iterator[QM9Molecule]:
+    """Members ``*.xyz`` of a zip in name order, read one at a time (never unpacked to disk)."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = sorted((m for m in archive.infolist() if m.filename.endswith(".xyz")),
+                             key=lambda m: m.filename)
+            if not members:
+                raise DatasetError(f"no .xyz members in {path}", hint="expected dsgdb9nsd_*.xyz files")
+            for member in members:
+                where = f"{path}:{member.filename}"
+                with archive.open(member) as fh:
+                    data = fh.read(MAX_MEMBER_BYTES + 1)
+                if len(data) > MAX_MEMBER_BYTES:
+                    raise FormatError(f"member larger than {MAX_MEMBER_BYTES} bytes", source=where,
+                                      hint="a QM9 xyz record is a few kB; this is not one")
+                yield from parse_qm9_xyz(_member_text(data, where), source=where,
+                                         index=_index_from_name(member.filename))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+            RuntimeError, ValueError) as exc:
+        if isinstance(exc, FormatError | DatasetError):
+            raise
+        raise FormatError(f"cannot read the zip ({type(exc).__name__}: {exc})", source=str(path),
+                          hint="the archive is corrupt or truncated") from None
+
+
 def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
-    """Yield the records of a QM9 xyz file, a directory of them, or a tarball (streamed, never unpacked)."""
+    """Yield the records of a QM9 xyz file, a directory of them, or a tarball / zip (streamed, never
+    unpacked)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path} does not exist", hint="give a QM9 xyz file, directory or tarball")
@@ -386,7 +443,8 @@ def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
         if not files:
             raise DatasetError(f"no .xyz files in directory {path}")
         for p in files:
-            yield from parse_qm9_xyz(p.read_text(), source=str(p), index=_index_from_name(p.name))
+            yield from parse_qm9_xyz(_member_text(p.read_bytes(), str(p)), source=str(p),
+                                     index=_index_from_name(p.name))
         return
     if is_tarball(path):
         try:
@@ -394,18 +452,25 @@ def iter_qm9_xyz(path: str | os.PathLike) -> Iterator[QM9Molecule]:
                 for member in tar:
                     if not member.isfile() or not member.name.endswith(".xyz"):
                         continue
-                    text = tar.extractfile(member).read().decode()
-                    yield from parse_qm9_xyz(
-                        text, source=f"{path}:{member.name}", index=_index_from_name(member.name)
-                    )
-        except (tarfile.TarError, EOFError, OSError) as exc:
+                    where = f"{path}:{member.name}"
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise FormatError(f"member of {member.size} bytes", source=where,
+                                          hint="a QM9 xyz record is a few kB; this is not one")
+                    text = _member_text(tar.extractfile(member).read(), where)
+                    yield from parse_qm9_xyz(text, source=where, index=_index_from_name(member.name))
+        except (tarfile.TarError, EOFError, OSError, zlib.error, TypeError) as exc:
+            # TypeError: tarfile's gzip reader on a header cut inside its fixed fields (``ord('')``)
             raise FormatError(
-                f"cannot read the tarball ({exc})",
+                f"cannot read the tarball ({type(exc).__name__}: {exc})",
                 source=str(path),
                 hint="the archive is corrupt or truncated",
             ) from None
         return
-    yield from parse_qm9_xyz(path.read_text(), source=str(path), index=_index_from_name(path.name))
+    if is_zip(path):
+        yield from _iter_zip(path)
+        return
+    yield from parse_qm9_xyz(_member_text(path.read_bytes(), str(path)), source=str(path),
+                             index=_index_from_name(path.name))
 
 
 def read_qm9_xyz(path: str | os.PathLike, exclude: Iterable[int] = (), validate: bool = True) -> list[Data]:
@@ -434,24 +499,35 @@ def read_uncharacterized(path: str | os.PathLike) -> set[int]:
 def read_qm9_csv(path: str | os.PathLike) -> dict[int, np.ndarray]:
     """``gdb9.sdf.csv`` -> {gdb index: 19 targets in molequi units}."""
     out = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[1:20]] != list(CSV_FIELDS):
-            raise FormatError(
-                f"unexpected header {header}",
-                source=str(path),
-                line=1,
-                hint="expected mol_id," + ",".join(CSV_FIELDS) + " (PyG gdb9.sdf.csv layout)",
-            )
-        for ln, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
+    ln = 1
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[1:20]] != list(CSV_FIELDS):
+                raise FormatError(
+                    f"unexpected header {header}",
+                    source=str(path),
+                    line=1,
+                    hint="expected mol_id," + ",".join(CSV_FIELDS) + " (PyG gdb9.sdf.csv layout)",
+                )
+            for ln, row in enumerate(reader, start=2):
+                if not row:
+                    continue
                 idx = _index_from_name(row[0])
-                out[idx] = csv_row_to_targets([float(v) for v in row[1:20]])
-            except (ValueError, TypeError) as exc:
-                raise FormatError(f"unreadable row ({exc})", source=str(path), line=ln) from None
+                if idx is None or len(row) < 1 + len(CSV_FIELDS):
+                    raise FormatError(f"expected gdb_<index> and {len(CSV_FIELDS)} values, got {len(row)} "
+                                      f"fields starting {row[0][:20]!r}", source=str(path), line=ln)
+                try:
+                    values = [float(v) for v in row[1:20]]
+                except ValueError as exc:
+                    raise FormatError(f"unreadable row ({exc})", source=str(path), line=ln) from None
+                if not np.isfinite(values).all():
+                    raise FormatError("NaN or inf in the row", source=str(path), line=ln)
+                out[idx] = csv_row_to_targets(values)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FormatError(f"not a readable CSV ({type(exc).__name__}: {exc})", source=str(path),
+                          line=ln + 1, hint="expected PyG's gdb9.sdf.csv (UTF-8 text)") from None
     return out
 
 
@@ -471,11 +547,24 @@ def read_qm9_sdf(
     targets = read_qm9_csv(csv_path) if csv_path is not None else {}
     skip = set(exclude)
     out = []
-    supplier = Chem.SDMolSupplier(str(sdf), removeHs=False, sanitize=False)
-    for i, mol in enumerate(supplier):
-        if mol is None:
-            raise FormatError("unreadable SDF block", source=str(sdf), frame=i, hint="the block is malformed")
-        idx = _index_from_name(mol.GetProp("_Name")) if mol.HasProp("_Name") else i + 1
+    try:
+        supplier = iter(Chem.SDMolSupplier(str(sdf), removeHs=False, sanitize=False))
+    except OSError as exc:  # RDKit: "Invalid input file" for a missing or empty file
+        raise FormatError(f"cannot open the SDF ({exc})", source=str(sdf),
+                          hint="the file is missing or empty") from None
+    for i in itertools.count():
+        try:
+            mol = next(supplier)
+            if mol is None:
+                raise FormatError("unreadable SDF block", source=str(sdf), frame=i,
+                                  hint="the block is malformed")
+            name = mol.GetProp("_Name") if mol.HasProp("_Name") else None
+        except StopIteration:
+            break
+        except UnicodeDecodeError as exc:  # RDKit decodes titles and properties as UTF-8
+            raise FormatError(f"SDF block is not UTF-8 text ({exc.reason})", source=str(sdf), frame=i,
+                              hint="the file is corrupt") from None
+        idx = _index_from_name(name) if name is not None else i + 1
         if idx is None:
             idx = i + 1
         if idx in skip:
@@ -521,7 +610,7 @@ def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | Non
     sdfs = sorted(folder.glob("*.sdf"))
     if sdfs:
         return "sdf", sdfs, unc
-    tars = sorted(p for p in folder.iterdir() if is_tarball(p))
+    tars = sorted(p for p in folder.iterdir() if is_archive(p))
     if tars:
         return "xyz", tars, unc
     xyz = sorted(folder.glob("*.xyz"))

@@ -12,7 +12,7 @@ path is none of these (the generic readers then take over). It reads only a few 
   has no ``y_relaxed``
 - ``oc20_is2re``: an LMDB whose first entry has ``y_relaxed``
 - ``qm9``: an xyz whose line 2 starts with ``gdb``, a ``gdb9.sdf``-style SDF (first title ``gdb_N``), a
-  tarball of ``dsgdb9nsd_*.xyz`` or a folder of them
+  tarball or zip of ``dsgdb9nsd_*.xyz`` or a folder of them
 """
 
 from __future__ import annotations
@@ -117,6 +117,13 @@ def sniff_format(path: str | os.PathLike) -> str | None:
         except (tarfile.TarError, OSError, EOFError):
             return None
         return None
+    if name.endswith(".zip"):  # some mirrors ship QM9's dsgdb9nsd_*.xyz files as a zip
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = [n.rsplit("/", 1)[-1] for n in z.namelist() if not n.endswith("/")]
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return "qm9" if names and names[0].startswith("dsgdb9nsd_") else None
     if name.endswith(".xyz"):
         lines = _head_lines(path)
         if _is_qm9_xyz_text(lines) or (

@@ -50,9 +50,9 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from molequi.data.molecules import GeometryDataset, read_molecules
     from molequi.errors import ConfigError, InputError
     from molequi.io import atomic_write_text
-    from molequi.models.generative.data import GeometryDataset, read_molecules
     from molequi.models.generative.distill import progressive_distillation
     from molequi.models.generative.edm import EDM
     from molequi.models.generative.io import load_generative

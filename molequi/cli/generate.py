@@ -55,10 +55,11 @@ def run(args) -> int:
 
     import torch
 
+    from molequi.data.molecules import write_extxyz, write_sdf
     from molequi.errors import ConfigError, MolequiError
     from molequi.io import atomic_write_text
-    from molequi.models.generative.io import load_generative, write_extxyz, write_sdf
-    from molequi.models.generative.metrics import format_report, load_training_smiles, molecule_report
+    from molequi.models.generative.io import load_generative
+    from molequi.tasks.generation_metrics import format_report, load_training_smiles, molecule_report
 
     if args.n < 1 or args.batch_size < 1:
         raise ConfigError("--n and --batch-size must be positive")
@@ -84,8 +85,8 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     train_smiles = load_training_smiles(args.training_smiles) if args.training_smiles else None
     if args.training_geometries:
-        from molequi.models.generative.data import read_molecules
-        from molequi.models.generative.metrics import smiles_of_geometries
+        from molequi.data.molecules import read_molecules
+        from molequi.tasks.generation_metrics import smiles_of_geometries
 
         train_smiles = smiles_of_geometries(read_molecules(args.training_geometries))
     out = Path(args.out)
@@ -102,7 +103,7 @@ def run(args) -> int:
     print(format_report(report))
     has_bonds = any(m.bonds is not None for m in mols)
     if has_bonds:  # also EDM's distance-bond metrics, comparable with EDM and with the relaxed geometries
-        from molequi.models.generative.metrics import Molecule
+        from molequi.data.molecules import Molecule
 
         dist = molecule_report([Molecule(m.numbers, m.positions) for m in mols], train_smiles)
         print("with bonds from distances (EDM's rule) instead of the predicted ones:")
@@ -113,7 +114,7 @@ def run(args) -> int:
         import ase
 
         from molequi.calculators import MolequiCalculator
-        from molequi.models.generative.metrics import Molecule
+        from molequi.data.molecules import Molecule
         from molequi.simulate.relax import relax
 
         calc = MolequiCalculator.from_checkpoint(args.relax_with, device=args.device)

@@ -24,7 +24,7 @@ from molequi.checkpoint import make_payload
 from molequi.config import Config, parse_max_time
 from molequi.data.statistics import Statistics
 from molequi.tasks.base import Task
-from molequi.train.ema import ExponentialMovingAverage
+from molequi.nn.ema import ExponentialMovingAverage
 
 _LOSS_SUM = "_loss_sum"
 

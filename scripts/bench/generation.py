@@ -33,12 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from _common import wall_cpu_times  # noqa: E402
 
+from molequi.data.molecules import GeometryDataset, Molecule, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.io import atomic_path, atomic_write_text  # noqa: E402
-from molequi.models.generative.data import GeometryDataset, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.models.generative.edm import EDM, count_parameters  # noqa: E402
-from molequi.models.generative.graph import scatter_sum, sizes_to_batch  # noqa: E402
+from molequi.models.generative.graph import sizes_to_batch  # noqa: E402
 from molequi.models.generative.io import load_generative, save_checkpoint  # noqa: E402
-from molequi.models.generative.metrics import Molecule, load_training_smiles, molecule_report  # noqa: E402
+from molequi.nn.scatter import scatter_sum  # noqa: E402
+from molequi.tasks.generation_metrics import load_training_smiles, molecule_report  # noqa: E402
 
 TARBALL = "/work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz"
 SMILES_CSV = "/work/shared/data/real/valence-discovery__lapool/qm9.csv"
@@ -425,7 +426,7 @@ def toy_rows(teacher: EDM, students, n: int, etas=(0.0,)) -> list[dict]:
     """The speed/quality rows of a toy run: the 1000-step teacher (ancestral, DDIM), then for each student of
     S steps the teacher's own samplers at S steps (what distillation has to beat) and the student, with DDIM
     at each ``eta`` (0: deterministic, the sampler distilled; > 0: stochastic)."""
-    from molequi.models.generative.metrics import canonical_smiles_set
+    from molequi.tasks.generation_metrics import canonical_smiles_set
 
     torch.set_grad_enabled(False)
     known = canonical_smiles_set(TOY_SMILES)

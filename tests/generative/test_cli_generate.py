@@ -59,9 +59,9 @@ def test_generate_relax_with_potential(ckpt, tmp_path, capsys):
     """--relax-with: each molecule relaxed through molequi's ASE calculator; metrics before and after."""
     import dataclasses
 
+    from molequi.checkpoint import make_payload, save_model
     from molequi.data.statistics import Statistics
     from molequi.models import get_model_class
-    from molequi.checkpoint import make_payload, save_model
 
     cls = get_model_class("lj")
     cfg = cls.Config()

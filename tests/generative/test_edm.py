@@ -9,8 +9,9 @@ from torch_geometric.data import Batch
 
 from molequi.errors import ConfigError, InputError, ModelError
 from molequi.models.generative.edm import EDM
-from molequi.models.generative.graph import fully_connected_edges, remove_mean, scatter_sum, sizes_to_batch
+from molequi.models.generative.graph import fully_connected_edges, remove_mean, sizes_to_batch
 from molequi.models.generative.schedules import NoiseSchedule, cosine_alphas2, polynomial_alphas2
+from molequi.nn.scatter import scatter_sum
 from molequi.testing import random_rotation
 
 

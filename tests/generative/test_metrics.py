@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from molequi.data.bonds import bond_order, bond_order_matrix, build_rdkit_molecule
+from molequi.data.molecules import Molecule
 from molequi.errors import InputError
-from molequi.models.generative.metrics import (Molecule, atom_stability, bond_order, bond_order_matrix,
-                                               build_rdkit_molecule, molecule_report, validity)
+from molequi.tasks.generation_metrics import atom_stability, molecule_report, validity
 
 # methane: C-H 1.09 Å along tetrahedral directions
 _TET = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
@@ -98,7 +99,7 @@ def test_bad_input_named():
 
 
 def test_novelty_reference_from_geometries():
-    from molequi.models.generative.metrics import smiles_of_geometries
+    from molequi.tasks.generation_metrics import smiles_of_geometries
 
     class A:
         def __init__(self, z, p):

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
-from molequi.models.generative.data import GeometryDataset, read_molecules
-from molequi.models.generative.metrics import canonical_smiles_set, molecule_report
+from molequi.data.molecules import GeometryDataset, read_molecules
+from molequi.tasks.generation_metrics import canonical_smiles_set, molecule_report
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "qm9_geometries" / "qm9_geometries.extxyz"
 TRAIN_SMILES = canonical_smiles_set(["C", "N", "O", "C#C", "C#N", "C=O", "CC", "CO", "C#CC", "CC#N"])

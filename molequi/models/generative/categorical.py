@@ -33,13 +33,18 @@ import torch
 from torch import nn
 
 from molequi import keys as K
+from molequi.data.molecules import Molecule
 from molequi.errors import ConfigError, InputError, ModelError
-from molequi.models.generative.graph import (centred_gaussian, fully_connected_edges, remove_mean,
-                                              scatter_sum, sizes_to_batch)
+from molequi.models.generative.graph import (
+    centred_gaussian,
+    fully_connected_edges,
+    remove_mean,
+    sizes_to_batch,
+)
 from molequi.models.generative.layers import EDMBlock, PairLinear
-from molequi.models.generative.metrics import Molecule
 from molequi.models.generative.schedules import NoiseSchedule
 from molequi.nn.heap import retained_heap
+from molequi.nn.scatter import scatter_sum
 
 CHARGE_VALUES = (-1, 0, 1)
 N_BOND_TYPES = 5  # none, single, double, triple, aromatic
@@ -157,7 +162,7 @@ class CategoricalDiffusion(nn.Module):
             raise ModelError(f"elements {sorted(set(numbers[types < 0].tolist()))} are not among this model's "
                              f"elements {self.config.elements}")
         if "bond_index" not in batch or K.CHARGES not in batch:
-            from molequi.models.generative.data import perceive_batch_bonds
+            from molequi.data.molecules import perceive_batch_bonds
 
             bond_index, bond_order, charges = perceive_batch_bonds(numbers, pos, b)
         else:

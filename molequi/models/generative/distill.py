@@ -47,7 +47,9 @@ from torch_geometric.data import Batch
 
 from molequi.errors import ConfigError
 from molequi.models.generative.edm import EDM
-from molequi.models.generative.graph import fully_connected_edges, remove_mean, scatter_sum
+from molequi.models.generative.graph import fully_connected_edges, remove_mean
+from molequi.nn.ema import ExponentialMovingAverage
+from molequi.nn.scatter import scatter_sum
 
 WEIGHTINGS = ("snr", "truncated_snr")
 
@@ -111,7 +113,8 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
 
     The learning rate decays linearly from ``lr`` to 0 over ``iterations`` optimiser steps; training stops
     there or after ``max_seconds``, whichever comes first. ``ema``: return an exponential moving average
-    of the student's weights with this decay (None: the weights themselves). ``log``: called with a line every
+    of the student's weights with this decay, without warm-up (``molequi.nn.ema.ExponentialMovingAverage``
+    with ``warmup=False``; None: the weights themselves). ``log``: called with a line every
     50 iterations (None: quiet); ``on_step(steps, iteration, loss)``: after every optimiser step (for
     progress bars).
     """
@@ -120,7 +123,7 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
     teacher.eval()
     student = copy.deepcopy(teacher)
     student.config = dataclasses.replace(teacher.config, sampling_steps=steps)
-    average = copy.deepcopy(student) if ema else None
+    average = ExponentialMovingAverage(student, ema, warmup=False) if ema else None
     student.train()
     opt = torch.optim.Adam(student.parameters(), lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / iterations))
@@ -136,9 +139,7 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
         opt.step()
         sched.step()
         if average is not None:
-            with torch.no_grad():
-                for pa, ps in zip(average.parameters(), student.parameters()):
-                    pa.lerp_(ps, 1 - ema)
+            average.update(student)
         if on_step is not None:
             on_step(steps, it, float(loss.detach()))
         if log and (it % 50 == 0 or it == iterations - 1):
@@ -146,7 +147,8 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
                 f"({time.perf_counter() - start:.0f} s)")
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-    student = average if average is not None else student
+    if average is not None:  # distillation changes no buffer of the student: only its parameters are averaged
+        student.load_state_dict(average.averaged_state_dict(student))
     student.eval()
     return student
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from molequi.nn.scatter import scatter_sum
+
 
 def sizes_to_batch(sizes: torch.Tensor) -> torch.Tensor:
     """(B,) molecule sizes -> (n,) batch vector [0,0,..,1,1,..]."""
@@ -36,15 +38,6 @@ def fully_connected_edges(batch: torch.Tensor, num_graphs: int | None = None) ->
     return torch.stack([senders[keep], receivers[keep]])
 
 
-def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """out[k] = sum_{i: index[i] = k} src[i]; src (m, ...) -> (dim_size, ...).
-
-    ``molequi.nn.scatter.scatter_sum`` (serial accumulation: multithreaded CPU ``index_add_`` is much slower)."""
-    from molequi.nn.scatter import scatter_sum as _scatter_sum
-
-    return _scatter_sum(src, index, dim_size)
-
-
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Per-group mean (groups without members give 0)."""
     total = scatter_sum(src, index, dim_size)
@@ -65,5 +58,4 @@ def centred_gaussian(batch: torch.Tensor, num_graphs: int, dim: int = 3, *, dtyp
     return remove_mean(eps, batch, num_graphs)
 
 
-__all__ = ["sizes_to_batch", "fully_connected_edges", "scatter_sum", "scatter_mean", "remove_mean",
-           "centred_gaussian"]
+__all__ = ["sizes_to_batch", "fully_connected_edges", "scatter_mean", "remove_mean", "centred_gaussian"]

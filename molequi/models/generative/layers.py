@@ -23,8 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from molequi.models.generative.graph import scatter_sum
-from molequi.nn.scatter import gather  # src[index] whose backward is a serial scatter-sum
+from molequi.nn.scatter import (  # gather: src[index] whose backward is a serial scatter-sum
+    gather,
+    scatter_sum,
+)
 
 
 class PairLinear(nn.Module):

@@ -1,16 +1,23 @@
-"""Molecule sets for generative models: geometries only (atomic numbers + positions), any size.
+"""Molecules for generative models: geometry-only sets (atomic numbers + positions, any size) and the
+generated ``Molecule``; read from xyz tarballs or any ASE format, written as SDF (with bonds) or extended
+XYZ.
 
 ``read_xyz_tarball`` reads a tarball of QM9 xyz files (e.g. ppqm/dataset-qm9's ``xyz.tar.gz``, geometry
 only) with the datasets module's streaming reader and returns ``ase.Atoms``.
 
 ``GeometryDataset`` turns a list of ``ase.Atoms`` into PyG records (numbers, pos, optional per-molecule
 context) without edges: generative models build per-molecule fully connected graphs themselves.
+
+``write_sdf`` / ``write_extxyz`` write generated molecules atomically (temporary file in the same folder,
+then ``os.replace``), so an interrupted run never leaves a truncated file behind.
 """
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import ase
 import numpy as np
@@ -18,7 +25,20 @@ import torch
 from torch_geometric.data import Data
 
 from molequi import keys as K
+from molequi.data.bonds import bond_order_matrix, build_rdkit_molecule
 from molequi.errors import FormatError, InputError
+from molequi.io import atomic_write_text
+
+
+@dataclass
+class Molecule:
+    """One generated molecule: numbers (n,), positions (n, 3) Å, optional predicted bonds (n, n) / charges
+    (n,)."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    bonds: np.ndarray | None = None
+    charges: np.ndarray | None = None
 
 
 def read_xyz_tarball(path: str, *, indices: Sequence[int] | None = None, limit: int | None = None,
@@ -88,8 +108,6 @@ def perceive_bonds(numbers: np.ndarray, positions: np.ndarray) -> tuple[np.ndarr
     """
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdDetermineBonds
-
-    from molequi.models.generative.metrics import bond_order_matrix
 
     RDLogger.DisableLog("rdApp.*")
     z = np.asarray(numbers, dtype=int)
@@ -165,5 +183,50 @@ class GeometryDataset(torch.utils.data.Dataset):
         return self.records[i]
 
 
-__all__ = ["read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
-           "GeometryDataset", "perceive_bonds", "perceive_batch_bonds"]
+def to_rdkit(m: Molecule):
+    """RDKit molecule with 3D conformer; bonds predicted (``m.bonds``) or from EDM's distance rule."""
+    return build_rdkit_molecule(m.numbers, m.positions, bonds=m.bonds, charges=m.charges)
+
+
+def write_sdf(molecules: Sequence[Molecule], path: str | Path, names: Sequence[str] | None = None) -> int:
+    """Write all molecules to one SDF (V2000, 3D, bonds included), atomically. Molecules that RDKit cannot
+    sanitise are still written (unsanitised) with the SD property ``valid = 0``. Returns the count written."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    blocks = []
+    for k, m in enumerate(molecules):
+        mol = to_rdkit(m)
+        try:
+            Chem.SanitizeMol(mol)
+            valid = 1
+        except (ValueError, RuntimeError):
+            valid = 0
+        mol.SetProp("_Name", names[k] if names else f"generated_{k}")
+        block = Chem.MolToMolBlock(mol, kekulize=False)
+        blocks.append(f"{block}>  <valid>\n{valid}\n\n$$$$\n")
+    atomic_write_text(path, "".join(blocks))
+    return len(blocks)
+
+
+def write_extxyz(molecules: Sequence[Molecule], path: str | Path, info: Sequence[dict] | None = None) -> int:
+    """Write the molecules as extended XYZ (one frame each; formal charges as ``initial_charges``)."""
+    lines = []
+    for k, m in enumerate(molecules):
+        from ase.data import chemical_symbols
+
+        props = "species:S:1:pos:R:3" + (":charges:I:1" if m.charges is not None else "")
+        extra = " ".join(f"{a}={b}" for a, b in (info[k] if info else {}).items())
+        lines.append(str(len(m.numbers)))
+        lines.append(f'Properties={props} index={k} pbc="F F F" {extra}'.rstrip())
+        for i, (z, p) in enumerate(zip(m.numbers, np.asarray(m.positions, dtype=float))):
+            row = f"{chemical_symbols[int(z)]} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f}"
+            if m.charges is not None:
+                row += f" {int(m.charges[i])}"
+            lines.append(row)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(molecules)
+
+
+__all__ = ["Molecule", "read_xyz_tarball", "count_tar_members", "read_molecules", "molecule_record",
+           "GeometryDataset", "perceive_bonds", "perceive_batch_bonds", "to_rdkit", "write_sdf", "write_extxyz"]

@@ -1,9 +1,9 @@
-"""EMA: the stated update rule, swapping in and out, and state carried in the state dict."""
+"""EMA: the stated update rule (with and without warm-up), swapping in and out, state in the state dict."""
 
 import pytest
 import torch
 
-from molequi.train.ema import ExponentialMovingAverage
+from molequi.nn.ema import ExponentialMovingAverage
 
 
 def test_update_rule_swap_and_state_dict():
@@ -31,3 +31,21 @@ def test_update_rule_swap_and_state_dict():
     assert int(other.num_updates) == 5 and torch.equal(other.shadow_0, ema.shadow_0)
     with pytest.raises(ValueError):
         ExponentialMovingAverage(model, decay=1.0)
+
+
+def test_without_warmup_is_the_plain_average():
+    """warmup=False (distillation): shadow_t = sum_k (1 - d) d^(t-1-k) p_k + d^t p_init, summed by hand."""
+    torch.manual_seed(1)
+    model = torch.nn.Linear(2, 2).double()
+    d = 0.75
+    ema = ExponentialMovingAverage(model, decay=d, warmup=False)
+    init = model.weight.detach().clone()
+    history = []
+    for _ in range(4):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        history.append(model.weight.detach().clone())
+        ema.update(model)
+    t = len(history)
+    expected = d**t * init + sum((1 - d) * d ** (t - 1 - k) * p for k, p in enumerate(history))
+    assert torch.allclose(ema.averaged_state_dict(model)["weight"], expected, atol=1e-12, rtol=0)

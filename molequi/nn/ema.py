@@ -5,7 +5,9 @@ After each optimiser step t (counted from 0), every parameter's shadow copy is u
     shadow <- d_t * shadow + (1 - d_t) * param,     d_t = min(decay, (1 + t) / (10 + t))
 
 (the warm-up of ``d_t`` is the one of MACE and ``torch_ema``: early averages are not dominated by the random
-initialisation). The shadows are registered buffers of this module, so ``state_dict`` / Lightning checkpoints
+initialisation). With ``warmup=False``, d_t = decay from the first step: the plain average that progressive
+distillation keeps of a student initialised from its teacher (``molequi.models.generative.distill``). The
+trainer (``molequi train``, ``optim.ema_decay``) and distillation share this class. The shadows are registered buffers of this module, so ``state_dict`` / Lightning checkpoints
 save and restore them with the rest of the run, and ``.double()`` / ``.to(device)`` move them along.
 """
 
@@ -19,11 +21,12 @@ import torch
 class ExponentialMovingAverage(torch.nn.Module):
     """Shadow copies of ``model``'s floating-point parameters (in ``named_parameters`` order)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
+        self.warmup = bool(warmup)
         self.names = [n for n, p in model.named_parameters() if p.dtype.is_floating_point]
         for i, name in enumerate(self.names):
             self.register_buffer(f"shadow_{i}", dict(model.named_parameters())[name].detach().clone())
@@ -39,7 +42,7 @@ class ExponentialMovingAverage(torch.nn.Module):
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         t = int(self.num_updates)
-        d = min(self.decay, (1.0 + t) / (10.0 + t))
+        d = min(self.decay, (1.0 + t) / (10.0 + t)) if self.warmup else self.decay
         for shadow, p in zip(self._shadows(), self._params(model)):
             shadow.lerp_(p.detach().to(shadow.dtype), 1.0 - d)
         self.num_updates += 1

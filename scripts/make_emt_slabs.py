@@ -15,7 +15,7 @@ al., Surf. Sci. 366, 394 (1996), ASE's ``ase.calculators.emt``): use these files
 learn chemistry.
 
 Output in OUT_DIR (default ``data/oc20``): ``emt_slabs.extxyz`` + ``emt_slabs.txt`` (S2EF raw layout) and
-``emt_slabs.lmdb`` (fairchem S2EF LMDB, via ``molequi.cli.data_lmdb.convert``).
+``emt_slabs.lmdb`` (fairchem S2EF LMDB, via ``molequi.data.oc20_lmdb.convert``).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                 refs += [FrameRef(sid, fid, ref) for fid in range(len(frames))]
                 sid += 1
     write_s2ef(all_frames, refs, out / "emt_slabs.extxyz", out / "emt_slabs.txt")
-    from molequi.cli.data_lmdb import convert
+    from molequi.data.oc20_lmdb import convert
 
     n = convert([out / "emt_slabs.extxyz"], out / "emt_slabs.lmdb", workers=0, progress=False)
     print(f"wrote {sid} systems, {n} frames to {out}")

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         ("oc20_real.txt", "oc20_real_xz.txt.xz"),
     ):
         atomic_write_bytes(out / xz, lzma.compress((out / name).read_bytes()))
-    from molequi.cli.data_lmdb import convert
+    from molequi.data.oc20_lmdb import convert
 
     convert([out / "oc20_real.extxyz"], out / "oc20_real.lmdb", workers=0, progress=False)
     print(f"wrote {len(frames)} frames to {out}")

@@ -259,7 +259,8 @@ class EDM(nn.Module):
             raise ModelError(f"this model is conditioned on {self.config.condition_on}: give one value of "
                              f"each per molecule, shape (n, {c}), got {tuple(raw.shape)}")
         if not bool(self.context_ready):
-            raise ModelError("this conditioned model was never trained: its property normalisation is unset")
+            raise ModelError("this conditioned model was never trained: its property normalisation is unset "
+                             "(train it, or import it with context_norms / molequi import edm --context-norm)")
         dtype = raw.dtype if raw.is_floating_point() else torch.get_default_dtype()
         return ((raw.double() - self.context_shift) / self.context_scale).to(dtype)
 
@@ -540,6 +541,10 @@ class EDM(nn.Module):
         """Generate ``n`` molecules (sizes from the training histogram unless given) as ``Molecule`` objects.
         ``context`` (n, context_dim): the properties to condition on, in their own units (a model with
         ``condition_on`` normalises them as in training)."""
+        if self.config.context_dim and context is None:
+            names = self.config.condition_on or [f"{self.config.context_dim} properties"]
+            raise ModelError(f"this model is conditioned on {', '.join(names)}: give context= ({n}, "
+                             f"{self.config.context_dim}) values (molequi generate --context)")
         was_training = self.training
         self.eval()
         sizes = self.sample_sizes(n, generator) if sizes is None else torch.as_tensor(sizes)

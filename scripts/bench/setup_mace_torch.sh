@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Create a separate virtual environment with the reference mace-torch package, for
-# scripts/bench/mace_speed.py. mace-torch pins e3nn 0.4.4, which must not share a venv with molequi
-# (e3nn 0.6). With torch >= 2.6, e3nn 0.4.4 only imports after `import mace`.
+# The mace-torch venv for scripts/bench/mace_speed.py and md_speed.py: built by setup_peers.sh (torch==2.13.0
+# first, then mace-torch==0.3.16; mace-torch pins e3nn 0.4.4, which must not share a venv with molequi's
+# e3nn 0.6) and made reachable at ${MACE_VENV:-$HOME/.cache/molequi/mace-venv} by a symlink.
 #
-#   bash scripts/bench/setup_mace_torch.sh            # venv at ${MACE_VENV:-$HOME/.cache/molequi/mace-venv}
+#   bash scripts/bench/setup_mace_torch.sh
 set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PY="$(bash "$HERE/setup_peers.sh" mace | tail -n 1)"
+PEER_VENV="$(dirname "$(dirname "$PY")")"
 VENV="${MACE_VENV:-$HOME/.cache/molequi/mace-venv}"
-PYTHON="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -e "$VENV" ]; then
     mkdir -p "$(dirname "$VENV")"
-    "$PYTHON" -m venv "$VENV"
+    ln -s "$PEER_VENV" "$VENV"
 fi
-# torch is pinned: any other version request pulls the CUDA build (gigabytes)
-"$VENV/bin/pip" install --quiet "torch==2.13.0" mace-torch
-"$VENV/bin/python" -c "import mace, e3nn, torch; from mace.modules import MACE; print('mace-torch', getattr(mace, '__version__', '?'), 'e3nn', e3nn.__version__, 'torch', torch.__version__)"
+"$VENV/bin/python" -c "import mace, e3nn, torch; print('mace-torch', mace.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__)" 2>/dev/null
 echo "mace-torch venv ready: $VENV"

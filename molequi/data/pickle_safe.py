@@ -104,6 +104,14 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as protocol 2 spells ``b""`` (e.g. the data of an empty numpy array). Only the empty
+    call is admitted: ``bytes(n)`` would allocate ``n`` bytes from a number in the file."""
+    if args:
+        raise UnsafePickleError(f"refused bytes(...) with arguments {type(args[0]).__name__}")
+    return b""
+
+
 def _allowed() -> dict[tuple[str, str], Any]:
     import collections
     import copyreg
@@ -131,6 +139,8 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("builtins", "frozenset"): frozenset,
         ("builtins", "slice"): slice,
         ("builtins", "complex"): complex,
+        ("builtins", "bytes"): _empty_bytes,
+        ("__builtin__", "bytes"): _empty_bytes,
     }
     for name in ("GlobalStorage", "NodeStorage", "EdgeStorage", "BaseStorage"):
         table[("torch_geometric.data.storage", name)] = getattr(pyg_storage, name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from fuzz_helpers import FUZZ
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from molequi.data import oc20, qm9
@@ -15,7 +16,7 @@ METHANE = (
 ).read_text()
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(FUZZ)
 @given(cut=st.integers(0, len(METHANE)), junk=st.text(alphabet="0123456789.-eE*^ \t\nCHgdb", max_size=30))
 def test_qm9_parser_cut_or_corrupted(cut, junk):
     text = METHANE[:cut] + junk + METHANE[cut + len(junk) :]
@@ -28,7 +29,7 @@ def test_qm9_parser_cut_or_corrupted(cut, junk):
         assert m.positions.shape == (len(m.numbers), 3)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(FUZZ)
 @given(lines=st.lists(st.text(alphabet="random,frame0123456789.-e", max_size=25), max_size=5))
 def test_s2ef_txt_parser(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("txt") / "f.txt"
@@ -52,7 +53,7 @@ def _real_entry() -> bytes:
 REAL_ENTRY = None
 
 
-@settings(max_examples=80, deadline=None, derandomize=True)
+@settings(FUZZ)
 @given(pos=st.integers(0, 10_000), junk=st.binary(min_size=1, max_size=16), cut=st.booleans())
 def test_restricted_unpickler_on_mutated_entries(pos, junk, cut):
     """Mutated or cut LMDB values give a named error (or a value), never another exception type."""

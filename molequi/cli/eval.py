@@ -11,7 +11,9 @@ def register(subparsers) -> None:
         description="Evaluate a model checkpoint (model.pt or a training .ckpt) on labelled structures. "
                     "Prints energy and force MAE / RMSE (eV, eV/atom, eV/Å; component-wise force errors). "
                     "With --out, also writes parity.png, errors.csv (one row per structure) and "
-                    "metrics.json.",
+                    "metrics.json. For an EDM checkpoint (task diffusion or 'molequi import edm'): EDM's "
+                    "variational bound on the NLL of the molecules in DATA, nats per molecule, and bits "
+                    "per dimension.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  molequi eval runs/ethanol/model.pt data/rmd17/rmd17_ethanol_test_01.npz "
                "--out eval_out")
@@ -46,10 +48,18 @@ def run(args) -> int:
     cutoff = payload["config"].get("model", {}).get("r_max")
     model = load_model(args.checkpoint, device=args.device, dtype=torch.float64 if args.float64 else None,
                        use_ema=not args.no_ema)
+    metrics = None
     if payload["config"].get("task", {}).get("name") == "hamiltonian":  # Fock-matrix models: QHNet metrics
         from molequi.tasks.hamiltonian import evaluate_hamiltonian
 
         metrics = evaluate_hamiltonian(model, args.data, batch_size=args.batch_size)
+    elif payload["config"].get("model", {}).get("name") == "edm":  # diffusion: EDM's bound on the NLL, nats
+        import ase.io
+
+        frames = ase.io.read(args.data, index=":")
+        metrics = model.dataset_nll([(a.numbers, a.positions) for a in frames], batch_size=args.batch_size,
+                                    generator=torch.Generator(device=args.device).manual_seed(0))
+    if metrics is not None:
         if args.out:
             atomic_write_text(Path(args.out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics) if args.json else "\n".join(f"{k:>14s}  {v:.6g}" for k, v in metrics.items()))

@@ -223,14 +223,40 @@ def cmd_speed(args) -> None:
 
 
 # ---------------------------------------------------------------- training on all of QM9
-@torch.no_grad()
-def ema_update(ema: EDM, model: EDM, it: int, decay: float) -> None:
-    """EMA of the weights with EDM's warm-up (decay min(decay, (1 + it) / (10 + it))); copies the size
-    histogram."""
-    d = min(decay, (1 + it) / (10 + it))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - d)
-    ema.size_counts.copy_(model.size_counts)
+def train_edm(records, *, hidden: int, layers: int, lr: float, amsgrad: bool, ema: float, batch_size: int,
+              scheduler: str = "none", timesteps: int | None = None, max_steps: int = -1,
+              max_time: float | None = None, seed: int = 0, run_dir: Path | None = None
+              ) -> tuple[EDM, int, list[dict]]:
+    """EDM trained by molequi's trainer (``molequi.train.run.train``, task ``diffusion``): Adam (AMSGrad if
+    ``amsgrad``), gradient norm clipped to 1, the exponential moving average of the weights with the
+    trainer's warm-up (decay min(``ema``, (1 + t) / (10 + t)), ``molequi.nn.ema``) as the returned model,
+    no validation split. Stops after ``max_steps`` optimiser steps or ``max_time`` seconds. The run
+    folder (Lightning checkpoints every 500 steps, logs) is ``run_dir``, or a temporary one.
+    Returns (EMA model, optimiser steps, logged losses)."""
+    import tempfile
+
+    from molequi.config import Config
+    from molequi.train.evaluate import read_run_metrics
+    from molequi.train.run import train
+
+    model = {"name": "edm", "hidden": hidden, "layers": layers}
+    if timesteps is not None:
+        model["timesteps"] = timesteps
+    cfg = Config.from_dict({
+        "model": model,
+        "task": {"name": "diffusion"},
+        "optim": {"lr": lr, "amsgrad": amsgrad, "scheduler": scheduler, "min_lr": 0.0, "ema_decay": ema,
+                  "grad_clip": 1.0},
+        "trainer": {"max_steps": max_steps, "max_time": max_time, "batch_size": batch_size, "seed": seed,
+                    "accelerator": "cpu", "devices": 1, "output": "", "progress_bar": False, "log_every": 50,
+                    "checkpoint_every": 500},
+    })
+    with tempfile.TemporaryDirectory(prefix="edm_run_") as tmp:
+        cfg.trainer.output = str(run_dir or tmp)
+        result = train(cfg, splits={"train": list(records), "valid": [], "test": []}, enable_summary=False)
+        log = [{"iter": int(r["step"]), "loss": r["train/loss_step"]}
+               for r in read_run_metrics(cfg.trainer.output) if "train/loss_step" in r]
+        return load_generative(result.model_path), result.global_step, log
 
 
 def cmd_train(args) -> None:
@@ -239,38 +265,14 @@ def cmd_train(args) -> None:
     ds = GeometryDataset(mols)
     read_s = time.perf_counter() - t0
     print(f"read {len(ds)} molecules in {read_s:.0f} s", flush=True)
-    torch.manual_seed(args.seed)
-    model = EDM(EDM.Config(hidden=args.hidden, layers=args.layers))
-    ema = EDM(model.config)
-    ema.load_state_dict(model.state_dict())
-    opt = torch.optim.Adam(model.parameters(), args.lr, amsgrad=True)
-    g = torch.Generator().manual_seed(args.seed)
-    perm = torch.randperm(len(ds), generator=g)
     out = Path(args.out)
-    start, it, seen, pos = time.perf_counter(), 0, 0, 0
-    log = []
-    while time.perf_counter() - start < args.minutes * 60:
-        if pos + args.batch_size > len(perm):
-            perm, pos = torch.randperm(len(ds), generator=g), 0
-        batch = Batch.from_data_list([ds[i] for i in perm[pos: pos + args.batch_size].tolist()])
-        pos += args.batch_size
-        model.train()
-        loss, logs = model.training_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, model, it, args.ema)
-        it += 1
-        seen += args.batch_size
-        if it % 50 == 0:
-            el = time.perf_counter() - start
-            log.append({"iter": it, "seconds": el, "loss": float(loss), **{k: float(v) for k, v in logs.items()}})
-            print(f"it {it} {el:.0f} s loss {float(loss):.4f} ({seen / el:.1f} mol/s)", flush=True)
-        if it % 500 == 0:
-            save_checkpoint(ema, out, step=it)
+    start = time.perf_counter()
+    model, it, log = train_edm(ds.records, hidden=args.hidden, layers=args.layers, lr=args.lr, amsgrad=True,
+                               ema=args.ema, batch_size=args.batch_size, max_time=args.minutes * 60,
+                               seed=args.seed, run_dir=out.with_suffix(".run"))
     elapsed = time.perf_counter() - start
-    save_checkpoint(ema, out, step=it)
+    save_checkpoint(model, out, step=it)
+    seen = it * args.batch_size
     save_json("train", {"hardware": hardware(), "molecules": len(ds), "read_seconds": read_s,
                         "train_seconds": elapsed, "iterations": it, "molecules_seen": seen,
                         "epochs": seen / len(ds), "mol_per_s": seen / elapsed, "hidden": args.hidden,
@@ -357,15 +359,12 @@ def cmd_make_subset(args) -> None:
 def cmd_toy(args) -> None:
     """Distillation where quality is measurable in a short CPU budget: EDM overfit on QM9 ids 1-10 (EMA
     teacher), then 1000-step ancestral vs DDIM vs progressively distilled DDIM students (start / 2, ...)."""
-    import math
-
     from molequi.models.generative.distill import progressive_distillation
 
     torch.set_num_threads(1)
     mols = read_molecules(str(SUBSET), limit=10)
     ds = GeometryDataset(mols)
     records = [ds[i] for i in range(10)]
-    batch = Batch.from_data_list(records * args.repeat)
     ckpt = Path(args.teacher)
     info_path = ckpt.with_suffix(".json")  # how the teacher was trained, for reruns with --reuse-teacher
     if args.reuse_teacher and ckpt.exists():
@@ -373,28 +372,14 @@ def cmd_toy(args) -> None:
         teacher_info = json.loads(info_path.read_text()) if info_path.exists() else {}
         teacher_info["reused"] = str(ckpt)
     else:
-        torch.manual_seed(0)
-        net = EDM(EDM.Config(hidden=args.hidden, layers=args.layers, timesteps=1000))
-        model = EDM(net.config)
-        model.load_state_dict(net.state_dict())
-        opt = torch.optim.Adam(net.parameters(), args.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(  # cosine decay to 0
-            opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / args.iterations, 1.0))))
         t0, c0 = time.perf_counter(), time.process_time()
-        for it in range(args.iterations):
-            loss, _ = net.training_loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            ema_update(model, net, it, args.ema)
-            if it % 1000 == 0:
-                print(f"teacher it {it} loss {float(loss.detach()):.4f} ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+        model, _, _ = train_edm(records * args.repeat, hidden=args.hidden, layers=args.layers, timesteps=1000,
+                                lr=args.lr, amsgrad=False, scheduler="cosine", ema=args.ema,
+                                batch_size=10 * args.repeat, max_steps=args.iterations, seed=0)
         teacher_info = {"hidden": args.hidden, "layers": args.layers, "params": count_parameters(model),
                         "iterations": args.iterations, "batch": 10 * args.repeat, "lr": args.lr,
                         "lr_schedule": "cosine to 0", "ema": args.ema, "grad_clip": 1.0,
+                        "trainer": "molequi.train (task diffusion)",
                         "train_seconds": time.perf_counter() - t0,
                         "train_cpu_seconds": time.process_time() - c0}
         model.eval()

@@ -1,9 +1,9 @@
-"""Typed run configuration, mapped from YAML, and the name -> class tables for tasks.
+"""Typed run configuration, mapped from YAML and validated as it is read.
 
 A run is described by one ``Config`` with five sections (YAML keys in brackets)::
 
     model    [model]           name + the chosen model's own ``Config`` fields (r_max, channels, ...)
-    data     [data | dataset]  which dataset (``molequi.data.datasets.DatasetConfig`` fields) + splits
+    data     [data | dataset]  ``molequi.data.datasets.DataConfig``: which dataset, how to read and split it
     task     [task]            name + the task's ``Config`` fields (weights, loss, ...)
     optim    [optim]           optimiser, learning rate, schedule, EMA, gradient clipping
     trainer  [trainer]         epochs / steps / time budget, batch sizes, precision, devices, output
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import importlib
 import inspect
 import io
 import re
@@ -33,29 +32,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from molequi.data.datasets import RENAMED_KEYS, DataConfig
 from molequi.errors import ConfigError, suggest
-
-# name -> "module:Class"; add a line here to register a task
-TASKS: dict[str, str] = {
-    "energy_forces": "molequi.tasks.energy_forces:EnergyForcesTask",
-    "property": "molequi.tasks.property:PropertyTask",
-    "hamiltonian": "molequi.tasks.hamiltonian:HamiltonianTask",
-    "diffusion": "molequi.tasks.diffusion:DiffusionTask",
-}
-
-
-def get_task_class(name: str):
-    """The task class registered under ``name`` (ConfigError listing the valid names otherwise)."""
-    key = str(name).lower()
-    if key not in TASKS:
-        raise ConfigError(f"unknown task '{name}'; valid tasks: {', '.join(sorted(TASKS))}. "
-                          f"{suggest(key, TASKS)}".strip())
-    module, cls = TASKS[key].split(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"task '{name}' is registered as {TASKS[key]} but {exc.name} is not installed "
-                          "in this checkout") from exc
+from molequi.tasks import TASKS, get_task_class
 
 
 def _help(text: str, **kw) -> Any:
@@ -63,30 +42,6 @@ def _help(text: str, **kw) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ sections
-@dataclass
-class DataConfig:
-    """Where the structures come from and how they are split into train / validation / test."""
-
-    name: str = _help("dataset name in molequi.data.datasets.DATASETS "
-                      "(xyz, db, traj, rmd17_npz, rmd17, qm9, ...)",
-                      default="xyz")
-    dataset: dict[str, Any] = _help("further options of the dataset (path, root, energy_key, ...); "
-                                    "written flat in YAML next to 'name'", default_factory=dict)
-    valid_fraction: float = _help("fraction of the training file held out for validation "
-                                  "(ignored when n_valid or valid_indices is set)", default=0.05)
-    n_train: int | None = _help("number of training structures (null: all that are not validation)",
-                                default=None)
-    n_valid: int | None = _help("number of validation structures (null: use valid_fraction)", default=None)
-    seed: int = _help("seed of the random train/validation split", default=0)
-    train_indices: str | None = _help("file of training indices (one integer per line); overrides the "
-                                      "random split", default=None)
-    valid_indices: str | None = _help("file of validation indices (one integer per line)", default=None)
-    test: str | None = _help("separate test file (same reader as the training data); null: no test set",
-                             default=None)
-    shuffle: bool = _help("shuffle the training set every epoch", default=True)
-    num_workers: int = _help("data-loader worker processes (0: load in the training process)", default=0)
-
-
 @dataclass
 class OptimConfig:
     """Optimiser, learning-rate schedule, exponential moving average of weights, gradient clipping."""
@@ -187,11 +142,9 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain dict (YAML / checkpoint safe) that ``from_dict`` maps back to an equal ``Config``."""
-        data = to_plain(self.data)
-        data.update(data.pop("dataset"))
         return {
             "model": {"name": self.model.name, **to_plain(self.model.config)},
-            "data": data,
+            "data": to_plain(self.data),
             "task": {"name": self.task.name, **to_plain(self.task.config)},
             "optim": to_plain(self.optim),
             "trainer": to_plain(self.trainer),
@@ -204,17 +157,18 @@ class Config:
 def _model_config_class(name: str):
     from molequi.models import get_model_class
 
-    try:
-        cls = get_model_class(name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"model '{name}' is registered but its module {exc.name} is not in this "
-                          "checkout") from exc
-    return cls.Config
+    return get_model_class(name).Config
 
 
 def model_section_from_dict(raw: dict | None) -> ModelSection:
-    """The ``model`` section (``name`` + that model's fields) as a validated ``ModelSection``."""
-    return ModelSection(*_section_with_name(raw, "model", "mace", _model_config_class))
+    """The ``model`` section (``name`` + that model's fields) as a ``ModelSection`` whose config has passed
+    the model's own ``Config.validate()`` (so ``max_ell: -1`` fails here, before any data is read)."""
+    section = ModelSection(*_section_with_name(raw, "model", "mace", _model_config_class))
+    try:
+        section.config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"model '{section.name}': {exc}") from exc
+    return section
 
 
 def _section_with_name(raw, section: str, default: str, config_class_of) -> tuple[str, Any]:
@@ -230,49 +184,13 @@ def _section_with_name(raw, section: str, default: str, config_class_of) -> tupl
     return name.lower(), from_dict(cfg_cls, raw, section)
 
 
-def _dataset_config_class():
-    """The lead's ``DatasetConfig`` if present in this checkout (None otherwise)."""
-    try:
-        return importlib.import_module("molequi.data.datasets").DatasetConfig
-    except (ModuleNotFoundError, AttributeError):
-        return None
-
-
-# dataset options accepted when molequi.data.datasets is not available
-_FALLBACK_DATASET_KEYS = {"path": str, "format": str, "energy_key": str, "forces_key": str,
-                          "stress_key": str, "root": str}
-
-
-def _data_from_dict(raw: dict) -> DataConfig:
+def _data_from_dict(raw) -> DataConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"'data' must be a mapping, got {type(raw).__name__}")
-    raw = dict(raw)
-    split_fields = {f.name for f in dataclasses.fields(DataConfig)} - {"dataset"}
-    split_raw = {k: raw.pop(k) for k in list(raw) if k in split_fields}
-    nested = raw.pop("dataset", None) or {}
-    raw.update(nested)
-    ds_cls = _dataset_config_class()
-    if ds_cls is not None:
-        ds_fields = {f.name for f in dataclasses.fields(ds_cls)} - {"name"}
-        valid = sorted(ds_fields | split_fields)
-        for key in raw:
-            if key not in ds_fields:
-                _unknown(key, valid, "data")
-        hints = _type_hints(ds_cls)
-        options = {f.name: to_plain(f.default if f.default is not MISSING else f.default_factory())
-                   for f in dataclasses.fields(ds_cls) if f.name != "name"
-                   and (f.default is not MISSING or f.default_factory is not MISSING)}
-        options.update({k: _convert(v, hints.get(k, Any), f"data.{k}") for k, v in raw.items()})
-    else:
-        valid = sorted(set(_FALLBACK_DATASET_KEYS) | split_fields)
-        options = {}
-        for key, value in raw.items():
-            if key not in _FALLBACK_DATASET_KEYS:
-                _unknown(key, valid, "data")
-            options[key] = _convert(value, _FALLBACK_DATASET_KEYS[key] | None, f"data.{key}")
-    cfg = from_dict(DataConfig, split_raw, "data")
-    cfg.dataset = options
-    return cfg
+    for key, message in RENAMED_KEYS.items():
+        if key in raw:
+            raise ConfigError(message)
+    return from_dict(DataConfig, raw, "data")
 
 
 # ------------------------------------------------------------------------------------------ typed mapping
@@ -560,20 +478,8 @@ def default_yaml(model: str = "mace", task: str = "energy_forces") -> str:
               "molequi train THIS.yaml optim.lr=1e-3\n\n")
     out.write(f"model:\n  # model name ({', '.join(sorted(_models()))})\n  name: {model}\n")
     _emit(out, model_cfg, 2)
-    data = DataConfig()
-    out.write("\n# the dataset options (path, energy_key, ...) sit next to 'name'\ndata:\n")
-    docs = _field_docs(DataConfig)
-    for f in dataclasses.fields(data):
-        if f.name == "dataset":
-            ds_cls = _dataset_config_class()
-            if ds_cls is not None:
-                _emit_dataset_fields(out, ds_cls)
-            else:
-                out.write("  # path of the structure file (extxyz, ASE db, traj, ...)\n  path: train.xyz\n")
-            continue
-        if docs[f.name]:
-            out.write(f"  # {docs[f.name]}\n")
-        out.write(f"  {f.name}: {_scalar(to_plain(getattr(data, f.name)))}\n")
+    out.write("\n# which dataset (name, root, reader keys, family options) and how to split it\ndata:\n")
+    _emit(out, DataConfig(root="train.xyz"), 2)
     out.write(f"\ntask:\n  # task name ({', '.join(sorted(TASKS))})\n  name: {task}\n")
     _emit(out, task_cfg, 2)
     out.write("\noptim:\n")
@@ -581,28 +487,6 @@ def default_yaml(model: str = "mace", task: str = "energy_forces") -> str:
     out.write("\ntrainer:\n")
     _emit(out, TrainerConfig(), 2)
     return out.getvalue()
-
-
-def _emit_dataset_fields(out: io.StringIO, ds_cls) -> None:
-    docs = _field_docs(ds_cls)
-    try:
-        inst = ds_cls()
-    except TypeError:
-        inst = None
-    for f in dataclasses.fields(ds_cls):
-        if f.name == "name":
-            continue
-        if f.default is not MISSING:
-            value = f.default
-        elif f.default_factory is not MISSING:
-            value = f.default_factory()
-        else:
-            value = getattr(inst, f.name, None)
-        if f.name in ("path", "root") and not value:
-            value = "train.xyz"
-        if docs.get(f.name):
-            out.write(f"  # {docs[f.name]}\n")
-        out.write(f"  {f.name}: {_scalar(to_plain(value))}\n")
 
 
 def _models():

@@ -74,7 +74,7 @@ def test_overrides_are_yaml_scalars(tmp_path):
                           "dataset.root=b.xyz", "trainer.max_time=00:00:10:00", "task.weights.forces=10"])
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.trainer.devices == 2 and cfg.optim.ema_decay is None
-    assert cfg.model.config.hidden == 8 and cfg.data.dataset["root"] == "b.xyz"
+    assert cfg.model.config.hidden == 8 and cfg.data.root == "b.xyz"
     assert cfg.trainer.max_time == "00:00:10:00"
     assert cfg.task.config.weights.forces == 10.0
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
@@ -128,3 +128,43 @@ def test_shipped_example_configs_load():
                 continue  # the config's model is not part of this checkout
             raise
         assert Config.from_dict(cfg.to_dict()) == cfg, path
+
+
+def test_model_config_is_validated_when_the_yaml_is_read(tmp_path, monkeypatch):
+    """``max_ell: -1`` is a ConfigError from load_config itself: no dataset is opened, no model built."""
+    import molequi.data.datasets as datasets
+
+    def no_data(cfg):
+        raise AssertionError("the dataset was read before the model config was validated")
+
+    monkeypatch.setitem(datasets.DATASETS, "xyz", no_data)
+    p = write(tmp_path, {"model": {"name": "mace", "max_ell": -1}, "data": {"root": "missing.xyz"}})
+    with pytest.raises(ConfigError, match="model 'mace'.*max_ell >= 0"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="r_max must be positive"):
+        Config.from_dict({"model": {"name": "lj", "r_max": 0.0}})
+    with pytest.raises(ConfigError, match="lmax=2 cannot express def2-svp"):
+        Config.from_dict({"model": {"name": "qhnet", "lmax": 2}})
+
+
+def test_old_data_keys_name_the_new_key():
+    """Keys of earlier data-section shapes are errors that say what to write instead."""
+    with pytest.raises(ConfigError, match="'data.path' is now 'data.root'"):
+        Config.from_dict({"model": {"name": "tiny"}, "data": {"path": "a.xyz"}})
+    with pytest.raises(ConfigError, match="directly under 'data'"):
+        Config.from_dict({"model": {"name": "tiny"}, "data": {"dataset": {"root": "a.xyz"}}})
+
+
+def test_one_data_config_type_from_yaml_to_the_dataset_builder():
+    """The ``data`` section is the type ``build_dataset`` takes; family options stay in ``options``."""
+    from molequi.data.datasets import DataConfig, dataset_option
+
+    cfg = Config.from_dict({"model": {"name": "tiny"},
+                            "data": {"name": "qm9", "root": "q", "target": "gap", "seed": 3,
+                                     "options": {"split": [10, 5, None]}}})
+    assert type(cfg.data) is DataConfig
+    assert dataset_option(cfg.data, "split") == [10, 5, None]
+    assert dataset_option(cfg.data, "target") == "gap"
+    # the random-split seed of flat datasets is not a family option (qm9's own split seed stays 0)
+    assert dataset_option(cfg.data, "seed", 0) == 0
+    assert dataset_option(cfg.data, "test", "rest") == "rest"

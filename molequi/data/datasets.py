@@ -1,32 +1,40 @@
 """Datasets by name, splits, and graph datasets ready for a model.
 
-``DatasetConfig`` is the ``dataset:`` section of a training config. ``build_dataset(cfg)`` looks the name
-up in ``DATASETS`` (lazy "module:function" entries taking the config) and returns a sequence of records.
+``DataConfig`` is the ``data:`` section of a training config. ``build_dataset(cfg)`` looks the name up in
+``DATASETS`` (lazy "module:function" entries taking the config) and returns a sequence of records (or a
+dict of ``train`` / ``val`` / ``test`` ones); builders read family-specific options with ``dataset_option``.
 Generic formats: ``xyz`` (extended XYZ), ``db`` (ASE database), ``traj`` (ASE trajectory); benchmark
 families (qm9, md17, rmd17, oc20_s2ef, oc20_is2re) register themselves here too.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from molequi.errors import ConfigError, DatasetError, suggest
+from molequi.errors import ConfigError, DatasetError
+from molequi.registry import Registry
 
 
 @dataclass
-class DatasetConfig:
-    """Where the data is and how to read it."""
+class DataConfig:
+    """The ``data`` section of a run: which dataset, how to read it, and how to split it.
+
+    One flat mapping in YAML (``data: {name: xyz, root: train.xyz, n_valid: 50}``). ``name`` and ``root``
+    select the dataset in ``DATASETS``; ``options`` holds the options only one dataset family understands
+    (``split``, ``split_id``, ``molecule``, ``subtract_reference``, ...); the split fields apply to datasets
+    that come as one flat list of structures (the benchmark families bring their own splits).
+    """
 
     name: str = "xyz"
-    """dataset or format name: xyz | db | traj | qm9 | md17 | rmd17 | oc20_s2ef | oc20_is2re"""
+    """dataset or format name in molequi.data.datasets.DATASETS (xyz, db, traj, rmd17_npz, rmd17, qm9, ...)"""
     root: str = ""
     """file or folder holding the data (for xyz/db/traj: the file)"""
     target: str | None = None
@@ -37,12 +45,54 @@ class DatasetConfig:
     """key of the forces (default: forces, REF_forces)"""
     stress_key: str | None = None
     """key of the stress (default: stress, REF_stress)"""
-    options: dict = field(default_factory=dict)
-    """dataset-specific options (e.g. {'subtract_reference': true} for OC20)"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """dataset-specific options (e.g. {split: [1000, 100, null]} for qm9, {subtract_reference: true} for
+    OC20)"""
+    valid_fraction: float = 0.05
+    """fraction of the training file held out for validation (ignored when n_valid or valid_indices is set)"""
+    n_train: int | None = None
+    """number of training structures (null: all that are not validation)"""
+    n_valid: int | None = None
+    """number of validation structures (null: use valid_fraction)"""
+    seed: int = 0
+    """seed of the random train/validation split"""
+    train_indices: str | None = None
+    """file of training indices (one integer per line); overrides the random split"""
+    valid_indices: str | None = None
+    """file of validation indices (one integer per line)"""
+    test: str | None = None
+    """separate test file (same reader as the training data); null: no test set"""
+    shuffle: bool = True
+    """shuffle the training set every epoch"""
+    num_workers: int = 0
+    """data-loader worker processes (0: load in the training process)"""
+
+
+# keys earlier versions accepted in the data section -> what to write instead
+RENAMED_KEYS = {
+    "path": "'data.path' is now 'data.root'",
+    "dataset": "'data.dataset' is no longer a nested mapping: write its keys (root, energy_key, ...) "
+               "directly under 'data'",
+}
+
+# the fields that say which dataset and how to read it (the rest of DataConfig is about splitting)
+_DATASET_FIELDS = ("name", "root", "target", "energy_key", "forces_key", "stress_key")
+
+
+def dataset_option(cfg, name: str, default=None):
+    """A dataset builder's option ``name``: ``cfg.options[name]`` of a ``DataConfig`` (or its ``target`` /
+    ``root`` / ``*_key`` field); a builder called directly with a plain namespace reads ``cfg.<name>``."""
+    if isinstance(cfg, DataConfig):
+        value = cfg.options.get(name)
+        if value is None and name in _DATASET_FIELDS:
+            value = getattr(cfg, name)
+    else:
+        value = getattr(cfg, name, None)
+    return default if value is None else value
 
 
 def _read_generic(fmt: str):
-    def build(cfg: DatasetConfig):
+    def build(cfg: DataConfig):
         from molequi.data.readers import read_structures
 
         required = ("energy",) if cfg.energy_key else ()
@@ -53,7 +103,7 @@ def _read_generic(fmt: str):
 
 
 # name -> "module:function(cfg) -> Sequence[Data]" or a callable
-DATASETS: dict[str, object] = {
+DATASETS = Registry("dataset", valid_label="names", entries={
     "xyz": _read_generic("extxyz"),
     "extxyz": _read_generic("extxyz"),
     "db": _read_generic("db"),
@@ -66,22 +116,15 @@ DATASETS: dict[str, object] = {
     "rmd17_npz": "molequi.data.rmd17_npz:build_rmd17_npz",  # one rMD17 npz, no split files (shipped sample)
     "oc20_s2ef": "molequi.data.oc20:build_oc20_s2ef",
     "oc20_is2re": "molequi.data.oc20:build_oc20_is2re",
-}
+})
 
 
-def build_dataset(cfg: DatasetConfig):
+def build_dataset(cfg: DataConfig):
     """Build the dataset named by ``cfg.name`` (``ConfigError`` listing valid names otherwise)."""
-    name = cfg.name.lower()
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{cfg.name}'; valid names: {', '.join(sorted(DATASETS))}. "
-                          f"{suggest(name, DATASETS)}".strip())
+    DATASETS.key(cfg.name)
     if not cfg.root:
         raise ConfigError(f"dataset '{cfg.name}' needs a root (the file or folder holding the data)")
-    entry = DATASETS[name]
-    if isinstance(entry, str):
-        module, fn = entry.split(":")
-        entry = getattr(importlib.import_module(module), fn)
-    return entry(cfg)
+    return DATASETS.load(cfg.name)(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -168,4 +211,5 @@ class GraphDataset(Dataset):
         return self.records[i]
 
 
-__all__ = ["DatasetConfig", "DATASETS", "build_dataset", "random_split", "read_index_file", "GraphDataset"]
+__all__ = ["DataConfig", "RENAMED_KEYS", "dataset_option", "DATASETS", "build_dataset", "random_split",
+           "read_index_file", "GraphDataset"]

@@ -10,7 +10,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from molequi import keys as K
-from molequi.data.datasets import DATASETS, DatasetConfig, build_dataset
+from molequi.data.datasets import DATASETS, DataConfig, build_dataset
 from molequi.data.statistics import compute_statistics
 from molequi.errors import FormatError
 
@@ -73,7 +73,7 @@ def dataset_info(source: str, format: str | None = None, cutoff: float | None = 
     name = format or detect_format(source)
     if name in WHOLE_SET_SPLIT:  # describe the whole file, not the default benchmark split of it
         options.setdefault("options", {}).setdefault("split", WHOLE_SET_SPLIT[name])
-    cfg = DatasetConfig(name=name, root=str(source), **options)
+    cfg = DataConfig(name=name, root=str(source), **options)
     built = build_dataset(cfg)
     info = {"source": str(Path(source)), "format": name}
     if isinstance(built, dict):  # benchmark families return {"train", "val", "test"}

@@ -285,7 +285,7 @@ class S2EFFrames(torch.utils.data.Dataset):
 def _split_paths(cfg) -> dict[str, Path]:
     """OC20 ships predefined splits: ``cfg.root`` with ``train/``, ``val/`` (``val_id`` ...), ``test/``
     folders, or explicit ``cfg.train`` / ``cfg.val`` / ``cfg.test`` paths, or one path used for train only."""
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     root = Path(cfg.root)
     out = {}
@@ -329,7 +329,7 @@ def _open_split(path: Path, target: str | None, subtract_reference: bool):
 def build_oc20_s2ef(cfg) -> dict[str, torch.utils.data.Dataset]:
     """Registry entry ``oc20_s2ef``: LMDB files / shard folders or raw extxyz + txt folders per split.
     ``cfg.subtract_reference`` (raw files) gives adsorption energies."""
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     sub = bool(opt(cfg, "subtract_reference", False))
     return {k: _open_split(p, None, sub) for k, p in _split_paths(cfg).items()}
@@ -337,7 +337,7 @@ def build_oc20_s2ef(cfg) -> dict[str, torch.utils.data.Dataset]:
 
 def build_oc20_is2re(cfg) -> dict[str, torch.utils.data.Dataset]:
     """Registry entry ``oc20_is2re``: IS2RE LMDBs; ``energy`` := ``cfg.target`` (default ``y_relaxed``)."""
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     target = opt(cfg, "target") or "y_relaxed"
     if target == "energy":

@@ -693,13 +693,13 @@ class QM9Dataset(InMemoryDataset):
 
 
 def build_qm9(cfg):
-    """Registry entry: DatasetConfig -> {'train', 'val', 'test'} subsets of ``QM9Dataset``.
+    """Registry entry: DataConfig -> {'train', 'val', 'test'} subsets of ``QM9Dataset``.
 
     ``cfg.root``: a folder with ``raw/`` (PyG style), a folder of raw files, or one raw file / tarball.
     ``cfg.target`` (optional) is checked against ``TARGETS``. Options: ``split`` (sizes, default 110k / 10k /
     rest), ``seed`` (0), ``exclude_uncharacterized`` (True), ``cache_dir`` (default: next to the raw files).
     """
-    from molequi.data.options import dataset_option as opt
+    from molequi.data.datasets import dataset_option as opt
 
     if getattr(cfg, "target", None):
         target_index(cfg.target)

@@ -31,10 +31,8 @@ MODELS = Registry("model", {
     "eqgat_diff": "molequi.models.generative.categorical:CategoricalDiffusion",
 })
 
-
-def get_model_class(name: str):
-    """Return the model class registered under ``name`` (ConfigError listing valid names otherwise)."""
-    return MODELS.load(name)
+# the model class registered under a name (ConfigError listing the valid names otherwise)
+get_model_class = MODELS.load
 
 
 def build_model(model_config: Any, statistics: Any):

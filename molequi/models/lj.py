@@ -54,6 +54,10 @@ class LennardJonesConfig:
     elements: list[int] | None = None  # atomic numbers accepted; null means every element
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigError for an unusable value; normalises per_element / elements (idempotent)."""
         if self.r_max <= 0:
             raise ConfigError(f"LennardJones r_max must be positive, got {self.r_max}")
         if self.epsilon < 0 or self.sigma <= 0:

@@ -1,17 +1,22 @@
 """Tasks: loss + metrics per job, kept apart from the model (see ``molequi.tasks.base.Task``).
 
-Tasks are registered by name in ``molequi.config.TASKS`` ("name" -> "module:Class"); ``get_task_class``
-imports one only when asked, so inference never imports the training stack.
+Tasks are registered by name in ``TASKS`` ("name" -> "module:Class", a lazy ``molequi.registry.Registry``);
+``get_task_class`` imports one only when asked, so inference never imports the training stack.
 """
 
+from molequi.registry import Registry
 from molequi.tasks.base import RunningSums, Task
 
+# name -> "module:Class"; add a line here to register a task
+TASKS = Registry("task", {
+    "energy_forces": "molequi.tasks.energy_forces:EnergyForcesTask",
+    "property": "molequi.tasks.property:PropertyTask",
+    "hamiltonian": "molequi.tasks.hamiltonian:HamiltonianTask",
+    "diffusion": "molequi.tasks.diffusion:DiffusionTask",
+})
 
-def get_task_class(name: str):
-    """The task class registered under ``name`` in ``molequi.config.TASKS`` (ConfigError otherwise)."""
-    from molequi.config import get_task_class as _get
-
-    return _get(name)
+# the task class registered under a name (ConfigError listing the valid names otherwise)
+get_task_class = TASKS.load
 
 
-__all__ = ["Task", "RunningSums", "get_task_class"]
+__all__ = ["TASKS", "Task", "RunningSums", "get_task_class"]

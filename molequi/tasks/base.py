@@ -32,7 +32,7 @@ Writing a task:
             self.running.add("y_abs", (outputs["y"] - batch.y).abs().sum(), count=batch.y.numel())
         def compute_metrics(self):       return {"y_mae": self.running.mean("y_abs")}
 
-and register it by name in ``molequi.config.TASKS`` (``"my_task": "my.module:MyTask"``).
+and register it by name in ``molequi.tasks.TASKS`` (``"my_task": "my.module:MyTask"``).
 """
 
 from __future__ import annotations

@@ -15,19 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from molequi.config import DataConfig
+from molequi.data.datasets import DataConfig
 from molequi.errors import ConfigError, DatasetError
-
-
-def _dataset_config(data: DataConfig, root: str | None = None):
-    from molequi.data.datasets import DatasetConfig
-
-    opts = dict(data.dataset)
-    if "path" in opts and "path" not in {f.name for f in dataclasses.fields(DatasetConfig)}:
-        opts["root"] = opts.pop("path")
-    if root is not None:
-        opts["root"] = root
-    return DatasetConfig(name=data.name, **opts)
 
 
 def is_lazy(records) -> bool:
@@ -62,7 +51,7 @@ def load_splits(data: DataConfig) -> dict[str, list]:
     """``{"train": [...], "valid": [...], "test": [...]}`` (test may be empty) of records without graphs."""
     from molequi.data.datasets import build_dataset
 
-    built = build_dataset(_dataset_config(data))
+    built = build_dataset(data)
     if isinstance(built, dict):
         train = _as_list(built.get("train", []))
         valid = _as_list(built.get("val", built.get("valid", [])))
@@ -74,7 +63,7 @@ def load_splits(data: DataConfig) -> dict[str, list]:
         train, valid = split_records(records, data)
         test = []
     if data.test:
-        test = _as_list(build_dataset(_dataset_config(data, root=data.test)))
+        test = _as_list(build_dataset(dataclasses.replace(data, root=data.test)))
     return {"train": train, "valid": valid, "test": test}
 
 

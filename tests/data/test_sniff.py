@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from molequi.data.datasets import DatasetConfig, build_dataset
+from molequi.data.datasets import DataConfig as DatasetConfig
+from molequi.data.datasets import build_dataset
 from molequi.data.sniff import sniff_format
 from molequi.errors import DatasetError
 

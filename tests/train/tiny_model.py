@@ -13,6 +13,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from molequi import keys as K
+from molequi.errors import ConfigError
 from molequi.graph.neighbors import edge_vectors
 from molequi.response import batch_vector, energy_response
 
@@ -24,9 +25,18 @@ class TinyModel(torch.nn.Module):
         hidden: int = 16  # width of the radial network
         num_basis: int = 8  # Gaussian radial basis functions
 
-    def __init__(self, cfg: Config, e0s: dict[int, float] | None = None, scale: float = 1.0):
+        def validate(self) -> None:
+            if self.r_max <= 0 or self.hidden < 1 or self.num_basis < 1:
+                raise ConfigError("tiny model: r_max, hidden and num_basis must be positive")
+
+    conservative = True
+
+    def __init__(self, cfg: Config, e0s: dict[int, float] | None = None, scale: float = 1.0,
+                 elements=()):
         super().__init__()
         self.cfg = cfg
+        self.r_max = float(cfg.r_max)
+        self.elements = [int(z) for z in elements]
         table = torch.zeros(119)
         for z, v in (e0s or {}).items():
             table[int(z)] = v
@@ -42,7 +52,7 @@ class TinyModel(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config, statistics) -> TinyModel:
-        return cls(cfg, statistics.e0s, statistics.force_rms)
+        return cls(cfg, statistics.e0s, statistics.force_rms, statistics.elements)
 
     def _atomic(self, data, pos, cell):
         z = data[K.NUMBERS]

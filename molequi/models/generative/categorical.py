@@ -27,6 +27,7 @@ Training data need bonds and charges: records with ``bond_index`` (2, nb), ``bon
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -113,6 +114,8 @@ class CategoricalDiffusion(nn.Module):
 
     @dataclass
     class Config:
+        name: ClassVar[str] = "eqgat_diff"  # registry name (molequi.models.MODELS), written into checkpoints
+        r_max: ClassVar[float | None] = None  # no neighbour graph: the denoiser is fully connected
         elements: list[int] = field(default_factory=lambda: [1, 6, 7, 8, 9])  # atom types
         hidden: int = 256  # node features
         edge_hidden: int = 64  # bond features
@@ -126,11 +129,14 @@ class CategoricalDiffusion(nn.Module):
         weight_clamp: list[float] = field(default_factory=lambda: [0.05, 1.5])  # clamp of alpha_bar/(1-alpha_bar)
         max_atoms: int = 64  # largest molecule the size distribution can hold
 
+        def validate(self) -> None:
+            if not self.elements:
+                raise ConfigError("CategoricalDiffusion needs at least one element")
+
     def __init__(self, config: Config | None = None):
         super().__init__()
         cfg = config or CategoricalDiffusion.Config()
-        if not cfg.elements:
-            raise ConfigError("CategoricalDiffusion needs at least one element")
+        cfg.validate()
         self.config = cfg
         self.n_types = len(cfg.elements)
         lookup = torch.full((119,), -1, dtype=torch.long)

@@ -60,6 +60,17 @@ class QHNetConfig:
     r_max: float = _help("largest distance covered by the radial basis, Å", default=8.0)
     avg_neighbors: float = _help("message normalisation (sum / sqrt(avg_neighbors))", default=8.0)
 
+    def validate(self) -> None:
+        """ConfigError unless node features reach every block: lmax >= 2 x the basis' largest l."""
+        from molequi.so3.basis import OrbitalBasis
+
+        basis_lmax = OrbitalBasis(self.basis, tuple(self.elements)).lmax
+        if self.lmax < 2 * basis_lmax:
+            raise ConfigError(
+                f"lmax={self.lmax} cannot express {self.basis} blocks between l={basis_lmax} "
+                f"shells; set lmax >= {2 * basis_lmax}"
+            )
+
 
 def _cg_paths(lmax_in: int, lmax_f: int, lmax_out: int):
     return [
@@ -314,13 +325,9 @@ class QHNet(nn.Module):
         from molequi.so3.basis import OrbitalBasis
 
         cfg = cfg or QHNetConfig()
+        cfg.validate()
         self.cfg = cfg
         self.basis = OrbitalBasis(cfg.basis, tuple(cfg.elements))
-        if cfg.lmax < 2 * self.basis.lmax:
-            raise ConfigError(
-                f"lmax={cfg.lmax} cannot express {cfg.basis} blocks between l={self.basis.lmax} "
-                f"shells; set lmax >= {2 * self.basis.lmax}"
-            )
         L, C = cfg.lmax, cfg.channels
         zmax = max(self.basis.elements)
         self.embed = nn.Embedding(zmax + 1, C)

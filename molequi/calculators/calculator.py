@@ -41,6 +41,7 @@ from torch_geometric.data import Data
 from molequi import keys as K
 from molequi.errors import ModelError, ValueRangeError
 from molequi.graph.neighbors import neighbor_list
+from molequi.models.base import ForceField
 
 DEFAULT_SKIN = 0.5  # Å
 
@@ -196,13 +197,12 @@ class MolequiCalculator(Calculator):
         self.dtype = as_dtype(dtype) or model_dtype(members[0])
         self.models = [m.to(device=self.device, dtype=self.dtype).eval() for m in members]
         for m in self.models:
-            if not hasattr(m, "r_max"):
-                raise ModelError(f"{type(m).__name__} has no r_max; molequi models carry their cutoff (Å)")
+            if not isinstance(m, ForceField):
+                raise ModelError(f"{type(m).__name__} is not a force field: molequi models declare r_max "
+                                 "(Å), elements and conservative (molequi.models.base.ForceField)")
         self.cutoffs = [float(m.r_max) for m in self.models]
-        elements = [getattr(m, "elements", None) for m in self.models]
-        known = [set(int(z) for z in e) for e in elements if e is not None]
-        self.elements = sorted(set.intersection(*known)) if known else None
-        self.conservative = all(getattr(m, "conservative", True) for m in self.models)
+        self.elements = sorted(set.intersection(*(set(int(z) for z in m.elements) for m in self.models)))
+        self.conservative = all(m.conservative for m in self.models)
         if stress not in ("auto", True, False):
             raise ValueRangeError(f"stress must be 'auto', True or False, got {stress!r}")
         self.stress_mode = stress

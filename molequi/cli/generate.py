@@ -58,6 +58,7 @@ def run(args) -> int:
     from molequi.data.molecules import write_extxyz, write_sdf
     from molequi.errors import ConfigError, MolequiError
     from molequi.io import atomic_write_text
+    from molequi.models.generative.edm import EDM
     from molequi.models.generative.io import load_generative
     from molequi.tasks.generation_metrics import format_report, load_training_smiles, molecule_report
 
@@ -66,7 +67,7 @@ def run(args) -> int:
     model = load_generative(args.checkpoint, device=args.device)
     gen = torch.Generator().manual_seed(args.seed)
     kw = {"steps": args.steps, "batch_size": args.batch_size, "generator": gen}
-    if hasattr(model, "dynamics"):  # EDM
+    if isinstance(model, EDM):
         student = bool(model.config.sampling_steps)
         kw["method"] = args.method or ("ddim" if student else "ancestral")
         if args.eta and kw["method"] != "ddim":

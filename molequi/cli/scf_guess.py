@@ -46,13 +46,14 @@ def run(args) -> int:
     import ase.io
     import numpy as np
 
+    from molequi.checkpoint import load_model
     from molequi.errors import ConfigError
     from molequi.io import atomic_write_text
+    from molequi.models.hamiltonian.qhnet import QHNet
     from molequi.qc.scf import predict_fock, run_scf
-    from molequi.checkpoint import load_model
 
     model = load_model(args.checkpoint)
-    if getattr(model, "basis", None) is None:
+    if not isinstance(model, QHNet):
         raise ConfigError(f"{args.checkpoint} is not a Hamiltonian model (train one with model name 'qhnet')")
     if model.basis.name != args.basis.lower():
         raise ConfigError(f"the model predicts {model.basis.name} matrices, --basis is {args.basis}")

@@ -1,4 +1,5 @@
-"""Pieces every force field shares: the element table and the per-atom energy head.
+"""The force-field interface (``ForceField``) and the pieces force fields share: the element table and the
+per-atom energy head.
 
     E_i = E0[z_i] + scale * y_i + shift          (eV)
 
@@ -10,6 +11,7 @@ They are buffers, so a state dict restores them; the element list comes from the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from ase.data import chemical_symbols
@@ -24,14 +26,52 @@ def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
 
+@runtime_checkable
+class ForceField(Protocol):
+    """What the calculator, MD, prediction and the trainer may use of a force-field model.
+
+    r_max         cutoff radius of the neighbour graph the model reads (Å)
+    elements      atomic numbers the model was built for (an unknown element is a ModelError)
+    conservative  True when forces = -dE/dx by autograd (MD is allowed); False for direct-force heads
+    forward(data, compute_forces, compute_stress) -> {"energy" (B,) eV, "energies" (n,) eV,
+                                                        "forces" (n, 3) eV/Å?, "stress" (B, 3, 3) eV/Å^3?}
+    """
+
+    r_max: float
+    elements: list[int]
+    conservative: bool
+
+    def forward(self, data, compute_forces: bool = True,
+                compute_stress: bool = False) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """What the diffusion task and ``molequi generate`` use of a generative model (edm, eqgat_diff).
+
+    config                     the model's ``Config`` (elements, sampling settings)
+    training_loss(batch)       -> (scalar loss, {name: logged value})
+    sample(n, ...)             -> n generated molecules
+    """
+
+    config: object
+
+    def training_loss(self, batch, generator=None) -> tuple[torch.Tensor, dict]: ...
+
+    def sample(self, n: int, **kwargs) -> list: ...
+
+
 class EnergyModel(nn.Module):
     """A model defined by its per-atom energies; energy, forces and stress follow from ``molequi.response``.
 
     Subclasses implement ``atomic_energies(data, pos, cell) -> (n,)`` in eV. ``forward`` keeps the graph of
-    the derivatives while training (force training needs second derivatives).
+    the derivatives while training (force training needs second derivatives). Subclasses set ``r_max`` and
+    ``elements`` in their constructor (``ForceField``).
     """
 
-    conservative = True
+    r_max: float
+    elements: list[int]
+    conservative: bool = True
 
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -94,4 +134,4 @@ class AtomicEnergyHead(nn.Module):
         return self.e0[element] + self.scale * readout + self.shift
 
 
-__all__ = ["ElementTable", "AtomicEnergyHead"]
+__all__ = ["ForceField", "GenerativeModel", "EnergyModel", "ElementTable", "AtomicEnergyHead"]

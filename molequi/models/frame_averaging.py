@@ -218,8 +218,9 @@ class FrameAveraging(EnergyModel):
 
     @classmethod
     def wrap(cls, backbone: nn.Module, statistics: Statistics, cfg: FrameAveraging.Config | None = None):
-        """Frame-average any backbone with ``atomic_energies(data, pos, cell) -> (n,)`` (eV)."""
-        cfg = cfg or cls.Config(r_max=float(getattr(backbone, "r_max", 5.0)))
+        """Frame-average any backbone with ``atomic_energies(data, pos, cell) -> (n,)`` (eV) and a cutoff
+        ``r_max`` (Å), e.g. another molequi force field."""
+        cfg = cfg or cls.Config(r_max=float(backbone.r_max))
         return cls(cfg, statistics, backbone=backbone)
 
     def config_dict(self) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from molequi.errors import ConfigError
+from molequi.models.base import GenerativeModel
 from molequi.tasks.base import Logs, Task
 
 
@@ -29,7 +30,7 @@ class DiffusionTask(Task):
         pass  # the objective's settings live in the model's Config (schedule, weights)
 
     def __init__(self, model: torch.nn.Module, config=None):
-        if not callable(getattr(model, "training_loss", None)):
+        if not isinstance(model, GenerativeModel):
             raise ConfigError(f"task 'diffusion' needs a generative model with training_loss(batch) "
                               f"(edm, eqgat_diff), got {type(model).__name__}")
         super().__init__(model, config)

@@ -98,7 +98,7 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
 
     if splits is None:
         splits = load_splits(cfg.data)
-    cutoff = getattr(cfg.model.config, "r_max", None)
+    cutoff = cfg.model.config.r_max  # None: the model builds no neighbour graph (generative models)
     progress = t.progress_bar and rank0
     train_records = with_graphs(splits["train"], cutoff, progress)
     valid_records = with_graphs(splits.get("valid") or [], cutoff, progress)

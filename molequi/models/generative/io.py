@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from molequi.errors import CheckpointError
-
-MODEL_NAMES = {"EDM": "edm", "CategoricalDiffusion": "eqgat_diff"}
+from molequi.models.base import GenerativeModel
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, *, metrics: dict | None = None, step: int = 0,
@@ -21,10 +20,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, *, metrics: dict |
     ``molequi.checkpoint.load_model`` and ``molequi generate``."""
     from molequi.checkpoint import make_payload, save_model
 
-    name = MODEL_NAMES.get(type(model).__name__)
-    if name is None:
+    if not isinstance(model, GenerativeModel):
         raise CheckpointError(f"cannot save a {type(model).__name__} as a generative checkpoint")
-    cfg = {"model": {"name": name, **dataclasses.asdict(model.config)}, **(extra_config or {})}
+    cfg = {"model": {"name": model.config.name, **dataclasses.asdict(model.config)}, **(extra_config or {})}
     dtype = next(model.parameters()).dtype
     payload = make_payload(config=cfg, statistics={"elements": list(model.config.elements)},
                            model_state=model.state_dict(), dtype=dtype, step=step, metrics=metrics)
@@ -36,7 +34,7 @@ def load_generative(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     from molequi.checkpoint import load_model
 
     model = load_model(path, device=device)
-    if not hasattr(model, "sample"):
+    if not isinstance(model, GenerativeModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not a generative model (edm, eqgat_diff)")
     return model
 

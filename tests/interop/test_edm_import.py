@@ -104,3 +104,37 @@ def test_unknown_and_unsupported_options_are_listed():
         assert piece in text
     with pytest.raises(UnsupportedEDMOptionError, match="dataset"):
         edm_config({**base, "dataset": "zinc"})
+
+
+@needs_peer
+def test_qm9_split_equals_edm_gen_splits(tmp_path, monkeypatch):
+    """EDM's own gen_splits_gdb9 (its download of uncharacterized.txt replaced by a local file of 3054
+    indices) gives the same train / valid / test molecules as molequi's edm_qm9_split."""
+    import importlib
+    import sys
+    import urllib.request
+
+    import numpy as np
+
+    from molequi.interop.edm import edm_qm9_split, edm_qm9_subsets
+
+    rng = np.random.default_rng(1)
+    excluded = sorted(int(i) for i in rng.choice(np.arange(1, 133886), size=3054, replace=False))
+    lines = "header\n\n" + "".join(f"  {i}  gdb_{i}  x\n" for i in excluded) + "footer line\n"
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: Path(filename).write_text(lines))
+    monkeypatch.syspath_prepend(str(PEER))
+    for name in [m for m in sys.modules if m == "qm9" or m.startswith("qm9.")]:
+        monkeypatch.delitem(sys.modules, name)
+    prepare = importlib.import_module("qm9.data.prepare.qm9")
+    ref = prepare.gen_splits_gdb9(str(tmp_path), cleanup=False)
+    ours = edm_qm9_split(excluded)
+    assert [len(ours[k]) for k in ("train", "valid", "test")] == [100000, 17748, 13083]
+    for key in ("train", "valid", "test"):
+        assert np.array_equal(ours[key], np.asarray(ref[key]) + 1)  # EDM's file positions are 0-based
+    # positions in a dataset holding the 130831 characterised records, stored in a shuffled order
+    kept = np.array(sorted(set(range(1, 133886)) - set(excluded)))
+    order = rng.permutation(kept)
+    subsets = edm_qm9_subsets(order, excluded)
+    assert np.array_equal(order[subsets["test"]], ours["test"])
+    with pytest.raises(Exception, match="not in the dataset"):
+        edm_qm9_subsets(order[:-5], excluded)

@@ -10,6 +10,8 @@ Every error says *where* (file, frame or line) and *what to do*. Catch ``Molequi
     │   └── DatasetError           a dataset layout / split / name problem (missing split files, bad name)
     ├── ConfigError                an invalid configuration (unknown key, wrong type)
     ├── CheckpointError            a checkpoint that cannot be loaded
+    │   └── ForeignModelError      another program's model file refused at import (says file and origin)
+    │       └── UnsupportedModelError   ... because it uses options molequi does not implement (listed)
     └── ModelError                 a model asked to do what it cannot (unknown element, etc.)
 """
 
@@ -69,6 +71,24 @@ class CheckpointError(MolequiError, RuntimeError):
     """A checkpoint cannot be read or does not match what is asked of it."""
 
 
+class ForeignModelError(CheckpointError):
+    """A model file written by another program (e.g. mace-torch) cannot be imported; names file and origin."""
+
+    def __init__(self, message: str, *, source: str | None = None, origin: str | None = None):
+        self.source, self.origin = source, origin
+        where = f"{source}" + (f" ({origin})" if origin else "") + ": " if source is not None else ""
+        super().__init__(where + message)
+
+
+class UnsupportedModelError(ForeignModelError):
+    """A foreign model uses options molequi does not implement; ``options`` lists every one of them."""
+
+    def __init__(self, options: list[str], *, source: str | None = None, origin: str | None = None):
+        self.options = list(options)
+        super().__init__("uses options molequi does not implement, refused rather than dropped: "
+                         + "; ".join(self.options), source=source, origin=origin)
+
+
 class ModelError(MolequiError, ValueError):
     """A model was asked to handle input it cannot (for example an element it was not trained on)."""
 
@@ -88,6 +108,8 @@ __all__ = [
     "DatasetError",
     "ConfigError",
     "CheckpointError",
+    "ForeignModelError",
+    "UnsupportedModelError",
     "ModelError",
     "suggest",
 ]

@@ -14,8 +14,16 @@ come from ``molequi.response``. Layers: ``molequi.nn`` (radial, equivariant, sym
 Differences from mace-torch, none of which changes the function space: the symmetric contraction evaluates
 monomials of the atomic basis times one dense matrix per correlation order
 (``molequi.nn.symmetric_contraction``), and the convolution contracts the harmonics with the Clebsch-Gordan
-tensor per edge before touching channels. Every layer uses mace-torch's default residual interaction block;
-initialisation and normalisation constants follow e3nn's conventions, not mace-torch's bit for bit.
+tensor per edge before touching channels. Initialisation and normalisation constants follow e3nn's
+conventions, not mace-torch's bit for bit; ``molequi.interop.mace`` folds mace-torch's constants into the
+weights when it imports a model, so an imported model computes mace-torch's function to round-off.
+
+Options that mace-torch's public models use (``Config``): ``first_interaction`` "nonresidual" (the first
+block applies an element-dependent linear map to A and has no skip connection, mace-torch's
+``RealAgnosticInteractionBlock``), ``envelope`` "basis" (f(r) multiplies the radial basis before the MLP,
+mace-torch's ``apply_cutoff``) or "weights" (it multiplies the MLP's output), ``radial_type`` (Bessel /
+Gaussian / Chebyshev), ``distance_transform`` (Agnesi / Soft, before the basis) and ``pair_repulsion`` (ZBL,
+added to the readout y_i before the scale and shift, as in mace-torch's ScaleShiftMACE).
 
 ``Config.tensor_product`` chooses how the per-edge messages of the atomic basis are computed: "native" (the
 default, the fast convolution above), or a kind of ``molequi.nn.tensor_products``: "e3nn" (e3nn's 'uvu'
@@ -50,13 +58,26 @@ from molequi.nn.equivariant import (
     IrrepsLinear,
     spherical_harmonics,
 )
-from molequi.nn.radial import BesselBasis, PolynomialCutoff, RadialMLP
+from molequi.nn.radial import (
+    AgnesiTransform,
+    BesselBasis,
+    ChebyshevBasis,
+    GaussianBasis,
+    PolynomialCutoff,
+    RadialMLP,
+    SoftTransform,
+    ZBLRepulsion,
+)
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
 from molequi.nn.symmetric_contraction import SymmetricContraction
 from molequi.nn.tensor_products import KINDS, TensorProductConvolution
 from molequi.response import batch_vector
 
 TENSOR_PRODUCTS = ("native", *KINDS)
+RADIAL_TYPES = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": ChebyshevBasis}
+DISTANCE_TRANSFORMS = {"none": None, "agnesi": AgnesiTransform, "soft": SoftTransform}
+ENVELOPES = ("weights", "basis")
+FIRST_INTERACTIONS = ("residual", "nonresidual")
 
 
 class MACELayer(nn.Module):
@@ -73,11 +94,16 @@ class MACELayer(nn.Module):
         num_elements: int,
         avg_num_neighbors: float,
         tensor_product: str = "native",
+        residual: bool = True,
     ):
         super().__init__()
         c = irreps_out.channels
         target = ChannelIrreps.spherical(c, max_ell)  # the atomic basis carries every l of the harmonics
-        self.skip = ElementIrrepsLinear(irreps_in, irreps_out, num_elements)
+        self.residual = residual
+        if residual:  # h' = ... + Skip_z(h)
+            self.skip = ElementIrrepsLinear(irreps_in, irreps_out, num_elements)
+        else:  # mace-torch's RealAgnosticInteractionBlock: A <- Skip_z(A), no residual
+            self.skip = ElementIrrepsLinear(target, target, num_elements)
         self.linear_up = IrrepsLinear(irreps_in, irreps_in)
         if tensor_product == "native":
             self.conv = EquivariantConvolution(irreps_in, max_ell, target)
@@ -96,16 +122,19 @@ class MACELayer(nn.Module):
         element: torch.Tensor,
         sh: torch.Tensor,
         radial: torch.Tensor,
-        envelope: torch.Tensor,
+        envelope: torch.Tensor | None,
         sender: torch.Tensor,
         receiver: torch.Tensor,
     ) -> torch.Tensor:
-        sc = self.skip(h, element)
         x = self.linear_up(h)
-        # [E, paths, c] (native) or [E, weight_numel]
-        weights = (self.radial(radial) * envelope).view(radial.shape[0], *self._weight_shape)
+        weights = self.radial(radial)
+        if envelope is not None:  # None: the envelope already multiplies the radial basis
+            weights = weights * envelope
+        weights = weights.view(radial.shape[0], *self._weight_shape)  # [E, paths, c] (native) or [E, numel]
         a = self.conv(x, sh, weights, sender, receiver) * self.inv_avg_num_neighbors  # [n, dim_sh, c]
-        return self.linear(self.product(a, element)) + sc
+        if not self.residual:
+            return self.linear(self.product(self.skip(a, element), element))
+        return self.linear(self.product(a, element)) + self.skip(h, element)
 
 
 class MACE(EnergyModel):
@@ -136,6 +165,21 @@ class MACE(EnergyModel):
         tensor_product: str = "native"
         """Edge tensor product of the atomic basis: native (fast default) | e3nn (reference) | so2 (same
         function in edge frames) | gaunt (S2 grid; natural-parity hidden irreps only)."""
+        radial_type: str = "bessel"
+        """Radial basis of the edge lengths: bessel | gaussian | chebyshev (mace-torch's ``radial_type``)."""
+        distance_transform: str = "none"
+        """Element-pair transform of the length before the radial basis: none | agnesi | soft (the
+        envelope always sees the plain length)."""
+        envelope: str = "weights"
+        """Where the polynomial cutoff f(r) multiplies: "weights" = the radial MLP's output (the
+        tensor-product weights), "basis" = the radial basis before the MLP (mace-torch's ``apply_cutoff``,
+        its default)."""
+        first_interaction: str = "residual"
+        """First layer's block: "residual" (skip connection from the embedding, mace-torch's
+        ``RealAgnosticResidualInteractionBlock``) or "nonresidual" (element-dependent linear on the atomic
+        basis and no skip, ``RealAgnosticInteractionBlock``, the first block of the MACE-MP models)."""
+        pair_repulsion: bool = False
+        """Add the ZBL screened nuclear repulsion (inside the scaled readout, as mace-torch's ScaleShiftMACE)."""
 
         def validate(self) -> None:
             if self.r_max <= 0:
@@ -156,6 +200,14 @@ class MACE(EnergyModel):
                 raise ConfigError(
                     "tensor_product 'so2' needs max_ell >= 1 (edge frames from the l = 1 harmonics)"
                 )
+            for name, value, valid in (
+                ("radial_type", self.radial_type, RADIAL_TYPES),
+                ("distance_transform", self.distance_transform, DISTANCE_TRANSFORMS),
+                ("envelope", self.envelope, ENVELOPES),
+                ("first_interaction", self.first_interaction, FIRST_INTERACTIONS),
+            ):
+                if value not in valid:
+                    raise ConfigError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
             natural = tuple((l, (-1) ** l) for l in range(hidden.lmax + 1))
             if self.tensor_product == "gaunt" and hidden.irreps != natural:
                 raise ConfigError(
@@ -179,8 +231,11 @@ class MACE(EnergyModel):
         self.element_table = ElementTable(self.elements)
         num_elements = len(self.elements)
         self.embedding = ElementEmbedding(num_elements, c)
-        self.bessel = BesselBasis(cfg.r_max, cfg.num_bessel)
+        self.bessel = RADIAL_TYPES[cfg.radial_type](cfg.r_max, cfg.num_bessel)
         self.cutoff = PolynomialCutoff(cfg.r_max, cfg.num_polynomial_cutoff)
+        transform = DISTANCE_TRANSFORMS[cfg.distance_transform]
+        self.distance_transform = transform(self.elements) if transform is not None else None
+        self.zbl = ZBLRepulsion(self.elements, cfg.num_polynomial_cutoff) if cfg.pair_repulsion else None
         self.layers = nn.ModuleList()
         self.readouts = nn.ModuleList()
         self._scalar_rows: list[int] = []  # row of the 0e block in each layer's output
@@ -199,6 +254,7 @@ class MACE(EnergyModel):
                     num_elements,
                     avg,
                     cfg.tensor_product,
+                    residual=t > 0 or cfg.first_interaction == "residual",
                 )
             )
             hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels
@@ -223,10 +279,17 @@ class MACE(EnergyModel):
         )  # [E, 3]
         lengths = torch.linalg.vector_norm(vectors, dim=-1)  # [E]
         sh = spherical_harmonics(self.max_ell, vectors)  # [E, (max_ell+1)^2]
-        radial = self.bessel(lengths)  # [E, num_bessel]
         envelope = self.cutoff(lengths)  # [E, 1]
+        r = lengths
+        if self.distance_transform is not None:
+            r = self.distance_transform(lengths, element, sender, receiver)
+        radial = self.bessel(r)  # [E, num_bessel]
+        if self.config.envelope == "basis":
+            radial, envelope = radial * envelope, None
         h = self.embedding(element).to(pos.dtype).unsqueeze(1)  # [n, 1, c]
         readout = torch.zeros_like(pos[:, 0])
+        if self.zbl is not None:
+            readout = readout + self.zbl(lengths, element, sender, receiver, pos.shape[0])
         for layer, head, row in zip(self.layers, self.readouts, self._scalar_rows):
             h = layer(h, element, sh, radial, envelope, sender, receiver)
             readout = readout + head(h[:, row, :])

@@ -106,6 +106,42 @@ def symmetric_basis(irreps_in: tuple[Irrep, ...], target: Irrep, nu: int) -> np.
     return np.stack(kept)
 
 
+def change_of_basis(
+    irreps_in: tuple[Irrep, ...], target: Irrep, nu: int, tensors: np.ndarray, tol: float = 1e-10
+) -> np.ndarray:
+    """Coefficients R (K', K) of the polynomial maps ``tensors`` on ``symmetric_basis(irreps_in, target, nu)``.
+
+    ``tensors`` (K', 2L+1, dim_in, ..., dim_in) (nu input axes, any symmetry) define the maps
+    x -> sum_a T_k[M, a_1..a_nu] x_a1 ... x_anu. Only their symmetric part acts on x^(x)nu, so with U_j the
+    basis of ``symmetric_basis``:  Sym(T_k) = sum_j R[k, j] U_j, solved by least squares, and a weighted sum
+    sum_k w_k T_k equals sum_j (w R)_j U_j. Raises ``ConfigError`` if some Sym(T_k) is not in the span
+    (relative residual above ``tol``), i.e. the maps are not equivariant symmetric maps of these irreps.
+    """
+    basis = symmetric_basis(tuple(irreps_in), tuple(target), nu)  # [K, d, dim^nu]
+    tensors = np.asarray(tensors, dtype=np.float64)
+    k_foreign = tensors.shape[0]
+    if nu > 1:
+        tensors = sum(
+            np.transpose(tensors, (0, 1) + tuple(2 + np.array(perm)))
+            for perm in itertools.permutations(range(nu))
+        ) / math.factorial(nu)
+    s = tensors.reshape(k_foreign, -1)
+    if basis.shape[0] == 0:
+        if np.abs(s).max(initial=0.0) > tol:
+            raise ConfigError(f"symmetric maps to {target} at correlation {nu} given, but none exist")
+        return np.zeros((k_foreign, 0))
+    b = basis.reshape(basis.shape[0], -1)
+    r, *_ = np.linalg.lstsq(b.T, s.T, rcond=None)  # [K, K']
+    residual = np.abs(r.T @ b - s).max(initial=0.0)
+    scale = max(np.abs(s).max(initial=0.0), 1.0)
+    if residual > tol * scale:
+        raise ConfigError(
+            f"the given symmetric contraction to {target} at correlation {nu} is not in the span of the "
+            f"equivariant symmetric basis (residual {residual:.2e}); the irreps or their order differ"
+        )
+    return r.T
+
+
 def _multiplicity(t: tuple[int, ...]) -> float:
     """Number of distinct orderings of the index tuple t."""
     _, counts = np.unique(t, return_counts=True)
@@ -246,4 +282,4 @@ class SymmetricContraction(nn.Module):
         return out.permute(1, 0, 2)  # [n, dim_out, c]
 
 
-__all__ = ["SymmetricContraction", "symmetric_basis"]
+__all__ = ["SymmetricContraction", "symmetric_basis", "change_of_basis"]

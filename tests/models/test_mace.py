@@ -200,3 +200,60 @@ def test_invalid_config():
         MACE.from_config(tiny_config(hidden_irreps="4x0e+8x1o"), STATS)
     with pytest.raises(ConfigError):
         MACE.from_config(tiny_config(hidden_irreps="4x1o"), STATS)
+
+
+MACE_TORCH_OPTIONS = [
+    dict(first_interaction="nonresidual", envelope="basis"),
+    dict(radial_type="gaussian", distance_transform="agnesi", pair_repulsion=True),
+    dict(distance_transform="soft", envelope="basis", first_interaction="nonresidual"),
+    # T_n of the plain distance grows like (2r)^n (mace-torch's definition); of the Agnesi one it is bounded
+    dict(radial_type="chebyshev", distance_transform="agnesi"),
+]
+
+
+@pytest.mark.parametrize("options", MACE_TORCH_OPTIONS, ids=["nonresidual-basis", "gaussian-agnesi-zbl",
+                                                              "soft-nonresidual", "chebyshev-agnesi"])
+def test_mace_torch_options_are_symmetric_and_conservative(options):
+    """The options imported from mace-torch (values checked against it by scripts/parity/check.py) keep
+    E(3) symmetry, forces = -dE/dx and stress = dE/d(eps)/V."""
+    torch.manual_seed(7)
+    m = MACE.from_config(tiny_config(**options), STATS).double()
+    report = assert_equivariant(m, molecules()[:2] + [crystal()], R_MAX, dtype=torch.float64, reflections=True,
+                                n_rotations=2)
+    assert report.worst() < 1e-9
+    assert check_forces_fd(m, molecules()[0], R_MAX, dtype=torch.float64, n_atoms=3) < 1e-6
+    assert check_stress_fd(m, crystal(), R_MAX, dtype=torch.float64) < 1e-6
+
+
+def test_zbl_pair_repulsion_is_the_zbl_formula_for_a_dimer():
+    """ZBL energy of an isolated O-H pair against the universal ZBL potential written out here."""
+    from ase.data import covalent_radii
+
+    torch.manual_seed(3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the ZBL constants are buffers: keep them unrounded
+    try:
+        m = MACE.from_config(tiny_config(pair_repulsion=True, r_max=3.0), STATS)
+        plain = MACE.from_config(tiny_config(r_max=3.0), STATS)
+    finally:
+        torch.set_default_dtype(previous)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("zbl.")})
+    r = 0.6
+    dimer = Atoms("OH", positions=[[0, 0, 0], [r, 0, 0]])
+    e_zbl = predict(m, [dimer], 3.0)[K.ENERGY][0] - predict(plain, [dimer], 3.0)[K.ENERGY][0]
+    a = 0.4543 * 0.529 / (8**0.3 + 1**0.3)
+    x = r / a
+    phi = 0.1818 * np.exp(-3.2 * x) + 0.5099 * np.exp(-0.9423 * x) + 0.2802 * np.exp(-0.4028 * x) \
+        + 0.02817 * np.exp(-0.2016 * x)
+    u = r / (covalent_radii[8] + covalent_radii[1])
+    p = 5
+    env = 1 - (p + 1) * (p + 2) / 2 * u**p + p * (p + 2) * u ** (p + 1) - p * (p + 1) / 2 * u ** (p + 2)
+    assert e_zbl == pytest.approx(14.3996 * 8 / r * phi * env, rel=1e-10)  # scale 1: STATS
+
+
+def test_new_options_default_to_the_previous_model():
+    cfg = MACE.Config()
+    assert (cfg.radial_type, cfg.distance_transform, cfg.envelope, cfg.first_interaction, cfg.pair_repulsion) \
+        == ("bessel", "none", "weights", "residual", False)
+    with pytest.raises(Exception, match="unknown radial_type"):
+        MACE.from_config(tiny_config(radial_type="legendre"), STATS)

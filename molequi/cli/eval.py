@@ -15,8 +15,8 @@ def register(subparsers) -> None:
                     "variational bound on the NLL of the molecules in DATA, nats per molecule, and bits "
                     "per dimension.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  molequi eval runs/ethanol/model.pt data/rmd17/rmd17_ethanol_test_01.npz "
-               "--out eval_out")
+        epilog="example:\n  molequi eval runs/ethanol/model.pt "
+               "molequi/resources/rmd17/rmd17_ethanol_test_01.npz --out eval_out")
     p.add_argument("checkpoint", help="model.pt or checkpoints/*.ckpt written by `molequi train`")
     p.add_argument("data", help="labelled structures: extended XYZ, ASE db / traj, or an rMD17 / MD17 .npz")
     p.add_argument("--json", action="store_true",

@@ -3,6 +3,13 @@
 The whole job keeps to a wall-time budget (``--max-time``, default 9.5 minutes): after the data are read
 and the cost of evaluating the test set is measured, the remaining time goes to training (Lightning's
 ``max_time``), with the learning rate annealed by a cosine over that training time.
+
+``--quick`` (about a minute on two cores) trains a fixed ``QUICK_STEPS`` optimiser steps instead, tests on
+the same 1000 frames and runs ``QUICK_MD_PS`` ps of NVT and of NVE: the same files, far from converged.
+
+The data are the shipped rMD17 ethanol files (``molequi/resources/rmd17/``, found through
+``importlib.resources`` by ``molequi.resources.rmd17_ethanol``, so they are there in any install), or the
+folder given with ``--data``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_BUDGET = "9.5min"
+DEFAULT_MD_PS = 1.0
+QUICK_STEPS = 100  # optimiser steps of --quick (batch 5: 500 structures, about half an epoch)
+QUICK_MD_PS = 0.05  # ps of NVT and then of NVE in --quick (100 steps each at 0.5 fs)
 
 
 def register(subparsers) -> None:
@@ -21,27 +31,38 @@ def register(subparsers) -> None:
                     "parity.png, test_errors.csv, config.yaml and run/ (checkpoints, model.pt for "
                     "`molequi eval` / the ASE calculator). Prints the test force MAE.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  molequi quickstart --out quickstart_out --max-time 10min")
+        epilog="examples:\n  molequi quickstart --out quickstart_out --max-time 10min\n"
+               "  molequi quickstart --quick --out quick_out   # about a minute: checks the install")
     p.add_argument("--out", default="quickstart_out", help="output folder (default quickstart_out)")
     p.add_argument("--max-time", default=DEFAULT_BUDGET,
                    help="wall-time budget of the whole job, training and testing: seconds, '10min', "
                         f"'HH:MM:SS' (default {DEFAULT_BUDGET})")
     p.add_argument("--data", default=None,
-                   help="folder with rmd17_ethanol_{train,test}_01.npz (default: the shipped data/rmd17)")
+                   help="folder with rmd17_ethanol_{train,test}_01.npz (default: the copy shipped inside "
+                        "the package, molequi/resources/rmd17)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"about a minute on two cores: {QUICK_STEPS} training steps instead of the time "
+                        f"budget (--max-time is ignored), {QUICK_MD_PS:g} ps NVT + {QUICK_MD_PS:g} ps NVE "
+                        "unless --md-ps says otherwise; the same output files")
     p.add_argument("--float64", action="store_true", help="train in float64 (slower; default float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the weights (default 0)")
     p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
                    help="override any key of the training config, e.g. model.hidden_irreps=64x0e+64x1o")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--md-ps", type=float, default=1.0,
+    p.add_argument("--md-ps", type=float, default=None,
                    help="after testing, run this many ps of NVT (300 K, Langevin) then as many of NVE with "
-                        "the trained model at 0.5 fs and report the NVE energy drift (default 1; 0: no MD)")
+                        f"the trained model at 0.5 fs and report the NVE energy drift (default "
+                        f"{DEFAULT_MD_PS:g}, with --quick {QUICK_MD_PS:g}; 0: no MD)")
     p.set_defaults(func=run)
 
 
-def quickstart_config(out: str, train_seconds: float, *, float64: bool = False, seed: int = 0,
-                      progress: bool = True, overrides: list[str] | None = None):
-    """The training config of the quickstart (a small MACE, cosine over the time budget)."""
+def quickstart_config(out: str, train_seconds: float | None, *, max_steps: int = -1, float64: bool = False,
+                      seed: int = 0, progress: bool = True, overrides: list[str] | None = None):
+    """The training config of the quickstart (a small MACE, cosine over the time budget).
+
+    ``train_seconds`` None and ``max_steps`` > 0: a fixed number of optimiser steps (``--quick``), the
+    cosine over those steps and a validation every ``max_steps // 2`` steps.
+    """
     from molequi.config import Config, apply_overrides
 
     raw = {
@@ -53,10 +74,12 @@ def quickstart_config(out: str, train_seconds: float, *, float64: bool = False, 
         "task": {"name": "energy_forces", "weights": {"energy": 1.0, "forces": 100.0}, "loss": "mse"},
         "optim": {"optimizer": "adam", "lr": 0.01, "amsgrad": True, "scheduler": "cosine", "min_lr": 1e-4,
                   "warmup_steps": 20, "ema_decay": 0.99, "grad_clip": 10.0},
-        "trainer": {"max_time": float(train_seconds), "batch_size": 5, "valid_batch_size": 25,
+        "trainer": {"max_time": None if train_seconds is None else float(train_seconds),
+                    "max_steps": max_steps, "batch_size": 5, "valid_batch_size": 25,
                     "precision": "float64" if float64 else "float32", "accelerator": "cpu", "devices": 1,
-                    "seed": seed, "output": out, "log_every": 20, "progress_bar": progress,
-                    "val_every_steps": 95},
+                    "seed": seed, "output": out, "log_every": 20 if max_steps < 0 else 10,
+                    "progress_bar": progress,
+                    "val_every_steps": 95 if max_steps < 0 else max(max_steps // 2, 1)},
     }
     return Config.from_dict(apply_overrides(raw, overrides))
 
@@ -66,13 +89,13 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from molequi.checkpoint import load_model
     from molequi.data.rmd17_npz import read_rmd17_npz
     from molequi.errors import DatasetError
     from molequi.io import atomic_write_text
-    from molequi.train.checkpoint import load_model
-    from molequi.train.data import split_records, with_graphs
+    from molequi.train.data import split_records
     from molequi.train.evaluate import learning_curve, parity_plot, predict
-    from molequi.train.run import build_task, parse_max_time, train
+    from molequi.train.run import parse_max_time, train
 
     t0 = time.perf_counter()
     budget = parse_max_time(args.max_time).total_seconds()
@@ -80,12 +103,18 @@ def run(args) -> int:
     run_dir = out / "run"
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         raise DatasetError(f"{out} already holds a quickstart run; choose another --out or remove it")
-    data_dir = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "data" / "rmd17"
-    train_file, test_file = data_dir / "rmd17_ethanol_train_01.npz", data_dir / "rmd17_ethanol_test_01.npz"
-    for f in (train_file, test_file):
-        if not f.exists():
-            raise DatasetError(f"{f} not found",
-                               hint="pass --data with the folder of the rMD17 ethanol npz files")
+    if args.data:
+        data_dir = Path(args.data)
+        train_file, test_file = (data_dir / f"rmd17_ethanol_{s}_01.npz" for s in ("train", "test"))
+        for f in (train_file, test_file):
+            if not f.exists():
+                raise DatasetError(f"{f} not found",
+                                   hint="pass --data with the folder of the rMD17 ethanol npz files")
+    else:
+        from molequi.resources import rmd17_ethanol
+
+        train_file, test_file = rmd17_ethanol("train"), rmd17_ethanol("test")
+    md_ps = args.md_ps if args.md_ps is not None else (QUICK_MD_PS if args.quick else DEFAULT_MD_PS)
 
     # 1. data: 950 train + 50 validation from the train file, 1000 test frames from the test file
     cfg = quickstart_config(str(run_dir), 60.0, float64=args.float64, seed=args.seed,
@@ -96,44 +125,23 @@ def run(args) -> int:
     print(f"rMD17 ethanol: {len(train_records)} train, {len(valid_records)} validation, "
           f"{len(test_records)} test frames")
 
-    # 2. measure what testing will cost, and give the rest of the budget to training
-    from molequi.data.statistics import compute_statistics
-
+    # 2. --quick: a fixed number of steps; otherwise measure what testing will cost, and give the rest of
+    #    the budget to training
+    md_steps = int(round(2 * md_ps * 1000 / 0.5))  # NVT + NVE at 0.5 fs
     cutoff = cfg.model.config.r_max
-    probe = build_task(cfg, compute_statistics(with_graphs(valid_records[:10], cutoff), cutoff)).model
-    if args.float64:
-        probe = probe.double()
-    predict(probe, valid_records[:5], cutoff, batch_size=5)  # warm-up (first calls are slower)
-    per_50 = float("inf")
-    for _ in range(2):  # the faster of two: a momentary load spike should not cut the training time
-        tp = time.perf_counter()
-        predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
-        per_50 = min(per_50, time.perf_counter() - tp)
-    reserve = per_50 * (len(test_records) / 50 + 2) + 20.0  # test set, final validation, plots and files
-    md_steps = int(round(2 * args.md_ps * 1000 / 0.5))  # NVT + NVE at 0.5 fs
-    if md_steps:
-        from molequi.calculators import MolequiCalculator
-        from molequi.data.records import data_to_atoms
-
-        probe_atoms = data_to_atoms(valid_records[0])
-        probe_atoms.calc = MolequiCalculator(probe)
-        probe_atoms.get_forces()
-        tp = time.perf_counter()
-        for k in range(20):
-            probe_atoms.positions[0, 0] += 1e-3 * (-1) ** k
-            probe_atoms.get_forces()
-        reserve += 1.5 * md_steps * (time.perf_counter() - tp) / 20 + 10.0  # MD steps with some slack
-    train_seconds = budget - (time.perf_counter() - t0) - reserve
-    print(f"testing{' and MD' if md_steps else ''} will take about {reserve:.0f} s "
-          f"({per_50:.1f} s per 50 test frames)")
-    if train_seconds < 30:
-        raise DatasetError(f"--max-time {args.max_time} leaves {train_seconds:.0f} s for training after "
-                           f"{reserve:.0f} s reserved for testing; give more time")
-    cfg = quickstart_config(str(run_dir), train_seconds, float64=args.float64, seed=args.seed,
-                            progress=not args.no_progress, overrides=args.set)
-    print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
-          f"correlation {cfg.model.config.correlation}) for {train_seconds / 60:.1f} min of a "
-          f"{budget / 60:.1f} min budget")
+    if args.quick:
+        cfg = quickstart_config(str(run_dir), None, max_steps=QUICK_STEPS, float64=args.float64,
+                                seed=args.seed, progress=not args.no_progress, overrides=args.set)
+        print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
+              f"correlation {cfg.model.config.correlation}) for {QUICK_STEPS} steps (--quick)")
+    else:
+        train_seconds = _training_seconds(args, cfg, valid_records, len(test_records), md_steps,
+                                          budget - (time.perf_counter() - t0))
+        cfg = quickstart_config(str(run_dir), train_seconds, float64=args.float64, seed=args.seed,
+                                progress=not args.no_progress, overrides=args.set)
+        print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
+              f"correlation {cfg.model.config.correlation}) for {train_seconds / 60:.1f} min of a "
+              f"{budget / 60:.1f} min budget")
 
     # 3. train
     tt = time.perf_counter()
@@ -168,19 +176,19 @@ def run(args) -> int:
         "model_path": str(result.model_path),
     }
     if md_steps:  # 5. the trained model in MD: NVT, then NVE and its energy drift
-        from molequi.simulate.quickstart import quickstart_md
         from molequi.data.records import data_to_atoms
+        from molequi.simulate.quickstart import quickstart_md
 
         tm = time.perf_counter()
-        drift = quickstart_md(model, data_to_atoms(test_records[0]), out / "md", nvt_ps=args.md_ps,
-                              nve_ps=args.md_ps, timestep_fs=0.5, temperature=300.0, seed=args.seed,
+        drift = quickstart_md(model, data_to_atoms(test_records[0]), out / "md", nvt_ps=md_ps,
+                              nve_ps=md_ps, timestep_fs=0.5, temperature=300.0, seed=args.seed,
                               progress=not args.no_progress)
-        summary["md"] = {"nvt_ps": args.md_ps, "nve_ps": args.md_ps, "timestep_fs": 0.5,
+        summary["md"] = {"nvt_ps": md_ps, "nve_ps": md_ps, "timestep_fs": 0.5,
                          "temperature_K": 300.0,
                          "nve_drift_eV_per_atom_per_ps": drift, "seconds": time.perf_counter() - tm,
                          "files": "md/md_energy.png, md/md_nvt.extxyz, md/md_nve.extxyz, md/md_*.csv"}
         summary["wall_seconds"] = time.perf_counter() - t0
-        print(f"MD: {args.md_ps:g} ps NVT + {args.md_ps:g} ps NVE at 0.5 fs; NVE drift {drift:.3g} "
+        print(f"MD: {md_ps:g} ps NVT + {md_ps:g} ps NVE at 0.5 fs; NVE drift {drift:.3g} "
               f"eV/atom/ps (plot {out / 'md' / 'md_energy.png'})")
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     print(f"test (1000 frames): energy MAE {test['energy_mae'] * 1e3:.2f} meV "
@@ -191,3 +199,46 @@ def run(args) -> int:
     print(f"wrote {out / 'metrics.json'}, learning_curve.png, parity.png, test_errors.csv; "
           f"model {result.model_path}")
     return 0
+
+
+def _training_seconds(args, cfg, valid_records, n_test: int, md_steps: int, remaining: float) -> float:
+    """Seconds left for training in ``remaining`` after reserving the measured cost of testing and MD."""
+    import time
+
+    from molequi.data.statistics import compute_statistics
+    from molequi.errors import DatasetError
+    from molequi.train.data import with_graphs
+    from molequi.train.evaluate import predict
+    from molequi.train.run import build_task
+
+    t0 = time.perf_counter()
+    cutoff = cfg.model.config.r_max
+    probe = build_task(cfg, compute_statistics(with_graphs(valid_records[:10], cutoff), cutoff)).model
+    if args.float64:
+        probe = probe.double()
+    predict(probe, valid_records[:5], cutoff, batch_size=5)  # warm-up (first calls are slower)
+    per_50 = float("inf")
+    for _ in range(2):  # the faster of two: a momentary load spike should not cut the training time
+        tp = time.perf_counter()
+        predict(probe, valid_records, cutoff, batch_size=cfg.trainer.valid_batch_size)
+        per_50 = min(per_50, time.perf_counter() - tp)
+    reserve = per_50 * (n_test / 50 + 2) + 20.0  # test set, final validation, plots and files
+    if md_steps:
+        from molequi.calculators import MolequiCalculator
+        from molequi.data.records import data_to_atoms
+
+        probe_atoms = data_to_atoms(valid_records[0])
+        probe_atoms.calc = MolequiCalculator(probe)
+        probe_atoms.get_forces()
+        tp = time.perf_counter()
+        for k in range(20):
+            probe_atoms.positions[0, 0] += 1e-3 * (-1) ** k
+            probe_atoms.get_forces()
+        reserve += 1.5 * md_steps * (time.perf_counter() - tp) / 20 + 10.0  # MD steps with some slack
+    train_seconds = remaining - (time.perf_counter() - t0) - reserve
+    print(f"testing{' and MD' if md_steps else ''} will take about {reserve:.0f} s "
+          f"({per_50:.1f} s per 50 test frames)")
+    if train_seconds < 30:
+        raise DatasetError(f"--max-time {args.max_time} leaves {train_seconds:.0f} s for training after "
+                           f"{reserve:.0f} s reserved for testing; give more time")
+    return train_seconds

@@ -4,8 +4,8 @@ Keys: ``nuclear_charges``, ``coords`` Å, ``energies`` kcal/mol, ``forces`` kcal
 
 The conversion (kcal/mol -> eV and kcal/mol/Å -> eV/Å with ``molequi.units.KCAL_PER_MOL_TO_EV``) lives in
 one place, ``molequi.data.md17.load_md17_npz``; this module is the stable name the quickstart and the
-shipped data (``data/rmd17/``) use, plus ``build_rmd17_npz``: the dataset entry ``rmd17_npz`` (one npz
-file, all frames, split by the trainer), for files that come without rMD17's split folder.
+shipped data (``molequi/resources/rmd17/``) use, plus ``build_rmd17_npz``: the dataset entry ``rmd17_npz``
+(one npz file, all frames, split by the trainer), for files that come without rMD17's split folder.
 """
 
 from __future__ import annotations

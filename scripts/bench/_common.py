@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
+from molequi.resources import rmd17_ethanol
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench_results"
-# 1000 real rMD17 ethanol frames shipped with molequi (CC0, see data/rmd17/ORIGIN.md)
-ETHANOL_NPZ = str(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")
+# 1000 real rMD17 ethanol frames shipped with molequi (CC0, see molequi/resources/rmd17/ORIGIN.md)
+ETHANOL_NPZ = str(rmd17_ethanol("test"))
 # the MACE hyperparameters every speed comparison with mace-torch uses (identical on both sides)
 MACE_HYPER = dict(
     r_max=5.0,

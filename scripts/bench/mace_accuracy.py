@@ -4,8 +4,8 @@
     bash scripts/bench/setup_mace_torch.sh                  # once: the mace-torch venv
     python scripts/bench/mace_accuracy.py --minutes 5       # each code trains for 5 CPU minutes
 
-Data: rMD17 ethanol shipped in data/rmd17 (950 train / 50 validation frames of the train file, seed 0;
-test on the 1000 frames of the test file), written once as extended XYZ in eV / eV/Å for both codes.
+Data: rMD17 ethanol shipped in molequi/resources/rmd17 (950 train / 50 validation frames of the train file,
+seed 0; test on the 1000 frames of the test file), written once as extended XYZ in eV / eV/Å for both codes.
 
 Both codes train in a fresh process with the same number of threads (``--threads``, default 1), one after the
 other, with identical hyperparameters (r_max, Bessel functions, polynomial cutoff, max_ell, hidden irreps,
@@ -203,11 +203,12 @@ def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
     from molequi.config import DataConfig
     from molequi.data.records import data_to_atoms
     from molequi.data.rmd17_npz import read_rmd17_npz
+    from molequi.resources import rmd17_ethanol
     from molequi.train.data import split_records
 
-    records = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_train_01.npz")
+    records = read_rmd17_npz(rmd17_ethanol("train"))
     train, valid = split_records(records, DataConfig(n_train=950, n_valid=50, seed=HP["seed"]))
-    test = read_rmd17_npz(ROOT / "data" / "rmd17" / "rmd17_ethanol_test_01.npz")[:n_test]
+    test = read_rmd17_npz(rmd17_ethanol("test"))[:n_test]
 
     def frames(recs):
         out = []

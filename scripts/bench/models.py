@@ -12,7 +12,7 @@ seconds instead (what earlier versions did: on a shared machine some models then
 clocks are reported either way.
 
 Data
-- rMD17 ethanol (``data/rmd17``, the shipped copy; kcal/mol and kcal/mol/Å converted with
+- rMD17 ethanol (``molequi/resources/rmd17``, the shipped copy; kcal/mol and kcal/mol/Å converted with
   ``molequi.units.KCAL_PER_MOL_TO_EV``): the first ``--n-train`` frames of split 01's training file, test on
   the first ``--n-test`` frames of its test file.
 - Slabs: ``data/oc20/emt_slabs.extxyz`` (OC20 S2EF layout, CO/O/H on Cu/Pt/Au(111), EMT labels -- a toy
@@ -48,15 +48,15 @@ from molequi.data.records import atoms_to_data  # noqa: E402
 from molequi.data.statistics import compute_statistics  # noqa: E402
 from molequi.graph.neighbors import RadiusGraph  # noqa: E402
 from molequi.models import get_model_class  # noqa: E402
+from molequi.resources import shipped_path  # noqa: E402
 from molequi.units import KCAL_PER_MOL_TO_EV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RMD17 = ROOT / "data" / "rmd17"  # shipped copy (CC0, see ORIGIN.md)
 
 
 def rmd17_ethanol(n_train: int, n_test: int):
     def load(split, n):
-        d = np.load(RMD17 / f"rmd17_ethanol_{split}_01.npz")
+        d = np.load(shipped_path("rmd17", f"rmd17_ethanol_{split}_01.npz"))  # CC0, see its ORIGIN.md
         z = d["nuclear_charges"]
         out = []
         for i in range(min(n, len(d["energies"]))):
@@ -69,7 +69,7 @@ def rmd17_ethanol(n_train: int, n_test: int):
             )
         return out
 
-    source = {s: str((RMD17 / f"rmd17_ethanol_{s}_01.npz").relative_to(ROOT)) for s in ("train", "test")}
+    source = {s: f"molequi/resources/rmd17/rmd17_ethanol_{s}_01.npz" for s in ("train", "test")}
     return load("train", n_train), load("test", n_test), source
 
 

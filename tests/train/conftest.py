@@ -7,8 +7,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tiny_model  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ETHANOL = os.path.join(ROOT, "data", "rmd17", "rmd17_ethanol_train_01.npz")
+from molequi.resources import rmd17_ethanol  # noqa: E402
+
+ETHANOL = str(rmd17_ethanol("train"))
 
 
 @pytest.fixture(autouse=True)

@@ -120,3 +120,14 @@ def test_imported_weights_give_edm_denoiser_in_float32(tmp_path):
         b = torch.repeat_interleave(torch.arange(3), mask.sum(1))
         vx, vh = model.dynamics(z[mask][:, :3], z[mask][:, 3:], t[:, 0], b, fully_connected_edges(b, 3))
     assert torch.allclose(torch.cat([vx, vh], -1), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_parity_check_on_a_run_folder(tmp_path):
+    """--checkpoint RUN_DIR: EDM's code loads the folder's weights, molequi imports the same folder."""
+    folder = _edm_run_folder(tmp_path, run="edm_qm9", nf=16, n_layers=2)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "parity" / "check.py"), "edm", "--peer-code",
+                           str(PEER), "--checkpoint", str(folder), "--molecules", "3"],
+                          capture_output=True, text=True, cwd=REPO)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and out["ok"] and out["weights"] == "run folder" and out["nf"] == 16
+    assert out["max_rel_err_denoiser"] < 1e-6 and out["max_abs_err_nll"] < 1e-4

@@ -84,3 +84,35 @@ def test_wrong_forces_are_caught():
 
     with pytest.raises(AssertionError, match="forces differ"):
         check_forces_fd(Wrong(), _molecule(3), cutoff=3.0)
+
+
+class OffsetModel(PairModel):
+    """PairModel plus a constant -2000 eV per structure and, optionally, ``tilt`` eV x (direction of the
+    first edge along x)^2: a rotation-dependent energy far below |E|."""
+
+    def __init__(self, tilt=0.0):
+        super().__init__()
+        self.tilt = tilt
+
+    def forward(self, data, compute_forces=True, compute_stress=False):
+        out = super().forward(data, compute_forces, compute_stress)
+        vec = edge_vectors(data.pos, data.edge_index, data.unit_shifts, data.cell, data.batch)
+        first = torch.zeros(int(data.batch.max()) + 1, dtype=torch.long).scatter_reduce(
+            0, data.batch[data.edge_index[1]], torch.arange(vec.shape[0]), "amin", include_self=False)
+        direction = vec[first] / vec[first].norm(dim=-1, keepdim=True)
+        out["energy"] = out["energy"] - 2000.0 + self.tilt * direction[:, 0] ** 2
+        return out
+
+
+def test_energy_tolerance_is_absolute_in_ev():
+    """At |E| ~ 2000 eV a rotation-dependent 1e-8 eV is caught: the old max(1, |E|)-relative check let up to
+    2e-7 eV through at "1e-10". The energy error is reported in eV."""
+    structures = [_molecule(0), _molecule(1, 4)]
+    rep = assert_equivariant(OffsetModel(), structures, cutoff=3.0, permutations=False)
+    assert rep.energy < 1e-9  # the offset alone is invariant, to float64 resolution at 2000 eV
+    with pytest.raises(AssertionError, match=r"energy changes by [0-9.e-]+ eV \(tolerance 1e-09 eV\)"):
+        assert_equivariant(OffsetModel(tilt=1e-8), structures, cutoff=3.0, permutations=False)
+    # ... and what the old relative measure would have said about the same model: within 1e-10
+    rep = assert_equivariant(OffsetModel(tilt=1e-8), structures, cutoff=3.0, permutations=False,
+                             energy_atol=1.0)
+    assert 1e-9 < rep.energy < 1e-8 and rep.energy / 2000.0 < 1e-10

@@ -8,7 +8,7 @@
     python scripts/bench/generation.py report           bench_results/generation.md from the JSON files
 
 Results go to ``bench_results/generation_*.json`` (written atomically) and a markdown table. The reference
-EDM numbers (its own code on this machine, from /work/shared/docs/targets.md) are quoted beside ours; the
+EDM numbers (EDM's own code, measured once on the two-core development machine) are quoted beside ours; the
 "padded" rows re-run *our* network the way EDM batches (every molecule padded to 29 atoms, dense 29 x 29
 edges including padding), in the same process and under the same load, to isolate what unpadded batching
 buys.
@@ -41,12 +41,14 @@ from molequi.models.generative.io import load_generative, save_checkpoint  # noq
 from molequi.nn.scatter import scatter_sum  # noqa: E402
 from molequi.tasks.generation_metrics import load_training_smiles, molecule_report  # noqa: E402
 
-TARBALL = "/work/shared/data/real/ppqm__dataset-qm9/xyz.tar.gz"
-SMILES_CSV = "/work/shared/data/real/valence-discovery__lapool/qm9.csv"
+# full QM9 (not shipped): the ppqm geometry tarball xyz.tar.gz and the lapool qm9.csv SMILES; point these at
+# your copies (layouts in docs/formats.md)
+TARBALL = os.environ.get("MOLEQUI_QM9_TARBALL", "qm9/xyz.tar.gz")
+SMILES_CSV = os.environ.get("MOLEQUI_QM9_SMILES_CSV", "qm9/qm9.csv")
 SUBSET = ROOT / "data" / "qm9_geometries" / "qm9_geometries.extxyz"
 OUT = ROOT / "bench_results"
 TOY_TEACHER = str(OUT / "toy" / "teacher.pt")  # git-ignored, as are the students under toy/<name>/
-REFERENCE = {  # EDM's own code on this machine (targets.md), batch 64
+REFERENCE = {  # EDM's own code on the development machine, batch 64
     "paper_s_per_iter": 41.0, "small_s_per_iter": 8.4, "sample16_s_per_step": 1.0,
     "paper_mol_per_s": 64 / 41.0, "small_mol_per_s": 64 / 8.4,
 }

@@ -118,7 +118,7 @@ def predict(
             f"compute_stress=True but frames {bad} are not periodic with a full-rank cell",
             hint="use compute_stress=None to compute stress only where it is defined",
         )
-    records = build_records(frames, float(model.r_max), dtype, getattr(model, "elements", None), validate)
+    records = build_records(frames, float(model.r_max), dtype, model.elements, validate)
     for d, p in zip(records, periodic):
         d["stress_flag"] = torch.tensor([p and compute_stress is not False])
     results: list[dict] = []

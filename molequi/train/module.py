@@ -23,8 +23,8 @@ import torch
 from molequi.checkpoint import make_payload
 from molequi.config import Config, parse_max_time
 from molequi.data.statistics import Statistics
-from molequi.tasks.base import Task
 from molequi.nn.ema import ExponentialMovingAverage
+from molequi.tasks.base import Task
 
 _LOSS_SUM = "_loss_sum"
 
@@ -40,6 +40,7 @@ class TaskModule(L.LightningModule):
         decay = config.optim.ema_decay
         self.ema = ExponentialMovingAverage(task.model, decay) if decay else None
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
 
     # ---- data ------------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -168,7 +169,7 @@ class TaskModule(L.LightningModule):
         """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
         lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on
         resume)."""
-        if not getattr(self, "_time_cosine", False):
+        if not self._time_cosine:
             return
         from lightning.pytorch.callbacks import Timer
 

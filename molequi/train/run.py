@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from molequi.checkpoint import read_checkpoint, save_model
-from molequi.config import Config, get_task_class, parse_max_time
+from molequi.config import Config, parse_max_time
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
+from molequi.tasks import get_task_class
 
 
 def _checkpoint_io():

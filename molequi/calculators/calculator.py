@@ -2,6 +2,7 @@
 
     calc = MolequiCalculator(model)                          # any molequi model (MACE, EGNN, LennardJones...)
     calc = MolequiCalculator.from_checkpoint("model.pt")    # the same, from a checkpoint
+    calc = MolequiCalculator.from_mace("mace.model")         # a mace-torch model file, imported
     calc = MolequiCalculator(models=[m1, m2, m3])            # committee: mean + spread
     atoms.calc = calc; atoms.get_potential_energy(); atoms.get_forces(); atoms.get_stress()
 
@@ -224,6 +225,18 @@ class MolequiCalculator(Calculator):
         if isinstance(path, (str, Path)):
             return cls(models[0], device=device, dtype=dtype, **kwargs)
         return cls(models=models, device=device, dtype=dtype, **kwargs)
+
+    @classmethod
+    def from_mace(cls, path: str | Path, head: str | None = None, python: str | Path | None = None,
+                  device: str = "cpu", dtype: torch.dtype | str | None = "float64", **kwargs) -> MolequiCalculator:
+        """Import a mace-torch ``*.model`` file (``molequi.interop.mace.import_mace``) and wrap it.
+
+        ``head`` picks one head of a multi-head model; ``python`` is a python with mace-torch installed
+        (default: $MOLEQUI_MACE_PYTHON or the venv of ``scripts/bench/setup_peers.sh``).
+        """
+        from molequi.interop.mace import import_mace
+
+        return cls(import_mace(path, head=head, python=python), device=device, dtype=dtype, **kwargs)
 
     @property
     def model(self) -> torch.nn.Module:

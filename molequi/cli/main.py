@@ -27,6 +27,7 @@ VERBS: list[str] = [
     "molequi.cli.scf_guess",
     "molequi.cli.generate",
     "molequi.cli.distill",
+    "molequi.cli.import_",
 ]
 
 

@@ -527,11 +527,11 @@ def import_mace_checkpoint(path: str | os.PathLike, out: str | os.PathLike, head
                            python: str | os.PathLike | None = None, dtype: torch.dtype = torch.float64):
     """Import ``path`` and write an ordinary molequi checkpoint (``molequi.checkpoint``) to ``out``."""
     from molequi.checkpoint import make_payload, save_model
-    from molequi.config import Config, ModelSection
+    from molequi.config import Config
 
     export = export_mace(path, python)
     model = import_mace(path, head=head, python=python, dtype=dtype, export=export)
-    config = Config(model=ModelSection(name="mace", config=model.config)).to_dict()
+    config = Config.from_dict({"model": {"name": "mace", **model.config_dict()}}).to_dict()
     payload = make_payload(config=config, statistics=model.statistics.to_dict(), model_state=model.state_dict(),
                            dtype=dtype, metrics={})
     payload["imported_from"] = {"file": str(path), "origin": export["origin"],

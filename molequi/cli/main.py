@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"molequi {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERBS:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # never drop a verb silently: a broken verb module is a broken install
+            raise ImportError(f"molequi: the verb module {name} failed to import ({type(exc).__name__}: "
+                              f"{exc}); reinstall molequi or report the bug", name=name) from exc
+        module.register(sub)
     return parser
 
 

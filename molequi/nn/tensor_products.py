@@ -47,6 +47,7 @@ from molequi.errors import ConfigError, ModelError
 from molequi.nn.s2 import S2Grid
 from molequi.nn.scatter import gather, scatter_sum
 from molequi.nn.so2 import edge_frame_path_terms
+from molequi.registry import Registry
 from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
 
 KINDS = ("e3nn", "so2", "gaunt")
@@ -252,10 +253,9 @@ def build_conv_tensor_product(
     ``merge_paths=True`` sums the paths that end in the same irrep (one output block per (l, p)); the
     'gaunt' kind always produces one block per l.
     """
-    table = {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP}
-    if kind not in table:
-        raise ConfigError(f"unknown tensor product kind '{kind}'; valid kinds: {', '.join(KINDS)}")
-    return table[kind](irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
+    kinds = Registry("tensor product kind", {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP},
+                     valid_label="kinds")
+    return kinds.load(kind)(irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
 
 
 __all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS"]

@@ -16,9 +16,12 @@ import numpy as np
 from ase import units
 
 from molequi.errors import ConfigError
+from molequi.registry import Registry
 from molequi.simulate.writers import FrameWriter
 
-OPTIMIZERS = ("bfgs", "fire", "lbfgs")
+# name -> ASE optimiser class, imported when asked for
+OPTIMIZERS = Registry("optimizer", {"bfgs": "ase.optimize:BFGS", "fire": "ase.optimize:FIRE",
+                                    "lbfgs": "ase.optimize:LBFGS"})
 
 
 @dataclass
@@ -28,23 +31,6 @@ class RelaxResult:
     energy: float  # eV
     fmax: float  # eV/Å, largest (constrained) atomic force at the end
     stress: list[float] | None = None  # eV/Å^3, Voigt, for periodic structures
-
-
-def _optimizer_class(name: str):
-    name = name.lower()
-    if name == "bfgs":
-        from ase.optimize import BFGS
-
-        return BFGS
-    if name == "fire":
-        from ase.optimize import FIRE
-
-        return FIRE
-    if name == "lbfgs":
-        from ase.optimize import LBFGS
-
-        return LBFGS
-    raise ConfigError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
 
 
 def relax(
@@ -77,7 +63,7 @@ def relax(
         from ase.filters import FrechetCellFilter
 
         target = FrechetCellFilter(atoms, scalar_pressure=pressure * units.GPa)
-    opt = _optimizer_class(optimizer)(target, logfile=logfile)
+    opt = OPTIMIZERS.load(optimizer)(target, logfile=logfile)
     writer = None
     if traj is not None:
         writer = FrameWriter(traj)

@@ -120,7 +120,7 @@ class LennardJones(nn.Module):
     def from_config(cls, cfg: LennardJonesConfig | dict, statistics=None) -> LennardJones:
         if isinstance(cfg, dict):
             cfg = LennardJonesConfig(**cfg)
-        if cfg.elements is None and statistics is not None and getattr(statistics, "elements", None):
+        if cfg.elements is None and statistics is not None and statistics.elements:
             cfg = LennardJonesConfig(**{**cfg.to_dict(), "elements": list(statistics.elements)})
         return cls(cfg)
 

@@ -177,7 +177,7 @@ class EDM(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config, statistics=None) -> EDM:
         """Build from a ``Config``; ``statistics.elements`` replaces the default element list if given."""
-        if statistics is not None and getattr(statistics, "elements", None) and cfg.elements == QM9_ELEMENTS:
+        if statistics is not None and statistics.elements and cfg.elements == QM9_ELEMENTS:
             els = sorted(int(z) for z in statistics.elements)
             if not set(els) <= set(QM9_ELEMENTS):
                 cfg = EDM.Config(**{**cfg.__dict__, "elements": els})

@@ -10,11 +10,12 @@ A run is described by one ``Config`` with five sections (YAML keys in brackets):
 
 Every section is a dataclass; ``Config.from_dict`` checks each key against the fields (an unknown key is a
 ``ConfigError`` that names the nearest valid key) and each value against the field's type (``1e-3``, which
-YAML reads as a string, is accepted for a float). ``load_config(path, overrides)`` applies dotted
+YAML reads as a string, is accepted for a float), then runs the model config's own ``validate()``, so a bad
+model setting fails here, before any data is read. ``load_config(path, overrides)`` applies dotted
 ``section.key=value`` overrides (values parsed as YAML scalars) before validation.
 
-Field documentation lives in ``field(metadata={"help": ...})``; ``default_yaml(model)`` prints it as
-comments (``molequi init-config``).
+Field documentation lives in ``field(metadata={"help": ...})`` or in an attribute docstring / trailing
+comment; ``default_yaml(model)`` prints it as comments (``molequi init-config``).
 """
 
 from __future__ import annotations

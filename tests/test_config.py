@@ -92,7 +92,8 @@ def test_defaults_and_dict_round_trip():
     assert Config.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.qm) if m == "qhnet" else m
+                                   for m in sorted(MODELS)])  # qhnet's basis comes from PySCF
 def test_init_config_round_trip(tmp_path, model):
     text = default_yaml(model)
     p = tmp_path / "init.yaml"
@@ -140,6 +141,10 @@ def test_model_config_is_validated_when_the_yaml_is_read(tmp_path, monkeypatch):
         load_config(p)
     with pytest.raises(ConfigError, match="r_max must be positive"):
         Config.from_dict({"model": {"name": "lj", "r_max": 0.0}})
+
+
+@pytest.mark.qm  # the def2-SVP shells come from PySCF
+def test_qhnet_config_is_validated_against_its_basis():
     with pytest.raises(ConfigError, match="lmax=2 cannot express def2-svp"):
         Config.from_dict({"model": {"name": "qhnet", "lmax": 2}})
 

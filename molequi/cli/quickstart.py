@@ -166,7 +166,7 @@ def run(args) -> int:
         "valid": result.metrics.get("valid", {}),
         "units": {"energy_*": "eV", "*_per_atom": "eV/atom", "forces_*": "eV/Å",
                   "*_meV*": "meV, meV/atom, meV/Å"},
-        "training": {"steps": result.global_step, "seconds": train_time,
+        "training": {"quick": bool(args.quick), "steps": result.global_step, "seconds": train_time,
                      "structures_per_second":
                          result.global_step * cfg.trainer.batch_size / max(train_time, 1e-9),
                      "precision": cfg.trainer.precision},

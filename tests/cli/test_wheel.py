@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from molequi.cli.quickstart import QUICK_STEPS
+
 REPO = Path(__file__).resolve().parents[2]
 # kcal/mol -> eV from CODATA 2018 exact constants: 4184 J / N_A / e
 KCAL_PER_MOL_EV = 4184.0 / (6.02214076e23 * 1.602176634e-19)
@@ -123,7 +125,7 @@ def test_quickstart_quick_from_installed_wheel(tmp_path):
     for key in ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse"):
         assert math.isfinite(test[key]) and test[key] > 0, (key, test[key])
     assert math.isfinite(metrics["md"]["nve_drift_eV_per_atom_per_ps"])
-    assert metrics["training"]["steps"] > 0
+    assert metrics["training"]["quick"] is True and metrics["training"]["steps"] == QUICK_STEPS
 
     # reference labels straight from the npz file (kcal/mol), converted here (the run is float32: one ulp
     # at 4210 eV is 2.4e-4 eV)

@@ -34,6 +34,41 @@ from molequi.io import atomic_write_text
 FORMAT = "molequi-hamiltonian/1"
 
 
+_SHARD_ARRAYS = ("numbers", "pos", "forces", "atom_ptr", "nao", "mat_ptr", "orb_ptr", "fock", "overlap",
+                 "mo_energy", "energy", "n_elec")
+
+
+def _check_shard(a: dict[str, np.ndarray], count: int, where: Path) -> None:
+    """FormatError unless the shard's arrays have the layout of the module docstring for ``count`` records
+    (kinds, shapes, pointers that start at 0, step by 1 / nao / nao^2 and end at the array lengths)."""
+
+    def bad(what: str):
+        return FormatError(what, source=str(where), hint="the shard is corrupt; rewrite the store")
+
+    ints = ("numbers", "atom_ptr", "nao", "mat_ptr", "orb_ptr", "n_elec")
+    for key, arr in a.items():
+        if arr.dtype.kind not in ("iu" if key in ints else "iuf") or arr.dtype.kind == "b":
+            raise bad(f"{key}.npy holds {arr.dtype}, not {'integers' if key in ints else 'numbers'}")
+    shapes = {"atom_ptr": (count + 1,), "mat_ptr": (count + 1,), "orb_ptr": (count + 1,), "nao": (count,),
+              "energy": (count,), "n_elec": (count,)}
+    for key, shape in shapes.items():
+        if a[key].shape != shape:
+            raise bad(f"{key}.npy has shape {a[key].shape}, expected {shape} for {count} records")
+    nao, ap, mp, op = (np.asarray(a[k], dtype=np.int64) for k in ("nao", "atom_ptr", "mat_ptr", "orb_ptr"))
+    n_atoms = a["numbers"].shape[0] if a["numbers"].ndim == 1 else -1
+    if (nao < 1).any() or ap[0] != 0 or (np.diff(ap) < 1).any() or ap[-1] != n_atoms:
+        raise bad("atom_ptr / nao are not valid offsets into numbers.npy")
+    if mp[0] != 0 or op[0] != 0 or (np.diff(mp) != nao**2).any() or (np.diff(op) != nao).any():
+        raise bad("mat_ptr / orb_ptr do not step by nao^2 / nao")
+    for key, shape in (("pos", (n_atoms, 3)), ("forces", (n_atoms, 3)), ("fock", (int(mp[-1]),)),
+                       ("overlap", (int(mp[-1]),)), ("mo_energy", (int(op[-1]),))):
+        if a[key].shape != shape:
+            raise bad(f"{key}.npy has shape {a[key].shape}, expected {shape}")
+    z = np.asarray(a["numbers"])
+    if z.size and (z.min() < 1 or z.max() > 118):
+        raise bad("numbers.npy holds atomic numbers outside 1..118")
+
+
 class HamiltonianStore:
     """Random-access reader over a store directory (see module docstring). ``len``, ``store[i]``."""
 
@@ -44,10 +79,25 @@ class HamiltonianStore:
             raise DatasetError(
                 f"no index.json in {self.root}", hint="create the store with `molequi data hamiltonian`"
             )
-        self.meta = json.loads(index.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise FormatError(f"{index}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        self.shards = list(self.meta["shards"])
+        try:
+            self.meta = json.loads(index.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"not valid JSON ({exc})", source=str(index),
+                              hint="the index is corrupt; rewrite the store with `molequi data hamiltonian`",
+                              ) from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            got = self.meta.get("format") if isinstance(self.meta, dict) else type(self.meta).__name__
+            raise FormatError(f"format {got!r}, expected {FORMAT!r}", source=str(index))
+        self.shards = self.meta.get("shards")
+        ok = isinstance(self.shards, list) and isinstance(self.meta.get("basis"), str) \
+            and isinstance(self.meta.get("xc"), str)
+        for sh in self.shards if ok else ():
+            ok = ok and isinstance(sh, dict) and isinstance(sh.get("name"), str) \
+                and Path(sh["name"]).name == sh["name"] and sh["name"] not in ("", ".", "..") \
+                and type(sh.get("count")) is int and 0 <= sh["count"] <= 10**9
+        if not ok:
+            raise FormatError("index.json needs 'basis', 'xc' and 'shards': [{'name': <folder>, 'count': n}]",
+                              source=str(index), hint="the store's index is corrupt")
         counts = [s["count"] for s in self.shards]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
@@ -66,7 +116,20 @@ class HamiltonianStore:
     def _shard(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._cache:
             d = self.root / self.shards[s]["name"]
-            self._cache[s] = {f.stem: np.load(f, mmap_mode="r") for f in d.glob("*.npy")}
+            arrays = {}
+            for key in _SHARD_ARRAYS:
+                f = d / f"{key}.npy"
+                try:
+                    arrays[key] = np.load(f, mmap_mode="r", allow_pickle=False)
+                except FileNotFoundError:
+                    raise FormatError("shard file missing", source=str(f),
+                                      hint="the store is incomplete; rewrite it") from None
+                except Exception as exc:  # noqa: BLE001 - numpy's header parser fails in many ways
+                    # (ValueError, SyntaxError, tokenize.TokenError, EOFError ...); no pickles: nothing ran
+                    raise FormatError(f"not a readable .npy ({type(exc).__name__}: {exc})", source=str(f),
+                                      hint="the shard is corrupt; rewrite the store") from None
+            _check_shard(arrays, int(self.shards[s]["count"]), d)
+            self._cache[s] = arrays
         return self._cache[s]
 
     def __getitem__(self, i: int) -> HamiltonianRecord:
@@ -81,12 +144,19 @@ class HamiltonianStore:
         m0, m1 = int(a["mat_ptr"][j]), int(a["mat_ptr"][j + 1])
         o0, o1 = int(a["orb_ptr"][j]), int(a["orb_ptr"][j + 1])
         nao = int(a["nao"][j])
+        fock = np.array(a["fock"][m0:m1]).reshape(nao, nao)
+        overlap = np.array(a["overlap"][m0:m1]).reshape(nao, nao)
+        pos = np.array(a["pos"][a0:a1])
+        if not (np.isfinite(fock).all() and np.isfinite(overlap).all() and np.isfinite(pos).all()):
+            raise FormatError(f"record {j} holds NaN or inf in its Fock / overlap matrix or positions",
+                              source=str(self.root / self.shards[s]["name"]), frame=i,
+                              hint="the shard is corrupt; rewrite the store")
         return HamiltonianRecord(
             numbers=np.array(a["numbers"][a0:a1]),
-            pos=np.array(a["pos"][a0:a1]),
+            pos=pos,
             forces=np.array(a["forces"][a0:a1]),
-            fock=np.array(a["fock"][m0:m1]).reshape(nao, nao),
-            overlap=np.array(a["overlap"][m0:m1]).reshape(nao, nao),
+            fock=fock,
+            overlap=overlap,
             mo_energy=np.array(a["mo_energy"][o0:o1]),
             energy=float(a["energy"][j]),
             n_elec=int(a["n_elec"][j]),

@@ -110,9 +110,14 @@ class RadialMLP(nn.Module):
 
 
 def polynomial_envelope(u: torch.Tensor, p: int) -> torch.Tensor:
-    """The polynomial cutoff of ``PolynomialCutoff`` at u = r / r_c (any shape), 0 for u >= 1."""
-    up = u**p
-    f = 1.0 - (p + 1) * (p + 2) / 2 * up + p * (p + 2) * up * u - p * (p + 1) / 2 * up * u * u
+    """The polynomial cutoff of ``PolynomialCutoff`` at u = r / r_c (any shape), 0 for u >= 1.
+
+    Evaluated term by term with ``torch.pow`` in mace-torch's order: close to u = 1 the terms cancel to
+    (1 - u)^3, so the order decides the last bits of the ZBL term, whose cutoff sits near bond lengths
+    (it then equals mace-torch's ``ZBLBasis`` bit for bit on the same lengths).
+    """
+    f = (1.0 - ((p + 1.0) * (p + 2.0) / 2.0) * torch.pow(u, p) + p * (p + 2.0) * torch.pow(u, p + 1)
+         - (p * (p + 1.0) / 2) * torch.pow(u, p + 2))
     return f * (u < 1.0).to(f.dtype)
 
 

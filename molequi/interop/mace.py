@@ -110,6 +110,13 @@ def inspect_model_file(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise ForeignModelError("does not exist", source=str(path), origin=ORIGIN)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # pickle protocol 2 + torch's legacy magic-number header
+        raise ForeignModelError(
+            "is in torch's legacy (pre-1.6, non-zip) serialisation, which molequi does not inspect; load and "
+            "torch.save it again in a python with mace-torch, then import the new file",
+            source=str(path), origin="legacy torch.save file")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

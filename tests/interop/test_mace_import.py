@@ -174,6 +174,13 @@ def test_torchscript_and_state_dict_are_refused_with_origin(tmp_path):
         inspect_model_file(sd)
 
 
+def test_legacy_serialisation_is_named(tmp_path):
+    path = tmp_path / "old.model"
+    torch.save(torch.nn.Linear(2, 2), path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ForeignModelError, match=r"old\.model \(legacy torch.save file\).*save it again"):
+        inspect_model_file(path)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

@@ -2,9 +2,9 @@
 
     PY _mace_peer.py build SPEC.json OUT.model     a mace-torch model with random weights, saved as
                                                    mace_run_train saves one (torch.save of the module)
-    PY _mace_peer.py eval MODEL STRUCTURES.xyz OUT.json [--head NAME]
+    PY _mace_peer.py eval MODEL STRUCTURES.xyz OUT.json [--head NAME] [--dtype float32|float64]
                                                    energy (eV), forces (eV/Å), stress (eV/Å^3, ASE Voigt)
-                                                   of every frame with mace-torch's MACECalculator, float64
+                                                   of every frame with mace-torch's MACECalculator
 
 SPEC is a JSON object of ScaleShiftMACE / MACE keyword arguments with irreps as strings, interaction class
 names, plus "seed", "model" ("MACE" | "ScaleShiftMACE"), and optional "scale" / "shift" / "E0_range".
@@ -58,12 +58,12 @@ def build(spec_path: str, out: str) -> None:
     torch.save(model, out)
 
 
-def evaluate(model_path: str, xyz: str, out: str, head: str | None) -> None:
+def evaluate(model_path: str, xyz: str, out: str, head: str | None, dtype: str = "float64") -> None:
     import ase.io
     from mace.calculators import MACECalculator
 
     kwargs = {"head": head} if head else {}
-    calc = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float64", **kwargs)
+    calc = MACECalculator(model_paths=model_path, device="cpu", default_dtype=dtype, **kwargs)
     results = []
     for atoms in ase.io.read(xyz, ":"):
         atoms.calc = calc
@@ -83,11 +83,12 @@ if __name__ == "__main__":
     if cmd == "build":
         build(*rest)
     elif cmd == "eval":
-        head = None
-        if "--head" in rest:
-            i = rest.index("--head")
-            head = rest[i + 1]
-            rest = rest[:i] + rest[i + 2:]
-        evaluate(*rest, head)
+        options = {"--head": None, "--dtype": "float64"}
+        for flag in options:
+            if flag in rest:
+                i = rest.index(flag)
+                options[flag] = rest[i + 1]
+                rest = rest[:i] + rest[i + 2:]
+        evaluate(*rest, options["--head"], options["--dtype"])
     else:
         raise SystemExit(f"unknown command {cmd}")

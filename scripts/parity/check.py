@@ -1,4 +1,4 @@
-"""Parity of molequi's imports with the reference implementations, in float64.
+"""Parity of molequi's imports with the reference implementations, in float64 (or float32).
 
     python scripts/parity/check.py mace --peer-python PY [--checkpoint FILE] [--head NAME] [--models ...]
     python scripts/parity/check.py edm --peer-code PATH [--checkpoint RUN_DIR]    (see scripts/parity/edm.py)
@@ -28,7 +28,8 @@ with mace-torch's ``MACECalculator`` and molequi's ``MolequiCalculator``. Models
 ``--checkpoint FILE`` checks that file instead (on the structures whose elements it has). Prints one JSON
 object {"peer", "max_abs_err_energy", "max_abs_err_forces", "max_abs_err_stress", "tolerance", "ok",
 "relative", "models"} and exits 1 when a relative error (max abs error / max abs reference value, per
-quantity) exceeds the tolerance (default 1e-6).
+quantity) exceeds the tolerance (default 1e-6 in float64, 1e-4 with ``--dtype float32``, where both
+programs evaluate in float32).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def run_peer(py: str, *args: str) -> None:
 
 
 def compare(name: str, model_file: Path, head: str | None, py: str, frames, work: Path,
-            energy_only: bool = False) -> dict:
+            energy_only: bool = False, dtype: str = "float64") -> dict:
     import ase.io
     import torch
 
@@ -133,9 +134,10 @@ def compare(name: str, model_file: Path, head: str | None, py: str, frames, work
     # both sides evaluate the structures as written (extxyz rounds positions to 1e-8 Å)
     chosen = [(n, a) for (n, _), a in zip(chosen, ase.io.read(xyz, ":"))]
     ref_file = work / f"{name}.json"
-    run_peer(py, "eval", str(model_file), str(xyz), str(ref_file), *(["--head", head] if head else []))
+    run_peer(py, "eval", str(model_file), str(xyz), str(ref_file), "--dtype", dtype,
+             *(["--head", head] if head else []))
     ref = json.loads(ref_file.read_text())
-    calc = MolequiCalculator(model, dtype=torch.float64, skin=0.0)
+    calc = MolequiCalculator(model, dtype=getattr(torch, dtype), skin=0.0)
     err = {"energy": 0.0, "forces": 0.0, "stress": 0.0}
     scale = {"energy": 0.0, "forces": 0.0, "stress": 0.0}
     per_structure = []
@@ -179,9 +181,14 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="a mace-torch *.model file to check instead of random models")
     parser.add_argument("--head", help="head of --checkpoint to import (default: mace-torch's choice)")
     parser.add_argument("--models", default="small,foundation,options,soft,chebyshev", help="comma list of " + ",".join(SPECS))
-    parser.add_argument("--tolerance", type=float, default=1e-6, help="relative tolerance (float64)")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                        help="precision both programs evaluate in (default float64)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="relative tolerance (default 1e-6 in float64, 1e-4 in float32)")
     parser.add_argument("--workdir", help="keep the model files and results here")
     args = parser.parse_args(argv)
+    if args.tolerance is None:
+        args.tolerance = 1e-6 if args.dtype == "float64" else 1e-4
 
     frames = structures()
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         results = []
         if args.checkpoint:
-            results.append(compare("checkpoint", Path(args.checkpoint), args.head, args.peer_python, frames, work))
+            results.append(compare("checkpoint", Path(args.checkpoint), args.head, args.peer_python, frames, work,
+                                   dtype=args.dtype))
         else:
             for name in args.models.split(","):
                 spec = dict(SPECS[name])
@@ -198,12 +206,13 @@ def main(argv=None) -> int:
                 (work / f"{name}.json.spec").write_text(json.dumps(spec))
                 model_file = work / f"{name}.model"
                 run_peer(args.peer_python, "build", str(work / f"{name}.json.spec"), str(model_file))
-                results.append(compare(name, model_file, head, args.peer_python, frames, work, energy_only))
+                results.append(compare(name, model_file, head, args.peer_python, frames, work, energy_only,
+                                       args.dtype))
     err = {k: max(r["max_abs_err"][k] for r in results) for k in ("energy", "forces", "stress")}
     rel = {k: max(r["max_abs_err"][k] / max(r["max_abs_ref"][k], 1e-300) for r in results)
            for k in ("energy", "forces", "stress")}
     ok = all(v <= args.tolerance for v in rel.values())
-    print(json.dumps({"peer": "mace-torch", "max_abs_err_energy": err["energy"],
+    print(json.dumps({"peer": "mace-torch", "dtype": args.dtype, "max_abs_err_energy": err["energy"],
                       "max_abs_err_forces": err["forces"], "max_abs_err_stress": err["stress"],
                       "tolerance": args.tolerance, "ok": ok, "relative": rel, "models": results}))
     return 0 if ok else 1

@@ -171,6 +171,7 @@ def export(model) -> dict:
         "embedding_readout": bool(hasattr(model, "embedding_readout")),
         "lammps_mliap": bool(getattr(model, "lammps_mliap", False)),
         "atomic_energies": _f64(torch.atleast_2d(model.atomic_energies_fn.atomic_energies)),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "bessel_trainable": bool(isinstance(getattr(re.bessel_fn, "bessel_weights", None),
                                             torch.nn.Parameter)),
     }

@@ -360,19 +360,26 @@ def _irreps_linear_weights(module, blocks, scale: float, prefix: str, state: dic
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_change(irreps_in: tuple, target: tuple, nu: int, digest: str, u_bytes: bytes, shape: tuple):
+def _cached_change(irreps_in: tuple, target: tuple, nu: int, digest: str, u_bytes: bytes, shape: tuple,
+                   tol: float):
     u = np.frombuffer(u_bytes, dtype=np.float64).reshape(shape)
-    return change_of_basis(irreps_in, target, nu, u)
+    return change_of_basis(irreps_in, target, nu, u, tol=tol)
 
 
-def product_basis_change(irreps_in: tuple, target: tuple, nu: int, u_mace: torch.Tensor) -> np.ndarray:
-    """R (K_mace, K_molequi) for one of mace-torch's U_matrix_nu, cached per (irreps, target, nu, U)."""
+def product_basis_change(irreps_in: tuple, target: tuple, nu: int, u_mace: torch.Tensor,
+                         tol: float = 1e-10) -> np.ndarray:
+    """R (K_mace, K_molequi) for one of mace-torch's U_matrix_nu, cached per (irreps, target, nu, U).
+
+    ``tol``: relative residual allowed; 1e-10 for a model saved in float64, about 1e-6 for one saved in
+    float32, whose U is the exact one rounded (the projection onto the exact basis then drops the rounding).
+    """
     u = u_mace.double().numpy()
     if target[0] == 0:
         u = u[None]  # mace-torch omits the M axis of scalar outputs
     u = np.ascontiguousarray(np.moveaxis(u, -1, 0))  # [K, 2L+1, dim, ..., dim]
     raw = u.tobytes()
-    return _cached_change(tuple(irreps_in), tuple(target), nu, hashlib.sha1(raw).hexdigest(), raw, u.shape)
+    return _cached_change(tuple(irreps_in), tuple(target), nu, hashlib.sha1(raw).hexdigest(), raw, u.shape,
+                          float(tol))
 
 
 def mace_state_dict(export: dict, model, head: str | None = None) -> dict[str, torch.Tensor]:
@@ -382,6 +389,7 @@ def mace_state_dict(export: dict, model, head: str | None = None) -> dict[str, t
     num_heads = len(h["heads"])
     elements = [int(z) for z in h["atomic_numbers"]]
     state = {key: v.detach().clone().double() for key, v in model.state_dict().items()}
+    u_tol = 1e-10 if h.get("dtype", "float64") == "float64" else 1e-6  # float32 files hold a rounded U
     filled = set()
 
     def put(key, value):
@@ -483,7 +491,7 @@ def mace_state_dict(export: dict, model, head: str | None = None) -> dict[str, t
             by_nu = {nu: (block, w_index, k) for nu, block, _, w_index, k in plan}
             for nu in range(1, prod.correlation + 1):
                 u, w_mace = e["U"][nu], e["w"][nu]  # w: [n_el, K_mace, c]
-                r = torch.from_numpy(product_basis_change(prod.irreps_in.irreps, target, nu, u))
+                r = torch.from_numpy(product_basis_change(prod.irreps_in.irreps, target, nu, u, tol=u_tol))
                 if nu not in by_nu:
                     if r.shape[1] != 0:
                         raise ConfigError(f"layer {t}: molequi has no weights for {target} at order {nu}")

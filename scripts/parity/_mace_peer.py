@@ -24,8 +24,8 @@ def build(spec_path: str, out: str) -> None:
     from e3nn import o3
     from mace import modules
 
-    torch.set_default_dtype(torch.float64)
     spec = json.load(open(spec_path))
+    torch.set_default_dtype(getattr(torch, spec.pop("dtype", "float64")))  # the dtype the model is saved in
     seed = int(spec.pop("seed", 0))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

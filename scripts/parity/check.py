@@ -15,6 +15,8 @@ with mace-torch's ``MACECalculator`` and molequi's ``MolequiCalculator``. Models
 
 - ``small``:      ScaleShiftMACE, H/C/O, 16x0e+16x1o, max_ell 3, correlation 3, r_max 5, non-residual first
                   block (molecules only);
+- ``small_f32``:  the same hyperparameters saved in float32, as many published files are (its U matrices
+                  are the exact ones rounded; the import projects them onto the exact basis);
 - ``foundation``: MACE-MP-size hyperparameters: 89 elements, 128x0e+128x1o, max_ell 3, correlation 3,
                   r_max 6, 2 layers, ScaleShiftMACE, non-residual first block;
 - ``options``:    MACE (no scale/shift), two heads (the second imported), Gaussian radial basis, Agnesi
@@ -57,6 +59,9 @@ SPECS = {
     "small": dict(BASE, model="ScaleShiftMACE", seed=1, r_max=5.0, hidden_irreps="16x0e+16x1o",
                   interaction_cls_first="RealAgnosticInteractionBlock", avg_num_neighbors=7.3,
                   atomic_numbers=[1, 6, 8], correlation=3, radial_MLP=[32, 32, 32]),
+    "small_f32": dict(BASE, model="ScaleShiftMACE", seed=6, r_max=5.0, hidden_irreps="16x0e+16x1o",
+                      interaction_cls_first="RealAgnosticInteractionBlock", avg_num_neighbors=7.3,
+                      atomic_numbers=[1, 6, 8], correlation=3, radial_MLP=[32, 32, 32], dtype="float32"),
     "foundation": dict(BASE, model="ScaleShiftMACE", seed=2, r_max=6.0, hidden_irreps="128x0e+128x1o",
                        interaction_cls_first="RealAgnosticInteractionBlock", avg_num_neighbors=61.96,
                        atomic_numbers=list(range(1, 90)), correlation=3, radial_MLP=[64, 64, 64]),
@@ -180,7 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-python", required=True, help="python with mace-torch installed")
     parser.add_argument("--checkpoint", help="a mace-torch *.model file to check instead of random models")
     parser.add_argument("--head", help="head of --checkpoint to import (default: mace-torch's choice)")
-    parser.add_argument("--models", default="small,foundation,options,soft,chebyshev", help="comma list of " + ",".join(SPECS))
+    parser.add_argument("--models", default="small,small_f32,foundation,options,soft,chebyshev", help="comma list of " + ",".join(SPECS))
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="precision both programs evaluate in (default float64)")
     parser.add_argument("--tolerance", type=float, default=None,

@@ -91,6 +91,16 @@ def test_change_of_basis_reproduces_e3nn_maps_on_random_inputs(irreps, nu, targe
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * max(1.0, np.abs(want).max()))
 
 
+def test_change_of_basis_of_float32_rounded_maps_needs_the_looser_tolerance():
+    irr = ((0, 1), (1, -1))
+    exact = _e3nn_symmetric_maps("0e+1o", 3, (1, -1))
+    rounded = exact.astype(np.float32).astype(np.float64)
+    with pytest.raises(ConfigError, match="not in the span"):
+        change_of_basis(irr, (1, -1), 3, rounded)
+    r = change_of_basis(irr, (1, -1), 3, rounded, tol=1e-6)
+    np.testing.assert_allclose(r, change_of_basis(irr, (1, -1), 3, exact), rtol=0, atol=1e-6)
+
+
 def test_change_of_basis_refuses_maps_that_are_not_equivariant():
     irr = ((0, 1), (1, -1))
     junk = np.random.default_rng(1).normal(size=(2, 3, 4, 4))

@@ -25,7 +25,12 @@ FILES = sorted(p.relative_to(SEED).as_posix() for p in SEED.rglob("*") if p.is_f
 CASE = TMP / "case"
 
 
-def _reset() -> Path:
+def _reset(only: str | None = None) -> Path:
+    """The case store equal to the seed again: all of it, or (cheaper) the one file ``only`` an example
+    changed."""
+    if only is not None and CASE.exists():
+        shutil.copyfile(SEED / only, CASE / only)
+        return CASE
     if CASE.exists():
         shutil.rmtree(CASE)
     shutil.copytree(SEED, CASE)
@@ -56,7 +61,7 @@ def test_seed_store_reads():
 @given(st.sampled_from(FILES), st.data())
 def test_fuzz_store_bytes(name, data):
     """One file of the store (index.json or a shard's .npy) with random byte edits."""
-    root = _reset()
+    root = _reset(name)
     (root / name).write_bytes(data.draw(mutated((SEED / name).read_bytes())))
     _read_all(root)
 
@@ -84,7 +89,7 @@ def _broken(draw, a: np.ndarray) -> np.ndarray:
 @given(st.sampled_from([f for f in FILES if f.endswith(".npy")]), st.data())
 def test_fuzz_store_arrays(name, data):
     """One shard array replaced by one of a wrong shape, dtype or value (pointers out of range, NaN, ...)."""
-    root = _reset()
+    root = _reset(name)
     buf = io.BytesIO()
     np.save(buf, _broken(data.draw, np.load(SEED / name)))
     (root / name).write_bytes(buf.getvalue())
@@ -97,7 +102,7 @@ def test_fuzz_store_arrays(name, data):
 def test_fuzz_store_index_values(key, value):
     import json
 
-    root = _reset()
+    root = _reset("index.json")
     meta = json.loads((root / "index.json").read_text())
     if key in ("name", "count"):
         meta["shards"][0][key] = value
@@ -116,6 +121,8 @@ def _fails(edit, match: str) -> None:
     except MolequiError as exc:
         assert str(root) in str(exc) and match in str(exc), exc
         return
+    finally:
+        _reset()  # whole store again: the fuzzers above restore only the file they change
     raise AssertionError("the corrupted store loaded")
 
 

@@ -1,4 +1,4 @@
-"""``molequi train CONFIG.yaml [section.key=value ...] [--resume]``."""
+"""``molequi train CONFIG.yaml [section.key=value ...] [--resume [yes|no|auto]]``."""
 
 from __future__ import annotations
 
@@ -15,15 +15,19 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  molequi train run.yaml\n"
                "  molequi train run.yaml optim.lr=1e-3 trainer.max_epochs=100\n"
-               "  molequi train run.yaml --resume        # continue after an interruption")
+               "  molequi train run.yaml --resume        # continue after an interruption\n"
+               "  molequi train run.yaml --resume auto   # continue if checkpoints/last.ckpt exists, else start\n"
+               "                                         # (what a job script that may be requeued wants)\n\n"
+               "In a requeued SLURM job (SLURM_RESTART_COUNT >= 1) a plain rerun behaves as --resume auto.")
     p.add_argument("config", help="YAML configuration file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="override config keys; values are read as YAML "
                         "(trainer.devices=2, optim.ema_decay=null)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in trainer.output from checkpoints/last.ckpt (same step, "
-                        "optimiser, "
-                        "scheduler, EMA and RNG state)")
+    p.add_argument("--resume", nargs="?", const="yes", default="no", choices=("yes", "no", "auto"),
+                   help="yes (the default when the flag is given alone): continue the run in trainer.output "
+                        "from checkpoints/last.ckpt (same step, optimiser, scheduler, EMA, RNG state and "
+                        "data order); auto: continue if that checkpoint exists, start fresh if not; "
+                        "no (default without the flag): start fresh, refusing a directory with checkpoints")
     p.set_defaults(func=run)
 
 

@@ -118,6 +118,31 @@ def make_loader(records: Sequence, batch_size: int, shuffle: bool, num_workers: 
 
 
 
+class ResumableSampler(torch.utils.data.distributed.DistributedSampler):
+    """``DistributedSampler`` (order fixed by ``seed + epoch``) that can start an epoch part-way through.
+
+    Lightning calls ``set_epoch`` at every epoch start. After a resume from a checkpoint written after
+    ``batches`` batches of epoch ``epoch`` (``resume_at(epoch, batches, batch_size)``), the first iteration of
+    that epoch skips those batches' indices, so the resumed run sees exactly the structures the uninterrupted
+    run would have seen next. With one process this is a seeded shuffle of the whole training set.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=False)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches: int, batch_size: int) -> None:
+        self._resume = (int(epoch), int(batches) * int(batch_size))
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1]:]
+            self._resume = None
+        return iter(indices)
+
+
 def _lightning_datamodule_base():
     import lightning as L
 
@@ -127,8 +152,8 @@ def _lightning_datamodule_base():
 class RecordsDataModule(_lightning_datamodule_base()):
     """Train / validation / test loaders over record lists, sharded by us (not by Lightning) under DDP.
 
-    Training: a ``DistributedSampler`` that honours ``shuffle`` (Lightning's own injection always shuffles),
-    so with ``shuffle=False`` the global batch of step k is structures [k*B*W, (k+1)*B*W) for batch size B
+    Training: a ``ResumableSampler`` (a ``DistributedSampler`` that honours ``shuffle`` -- Lightning's own
+    injection always shuffles -- and restarts mid-epoch at the checkpointed batch), so with ``shuffle=False`` the global batch of step k is structures [k*B*W, (k+1)*B*W) for batch size B
     and W processes, exactly the batch one process with batch size B*W sees. Validation / test: process r
     takes records r, r+W, r+2W, ... without padding, so summed metrics count every structure exactly once.
     """
@@ -140,6 +165,7 @@ class RecordsDataModule(_lightning_datamodule_base()):
             r if is_lazy(r) else list(r) for r in (train, valid, test))
         self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
         self.shuffle, self.num_workers, self.seed = shuffle, num_workers, seed
+        self._resume_state: dict | None = None
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -148,16 +174,29 @@ class RecordsDataModule(_lightning_datamodule_base()):
         return int(trainer.world_size), int(trainer.global_rank)
 
     def train_dataloader(self):
-        from torch.utils.data.distributed import DistributedSampler
         from torch_geometric.loader import DataLoader
 
         world, rank = self._world()
-        if world == 1:
-            return make_loader(self.train_records, self.batch_size, self.shuffle, self.num_workers)
-        sampler = DistributedSampler(self.train_records, num_replicas=world, rank=rank, shuffle=self.shuffle,
-                                     seed=self.seed, drop_last=False)
+        sampler = ResumableSampler(self.train_records, num_replicas=world, rank=rank, shuffle=self.shuffle,
+                                   seed=self.seed)
+        if self._resume_state is not None:
+            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches"], self.batch_size)
+            self._resume_state = None
         return DataLoader(self.train_records, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    # ---- position in the data order, saved in Lightning checkpoints --------------------------------------
+    def state_dict(self) -> dict:
+        """``{"epoch", "batches"}``: training batches of the current epoch processed when the checkpoint
+        is written (``ModelCheckpoint`` saves after the step of its batch, or after validation)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_state = dict(state) if state else None
 
     def _eval_loader(self, records):
         world, rank = self._world()
@@ -175,5 +214,5 @@ class RecordsDataModule(_lightning_datamodule_base()):
         return self._eval_loader(self.test_records)
 
 
-__all__ = ["LazyGraphs", "is_lazy", "load_splits", "split_indices", "split_records", "with_graphs",
+__all__ = ["LazyGraphs", "ResumableSampler", "is_lazy", "load_splits", "split_indices", "split_records", "with_graphs",
            "make_loader", "RecordsDataModule"]

@@ -74,7 +74,14 @@ class TaskModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] = self.config.optim.lr * scale
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser step, then the EMA update of the new weights.
+
+        Done here rather than in ``on_train_batch_end``: Lightning calls callbacks' ``on_train_batch_end``
+        (``ModelCheckpoint`` saving step k) before the module's, so an update there would be missing from
+        the checkpoint of its own step and a resumed run would lose it.
+        """
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.task.model)
 

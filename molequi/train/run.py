@@ -3,7 +3,8 @@
 Run directory (``trainer.output``)::
 
     config.yaml                 the validated config of the run
-    checkpoints/last.ckpt       latest state (weights, EMA, optimiser, scheduler, loops, RNG); ``--resume``
+    checkpoints/last.ckpt       latest state (weights, EMA, optimiser, scheduler, loops, RNG, data position);
+                                ``--resume`` / ``--resume auto``
     checkpoints/best.ckpt       lowest validation loss so far
     logs/version_N/metrics.csv  per-step training and per-epoch validation metrics (CSV logger)
     tb/                         TensorBoard event files
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,53 @@ def build_task(cfg: Config, statistics):
     return get_task_class(cfg.task.name).from_config(cfg.task.config, model)
 
 
-def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None = None,
+RESUME_MODES = ("no", "yes", "auto")
+
+
+def slurm_requeued() -> bool:
+    """True inside a SLURM job that was requeued (``SLURM_RESTART_COUNT`` >= 1 with ``SLURM_JOB_ID`` set)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return False
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def resolve_resume(resume: bool | str, last: Path) -> bool:
+    """Whether to continue from ``last`` (``checkpoints/last.ckpt``) for ``resume`` = no / yes / auto.
+
+    - ``"yes"`` (or True): continue; no checkpoint is a ``CheckpointError``.
+    - ``"no"`` (or False): start fresh; an existing checkpoint is a ``ConfigError`` (nothing is overwritten
+      by accident) -- except in a requeued SLURM job (``slurm_requeued``), which repeats the command line
+      that started the run and therefore behaves as ``"auto"``.
+    - ``"auto"``: continue when ``last`` exists, start fresh when it does not.
+    """
+    mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or a bool), got {resume!r}")
+    if mode == "no" and slurm_requeued():
+        mode = "auto"
+    if mode == "auto":
+        return last.exists()
+    if mode == "yes" and not last.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume "
+                              "(or use --resume auto)")
+    if mode == "no" and last.exists():
+        raise ConfigError(f"{last.parent.parent} already holds a run ({last}); continue it with --resume "
+                          "(or --resume auto) or choose another trainer.output")
+    return mode == "yes"
+
+
+def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | None = None,
           callbacks: list | None = None, enable_summary: bool = True) -> RunResult:
     """Train as ``cfg`` says. ``splits`` ({"train", "valid", "test"} record lists) bypasses ``cfg.data``.
 
-    ``resume=True`` continues ``<output>/checkpoints/last.ckpt`` (step, optimiser, scheduler, EMA, RNG);
-    without it an existing run directory with checkpoints is an error, so nothing is overwritten by accident.
+    ``resume`` (see ``resolve_resume``): ``"yes"``/True continues ``<output>/checkpoints/last.ckpt`` (step,
+    optimiser, scheduler, EMA, RNG, position in the epoch's data order); ``"no"``/False starts fresh and
+    refuses a directory that already holds checkpoints; ``"auto"`` does whichever applies.
+    Run files (``config.yaml``, ``model.pt``, ``metrics.json``) are written by the global rank 0 only, as
+    Lightning's cluster environment reports it (``torchrun``, ``srun``, Lightning's own launcher).
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -89,42 +132,14 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
     out = Path(t.output)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.exists():
-        raise CheckpointError(f"--resume: no checkpoint at {last}; start the run without --resume")
-    if not resume and last.exists():
-        raise ConfigError(f"{out} already holds a run ({last}); continue it with --resume or choose another "
-                          "trainer.output")
-    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    resume = resolve_resume(resume, last)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     if splits is None:
         splits = load_splits(cfg.data)
-    cutoff = cfg.model.config.r_max  # None: the model builds no neighbour graph (generative models)
-    progress = t.progress_bar and rank0
-    train_records = with_graphs(splits["train"], cutoff, progress)
-    valid_records = with_graphs(splits.get("valid") or [], cutoff, progress)
-    test_records = with_graphs(splits.get("test") or [], cutoff, progress)
-
-    if resume:
-        statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
-    else:
-        statistics = compute_statistics(statistics_sample(train_records), cutoff)
-    torch.manual_seed(t.seed)
     dtype = _dtype(cfg)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        task = build_task(cfg, statistics)
-    finally:
-        torch.set_default_dtype(previous)
-    module = TaskModule(task, cfg, statistics)
-
-    if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
-
-    monitor = f"val/{task.monitor}"
-    has_valid = len(valid_records) > 0
+    monitor = f"val/{get_task_class(cfg.task.name).monitor}"
+    has_valid = len(splits.get("valid") or []) > 0
     cbs = list(callbacks or [])
     cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                every_n_train_steps=t.checkpoint_every or None, save_top_k=1, save_last=True,
@@ -137,7 +152,9 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
             cbs.append(EarlyStopping(monitor=monitor, patience=t.patience, mode="min", strict=False,
                                      check_on_train_epoch_end=False))
     cbs.append(LearningRateMonitor(logging_interval="epoch"))
-    loggers = [CSVLogger(save_dir=str(out), name="logs"), TensorBoardLogger(save_dir=str(out), name="tb")]
+    # metrics.csv is flushed at every logged step, so a killed run keeps the rows of every checkpointed step
+    loggers = [CSVLogger(save_dir=str(out), name="logs", flush_logs_every_n_steps=1),
+               TensorBoardLogger(save_dir=str(out), name="tb")]
 
     precision = "64-true" if dtype == torch.float64 else "32-true"
     trainer = L.Trainer(
@@ -153,10 +170,39 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
         enable_model_summary=enable_summary, plugins=[_checkpoint_io()], deterministic=False,
         limit_val_batches=1.0 if has_valid else 0, use_distributed_sampler=False,
     )
+    # the Trainer knows the rank (LOCAL_RANK/NODE_RANK, SLURM_PROCID under srun, torchrun's RANK, ...)
+    rank0 = trainer.is_global_zero
+    cutoff = cfg.model.config.r_max  # None: the model builds no neighbour graph (generative models)
+    progress = t.progress_bar and rank0
+    train_records = with_graphs(splits["train"], cutoff, progress)
+    valid_records = with_graphs(splits.get("valid") or [], cutoff, progress)
+    test_records = with_graphs(splits.get("test") or [], cutoff, progress)
+
+    if resume:
+        statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
+    else:
+        statistics = compute_statistics(statistics_sample(train_records), cutoff)
+    torch.manual_seed(t.seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        task = build_task(cfg, statistics)
+    finally:
+        torch.set_default_dtype(previous)
+    module = TaskModule(task, cfg, statistics)
+
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+
     data = RecordsDataModule(train_records, valid_records, test_records, t.batch_size, t.valid_batch_size,
                              shuffle=cfg.data.shuffle, num_workers=cfg.data.num_workers, seed=t.seed)
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    with warnings.catch_warnings():
+        # RecordsDataModule restores the position in the epoch itself (state_dict / ResumableSampler);
+        # Lightning only looks for that interface on the DataLoader and would warn otherwise
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     fit_seconds = time.perf_counter() - t_fit
 
     metrics: dict[str, dict[str, float]] = {}
@@ -177,4 +223,5 @@ def train(cfg: Config, *, resume: bool = False, splits: dict[str, list] | None =
                      module=module)
 
 
-__all__ = ["train", "build_task", "parse_max_time", "RunResult"]
+__all__ = ["train", "build_task", "parse_max_time", "resolve_resume", "slurm_requeued", "RESUME_MODES",
+           "RunResult"]

@@ -116,6 +116,7 @@ def test_md_cli_unknown_element(tmp_path, ckpt, capsys):
     assert "ModelError" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_relax_cli(tmp_path, ckpt):
     write(tmp_path / "ar.xyz", ar_fcc(2, a=5.0, rattle=0.05, seed=1))
     out = tmp_path / "relaxed.xyz"

@@ -160,6 +160,7 @@ def test_fixatoms_honoured_in_md_and_relax():
     assert res.converged and res.fmax < 0.01
 
 
+@pytest.mark.slow
 def test_cell_relax_with_frechet_filter_reduces_stress():
     atoms = ar_fcc(2, a=5.0, rattle=0.02, seed=7)  # compressed argon: large positive-pressure stress
     atoms.calc = MolequiCalculator(LennardJones())

@@ -20,6 +20,7 @@ NVE_DRIFT_BOUND = 1e-6  # eV/atom/ps
 NVE_FLUCTUATION_BOUND = 3e-6  # eV/atom
 
 
+@pytest.mark.slow
 def test_nve_conserves_energy(tmp_path):
     atoms = ar_fcc(2)
     res = run_md(

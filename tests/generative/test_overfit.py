@@ -3,6 +3,7 @@ molecules from that set. Tiny models and few steps keep each test well under a m
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch_geometric.data import Batch
 
@@ -31,6 +32,7 @@ def _train(model, batch, iters, lr):
     return float(loss.detach())
 
 
+@pytest.mark.slow
 def test_edm_overfits_ten_molecules():
     from molequi.models.generative.edm import EDM
 
@@ -45,6 +47,7 @@ def test_edm_overfits_ten_molecules():
     assert len(known) >= 0.8 * len(r["smiles"])
 
 
+@pytest.mark.slow
 def test_categorical_overfits_ten_molecules():
     from molequi.models.generative.categorical import CategoricalDiffusion
 

@@ -212,6 +212,7 @@ def test_library_layer_does_not_import_trainer_or_cli():
 
 # ------------------------------------------------------------------------------------- with mace-torch
 @NEEDS_PEER
+@pytest.mark.slow
 def test_parity_with_mace_torch_small_and_options(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity" / "check.py"), "mace",
                            "--peer-python", PEER, "--models", "small,options"],
@@ -222,6 +223,7 @@ def test_parity_with_mace_torch_small_and_options(tmp_path):
 
 
 @NEEDS_PEER
+@pytest.mark.slow
 def test_cli_import_writes_a_checkpoint_every_verb_loads(tmp_path):
     from molequi.checkpoint import load_model
     from molequi.cli.main import main

@@ -1,5 +1,6 @@
 """The trainer can drive a small model's loss down on five structures; model.pt reproduces it exactly."""
 
+import pytest
 import torch
 
 from molequi.config import Config
@@ -17,6 +18,7 @@ def tiny_config(tmp_path, **trainer):
     })
 
 
+@pytest.mark.slow
 def test_five_structure_overfit_and_checkpoint_round_trip(tmp_path, morse_five):
     five = morse_five
     cfg = tiny_config(tmp_path, val_every_steps=50)

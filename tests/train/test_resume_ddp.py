@@ -41,6 +41,7 @@ def write_config(tmp_path, data_file, **sections):
     return p
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_the_run(tmp_path):
     data = tmp_path / "morse.xyz"
     write_xyz(data, morse_structures(20, seed=1))

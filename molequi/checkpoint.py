@@ -76,7 +76,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a molequi checkpoint (no 'format: {FORMAT}' payload); "
                               "was it written by another program?")
-    if int(obj.get("version", 0)) > VERSION:
+    version = obj.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not an integer; the file is "
+                              "damaged or was not written by molequi")
+    if version > VERSION:
         raise CheckpointError(f"{path}: checkpoint version {obj['version']} is newer than this molequi "
                               f"understands ({VERSION}); upgrade molequi")
     for key in ("config", "statistics", "model_state"):

@@ -130,10 +130,6 @@ def test_newer_version_inside_lightning_checkpoint(tmp_path):
     _fails(path, match="newer")
 
 
-# molequi/checkpoint.py does int(obj["version"]) unguarded, so these raise ValueError / TypeError today
-# (not this test's file to fix; strict: the test turns red as soon as the checkpoint reader is fixed).
-@pytest.mark.xfail(strict=True, raises=(ValueError, TypeError),
-                   reason="read_checkpoint: int(version) is not wrapped in a CheckpointError")
 @pytest.mark.parametrize("version", ["2.0", None, [1]])
 def test_unreadable_format_version(tmp_path, version):
     path = tmp_path / "odd.pt"

@@ -87,10 +87,7 @@ def _mace():
 
 @pytest.mark.parametrize("name", [
     "mace",
-    # evaluate.predict takes the dtype from next(model.parameters()): a parameter-free model (LJ) raises
-    # StopIteration inside molequi eval. Not this test's file to fix; strict: turns red once fixed.
-    pytest.param("lj", marks=pytest.mark.xfail(strict=True, raises=StopIteration,
-                                               reason="evaluate.predict needs a model with parameters")),
+    "lj",  # parameter-free: the evaluation dtype comes from its buffers
 ])
 def test_eval_metrics_of_known_errors(tmp_path, capsys, name):
     """Labels = the model's own prediction (through the ASE calculator) + known offsets, so the metrics

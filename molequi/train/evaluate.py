@@ -77,10 +77,11 @@ def predict(model: torch.nn.Module, records: Sequence, cutoff: float | None, *, 
             device: str | torch.device = "cpu", progress: bool = False) -> Predictions:
     """Energies and forces of ``model`` on ``records`` (graphs built here with ``cutoff``), through the
     package's one batched inference loop ``molequi.calculators.predict.model_outputs``."""
+    from molequi.calculators.calculator import model_dtype
     from molequi.calculators.predict import model_outputs
     from molequi.train.data import with_graphs
 
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)  # a parameter-free model (Lennard-Jones) has buffers only
     graphs = with_graphs(records, cutoff)
     n_atoms, e_true, e_pred, numbers, f_true, f_pred = [], [], [], [], [], []
     has_forces = all(K.FORCES in g for g in graphs)

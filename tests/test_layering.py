@@ -2,7 +2,7 @@
 
 Two rules:
 - library code (``molequi.models``, ``calculators``, ``data``, ``nn``, ``so3``, ``graph``, ``qc``,
-  ``simulate``, ``tasks``) never imports the trainer (``molequi.train``) or the command line
+  ``simulate``, ``tasks``, ``interop``) never imports the trainer (``molequi.train``) or the command line
   (``molequi.cli``);
 - the module graph of ``molequi`` has no cycle (imports inside functions count: a lazy import only hides a
   cycle, it does not remove it).
@@ -20,7 +20,7 @@ from pathlib import Path
 import molequi
 
 PACKAGE = Path(molequi.__file__).resolve().parent
-LIBRARY = ("models", "calculators", "data", "nn", "so3", "graph", "qc", "simulate", "tasks")
+LIBRARY = ("models", "calculators", "data", "nn", "so3", "graph", "qc", "simulate", "tasks", "interop")
 FORBIDDEN = ("molequi.train", "molequi.cli")
 
 

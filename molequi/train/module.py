@@ -1,8 +1,9 @@
 """The Lightning wiring around a ``Task``: optimisation, schedules, EMA, validation metrics, checkpoints.
 
 ``TaskModule`` holds the task (which holds the model) and, when ``optim.ema_decay`` is set, an
-``ExponentialMovingAverage`` whose shadows are buffers, so Lightning's checkpoints carry weights, EMA,
-optimiser and scheduler state together and ``Trainer.fit(ckpt_path=...)`` resumes the same run.
+``ExponentialMovingAverage`` kept outside the module's parameters and buffers (DDP does not broadcast it)
+and saved under ``"ema"`` in Lightning's checkpoints, so they carry weights, EMA, optimiser and scheduler
+state together and ``Trainer.fit(ckpt_path=...)`` resumes the same run.
 
 Validation and test run with the EMA weights swapped in, and with autograd on when the task
 differentiates (forces): the trainer is built with ``inference_mode=False`` and each step opens
@@ -38,7 +39,10 @@ class TaskModule(L.LightningModule):
         self.config = config
         self.statistics = statistics
         decay = config.optim.ema_decay
-        self.ema = ExponentialMovingAverage(task.model, decay) if decay else None
+        # a plain attribute, not a submodule: its shadows are no buffers of the (DDP-wrapped) module, so DDP
+        # does not broadcast them every step (every process computes the same average of the same weights);
+        # checkpoints carry it under "ema" (on_save_checkpoint), and it follows the module's device
+        self.__dict__["ema"] = ExponentialMovingAverage(task.model, decay) if decay else None
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
 
@@ -217,13 +221,33 @@ class TaskModule(L.LightningModule):
                             step=self.global_step, epoch=self.current_epoch,
                             metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
 
+    def _move_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._move_ema()
+
+    def on_validation_start(self) -> None:
+        self._move_ema()
+
+    def on_test_start(self) -> None:
+        self._move_ema()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["molequi"] = self.payload()
         checkpoint["rng"] = _rng_state()
+        if self.ema is not None:
+            checkpoint["ema"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
             _set_rng_state(checkpoint["rng"])
+        # checkpoints written while the EMA was a submodule hold it as "ema.*" entries of the state_dict
+        state = checkpoint.get("state_dict", {})
+        legacy = {k.removeprefix("ema."): state.pop(k) for k in [k for k in state if k.startswith("ema.")]}
+        if self.ema is not None and (checkpoint.get("ema") or legacy):
+            self.ema.load_state_dict(checkpoint.get("ema") or legacy)
 
 
 class _LRLambda:

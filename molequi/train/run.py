@@ -121,7 +121,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     Lightning's cluster environment reports it (``torchrun``, ``srun``, Lightning's own launcher).
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from molequi.data.statistics import Statistics, compute_statistics, statistics_sample
@@ -151,7 +151,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         if t.patience is not None:
             cbs.append(EarlyStopping(monitor=monitor, patience=t.patience, mode="min", strict=False,
                                      check_on_train_epoch_end=False))
-    cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    # no LearningRateMonitor: TaskModule logs ``lr`` at every logged step (its epoch-start entry was also
+    # skipped by a run resumed from an epoch-end checkpoint, so logs of resumed runs differed)
     # metrics.csv is flushed at every logged step, so a killed run keeps the rows of every checkpointed step
     loggers = [CSVLogger(save_dir=str(out), name="logs", flush_logs_every_n_steps=1),
                TensorBoardLogger(save_dir=str(out), name="tb")]

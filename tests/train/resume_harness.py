@@ -3,8 +3,9 @@
 A run is ``resume_worker.py train CONFIG --resume auto`` (deterministic CPU settings); each launch continues
 from ``checkpoints/last.ckpt`` when there is one. Kill points:
 
-- ``("after", s)``: SIGKILL as soon as ``last.ckpt`` holds step >= s (the process is then somewhere in a
-  later step, its data loading, logging or the next checkpoint write);
+- ``("after", s)`` or ``("after", s, delay)``: SIGKILL as soon as (or ``delay`` seconds after)
+  ``last.ckpt`` holds step >= s (the process is then somewhere in a later step, its data loading, logging,
+  a validation round or the next checkpoint write);
 - ``("write", s)``: SIGKILL while the checkpoint of step s is being written (bytes in the temporary file,
   before the rename).
 
@@ -94,7 +95,7 @@ def run_with_kills(config: Path, kills: list[tuple[str, int]], timeout: float = 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     report = []
-    for kind, step in kills:
+    for kind, step, *delay in kills:
         marker = config.parent / f"pause-{step}"
         extra = {"MOLEQUI_TEST_PAUSE_AT_STEP": str(step), "MOLEQUI_TEST_PAUSE_MARKER": str(marker)} \
             if kind == "write" else None
@@ -111,13 +112,15 @@ def run_with_kills(config: Path, kills: list[tuple[str, int]], timeout: float = 
                 elif last.exists() and last.stat().st_mtime_ns != mtime:
                     mtime = last.stat().st_mtime_ns
                     if _last_step(last) >= step:
+                        time.sleep(delay[0] if delay else 0.0)
                         break
                 time.sleep(0.02)
             else:
                 raise TimeoutError(f"kill point {kind} {step} not reached in {timeout} s")
         finally:
             _kill(proc)
-        report.append({"kind": kind, "step": step, "last_step": _last_step(last),
+        report.append({"kind": kind, "step": step, **({"delay_s": delay[0]} if delay else {}),
+                       "last_step": _last_step(last),
                        "unreadable": check_checkpoints(ckpt_dir)})
     run_to_end(config, timeout)
     return report

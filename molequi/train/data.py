@@ -150,12 +150,21 @@ def _lightning_datamodule_base():
 
 
 class RecordsDataModule(_lightning_datamodule_base()):
-    """Train / validation / test loaders over record lists, sharded by us (not by Lightning) under DDP.
+    """Train / validation / test loaders over record lists, sharded by us under DDP (the Trainer is built
+    with ``use_distributed_sampler=False``).
 
-    Training: a ``ResumableSampler`` (a ``DistributedSampler`` that honours ``shuffle`` -- Lightning's own
-    injection always shuffles -- and restarts mid-epoch at the checkpointed batch), so with ``shuffle=False`` the global batch of step k is structures [k*B*W, (k+1)*B*W) for batch size B
-    and W processes, exactly the batch one process with batch size B*W sees. Validation / test: process r
-    takes records r, r+W, r+2W, ... without padding, so summed metrics count every structure exactly once.
+    Training: a ``ResumableSampler`` (a ``DistributedSampler`` ordered by ``seed + epoch`` that honours
+    ``shuffle`` and restarts mid-epoch at the checkpointed batch), so with ``shuffle=False`` the global batch
+    of step k is structures [k*B*W, (k+1)*B*W) for batch size B and W processes, exactly the batch one
+    process with batch size B*W sees. Validation / test: process r takes records r, r+W, r+2W, ... without
+    padding, so summed metrics count every structure exactly once.
+
+    Why not Lightning's sampler injection (Lightning 2.6, ``trainer/connectors/data_connector.py``): it leaves
+    a training loader alone when its sampler already is a ``DistributedSampler`` (so the training side would
+    work either way), but it replaces the sampler of every validation / test loader by a
+    ``DistributedSampler`` that pads the shards with repeated structures to equal length, so summed metrics
+    would count some structures twice; and for a loader it does replace in training it forces
+    ``shuffle=True`` (``_process_dataloader``). Turning the injection off and sharding here avoids both.
     """
 
     def __init__(self, train: Sequence, valid: Sequence, test: Sequence, batch_size: int,

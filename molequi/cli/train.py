@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         epilog="examples:\n  molequi train run.yaml\n"
                "  molequi train run.yaml optim.lr=1e-3 trainer.max_epochs=100\n"
                "  molequi train run.yaml --resume        # continue after an interruption\n"
-               "  molequi train run.yaml --resume auto   # continue if checkpoints/last.ckpt exists, else start\n"
+               "  molequi train run.yaml --resume auto   # continue if checkpoints/last.ckpt exists,\n"
+               "                                         # else start fresh\n"
                "                                         # (what a job script that may be requeued wants)\n\n"
                "In a requeued SLURM job (SLURM_RESTART_COUNT >= 1) a plain rerun behaves as --resume auto.")
     p.add_argument("config", help="YAML configuration file")

@@ -223,5 +223,6 @@ class RecordsDataModule(_lightning_datamodule_base()):
         return self._eval_loader(self.test_records)
 
 
-__all__ = ["LazyGraphs", "ResumableSampler", "is_lazy", "load_splits", "split_indices", "split_records", "with_graphs",
+__all__ = ["LazyGraphs", "ResumableSampler", "is_lazy", "load_splits", "split_indices", "split_records",
+           "with_graphs",
            "make_loader", "RecordsDataModule"]

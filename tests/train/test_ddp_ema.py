@@ -17,16 +17,33 @@ CLI = [sys.executable, os.path.join(HERE, "run_cli.py")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def test_ema_shadows_are_not_module_buffers(morse_five):
+def run_config(d, data, **trainer):
+    """``d/config.yaml``: the tiny model on ``data`` in float64, EMA 0.8, fixed data order."""
+    d.mkdir()
+    raw = {"model": {"name": "tiny", "r_max": 4.0, "hidden": 8},
+           "data": {"name": "xyz", "root": str(data), "n_valid": 0, "shuffle": False},
+           "optim": {"ema_decay": 0.8, "grad_clip": None, "scheduler": "none", "lr": 0.01},
+           "trainer": {"accelerator": "cpu", "progress_bar": False, "output": str(d / "run"),
+                       "log_every": 1, "precision": "float64", **trainer}}
+    (d / "config.yaml").write_text(yaml.safe_dump(raw))
+    return d
+
+
+def tiny_module(records):
     from molequi.config import Config
     from molequi.data.statistics import compute_statistics
     from molequi.train.data import with_graphs
     from molequi.train.module import TaskModule
     from molequi.train.run import build_task
 
-    cfg = Config.from_dict({"model": {"name": "tiny", "r_max": 4.0, "hidden": 8}, "optim": {"ema_decay": 0.9}})
-    stats = compute_statistics(with_graphs(morse_five, 4.0), 4.0)
-    module = TaskModule(build_task(cfg, stats), cfg, stats)
+    cfg = Config.from_dict({"model": {"name": "tiny", "r_max": 4.0, "hidden": 8},
+                            "optim": {"ema_decay": 0.9}})
+    stats = compute_statistics(with_graphs(records, 4.0), 4.0)
+    return TaskModule(build_task(cfg, stats), cfg, stats)
+
+
+def test_ema_shadows_are_not_module_buffers(morse_five):
+    module = tiny_module(morse_five)
     shadows = {id(t) for t in module.ema.buffers()}
     assert shadows and not shadows & {id(t) for t in module.buffers()}
     assert not any(name.startswith("ema") for name in module.state_dict())
@@ -43,14 +60,7 @@ def test_two_process_ddp_with_ema_matches_one_process(tmp_path):
     payloads = []
     for name, trainer in (("one", {"devices": 1, "batch_size": 4}),
                           ("ddp", {"devices": 2, "batch_size": 2, "strategy": "ddp"})):
-        d = tmp_path / name
-        d.mkdir()
-        raw = {"model": {"name": "tiny", "r_max": 4.0, "hidden": 8},
-               "data": {"name": "xyz", "root": str(data), "n_valid": 0, "shuffle": False},
-               "optim": {"ema_decay": 0.8, "grad_clip": None, "scheduler": "none", "lr": 0.01},
-               "trainer": {"accelerator": "cpu", "progress_bar": False, "output": str(d / "run"),
-                           "log_every": 1, "max_steps": 6, "precision": "float64", **trainer}}
-        (d / "config.yaml").write_text(yaml.safe_dump(raw))
+        d = run_config(tmp_path / name, data, max_steps=6, **trainer)
         run = subprocess.run(CLI + ["train", str(d / "config.yaml")], cwd=ROOT, env=ENV, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
@@ -70,15 +80,7 @@ def test_checkpoint_with_ema_as_state_dict_entries_still_loads(morse_five):
     """Checkpoints written while the EMA was a submodule hold it as ``ema.shadow_i`` state_dict entries."""
     import torch
 
-    from molequi.config import Config
-    from molequi.data.statistics import compute_statistics
-    from molequi.train.data import with_graphs
-    from molequi.train.module import TaskModule
-    from molequi.train.run import build_task
-
-    cfg = Config.from_dict({"model": {"name": "tiny", "r_max": 4.0, "hidden": 8}, "optim": {"ema_decay": 0.9}})
-    stats = compute_statistics(with_graphs(morse_five, 4.0), 4.0)
-    module = TaskModule(build_task(cfg, stats), cfg, stats)
+    module = tiny_module(morse_five)
     old = {f"ema.{k}": torch.full_like(v, 3.0) if v.is_floating_point() else v + 7
            for k, v in module.ema.state_dict().items()}
     checkpoint = {"state_dict": {**module.state_dict(), **old}}
@@ -106,22 +108,12 @@ def test_two_nodes_simulated_with_node_rank_match_one_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
 
-    def config(name, **trainer):
-        d = tmp_path / name
-        d.mkdir()
-        raw = {"model": {"name": "tiny", "r_max": 4.0, "hidden": 8},
-               "data": {"name": "xyz", "root": str(data), "n_valid": 0, "shuffle": False},
-               "optim": {"ema_decay": 0.8, "grad_clip": None, "scheduler": "none", "lr": 0.01},
-               "trainer": {"accelerator": "cpu", "progress_bar": False, "output": str(d / "run"),
-                           "log_every": 1, "max_steps": 4, "precision": "float64", **trainer}}
-        (d / "config.yaml").write_text(yaml.safe_dump(raw))
-        return d
-
-    one = config("one", devices=1, batch_size=4)
+    one = run_config(tmp_path / "one", data, max_steps=4, devices=1, batch_size=4)
     run = subprocess.run(CLI + ["train", str(one / "config.yaml")], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    two = config("two", devices=1, num_nodes=2, batch_size=2, strategy="ddp")
+    two = run_config(tmp_path / "two", data, max_steps=4, devices=1, num_nodes=2, batch_size=2,
+                     strategy="ddp")
     clean = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "RANK",
                                                                  "WORLD_SIZE", "MASTER_"))}
     procs = [subprocess.Popen(CLI + ["train", str(two / "config.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -3,9 +3,6 @@ resumed each time with ``--resume auto`` ends bitwise equal to the same run unin
 weights, optimiser and plateau-scheduler state, data position and every logged metric. No checkpoint file is
 ever unreadable."""
 
-import os
-
-import pytest
 from conftest import morse_structures
 from resume_harness import check_checkpoints, compare, mace_config, run_to_end, run_with_kills
 

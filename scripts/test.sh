@@ -6,5 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/_setup.sh"
 cd "$ROOT"
 export MPLBACKEND=Agg
-# two workers on two cores; pytest-xdist is in the dev extra
+# two workers on two cores, one intra-op thread each: two workers with two OpenMP threads apiece on two
+# cores made tests 5-40x slower (threads spinning on each other; the EDM overfit took 304 s instead of 9 s).
+# pytest-xdist is in the dev extra.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python -m pytest -q -n "${MOLEQUI_TEST_WORKERS:-2}" --durations=15 "$@"

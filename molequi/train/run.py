@@ -34,6 +34,29 @@ from molequi.io import atomic_write_text, atomic_write_torch
 from molequi.tasks import get_task_class
 
 
+def _step_checkpoint(**kwargs):
+    """``ModelCheckpoint`` every n training steps that, at a step followed by a validation round, saves after
+    that round instead of before it.
+
+    Lightning resumed from a checkpoint written at the end of a training step does not run the validation that
+    was due after that step, so a run killed during that validation would lose the round (its metrics, the
+    plateau scheduler's step, early stopping). Saved after the round, a kill inside it resumes from the
+    previous checkpoint and repeats both the step and the round.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loop = trainer.fit_loop.epoch_loop
+            if trainer.enable_validation and loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+                # ModelCheckpoint.on_validation_end saves deferred step checkpoints (Lightning >= 2.5)
+                self._defer_save_until_validation = True
+                return
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    return StepCheckpoint(**kwargs)
+
+
 def _checkpoint_io():
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -141,7 +164,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     monitor = f"val/{get_task_class(cfg.task.name).monitor}"
     has_valid = len(splits.get("valid") or []) > 0
     cbs = list(callbacks or [])
-    cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
+    cbs.append(_step_checkpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                every_n_train_steps=t.checkpoint_every or None, save_top_k=1, save_last=True,
                                save_on_train_epoch_end=None if t.checkpoint_every else not has_valid))
     if has_valid:

@@ -1,8 +1,9 @@
 """Kill-and-resume, long version: a tiny MACE run SIGKILLed at 10 random points and resumed each time.
 
 Each kill is one of: as soon as a checkpoint of step >= s exists; a random fraction of a second after that
-(landing in a later step, its logging, a validation round or the next checkpoint write); or inside the
-checkpoint write of step s (bytes in the temporary file, before the rename). After every kill every
+(landing in a later step, its logging, a validation round or the next checkpoint write); inside the
+checkpoint write of step s (bytes in the temporary file, before the rename); or inside the validation round
+after step s. After every kill every
 ``*.ckpt`` must load with ``weights_only=True``; after the last relaunch the run must equal the same run
 uninterrupted bit for bit (weights, EMA weights, optimiser and plateau-scheduler state, data position, every
 logged metric). Deterministic CPU settings: one thread, ``torch.use_deterministic_algorithms(True)``.
@@ -39,7 +40,9 @@ def kill_plan(n: int, steps: int, seed: int) -> list[tuple]:
     plan = []
     for k in range(n):
         step = 3 + k * window + rng.randrange(max(1, window - 2))
-        kind = rng.choice(["after", "after_delay", "write"])
+        kind = rng.choice(["after", "after_delay", "write", "val"])
+        if kind == "val":  # validation rounds follow every 4th step (global steps 4, 8, ...)
+            step = max(4, step - step % 4)
         if kind == "after_delay":
             plan.append(("after", step, round(rng.uniform(0.0, 0.2), 3)))
         else:

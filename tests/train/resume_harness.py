@@ -7,7 +7,8 @@ from ``checkpoints/last.ckpt`` when there is one. Kill points:
   ``last.ckpt`` holds step >= s (the process is then somewhere in a later step, its data loading, logging,
   a validation round or the next checkpoint write);
 - ``("write", s)``: SIGKILL while the checkpoint of step s is being written (bytes in the temporary file,
-  before the rename).
+  before the rename);
+- ``("val", s)``: SIGKILL inside the validation round that follows step s (after its first batch).
 
 After every kill each ``*.ckpt`` in ``checkpoints/`` must load with ``weights_only=True``. ``compare``
 returns the differences between two finished runs: weights, EMA weights, optimiser and scheduler state,
@@ -97,8 +98,8 @@ def run_with_kills(config: Path, kills: list[tuple[str, int]], timeout: float = 
     report = []
     for kind, step, *delay in kills:
         marker = config.parent / f"pause-{step}"
-        extra = {"MOLEQUI_TEST_PAUSE_AT_STEP": str(step), "MOLEQUI_TEST_PAUSE_MARKER": str(marker)} \
-            if kind == "write" else None
+        pause = {"write": "MOLEQUI_TEST_PAUSE_AT_STEP", "val": "MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP"}
+        extra = {pause[kind]: str(step), "MOLEQUI_TEST_PAUSE_MARKER": str(marker)} if kind in pause else None
         proc = _launch(config, extra)
         deadline, mtime = time.time() + timeout, None
         try:
@@ -106,7 +107,7 @@ def run_with_kills(config: Path, kills: list[tuple[str, int]], timeout: float = 
                 if proc.poll() is not None:
                     raise RuntimeError(f"run ended before the kill point {kind} {step}:\n"
                                        f"{proc.stderr.read().decode()[-4000:]}")
-                if kind == "write":
+                if kind in pause:
                     if marker.exists():
                         break
                 elif last.exists() and last.stat().st_mtime_ns != mtime:

@@ -3,7 +3,9 @@
 One thread, ``torch.use_deterministic_algorithms(True)``. When ``MOLEQUI_TEST_PAUSE_AT_STEP`` is set, the
 checkpoint write of that global step stops inside the temporary file, after its bytes are written and before
 the rename (the file named by ``MOLEQUI_TEST_PAUSE_MARKER`` is created then), and sleeps: the caller kills
-the process there to test that a write interrupted by SIGKILL leaves the previous checkpoint whole. Nothing
+the process there to test that a write interrupted by SIGKILL leaves the previous checkpoint whole.
+``MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP`` likewise stops inside the validation round at that global step
+(after its first batch). Nothing
 here changes molequi; it wraps ``molequi.io.atomic_write`` from the outside.
 """
 
@@ -41,6 +43,20 @@ if PAUSE_AT is not None:
     import molequi.train.run  # noqa: E402
 
     molequi.train.run.atomic_write_torch = _pausing_write_torch
+
+VAL_PAUSE_AT = os.environ.get("MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP")
+if VAL_PAUSE_AT is not None:
+    import molequi.train.module  # noqa: E402
+
+    _validation_step = molequi.train.module.TaskModule.validation_step
+
+    def _pausing_validation_step(self, batch, batch_idx):
+        _validation_step(self, batch, batch_idx)
+        if self.global_step == int(VAL_PAUSE_AT) and not self.trainer.sanity_checking:
+            open(os.environ["MOLEQUI_TEST_PAUSE_MARKER"], "w").close()
+            time.sleep(600)
+
+    molequi.train.module.TaskModule.validation_step = _pausing_validation_step
 
 from molequi.cli.main import main  # noqa: E402
 

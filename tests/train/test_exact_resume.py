@@ -1,7 +1,7 @@
-"""A tiny MACE killed by SIGKILL four times (twice between steps, once inside a checkpoint write, once inside
-a validation round) and resumed each time with ``--resume auto`` ends bitwise equal to the same run uninterrupted: weights, EMA
-weights, optimiser and plateau-scheduler state, data position and every logged metric. No checkpoint file is
-ever unreadable."""
+"""A tiny MACE killed by SIGKILL four times (twice between steps, once inside a checkpoint write, once
+inside a validation round) and resumed each time with ``--resume auto`` ends bitwise equal to the same run
+uninterrupted: weights, EMA weights, optimiser and plateau-scheduler state, data position and every logged
+metric. No checkpoint file is ever unreadable."""
 
 from conftest import morse_structures
 from resume_harness import check_checkpoints, compare, mace_config, run_to_end, run_with_kills

@@ -46,13 +46,24 @@ def _step_checkpoint(**kwargs):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class StepCheckpoint(ModelCheckpoint):
+        _after_validation = False
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             loop = trainer.fit_loop.epoch_loop
             if trainer.enable_validation and loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
-                # ModelCheckpoint.on_validation_end saves deferred step checkpoints (Lightning >= 2.5)
-                self._defer_save_until_validation = True
+                self._after_validation = True  # the same test Lightning makes right after this hook
                 return
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self._after_validation and not trainer.sanity_checking:
+                self._after_validation = False
+                if not self._should_skip_saving_checkpoint(trainer):
+                    candidates = self._monitor_candidates(trainer)
+                    self._save_topk_checkpoint(trainer, candidates)
+                    self._save_last_checkpoint(trainer, candidates)
+                return
+            super().on_validation_end(trainer, pl_module)
 
     return StepCheckpoint(**kwargs)
 

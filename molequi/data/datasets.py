@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -66,6 +66,12 @@ class DataConfig:
     """shuffle the training set every epoch"""
     num_workers: int = 0
     """data-loader worker processes (0: load in the training process)"""
+    graphs: Literal["auto", "eager", "lazy"] = "auto"
+    """when in-memory training/validation/test structures get their neighbour graphs: eager (all of them
+    before training, with a progress bar), lazy (each on first access, then kept by the process that read
+    it: under DDP a process holds the graphs of its own shard only), auto (eager on one process, lazy when
+    the run has several). Datasets read on access (LMDB) always build graphs on access, without keeping
+    them"""
 
 
 # keys earlier versions accepted in the data section -> what to write instead

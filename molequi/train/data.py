@@ -4,7 +4,10 @@ Records come from ``molequi.data.datasets.build_dataset`` (by name: xyz, db, tra
 dataset that returns its own splits (a dict with ``train`` / ``val`` / ``test``) keeps them; a flat one
 is split here: index files if given, else a seeded random permutation with ``n_valid`` (or
 ``valid_fraction``) validation structures and ``n_train`` (or the rest) training structures. A separate
-``test`` file is read with the same options. Graphs (``RadiusGraph(cutoff)``) are built once, up front.
+``test`` file is read with the same options. Graphs (``RadiusGraph(cutoff)``) of in-memory records are
+built once: up front (``data.graphs: eager``) or on first access and then kept by the process that read
+them (``lazy``: under DDP each process holds the graphs of its own shard only); ``auto`` is eager on one
+process and lazy on several. Datasets read on access (LMDB) build each graph on access and keep none.
 """
 
 from __future__ import annotations
@@ -45,6 +48,52 @@ class LazyGraphs(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.graph(self.records[int(i)])
+
+
+class CachedGraphs(LazyGraphs):
+    """``records[i]`` with its neighbour graph built on first access and kept by this process.
+
+    Under DDP every process reads only the indices its sampler gives it, so a process of a run with W
+    processes ends up holding about 1/W of the training graphs instead of all of them (as an eager
+    ``with_graphs`` list would). With ``num_workers > 0`` each loader worker keeps its own cache.
+    ``records`` stays the list of records without graphs (used for statistics, which count neighbours
+    without keeping graphs). ``n_built``: graphs built so far in this process.
+    """
+
+    def __init__(self, records: Sequence, cutoff: float):
+        super().__init__(list(records), cutoff)
+        self._cache: dict[int, object] = {}
+
+    def __getitem__(self, i):
+        i = int(i)
+        if i < 0:
+            i += len(self.records)
+        graph = self._cache.get(i)
+        if graph is None:
+            graph = self._cache[i] = self.graph(self.records[i])
+        return graph
+
+    @property
+    def n_built(self) -> int:
+        return len(self._cache)
+
+
+GRAPH_MODES = ("auto", "eager", "lazy")
+
+
+def lazy_graphs(mode: str, world_size: int) -> bool:
+    """In-memory records as ``CachedGraphs`` (``data.graphs``; auto: lazy when ``world_size > 1``)."""
+    if mode not in GRAPH_MODES:
+        raise ConfigError(f"data.graphs is '{mode}'; use one of {', '.join(GRAPH_MODES)}")
+    return mode == "lazy" or (mode == "auto" and int(world_size) > 1)
+
+
+def statistics_records(records):
+    """What ``compute_statistics(statistics_sample(.), cutoff)`` should read for graph records ``records``:
+    for ``CachedGraphs`` the records without graphs (neighbours are then counted with the same
+    ``neighbor_list`` call as ``RadiusGraph``, so the statistics equal the eager ones, and no process keeps
+    graphs of structures outside its shard); otherwise ``records`` itself."""
+    return records.records if isinstance(records, CachedGraphs) else records
 
 
 def load_splits(data: DataConfig) -> dict[str, list]:
@@ -95,12 +144,18 @@ def split_records(records: Sequence, data: DataConfig) -> tuple[list, list]:
     return [records[i] for i in tr], [records[i] for i in va]
 
 
-def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False) -> list:
-    """Records with ``edge_index`` / ``unit_shifts`` / ``shifts`` within ``cutoff`` (None: unchanged)."""
+def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False, lazy: bool = False):
+    """Records with ``edge_index`` / ``unit_shifts`` / ``shifts`` within ``cutoff`` (None: unchanged).
+
+    In-memory records: a list of graphs built now, or with ``lazy`` a ``CachedGraphs`` that builds each on
+    first access and keeps it. Lazy datasets (LMDB): a ``LazyGraphs`` (built on every access, never kept).
+    """
     if cutoff is None:
         return records if is_lazy(records) else list(records)
     if is_lazy(records):
         return LazyGraphs(records, cutoff)
+    if lazy:
+        return CachedGraphs(records, cutoff)
     from tqdm.auto import tqdm
 
     from molequi.graph.neighbors import RadiusGraph
@@ -223,6 +278,6 @@ class RecordsDataModule(_lightning_datamodule_base()):
         return self._eval_loader(self.test_records)
 
 
-__all__ = ["LazyGraphs", "ResumableSampler", "is_lazy", "load_splits", "split_indices", "split_records",
-           "with_graphs",
+__all__ = ["LazyGraphs", "CachedGraphs", "GRAPH_MODES", "lazy_graphs", "statistics_records",
+           "ResumableSampler", "is_lazy", "load_splits", "split_indices", "split_records", "with_graphs",
            "make_loader", "RecordsDataModule"]

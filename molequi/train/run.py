@@ -157,9 +157,17 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_info
 
     from molequi.data.statistics import Statistics, compute_statistics, statistics_sample
-    from molequi.train.data import RecordsDataModule, load_splits, with_graphs
+    from molequi.train.data import (
+        RecordsDataModule,
+        is_lazy,
+        lazy_graphs,
+        load_splits,
+        statistics_records,
+        with_graphs,
+    )
     from molequi.train.module import TaskModule
 
     t = cfg.trainer
@@ -209,14 +217,19 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     rank0 = trainer.is_global_zero
     cutoff = cfg.model.config.r_max  # None: the model builds no neighbour graph (generative models)
     progress = t.progress_bar and rank0
-    train_records = with_graphs(splits["train"], cutoff, progress)
-    valid_records = with_graphs(splits.get("valid") or [], cutoff, progress)
-    test_records = with_graphs(splits.get("test") or [], cutoff, progress)
+    # several processes: each builds (and keeps) only the graphs its own shard reads
+    lazy = lazy_graphs(cfg.data.graphs, trainer.world_size)
+    if lazy and cutoff is not None and not is_lazy(splits["train"]):  # (LMDB graphs are never kept)
+        rank_zero_info(f"neighbour graphs: built on first access, kept per process ({trainer.world_size} "
+                       "processes)")
+    train_records = with_graphs(splits["train"], cutoff, progress, lazy)
+    valid_records = with_graphs(splits.get("valid") or [], cutoff, progress, lazy)
+    test_records = with_graphs(splits.get("test") or [], cutoff, progress, lazy)
 
     if resume:
         statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
     else:
-        statistics = compute_statistics(statistics_sample(train_records), cutoff)
+        statistics = compute_statistics(statistics_sample(statistics_records(train_records)), cutoff)
     torch.manual_seed(t.seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -104,6 +104,9 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
         run = subprocess.run(CLI + ["train", str(cfg)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                              timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
+        # data.graphs auto: the DDP run builds graphs per process on first access, the single one up front
+        lazy = "neighbour graphs: built on first access" in run.stderr
+        assert lazy == (name == "ddp"), run.stderr[-3000:]
         payload = read_checkpoint(d / "run" / "model.pt")
         assert payload["step"] == 4 and payload["dtype"] == "float64"
         states.append(payload["model_state"])

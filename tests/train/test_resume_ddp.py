@@ -70,7 +70,9 @@ def test_sigkill_then_resume_continues_the_run(tmp_path):
     # the checkpoint left behind is whole and loads with weights_only=True
     ckpt = torch.load(last, weights_only=True)
     killed_step = int(ckpt["global_step"])
-    assert killed_step >= 15 and killed_step % 5 == 0
+    # last.ckpt is written every 5 steps and after each epoch's validation round (18 training structures in
+    # batches of 2: 9 steps an epoch), so it holds one of those steps
+    assert killed_step >= 15 and (killed_step % 5 == 0 or killed_step % 9 == 0), killed_step
     assert ckpt["molequi"]["step"] == killed_step and "optimizer_states" in ckpt and "rng" in ckpt
     # a fresh start over the existing run is refused; --resume continues it for 10 more steps
     from molequi.config import load_config

@@ -99,12 +99,39 @@ class TrainerConfig:
     progress_bar: bool = _help("show a progress bar", default=True)
 
 
+#: model-section keys that belong to every model (fine-tuning), not to the model's own ``Config``
+FINETUNE_KEYS = ("init_from", "freeze")
+
+INIT_FROM_HELP = (
+    "fine-tuning: start from the weights of this checkpoint (a molequi model.pt / .ckpt, or a mace-torch "
+    "*.model file, imported on the fly; EMA weights when present; null: random initialisation). The "
+    "architecture is taken from the checkpoint (a conflicting explicit model key is an error), and so are "
+    "the element set, E0s, scale and shift: they are NOT recomputed from the new data")
+FREEZE_HELP = ("fine-tuning: glob patterns (fnmatch) of parameter names to freeze (e.g. "
+               "['embedding.*', 'layers.0.*']; a pattern matching nothing is an error): no gradient, not in "
+               "the optimiser")
+
+
 @dataclass
 class ModelSection:
-    """``name`` selects the model in ``molequi.models.MODELS``; ``config`` is that model's ``Config``."""
+    """``name`` selects the model in ``molequi.models.MODELS``; ``config`` is that model's ``Config``;
+    ``init_from`` / ``freeze`` (every model) fine-tune from a checkpoint (``molequi.train.run``)."""
 
     name: str = "mace"
     config: Any = None
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    #: the model keys the YAML gave explicitly (the others may be taken from ``init_from``'s checkpoint)
+    given: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        """``name`` + the model's fields (+ ``init_from`` / ``freeze`` when set), as written in YAML."""
+        out = {"name": self.name, **to_plain(self.config)}
+        if self.init_from is not None:
+            out["init_from"] = self.init_from
+        if self.freeze:
+            out["freeze"] = list(self.freeze)
+        return out
 
 
 @dataclass
@@ -144,7 +171,7 @@ class Config:
     def to_dict(self) -> dict:
         """Plain dict (YAML / checkpoint safe) that ``from_dict`` maps back to an equal ``Config``."""
         return {
-            "model": {"name": self.model.name, **to_plain(self.model.config)},
+            "model": self.model.to_dict(),
             "data": to_plain(self.data),
             "task": {"name": self.task.name, **to_plain(self.task.config)},
             "optim": to_plain(self.optim),
@@ -163,8 +190,25 @@ def _model_config_class(name: str):
 
 def model_section_from_dict(raw: dict | None) -> ModelSection:
     """The ``model`` section (``name`` + that model's fields) as a ``ModelSection`` whose config has passed
-    the model's own ``Config.validate()`` (so ``max_ell: -1`` fails here, before any data is read)."""
-    section = ModelSection(*_section_with_name(raw, "model", "mace", _model_config_class))
+    the model's own ``Config.validate()`` (so ``max_ell: -1`` fails here, before any data is read).
+
+    ``init_from`` (str or null) and ``freeze`` (list of glob patterns) are read here for every model; the
+    checkpoint is not opened here (``molequi.train.run.resolve_init_from`` does that when training starts).
+    """
+    raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
+    extra = {}
+    if isinstance(raw, dict):
+        for key in FINETUNE_KEYS:
+            if key in raw:
+                extra[key] = raw.pop(key)
+    if isinstance(raw, dict) and isinstance(raw.get("name", "mace"), str):
+        valid = [f.name for f in dataclasses.fields(_model_config_class(raw.get("name", "mace")))]
+        _check_keys(raw, ["name", *valid, *FINETUNE_KEYS], "model")
+    init_from = _convert(extra.get("init_from"), str | None, "model.init_from")
+    freeze = _convert(extra.get("freeze", []), list[str], "model.freeze")
+    given = tuple(k for k in raw if k != "name") if isinstance(raw, dict) else ()
+    section = ModelSection(*_section_with_name(raw, "model", "mace", _model_config_class),
+                           init_from=init_from, freeze=list(freeze or []), given=given)
     try:
         section.config.validate()
     except ConfigError as exc:
@@ -479,6 +523,7 @@ def default_yaml(model: str = "mace", task: str = "energy_forces") -> str:
               "molequi train THIS.yaml optim.lr=1e-3\n\n")
     out.write(f"model:\n  # model name ({', '.join(sorted(_models()))})\n  name: {model}\n")
     _emit(out, model_cfg, 2)
+    out.write(f"  # {INIT_FROM_HELP}\n  init_from: null\n  # {FREEZE_HELP}\n  freeze: []\n")
     out.write("\n# which dataset (name, root, reader keys, family options) and how to split it\ndata:\n")
     _emit(out, DataConfig(root="train.xyz"), 2)
     out.write(f"\ntask:\n  # task name ({', '.join(sorted(TASKS))})\n  name: {task}\n")

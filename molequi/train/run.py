@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from molequi.checkpoint import read_checkpoint, save_model
-from molequi.config import Config, parse_max_time
+from molequi.config import Config, parse_max_time, to_plain
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
 from molequi.tasks import get_task_class
@@ -106,6 +106,93 @@ def build_task(cfg: Config, statistics):
     return get_task_class(cfg.task.name).from_config(cfg.task.config, model)
 
 
+def read_init_payload(path: str | os.PathLike) -> dict:
+    """The model payload (``molequi.checkpoint``) that ``model.init_from`` names: a molequi checkpoint, or
+    a mace-torch ``*.model`` file imported through ``molequi.interop.mace`` (needs the peer Python)."""
+    from molequi.errors import ForeignModelError
+
+    path = Path(path)
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as exc:
+        if not path.exists():
+            raise
+        from molequi.interop.mace import import_mace, inspect_model_file
+
+        try:
+            inspect_model_file(path)  # reads the pickle's globals without executing it
+        except ForeignModelError as mace_exc:
+            raise CheckpointError(f"model.init_from: {exc}; nor is it a mace-torch model ({mace_exc})"
+                                  ) from exc
+        model = import_mace(path)
+        return {"config": {"model": {"name": "mace", **model.config_dict()}},
+                "statistics": model.statistics.to_dict(), "model_state": model.state_dict(),
+                "ema_state": None, "dtype": "float64"}
+
+
+def resolve_init_from(cfg: Config, payload: dict) -> Config:
+    """``cfg`` with its model architecture taken from ``payload`` (``model.init_from``'s checkpoint).
+
+    Model keys the YAML gave explicitly must equal the checkpoint's (``ConfigError`` listing the ones that
+    differ); the others are taken from the checkpoint. ``init_from`` and ``freeze`` are kept.
+    """
+    import dataclasses
+
+    from molequi.config import ModelSection, model_section_from_dict
+
+    source = cfg.model.init_from
+    raw = dict(payload["config"].get("model") or {})
+    for key in ("init_from", "freeze"):
+        raw.pop(key, None)
+    name = str(raw.get("name", "")).lower()
+    if name != cfg.model.name:
+        raise ConfigError(f"model.init_from {source} holds a '{name}' model but model.name is "
+                          f"'{cfg.model.name}'; set model.name: {name} (or drop init_from)")
+    try:
+        ckpt = model_section_from_dict(raw)
+    except ConfigError as exc:
+        raise CheckpointError(f"model.init_from {source}: its model config cannot be used: {exc}") from exc
+    conflicts = [f"{k}: {getattr(cfg.model.config, k)!r} (checkpoint: {getattr(ckpt.config, k)!r})"
+                 for k in cfg.model.given
+                 if to_plain(getattr(cfg.model.config, k)) != to_plain(getattr(ckpt.config, k))]
+    if conflicts:
+        raise ConfigError(f"model.init_from {source}: the architecture comes from the checkpoint, but these "
+                          f"model keys differ from it: {'; '.join(conflicts)}. Remove them from the model "
+                          "section (or set them as the checkpoint has them)")
+    section = ModelSection(name=cfg.model.name, config=ckpt.config, init_from=cfg.model.init_from,
+                           freeze=list(cfg.model.freeze), given=cfg.model.given)
+    return dataclasses.replace(cfg, model=section)
+
+
+def apply_freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Set ``requires_grad = False`` on the parameters of ``model`` whose names match a glob pattern of
+    ``patterns`` (``fnmatch``); return their names. A pattern matching nothing is a ``ConfigError``."""
+    from fnmatch import fnmatchcase
+
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [pat for pat in patterns if not any(fnmatchcase(n, pat) for n in names)]
+    if unmatched:
+        raise ConfigError(f"model.freeze: {', '.join(map(repr, unmatched))} match(es) no parameter; "
+                          f"parameter names look like {', '.join(names[:6])}")
+    frozen = []
+    for n, p in model.named_parameters():
+        if any(fnmatchcase(n, pat) for pat in patterns):
+            p.requires_grad_(False)
+            frozen.append(n)
+    return frozen
+
+
+def _load_init_weights(model: torch.nn.Module, payload: dict, source) -> None:
+    """Load ``payload``'s EMA weights (raw weights when it has none) into ``model`` (exact fit required)."""
+    state = payload.get("ema_state") if payload.get("ema_state") is not None else payload["model_state"]
+    ref = model.state_dict()
+    state = {k: (v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"model.init_from {source}: weights do not fit the model: {exc}") from exc
+
+
 RESUME_MODES = ("no", "yes", "auto")
 
 
@@ -175,6 +262,11 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resume = resolve_resume(resume, last)
+    init_payload = None
+    if cfg.model.init_from is not None:
+        # on resume the run's own checkpoint holds the (already resolved) architecture and the weights
+        init_payload = read_checkpoint(last) if resume else read_init_payload(cfg.model.init_from)
+        cfg = resolve_init_from(cfg, init_payload)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     if splits is None:
@@ -228,6 +320,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
 
     if resume:
         statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
+    elif init_payload is not None:  # fine-tuning keeps the checkpoint's elements, E0s, scale and shift
+        statistics = Statistics.from_dict(init_payload["statistics"])
     else:
         statistics = compute_statistics(statistics_sample(statistics_records(train_records)), cutoff)
     torch.manual_seed(t.seed)
@@ -237,6 +331,11 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         task = build_task(cfg, statistics)
     finally:
         torch.set_default_dtype(previous)
+    if init_payload is not None and not resume:
+        _load_init_weights(task.model, init_payload, cfg.model.init_from)
+    if cfg.model.freeze:
+        frozen = apply_freeze(task.model, cfg.model.freeze)
+        rank_zero_info(f"model.freeze: {len(frozen)} parameter tensors frozen")
     module = TaskModule(task, cfg, statistics)
 
     if rank0:
@@ -271,5 +370,6 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
                      module=module)
 
 
-__all__ = ["train", "build_task", "parse_max_time", "resolve_resume", "slurm_requeued", "RESUME_MODES",
+__all__ = ["train", "build_task", "read_init_payload", "resolve_init_from", "apply_freeze",
+           "parse_max_time", "resolve_resume", "slurm_requeued", "RESUME_MODES",
            "RunResult"]

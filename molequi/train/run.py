@@ -193,6 +193,18 @@ def _load_init_weights(model: torch.nn.Module, payload: dict, source) -> None:
         raise CheckpointError(f"model.init_from {source}: weights do not fit the model: {exc}") from exc
 
 
+def _check_init_elements(records, elements, source) -> None:
+    """The fine-tuning data may hold only elements the ``init_from`` model knows (``ConfigError`` naming the
+    first training frame that has another)."""
+    known = {int(z) for z in elements}
+    for i, record in enumerate(records):
+        extra = sorted({int(z) for z in record.numbers.tolist()} - known)
+        if extra:
+            raise ConfigError(f"model.init_from {source} knows elements {sorted(known)}, but training frame "
+                              f"{i} holds {extra}: fine-tuning cannot add elements; drop those frames or "
+                              "train from scratch")
+
+
 RESUME_MODES = ("no", "yes", "auto")
 
 
@@ -322,6 +334,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         statistics = Statistics.from_dict(read_checkpoint(last)["statistics"])
     elif init_payload is not None:  # fine-tuning keeps the checkpoint's elements, E0s, scale and shift
         statistics = Statistics.from_dict(init_payload["statistics"])
+        _check_init_elements(statistics_sample(statistics_records(train_records)), statistics.elements,
+                             cfg.model.init_from)
     else:
         statistics = compute_statistics(statistics_sample(statistics_records(train_records)), cutoff)
     torch.manual_seed(t.seed)

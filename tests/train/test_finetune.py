@@ -117,6 +117,12 @@ def test_bad_finetune_settings_are_config_errors(tmp_path, pretrained, frames):
     with pytest.raises(ConfigError, match="nosuch.*parameter names look like"):
         train(_cfg(tmp_path, "bad2", {"name": "mace", "init_from": str(pretrained), "freeze": ["nosuch.*"]},
                    1, 0.01), splits=splits, enable_summary=False)
+    nitrogen = frames["hot_train"][0].clone()
+    nitrogen.numbers = nitrogen.numbers.clone()
+    nitrogen.numbers[0] = 7
+    with pytest.raises(ConfigError, match=r"frame 1 holds \[7\]: fine-tuning cannot add elements"):
+        train(_cfg(tmp_path, "bad3", {"name": "mace", "init_from": str(pretrained)}, 1, 0.01),
+              splits={**splits, "train": [frames["hot_train"][1], nitrogen]}, enable_summary=False)
     with pytest.raises(ConfigError, match="init_fro"):
         Config.from_dict({"model": {"name": "mace", "init_frm": "x"}})
 

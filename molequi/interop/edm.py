@@ -67,6 +67,33 @@ _TRAINING_ONLY = {"exp_name", "diffusion_loss_type", "n_epochs", "batch_size", "
 WEIGHT_FILES = ("generative_model_ema.npy", "generative_model.npy")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# the type every option edm_config converts must have (EDM's argparse types), and how to say it
+_OPTION_TYPES = {
+    "nf": (_count, "a positive integer"), "n_layers": (_count, "a positive integer"),
+    "diffusion_steps": (_count, "a positive integer"), "inv_sublayers": (_count, "a positive integer"),
+    "context_node_nf": (lambda v: v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                        "a non-negative integer"),
+    "diffusion_noise_precision": (_number, "a finite number"), "normalization_factor": (_number, "a finite number"),
+    "norm_constant": (_number, "a finite number"),
+    "normalize_factors": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)),
+                          "three finite numbers"),
+    "conditioning": (lambda v: v is None or isinstance(v, (list, tuple)) and all(isinstance(u, str) for u in v),
+                     "a list of property names"),
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "diffusion_noise_schedule": (lambda v: isinstance(v, str), "a schedule name"),
+    **{k: (lambda v: isinstance(v, (bool, int)), "true or false")
+       for k in ("remove_h", "include_charges", "attention", "tanh", "condition_time", "sin_embedding")},
+}
+
+
 class UnsupportedEDMOptionError(ConfigError):
     """An EDM run uses an option (or a value of one) that molequi's EDM does not implement."""
 
@@ -109,18 +136,36 @@ def read_edm_args(path: str | Path) -> dict:
         raise UnsafePickleError(f"holds a {type(obj).__name__}, not an argparse.Namespace", source=str(path))
     options = vars(obj)
 
-    def plain(v):
-        if v is None or isinstance(v, (str, int, float, bool)):
-            return True
-        if isinstance(v, (list, tuple)):
-            return all(plain(u) for u in v)
-        if isinstance(v, dict):
-            return all(isinstance(k, (str, int)) and plain(u) for k, u in v.items())
-        return False
+    def plain(v) -> bool:  # iterative walk: a pickle can nest deeper than Python's recursion limit (or in a cycle)
+        # height / size: nesting depth and number of values of each container checked, counting shared ones
+        # every time they appear (as repr and == would)
+        visiting, height, size, todo = set(), {}, {}, [(v, False)]
+        while todo:
+            u, leaving = todo.pop()
+            items = list(u.values()) if isinstance(u, dict) else u
+            if leaving:  # every child is checked: far deeper or larger than any EDM option is refused
+                visiting.discard(id(u))
+                height[id(u)] = 1 + max((height.get(id(w), 0) for w in items), default=0)
+                size[id(u)] = 1 + sum(size.get(id(w), 1) for w in items)
+                if height[id(u)] > 8 or size[id(u)] > 100_000:
+                    return False
+                continue
+            if u is None or isinstance(u, (str, int, float, bool)) or id(u) in height:
+                continue  # shared through the pickle's memo: checked once
+            if not isinstance(u, (list, tuple, dict)) or id(u) in visiting:  # not plain, or a cycle
+                return False
+            if isinstance(u, dict) and not all(isinstance(k, (str, int)) for k in u):
+                return False
+            visiting.add(id(u))
+            todo.append((u, True))
+            todo.extend((w, False) for w in items)
+        return True
 
     bad = sorted(k for k, v in options.items() if not plain(v))
     if bad:
-        raise UnsafePickleError(f"options {bad} are not plain values", source=str(path))
+        raise UnsafePickleError(f"options {bad} are not plain values (str, numbers, bool, None and lists / "
+                                "tuples / dicts of them, at most 8 deep and 100000 values, without cycles)",
+                                source=str(path))
     return dict(options)
 
 
@@ -134,6 +179,11 @@ def edm_config(options: dict, *, size_histogram: dict[int, int] | None = None):
 
     unknown = sorted(set(options) - _ARCH - _TRAINING_ONLY)
     problems = [f"unknown option '{k}'" for k in unknown]
+    wrong = [f"{k}={options[k]!r} ({what})" for k, (ok, what) in _OPTION_TYPES.items()
+             if k in options and not ok(options[k])]
+    if wrong:  # checked first: the mapping below converts these values
+        raise UnsupportedEDMOptionError("this EDM run's options have values of the wrong type: "
+                                        + "; ".join(wrong) + " (is the args.pickle damaged?)")
     get = options.get
     fixed = {"model": "egnn_dynamics", "probabilistic_model": "diffusion", "condition_time": True,
              "inv_sublayers": 1, "sin_embedding": False, "aggregation_method": "sum"}
@@ -247,8 +297,9 @@ def load_edm_state(path: str | Path) -> dict:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, truncated, or a pickle of a class
         raise CheckpointError(f"{path}: cannot be read as EDM weights ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (names -> tensors); is it EDM's "
+                              "generative_model*.npy?")
     return state
 
 

@@ -80,23 +80,34 @@ _TRANSFORMS = {"None": "none", "AgnesiTransform": "agnesi", "SoftTransform": "so
 
 # ---------------------------------------------------------------------------------------------- reading
 def _pickle_globals(data: bytes) -> set[tuple[str, str]]:
-    """(module, name) of every GLOBAL / STACK_GLOBAL of a pickle, read without executing it."""
-    found, strings, memo = set(), [], {}
+    """(module, name) of every global a pickle names (GLOBAL, INST, STACK_GLOBAL), read without executing it.
+
+    A STACK_GLOBAL counts only when the two values under it were pushed as strings by the opcodes right before
+    it (directly or from the memo); anything else (strings rearranged by POP / memo tricks, an extension-registry
+    code) is recorded as ("?", "?"), which no allow-list admits."""
+    found: set[tuple[str, str]] = set()
+    recent: list[str | None] = []  # what the last opcodes pushed: a string, or None for anything else
+    memo: dict[int, str | None] = {}
     for op, arg, _ in pickletools.genops(data):
-        if op.name == "GLOBAL":
+        if op.name in ("GLOBAL", "INST"):  # INST 'module name' also calls the class it names
             module, name = arg.split(" ", 1)
             found.add((module, name))
+            recent.append(None)
         elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-            strings.append(arg)
-        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE") and strings:
-            memo[arg if op.name != "MEMOIZE" else len(memo)] = strings[-1]
-        elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
-            strings.append(memo[arg])
+            recent.append(arg)
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):  # the stack is unchanged
+            memo[arg if op.name != "MEMOIZE" else len(memo)] = recent[-1] if recent else None
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            recent.append(memo.get(arg))
         elif op.name == "STACK_GLOBAL":
-            if len(strings) < 2:
-                found.add(("?", "?"))
-            else:
-                found.add((strings[-2], strings[-1]))
+            module, name = recent[-2:] if len(recent) >= 2 else (None, None)
+            found.add((module, name) if isinstance(module, str) and isinstance(name, str) else ("?", "?"))
+            recent.append(None)
+        elif op.name in ("EXT1", "EXT2", "EXT4"):  # a global from copyreg's extension registry
+            found.add(("?", "?"))
+            recent.append(None)
+        else:
+            recent.append(None)
     return found
 
 
@@ -141,7 +152,8 @@ def inspect_model_file(path: str | os.PathLike) -> str:
         except Exception as exc:  # noqa: BLE001  (truncated member, bad pickle opcodes)
             raise ForeignModelError(f"corrupt pickle ({type(exc).__name__}: {exc})", source=str(path),
                                     origin="torch.save archive") from exc
-    unsafe = sorted(f"{m}.{n}" for m, n in found
+    unsafe = sorted(f"{m}.{n}" if m != "?" else "a global not readable without running the pickle"
+                    for m, n in found
                     if m.split(".")[0] not in _ALLOWED_ROOTS
                     or (m in ("builtins", "__builtin__") and n in _FORBIDDEN_BUILTINS))
     if unsafe:

@@ -8,7 +8,7 @@ Data: rMD17 ethanol shipped in molequi/resources/rmd17 (950 train / 50 validatio
 seed 0; test on the 1000 frames of the test file), written once as extended XYZ in eV / eV/Å for both codes.
 
 Both codes train in a fresh process with the same number of threads (``--threads``, default 1), one after the
-other, with identical hyperparameters (r_max, Bessel functions, polynomial cutoff, max_ell, hidden irreps,
+other, with the same listed hyperparameters (r_max, Bessel functions, polynomial cutoff, max_ell, hidden irreps,
 correlation, interactions, MLP irreps, radial MLP, batch size, Adam + AMSGrad, lr, plateau schedule with
 the same factor and patience, EMA decay, gradient clipping, energy/force weights, precision) for the same
 training CPU time of the process (``time.process_time``, counted from the first optimiser step; on a
@@ -38,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# identical hyperparameters for both codes
+# hyperparameters passed to both codes (mace-torch keeps its own defaults for output scaling, first
+# interaction, weight decay and SWA: not matched here)
 HP = {
     "r_max": 5.0,
     "num_bessel": 8,

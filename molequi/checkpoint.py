@@ -105,6 +105,20 @@ def build_model_from_payload(payload: dict) -> torch.nn.Module:
     return build_model(section, Statistics.from_dict(payload["statistics"]))
 
 
+def load_weights(model: torch.nn.Module, payload: dict, what: str, use_ema: bool = True) -> None:
+    """Load ``payload``'s EMA weights (the raw ones when it has none, or with ``use_ema=False``) into
+    ``model``, each cast to the dtype of the model's own tensor; exact fit required (``CheckpointError``
+    starting with ``what`` otherwise)."""
+    state = payload.get("ema_state") if use_ema and payload.get("ema_state") is not None \
+        else payload["model_state"]
+    ref = model.state_dict()
+    state = {k: (v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what}: {exc}") from exc
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                use_ema: bool = True) -> torch.nn.Module:
     """The trained model of a checkpoint, in eval mode, ready for inference.
@@ -117,14 +131,10 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     """
     payload = read_checkpoint(path)
     model = build_model_from_payload(payload)
-    state = payload.get("ema_state") if use_ema and payload.get("ema_state") is not None \
-        else payload["model_state"]
     trained_dtype = getattr(torch, payload.get("dtype", "float32"))
     model = model.to(trained_dtype)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
+    load_weights(model, payload, f"{path}: weights do not fit the model its config describes",
+                 use_ema=use_ema)
     model = model.to(device=torch.device(device) if device is not None else torch.device("cpu"),
                      dtype=dtype if dtype is not None else trained_dtype)
     model.eval()
@@ -133,4 +143,4 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
 
 __all__ = ["make_payload", "save_model",
            "read_checkpoint",
-           "build_model_from_payload", "load_model", "FORMAT", "VERSION"]
+           "build_model_from_payload", "load_weights", "load_model", "FORMAT", "VERSION"]

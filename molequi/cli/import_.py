@@ -35,9 +35,9 @@ def run(args) -> int:
 
     from molequi.interop.mace import import_mace_checkpoint
 
-    model = import_mace_checkpoint(args.model_file, args.out, head=args.head, python=args.peer_python,
-                                   dtype=getattr(torch, args.dtype))
-    cfg = model.config
-    print(f"imported {args.model_file} -> {args.out}: MACE {cfg.hidden_irreps}, {cfg.num_interactions} layers, "
-          f"r_max {cfg.r_max} Å, {len(model.elements)} elements, {args.dtype}")
+    payload = import_mace_checkpoint(args.model_file, args.out, head=args.head, python=args.peer_python,
+                                     dtype=getattr(torch, args.dtype))
+    cfg = payload["config"]["model"]
+    print(f"imported {args.model_file} -> {args.out}: MACE {cfg['hidden_irreps']}, {cfg['num_interactions']} "
+          f"layers, r_max {cfg['r_max']} Å, {len(payload['elements'])} elements, {args.dtype}")
     return 0

@@ -550,23 +550,36 @@ def import_mace(path: str | os.PathLike, head: str | None = None, python: str | 
     return model.to(dtype).eval()
 
 
-def import_mace_checkpoint(path: str | os.PathLike, out: str | os.PathLike, head: str | None = None,
-                           python: str | os.PathLike | None = None, dtype: torch.dtype = torch.float64):
-    """Import ``path`` and write an ordinary molequi checkpoint (``molequi.checkpoint``) to ``out``."""
-    from molequi.checkpoint import make_payload, save_model
+def mace_payload(path: str | os.PathLike, head: str | None = None, python: str | os.PathLike | None = None,
+                 dtype: torch.dtype = torch.float64) -> dict:
+    """The molequi model payload (``molequi.checkpoint.make_payload``) of the mace-torch model in ``path``,
+    with an ``imported_from`` note (file, origin, mace-torch version, head)."""
+    from molequi.checkpoint import make_payload
     from molequi.config import Config
 
     export = export_mace(path, python)
     model = import_mace(path, head=head, python=python, dtype=dtype, export=export)
     config = Config.from_dict({"model": {"name": "mace", **model.config_dict()}}).to_dict()
-    payload = make_payload(config=config, statistics=model.statistics.to_dict(), model_state=model.state_dict(),
-                           dtype=dtype, metrics={})
+    payload = make_payload(config=config, statistics=model.statistics.to_dict(),
+                           model_state=model.state_dict(), dtype=dtype, metrics={})
     payload["imported_from"] = {"file": str(path), "origin": export["origin"],
                                 "mace_version": str(export["hyper"].get("mace_version", "?")),
                                 "head": export["hyper"]["heads"][select_head(export, head)]}
+    return payload
+
+
+def import_mace_checkpoint(path: str | os.PathLike, out: str | os.PathLike, head: str | None = None,
+                           python: str | os.PathLike | None = None,
+                           dtype: torch.dtype = torch.float64) -> dict:
+    """Import ``path`` and write an ordinary molequi checkpoint (``molequi.checkpoint``) to ``out``; returns
+    its payload."""
+    from molequi.checkpoint import save_model
+
+    payload = mace_payload(path, head=head, python=python, dtype=dtype)
     save_model(payload, out)
-    return model
+    return payload
 
 
 __all__ = ["inspect_model_file", "peer_python", "export_mace", "mace_config", "mace_state_dict",
-           "product_basis_change", "import_mace", "import_mace_checkpoint", "select_head", "ORIGIN"]
+           "product_basis_change", "import_mace", "mace_payload", "import_mace_checkpoint", "select_head",
+           "ORIGIN"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from molequi.checkpoint import read_checkpoint, save_model
+from molequi.checkpoint import load_weights, read_checkpoint, save_model
 from molequi.config import Config, parse_max_time, to_plain
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
@@ -117,17 +117,14 @@ def read_init_payload(path: str | os.PathLike) -> dict:
     except CheckpointError as exc:
         if not path.exists():
             raise
-        from molequi.interop.mace import import_mace, inspect_model_file
+        from molequi.interop.mace import inspect_model_file, mace_payload
 
         try:
             inspect_model_file(path)  # reads the pickle's globals without executing it
         except ForeignModelError as mace_exc:
             raise CheckpointError(f"model.init_from: {exc}; nor is it a mace-torch model ({mace_exc})"
                                   ) from exc
-        model = import_mace(path)
-        return {"config": {"model": {"name": "mace", **model.config_dict()}},
-                "statistics": model.statistics.to_dict(), "model_state": model.state_dict(),
-                "ema_state": None, "dtype": "float64"}
+        return mace_payload(path)
 
 
 def resolve_init_from(cfg: Config, payload: dict) -> Config:
@@ -180,17 +177,6 @@ def apply_freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
             p.requires_grad_(False)
             frozen.append(n)
     return frozen
-
-
-def _load_init_weights(model: torch.nn.Module, payload: dict, source) -> None:
-    """Load ``payload``'s EMA weights (raw weights when it has none) into ``model`` (exact fit required)."""
-    state = payload.get("ema_state") if payload.get("ema_state") is not None else payload["model_state"]
-    ref = model.state_dict()
-    state = {k: (v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v) for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"model.init_from {source}: weights do not fit the model: {exc}") from exc
 
 
 def _check_init_elements(records, elements, source) -> None:
@@ -346,7 +332,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     finally:
         torch.set_default_dtype(previous)
     if init_payload is not None and not resume:
-        _load_init_weights(task.model, init_payload, cfg.model.init_from)
+        load_weights(task.model, init_payload, f"model.init_from {cfg.model.init_from}: weights do not fit "
+                     "the model")
     if cfg.model.freeze:
         frozen = apply_freeze(task.model, cfg.model.freeze)
         rank_zero_info(f"model.freeze: {len(frozen)} parameter tensors frozen")

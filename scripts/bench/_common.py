@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from molequi.resources import rmd17_ethanol
-
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench_results"
-# 1000 real rMD17 ethanol frames shipped with molequi (CC0, see molequi/resources/rmd17/ORIGIN.md)
-ETHANOL_NPZ = str(rmd17_ethanol("test"))
+# 1000 real rMD17 ethanol frames shipped with molequi (CC0, see molequi/resources/rmd17/ORIGIN.md). A path
+# in the repository, not molequi.resources: this module is also imported by the peer-side workers, which run
+# in the peers' venvs where molequi is not installed.
+ETHANOL_NPZ = str(ROOT / "molequi" / "resources" / "rmd17" / "rmd17_ethanol_test_01.npz")
 # the MACE hyperparameters every speed comparison with mace-torch uses (identical on both sides)
 MACE_HYPER = dict(
     r_max=5.0,

@@ -96,7 +96,12 @@ class TrainerConfig:
     log_every: int = _help("log training loss every this many optimiser steps", default=50)
     checkpoint_every: int | None = _help("also checkpoint every this many optimiser steps (null: once "
                                          "per validation round)", default=None)
-    progress_bar: bool = _help("show a progress bar", default=True)
+    progress_bar: bool | Literal["auto"] = _help(
+        "auto: a progress bar on a terminal, otherwise one line every log_every steps; true: always the bar; "
+        "false: no progress output", default="auto")
+    loggers: list[str] = _help("Lightning loggers, written under the run directory: csv, tensorboard, wandb "
+                               "(offline), mlflow (file store); see molequi.train.loggers",
+                               default_factory=lambda: ["csv"])
 
 
 #: model-section keys that belong to every model (fine-tuning), not to the model's own ``Config``

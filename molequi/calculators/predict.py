@@ -94,13 +94,15 @@ def predict(
     as_atoms: bool = False,
     validate: bool = True,
     progress: bool = False,
+    prefix: str | None = None,
 ) -> list:
     """Energies, forces (and stress) for ``frames`` in batches of ``batch_size`` structures.
 
     ``model_or_ckpt`` is a model or a checkpoint path. ``compute_stress``: ``None`` = for periodic frames,
     ``True`` = for periodic frames and raise if a frame is not periodic, ``False`` = never.
     Returns a list of result dicts, or (``as_atoms=True``) copies of the frames carrying a
-    ``SinglePointCalculator`` with those results.
+    ``SinglePointCalculator`` with those results; with ``prefix`` (e.g. ``"MOLEQUI_"``) the copies keep the
+    frames' own labels and carry the predictions as ``<prefix>energy`` / ``<prefix>forces`` / ... instead.
     """
     if isinstance(model_or_ckpt, (str, Path)):
         model = load_models(model_or_ckpt, device=device, dtype=dtype)[0]
@@ -150,9 +152,31 @@ def predict(
     out_frames = []
     for atoms, r in zip(frames, results):
         a = atoms.copy()
-        a.calc = SinglePointCalculator(a, **r)
+        if prefix is None:
+            a.calc = SinglePointCalculator(a, **r)
+        else:
+            labels = getattr(atoms.calc, "results", None)
+            if labels:  # the frame's own labels (energy=, forces= columns of an extxyz) stay as they were
+                a.calc = SinglePointCalculator(a, **labels)
+            attach_predictions(a, r, prefix)
         out_frames.append(a)
     return out_frames
 
 
-__all__ = ["predict", "build_records", "model_outputs"]
+def attach_predictions(atoms: ase.Atoms, result: dict, prefix: str) -> ase.Atoms:
+    """Store one ``predict`` result in ``atoms.info`` / ``atoms.arrays`` under ``prefix`` (``MOLEQUI_energy``,
+    ``MOLEQUI_forces``, ``MOLEQUI_energies``, ``MOLEQUI_stress``), as mace-torch's ``mace_eval_configs`` does
+    with ``MACE_``, so that reference labels already in the file are kept beside the predictions."""
+    if not prefix:
+        raise ValueRangeError("the prediction prefix must not be empty (it would overwrite the labels)")
+    for key, value in result.items():
+        if key == "free_energy":
+            continue
+        if key in ("forces", "energies"):
+            atoms.arrays[prefix + key] = value
+        else:
+            atoms.info[prefix + key] = value
+    return atoms
+
+
+__all__ = ["predict", "build_records", "model_outputs", "attach_predictions"]

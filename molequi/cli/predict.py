@@ -12,7 +12,7 @@ def register(sub) -> None:
         description="Evaluate a trained model on every frame of a structure file, in batches "
         "(PyG DataLoader), "
         "and write the frames with the predictions (energy eV, forces eV/Å, per-atom energies, "
-        "stress eV/Å^3 for periodic frames) as extended XYZ.",
+        "stress eV/Å^3 for periodic frames) as extended XYZ, under --prefix keys beside the frames' own labels.",
     )
     p.add_argument("checkpoint", help="model checkpoint")
     p.add_argument("structures", help="structure file with one or more frames (any ASE-readable format)")
@@ -23,6 +23,13 @@ def register(sub) -> None:
         choices=["auto", "yes", "no"],
         default="auto",
         help="auto: stress for periodic frames; yes: require it (error on non-periodic frames); no",
+    )
+    p.add_argument(
+        "--prefix",
+        default="MOLEQUI_",
+        help="write predictions as <prefix>energy, <prefix>forces, <prefix>energies, <prefix>stress so that "
+        "the file's own labels are kept (default MOLEQUI_, as mace-torch's eval writes MACE_); '' writes the "
+        "predictions as the frames' energy / forces / stress, replacing any labels",
     )
     add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,6 +64,7 @@ def run(args) -> int:
         dtype=dtype_of(args),
         as_atoms=True,
         progress=not args.no_progress,
+        prefix=args.prefix or None,
     )
     wall = time.perf_counter() - t0
     buf = io.StringIO()

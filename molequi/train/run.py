@@ -7,7 +7,7 @@ Run directory (``trainer.output``)::
                                 ``--resume`` / ``--resume auto``
     checkpoints/best.ckpt       lowest validation loss so far
     logs/version_N/metrics.csv  per-step training and per-epoch validation metrics (CSV logger)
-    tb/                         TensorBoard event files
+    tb/                         TensorBoard event files (trainer.loggers: [csv, tensorboard])
     model.pt                    final model payload for inference (EMA weights) -> ``load_model``
     metrics.json                final validation (and test) metrics
 
@@ -241,7 +241,6 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_info
 
     from molequi.data.statistics import Statistics, compute_statistics, statistics_sample
@@ -253,9 +252,11 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         statistics_records,
         with_graphs,
     )
+    from molequi.train.loggers import LineProgress, build_loggers, check_loggers, show_bar, wants_lines
     from molequi.train.module import TaskModule
 
     t = cfg.trainer
+    check_loggers(t.loggers)  # a missing logger package fails before any data is read
     out = Path(t.output)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -285,9 +286,9 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
                                      check_on_train_epoch_end=False))
     # no LearningRateMonitor: TaskModule logs ``lr`` at every logged step (its epoch-start entry was also
     # skipped by a run resumed from an epoch-end checkpoint, so logs of resumed runs differed)
-    # metrics.csv is flushed at every logged step, so a killed run keeps the rows of every checkpointed step
-    loggers = [CSVLogger(save_dir=str(out), name="logs", flush_logs_every_n_steps=1),
-               TensorBoardLogger(save_dir=str(out), name="tb")]
+    loggers = build_loggers(t.loggers, out)
+    if wants_lines(t.progress_bar):
+        cbs.append(LineProgress(t.log_every))
 
     precision = "64-true" if dtype == torch.float64 else "32-true"
     trainer = L.Trainer(
@@ -299,14 +300,14 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         check_val_every_n_epoch=None if t.val_every_steps else t.val_every,
         val_check_interval=t.val_every_steps or None, log_every_n_steps=t.log_every, callbacks=cbs,
         logger=loggers,
-        inference_mode=False, num_sanity_val_steps=0, enable_progress_bar=t.progress_bar,
+        inference_mode=False, num_sanity_val_steps=0, enable_progress_bar=show_bar(t.progress_bar),
         enable_model_summary=enable_summary, plugins=[_checkpoint_io()], deterministic=False,
         limit_val_batches=1.0 if has_valid else 0, use_distributed_sampler=False,
     )
     # the Trainer knows the rank (LOCAL_RANK/NODE_RANK, SLURM_PROCID under srun, torchrun's RANK, ...)
     rank0 = trainer.is_global_zero
     cutoff = cfg.model.config.r_max  # None: the model builds no neighbour graph (generative models)
-    progress = t.progress_bar and rank0
+    progress = show_bar(t.progress_bar) and rank0
     # several processes: each builds (and keeps) only the graphs its own shard reads
     lazy = lazy_graphs(cfg.data.graphs, trainer.world_size)
     if lazy and cutoff is not None and not is_lazy(splits["train"]):  # (LMDB graphs are never kept)

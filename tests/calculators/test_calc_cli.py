@@ -160,5 +160,39 @@ def test_predict_cli(tmp_path, ckpt):
         == 0
     )
     pred = read(out, index=":")
-    assert len(pred) == 4 and "stress" in pred[0].calc.results and "stress" not in pred[3].calc.results
-    assert pred[0].get_forces().shape == (32, 3)
+    assert len(pred) == 4 and "MOLEQUI_stress" in pred[0].info and "MOLEQUI_stress" not in pred[3].info
+    assert pred[0].arrays["MOLEQUI_forces"].shape == (32, 3)
+    assert pred[0].calc is None  # the input had no labels, and none were invented
+
+
+def test_predict_cli_keeps_labels_beside_prefixed_predictions(tmp_path, ckpt):
+    """--prefix (default MOLEQUI_, as mace-torch's eval writes MACE_): the file's own labels (here from ASE's
+    Lennard-Jones calculator) stay as they were; ``--prefix ''`` replaces them by the predictions."""
+    from ase.calculators.lj import LennardJones as AseLJ
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for s in range(3):
+        a = ar_fcc(2, rattle=0.1, seed=s)
+        a.calc = AseLJ(epsilon=0.01, sigma=3.0, rc=6.0)
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=a.get_stress())
+        frames.append(a)
+    write(tmp_path / "labelled.extxyz", frames)
+    labelled = read(tmp_path / "labelled.extxyz", index=":")
+    args = ["predict", ckpt, str(tmp_path / "labelled.extxyz"), "--no-progress", "--out"]
+    assert main([*args, str(tmp_path / "kept.extxyz")]) == 0
+    assert main([*args, str(tmp_path / "replaced.extxyz"), "--prefix", ""]) == 0
+    kept = read(tmp_path / "kept.extxyz", index=":")
+    replaced = read(tmp_path / "replaced.extxyz", index=":")
+    for ref, k, r in zip(labelled, kept, replaced):
+        assert k.get_potential_energy() == ref.get_potential_energy()
+        np.testing.assert_array_equal(k.get_forces(), ref.get_forces())
+        np.testing.assert_array_equal(k.get_stress(), ref.get_stress())
+        assert k.info["MOLEQUI_energy"] == pytest.approx(r.get_potential_energy(), rel=1e-12)
+        np.testing.assert_allclose(k.arrays["MOLEQUI_forces"], r.get_forces(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(k.info["MOLEQUI_stress"], r.get_stress(), rtol=1e-12, atol=1e-14)
+        # per-atom columns are written with 8 decimals by ASE's extxyz writer
+        assert k.arrays["MOLEQUI_energies"].sum() == pytest.approx(k.info["MOLEQUI_energy"], abs=len(k) * 1e-8)
+        # the model (r_max / sigma of the checkpoint) is not ASE's LJ: predictions differ from the labels
+        assert abs(k.info["MOLEQUI_energy"] - k.get_potential_energy()) > 1e-6

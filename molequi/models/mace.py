@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from molequi import keys as K
 from molequi.data.statistics import Statistics
@@ -78,6 +80,7 @@ RADIAL_TYPES = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": C
 DISTANCE_TRANSFORMS = {"none": None, "agnesi": AgnesiTransform, "soft": SoftTransform}
 ENVELOPES = ("weights", "basis")
 FIRST_INTERACTIONS = ("residual", "nonresidual")
+AUTO_CHUNK_BYTES = 1 << 30  # max_edges_per_chunk "auto": budget of one layer's per-edge intermediates
 
 
 class MACELayer(nn.Module):
@@ -95,6 +98,7 @@ class MACELayer(nn.Module):
         avg_num_neighbors: float,
         tensor_product: str = "native",
         residual: bool = True,
+        max_edges_per_chunk: int | str | None = "auto",
     ):
         super().__init__()
         c = irreps_out.channels
@@ -115,6 +119,34 @@ class MACELayer(nn.Module):
         self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
         self.linear = IrrepsLinear(irreps_out, irreps_out)
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+        self.max_edges_per_chunk: int | str | None = max_edges_per_chunk
+        # numbers per edge that the message computation holds at once (the intermediates autograd keeps)
+        hidden = 2 * sum(radial_mlp) + 2 * math.prod(self._weight_shape)
+        if tensor_product == "native":
+            mid = self.conv.dim_mid
+            self.floats_per_edge = hidden + irreps_in.dim * (mid + irreps_in.channels) + 2 * mid * c
+        else:  # e3nn-layout messages: about (2 l3 + 1) ~ 4 rows per weight, a few copies in the kernels
+            self.floats_per_edge = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
+
+    def edges_per_chunk(self, n_edges: int, x: torch.Tensor) -> int:
+        """Edges per chunk of the message computation: ``max_edges_per_chunk`` if an integer, all edges if
+        None, and with "auto" as many as fit ``AUTO_CHUNK_BYTES`` of per-edge intermediates (all edges in
+        training mode: recomputation bounds the memory of a first derivative, not that of the second
+        derivative that force training keeps, so there it would only cost time)."""
+        setting = self.max_edges_per_chunk
+        if setting is None or (setting == "auto" and self.training):
+            return max(n_edges, 1)
+        if setting == "auto":
+            return max(AUTO_CHUNK_BYTES // (self.floats_per_edge * x.element_size()), 1)
+        return int(setting)
+
+    def _edge_sum(self, x, sh, radial, envelope, sender, receiver) -> torch.Tensor:
+        """sum_j R(r_ji) . (x_j (x) Y(r_ji)), mixed over paths, for the given edges: (n, dim_sh, c)."""
+        weights = self.radial(radial)
+        if envelope is not None:  # None: the envelope already multiplies the radial basis
+            weights = weights * envelope
+        weights = weights.view(radial.shape[0], *self._weight_shape)  # [E, paths, c] (native) or [E, numel]
+        return self.conv(x, sh, weights, sender, receiver)
 
     def forward(
         self,
@@ -127,11 +159,22 @@ class MACELayer(nn.Module):
         receiver: torch.Tensor,
     ) -> torch.Tensor:
         x = self.linear_up(h)
-        weights = self.radial(radial)
-        if envelope is not None:  # None: the envelope already multiplies the radial basis
-            weights = weights * envelope
-        weights = weights.view(radial.shape[0], *self._weight_shape)  # [E, paths, c] (native) or [E, numel]
-        a = self.conv(x, sh, weights, sender, receiver) * self.inv_avg_num_neighbors  # [n, dim_sh, c]
+        n_edges = radial.shape[0]
+        chunk = self.edges_per_chunk(n_edges, x)
+        if chunk >= n_edges:
+            a = self._edge_sum(x, sh, radial, envelope, sender, receiver)
+        else:  # sum over edge chunks; with gradients, each chunk's intermediates are recomputed in backward
+            a = None
+            for start in range(0, n_edges, chunk):
+                part = slice(start, start + chunk)
+                args = (x, sh[part], radial[part], None if envelope is None else envelope[part], sender[part],
+                        receiver[part])
+                if torch.is_grad_enabled():
+                    term = checkpoint(self._edge_sum, *args, use_reentrant=False)
+                else:
+                    term = self._edge_sum(*args)
+                a = term if a is None else a + term
+        a = a * self.inv_avg_num_neighbors  # [n, dim_sh, c]
         if not self.residual:
             return self.linear(self.product(self.skip(a, element), element))
         return self.linear(self.product(a, element)) + self.skip(h, element)
@@ -180,6 +223,13 @@ class MACE(EnergyModel):
         basis and no skip, ``RealAgnosticInteractionBlock``, the first block of the MACE-MP models)."""
         pair_repulsion: bool = False
         """Add the ZBL screened nuclear repulsion (inside the scaled readout, as mace-torch's ScaleShiftMACE)."""
+        max_edges_per_chunk: int | Literal["auto"] | None = "auto"
+        """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum):
+        the edges are processed in chunks whose intermediates are recomputed in the backward pass, so the
+        memory of inference with forces and stress is bounded by a chunk, not by the whole edge set. An
+        integer, null (never chunk) or "auto" (chunks of about 1 GiB of intermediates per layer in
+        inference; no chunking in training mode, where the force loss's second derivative keeps the
+        recomputed intermediates anyway). Changes no number beyond round-off."""
 
         def validate(self) -> None:
             if self.r_max <= 0:
@@ -208,6 +258,12 @@ class MACE(EnergyModel):
             ):
                 if value not in valid:
                     raise ConfigError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
+            chunk = self.max_edges_per_chunk
+            positive = isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1
+            if not (chunk is None or chunk == "auto" or positive):
+                raise ConfigError(
+                    f"max_edges_per_chunk must be a positive integer, null or 'auto', got {chunk!r}"
+                )
             natural = tuple((l, (-1) ** l) for l in range(hidden.lmax + 1))
             if self.tensor_product == "gaunt" and hidden.irreps != natural:
                 raise ConfigError(
@@ -255,6 +311,7 @@ class MACE(EnergyModel):
                     avg,
                     cfg.tensor_product,
                     residual=t > 0 or cfg.first_interaction == "residual",
+                    max_edges_per_chunk=cfg.max_edges_per_chunk,
                 )
             )
             hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels
@@ -269,6 +326,13 @@ class MACE(EnergyModel):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+    def set_max_edges_per_chunk(self, value: int | str | None) -> None:
+        """Change ``max_edges_per_chunk`` (see ``Config``) of every layer, e.g. of a loaded model."""
+        self.config.max_edges_per_chunk = value
+        self.config.validate()
+        for layer in self.layers:
+            layer.max_edges_per_chunk = value
 
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""

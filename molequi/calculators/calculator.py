@@ -161,6 +161,22 @@ def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return found
 
 
+def checkpoint_dispersion(path) -> dict | None:
+    """The D3 correction a run subtracted from its labels (``data.dispersion``), read from its checkpoint(s);
+    the members of a committee must agree."""
+    from molequi.checkpoint import read_checkpoint
+
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    specs = []
+    for p in paths:
+        data = (read_checkpoint(p).get("config") or {}).get("data") or {}
+        specs.append(data.get("dispersion") if isinstance(data, dict) else None)
+    if any(s != specs[0] for s in specs):
+        raise ModelError(f"the committee's checkpoints were trained with different dispersion corrections: "
+                         f"{specs}")
+    return specs[0]
+
+
 class MolequiCalculator(Calculator):
     """ASE calculator over one molequi model or a committee (see the module docstring).
 
@@ -172,6 +188,9 @@ class MolequiCalculator(Calculator):
       converted in place.
     - ``skin`` (Å): Verlet skin of the cached neighbour list; 0 rebuilds it every call.
     - ``stress``: ``"auto"`` (compute for periodic structures, the default), ``True`` or ``False``.
+    - ``dispersion``: ``None``, ``"d3bj"`` or ``{"method": "d3bj", "functional": "pbe", "three_body": False}``:
+      Grimme's D3 correction added to the model's results (``molequi.calculators.dispersion``);
+      ``from_checkpoint`` adds what the training run subtracted from its labels unless told otherwise.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -186,9 +205,13 @@ class MolequiCalculator(Calculator):
         dtype: torch.dtype | str | None = None,
         skin: float = DEFAULT_SKIN,
         stress: bool | str = "auto",
+        dispersion=None,
         **kwargs,
     ):
         Calculator.__init__(self, **kwargs)
+        from molequi.calculators.dispersion import D3
+
+        self.dispersion = D3.from_spec(dispersion)
         if (model is None) == (models is None):
             raise ModelError("give exactly one of model=... or models=[...] to MolequiCalculator")
         members = [model] if model is not None else list(models)
@@ -218,13 +241,20 @@ class MolequiCalculator(Calculator):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         use_ema: bool = True,
+        dispersion="checkpoint",
         **kwargs,
     ) -> MolequiCalculator:
-        """Load a model from ``path`` (or a committee from a list of paths) and wrap it."""
+        """Load a model from ``path`` (or a committee from a list of paths) and wrap it.
+
+        ``dispersion="checkpoint"`` (the default) adds back the D3 correction that training subtracted from
+        the labels (``data.dispersion`` of the run; none if it had none); ``None`` or a spec overrides it.
+        """
         models = load_models(path, device=device, dtype=dtype, use_ema=use_ema)
+        if dispersion == "checkpoint":
+            dispersion = checkpoint_dispersion(path)
         if isinstance(path, (str, Path)):
-            return cls(models[0], device=device, dtype=dtype, **kwargs)
-        return cls(models=models, device=device, dtype=dtype, **kwargs)
+            return cls(models[0], device=device, dtype=dtype, dispersion=dispersion, **kwargs)
+        return cls(models=models, device=device, dtype=dtype, dispersion=dispersion, **kwargs)
 
     @classmethod
     def from_mace(cls, path: str | Path, head: str | None = None, python: str | Path | None = None,
@@ -293,6 +323,10 @@ class MolequiCalculator(Calculator):
                 }
             )
         self.results = self._combine(outs, want_stress)
+        if self.dispersion is not None:
+            from molequi.calculators.dispersion import add_dispersion
+
+            self.results = add_dispersion(self.results, self.dispersion, atoms, want_stress)
 
     def _combine(self, outs: list[dict], want_stress: bool) -> dict:
         if len(outs) == 1:  # one model: no stacking

@@ -72,6 +72,10 @@ class DataConfig:
     it: under DDP a process holds the graphs of its own shard only), auto (eager on one process, lazy when
     the run has several). Datasets read on access (LMDB) always build graphs on access, without keeping
     them"""
+    dispersion: Any = None
+    """D3 correction subtracted from the energy / force / stress labels before training and added back by
+    ``MolequiCalculator.from_checkpoint``: null, "d3bj", or {method: d3bj, functional: pbe, three_body: false}
+    (``molequi.calculators.dispersion``; needs molequi[d3])"""
 
 
 # keys earlier versions accepted in the data section -> what to write instead

@@ -113,7 +113,47 @@ def load_splits(data: DataConfig) -> dict[str, list]:
         test = []
     if data.test:
         test = _as_list(build_dataset(dataclasses.replace(data, root=data.test)))
-    return {"train": train, "valid": valid, "test": test}
+    return apply_dispersion({"train": train, "valid": valid, "test": test}, data.dispersion)
+
+
+def apply_dispersion(splits: dict, spec) -> dict:
+    """``splits`` with the D3 correction ``spec`` (``data.dispersion``; None: unchanged) subtracted from
+    every split's labels."""
+    if spec is None:
+        return splits
+    from molequi.calculators.dispersion import D3
+
+    d3 = D3.from_spec(spec)
+    return {name: subtract_dispersion(records or [], d3, name) for name, records in splits.items()}
+
+
+def subtract_dispersion(records, d3, split: str = "train") -> list:
+    """Copies of ``records`` whose energy / force / stress labels lack the D3 correction ``d3`` (the model
+    learns the rest; ``MolequiCalculator.from_checkpoint`` adds the correction back)."""
+    from molequi import keys as K
+    from molequi.data.records import data_to_atoms, voigt_to_matrix
+
+    if is_lazy(records):
+        raise ConfigError(f"data.dispersion needs the {split} structures in memory; this dataset is read on "
+                          "access (LMDB): subtract the correction when the LMDB is written, or use an in-memory "
+                          "dataset")
+    out = []
+    for i, rec in enumerate(records):
+        rec = rec.clone()
+        atoms = data_to_atoms(rec)
+        corr = d3(atoms, stress=K.STRESS in rec)
+        if K.ENERGY in rec:
+            rec[K.ENERGY] = rec[K.ENERGY] - corr["energy"]
+        if K.FORCES in rec:
+            rec[K.FORCES] = rec[K.FORCES] - torch.as_tensor(corr["forces"], dtype=rec[K.FORCES].dtype)
+        if K.STRESS in rec:
+            if "stress" not in corr:
+                raise DatasetError(f"{split} structure {i} has a stress label but is not periodic: the D3 "
+                                   "stress is undefined")
+            rec[K.STRESS] = rec[K.STRESS] - torch.as_tensor(voigt_to_matrix(corr["stress"]),
+                                                            dtype=rec[K.STRESS].dtype).reshape(1, 3, 3)
+        out.append(rec)
+    return out
 
 
 def split_indices(n: int, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:

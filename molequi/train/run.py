@@ -257,6 +257,10 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
 
     t = cfg.trainer
     check_loggers(t.loggers)  # a missing logger package fails before any data is read
+    if cfg.data.dispersion is not None:  # and so do a bad dispersion setting and a missing D3 package
+        from molequi.calculators.dispersion import D3
+
+        D3.from_spec(cfg.data.dispersion)
     out = Path(t.output)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -270,6 +274,10 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
 
     if splits is None:
         splits = load_splits(cfg.data)
+    else:  # given splits get the same label correction as read ones
+        from molequi.train.data import apply_dispersion
+
+        splits = apply_dispersion(splits, cfg.data.dispersion)
     dtype = _dtype(cfg)
     monitor = f"val/{get_task_class(cfg.task.name).monitor}"
     has_valid = len(splits.get("valid") or []) > 0

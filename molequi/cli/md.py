@@ -125,6 +125,7 @@ def register(sub) -> None:
         "not conserved)",
     )
     add_device_arguments(p)
+    add_dispersion_arguments(p)
     p.add_argument(
         "--skin",
         type=float,
@@ -144,6 +145,26 @@ def add_device_arguments(p) -> None:
         default=None,
         help="evaluation precision (default: the checkpoint's)",
     )
+
+
+def add_dispersion_arguments(p) -> None:
+    """``--dispersion``, ``--functional`` and ``--three-body``, shared by md and relax."""
+    p.add_argument("--dispersion", choices=["checkpoint", "none", "d3bj", "d3zero"], default="checkpoint",
+                   help="DFT-D3 correction added to the model (molequi.calculators.dispersion): checkpoint "
+                   "(default: what the training run subtracted from its labels, if anything), none, d3bj or "
+                   "d3zero")
+    p.add_argument("--functional", default="pbe",
+                   help="functional whose D3 parameters --dispersion d3bj/d3zero uses (default pbe)")
+    p.add_argument("--three-body", action="store_true",
+                   help="add D3's Axilrod-Teller-Muto three-body term (off by default, as in DFT-D3)")
+
+
+def dispersion_of(args):
+    """The ``dispersion`` argument of ``MolequiCalculator.from_checkpoint`` asked for on the command line."""
+    choice = getattr(args, "dispersion", "checkpoint")
+    if choice in ("checkpoint", "none"):
+        return None if choice == "none" else "checkpoint"
+    return {"method": choice, "functional": args.functional, "three_body": args.three_body}
 
 
 def dtype_of(args):
@@ -172,7 +193,8 @@ def load_inputs(args):
         raise FormatError(f"cannot read structure: {exc}", source=structure) from None
     skin = getattr(args, "skin", 0.5)
     calc = MolequiCalculator.from_checkpoint(
-        ckpts[0] if len(ckpts) == 1 else ckpts, device=args.device, dtype=dtype, skin=skin
+        ckpts[0] if len(ckpts) == 1 else ckpts, device=args.device, dtype=dtype, skin=skin,
+        dispersion=dispersion_of(args),
     )
     return calc, atoms
 

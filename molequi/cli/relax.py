@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from molequi.cli.md import add_device_arguments
+    from molequi.cli.md import add_device_arguments, add_dispersion_arguments
 
     p = sub.add_parser(
         "relax",
@@ -40,6 +40,7 @@ def register(sub) -> None:
     )
     p.add_argument("--traj", default=None, help="optional extended-XYZ trajectory of every optimiser step")
     add_device_arguments(p)
+    add_dispersion_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no optimiser log on stdout")
     p.set_defaults(func=run)
 

@@ -196,3 +196,23 @@ def test_predict_cli_keeps_labels_beside_prefixed_predictions(tmp_path, ckpt):
         assert k.arrays["MOLEQUI_energies"].sum() == pytest.approx(k.info["MOLEQUI_energy"], abs=len(k) * 1e-8)
         # the model (r_max / sigma of the checkpoint) is not ASE's LJ: predictions differ from the labels
         assert abs(k.info["MOLEQUI_energy"] - k.get_potential_energy()) > 1e-6
+
+
+def test_relax_cli_with_d3(tmp_path, ckpt):
+    """--dispersion d3bj: the relaxed structure is a minimum of model + D3 as ASE's SumCalculator of the model
+    and s-dftd3's own calculator sees it (forces below fmax there, not only in molequi's sum)."""
+    from ase.calculators.mixing import SumCalculator
+    from dftd3.ase import DFTD3
+
+    from molequi.calculators import MolequiCalculator
+
+    write(tmp_path / "ar.xyz", ar_cluster(5))
+    out = tmp_path / "relaxed.xyz"
+    rc = main(["relax", ckpt, str(tmp_path / "ar.xyz"), "--fmax", "0.005", "--dispersion", "d3bj",
+               "--functional", "pbe", "--out", str(out), "--quiet"])
+    assert rc == 0
+    relaxed = read(out)
+    relaxed.calc = SumCalculator([MolequiCalculator.from_checkpoint(ckpt), DFTD3(method="pbe", damping="d3bj")])
+    assert np.abs(relaxed.get_forces()).max() < 0.005
+    relaxed.calc = MolequiCalculator.from_checkpoint(ckpt)  # without D3 it is not a minimum
+    assert np.abs(relaxed.get_forces()).max() > 0.005

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import os
 import re
 import tarfile
@@ -138,6 +139,9 @@ ATOM_REFS: dict[int, tuple[float, float, float, float]] = {
 N_QM9 = 133885
 N_UNCHARACTERIZED = 3054
 DIMENET_SPLIT = (110000, 10000, None)  # train, validation, test = rest (PyG example / DimeNet)
+# data.options.split names -> what to do with a molecule of EDM's split that the data lacks
+EDM_SPLITS = {"edm": "drop", "edm_strict": "raise"}
+_LOG = logging.getLogger(__name__)
 
 _NAME_INDEX = re.compile(r"(\d+)\D*$")
 
@@ -623,6 +627,71 @@ def find_qm9_raw(folder: str | os.PathLike) -> tuple[str, list[Path], Path | Non
     )
 
 
+EDM_N_TRAIN = 100000  # EDM / Cormorant: 100k train, int(0.1 N) test, the rest validation
+
+
+def shipped_uncharacterized() -> set[int]:
+    """The 3054 indices of QM9's ``uncharacterized.txt`` shipped with molequi (``molequi/resources/qm9``)."""
+    from molequi.resources import shipped_path
+
+    return read_uncharacterized(shipped_path("qm9", "uncharacterized_indices.txt"))
+
+
+def edm_qm9_split(excluded: Iterable[int] | None = None, n_gdb9: int = N_QM9) -> dict[str, np.ndarray]:
+    """EDM's QM9 split (``qm9/data/prepare/qm9.py: gen_splits_gdb9``, inherited from Cormorant) as 1-based
+    GDB-9 indices (the ``idx`` of molequi's QM9 records).
+
+    excluded  1-based indices of QM9's ``uncharacterized.txt`` (``read_uncharacterized``; EDM asserts there
+              are 3054); None: the list shipped with molequi (``shipped_uncharacterized``)
+
+    The N = n_gdb9 - len(excluded) remaining molecules, in index order, are permuted with
+    ``np.random.seed(0); np.random.permutation(N)``; the first 100000 are train, the last int(0.1 N) test and
+    the rest validation (100000 / 17748 / 13083 for the full QM9). Returns {"train", "valid", "test"}.
+    """
+    excluded0 = {int(i) - 1 for i in (shipped_uncharacterized() if excluded is None else excluded)}
+    included = np.array(sorted(set(range(n_gdb9)) - excluded0))
+    n_mols = len(included)
+    n_train, n_test = EDM_N_TRAIN, int(0.1 * n_mols)
+    n_valid = n_mols - (n_train + n_test)
+    if n_valid < 0:
+        raise DatasetError(f"EDM's QM9 split needs more than {n_train + n_test} molecules, got {n_mols}")
+    perm = np.random.RandomState(0).permutation(n_mols)  # the legacy global generator np.random.seed(0) sets
+    train, valid, test = np.split(perm, [n_train, n_train + n_valid])
+    return {"train": included[train] + 1, "valid": included[valid] + 1, "test": included[test] + 1}
+
+
+def edm_qm9_subsets(record_idx, excluded: Iterable[int] | None = None, missing: str = "raise"):
+    """Positions in a dataset whose records carry 1-based GDB-9 indices ``record_idx`` (n,) that fall in EDM's
+    train / valid / test split (``edm_qm9_split``), in the split's order; records outside the split (e.g.
+    uncharacterised ones a dataset kept) are in none.
+
+    missing  "raise": a ``DatasetError`` when a molecule of the split is not in the dataset; "drop": it is
+             left out of its subset (e.g. the F molecules of a geometry subset without fluorine)
+
+    Returns ``(positions, dropped)``: ``{"train", "valid", "test"} -> positions`` and the number of split
+    molecules absent from the dataset per subset.
+    """
+    if missing not in ("raise", "drop"):
+        raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    record_idx = np.asarray(record_idx, dtype=np.int64)
+    if (record_idx < 1).any():
+        raise DatasetError("EDM's QM9 split needs every record's GDB-9 index (idx >= 1); some records have none",
+                           hint="read QM9 from figshare xyz files / tarball or gdb9.sdf, which carry the index")
+    position = np.full(N_QM9 + 1, -1, dtype=np.int64)
+    inside = record_idx <= N_QM9
+    position[record_idx[inside]] = np.nonzero(inside)[0]
+    positions, dropped = {}, {}
+    for name, ids in edm_qm9_split(excluded).items():
+        pos = position[ids]
+        absent = pos < 0
+        if absent.any() and missing == "raise":
+            raise DatasetError(f"{int(absent.sum())} molecules of EDM's {name} split are not in the dataset "
+                               f"(first: gdb_{int(ids[absent][0])}); EDM's split needs the whole of QM9",
+                               hint="split: edm (not edm_strict) drops them from their subsets")
+        positions[name], dropped[name] = pos[~absent], int(absent.sum())
+    return positions, dropped
+
+
 class QM9Dataset(InMemoryDataset):
     """QM9 as an in-memory PyG dataset, processed once and cached.
 
@@ -691,13 +760,27 @@ class QM9Dataset(InMemoryDataset):
             for ix in random_split(len(self), sizes, seed)
         ]
 
+    def uncharacterized(self) -> set[int]:
+        """Indices of ``uncharacterized.txt`` next to the raw files, else the list shipped with molequi."""
+        return read_uncharacterized(self._unc) if self._unc is not None else shipped_uncharacterized()
+
+    def edm_split(self, missing: str = "raise"):
+        """EDM's (train, val, test) subsets (``edm_qm9_subsets``) and the molecules of each that the data lacks."""
+        positions, dropped = edm_qm9_subsets(self._data.idx.numpy(), self.uncharacterized(), missing=missing)
+        subsets = [self.index_select(torch.as_tensor(positions[k], dtype=torch.long))
+                   for k in ("train", "valid", "test")]
+        return subsets, dropped
+
 
 def build_qm9(cfg):
     """Registry entry: DataConfig -> {'train', 'val', 'test'} subsets of ``QM9Dataset``.
 
     ``cfg.root``: a folder with ``raw/`` (PyG style), a folder of raw files, or one raw file / tarball.
     ``cfg.target`` (optional) is checked against ``TARGETS``. Options: ``split`` (sizes, default 110k / 10k /
-    rest), ``seed`` (0), ``exclude_uncharacterized`` (True), ``cache_dir`` (default: next to the raw files).
+    rest; or ``edm``: EDM's 100k / 17,748 / 13,083 permutation less the molecules the data lacks, e.g. the F
+    molecules of a geometry subset, counted in the returned ``dropped`` and logged; ``edm_strict``: the same,
+    but a missing molecule is a ``DatasetError``), ``seed`` (0, random sizes only), ``exclude_uncharacterized`` (True),
+    ``cache_dir`` (default: next to the raw files).
     """
     from molequi.data.datasets import dataset_option as opt
 
@@ -720,6 +803,16 @@ def build_qm9(cfg):
     )
     ds = QM9Dataset(cache, source=source, exclude_uncharacterized=opt(cfg, "exclude_uncharacterized", True))
     sizes = opt(cfg, "split") or DIMENET_SPLIT
+    if isinstance(sizes, str):
+        if sizes not in EDM_SPLITS:
+            raise DatasetError(f"QM9 split '{sizes}' is not known",
+                               hint=f"give sizes [train, val, test] or one of {', '.join(EDM_SPLITS)}")
+        (train, val, test), dropped = ds.edm_split(missing=EDM_SPLITS[sizes])
+        if any(dropped.values()):
+            _LOG.warning("QM9 split %s: %s molecules of EDM's train / valid / test split are not in %s and were "
+                         "dropped; kept %d / %d / %d", sizes, " / ".join(str(dropped[k]) for k in dropped),
+                         source, len(train), len(val), len(test))
+        return {"train": train, "val": val, "test": test, "dropped": dropped}
     train, val, test = ds.split(sizes, seed=opt(cfg, "seed", 0))
     return {"train": train, "val": val, "test": test}
 
@@ -737,6 +830,10 @@ __all__ = [
     "read_qm9_csv",
     "read_uncharacterized",
     "random_split",
+    "edm_qm9_split",
+    "edm_qm9_subsets",
+    "shipped_uncharacterized",
+    "EDM_SPLITS",
     "target_index",
     "build_qm9",
     "atomic_write_torch",

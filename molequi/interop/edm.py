@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from molequi.data.pickle_safe import RestrictedUnpickler, UnsafePickleError
+from molequi.data.qm9 import edm_qm9_split, edm_qm9_subsets  # EDM's QM9 split (data.options.split: edm)
 from molequi.errors import CheckpointError, ConfigError, FormatError, InputError
 
 # atom decoders of EDM's datasets (configs/datasets_config.py ``atom_decoder``), as atomic numbers
@@ -372,48 +373,6 @@ def import_edm_run(run_dir: str | Path, out: str | Path, *, weights: str | Path 
     model = build_edm_model(options, state, size_histogram=hist, context_norms=context_norms)
     save_checkpoint(model, out)
     return model
-
-
-QM9_GDB9_SIZE = 133885  # molecules in GDB-9 / QM9 before the 3054 uncharacterised ones are dropped
-
-
-def edm_qm9_split(excluded, n_gdb9: int = QM9_GDB9_SIZE) -> dict[str, np.ndarray]:
-    """EDM's QM9 split (``qm9/data/prepare/qm9.py: gen_splits_gdb9``, inherited from Cormorant) as 1-based
-    GDB-9 indices (the ``idx`` of molequi's QM9 records).
-
-    excluded  1-based indices of QM9's ``uncharacterized.txt`` (``molequi.data.qm9.read_uncharacterized``;
-              EDM asserts there are 3054)
-
-    The N = n_gdb9 - len(excluded) remaining molecules, in index order, are permuted with
-    ``np.random.seed(0); np.random.permutation(N)``; the first 100000 are train, the last int(0.1 N) test and
-    the rest validation (100000 / 17748 / 13083 for the full QM9). Returns {"train", "valid", "test"}.
-    """
-    excluded0 = {int(i) - 1 for i in excluded}
-    included = np.array(sorted(set(range(n_gdb9)) - excluded0))
-    n_mols = len(included)
-    n_train, n_test = 100000, int(0.1 * n_mols)
-    n_valid = n_mols - (n_train + n_test)
-    if n_valid < 0:
-        raise InputError(f"EDM's QM9 split needs more than {n_train + n_test} molecules, got {n_mols}")
-    perm = np.random.RandomState(0).permutation(n_mols)  # the legacy global generator np.random.seed(0) sets
-    train, valid, test = np.split(perm, [n_train, n_train + n_valid])
-    return {"train": included[train] + 1, "valid": included[valid] + 1, "test": included[test] + 1}
-
-
-def edm_qm9_subsets(record_idx, excluded) -> dict[str, np.ndarray]:
-    """Positions in a dataset whose records carry 1-based GDB-9 indices ``record_idx`` (n,) that fall in EDM's
-    train / valid / test split (``edm_qm9_split``); records outside the split (e.g. uncharacterised ones
-    a dataset kept) are in none. Raises ``InputError`` when an index of the split is missing."""
-    record_idx = np.asarray(record_idx, dtype=np.int64)
-    position = {int(v): i for i, v in enumerate(record_idx)}
-    out = {}
-    for name, ids in edm_qm9_split(excluded).items():
-        missing = [int(v) for v in ids if int(v) not in position]
-        if missing:
-            raise InputError(f"{len(missing)} molecules of EDM's {name} split are not in the dataset (first: "
-                             f"gdb_{missing[0]}); EDM's split needs the whole of QM9")
-        out[name] = np.array([position[int(v)] for v in ids], dtype=np.int64)
-    return out
 
 
 __all__ = ["edm_qm9_split", "edm_qm9_subsets", "read_edm_args", "edm_config", "edm_state_to_molequi", "find_weights", "load_edm_state",

@@ -106,20 +106,16 @@ def test_unknown_and_unsupported_options_are_listed():
         edm_config({**base, "dataset": "zinc"})
 
 
-@needs_peer
-def test_qm9_split_equals_edm_gen_splits(tmp_path, monkeypatch):
-    """EDM's own gen_splits_gdb9 (its download of uncharacterized.txt replaced by a local file of 3054
-    indices) gives the same train / valid / test molecules as molequi's edm_qm9_split."""
+def _edm_gen_splits(tmp_path, monkeypatch, excluded):
+    """EDM's own gen_splits_gdb9 with its download of uncharacterized.txt replaced by a local file listing
+    ``excluded`` (1-based); returns EDM's {train, valid, test} as 1-based GDB-9 indices."""
     import importlib
     import sys
     import urllib.request
 
     import numpy as np
 
-    from molequi.interop.edm import edm_qm9_split, edm_qm9_subsets
-
-    rng = np.random.default_rng(1)
-    excluded = sorted(int(i) for i in rng.choice(np.arange(1, 133886), size=3054, replace=False))
+    tmp_path.mkdir(parents=True, exist_ok=True)
     lines = "header\n\n" + "".join(f"  {i}  gdb_{i}  x\n" for i in excluded) + "footer line\n"
     monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, filename: Path(filename).write_text(lines))
     monkeypatch.syspath_prepend(str(PEER))
@@ -127,14 +123,76 @@ def test_qm9_split_equals_edm_gen_splits(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     prepare = importlib.import_module("qm9.data.prepare.qm9")
     ref = prepare.gen_splits_gdb9(str(tmp_path), cleanup=False)
+    return {k: np.asarray(v) + 1 for k, v in ref.items()}  # EDM's file positions are 0-based
+
+
+@needs_peer
+def test_qm9_split_equals_edm_gen_splits(tmp_path, monkeypatch):
+    """EDM's own gen_splits_gdb9 (on a local file of 3054 indices) gives the same train / valid / test
+    molecules as molequi's edm_qm9_split."""
+    import numpy as np
+
+    from molequi.interop.edm import edm_qm9_split, edm_qm9_subsets
+
+    rng = np.random.default_rng(1)
+    excluded = sorted(int(i) for i in rng.choice(np.arange(1, 133886), size=3054, replace=False))
+    ref = _edm_gen_splits(tmp_path, monkeypatch, excluded)
     ours = edm_qm9_split(excluded)
     assert [len(ours[k]) for k in ("train", "valid", "test")] == [100000, 17748, 13083]
     for key in ("train", "valid", "test"):
-        assert np.array_equal(ours[key], np.asarray(ref[key]) + 1)  # EDM's file positions are 0-based
+        assert np.array_equal(ours[key], ref[key])
     # positions in a dataset holding the 130831 characterised records, stored in a shuffled order
     kept = np.array(sorted(set(range(1, 133886)) - set(excluded)))
     order = rng.permutation(kept)
-    subsets = edm_qm9_subsets(order, excluded)
-    assert np.array_equal(order[subsets["test"]], ours["test"])
+    subsets, dropped = edm_qm9_subsets(order, excluded)
+    assert np.array_equal(order[subsets["test"]], ours["test"]) and not any(dropped.values())
     with pytest.raises(Exception, match="not in the dataset"):
         edm_qm9_subsets(order[:-5], excluded)
+    subsets, dropped = edm_qm9_subsets(order[:-5], excluded, missing="drop")
+    assert sum(dropped.values()) == 5 and sum(len(v) for v in subsets.values()) == len(kept) - 5
+
+
+def _write_geometry_xyz(folder: Path, ids) -> None:
+    """One geometry-only QM9 file per id (as in the ppqm tarball: line 2 empty), a water molecule whose O
+    sits at x = id / 1e5 so a record can be traced back to its file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        x = i / 1e5
+        (folder / f"dsgdb9nsd_{i:06d}.xyz").write_text(
+            f"3\n\nO {x:.6f} 0.0 0.0\nH {x + 0.96:.6f} 0.0 0.0\nH {x - 0.24:.6f} 0.93 0.0\n")
+
+
+@needs_peer
+def test_qm9_dataset_edm_split_equals_edm(tmp_path, monkeypatch):
+    """data.options.split: edm on a QM9 folder holding some molecules of each EDM subset (plus an
+    uncharacterised one): each subset holds exactly the molecules of EDM's own gen_splits_gdb9 subset that
+    the folder has, in EDM's order, and the rest are counted as dropped; edm_strict refuses the folder.
+    The uncharacterised list is the one shipped with molequi (no uncharacterized.txt in the folder), checked
+    against QM9's count and against the ppqm tarball, which dropped those molecules."""
+    import numpy as np
+
+    from molequi.data.datasets import DataConfig, build_dataset
+    from molequi.data.qm9 import shipped_uncharacterized
+    from molequi.errors import DatasetError
+
+    excluded = sorted(shipped_uncharacterized())
+    assert len(excluded) == 3054 and excluded[:3] == [58, 61, 80]
+    ref = _edm_gen_splits(tmp_path / "edm", monkeypatch, excluded)
+    rng = np.random.default_rng(3)
+    picked = {k: np.sort(rng.choice(ref[k], size=n, replace=False)) for k, n in
+              (("train", 12), ("valid", 7), ("test", 5))}
+    raw = tmp_path / "qm9" / "raw"
+    _write_geometry_xyz(raw, [*np.concatenate(list(picked.values())).tolist(), excluded[0]])
+    cfg = DataConfig(name="qm9", root=str(tmp_path / "qm9"), options={"split": "edm"})
+    built = build_dataset(cfg)
+    for ours, key in (("train", "train"), ("val", "valid"), ("test", "test")):
+        expected = ref[key][np.isin(ref[key], picked[key])]  # EDM's order, restricted to the folder
+        got = np.array([int(d.idx) for d in built[ours]])
+        assert np.array_equal(got, expected)
+        x = np.array([float(d.pos[0, 0]) for d in built[ours]])
+        assert np.allclose(x, expected / 1e5, atol=1e-6)  # records are the files of those ids
+        assert built["dropped"][key] == len(ref[key]) - len(picked[key])
+    with pytest.raises(DatasetError, match="not in the dataset"):
+        build_dataset(DataConfig(name="qm9", root=str(tmp_path / "qm9"), options={"split": "edm_strict"}))
+    with pytest.raises(DatasetError, match="edm_strict"):
+        build_dataset(DataConfig(name="qm9", root=str(tmp_path / "qm9"), options={"split": "emd"}))

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mace_imported  # noqa: E402
 from _common import ETHANOL_NPZ, build_mace_torch, wall_cpu_times  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
@@ -242,6 +243,13 @@ def main() -> None:
     parser.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
     parser.add_argument("--out", default="bench_results/mace_speed.json")
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument(
+        "--imported", action="store_true",
+        help="instead: a foundation-size mace-torch model imported into molequi vs mace-torch, Cu 64 / 512 / "
+        "4096 atoms and 32 ethanol, 1 thread, interleaved (scripts/bench/mace_imported.py; JSON in "
+        "bench_results/mace_imported.json)",
+    )
+    mace_imported.add_arguments(parser)
     parser.add_argument("--worker", choices=["molequi", "mace-torch"], help=argparse.SUPPRESS)
     parser.add_argument("--structure", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -254,6 +262,18 @@ def main() -> None:
 
     venv = os.environ.get("MACE_VENV", os.path.expanduser("~/.cache/molequi/mace-venv"))
     mace_python = args.mace_python or os.path.join(venv, "bin", "python")
+    if args.imported:
+        if not os.path.exists(mace_python):
+            sys.exit(f"no mace-torch python at {mace_python}; pass --mace-python "
+                     "(scripts/bench/setup_peers.sh mace)")
+        args.mace_python = mace_python
+        if args.out == "bench_results/mace_speed.json":
+            args.out = "bench_results/mace_imported.json"
+        if args.systems == "ethanol_x32,water_513":
+            args.systems = "cu_64,cu_512,cu_4096,ethanol_x32"
+        if args.impls == "molequi,mace-torch":
+            args.impls = "mace-torch,molequi"
+        sys.exit(mace_imported.run(args))
     impls = args.impls.split(",")
     if "mace-torch" in impls and not os.path.exists(mace_python):
         sys.exit(f"no mace-torch venv at {venv}; run scripts/bench/setup_mace_torch.sh (or set MACE_VENV)")

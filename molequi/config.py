@@ -66,7 +66,11 @@ class OptimConfig:
     warmup_steps: int = _help("linear learning-rate warm-up over this many optimiser steps", default=0)
     ema_decay: float | None = _help("decay of the exponential moving average of the weights used for "
                                     "validation, test and export (null: no EMA)", default=0.99)
-    grad_clip: float | None = _help("clip the gradient norm to this value (null: no clipping)", default=10.0)
+    ema_warmup: bool = _help("warm the EMA decay up as min(ema_decay, (1 + t) / (10 + t)) at step t (MACE, "
+                             "torch_ema); false: ema_decay from the first step, as EDM does", default=True)
+    grad_clip: float | Literal["edm_adaptive"] | None = _help(
+        "clip the gradient norm to this value (null: no clipping); edm_adaptive: EDM's rule, 1.5 x mean + "
+        "2 x std of the last 50 (clipped) norms, starting from [3000] (molequi.train.clipping)", default=10.0)
 
 
 @dataclass

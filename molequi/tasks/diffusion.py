@@ -6,12 +6,16 @@ diffusion models; the task adapts it to the trainer and accumulates the validati
 
 Validation metric ``loss`` is the same stochastic objective (random t and noise per molecule) averaged over
 molecules: a noisy but unbiased estimate. Sample quality (stability, validity, ...) is measured by sampling,
-which is far too slow for every validation round: use ``molequi generate`` on a checkpoint.
+which is too slow for every validation round; ``sample_every`` / ``sample_every_steps`` make the trainer
+sample ``sample_n`` molecules with the EMA weights now and then, as EDM's training does (its
+``analyze_and_save`` every ``test_epochs``), and log atom / molecule stability and validity as
+``sample/<metric>`` with a PNG of them over training (``molequi.train.sampling``). Otherwise use
+``molequi generate`` on a checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +31,20 @@ class DiffusionTask(Task):
 
     @dataclass
     class Config:
-        pass  # the objective's settings live in the model's Config (schedule, weights)
+        """The objective's settings live in the model's Config (schedule, weights); these say how often the
+        trainer measures sample quality during training."""
+
+        sample_every: int | None = field(default=None, metadata={
+            "help": "sample molecules every this many epochs and log their stability (null: never)"})
+        sample_every_steps: int | None = field(default=None, metadata={
+            "help": "the same every this many optimiser steps (null: never)"})
+        sample_n: int = field(default=100, metadata={"help": "molecules sampled each time"})
+        sample_steps: int | None = field(default=None, metadata={
+            "help": "denoising steps of those samples (null: the model's timesteps)"})
+        sample_batch_size: int = field(default=100, metadata={"help": "molecules per sampling batch"})
+        sample_seed: int = field(default=0, metadata={
+            "help": "seed of the sampling noise (the same every time, so rounds differ by the weights only; "
+                    "training's random state is left untouched)"})
 
     def __init__(self, model: torch.nn.Module, config=None):
         if not isinstance(model, GenerativeModel):

@@ -25,6 +25,7 @@ from molequi.checkpoint import make_payload
 from molequi.config import Config, parse_max_time
 from molequi.data.statistics import Statistics
 from molequi.nn.ema import ExponentialMovingAverage
+from molequi.train.clipping import EDMGradClip
 from molequi.tasks.base import Task
 
 _LOSS_SUM = "_loss_sum"
@@ -42,7 +43,10 @@ class TaskModule(L.LightningModule):
         # a plain attribute, not a submodule: its shadows are no buffers of the (DDP-wrapped) module, so DDP
         # does not broadcast them every step (every process computes the same average of the same weights);
         # checkpoints carry it under "ema" (on_save_checkpoint), and it follows the module's device
-        self.__dict__["ema"] = ExponentialMovingAverage(task.model, decay) if decay else None
+        self.__dict__["ema"] = (ExponentialMovingAverage(task.model, decay, warmup=config.optim.ema_warmup)
+                                if decay else None)
+        # optim.grad_clip: edm_adaptive keeps a queue of recent gradient norms (saved in checkpoints)
+        self.grad_clipper = EDMGradClip() if config.optim.grad_clip == "edm_adaptive" else None
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
 
@@ -77,6 +81,15 @@ class TaskModule(L.LightningModule):
             scale = min(1.0, (self.global_step + 1) / warmup)
             for group in optimizer.param_groups:
                 group["lr"] = self.config.optim.lr * scale
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """``optim.grad_clip: edm_adaptive``: EDM's adaptive clip (``molequi.train.clipping``), logging the
+        norm before clipping and the limit; a number: Lightning's norm clipping."""
+        if self.grad_clipper is None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm, limit = self.grad_clipper.clip(params)
+        self.log_dict({"train/grad_norm": norm, "train/grad_limit": limit}, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """The optimiser step, then the EMA update of the new weights.
@@ -239,6 +252,8 @@ class TaskModule(L.LightningModule):
         checkpoint["rng"] = _rng_state()
         if self.ema is not None:
             checkpoint["ema"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
+        if self.grad_clipper is not None:
+            checkpoint["grad_clip"] = self.grad_clipper.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
@@ -248,6 +263,8 @@ class TaskModule(L.LightningModule):
         legacy = {k.removeprefix("ema."): state.pop(k) for k in [k for k in state if k.startswith("ema.")]}
         if self.ema is not None and (checkpoint.get("ema") or legacy):
             self.ema.load_state_dict(checkpoint.get("ema") or legacy)
+        if self.grad_clipper is not None and "grad_clip" in checkpoint:
+            self.grad_clipper.load_state_dict(checkpoint["grad_clip"])
 
 
 class _LRLambda:

@@ -254,6 +254,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     )
     from molequi.train.loggers import LineProgress, build_loggers, check_loggers, show_bar, wants_lines
     from molequi.train.module import TaskModule
+    from molequi.train.sampling import sampling_callbacks
 
     t = cfg.trainer
     check_loggers(t.loggers)  # a missing logger package fails before any data is read
@@ -282,6 +283,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
     monitor = f"val/{get_task_class(cfg.task.name).monitor}"
     has_valid = len(splits.get("valid") or []) > 0
     cbs = list(callbacks or [])
+    cbs += sampling_callbacks(cfg, out)  # task diffusion: sample_every / sample_every_steps
     cbs.append(_step_checkpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                every_n_train_steps=t.checkpoint_every or None, save_top_k=1, save_last=True,
                                save_on_train_epoch_end=None if t.checkpoint_every else not has_valid))
@@ -304,7 +306,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         precision=precision, max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if (
             t.max_steps > 0 or t.max_time is not None) else None),
         max_steps=t.max_steps, max_time=parse_max_time(t.max_time),
-        gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm",
+        gradient_clip_val=None if cfg.optim.grad_clip == "edm_adaptive" else cfg.optim.grad_clip,
+        gradient_clip_algorithm="norm",
         check_val_every_n_epoch=None if t.val_every_steps else t.val_every,
         val_check_interval=t.val_every_steps or None, log_every_n_steps=t.log_every, callbacks=cbs,
         logger=loggers,

@@ -18,6 +18,7 @@ from molequi.errors import MolequiError
 VERBS: list[str] = [
     "molequi.cli.data",
     "molequi.cli.train",
+    "molequi.cli.learn",
     "molequi.cli.eval",
     "molequi.cli.init_config",
     "molequi.cli.quickstart",

@@ -21,7 +21,7 @@ from molequi.models.lj import LennardJones
 
 # the verbs users are told about (README, docs); a missing one is a broken install or a bad refactor
 EXPECTED_VERBS = {"data", "train", "eval", "init-config", "quickstart", "md", "relax", "predict", "scf-guess",
-                  "generate", "distill"}
+                  "generate", "distill", "learn"}
 
 
 def _verbs(parser) -> dict:

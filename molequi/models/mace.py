@@ -46,6 +46,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from molequi import keys as K
@@ -81,6 +82,83 @@ DISTANCE_TRANSFORMS = {"none": None, "agnesi": AgnesiTransform, "soft": SoftTran
 ENVELOPES = ("weights", "basis")
 FIRST_INTERACTIONS = ("residual", "nonresidual")
 AUTO_CHUNK_BYTES = 1 << 30  # max_edges_per_chunk "auto": budget of one layer's per-edge intermediates
+
+
+class _EdgeMessages(nn.Module):
+    """A layer's message computation, sum_j R(r_ji) . (x_j (x) Y(r_ji)) mixed over paths: (n, dim_sh, c).
+
+    Holds the layer's radial MLP and convolution without owning them (the layer keeps it outside its
+    submodules, so state-dict keys are unchanged); ``_ChunkedMessages`` calls it with ``functional_call``."""
+
+    def __init__(self, radial: nn.Module, conv: nn.Module, weight_shape: tuple[int, ...]):
+        super().__init__()
+        self.radial, self.conv, self.weight_shape = radial, conv, weight_shape
+
+    def forward(self, x, sh, radial, envelope, sender, receiver) -> torch.Tensor:
+        weights = self.radial(radial)
+        if envelope is not None:  # None: the envelope already multiplies the radial basis
+            weights = weights * envelope
+        weights = weights.view(radial.shape[0], *self.weight_shape)  # [E, paths, c] (native) or [E, numel]
+        return self.conv(x, sh, weights, sender, receiver)
+
+
+def _chunk_vjp(messages: _EdgeMessages, sender, receiver, create: bool, grad_a, x, sh, radial, envelope,
+               *params):
+    """Gradients of <grad_a, messages(chunk)> with respect to (x, sh, radial, envelope, *params) (None where
+    an input needs none); with ``create``, differentiable (the backward of force training)."""
+    inputs = [x, sh, radial, envelope, *params]
+    with torch.enable_grad():
+        if not create:  # a fresh graph of this chunk only
+            inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
+        x, sh, radial, envelope, *params = inputs
+        names = [name for name, _ in messages.named_parameters()]
+        out = functional_call(messages, dict(zip(names, params)), (x, sh, radial, envelope, sender, receiver))
+        wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+        grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_a, create_graph=create,
+                                    allow_unused=True)
+    full = [None] * len(inputs)
+    for i, g in zip(wanted, grads):
+        full[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return tuple(full)
+
+
+class _ChunkedMessages(torch.autograd.Function):
+    """``_EdgeMessages`` summed over chunks of ``chunk`` edges, keeping no per-edge intermediate: the backward
+    recomputes one chunk at a time, and when that backward is itself differentiated (the force and stress
+    terms of a training loss), each chunk's vector-Jacobian product is recomputed too (a checkpoint around
+    it), so first and second derivatives both hold one chunk's intermediates at a time. Used in training
+    mode; inference checkpoints each chunk instead, so that autograd skips the parameters' gradients."""
+
+    @staticmethod
+    def forward(ctx, messages, chunk, sender, receiver, x, sh, radial, envelope, *params):
+        ctx.messages, ctx.chunk, ctx.sender, ctx.receiver = messages, chunk, sender, receiver
+        ctx.save_for_backward(x, sh, radial, envelope, *params)
+        a = None
+        for start in range(0, radial.shape[0], chunk):
+            part = slice(start, start + chunk)
+            term = messages(x, sh[part], radial[part], None if envelope is None else envelope[part],
+                            sender[part], receiver[part])
+            a = term if a is None else a + term
+        return a
+
+    @staticmethod
+    def backward(ctx, grad_a):
+        x, sh, radial, envelope, *params = ctx.saved_tensors
+        create = torch.is_grad_enabled()
+        sums: list = [None] * (1 + len(params))  # x and the parameters: summed over chunks
+        cats: list = [[], [], []]  # sh, radial, envelope: one block per chunk
+        for start in range(0, radial.shape[0], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            args = (ctx.messages, ctx.sender[part], ctx.receiver[part], create, grad_a, x, sh[part],
+                    radial[part], None if envelope is None else envelope[part], *params)
+            grads = checkpoint(_chunk_vjp, *args, use_reentrant=False) if create else _chunk_vjp(*args)
+            for k, g in enumerate((grads[0], *grads[4:])):
+                if g is not None:
+                    sums[k] = g if sums[k] is None else sums[k] + g
+            for k in range(3):
+                cats[k].append(grads[1 + k])
+        edge = [None if any(g is None for g in c) else torch.cat(c) for c in cats]
+        return (None, None, None, None, sums[0], *edge, *sums[1:])
 
 
 class MACELayer(nn.Module):
@@ -128,25 +206,18 @@ class MACELayer(nn.Module):
         else:  # e3nn-layout messages: about (2 l3 + 1) ~ 4 rows per weight, a few copies in the kernels
             self.floats_per_edge = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
 
+        # not a submodule: the same radial MLP and convolution, under their existing state-dict keys
+        object.__setattr__(self, "_messages", _EdgeMessages(self.radial, self.conv, self._weight_shape))
+
     def edges_per_chunk(self, n_edges: int, x: torch.Tensor) -> int:
         """Edges per chunk of the message computation: ``max_edges_per_chunk`` if an integer, all edges if
-        None, and with "auto" as many as fit ``AUTO_CHUNK_BYTES`` of per-edge intermediates (all edges in
-        training mode: recomputation bounds the memory of a first derivative, not that of the second
-        derivative that force training keeps, so there it would only cost time)."""
+        None, and with "auto" as many as fit ``AUTO_CHUNK_BYTES`` of per-edge intermediates."""
         setting = self.max_edges_per_chunk
-        if setting is None or (setting == "auto" and self.training):
+        if setting is None:
             return max(n_edges, 1)
         if setting == "auto":
             return max(AUTO_CHUNK_BYTES // (self.floats_per_edge * x.element_size()), 1)
         return int(setting)
-
-    def _edge_sum(self, x, sh, radial, envelope, sender, receiver) -> torch.Tensor:
-        """sum_j R(r_ji) . (x_j (x) Y(r_ji)), mixed over paths, for the given edges: (n, dim_sh, c)."""
-        weights = self.radial(radial)
-        if envelope is not None:  # None: the envelope already multiplies the radial basis
-            weights = weights * envelope
-        weights = weights.view(radial.shape[0], *self._weight_shape)  # [E, paths, c] (native) or [E, numel]
-        return self.conv(x, sh, weights, sender, receiver)
 
     def forward(
         self,
@@ -162,17 +233,20 @@ class MACELayer(nn.Module):
         n_edges = radial.shape[0]
         chunk = self.edges_per_chunk(n_edges, x)
         if chunk >= n_edges:
-            a = self._edge_sum(x, sh, radial, envelope, sender, receiver)
-        else:  # sum over edge chunks; with gradients, each chunk's intermediates are recomputed in backward
+            a = self._messages(x, sh, radial, envelope, sender, receiver)
+        elif self.training and torch.is_grad_enabled():  # force training: second derivatives bounded too
+            params = [p for _, p in self._messages.named_parameters()]
+            a = _ChunkedMessages.apply(self._messages, chunk, sender, receiver, x, sh, radial, envelope, *params)
+        else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
             a = None
             for start in range(0, n_edges, chunk):
                 part = slice(start, start + chunk)
                 args = (x, sh[part], radial[part], None if envelope is None else envelope[part], sender[part],
                         receiver[part])
                 if torch.is_grad_enabled():
-                    term = checkpoint(self._edge_sum, *args, use_reentrant=False)
+                    term = checkpoint(self._messages, *args, use_reentrant=False)
                 else:
-                    term = self._edge_sum(*args)
+                    term = self._messages(*args)
                 a = term if a is None else a + term
         a = a * self.inv_avg_num_neighbors  # [n, dim_sh, c]
         if not self.residual:
@@ -225,11 +299,11 @@ class MACE(EnergyModel):
         """Add the ZBL screened nuclear repulsion (inside the scaled readout, as mace-torch's ScaleShiftMACE)."""
         max_edges_per_chunk: int | Literal["auto"] | None = "auto"
         """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum):
-        the edges are processed in chunks whose intermediates are recomputed in the backward pass, so the
-        memory of inference with forces and stress is bounded by a chunk, not by the whole edge set. An
-        integer, null (never chunk) or "auto" (chunks of about 1 GiB of intermediates per layer in
-        inference; no chunking in training mode, where the force loss's second derivative keeps the
-        recomputed intermediates anyway). Changes no number beyond round-off."""
+        the edges are processed in chunks whose intermediates are recomputed in the backward pass (and, in
+        force training, in the second backward), so the per-edge memory of inference with forces and stress
+        and of training is bounded by a chunk, not by the whole edge set. An integer, null (never chunk) or
+        "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are not
+        chunked). Changes no number beyond round-off; costs a recomputation of the messages."""
 
         def validate(self) -> None:
             if self.r_max <= 0:

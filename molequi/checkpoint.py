@@ -130,8 +130,14 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
              what validation used); False gives the raw last weights
     """
     payload = read_checkpoint(path)
-    model = build_model_from_payload(payload)
     trained_dtype = getattr(torch, payload.get("dtype", "float32"))
+    previous = torch.get_default_dtype()
+    if trained_dtype in (torch.float32, torch.float64):  # fixed constants (e3nn's Clebsch-Gordan tables,
+        torch.set_default_dtype(trained_dtype)  # normalisations) built in the checkpoint's precision
+    try:
+        model = build_model_from_payload(payload)
+    finally:
+        torch.set_default_dtype(previous)
     model = model.to(trained_dtype)
     load_weights(model, payload, f"{path}: weights do not fit the model its config describes",
                  use_ema=use_ema)

@@ -205,6 +205,10 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
     checkpoint is not opened here (``molequi.train.run.resolve_init_from`` does that when training starts).
     """
     raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
+    if isinstance(raw, dict) and raw.get("name") == "qhnet":  # the old qhnet is now hamiltonian_conv
+        from molequi.models.hamiltonian import legacy_qhnet_section
+
+        raw = legacy_qhnet_section(raw)
     extra = {}
     if isinstance(raw, dict):
         for key in FINETUNE_KEYS:

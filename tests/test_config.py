@@ -92,7 +92,8 @@ def test_defaults_and_dict_round_trip():
     assert Config.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.qm) if m == "qhnet" else m
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.qm)
+                                   if m in ("qhnet", "hamiltonian_conv") else m
                                    for m in sorted(MODELS)])  # qhnet's basis comes from PySCF
 def test_init_config_round_trip(tmp_path, model):
     text = default_yaml(model)

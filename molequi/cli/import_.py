@@ -1,4 +1,4 @@
-"""``molequi import mace IN_FILE --out OUT.pt``: turn another program's model file into a molequi checkpoint."""
+"""``molequi import mace|edm|qhnet IN --out OUT.pt``: another program's model file as a molequi checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "import",
-        help="import a model written by another program (mace-torch, EDM) as a molequi checkpoint",
+        help="import a model written by another program (mace-torch, EDM, QHNet) as a molequi checkpoint",
         description="Read a foreign model file safely (in a separate process with that program installed) "
         "and write an ordinary molequi checkpoint that md, relax, predict, eval and train use.",
     )
@@ -28,6 +28,42 @@ def register(sub) -> None:
     from molequi.cli.import_edm import register_kind as register_edm
 
     register_edm(kinds)
+    q = kinds.add_parser(
+        "qhnet",
+        help="a checkpoint of the reference QHNet code (divelab/AIRS OpenDFT/QHNet train_wH.py results.pt)",
+        description="Import a QHNet checkpoint written by the reference code (torch.save of "
+        "{'state_dict': ...} or of a state dict), read with weights_only. Sizes come from the weights; "
+        "the blocks are def2-SVP (the reference's fixed expansion). Unsupported variants are refused.",
+    )
+    q.add_argument("checkpoint", metavar="CKPT", help="reference checkpoint (e.g. results.pt)")
+    q.add_argument("--out", required=True, help="molequi checkpoint to write (e.g. qhnet.pt)")
+    q.add_argument("--version", choices=["QHNet_w_bias", "QHNet"], default="QHNet_w_bias",
+                   help="which reference model wrote it: QHNet_w_bias (its MD17 config's default and the "
+                   "published models) or QHNet (models/QHNet.py, with the upstream fix of issue 23)")
+    q.add_argument("--elements", default="1,6,7,8,9",
+                   help="comma list of atomic numbers the checkpoint is used for (each < the embedding rows)")
+    q.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="precision of the written weights (default float64)")
+    q.set_defaults(func=run_qhnet)
+
+
+def run_qhnet(args) -> int:
+    import torch
+
+    from molequi.errors import InputError
+    from molequi.interop.qhnet import import_qhnet_checkpoint
+
+    try:
+        elements = [int(z) for z in args.elements.split(",")]
+    except ValueError:
+        raise InputError(f"--elements '{args.elements}': expected atomic numbers like 1,6,8") from None
+    payload = import_qhnet_checkpoint(args.checkpoint, args.out, version=args.version, elements=elements,
+                                      dtype=getattr(torch, args.dtype))
+    cfg = payload["config"]["model"]
+    print(f"imported {args.checkpoint} -> {args.out}: QHNet ({args.version}) hidden {cfg['hidden_size']}, "
+          f"{cfg['num_layers']} layers, cutoff {cfg['max_radius']} Å, {cfg['basis']}, elements {elements}, "
+          f"{args.dtype}")
+    return 0
 
 
 def run(args) -> int:

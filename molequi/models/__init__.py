@@ -24,6 +24,7 @@ MODELS = Registry("model", {
     "egnn": "molequi.models.egnn:EGNN",
     "lj": "molequi.models.lj:LennardJones",
     "qhnet": "molequi.models.hamiltonian.qhnet:QHNet",
+    "hamiltonian_conv": "molequi.models.hamiltonian.conv:HamiltonianConv",
     "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
     "faenet": "molequi.models.frame_averaging:FrameAveraging",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",

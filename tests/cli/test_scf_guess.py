@@ -23,11 +23,12 @@ WATER = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]
 def test_scf_guess_reaches_pyscfs_own_energy(tmp_path, capsys):
     from pyscf import dft, gto
 
-    from molequi.models.hamiltonian import QHNet, QHNetConfig
+    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig
 
-    config = QHNetConfig(channels=6, num_layers=1, num_radial=8, radial_hidden=8, elements=[1, 8])
+    # saved under the old name 'qhnet' with the old model's fields: loads as hamiltonian_conv
+    config = HamiltonianConvConfig(channels=6, num_layers=1, num_radial=8, radial_hidden=8, elements=[1, 8])
     torch.manual_seed(0)
-    model = QHNet(config).double()
+    model = HamiltonianConv(config).double()
     save_model(make_payload(config={"model": {"name": "qhnet", **to_plain(config)},
                                     "task": {"name": "hamiltonian"}},
                             statistics={"elements": [1, 8]}, model_state=model.state_dict(),

@@ -1,4 +1,4 @@
-"""Shared fixtures of the Hamiltonian tests: a tiny float64 QHNet and a few PySCF-labelled waters."""
+"""Shared fixtures of the Hamiltonian tests: a tiny float64 hamiltonian_conv, a few PySCF-labelled waters."""
 
 import numpy as np
 import pytest
@@ -9,13 +9,14 @@ WATER = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from molequi.models.hamiltonian import QHNet, QHNetConfig
+    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(0)
-        model = QHNet(QHNetConfig(channels=6, num_layers=1, num_radial=8, radial_hidden=8)).eval()
+        cfg = HamiltonianConvConfig(channels=6, num_layers=1, num_radial=8, radial_hidden=8)
+        model = HamiltonianConv(cfg).eval()
     finally:
         torch.set_default_dtype(previous)
     return model

@@ -1,4 +1,5 @@
-"""QHNet: symmetric output, rotation equivariance of H (block Wigner-D), permutation of identical atoms."""
+"""hamiltonian_conv (the former 'qhnet'): symmetric output, rotation equivariance of H (block Wigner-D),
+permutation of identical atoms."""
 
 import numpy as np
 import pytest
@@ -68,10 +69,11 @@ def test_batch_equals_single(tiny_model):
 
 def test_reference_blocks_are_fitted_on_first_training_batch(water_labels):
     from molequi.data.hamiltonian import record_to_data
-    from molequi.models.hamiltonian import QHNet, QHNetConfig
+    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig
 
     torch.manual_seed(0)
-    model = QHNet(QHNetConfig(channels=4, num_layers=1, num_radial=4, radial_hidden=4)).train()
+    cfg = HamiltonianConvConfig(channels=4, num_layers=1, num_radial=4, radial_hidden=4)
+    model = HamiltonianConv(cfg).train()
     batch = Batch.from_data_list([record_to_data(r) for r in water_labels])
     model(batch)
     assert model.ref_fitted[[1, 8]].all() and not model.ref_fitted[6]

@@ -70,10 +70,10 @@ def test_frame_averaging_loss_falls(tmp_path, morse):
 
 
 @pytest.mark.qm
-def test_qhnet_hamiltonian_loss_falls(tmp_path):
+def test_hamiltonian_conv_loss_falls(tmp_path):
     pytest.importorskip("pyscf")
-    first, last = run(tmp_path, {"name": "qhnet", "basis": "def2-svp", "elements": [1, 8], "channels": 8,
-                                 "lmax": 4, "num_layers": 1, "num_radial": 8, "radial_hidden": 8},
+    first, last = run(tmp_path, {"name": "hamiltonian_conv", "basis": "def2-svp", "elements": [1, 8],
+                                 "channels": 8, "lmax": 4, "num_layers": 1, "num_radial": 8, "radial_hidden": 8},
                       data={"name": "hamiltonian", "root": str(ROOT / "data" / "hamiltonian" / "water"),
                             "n_train": 4, "n_valid": 0},
                       task={"name": "hamiltonian", "orbital_metrics": False},

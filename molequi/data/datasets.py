@@ -126,6 +126,8 @@ DATASETS = Registry("dataset", valid_label="names", entries={
     "rmd17_npz": "molequi.data.rmd17_npz:build_rmd17_npz",  # one rMD17 npz, no split files (shipped sample)
     "oc20_s2ef": "molequi.data.oc20:build_oc20_s2ef",
     "oc20_is2re": "molequi.data.oc20:build_oc20_is2re",
+    # fairchem's ASE-LMDB files (OMat24, OMol25, fairchem v2 OC20), read on access
+    "aselmdb": "molequi.data.aselmdb:build_aselmdb",
 })
 
 

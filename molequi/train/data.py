@@ -179,9 +179,17 @@ def split_indices(n: int, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_valid:n_valid + n_train]), np.sort(perm[:n_valid])
 
 
-def split_records(records: Sequence, data: DataConfig) -> tuple[list, list]:
+def split_records(records: Sequence, data: DataConfig) -> tuple[Sequence, Sequence]:
     tr, va = split_indices(len(records), data)
+    if is_lazy(records):  # a dataset read on access stays lazy: index views, nothing read now
+        return _lazy_subset(records, tr), _lazy_subset(records, va)
     return [records[i] for i in tr], [records[i] for i in va]
+
+
+def _lazy_subset(records, indices):
+    subset = torch.utils.data.Subset(records, [int(i) for i in indices])
+    subset.lazy = True
+    return subset
 
 
 def with_graphs(records: Sequence, cutoff: float | None, progress: bool = False, lazy: bool = False):
@@ -305,8 +313,7 @@ class RecordsDataModule(_lightning_datamodule_base()):
     def _eval_loader(self, records):
         world, rank = self._world()
         if is_lazy(records):
-            shard = torch.utils.data.Subset(records, range(rank, len(records), world))
-            shard.lazy = True
+            shard = _lazy_subset(records, range(rank, len(records), world))
         else:
             shard = records[rank::world]
         return make_loader(shard, self.valid_batch_size, False, self.num_workers)

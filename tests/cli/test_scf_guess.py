@@ -1,5 +1,6 @@
-"""``molequi scf-guess`` end to end: a (tiny, untrained) QHNet checkpoint's Fock matrix starts PySCF, and both
-runs, the predicted guess and minao, reach the energy PySCF reaches on its own."""
+"""``molequi scf-guess`` end to end: a (tiny, untrained) Hamiltonian checkpoint's Fock matrix starts PySCF, and
+both runs, the predicted guess and minao, reach the energy PySCF reaches on its own. A trained model's
+prediction is exercised in tests/hamiltonian/test_scf_warm_start.py."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ class DiffusionTask(Task):
             self.running.add(k, v.detach() * b, count=b)
 
     def compute_metrics(self) -> dict[str, float]:
-        return {k: self.running.mean(k) for k in self.running.totals}
+        # keys starting with "_" are the trainer's own sums (its loss total), not metrics of this task
+        return {k: self.running.mean(k) for k in self.running.totals if not k.startswith("_")}
 
 
 __all__ = ["DiffusionTask"]

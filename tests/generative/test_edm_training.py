@@ -216,3 +216,24 @@ def test_sampling_leaves_training_randomness_alone(tmp_path):
     assert (tmp_path / "sampling" / "sample_quality.png").exists()
     for a, b in zip(plain.module.task.model.parameters(), sampling.module.task.model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not (PEER / "outputs" / "edm_qm9" / "args.pickle").is_file(),
+                    reason=f"EDM's published run options (outputs/edm_qm9/args.pickle of ehoogeboom/"
+                           f"e3_diffusion_for_molecules @ fce07d7) are not at {PEER}")
+def test_edm_qm9_config_matches_edm_published_run():
+    """configs/edm_qm9.yaml holds the options of EDM's published QM9 run (its args.pickle) and of its
+    optimiser (qm9/models.py: get_optim, AdamW with AMSGrad and weight decay 1e-12)."""
+    from molequi.config import load_config
+    from molequi.interop.edm import edm_config, read_edm_args
+
+    args = read_edm_args(PEER / "outputs" / "edm_qm9" / "args.pickle")
+    cfg = load_config(REPO / "configs" / "edm_qm9.yaml")
+    o, t, task, m = cfg.optim, cfg.trainer, cfg.task.config, cfg.model.config
+    assert (o.lr, t.batch_size, o.ema_decay, t.max_epochs) == (args["lr"], args["batch_size"], args["ema_decay"],
+                                                                args["n_epochs"])
+    assert (task.sample_every, task.sample_n) == (args["test_epochs"], args["n_stability_samples"])
+    assert args["clip_grad"] is True and o.grad_clip == "edm_adaptive" and o.ema_warmup is False
+    assert (o.optimizer, o.amsgrad, o.weight_decay, o.scheduler) == ("adamw", True, 1e-12, "none")
+    assert m == edm_config(args)  # the whole architecture and schedule, as molequi's import of the run reads it
+    assert cfg.data.name == "qm9" and cfg.data.options["split"] == "edm"

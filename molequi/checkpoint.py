@@ -2,7 +2,7 @@
 
 Two files, one payload. The *model payload* is a dict of plain Python values and tensors::
 
-    {"format": "molequi", "version": 1,
+    {"format": "molequi", "version": 2,
      "config": Config.to_dict(),            # the whole run config (model.name selects the class)
      "statistics": Statistics.to_dict(),    # normalisation (E0s, shift, scale, avg neighbours)
      "elements": [1, 6, 8],                 # atomic numbers the model was trained on
@@ -28,7 +28,9 @@ from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_torch
 
 FORMAT = "molequi"
-VERSION = 1
+#: 2: MACE's defaults became mace_run_train's; a version-1 config is read with the old defaults
+#: (``molequi.config.migrate_stored_config``)
+VERSION = 2
 
 
 def make_payload(*, config: dict, statistics: dict, model_state: dict, ema_state: dict | None = None,
@@ -86,7 +88,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("config", "statistics", "model_state"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
-    return obj
+    from molequi.config import migrate_stored_config
+
+    return {**obj, "config": migrate_stored_config(obj["config"], version)}
 
 
 def build_model_from_payload(payload: dict) -> torch.nn.Module:

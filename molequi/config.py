@@ -44,6 +44,30 @@ def _help(text: str, **kw) -> Any:
 
 # ------------------------------------------------------------------------------------------------ sections
 @dataclass
+class ParamGroup:
+    """One optimiser parameter group (``optim.param_groups``; ``molequi.train.param_groups``)."""
+
+    pattern: str | list[str] = _help("glob pattern(s) (fnmatch) of model parameter names, e.g. 'readouts.*' "
+                                     "(a pattern matching no trainable parameter is an error)")
+    lr: float | None = _help("learning rate of this group (null: optim.lr x lr_factor)", default=None)
+    lr_factor: float | None = _help("this group's learning rate as a multiple of optim.lr (mace-torch's "
+                                    "--lr_params_factors)", default=None)
+    weight_decay: float | None = _help("weight decay of this group (null: optim.weight_decay)", default=None)
+
+    def __post_init__(self):
+        if self.lr is not None and self.lr_factor is not None:
+            raise ValueError("give lr or lr_factor, not both")
+        for name in ("lr", "lr_factor", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self.pattern] if isinstance(self.pattern, str) else list(self.pattern)
+
+
+@dataclass
 class OptimConfig:
     """Optimiser, learning-rate schedule, exponential moving average of weights, gradient clipping."""
 
@@ -71,6 +95,10 @@ class OptimConfig:
     grad_clip: float | Literal["edm_adaptive"] | None = _help(
         "clip the gradient norm to this value (null: no clipping); edm_adaptive: EDM's rule, 1.5 x mean + "
         "2 x std of the last 50 (clipped) norms, starting from [3000] (molequi.train.clipping)", default=10.0)
+    param_groups: list[ParamGroup] = _help(
+        "per-parameter-group learning rates, e.g. [{pattern: 'readouts.*', lr: 1.0e-3}] (heads vs body): "
+        "each parameter goes to the first group whose pattern matches its name, the others to optim.lr; "
+        "schedules scale every group alike", default_factory=list)
 
 
 @dataclass
@@ -227,6 +255,21 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
     except ConfigError as exc:
         raise ConfigError(f"model '{section.name}': {exc}") from exc
     return section
+
+
+def migrate_stored_config(config: dict, version: int) -> dict:
+    """A run config stored in a checkpoint of format ``version`` (``molequi.checkpoint``), as this molequi
+    reads it: before version 2, model keys that were absent took defaults that have changed since, so each
+    absent key of the model ``Config``'s ``LEGACY_DEFAULTS`` is set to its old value (an explicit key is
+    kept). Configs read from YAML are not migrated: they get today's defaults."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if version >= 2 or not isinstance(model, dict) or not isinstance(model.get("name", "mace"), str):
+        return config
+    try:
+        legacy = getattr(_model_config_class(model.get("name", "mace")), "LEGACY_DEFAULTS", {})
+    except ConfigError:  # an unknown model name is reported when the section is read
+        return config
+    return {**config, "model": {**{k: v for k, v in legacy.items() if k not in model}, **model}}
 
 
 def _section_with_name(raw, section: str, default: str, config_class_of) -> tuple[str, Any]:
@@ -554,6 +597,7 @@ def _models():
     return MODELS
 
 
-__all__ = ["Config", "DataConfig", "OptimConfig", "TrainerConfig", "ModelSection", "TaskSection", "TASKS",
+__all__ = ["Config", "DataConfig", "OptimConfig", "ParamGroup", "TrainerConfig", "ModelSection",
+           "TaskSection", "TASKS",
            "get_task_class", "load_config", "apply_overrides", "parse_override", "from_dict", "to_plain",
-           "default_yaml", "parse_max_time"]
+           "default_yaml", "parse_max_time", "migrate_stored_config"]

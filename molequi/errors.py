@@ -67,6 +67,10 @@ class ConfigError(MolequiError, ValueError):
     """A configuration is invalid."""
 
 
+class MissingE0Error(ConfigError):
+    """An element of the training data has no reference energy E0 under the chosen ``task.E0s``."""
+
+
 class CheckpointError(MolequiError, RuntimeError):
     """A checkpoint cannot be read or does not match what is asked of it."""
 
@@ -107,6 +111,7 @@ __all__ = [
     "ValueRangeError",
     "DatasetError",
     "ConfigError",
+    "MissingE0Error",
     "CheckpointError",
     "ForeignModelError",
     "UnsupportedModelError",

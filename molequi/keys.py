@@ -13,6 +13,9 @@ Per structure (leading dim 1 so that PyG batching concatenates to B)
   PBC       (1, 3) bool
   ENERGY    (1,) float       eV
   STRESS    (1, 3, 3) float  eV/Å^3, ASE sign convention (sigma = 1/V dE/d(strain))
+  WEIGHT, ENERGY_WEIGHT, FORCES_WEIGHT, STRESS_WEIGHT  (1,) float  loss weights of the structure (MACE's
+            config_weight, config_<property>_weight), present when the file gives any
+  CONFIG_TYPE, HEAD  str     MACE's config_type and head (plain strings, present when the file gives any)
 Graph (built outside the model by ``molequi.graph``)
   EDGE_INDEX  (2, E) long    [sender, receiver]; edge vector = pos[receiver] - pos[sender] + shift
   UNIT_SHIFTS (E, 3) long    integer cell shifts S of the receiver's image
@@ -37,8 +40,15 @@ PTR = "ptr"
 TAGS = "tags"
 FIXED = "fixed"
 CUTOFF = "cutoff"
+WEIGHT = "weight"
+ENERGY_WEIGHT = "energy_weight"
+FORCES_WEIGHT = "forces_weight"
+STRESS_WEIGHT = "stress_weight"
+CONFIG_TYPE = "config_type"
+HEAD = "head"
 
 # MACE's extended-XYZ convention and ASE's defaults, accepted by the readers
 DEFAULT_ENERGY_KEYS = ("energy", "REF_energy", "free_energy")
 DEFAULT_FORCES_KEYS = ("forces", "REF_forces")
 DEFAULT_STRESS_KEYS = ("stress", "REF_stress")
+DEFAULT_VIRIALS_KEYS = ("REF_virials", "virials")  # stress = -virials / volume (mace-torch)

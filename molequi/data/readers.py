@@ -5,6 +5,15 @@ eV/Å and eV/Å^3. Labels are looked up under configurable keys; by default ``en
 ``free_energy``, ``forces``/``REF_forces`` and ``stress``/``REF_stress`` (MACE's ``REF_*`` convention).
 The key found on the first labelled frame must be present on every frame.
 
+MACE's other extended-XYZ conventions are read as mace-torch 0.3.16 reads them (``mace.data.utils.
+config_from_atoms``): a frame without stress but with ``REF_virials`` (or ``virials``; 3x3, Voigt 6 or 9
+numbers) gets stress = -virials / volume; ``config_type`` (default "Default"), ``config_weight`` and the
+per-property weights ``config_energy_weight``, ``config_forces_weight``, ``config_stress_weight`` (and
+``config_virials_weight`` for a stress that came from virials) become the record fields
+``keys.CONFIG_TYPE``, ``keys.WEIGHT``, ``keys.ENERGY_WEIGHT``, ``keys.FORCES_WEIGHT``, ``keys.STRESS_WEIGHT``
+(default 1), which the energy_forces loss multiplies in; the head key (``head``) becomes ``keys.HEAD``. Each
+of these fields is set on every frame of a file when any frame has it, and on none otherwise.
+
 Every problem is a named error (``molequi.errors``) that says which file, frame and line.
 """
 
@@ -19,10 +28,11 @@ from pathlib import Path
 
 import ase
 import numpy as np
+import torch
 from ase.data import chemical_symbols
 
 from molequi import keys as K
-from molequi.data.records import MIN_DISTANCE, atoms_to_data
+from molequi.data.records import MIN_DISTANCE, atoms_to_data, voigt_to_matrix
 from molequi.errors import FormatError, InputError, MissingKeyError, ValueRangeError, suggest
 
 _SYMBOLS = set(chemical_symbols[1:])
@@ -37,6 +47,8 @@ class LabelKeys:
     stress: str | None = None
     charges: str | None = None
     required: tuple[str, ...] = ()  # of "energy", "forces", "stress": raise if absent
+    virials: str | None = None  # read on each frame without stress: stress = -virials / volume
+    head: str = "head"  # MACE's --head_key
 
 
 def _available(atoms: ase.Atoms) -> list[str]:
@@ -105,6 +117,12 @@ def _to_record(atoms: ase.Atoms, resolver: _KeyResolver, frame: int, line: int |
                 labels[label] = np.asarray(value, dtype=float)
             except (TypeError, ValueError) as exc:
                 raise FormatError(f"{label} is not numeric ({exc})", source=source, frame=frame, line=line) from None
+    from_virials = False
+    if "stress" not in labels:  # frame by frame, as mace-torch reads them
+        names = (resolver.keys.virials,) if resolver.keys.virials else K.DEFAULT_VIRIALS_KEYS
+        virials = next((v for v in (_lookup(atoms, k) for k in names) if v is not None), None)
+        if virials is not None:
+            labels["stress"], from_virials = _stress_from_virials(atoms, virials, source, frame, line), True
     extras = {}
     for key in extras_keys:
         value = _lookup(atoms, key)
@@ -112,14 +130,79 @@ def _to_record(atoms: ase.Atoms, resolver: _KeyResolver, frame: int, line: int |
             raise MissingKeyError(f"extra key '{key}' not found", source=source, frame=frame, line=line,
                                   hint=suggest(key, _available(atoms)) or None)
         extras[key] = value
+    extras.update(_mace_weights(atoms, from_virials, source, frame, line))
     try:
-        return atoms_to_data(atoms, energy=labels.get("energy"), forces=labels.get("forces"),
-                             stress=labels.get("stress"), charges=labels.get("charges"), extras=extras,
-                             source=source, frame=frame, min_distance=min_distance)
+        record = atoms_to_data(atoms, energy=labels.get("energy"), forces=labels.get("forces"),
+                               stress=labels.get("stress"), charges=labels.get("charges"), extras=extras,
+                               source=source, frame=frame, min_distance=min_distance)
     except InputError as exc:
         if exc.line is None and line is not None:
             raise type(exc)(str(exc).split(": ", 1)[-1], source=source, frame=frame, line=line) from None
         raise
+    for field, key in ((K.CONFIG_TYPE, "config_type"), (K.HEAD, resolver.keys.head)):
+        if key in atoms.info:
+            record[field] = str(atoms.info[key])
+    return record
+
+
+# (record field, extended-XYZ info key) of MACE's per-frame loss weights; the stress weight is
+# config_virials_weight instead when the frame's stress came from its virials
+_WEIGHT_KEYS = ((K.WEIGHT, "config_weight"), (K.ENERGY_WEIGHT, "config_energy_weight"),
+                (K.FORCES_WEIGHT, "config_forces_weight"), (K.STRESS_WEIGHT, "config_stress_weight"))
+_CONVENTION_DEFAULTS = {K.WEIGHT: 1.0, K.ENERGY_WEIGHT: 1.0, K.FORCES_WEIGHT: 1.0, K.STRESS_WEIGHT: 1.0,
+                        K.CONFIG_TYPE: "Default", K.HEAD: "Default"}
+
+
+def _mace_weights(atoms: ase.Atoms, from_virials: bool, source, frame, line) -> dict[str, float]:
+    out = {}
+    for field, key in _WEIGHT_KEYS:
+        if field == K.STRESS_WEIGHT and from_virials:
+            key = "config_virials_weight"
+        if key not in atoms.info:
+            continue
+        try:
+            value = float(atoms.info[key])
+        except (TypeError, ValueError):
+            raise FormatError(f"{key} = {atoms.info[key]!r} is not a number", source=source, frame=frame,
+                              line=line) from None
+        if not np.isfinite(value) or value < 0:
+            raise ValueRangeError(f"{key} = {value} must be a finite number >= 0", source=source, frame=frame,
+                                  line=line)
+        out[field] = value
+    return out
+
+
+def _stress_from_virials(atoms: ase.Atoms, virials, source, frame, line) -> np.ndarray:
+    """stress = -virials / volume (eV/Å^3), as mace-torch relates them; virials 3x3, Voigt 6 or 9 numbers."""
+    try:
+        v = np.asarray(virials, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"virials are not numeric ({exc})", source=source, frame=frame, line=line) from None
+    if v.shape == (9,):
+        v = v.reshape(3, 3)
+    elif v.shape == (6,):
+        v = voigt_to_matrix(v)
+    if v.shape != (3, 3):
+        raise FormatError(f"virials have shape {v.shape}, expected (3, 3), 6 Voigt or 9 numbers",
+                          source=source, frame=frame, line=line)
+    volume = abs(float(np.linalg.det(atoms.cell[:]))) if atoms.pbc.all() else 0.0
+    if volume <= 1e-12:
+        raise ValueRangeError("virials given for a structure without a periodic cell (no volume to divide "
+                              "by)", source=source, frame=frame, line=line,
+                              hint="virials need Lattice= and pbc")
+    return -v / volume
+
+
+def _complete_conventions(records: list) -> list:
+    """Set each MACE convention field (weights, config_type, head) that some record has on every record,
+    with mace-torch's default, so that records batch together."""
+    for field, default in _CONVENTION_DEFAULTS.items():
+        if any(field in r for r in records):
+            for r in records:
+                if field not in r:
+                    r[field] = default if isinstance(default, str) else torch.tensor([default],
+                                                                                     dtype=r[K.POS].dtype)
+    return records
 
 
 # ----------------------------------------------------------------------------------------------- extxyz
@@ -177,7 +260,7 @@ def read_extxyz(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *, index
     for frame, line, chunk in selected:
         atoms = _parse_frame(chunk, source, frame, line)
         records.append(_to_record(atoms, resolver, frame, line, min_distance, extras))
-    return records
+    return _complete_conventions(records)
 
 
 def _check_property_columns(chunk: str, source: str, frame: int, line: int) -> None:
@@ -262,7 +345,7 @@ def read_ase_db(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *, selec
         records.append(_to_record(atoms, resolver, frame, None, min_distance, extras))
     if not records:
         raise FormatError("database holds no rows", source=source)
-    return records
+    return _complete_conventions(records)
 
 
 def read_trajectory(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *,
@@ -277,7 +360,8 @@ def read_trajectory(path: str | os.PathLike, keys: LabelKeys = LabelKeys(), *,
     except Exception as exc:  # ulm raises several types on foreign or truncated files
         raise FormatError(f"not a readable ASE trajectory ({type(exc).__name__}: {exc})", source=source) from None
     resolver = _KeyResolver(keys, source)
-    return [_to_record(a, resolver, i, None, min_distance, extras) for i, a in enumerate(frames)]
+    return _complete_conventions([_to_record(a, resolver, i, None, min_distance, extras)
+                                  for i, a in enumerate(frames)])
 
 
 # -------------------------------------------------------------------------------------------- dispatch
@@ -292,13 +376,14 @@ def guess_format(path: str | os.PathLike) -> str | None:
 def read_structures(path: str | os.PathLike, format: str | None = None, *, energy_key: str | None = None,
                     forces_key: str | None = None, stress_key: str | None = None,
                     charges_key: str | None = None, required: Sequence[str] = (),
-                    min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = ()) -> list:
+                    min_distance: float | None = MIN_DISTANCE, extras: Sequence[str] = (),
+                    virials_key: str | None = None, head_key: str = "head") -> list:
     """Read any generic structure file into records; ``format`` in ``READERS`` or guessed from the suffix."""
     fmt = format or guess_format(path)
     if fmt not in READERS:
         raise FormatError(f"unknown format '{fmt or Path(path).suffix}'", source=str(path),
                           hint=f"give --format as one of {', '.join(READERS)}")
-    keys = LabelKeys(energy_key, forces_key, stress_key, charges_key, tuple(required))
+    keys = LabelKeys(energy_key, forces_key, stress_key, charges_key, tuple(required), virials_key, head_key)
     return READERS[fmt](path, keys, min_distance=min_distance, extras=extras)
 
 

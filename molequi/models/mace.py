@@ -18,6 +18,11 @@ tensor per edge before touching channels. Initialisation and normalisation const
 conventions, not mace-torch's bit for bit; ``molequi.interop.mace`` folds mace-torch's constants into the
 weights when it imports a model, so an imported model computes mace-torch's function to round-off.
 
+Defaults are ``mace_run_train``'s (mace-torch 0.3.16, default ``--model MACE``): a non-residual first
+interaction, the envelope on the radial basis, the readout scaled by the RMS force and not shifted
+(``Config.scaling`` / ``shift``, applied to the statistics when a run starts). Checkpoints written before
+(format version 1) keep the defaults they were trained with (``Config.LEGACY_DEFAULTS``).
+
 Options that mace-torch's public models use (``Config``): ``first_interaction`` "nonresidual" (the first
 block applies an element-dependent linear map to A and has no skip connection, mace-torch's
 ``RealAgnosticInteractionBlock``), ``envelope`` "basis" (f(r) multiplies the radial basis before the MLP,
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -81,6 +86,8 @@ RADIAL_TYPES = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": C
 DISTANCE_TRANSFORMS = {"none": None, "agnesi": AgnesiTransform, "soft": SoftTransform}
 ENVELOPES = ("weights", "basis")
 FIRST_INTERACTIONS = ("residual", "nonresidual")
+SCALINGS = ("rms_forces", "std", "none")  # mace-torch's rms_forces_scaling, std_scaling, no_scaling
+SHIFTS = ("none", "mean")
 AUTO_CHUNK_BYTES = 1 << 30  # max_edges_per_chunk "auto": budget of one layer's per-edge intermediates
 
 
@@ -259,6 +266,12 @@ class MACE(EnergyModel):
 
     @dataclass
     class Config:
+        #: the defaults of the fields whose default changed when molequi's MACE took ``mace_run_train``'s
+        #: defaults (checkpoint format version 2): a model section stored by an older molequi that lacks one
+        #: of these keys described a model with this value (``molequi.config.migrate_stored_config``)
+        LEGACY_DEFAULTS: ClassVar[dict] = {"first_interaction": "residual", "envelope": "weights",
+                                           "scaling": "std", "shift": "mean"}
+
         r_max: float = 5.0
         """Cutoff radius, Å (graphs must be built with at least this cutoff)."""
         num_bessel: int = 8
@@ -287,16 +300,26 @@ class MACE(EnergyModel):
         distance_transform: str = "none"
         """Element-pair transform of the length before the radial basis: none | agnesi | soft (the
         envelope always sees the plain length)."""
-        envelope: str = "weights"
-        """Where the polynomial cutoff f(r) multiplies: "weights" = the radial MLP's output (the
-        tensor-product weights), "basis" = the radial basis before the MLP (mace-torch's ``apply_cutoff``,
-        its default)."""
-        first_interaction: str = "residual"
-        """First layer's block: "residual" (skip connection from the embedding, mace-torch's
-        ``RealAgnosticResidualInteractionBlock``) or "nonresidual" (element-dependent linear on the atomic
-        basis and no skip, ``RealAgnosticInteractionBlock``, the first block of the MACE-MP models)."""
+        envelope: str = "basis"
+        """Where the polynomial cutoff f(r) multiplies: "basis" = the radial basis before the MLP
+        (mace-torch's ``apply_cutoff``, its default), "weights" = the radial MLP's output (the tensor-product
+        weights; molequi's default before configs had a version, see ``LEGACY_DEFAULTS``)."""
+        first_interaction: str = "nonresidual"
+        """First layer's block: "nonresidual" (element-dependent linear on the atomic basis and no skip,
+        mace-torch's ``RealAgnosticInteractionBlock``, which ``mace_run_train --model MACE`` (the default)
+        always uses first, and the first block of the MACE-MP models) or "residual" (skip connection from
+        the embedding, ``RealAgnosticResidualInteractionBlock``; the default before ``LEGACY_DEFAULTS``)."""
         pair_repulsion: bool = False
         """Add the ZBL screened nuclear repulsion (inside the scaled readout, as mace-torch's ScaleShiftMACE)."""
+        scaling: str = "rms_forces"
+        """Scale of the per-atom readout, set from the training set when a run starts (mace-torch's
+        ``--scaling``): "rms_forces" = RMS of the force components (``rms_forces_scaling``, its default;
+        1 when no frame has forces), "std" = standard deviation of the per-atom energy after E0s
+        (``std_scaling``, which divides by n - 1 where molequi divides by n), "none" = 1. A loaded or
+        fine-tuned model keeps the scale it has."""
+        shift: str = "none"
+        """Shift added to every atom's energy after scaling: "none" = 0 (mace-torch's default model,
+        ``--model MACE``), "mean" = the mean per-atom energy after E0s (``--model ScaleShiftMACE``)."""
         max_edges_per_chunk: int | Literal["auto"] | None = "auto"
         """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum):
         the edges are processed in chunks whose intermediates are recomputed in the backward pass (and, in
@@ -329,6 +352,8 @@ class MACE(EnergyModel):
                 ("distance_transform", self.distance_transform, DISTANCE_TRANSFORMS),
                 ("envelope", self.envelope, ENVELOPES),
                 ("first_interaction", self.first_interaction, FIRST_INTERACTIONS),
+                ("scaling", self.scaling, SCALINGS),
+                ("shift", self.shift, SHIFTS),
             ):
                 if value not in valid:
                     raise ConfigError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")

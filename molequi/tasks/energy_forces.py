@@ -7,7 +7,10 @@ Loss (per batch of B structures with n_b atoms each, N atoms in total)::
       + w_S * mean_{b,a,c} rho(sigma_bac^pred - sigma_bac)           stress components, eV/Å^3
 
 with rho(x) = x^2 (``loss: mse``) or the Huber function with threshold ``huber_delta`` (``loss: huber``).
-Terms whose labels are absent from the batch, or whose weight is 0, are skipped.
+Terms whose labels are absent from the batch, or whose weight is 0, are skipped. Records with MACE's
+per-frame weights (``keys.WEIGHT`` x ``keys.ENERGY_WEIGHT`` / ``FORCES_WEIGHT`` / ``STRESS_WEIGHT``, read from
+extended XYZ's config_weight and config_<property>_weight) multiply each frame's (each atom's) rho by them
+inside the mean, as mace-torch's weighted losses do.
 
 Metrics (exact over the whole validation / test set; "component" MAE as MACE and NequIP report it)::
 
@@ -33,6 +36,8 @@ from molequi.response import batch_vector
 from molequi.tasks.base import Logs, Task
 from molequi.units import MEV
 
+E0_MODES = ("fit", "average", "isolated_atoms")
+
 
 @dataclass
 class LossWeights:
@@ -55,15 +60,33 @@ class EnergyForcesTask(Task):
         loss: str = field(default="mse", metadata={"help": "mse or huber"})
         huber_delta: float = field(default=0.01, metadata={"help": "threshold of the Huber loss "
                                                                      "(in the units of each term)"})
+        E0s: str | dict[int | str, float] = field(default="fit", metadata={"help": (
+            "per-element reference energies E0 of a new run (mace-torch's --E0s; molequi.train.e0s): fit "
+            "(least squares over the training frames with an energy, all of which stay in training), "
+            "average (mace-torch's compute_average_E0s: the same least squares once the single-atom "
+            "config_type=IsolatedAtom frames are removed from the data), isolated_atoms (the energies of "
+            "those IsolatedAtom frames, which are removed from the data), or a mapping {Z or symbol: eV} "
+            "such as {1: -13.6, 8: -2041.3}; an element without E0 is a MissingE0Error. Fine-tuning "
+            "(model.init_from) keeps the checkpoint's E0s")})
 
         def __post_init__(self):
             if self.loss not in ("mse", "huber"):
                 raise ValueError(f"loss must be 'mse' or 'huber', got {self.loss!r}")
+            if isinstance(self.E0s, str) and self.E0s not in E0_MODES:
+                raise ValueError(f"E0s must be one of {', '.join(E0_MODES)} or a mapping {{Z: eV}}, "
+                                 f"got {self.E0s!r}")
 
-    def _rho(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _rho(self, pred: torch.Tensor, target: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """mean rho(pred - target), each row multiplied by ``weight`` (rows,) when given (MACE's weights)."""
+        reduction = "mean" if weight is None else "none"
         if self.config.loss == "huber":
-            return F.huber_loss(pred, target, delta=self.config.huber_delta)
-        return F.mse_loss(pred, target)
+            r = F.huber_loss(pred, target, delta=self.config.huber_delta, reduction=reduction)
+        else:
+            r = F.mse_loss(pred, target, reduction=reduction)
+        if weight is None:
+            return r
+        return (weight.to(r.dtype).reshape(-1, *([1] * (r.dim() - 1))) * r).mean()
 
     def _wants_stress(self, batch) -> bool:
         return self.config.weights.stress > 0 and K.STRESS in batch
@@ -77,15 +100,18 @@ class EnergyForcesTask(Task):
         total = outputs[K.ENERGY].new_zeros(())
         logs: Logs = {}
         if w.energy > 0 and K.ENERGY in batch:
-            e = self._rho(outputs[K.ENERGY] / n_atoms, batch[K.ENERGY].reshape(-1) / n_atoms)
+            e = self._rho(outputs[K.ENERGY] / n_atoms, batch[K.ENERGY].reshape(-1) / n_atoms,
+                          _frame_weights(batch, K.ENERGY_WEIGHT))
             total = total + w.energy * e
             logs["loss_energy"] = e.detach()
         if w.forces > 0 and K.FORCES in batch and K.FORCES in outputs:
-            f = self._rho(outputs[K.FORCES], batch[K.FORCES])
+            fw = _frame_weights(batch, K.FORCES_WEIGHT)
+            f = self._rho(outputs[K.FORCES], batch[K.FORCES], None if fw is None else fw[batch_vector(batch)])
             total = total + w.forces * f
             logs["loss_forces"] = f.detach()
         if w.stress > 0 and K.STRESS in batch and K.STRESS in outputs:
-            s = self._rho(outputs[K.STRESS], batch[K.STRESS].reshape(-1, 3, 3))
+            s = self._rho(outputs[K.STRESS], batch[K.STRESS].reshape(-1, 3, 3),
+                          _frame_weights(batch, K.STRESS_WEIGHT))
             total = total + w.stress * s
             logs["loss_stress"] = s.detach()
         logs["loss"] = total.detach()
@@ -131,6 +157,15 @@ class EnergyForcesTask(Task):
             out["stress_mae_meV_A3"] = r.mean("s_abs") / MEV
             out["stress_rmse_meV_A3"] = r.rms("s_sq") / MEV
         return out
+
+
+def _frame_weights(batch, field: str) -> torch.Tensor | None:
+    """(B,) loss weights of one term: MACE's config_weight x config_<property>_weight (records read from
+    extended XYZ that gives them, ``molequi.data.readers``); None when the batch has neither."""
+    weights = [batch[k].reshape(-1) for k in (K.WEIGHT, field) if k in batch]
+    if not weights:
+        return None
+    return weights[0] * weights[1] if len(weights) == 2 else weights[0]
 
 
 def _atoms_per_structure(batch) -> torch.Tensor:

@@ -27,6 +27,7 @@ from molequi.data.statistics import Statistics
 from molequi.nn.ema import ExponentialMovingAverage
 from molequi.train.clipping import EDMGradClip
 from molequi.tasks.base import Task
+from molequi.train.param_groups import build_param_groups
 
 _LOSS_SUM = "_loss_sum"
 
@@ -72,8 +73,7 @@ class TaskModule(L.LightningModule):
         bs = self._batch_size(batch)
         self.log_dict({f"train/{k}": float(v) for k, v in logs.items()}, on_step=True, on_epoch=True,
                       batch_size=bs, prog_bar=False)
-        if self._step_logged():
-            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -90,15 +90,7 @@ class TaskModule(L.LightningModule):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm, limit = self.grad_clipper.clip(params)
-        if self._step_logged():
-            self.log_dict({"train/grad_norm": norm, "train/grad_limit": limit}, on_step=True, on_epoch=False)
-
-    def _step_logged(self) -> bool:
-        """Whether the loggers write this step's on_step values (every ``trainer.log_every`` steps). Values
-        only logged per step are logged on those steps alone: each ``self.log`` costs Lightning about 3 ms
-        (a sizeable share of a small model's step), and values of other steps are never written."""
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return connector is None or bool(connector.should_update_logs)
+        self.log_dict({"train/grad_norm": norm, "train/grad_limit": limit}, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """The optimiser step, then the EMA update of the new weights.
@@ -169,7 +161,7 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.config.optim
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        params = [p for p in self.task.parameters() if p.requires_grad]
+        params = build_param_groups(self.task, o)  # optim.param_groups (one group when none is given)
         optimizer = cls(params, lr=o.lr, amsgrad=o.amsgrad, weight_decay=o.weight_decay)
         if o.scheduler == "none" and not o.warmup_steps:
             return optimizer
@@ -217,7 +209,7 @@ class TaskModule(L.LightningModule):
         lr = (o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))) * scale
         for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") \
                 else self.optimizers().param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _schedule_length(self) -> int:
         o, t = self.config.optim, self.config.trainer

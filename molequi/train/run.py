@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from molequi import keys as K
 from molequi.checkpoint import load_weights, read_checkpoint, save_model
 from molequi.config import Config, parse_max_time, to_plain
 from molequi.errors import CheckpointError, ConfigError
@@ -252,6 +253,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         statistics_records,
         with_graphs,
     )
+    from molequi.train.e0s import check_e0s, output_scaling, prepare_e0s
     from molequi.train.loggers import LineProgress, build_loggers, check_loggers, show_bar, wants_lines
     from molequi.train.module import TaskModule
     from molequi.train.sampling import sampling_callbacks
@@ -279,6 +281,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         from molequi.train.data import apply_dispersion
 
         splits = apply_dispersion(splits, cfg.data.dispersion)
+    # task.E0s: average / isolated_atoms take MACE's IsolatedAtom frames out of the data
+    splits, given_e0s = prepare_e0s(getattr(cfg.task.config, "E0s", "fit"), splits)
     dtype = _dtype(cfg)
     monitor = f"val/{get_task_class(cfg.task.name).monitor}"
     has_valid = len(splits.get("valid") or []) > 0
@@ -335,7 +339,13 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         _check_init_elements(statistics_sample(statistics_records(train_records)), statistics.elements,
                              cfg.model.init_from)
     else:
-        statistics = compute_statistics(statistics_sample(statistics_records(train_records)), cutoff)
+        sample = statistics_sample(statistics_records(train_records))
+        if given_e0s is not None:
+            elements = sorted({int(z) for d in sample for z in d[K.NUMBERS].tolist()})
+            given_e0s = check_e0s(given_e0s, elements, str(getattr(cfg.task.config, "E0s", "")))
+        statistics = output_scaling(compute_statistics(sample, cutoff, e0s=given_e0s),
+                                    getattr(cfg.model.config, "scaling", "std"),
+                                    getattr(cfg.model.config, "shift", "mean"))
     torch.manual_seed(t.seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

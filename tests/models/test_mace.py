@@ -251,9 +251,16 @@ def test_zbl_pair_repulsion_is_the_zbl_formula_for_a_dimer():
     assert e_zbl == pytest.approx(14.3996 * 8 / r * phi * env, rel=1e-10)  # scale 1: STATS
 
 
-def test_new_options_default_to_the_previous_model():
+def test_defaults_are_mace_run_train_defaults_and_old_ones_are_kept_for_old_checkpoints():
+    # mace-torch 0.3.16: --radial_type bessel, --distance_transform None, --apply_cutoff True, --model MACE
+    # (which forces interaction_first RealAgnosticInteractionBlock and atomic_inter_shift 0),
+    # --scaling rms_forces_scaling, --pair_repulsion off (mace/tools/arg_parser.py,
+    # mace/tools/model_script_utils.py _build_model)
     cfg = MACE.Config()
-    assert (cfg.radial_type, cfg.distance_transform, cfg.envelope, cfg.first_interaction, cfg.pair_repulsion) \
-        == ("bessel", "none", "weights", "residual", False)
+    assert (cfg.radial_type, cfg.distance_transform, cfg.envelope, cfg.first_interaction, cfg.pair_repulsion,
+            cfg.scaling, cfg.shift) == ("bessel", "none", "basis", "nonresidual", False, "rms_forces", "none")
+    # what molequi built before (checkpoint format 1 without these keys): tests/train/test_mace_defaults.py
+    assert MACE.Config.LEGACY_DEFAULTS == {"first_interaction": "residual", "envelope": "weights",
+                                           "scaling": "std", "shift": "mean"}
     with pytest.raises(Exception, match="unknown radial_type"):
         MACE.from_config(tiny_config(radial_type="legendre"), STATS)

@@ -6,8 +6,8 @@
 Conventions a tutorial follows (tests/test_tutorials.py runs each one in reduced mode in the test suite):
 
 * Every ```python and ```bash block runs, top to bottom, in a fresh working folder where the repository's
-  ``data``, ``tutorials``, ``configs`` and ``molequi`` folders are linked, so the paths a reader types from the
-  repository root work. Python blocks share one namespace; bash blocks run with ``bash -euo pipefail`` and the
+  folders ``data``, ``tutorials``, ``configs``, ``molequi``, ``scripts`` and ``tests`` are linked, so the
+  paths a reader types from the repository root work. Python blocks share one namespace; bash blocks run with ``bash -euo pipefail`` and the
   venv's ``molequi`` first on PATH. A block that is shown but must not run (a placeholder file name, a GPU
   command) says so in its info string: ```python norun or ```bash norun. The report counts them.
 * Reduced mode sets ``MOLEQUI_TUTORIAL_QUICK=1``; a tutorial reads it to shrink models and step counts
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINKED = ("data", "tutorials", "configs", "molequi")
+LINKED = ("data", "tutorials", "configs", "molequi", "scripts", "tests")
 RUNNABLE = ("python", "bash")
 _FENCE = re.compile(r"^(```+|~~~+)\s*([^`]*)$")
 _OUTPUTS = re.compile(r"<!--\s*tutorial-outputs:\s*(.*?)\s*-->", re.S)

@@ -192,8 +192,9 @@ def export_mace(path: str | os.PathLike, python: str | os.PathLike | None = None
         env = dict(os.environ, PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)
         try:
-            proc = subprocess.run([py, "-I", str(EXPORTER), str(path), str(out)], capture_output=True, text=True,
-                                  timeout=timeout, env=env, cwd=tmp)
+            # the exporter runs in the temporary folder: a relative path must be made absolute first
+            proc = subprocess.run([py, "-I", str(EXPORTER), str(Path(path).resolve()), str(out)], capture_output=True,
+                                  text=True, timeout=timeout, env=env, cwd=tmp)
         except subprocess.TimeoutExpired as exc:
             raise ForeignModelError(f"reading it with {py} took over {timeout:.0f} s", source=str(path),
                                     origin=origin) from exc

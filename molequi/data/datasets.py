@@ -107,7 +107,9 @@ def _read_generic(fmt: str):
 
         required = ("energy",) if cfg.energy_key else ()
         return read_structures(cfg.root, fmt, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                               stress_key=cfg.stress_key, required=required)
+                               stress_key=cfg.stress_key, required=required,
+                               virials_key=dataset_option(cfg, "virials_key"),  # MACE's --virials_key
+                               head_key=dataset_option(cfg, "head_key", "head"))  # and --head_key
 
     return build
 

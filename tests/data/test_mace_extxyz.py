@@ -17,6 +17,8 @@ from ase.io import write
 from torch_geometric.data import Batch
 
 from molequi import keys as K
+from molequi.config import Config
+from molequi.data.datasets import build_dataset
 from molequi.data.readers import read_extxyz, read_structures
 from molequi.errors import FormatError, ValueRangeError
 from molequi.tasks.energy_forces import EnergyForcesTask, LossWeights
@@ -83,6 +85,11 @@ def test_virials_key_and_head_key_are_configurable(tmp_path):
     (r,) = read_structures(path, energy_key="my_E", virials_key="my_vir", head_key="branch")
     np.testing.assert_allclose(r[K.STRESS].double().numpy()[0], -np.diag([1.0, 2.0, 3.0]) / 64.0)
     assert r[K.HEAD] == "r2scan"
+    # the same from a run config: data.options virials_key / head_key (mace-torch's --virials_key, --head_key)
+    cfg = Config.from_dict({"data": {"name": "xyz", "root": str(path), "energy_key": "my_E",
+                                     "options": {"virials_key": "my_vir", "head_key": "branch"}}}).data
+    (d,) = build_dataset(cfg)
+    assert torch.equal(d[K.STRESS], r[K.STRESS]) and d[K.HEAD] == "r2scan"
     # a file without any convention key gets none of the fields
     b = Atoms("Cu2", positions=[[0, 0, 0], [1.9, 0, 0]])
     b.info["REF_energy"] = -1.0

@@ -1,5 +1,6 @@
-"""``task.E0s`` (``molequi.train.e0s``): fit | average | isolated_atoms | {Z or symbol: eV}, on an extended XYZ
-file written by ASE in MACE's convention (REF_energy, REF_forces, single-atom config_type=IsolatedAtom frames).
+"""``task.E0s`` (``molequi.train.e0s``): fit | average | isolated_atoms | {Z or symbol: eV}, on an extended
+XYZ file written by ASE in MACE's convention (REF_energy, REF_forces, single-atom config_type=IsolatedAtom
+frames).
 
 References: numpy's least squares on the frame compositions (mace-torch's ``compute_average_E0s`` is
 ``np.linalg.lstsq(A, B, rcond=None)`` over the training frames once the IsolatedAtom frames are taken out;
@@ -28,7 +29,7 @@ TINY = {"name": "mace", "r_max": 3.0, "num_bessel": 4, "max_ell": 1, "hidden_irr
 def _frames(isolated=(1, 6, 8)):
     rng = np.random.default_rng(0)
     frames = []
-    for k, name in enumerate(["H2O", "CH4", "CO2", "CH3OH", "H2", "C2H6", "CH3CHO", "H2O2"] * 2):
+    for name in (["H2O", "CH4", "CO2", "CH3OH", "H2", "C2H6", "CH3CHO", "H2O2"] * 2):
         a = molecule(name)
         a.positions += rng.normal(scale=0.02, size=a.positions.shape)
         a.info["REF_energy"] = sum(TRUE_E0[z] for z in a.numbers) + rng.normal(scale=0.3)

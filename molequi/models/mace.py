@@ -213,6 +213,11 @@ class MACELayer(nn.Module):
         else:  # e3nn-layout messages: about (2 l3 + 1) ~ 4 rows per weight, a few copies in the kernels
             self.floats_per_edge = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
 
+        # the product basis per atom: monomials of A, the basis-weighted sums per output irrep, A and B
+        sc = self.product
+        products = sum(2 * (2 * l + 1) * k for (l, _), entries in zip(irreps_out.irreps, sc._plan)
+                       for _, _, _, _, k in entries)
+        self.floats_per_node = c * (2 * target.dim + sum(map(sum, sc._sizes.values())) + products)
         # not a submodule: the same radial MLP and convolution, under their existing state-dict keys
         object.__setattr__(self, "_messages", _EdgeMessages(self.radial, self.conv, self._weight_shape))
 
@@ -243,7 +248,8 @@ class MACELayer(nn.Module):
             a = self._messages(x, sh, radial, envelope, sender, receiver)
         elif self.training and torch.is_grad_enabled():  # force training: second derivatives bounded too
             params = [p for _, p in self._messages.named_parameters()]
-            a = _ChunkedMessages.apply(self._messages, chunk, sender, receiver, x, sh, radial, envelope, *params)
+            a = _ChunkedMessages.apply(self._messages, chunk, sender, receiver, x, sh, radial, envelope,
+                                       *params)
         else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
             a = None
             for start in range(0, n_edges, chunk):
@@ -257,8 +263,18 @@ class MACELayer(nn.Module):
                 a = term if a is None else a + term
         a = a * self.inv_avg_num_neighbors  # [n, dim_sh, c]
         if not self.residual:
-            return self.linear(self.product(self.skip(a, element), element))
-        return self.linear(self.product(a, element)) + self.skip(h, element)
+            return self.linear(self._product(self.skip(a, element), element))
+        return self.linear(self._product(a, element)) + self.skip(h, element)
+
+    def _product(self, a: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
+        """The symmetric contraction; in inference with gradients and chunking on, over blocks of atoms of
+        about ``AUTO_CHUNK_BYTES`` of intermediates (its monomials), each recomputed in backward."""
+        n = a.shape[0]
+        per = max(AUTO_CHUNK_BYTES // (self.floats_per_node * a.element_size()), 1)
+        if self.max_edges_per_chunk is None or self.training or not torch.is_grad_enabled() or n <= per:
+            return self.product(a, element)
+        return torch.cat([checkpoint(self.product, a[i:i + per], element[i:i + per], use_reentrant=False)
+                          for i in range(0, n, per)])
 
 
 class MACE(EnergyModel):
@@ -326,7 +342,9 @@ class MACE(EnergyModel):
         force training, in the second backward), so the per-edge memory of inference with forces and stress
         and of training is bounded by a chunk, not by the whole edge set. An integer, null (never chunk) or
         "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are not
-        chunked). Changes no number beyond round-off; costs a recomputation of the messages."""
+        chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
+        about 1 GiB of intermediates (its monomials), recomputed in backward (not in training mode). Changes
+        no number beyond round-off; costs a recomputation of the messages."""
 
         def validate(self) -> None:
             if self.r_max <= 0:

@@ -97,6 +97,13 @@ def test_auto_chunk_size_from_the_memory_budget(monkeypatch):
     auto = outputs(model, "auto", batch)
     ref = outputs(model, None, batch)
     assert all(float((auto[k] - ref[k]).abs().max()) < 1e-10 for k in ref)
+    # a budget of 7 atoms' product-basis intermediates: the symmetric contraction runs over blocks of atoms
+    # too (inference), the last one shorter
+    per_node = max(layer.floats_per_node for layer in model.layers)
+    monkeypatch.setattr("molequi.models.mace.AUTO_CHUNK_BYTES", 8 * per_node * 7)
+    assert int(batch[K.NUMBERS].shape[0]) % 7 != 0
+    auto = outputs(model, "auto", batch)
+    assert all(float((auto[k] - ref[k]).abs().max()) < 1e-10 for k in ref)
 
 
 def test_option_is_validated_and_read_from_yaml_config():

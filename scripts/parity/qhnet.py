@@ -153,7 +153,7 @@ def _masked(blk, za, zb):
 
 
 def run(peer_code, checkpoint=None, *, version="QHNet_w_bias", size="paper", seed=0, work=None) -> dict:
-    from molequi.interop.qhnet import import_qhnet
+    from molequi.interop.qhnet import import_qhnet, qhnet_config, read_qhnet_state
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -161,9 +161,14 @@ def run(peer_code, checkpoint=None, *, version="QHNet_w_bias", size="paper", see
         cls = import_peer(Path(peer_code), version)
         geoms = geometries()
         numbers = [z for _, zs, _ in geoms for z in zs]
-        if checkpoint is not None:
-            ref = cls(**SIZES[size])
-            ref.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+        if checkpoint is not None:  # the reference built at the sizes its weights have
+            state = read_qhnet_state(checkpoint)
+            cfg = qhnet_config(state, version)
+            ref = cls(in_node_features=1, sh_lmax=cfg.lmax, hidden_size=cfg.hidden_size,
+                      bottle_hidden_size=cfg.bottle_hidden_size, num_gnn_layers=cfg.num_layers,
+                      max_radius=cfg.max_radius, num_nodes=cfg.num_embeddings,
+                      radius_embed_dim=cfg.num_radial)
+            ref.load_state_dict(state)
             ref = ref.double().eval()
             path = Path(checkpoint)
         else:
@@ -195,7 +200,8 @@ def run(peer_code, checkpoint=None, *, version="QHNet_w_bias", size="paper", see
         result[name] = (err, scale)
     rel = {k: e / max(s, 1e-300) for k, (e, s) in result.items()}
     return {
-        "peer": "QHNet (divelab/AIRS OpenDFT/QHNet @ 4a16c68)", "version": version, "size": size,
+        "peer": "QHNet (divelab/AIRS OpenDFT/QHNet @ 4a16c68)", "version": version,
+        "size": "the checkpoint's" if checkpoint else size,
         "checkpoint": str(checkpoint) if checkpoint else None, "dtype": "float64",
         "max_abs_err_diagonal": result["diagonal"][0], "max_abs_err_offdiagonal": result["offdiagonal"][0],
         "max_abs_ref_diagonal": result["diagonal"][1], "max_abs_ref_offdiagonal": result["offdiagonal"][1],

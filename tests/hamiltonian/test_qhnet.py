@@ -165,7 +165,12 @@ def test_import_cli_round_trip_and_refusals(tmp_path, capsys):
     from molequi.checkpoint import load_model
     from molequi.cli.main import main
     from molequi.errors import CheckpointError
-    from molequi.interop.qhnet import UnsupportedQHNetOptionError, import_qhnet
+    from molequi.interop.qhnet import (
+        UnsupportedQHNetOptionError,
+        import_qhnet,
+        qhnet_config,
+        read_qhnet_state,
+    )
 
     model, state = _reference_like_state()
     state["expand_ii.hamiltonian.weights"] = torch.zeros(3)  # unused by the reference's forward: dropped
@@ -179,7 +184,7 @@ def test_import_cli_round_trip_and_refusals(tmp_path, capsys):
     np.testing.assert_array_equal(_predict(loaded, z, pos), _predict(model, z, pos))
     # a bare state dict is read too, with the original 'with bias' invariants by default
     torch.save(state, tmp_path / "bare.pt")
-    assert import_qhnet(tmp_path / "bare.pt").cfg.receiver_scalars is True
+    assert qhnet_config(read_qhnet_state(tmp_path / "bare.pt")).receiver_scalars is True
     # refusals: a damaged file, another variant, a version molequi does not implement
     (tmp_path / "bad.pt").write_bytes((tmp_path / "results.pt").read_bytes()[:200])
     with pytest.raises(CheckpointError, match="bad.pt: cannot be read as a QHNet checkpoint"):

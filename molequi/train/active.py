@@ -39,7 +39,8 @@ labelled. Everything is on disk under ``output`` (each file written atomically):
     round_NNN/md.json, md_K.extxyz   MD summary and trajectories (with forces_std_norm per atom)
     round_NNN/labelled.extxyz        the reference labels (energy eV, forces eV/Å): the labelled set is
                                      the union of these files
-    round_NNN/members/K/             a molequi training run (model.pt, checkpoints, metrics.json)
+    round_NNN/members/K/             a molequi training run (model.pt, checkpoints, metrics.json; train.log
+                                     holds its per-epoch lines when stdout is not a terminal)
 
 Rerunning the same config continues from the last completed step (a training killed in the middle
 continues from its own ``last.ckpt``).
@@ -575,8 +576,15 @@ def train_member(cfg: LearnConfig, member: int, frames: list, out: Path, init_fr
     if not sys.stderr.isatty():  # Lightning's banner and tips, once per member and round, flood a log file
         for log in quiet:
             log.setLevel(logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        result = train(run_cfg, resume="auto", splits=splits, enable_summary=False)
+        if sys.stdout.isatty():
+            result = train(run_cfg, resume="auto", splits=splits, enable_summary=False)
+        else:  # the per-epoch validation lines go to the member's own log
+            import contextlib
+
+            with open(out / "train.log", "a") as log_file, contextlib.redirect_stdout(log_file):
+                result = train(run_cfg, resume="auto", splits=splits, enable_summary=False)
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)

@@ -144,7 +144,7 @@ def config(tmp_path, **changes) -> dict:
     raw = {
         "output": str(tmp_path / "run"),
         "start": {"file": str(tmp_path / "cu6.extxyz"), "n_frames": 8, "rattle": 0.1},
-        "labeller": {"name": "ase", "calculator": "ase.calculators.emt:EMT", "workers": 2},
+        "labeller": {"name": "ase", "calculator": "ase.calculators.emt:EMT", "workers": 1},  # pool: own test
         "committee": {"size": 2, "seeds": [3, 4], "finetune_max_epochs": 2, "valid_fraction": 0.25, "train": {
             "model": {"name": "tiny", "r_max": 4.0, "hidden": 8, "num_basis": 4},
             "optim": {"lr": 0.01, "scheduler": "none", "ema_decay": None},
@@ -171,6 +171,7 @@ def two_rounds(tmp_path_factory):
     return raw, learn(raw)
 
 
+@pytest.mark.slow
 def test_two_rounds_grow_the_labelled_set_with_emt_labels(two_rounds):
     raw, result = two_rounds
     out = result.output
@@ -205,6 +206,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_between_labelling_and_training(two_rounds, tmp_path):
     import tiny_model
 
@@ -233,6 +235,7 @@ def test_resume_after_a_kill_between_labelling_and_training(two_rounds, tmp_path
         assert a.info["energy"] == b.info["energy"]
 
 
+@pytest.mark.slow
 def test_cli_runs_round_zero_and_a_rerun_continues(tmp_path, capsys):
     import tiny_model
     import yaml
@@ -242,12 +245,12 @@ def test_cli_runs_round_zero_and_a_rerun_continues(tmp_path, capsys):
     tiny_model.register()
     path = tmp_path / "learn.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path)))
-    assert main(["learn", str(path), "stop.max_rounds=0", "labeller.workers=1"]) == 0
+    assert main(["learn", str(path), "stop.max_rounds=0"]) == 0
     assert "max_rounds: 1 rounds, 8 labelled frames" in capsys.readouterr().out
     # a rerun with another labeller refuses the directory; a larger budget continues it
     assert main(["learn", str(path), "stop.max_rounds=0", "labeller.workers=2"]) == 1
     assert "sections differ: labeller" in capsys.readouterr().err
-    assert main(["learn", str(path), "stop.max_rounds=1", "labeller.workers=1"]) == 0
+    assert main(["learn", str(path), "stop.max_rounds=1"]) == 0
     assert "2 rounds, 11 labelled frames" in capsys.readouterr().out
 
 
@@ -276,7 +279,7 @@ def test_config_errors_are_named(tmp_path, change, message):
 def test_unknown_ase_calculator_is_named_when_labelling(tmp_path):
     import yaml
 
-    raw = config(tmp_path, **{"labeller.calculator": "ase.calculators.emt:NoSuchCalc", "labeller.workers": 1})
+    raw = config(tmp_path, **{"labeller.calculator": "ase.calculators.emt:NoSuchCalc"})
     path = tmp_path / "learn.yaml"
     path.write_text(yaml.safe_dump(raw))
     import tiny_model

@@ -79,12 +79,12 @@ def _records_for_speed(kind: str, n: int):
 def stage_speed(channels: int, layers: int, repeats: int = 5) -> dict:
     from torch_geometric.data import Batch
 
-    from molequi.models.hamiltonian import QHNet, QHNetConfig
+    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig
     from molequi.tasks.hamiltonian import HamiltonianTask
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = QHNet(QHNetConfig(channels=channels, num_layers=layers)).float()
+    model = HamiltonianConv(HamiltonianConvConfig(channels=channels, num_layers=layers)).float()
     n_params = sum(p.numel() for p in model.parameters())
     task = HamiltonianTask(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

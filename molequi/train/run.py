@@ -162,6 +162,29 @@ def resolve_init_from(cfg: Config, payload: dict) -> Config:
     return dataclasses.replace(cfg, model=section)
 
 
+def model_keys_from_run(cfg: Config, payload: dict) -> Config:
+    """On ``--resume``: the model keys the YAML does not give are the run's own, read from its checkpoint
+    (``payload``, migrated by ``read_checkpoint``), not today's defaults -- a run started before a default
+    changed (MACE's ``first_interaction`` / ``envelope`` / ``scaling`` / ``shift``) continues as it began.
+    Keys the YAML gives are kept as given."""
+    import dataclasses
+
+    from molequi.config import model_section_from_dict
+
+    raw = dict(payload["config"].get("model") or {})
+    for key in ("init_from", "freeze"):
+        raw.pop(key, None)
+    if str(raw.get("name", "")).lower() != cfg.model.name:
+        return cfg
+    try:
+        stored = model_section_from_dict(raw).config
+    except ConfigError:
+        return cfg
+    names = [f.name for f in dataclasses.fields(stored) if f.init and f.name not in cfg.model.given]
+    config = dataclasses.replace(cfg.model.config, **{k: getattr(stored, k) for k in names})
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, config=config))
+
+
 def apply_freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
     """Set ``requires_grad = False`` on the parameters of ``model`` whose names match a glob pattern of
     ``patterns`` (``fnmatch``); return their names. A pattern matching nothing is a ``ConfigError``."""
@@ -273,6 +296,8 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         # on resume the run's own checkpoint holds the (already resolved) architecture and the weights
         init_payload = read_checkpoint(last) if resume else read_init_payload(cfg.model.init_from)
         cfg = resolve_init_from(cfg, init_payload)
+    elif resume:
+        cfg = model_keys_from_run(cfg, read_checkpoint(last))
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     if splits is None:
@@ -393,6 +418,7 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
                      module=module)
 
 
-__all__ = ["train", "build_task", "read_init_payload", "resolve_init_from", "apply_freeze",
+__all__ = ["train", "build_task", "read_init_payload", "resolve_init_from", "model_keys_from_run",
+           "apply_freeze",
            "parse_max_time", "resolve_resume", "slurm_requeued", "RESUME_MODES",
            "RunResult"]

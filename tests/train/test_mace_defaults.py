@@ -21,7 +21,7 @@ from molequi.data.rmd17_npz import read_rmd17_npz
 from molequi.errors import CheckpointError
 from molequi.resources import rmd17_ethanol
 from molequi.train.evaluate import predict
-from molequi.train.run import train
+from molequi.train.run import model_keys_from_run, train
 
 DATA = Path(__file__).parent / "data"
 TINY = {"name": "mace", "r_max": 4.0, "num_bessel": 4, "max_ell": 1, "hidden_irreps": "4x0e+4x1o",
@@ -87,3 +87,27 @@ def test_default_run_builds_mace_run_train_model(ethanol, tmp_path):
     assert stats["energy_shift"] == pytest.approx(np.mean(residual), abs=1e-9)
     none = _run(tmp_path, "none", records, {**TINY, "scaling": "none"})
     assert read_checkpoint(none.model_path)["statistics"]["energy_scale"] == 1.0
+
+
+def test_resume_keeps_the_run_own_model_keys(ethanol, tmp_path):
+    """A run begun with the old defaults, resumed from a YAML that does not name them, continues as the model
+    it was (today's defaults would build another model: a different first block, the envelope elsewhere)."""
+    old_keys = {"first_interaction": "residual", "envelope": "weights", "scaling": "std", "shift": "mean"}
+    records = ethanol[:12]
+
+    def cfg(model, steps):
+        return Config.from_dict({"model": model, "optim": {"scheduler": "none", "ema_decay": None},
+                                 "trainer": {"max_steps": steps, "batch_size": 4, "accelerator": "cpu",
+                                             "devices": 1, "output": str(tmp_path / "run"),
+                                             "progress_bar": False, "checkpoint_every": 1}})
+
+    splits = {"train": records, "valid": [], "test": []}
+    train(cfg({**TINY, **old_keys}, 1), splits=splits, enable_summary=False)
+    resumed = train(cfg(TINY, 2), resume=True, splits=splits, enable_summary=False)
+    assert resumed.global_step == 2
+    model = read_checkpoint(resumed.model_path)["config"]["model"]
+    assert {k: model[k] for k in old_keys} == old_keys
+    # keys the YAML gives win
+    merged = model_keys_from_run(cfg({**TINY, "max_edges_per_chunk": 1000}, 3),
+                                 read_checkpoint(resumed.model_path))
+    assert merged.model.config.max_edges_per_chunk == 1000 and merged.model.config.envelope == "weights"

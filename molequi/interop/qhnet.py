@@ -7,7 +7,7 @@ is read with ``torch.load(weights_only=True)``: it can hold tensors and plain va
 Nothing in the reference's state dict says which of its models wrote it, so ``version`` says it:
 
 - ``QHNet_w_bias`` (default): ``models/ori_QHNet_with_bias.py``, what ``get_model`` builds for the
-  config's default ``version: QHNet_w_bias`` and what the published MD17 models are. Its first layers'
+  config's default ``version: QHNet_w_bias`` and what the published MD17 models are. Its node layers'
   invariants use the receiver's scalars twice (``QHNetConfig.receiver_scalars``).
 - ``QHNet``: ``models/QHNet.py``, the same with that fixed (divelab/AIRS issue 23).
 - ``QHNet_wo_bias`` (no expansion biases) is refused (``UnsupportedQHNetOptionError``).

@@ -42,8 +42,9 @@ the model is rotation- but not reflection-equivariant. ``parity_paths: true`` us
 
 Differences from the reference code: the radius graph has no neighbour cap (torch_cluster's default keeps
 32 neighbours per atom, which only matters above 33 atoms within max_radius); ``receiver_scalars: true``
-reproduces the original "with bias" model's first-layer invariants [x'^0_i, x'^0_i, ...] (the receiver's
+reproduces the original "with bias" model's node-layer invariants [x'^0_i, x'^0_i, ...] (the receiver's
 scalars twice, fixed upstream in divelab/AIRS issue 23), which its published checkpoints were trained with.
+The pair layers' invariant MLP uses SiLU (the node layers' MLPs the shifted softplus), as the reference.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class QHNetConfig:
     num_radial: int = _help("exponential Bernstein radial functions (QHNet MD17: 16)", default=16)
     num_embeddings: int = _help("rows of the atomic-number embedding (Z < this; QHNet: 10)", default=10)
     receiver_scalars: bool = _help(
-        "first-layer invariants use the receiver's scalars twice, as the original 'with bias' QHNet "
+        "node-layer invariants use the receiver's scalars twice, as the original 'with bias' QHNet "
         "(set by `molequi import qhnet`); false = the fixed form with both ends' scalars", default=False)
     parity_paths: bool = _help(
         "true parities in the diagonal/pair layers and expansion (E(3)-equivariant); false = QHNet's "

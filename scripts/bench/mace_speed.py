@@ -121,7 +121,9 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
     n_atoms = int(batch.num_nodes)
     avg = batch.edge_index.shape[1] / n_atoms
     stats = Statistics(elements=ELEMENTS, avg_num_neighbors=avg)
-    model = MACE.from_config(MACE.Config(**HYPER), stats).to(dtype).eval()
+    # as the peer model (_common.mace_torch_model): residual first block, envelope on the radial basis
+    model = MACE.from_config(MACE.Config(**HYPER, first_interaction="residual", envelope="basis"),
+                             stats).to(dtype).eval()
 
     def infer():
         out = model(batch, compute_forces=True)

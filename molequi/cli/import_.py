@@ -37,9 +37,11 @@ def register(sub) -> None:
     )
     q.add_argument("checkpoint", metavar="CKPT", help="reference checkpoint (e.g. results.pt)")
     q.add_argument("--out", required=True, help="molequi checkpoint to write (e.g. qhnet.pt)")
-    q.add_argument("--version", choices=["QHNet_w_bias", "QHNet"], default="QHNet_w_bias",
+    q.add_argument("--version", choices=["QHNet_w_bias", "QHNet", "QHNet_wo_bias"],
+                   default="QHNet_w_bias",
                    help="which reference model wrote it: QHNet_w_bias (its MD17 config's default and the "
-                   "published models) or QHNet (models/QHNet.py, with the upstream fix of issue 23)")
+                   "published models) or QHNet (models/QHNet.py, with the upstream fix of issue 23); "
+                   "QHNet_wo_bias is refused (molequi has no bias-free expansion)")
     q.add_argument("--elements", default="1,6,7,8,9",
                    help="comma list of atomic numbers the checkpoint is used for (each < the embedding rows)")
     q.add_argument("--dtype", choices=["float32", "float64"], default="float64",

@@ -1,0 +1,158 @@
+"""scripts/bench/edm_equal_budget.py: the data it writes for EDM's code and the model config it gives molequi,
+checked against EDM's own code (its QM9 loader and its model builder), from EDM's source tree at
+../shared/peers/edm (github.com/ehoogeboom/e3_diffusion_for_molecules, commit in
+../shared/peers/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PEER = (REPO / ".." / "shared" / "peers" / "edm").resolve()
+needs_peer = pytest.mark.skipif(
+    not (PEER / "qm9" / "dataset.py").is_file(), reason=f"EDM's source tree is not at {PEER}"
+)
+sys.path.insert(0, str(REPO / "scripts" / "bench"))
+
+import edm_equal_budget as bench  # noqa: E402
+
+
+@pytest.fixture
+def peer_imports(monkeypatch):
+    """EDM's tree on sys.path and the stub wandb / imageio modules, both removed after the test (a stub left
+    in sys.modules would hide a missing wandb from the trainer's logger checks)."""
+    monkeypatch.syspath_prepend(str(PEER))
+    before = set(sys.modules)
+    yield
+    for name in ("wandb", "imageio"):
+        if (
+            name not in before
+            and isinstance(sys.modules.get(name), type(sys))
+            and getattr(sys.modules[name], "__getattr__", None) is bench._stub_attribute
+        ):
+            del sys.modules[name]
+
+
+def _xyz(numbers, positions) -> bytes:
+    symbols = {1: "H", 6: "C", 7: "N", 8: "O"}
+    rows = "".join(f"{symbols[int(z)]} {x:.6f} {y:.6f} {w:.6f}\n" for z, (x, y, w) in zip(numbers, positions))
+    return f"{len(numbers)}\n\n{rows}".encode()  # the ppqm layout: empty second line
+
+
+def _tiny_tarball(path: Path, rng) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Two molecules of each EDM split (each with H, C, N and O, as EDM's loader wants every species in
+    every split) plus one outside the split; returns id -> (numbers, positions)."""
+    from molequi.interop.edm import edm_qm9_split
+
+    split = edm_qm9_split()
+    ids = [int(split[k][j]) for k in ("train", "valid", "test") for j in (0, 1)]
+    mols = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for k, i in enumerate(ids):
+            z = np.array([6, 7, 8] + [1] * (k + 1) + [6] * (k % 3))
+            x = rng.normal(scale=1.5, size=(len(z), 3))
+            mols[i] = (z, x)
+            data = _xyz(z, x)
+            info = tarfile.TarInfo(f"xyz/dsgdb9nsd_{i:06d}.xyz")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return mols
+
+
+@needs_peer
+def test_edm_loader_reads_the_prepared_split(tmp_path, peer_imports):
+    """EDM's own ``retrieve_dataloaders`` reads the npz files ``prepare`` writes and returns the tarball's
+    molecules of each split (positions to float32, atom types, masks), with the absent ones counted."""
+    mols = _tiny_tarball(tmp_path / "xyz.tar.gz", np.random.default_rng(0))
+    counts = bench.prepare(tmp_path / "xyz.tar.gz", tmp_path / "work")
+    assert counts["tarball_molecules"] == 6
+    assert [counts[k]["kept"] for k in ("train", "valid", "test")] == [2, 2, 2]
+    assert counts["train"]["dropped_absent"] == 100000 - 2 and counts["test"]["edm_split"] == 13083
+
+    bench._stub_modules()
+    with contextlib.redirect_stdout(io.StringIO()):
+        from qm9 import dataset as edm_dataset
+    args = bench.edm_options(tmp_path / "work", 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loaders, _ = edm_dataset.retrieve_dataloaders(argparse.Namespace(**{**vars(args), "batch_size": 8}))
+    with np.load(tmp_path / "work" / "edm_data" / "qm9" / "test.npz") as f:
+        order = f["index"].tolist()
+    for name in ("train", "valid", "test"):
+        ds = loaders[name].dataset
+        ds.perm = None  # EDM's dataset shuffles with torch.randperm; the split's own order here
+        batch = loaders[name].collate_fn([ds[j] for j in range(len(ds))])
+        with np.load(tmp_path / "work" / "edm_data" / "qm9" / f"{name}.npz") as f:
+            ids = f["index"].tolist()
+        for b, i in enumerate(ids):
+            z, x = mols[i]
+            mask = batch["atom_mask"][b]
+            assert int(mask.sum()) == len(z)
+            np.testing.assert_allclose(batch["positions"][b][mask].numpy(), x, atol=1e-6)
+            decoded = np.array(bench.ELEMENTS)[batch["one_hot"][b][mask].int().argmax(-1).numpy()]
+            assert decoded.tolist() == z.tolist()  # EDM's one-hot over the data's species = our H C N O order
+            assert batch["charges"][b][mask][:, 0].tolist() == z.tolist()
+    assert bench.load_split(tmp_path / "work", "test")[0][0].tolist() == mols[order[0]][0].tolist()
+
+
+@needs_peer
+def test_molequi_config_is_edms_model(tmp_path, peer_imports):
+    """The ``molequi train`` config of the comparison builds EDM's own network: the weights of EDM's
+    ``get_model`` with the comparison's options load into it (every tensor used, every shape equal) and
+    give the same denoiser output."""
+    from molequi.config import load_config
+    from molequi.interop.edm import edm_state_to_molequi
+    from molequi.models.generative.edm import EDM
+
+    bench._stub_modules()
+    with contextlib.redirect_stdout(io.StringIO()):
+        from qm9.models import get_model
+    (tmp_path / "edm_data" / "qm9").mkdir(parents=True)
+    np.savez(tmp_path / "edm_data" / "qm9" / "train.npz", num_atoms=np.array([3, 5, 5]))
+    sys.modules.pop("configs", None)  # molequi's own configs/ folder may have been imported as a namespace
+    info = bench.edm_dataset_info(tmp_path)
+    assert info["atom_decoder"] == ["H", "C", "N", "O"] and info["n_nodes"] == {3: 1, 5: 2}
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        peer, _, _ = get_model(bench.edm_options(tmp_path, 0), torch.device("cpu"), info, None)
+    with torch.no_grad():
+        for p in peer.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    (tmp_path / "m.yaml").write_text(bench.molequi_yaml(tmp_path / "run", 0))
+    cfg = load_config(tmp_path / "m.yaml")
+    ours = EDM(cfg.model.config)
+    ours.load_state_dict(edm_state_to_molequi(peer.state_dict(), ours))
+    peer, ours = peer.double().eval(), ours.double().eval()
+    B, N, F = 2, 5, 5
+    gen = torch.Generator().manual_seed(1)
+    node_mask = torch.ones(B, N, 1, dtype=torch.float64)
+    node_mask[0, 3:] = 0
+    edge = node_mask[:, :, 0].unsqueeze(1) * node_mask[:, :, 0].unsqueeze(2) * (1 - torch.eye(N))
+    z = torch.randn(B, N, 3 + F, generator=gen, dtype=torch.float64) * node_mask
+    z[:, :, :3] -= z[:, :, :3].sum(1, keepdim=True) / node_mask.sum(1, keepdim=True) * node_mask
+    t = torch.tensor([[0.3], [0.7]], dtype=torch.float64)
+    with torch.no_grad():
+        ref = peer.phi(z, t, node_mask, edge.view(B * N * N, 1), None)
+    mask = node_mask[:, :, 0].bool()
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    from molequi.models.generative.graph import fully_connected_edges
+
+    with torch.no_grad():
+        vx, vh = ours.dynamics(
+            z[mask][:, :3], z[mask][:, 3:], t[:, 0], batch, fully_connected_edges(batch, B)
+        )
+    np.testing.assert_allclose(torch.cat([vx, vh], -1).numpy(), ref[mask].numpy(), rtol=1e-9, atol=1e-9)
+    assert (cfg.optim.lr, cfg.optim.ema_decay, cfg.trainer.batch_size, cfg.optim.optimizer) == (
+        1e-4,
+        0.999,
+        64,
+        "adamw",
+    )

@@ -15,8 +15,10 @@ VmRSS), makes one call with energy, forces and stress, and records the peak resi
 (``peak_rss_mb``, VmHWM = getrusage's ru_maxrss), the call's wall and CPU time and the energy. A process that
 runs out of the limit is recorded as such. molequi's configurations: ``unchunked``
 (``max_edges_per_chunk: null``), ``auto`` (the default: chunks of about 1 GiB of per-edge intermediates per
-layer) and ``chunk=N`` (``--chunks``). The chunked and unchunked energies of one size are printed side by
-side (same seed, same weights: they agree to round-off).
+layer) and ``chunk=N``; ``train-unchunked`` / ``train-chunk=N`` measure one training step instead
+(inference, then the backward of a loss on energy, forces and stress, which needs second derivatives). The
+chunked and unchunked energies of one size are printed side by side (same seed, same weights: they agree to
+round-off). ``--append`` adds sizes to an existing result file (each invocation is listed in it).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _timed(fn) -> dict:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "energy": energy}
 
 
-def worker_molequi(n: int, dtype_name: str, chunk) -> dict:
+def worker_molequi(n: int, dtype_name: str, chunk, train: bool = False) -> dict:
     import torch
     from torch_geometric.data import Batch
 
@@ -76,11 +78,14 @@ def worker_molequi(n: int, dtype_name: str, chunk) -> dict:
     stats = Statistics(elements=[29], avg_num_neighbors=n_edges / len(atoms))
     # mace-torch's side (build_mace_torch) has a residual first block
     cfg = MACE.Config(**MACE_HYPER, first_interaction="residual", max_edges_per_chunk=chunk)
-    model = MACE.from_config(cfg, stats).to(dtype).eval()
+    model = MACE.from_config(cfg, stats).to(dtype).train(train)
     chunks = [layer.edges_per_chunk(n_edges, batch.pos) for layer in model.layers]
 
     def call():
         out = model(batch, compute_forces=True, compute_stress=True)
+        if train:  # one training step's backward: the force and stress terms need second derivatives
+            loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum() + out["stress"].pow(2).sum()
+            loss.backward()
         return float(out["energy"].detach().sum())
 
     return {"n_atoms": len(atoms), "n_edges": n_edges, "edges_per_chunk": chunks,
@@ -122,8 +127,10 @@ def worker(impl: str, n: int, dtype: str) -> dict:
         if impl == "mace-torch":
             result = worker_mace(n, dtype)
         else:
-            chunk = {"unchunked": None, "auto": "auto"}[impl] if "=" not in impl else int(impl.split("=")[1])
-            result = {"impl": f"molequi {impl}", **worker_molequi(n, dtype, chunk)}
+            train = impl.startswith("train-")
+            setting = impl.removeprefix("train-")
+            chunk = {"unchunked": None, "auto": "auto"}[setting] if "=" not in setting else int(setting[6:])
+            result = {"impl": f"molequi {impl}", **worker_molequi(n, dtype, chunk, train)}
     except (RuntimeError, MemoryError) as exc:  # the allocation that passed the address-space limit
         result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -154,10 +161,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="10,16,25", help="n of the n^3 primitive fcc cells (n^3 atoms)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--impls", default="unchunked,auto,chunk=8192,mace-torch",
-                    help="molequi configurations (unchunked, auto, chunk=N) and mace-torch")
+                    help="molequi configurations (unchunked, auto, chunk=N; with a train- prefix, a training "
+                    "step instead: E+F+S, then backward of a loss on all three) and mace-torch")
     ap.add_argument("--mem-limit-gb", type=float, default=16.0, help="address-space limit of each process")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--out", default="mace_scale", help="results name (no path): bench_results/NAME.json")
+    ap.add_argument("--append", action="store_true",
+                    help="add to bench_results/NAME.json (replacing rows of the same size and configuration)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -169,12 +179,23 @@ def main(argv=None) -> int:
     impls = args.impls.split(",")
     if "mace-torch" in impls and not (args.mace_python and os.path.exists(args.mace_python)):
         sys.exit("mace-torch needs --mace-python (PY=$(bash scripts/bench/setup_peers.sh mace | tail -1))")
-    rows = []
+    rows, invocations = [], []
+    previous = ROOT / "bench_results" / f"{args.out}.json"
+    if args.append and previous.exists():
+        old = json.loads(previous.read_text())
+        invocations = old.get("invocations", [])
+        for r in old["results"]:  # rows of a file written before rows recorded their limit
+            r.setdefault("mem_limit_gb", old["mem_limit_gb"])
+        done = {(n**3, c) for n in map(int, args.sizes.split(",")) for c in impls}
+        rows = [r for r in old["results"] if (r["size"], r["config"]) not in done]
+    invocations.append({"sizes": args.sizes, "impls": args.impls, "mem_limit_gb": args.mem_limit_gb,
+                        "load_average": list(os.getloadavg()),
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     for n in (int(s) for s in args.sizes.split(",")):
         for impl in impls:
             python = args.mace_python if impl == "mace-torch" else sys.executable
             r = run_one(python, impl, n, args.dtype, args.mem_limit_gb, args.timeout)
-            r.update(size=n**3, config=impl, dtype=args.dtype)
+            r.update(size=n**3, config=impl, dtype=args.dtype, mem_limit_gb=args.mem_limit_gb)
             rows.append(r)
             print(f"  {n**3:6d} {impl:12s} "
                   + (f"peak {r['peak_rss_mb']:.0f} MB, {r['cpu_s']:.1f} cpu s" if "energy" in r
@@ -197,10 +218,11 @@ def main(argv=None) -> int:
         "structure": f"fcc Cu a={A_CU} Å, primitive cell n^3, rattled 0.05 Å",
         "measure": "one energy+forces+stress call per fresh process; peak_rss_mb = ru_maxrss (VmHWM), "
                    "rss_setup_mb = VmRSS after graph and model were built",
-        "results": rows,
+        "results": sorted(rows, key=lambda r: r["size"]), "invocations": invocations,
     }, provenance("mace-torch" if ran_peer else None, version if ran_peer else None,
                   True if ran_peer else None,
-                  notes="each configuration in a fresh process of this invocation, one after another"))
+                  notes="each configuration in a fresh process, one after another; with --append the sizes "
+                        "of several invocations (see 'invocations'), mace-torch measured in each"))
     return 0
 
 

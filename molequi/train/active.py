@@ -844,6 +844,7 @@ def write_history(out: Path, history: list[dict], cfg: LearnConfig) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def series(key):
         return [e["round"] for e in history if e.get(key) is not None], [
@@ -860,6 +861,7 @@ def write_history(out: Path, history: list[dict], cfg: LearnConfig) -> None:
         if line is not None:
             ax.axhline(line, color="grey", ls="--", lw=1)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         if key == "max_disagreement" and y and min(y) > 0:
             ax.set_yscale("log")

@@ -44,10 +44,11 @@ def learn_config(args, out: Path) -> dict:
     epochs = 8 if args.quick else args.epochs
     return {
         "output": str(out / "loop"),
-        "start": {"smiles": [args.smiles], "n_frames": args.start_frames, "rattle": 0.05, "seed": 0},
+        "start": {"smiles": [args.smiles], "n_frames": args.start_frames, "rattle": 0.05, "seed": args.seed},
         "labeller": {"name": "xtb", "method": "GFN2-xTB", "workers": args.workers},
         "committee": {
             "size": 3,
+            "seeds": [3 * args.seed, 3 * args.seed + 1, 3 * args.seed + 2],
             "train": {
                 "model": MODEL,
                 "task": {"name": "energy_forces", "weights": {"energy": 1.0, "forces": 100.0}},
@@ -63,7 +64,7 @@ def learn_config(args, out: Path) -> dict:
                "friction": 0.01, "runs": 1, "stride": 10, "min_distance": 0.5, "max_force": 20.0},
         "select": {"threshold": args.threshold, "window": 100, "max_frames": args.max_frames},
         "stop": {"max_rounds": 2 if args.quick else args.max_rounds, "max_labelled": args.max_labelled},
-        "seed": 0,
+        "seed": args.seed,
     }
 
 
@@ -118,6 +119,9 @@ def main() -> int:
                    "(fine-tuning rounds: half)")
     p.add_argument("--test-frames", type=int, default=100)
     p.add_argument("--workers", type=int, default=1, help="labelling processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start frames, the loop's MD, the committee "
+                   "(3 seed .. 3 seed + 2) and the random baseline's xTB MD; the test set is the same for every "
+                   "seed")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
     p.add_argument("--name", default="active_learning", help="bench_results/<name>.json/.md/.png")
     args = p.parse_args()
@@ -159,7 +163,7 @@ def main() -> int:
         return labelled
 
     t1, c1 = time.perf_counter(), time.process_time()
-    random_frames = xtb_frames(f"random_{n}", n, seed=1)
+    random_frames = xtb_frames(f"random_{n}", n, seed=1 + 10 * args.seed)
     test_frames = xtb_frames("test", args.test_frames, seed=2)
     models = {
         "active learning (loop's fine-tuned member 0)": result.model_paths[0],
@@ -179,6 +183,7 @@ def main() -> int:
         "command": "OMP_NUM_THREADS=1 python scripts/bench/active_learning.py " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "smiles": args.smiles,
+        "seed": args.seed,
         "n_atoms": len(conformer),
         "temperature_K": args.temperature,
         "stable_fs": args.stable_fs,
@@ -233,6 +238,22 @@ def markdown(p: dict) -> str:
     for r in p["rows"]:
         lines.append(f"| {r['training set']} | {r['frames']} | {r['test_force_mae_meV_A']:.1f} | "
                      f"{r['md_survived_fs']:.0f}{' (stopped)' if r['md_stopped'] else ''} |")
+    lines += ["", "The loop, per round (validation: every 10th labelled frame; disagreement: largest per-atom "
+              "committee force spread over the round's MD):", "",
+              "| round | frames added | labelled | valid force MAE (meV/Å) | max disagreement (eV/Å) | "
+              "MD below threshold (fs) |", "|---|---|---|---|---|---|"]
+    def cell(value, fmt: str) -> str:
+        return "" if value is None else format(value, fmt)
+
+    for h in p["history"]:
+        lines.append(f"| {h['round']} | {h['n_new']} | {h['n_labelled']} | "
+                     f"{cell(h.get('valid_forces_mae_meV_A'), '.1f')} | {cell(h.get('max_disagreement'), '.3f')} | "
+                     f"{cell(h.get('survived_fs'), '.0f')} |")
+    lines += ["", f"Seed {p.get('seed', 0)}. Time: loop {p['loop_wall_s'] / 60:.1f} min wall / "
+              f"{p['loop_cpu_s'] / 60:.1f} min CPU, comparison {p['comparison_wall_s'] / 60:.1f} min wall / "
+              f"{p['comparison_cpu_s'] / 60:.1f} min CPU (1 thread; machine load "
+              f"{p['provenance']['load_average'][0]:.1f} on 2 cores). Energies are fitted with weight 1 against "
+              "100 for forces: only forces are compared here."]
     return "\n".join(lines) + "\n"
 
 

@@ -500,6 +500,32 @@ def rows_generation(res: Path) -> list[list[str]]:
     ]
 
 
+def row_active_learning(res: Path) -> list[str]:
+    runs = [load(res, "active_learning")]
+    if (res / "active_learning_seed1.json").exists():
+        runs.append(load(res, "active_learning_seed1"))
+    d = runs[0]
+
+    def mae(run: dict, name: str) -> str:
+        return f"{next(r for r in run['rows'] if r['training set'] == name)['test_force_mae_meV_A']:.0f}"
+
+    loops = "; ".join(
+        f"seed {r.get('seed', 0)}: "
+        + (f"stable after {r['rounds']} rounds" if r["converged"] else f"**not** stable ({r['stop_reason']})")
+        + f", {r['n_labelled']} frames, force MAE {mae(r, 'active-learning frames, from scratch')} vs "
+        f"{mae(r, 'random xTB-MD frames, from scratch')} meV/Å (the loop's own fine-tuned member "
+        f"{mae(r, 'active learning (loop' + chr(39) + 's fine-tuned member 0)')})" for r in runs)
+    result = (
+        f"{d['smiles']} ({d['n_atoms']} atoms), GFN2-xTB labels, from 20 rattled frames to {d['stable_fs']:g} fs "
+        f"of committee NVT at {d['temperature_K']:g} K below {d['threshold_eV_A']} eV/Å; MACE "
+        f"{d['model']['hidden_irreps']} ({d['n_parameters']:,} parameters), committee of {d['committee_size']}. "
+        f"Test: {d['n_test']} fresh xTB-MD frames; active-learning frames vs as many random xTB-MD frames, "
+        f"same model, config and seed: {loops}; see `bench_results/active_learning.md`"
+    )
+    return row("active learning vs random frames", "`python scripts/bench/active_learning.py [--seed 1]`",
+               result, *[r["provenance"] for r in runs])
+
+
 def table_rows(results: Path) -> list[list[str]]:
     return [
         row_neighbors(results),
@@ -514,6 +540,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_datasets(results),
         *rows_hamiltonian(results),
         *rows_generation(results),
+        row_active_learning(results),
     ]
 
 

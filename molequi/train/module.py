@@ -49,6 +49,8 @@ class TaskModule(L.LightningModule):
         # optim.grad_clip: edm_adaptive keeps a queue of recent gradient norms (saved in checkpoints)
         self.grad_clipper = EDMGradClip() if config.optim.grad_clip == "edm_adaptive" else None
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self._train_sums: dict[str, torch.Tensor | float] = {}  # this epoch's sums of batch-size x logged value
+        self._train_count = 0
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
 
     # ---- data ------------------------------------------------------------------------------------------
@@ -71,11 +73,29 @@ class TaskModule(L.LightningModule):
         outputs = self.task(batch)
         loss, logs = self.task.loss(batch, outputs)
         bs = self._batch_size(batch)
-        self.log_dict({f"train/{k}": float(v) for k, v in logs.items()}, on_step=True, on_epoch=True,
-                      batch_size=bs, prog_bar=False)
+        # the epoch means are summed here (no device sync, no Lightning call per step) and logged at the
+        # epoch's end; the step values only on the steps the loggers write. Same names and values as
+        # self.log(on_step=True, on_epoch=True) gives (train/<k>_step, train/<k>_epoch, batch-size
+        # weighted), at a fraction of its per-step cost (about 3 ms per key and step)
+        for k, v in logs.items():
+            total = self._train_sums.get(k)
+            value = v.detach() * bs if torch.is_tensor(v) else float(v) * bs
+            self._train_sums[k] = value if total is None else total + value
+        self._train_count += bs
         if self._step_logged():
+            self.log_dict({f"train/{k}_step": float(v) for k, v in logs.items()}, on_step=True, on_epoch=False,
+                          batch_size=bs, prog_bar=False)
             self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # a resumed epoch averages only its resumed part, as Lightning's own epoch means did
+        self._train_sums, self._train_count = {}, 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_count:
+            self.log_dict({f"train/{k}_epoch": float(v) / self._train_count for k, v in self._train_sums.items()},
+                          on_step=False, on_epoch=True, prog_bar=False)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         warmup = self.config.optim.warmup_steps

@@ -85,6 +85,8 @@ def _build_and_install(tmp_path: Path) -> Path:
         assert "molequi = molequi.cli.main:main" in zf.read(entry_points).decode()
     for f in ("rmd17_ethanol_train_01.npz", "rmd17_ethanol_test_01.npz", "ORIGIN.md"):
         assert f"molequi/resources/rmd17/{f}" in names, f"{f} is not packaged in {wheel.name}"
+    for f in ("uncharacterized_indices.txt", "ORIGIN.md"):  # QM9's list, which fixes EDM's split
+        assert f"molequi/resources/qm9/{f}" in names, f"{f} is not packaged in {wheel.name}"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target",
                     str(target), str(wheel)], check=True, cwd=tmp_path, timeout=300)

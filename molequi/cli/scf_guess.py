@@ -17,7 +17,7 @@ def register(sub) -> None:
         "of both are printed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model.pt or .ckpt written by `molequi train` with model 'qhnet'")
+    p.add_argument("checkpoint", help="model.pt or .ckpt written by `molequi train` with task 'hamiltonian'")
     p.add_argument(
         "structure",
         help="molecule file readable by ASE (xyz, ...; Å); every frame is run (use --index to pick some)",
@@ -49,12 +49,13 @@ def run(args) -> int:
     from molequi.checkpoint import load_model
     from molequi.errors import ConfigError
     from molequi.io import atomic_write_text
-    from molequi.models.hamiltonian.qhnet import QHNet
     from molequi.qc.scf import predict_fock, run_scf
 
     model = load_model(args.checkpoint)
-    if not isinstance(model, QHNet):
-        raise ConfigError(f"{args.checkpoint} is not a Hamiltonian model (train one with model name 'qhnet')")
+    # any Hamiltonian model (its orbital basis is an attribute), whatever its registered name
+    if getattr(getattr(model, "basis", None), "name", None) is None:
+        raise ConfigError(f"{args.checkpoint} is not a Hamiltonian model (it has no orbital basis; train one "
+                          "with task 'hamiltonian')")
     if model.basis.name != args.basis.lower():
         raise ConfigError(f"the model predicts {model.basis.name} matrices, --basis is {args.basis}")
     frames = ase.io.read(args.structure, index=args.index)

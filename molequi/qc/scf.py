@@ -5,7 +5,8 @@
     mf.kernel(dm0=D)
 
 ``run_scf`` reports SCF cycles and wall time so a predicted guess can be compared with PySCF's own
-``minao`` (or ``1e``, ``atom``, ``huckel``) initial guess at identical settings.
+``minao`` (or ``1e``, ``atom``, ``huckel``) initial guess, or with a given density (``dm0``: e.g. the
+previous MD frame's converged density, ``return_dm=True``), at identical settings.
 """
 
 from __future__ import annotations
@@ -38,16 +39,22 @@ def run_scf(
     xc: str = "pbe",
     basis: str = "def2-svp",
     fock: np.ndarray | None = None,
+    dm0: np.ndarray | None = None,
     init_guess: str = "minao",
     conv_tol: float = 1e-9,
     charge: int = 0,
     grids_level: int = 3,
+    return_dm: bool = False,
 ) -> dict:
-    """Run PySCF RKS from ``fock`` (a predicted Fock matrix, PySCF AO order, Hartree) or from ``init_guess``.
+    """Run PySCF RKS from ``fock`` (a predicted Fock matrix, PySCF AO order, Hartree), from a density
+    ``dm0`` (nao, nao), or from PySCF's ``init_guess``.
 
     Returns {"cycles", "seconds" (SCF wall time, guess included), "e_tot" (Hartree), "converged",
-    "guess"}. ``cycles`` is PySCF's ``mf.cycles`` (number of Fock builds after the guess).
+    "guess"} and, with ``return_dm``, "dm" (the converged density). ``cycles`` is PySCF's ``mf.cycles``
+    (number of Fock builds after the guess).
     """
+    if fock is not None and dm0 is not None:
+        raise InputError("give a predicted Fock matrix or a starting density, not both")
     mol = build_mol(numbers, pos_angstrom, basis, charge)
     mf = make_rks(mol, xc, conv_tol=conv_tol, grids_level=grids_level)
     mf.grids.build()  # grid set-up is the same for every guess; keep it out of the comparison
@@ -61,17 +68,28 @@ def run_scf(
         dm0 = density_from_fock(fock, mol.intor("int1e_ovlp"), mol.nelectron)
         e = mf.kernel(dm0=dm0)
         guess = "predicted"
+    elif dm0 is not None:
+        dm0 = np.asarray(dm0, dtype=np.float64)
+        if dm0.shape != (mol.nao, mol.nao):
+            raise InputError(
+                f"starting density has shape {dm0.shape}, the molecule has {mol.nao} AOs in {basis}"
+            )
+        e = mf.kernel(dm0=dm0)
+        guess = "dm0"
     else:
         mf.init_guess = init_guess
         e = mf.kernel()
         guess = init_guess
-    return {
+    out = {
         "cycles": int(mf.cycles),
         "seconds": time.perf_counter() - t0,
         "e_tot": float(e),
         "converged": bool(mf.converged),
         "guess": guess,
     }
+    if return_dm:
+        out["dm"] = mf.make_rdm1()
+    return out
 
 
 def predict_fock(model, numbers: Sequence[int], pos_angstrom: np.ndarray) -> np.ndarray:

@@ -37,30 +37,62 @@ def sample_xtb_md(
     equilibration: int = 200,
     friction: float = 0.02,
     seed: int = 0,
+    progress: bool = False,
 ):
     """``n`` snapshots of GFN2-xTB Langevin MD (ASE, tblite) at ``temperature`` K, every ``interval`` steps.
 
-    timestep in fs; the first ``equilibration`` steps are discarded. Returns a list of ``ase.Atoms``.
+    timestep in fs; friction in 1/fs; the first ``equilibration`` steps are discarded. The centre of
+    mass is held by ``FixCom`` (ASE's ``fixcm`` option of Langevin does not sample NVT exactly). Each
+    snapshot's ``info`` holds ``md_step`` and ``xtb_energy_ev``. ``progress`` shows a tqdm bar over MD
+    steps. Returns a list of ``ase.Atoms``.
     """
     from ase import units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
     atoms = atoms.copy()
     atoms.calc = xtb_calculator()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(
-        atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng
-    )
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    atoms.set_constraint(FixCom())
+    dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                   rng=rng, fixcm=False)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=equilibration + n * interval, desc=f"GFN2-xTB MD {temperature:g} K", unit="step")
     dyn.run(equilibration)
+    if bar is not None:
+        bar.update(equilibration)
     frames = []
     for _ in range(n):
         dyn.run(interval)
-        frames.append(atoms.copy())
-    for f in frames:
-        f.calc = None
+        if bar is not None:
+            bar.update(interval)
+        frame = atoms.copy()
+        frame.set_constraint()
+        frame.info.update(md_step=int(dyn.nsteps), xtb_energy_ev=float(atoms.get_potential_energy()))
+        frame.calc = None
+        frames.append(frame)
+    if bar is not None:
+        bar.close()
     return frames
+
+
+def lag1_correlation(frames) -> float:
+    """Mean lag-1 autocorrelation over consecutive ``frames`` of the interatomic distances (Pearson,
+    averaged over the atom pairs): ~0 when successive samples are statistically independent, ~1 for
+    frames closer together than the molecule's vibrational periods."""
+    d = np.array([f.get_all_distances()[np.triu_indices(len(f), 1)] for f in frames])
+    if len(d) < 3:
+        raise InputError(f"{len(d)} frames: the lag-1 correlation needs at least 3")
+    x, y = d[:-1] - d[:-1].mean(0), d[1:] - d[1:].mean(0)
+    r = (x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0))
+    return float(np.mean(r))
 
 
 def sample_normal_modes(atoms, n: int, *, temperature: float = 500.0, seed: int = 0):
@@ -129,5 +161,6 @@ __all__ = [
     "sample_xtb_md",
     "sample_normal_modes",
     "finite_difference_hessian",
+    "lag1_correlation",
     "SAMPLERS",
 ]

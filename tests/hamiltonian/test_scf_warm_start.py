@@ -62,7 +62,8 @@ def trained(tmp_path_factory):
         torch.set_num_threads(threads)
     model.eval()
     path = tmp_path_factory.mktemp("scf_warm") / "model.pt"
-    save_model(make_payload(config={"model": {"name": name, **to_plain(config)}, "task": {"name": "hamiltonian"}},
+    save_model(make_payload(config={"model": {"name": name, **to_plain(config)},
+                                    "task": {"name": "hamiltonian"}},
                             statistics={"elements": [1, 8]}, model_state=model.state_dict(),
                             dtype=torch.float32), path)
     return model, store, split["test"][:N_HELD_OUT], path
@@ -81,8 +82,9 @@ def test_predicted_h_starts_scf_at_the_label_energy_in_fewer_cycles_than_minao(t
         fock = predict_fock(model, rec.numbers, rec.pos)
         # a prediction, not the label: it differs from the converged Fock matrix by far more than SCF noise
         assert np.abs(fock - rec.fock).mean() > 1e-5
-        pred = run_scf(rec.numbers, rec.pos, fock=fock, xc=store.xc, basis=store.basis, conv_tol=1e-10)
-        ref = run_scf(rec.numbers, rec.pos, init_guess="minao", xc=store.xc, basis=store.basis, conv_tol=1e-10)
+        settings = dict(xc=store.xc, basis=store.basis, conv_tol=1e-10)
+        pred = run_scf(rec.numbers, rec.pos, fock=fock, **settings)
+        ref = run_scf(rec.numbers, rec.pos, init_guess="minao", **settings)
         assert pred["converged"] and ref["converged"]
         assert abs(pred["e_tot"] - rec.energy) < 1e-8  # the label PySCF stored with the data
         assert abs(ref["e_tot"] - rec.energy) < 1e-8
@@ -100,10 +102,22 @@ def test_scf_guess_cli_with_the_trained_model(trained, tmp_path, capsys):
     _, store, held_out, path = trained
     rec = store[held_out[0]]
     ase.io.write(tmp_path / "water.xyz", Atoms(numbers=rec.numbers, positions=rec.pos))
-    assert main(["scf-guess", str(path), str(tmp_path / "water.xyz"), "--xc", store.xc, "--basis", store.basis,
-                 "--conv-tol", "1e-10", "--reference-guess", "huckel", "--json", str(tmp_path / "scf.json")]) == 0
+    assert main(["scf-guess", str(path), str(tmp_path / "water.xyz"), "--xc", store.xc, "--basis",
+                 store.basis, "--conv-tol", "1e-10", "--reference-guess", "huckel", "--json",
+                 str(tmp_path / "scf.json")]) == 0
     assert "predicted guess" in capsys.readouterr().out
     (row,) = json.loads((tmp_path / "scf.json").read_text())
     assert row["predicted"]["e_tot"] == pytest.approx(rec.energy, abs=1e-8)
     assert row["reference"]["e_tot"] == pytest.approx(rec.energy, abs=1e-8)
     assert row["reference"]["guess"] == "huckel"
+
+
+@pytest.mark.slow
+def test_scf_guess_refuses_a_basis_the_model_does_not_predict(trained, tmp_path, capsys):
+    from molequi.cli.main import main
+
+    _, store, held_out, path = trained
+    rec = store[held_out[0]]
+    ase.io.write(tmp_path / "water.xyz", Atoms(numbers=rec.numbers, positions=rec.pos))
+    assert main(["scf-guess", str(path), str(tmp_path / "water.xyz"), "--basis", "sto-3g"]) != 0
+    assert "ConfigError: the model predicts def2-svp matrices, --basis is sto-3g" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""The random train/validation/test split saved with a Hamiltonian store (QHNet's protocol), the dataset option
-that reads it, the independence measure of the sampler, and the generator script end to end."""
+"""The random train/validation/test split saved with a Hamiltonian store (QHNet's protocol), the dataset
+option that reads it, the independence measure of the sampler, and the generator script end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from molequi.data.hamiltonian import HamiltonianRecord, HamiltonianStore, random_split, write_split, write_store
+from molequi.data.hamiltonian import (
+    HamiltonianRecord,
+    HamiltonianStore,
+    random_split,
+    write_split,
+    write_store,
+)
 from molequi.errors import DatasetError, FormatError
 
 ROOT = Path(__file__).resolve().parents[2]

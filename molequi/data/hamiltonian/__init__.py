@@ -14,7 +14,8 @@ Hartree because every Hamiltonian metric in the literature is in (micro-)Hartree
 
 Modules:
     ``record``   ``HamiltonianRecord``, one labelled geometry
-    ``store``    ``HamiltonianStore`` / ``HamiltonianStoreWriter`` / ``write_store``, the sharded store
+    ``store``    ``HamiltonianStore`` / ``HamiltonianStoreWriter`` / ``write_store``, the sharded store,
+                 and its saved random split (``random_split``, ``write_split``, ``HamiltonianStore.split``)
     ``readers``  ``read_md17_hamiltonian`` (SchNOrb ASE db) and ``read_qh9_lmdb`` (QH9 LMDB)
     ``dataset``  ``HamiltonianDataset``, ``record_to_data`` and the ``hamiltonian`` dataset entry
 
@@ -25,7 +26,14 @@ Labels are computed by ``molequi.qc`` (PySCF labelling, xTB samplers, the multip
 from molequi.data.hamiltonian.dataset import HamiltonianDataset, build_hamiltonian_dataset, record_to_data
 from molequi.data.hamiltonian.readers import read_md17_hamiltonian, read_qh9_lmdb
 from molequi.data.hamiltonian.record import HamiltonianRecord
-from molequi.data.hamiltonian.store import FORMAT, HamiltonianStore, HamiltonianStoreWriter, write_store
+from molequi.data.hamiltonian.store import (
+    FORMAT,
+    HamiltonianStore,
+    HamiltonianStoreWriter,
+    random_split,
+    write_split,
+    write_store,
+)
 
 __all__ = [
     "FORMAT",
@@ -34,6 +42,8 @@ __all__ = [
     "HamiltonianStoreWriter",
     "HamiltonianDataset",
     "write_store",
+    "random_split",
+    "write_split",
     "read_md17_hamiltonian",
     "read_qh9_lmdb",
     "record_to_data",

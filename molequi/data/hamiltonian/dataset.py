@@ -36,13 +36,24 @@ class HamiltonianDataset:
 
 def build_hamiltonian_dataset(cfg) -> list:
     """``molequi.data.datasets`` entry ``hamiltonian``: every record of the store at ``cfg.root`` as graph
-    records (``record_to_data``). ``cfg.options``: ``limit`` (first N records only)."""
+    records (``record_to_data``). ``cfg.options``: ``split`` (``train``, ``valid`` or ``test``: only the
+    records of that part of the store's saved ``split.json``), ``limit`` (first N records only)."""
+    from molequi.errors import DatasetError
+
     store = HamiltonianStore(cfg.root)
-    n = len(store)
-    limit = cfg.options.get("limit") if getattr(cfg, "options", None) else None
-    if limit is not None:
-        n = min(n, int(limit))
-    return [record_to_data(store[i]) for i in range(n)]
+    options = getattr(cfg, "options", None) or {}
+    ids = list(range(len(store)))
+    if options.get("split") is not None:
+        split = store.split()
+        if split is None or options["split"] not in split:
+            raise DatasetError(f"data.options.split={options['split']!r}: {cfg.root} has "
+                              f"{'no split.json' if split is None else 'no such part'}",
+                              hint="use train, valid or test with a store made by "
+                                   "scripts/make_hamiltonian_dataset.py")
+        ids = split[options["split"]]
+    if options.get("limit") is not None:
+        ids = ids[: int(options["limit"])]
+    return [record_to_data(store[i]) for i in ids]
 
 
 def record_to_data(rec: HamiltonianRecord, dtype=None):

@@ -11,6 +11,7 @@ Layout, a directory::
     shard_00000/overlap.npy          (sum nao^2,)
     shard_00000/mo_energy.npy        (sum nao,)            Hartree
     shard_00000/nao.npy, mat_ptr.npy, orb_ptr.npy, energy.npy, n_elec.npy
+    split.json                       optional {"train": [i, ...], "valid": [...], "test": [...], "seed": s}
 Arrays are opened with ``np.load(mmap_mode="r")``, so a record is read by slicing without loading the
 shard. Every shard is written to a temporary directory and renamed into place; ``index.json`` is written
 to a temporary file and renamed, so an interrupted run leaves a readable store of the finished shards.
@@ -32,6 +33,8 @@ from molequi.errors import DatasetError, FormatError
 from molequi.io import atomic_write_text
 
 FORMAT = "molequi-hamiltonian/1"
+SPLIT_FILE = "split.json"
+SPLIT_NAMES = ("train", "valid", "test")
 
 
 _SHARD_ARRAYS = ("numbers", "pos", "forces", "atom_ptr", "nao", "mat_ptr", "orb_ptr", "fock", "overlap",
@@ -166,6 +169,30 @@ class HamiltonianStore:
         for i in range(len(self)):
             yield self[i]
 
+    def split(self) -> dict[str, list[int]] | None:
+        """The store's saved train/valid/test record indices (``split.json``), or None if it has none.
+
+        FormatError if the file is not disjoint lists of in-range indices named train, valid, test."""
+        path = self.root / SPLIT_FILE
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"not valid JSON ({exc})", source=str(path),
+                              hint="rewrite it with molequi.data.hamiltonian.write_split") from None
+        ok = isinstance(raw, dict) and all(
+            isinstance(raw.get(k), list) and all(type(i) is int and 0 <= i < len(self) for i in raw[k])
+            for k in SPLIT_NAMES)
+        if ok:
+            seen = [i for k in SPLIT_NAMES for i in raw[k]]
+            ok = len(seen) == len(set(seen))
+        if not ok:
+            raise FormatError(f"needs disjoint lists 'train', 'valid', 'test' of record indices in "
+                              f"[0, {len(self)})", source=str(path),
+                              hint="rewrite it with molequi.data.hamiltonian.write_split")
+        return {k: list(raw[k]) for k in SPLIT_NAMES}
+
 
 class HamiltonianStoreWriter:
     """Append records, flushed into shards of ``shard_size`` records, each written atomically."""
@@ -278,4 +305,26 @@ def write_store(
     return Path(root)
 
 
-__all__ = ["FORMAT", "HamiltonianStore", "HamiltonianStoreWriter", "write_store"]
+def random_split(n: int, n_valid: int, n_test: int, seed: int = 0) -> dict[str, list[int]]:
+    """A random partition of ``range(n)``: ``n_valid`` validation, ``n_test`` test, the rest training
+    indices, each list sorted; the permutation is ``numpy.random.default_rng(seed).permutation(n)``."""
+    if n_valid < 0 or n_test < 0 or n_valid + n_test >= n:
+        raise DatasetError(f"cannot take {n_valid} validation and {n_test} test records out of {n} "
+                           "and keep some for training", hint="lower the validation / test counts")
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = {"valid": perm[:n_valid], "test": perm[n_valid : n_valid + n_test],
+             "train": perm[n_valid + n_test :]}
+    return {k: sorted(int(i) for i in parts[k]) for k in SPLIT_NAMES}
+
+
+def write_split(root, split: dict[str, list[int]], **meta) -> Path:
+    """Save ``split`` (train/valid/test index lists) as ``root/split.json`` (atomically), with ``meta``
+    (e.g. the seed); ``HamiltonianStore(root).split()`` reads and checks it."""
+    path = Path(root) / SPLIT_FILE
+    atomic_write_text(path, json.dumps({**meta, **{k: list(map(int, split[k])) for k in SPLIT_NAMES}}))
+    HamiltonianStore(root).split()  # refuse to leave an inconsistent file behind silently
+    return path
+
+
+__all__ = ["FORMAT", "HamiltonianStore", "HamiltonianStoreWriter", "write_store", "random_split",
+           "write_split"]

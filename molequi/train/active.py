@@ -93,7 +93,9 @@ class LabellerConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # ase: keyword arguments of that class
     workers: int = 1  # parallel labelling processes (1: in this process)
     executor: Literal["process", "dask", "submitit"] = "process"  # process pool, Dask distributed, submitit
-    executor_options: dict[str, Any] = field(default_factory=dict)  # dask: address; submitit: folder, ...
+    # dask: address of a running scheduler, else LocalCluster keyword arguments (n_workers, processes, ...);
+    # submitit: folder, cluster (slurm | local | debug) and AutoExecutor parameters (timeout_min, slurm_*, ...)
+    executor_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -425,8 +427,8 @@ def _map_dask(work, chunks, spec: LabellerConfig):
     if address is not None:
         with Client(address, **options) as client:
             return client.gather(client.map(work, chunks, pure=False))
-    with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, **options) as cluster, \
-            Client(cluster) as client:
+    local = {"n_workers": spec.workers, "threads_per_worker": 1, "processes": True, **options}
+    with LocalCluster(**local) as cluster, Client(cluster) as client:
         return client.gather(client.map(work, chunks, pure=False))
 
 

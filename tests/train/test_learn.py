@@ -128,6 +128,28 @@ def test_process_pool_labels_equal_ase_in_order():
         np.testing.assert_allclose(b.arrays["forces"], a.get_forces(), atol=1e-12)
 
 
+@pytest.mark.parametrize("executor, options", [
+    ("dask", {"processes": False, "n_workers": 2, "dashboard_address": None}),  # a real LocalCluster
+    ("submitit", {"cluster": "debug"}),  # submitit's in-process executor (same code path as slurm)
+])
+def test_dask_and_submitit_label_like_ase(tmp_path, executor, options):
+    from molequi.train.active import LabellerConfig
+
+    frames = [Octahedron("Cu", 2) for _ in range(3)]
+    for k, a in enumerate(frames):
+        a.positions[0, 0] += 0.05 * k
+    spec = LabellerConfig(name="ase", calculator="ase.calculators.emt:EMT", workers=2, executor=executor,
+                          executor_options=options)
+    labelled = label_frames(spec, frames, scratch=tmp_path)
+    for a, b in zip(frames, labelled):
+        a = a.copy()
+        a.calc = EMT()
+        assert b.info["energy"] == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(b.arrays["forces"], a.get_forces(), atol=1e-12)
+    if executor == "submitit":
+        assert (tmp_path / "submitit").is_dir()  # the job folder defaults to the round directory
+
+
 @pytest.mark.parametrize("executor, package", [("dask", "distributed"), ("submitit", "submitit")])
 def test_cluster_executor_without_its_package_is_a_named_error(monkeypatch, executor, package):
     from molequi.train.active import LabellerConfig

@@ -57,9 +57,9 @@ def outputs(model: MACE, chunk, batch, train: bool = False) -> dict[str, torch.T
     return result
 
 
-@pytest.mark.parametrize("tensor_product", ["native", "e3nn"])
-def test_chunked_equals_unchunked_inference_and_training(tensor_product):
-    model = make_model(tensor_product)
+@pytest.mark.parametrize("tensor_product,envelope", [("native", "basis"), ("e3nn", "weights")])
+def test_chunked_equals_unchunked_inference_and_training(tensor_product, envelope):
+    model = make_model(tensor_product, envelope=envelope)
     batch = batch_of(structures())
     n_edges = int(batch[K.EDGE_INDEX].shape[1])
     assert n_edges > 100 and n_edges % 37 != 0  # 37 does not divide the edge count: a short last chunk

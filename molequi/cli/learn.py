@@ -1,4 +1,4 @@
-"""``molequi learn CONFIG.yaml [section.key=value ...]``: the active-learning loop (``molequi.train.active``)."""
+"""``molequi learn CONFIG.yaml [section.key=value ...]``: active learning (``molequi.train.active``)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ class LabellerConfig:
     workers: int = 1  # parallel labelling processes (1: in this process)
     executor: Literal["process", "dask", "submitit"] = "process"  # process pool, Dask distributed, submitit
     # dask: address of a running scheduler, else LocalCluster keyword arguments (n_workers, processes, ...);
-    # submitit: folder, cluster (slurm | local | debug) and AutoExecutor parameters (timeout_min, slurm_*, ...)
+    # submitit: folder, cluster (slurm | local | debug) and AutoExecutor parameters (timeout_min, slurm_*)
     executor_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,15 +184,18 @@ class LearnConfig:
             raise ConfigError(f"labeller.calculator / labeller.kwargs belong to the ase labeller, not "
                               f"'{lab.name}'")
         if lab.name == "xtb" and lab.method not in XTB_METHODS:
-            raise ConfigError(f"labeller.method: xtb methods are {', '.join(XTB_METHODS)}, got {lab.method!r}")
+            raise ConfigError(f"labeller.method: xtb methods are {', '.join(XTB_METHODS)}, got "
+                              f"{lab.method!r}")
         if lab.workers < 1:
             raise ConfigError(f"labeller.workers must be >= 1, got {lab.workers}")
         if lab.executor_options and lab.executor == "process":
             raise ConfigError("labeller.executor_options belong to executor: dask or submitit")
         if c.size < 2:
-            raise ConfigError(f"committee.size must be >= 2 (the disagreement needs two members), got {c.size}")
+            raise ConfigError(f"committee.size must be >= 2 (the disagreement needs two members), got "
+                              f"{c.size}")
         if c.seeds is not None and (len(c.seeds) != c.size or len(set(c.seeds)) != c.size):
-            raise ConfigError(f"committee.seeds needs {c.size} different seeds (committee.size), got {c.seeds}")
+            raise ConfigError(f"committee.seeds needs {c.size} different seeds (committee.size), got "
+                              f"{c.seeds}")
         if not 0 <= c.valid_fraction < 1:
             raise ConfigError(f"committee.valid_fraction must be in [0, 1), got {c.valid_fraction}")
         if "data" in c.train or "dataset" in c.train:
@@ -298,8 +301,8 @@ def select_frames(disagreement, steps, threshold: float, window: int, max_frames
     """Indices (ascending) of the frames to label.
 
     Candidates are the frames with ``disagreement > threshold``; they are taken largest first, skipping a
-    frame whose ``steps`` value lies within ``window`` steps (``|Δstep| < window``) of one already taken, up to
-    ``max_frames``. Frames of different runs get steps that never come within a window of each other.
+    frame whose ``steps`` value lies within ``window`` steps (``|Δstep| < window``) of one already taken, up
+    to ``max_frames``. Frames of different runs get steps that never come within a window of each other.
     """
     d = np.asarray(disagreement, dtype=float)
     s = np.asarray(steps, dtype=np.int64)
@@ -323,7 +326,8 @@ def _import_calculator(path: str):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"labeller.calculator: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(f"labeller.calculator: cannot import {path!r} ({type(exc).__name__}: {exc})"
+                          ) from exc
 
 
 def pyscf_energy_forces(atoms, method: str, basis: str, charge: int = 0) -> tuple[float, np.ndarray]:
@@ -467,13 +471,15 @@ def start_structures(cfg: LearnConfig) -> list:
         try:
             frames = ase.io.read(path, ":")
         except Exception as exc:
-            raise InputError(f"cannot read structures ({type(exc).__name__}: {exc})", source=str(path)) from exc
+            raise InputError(f"cannot read structures ({type(exc).__name__}: {exc})", source=str(path)
+                             ) from exc
         if not frames:
             raise InputError("the file holds no structure", source=str(path))
         return [_bare(a) for a in frames]
     from molequi.qc.conformers import molecule_from_smiles
 
-    return [_bare(molecule_from_smiles(smi, seed=s.seed + k)) for smi in s.smiles for k in range(s.conformers)]
+    return [_bare(molecule_from_smiles(smi, seed=s.seed + k))
+            for smi in s.smiles for k in range(s.conformers)]
 
 
 def start_frames(cfg: LearnConfig, structures: list) -> list:
@@ -758,8 +764,8 @@ def learn(config: LearnConfig | dict | str | os.PathLike, *, after_labelling=Non
                 _write_frames(selected_file, start_frames(cfg, structures))
         elif not selected_file.exists():
             _say(f"round {r}: committee MD at {temperature:g} K")
-            summary = run_committee_md(cfg, structures, [Path(p) for p in state["last_models"]], temperature, r,
-                                       rd)
+            models = [Path(p) for p in state["last_models"]]
+            summary = run_committee_md(cfg, structures, models, temperature, r, rd)
             survived = min(run["survived_fs"] for run in summary["runs"])
             stable = all(not run["stopped"] for run in summary["runs"]) and survived >= cfg.stable_fs
             summary.update(stable=stable, survived_fs=survived,

@@ -91,7 +91,7 @@ def force_mae(model_path: Path, frames: list) -> float:
 
 
 def md_survival(model_path: Path, atoms, temperature: float, time_fs: float, seed: int) -> dict:
-    """NVT MD of one model from ``atoms``: how long before a blow-up (closer than 0.5 Å, force > 20 eV/Å)."""
+    """NVT MD of one model from ``atoms``: the time before a blow-up (closer than 0.5 Å, force > 20 eV/Å)."""
     from molequi.calculators import MolequiCalculator
     from molequi.simulate.md import BlowUpGuard, MDSettings, run_md
 
@@ -119,9 +119,9 @@ def main() -> int:
                    "(fine-tuning rounds: half)")
     p.add_argument("--test-frames", type=int, default=100)
     p.add_argument("--workers", type=int, default=1, help="labelling processes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the start frames, the loop's MD, the committee "
-                   "(3 seed .. 3 seed + 2) and the random baseline's xTB MD; the test set is the same for every "
-                   "seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start frames, the loop's MD, the "
+                   "committee (3 seed .. 3 seed + 2) and the random baseline's xTB MD; the test set is the "
+                   "same for every seed")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
     p.add_argument("--name", default="active_learning", help="bench_results/<name>.json/.md/.png")
     args = p.parse_args()
@@ -168,7 +168,8 @@ def main() -> int:
     models = {
         "active learning (loop's fine-tuned member 0)": result.model_paths[0],
         "active-learning frames, from scratch": train_from_scratch(cfg_dict, al_frames, out / "scratch_al"),
-        "random xTB-MD frames, from scratch": train_from_scratch(cfg_dict, random_frames, out / "scratch_random"),
+        "random xTB-MD frames, from scratch": train_from_scratch(cfg_dict, random_frames,
+                                                                 out / "scratch_random"),
     }
     rows = []
     for label, path in models.items():
@@ -234,11 +235,13 @@ def markdown(p: dict) -> str:
              f"(threshold {p['threshold_eV_A']} eV/Å, stable for {p['stable_fs']:g} fs). Model: MACE "
              f"{p['model']['hidden_irreps']}, {p['n_parameters']} parameters; committee of "
              f"{p['committee_size']}. Test: {p['n_test']} frames of fresh xTB MD.", "",
-             "| training set | frames | test force MAE (meV/Å) | NVT MD survived (fs) |", "|---|---|---|---|"]
+             "| training set | frames | test force MAE (meV/Å) | NVT MD survived (fs) |",
+             "|---|---|---|---|"]
     for r in p["rows"]:
         lines.append(f"| {r['training set']} | {r['frames']} | {r['test_force_mae_meV_A']:.1f} | "
                      f"{r['md_survived_fs']:.0f}{' (stopped)' if r['md_stopped'] else ''} |")
-    lines += ["", "The loop, per round (validation: every 10th labelled frame; disagreement: largest per-atom "
+    lines += ["", "The loop, per round (validation: every 10th labelled frame; disagreement: largest "
+              "per-atom "
               "committee force spread over the round's MD):", "",
               "| round | frames added | labelled | valid force MAE (meV/Å) | max disagreement (eV/Å) | "
               "MD below threshold (fs) |", "|---|---|---|---|---|---|"]
@@ -247,12 +250,14 @@ def markdown(p: dict) -> str:
 
     for h in p["history"]:
         lines.append(f"| {h['round']} | {h['n_new']} | {h['n_labelled']} | "
-                     f"{cell(h.get('valid_forces_mae_meV_A'), '.1f')} | {cell(h.get('max_disagreement'), '.3f')} | "
+                     f"{cell(h.get('valid_forces_mae_meV_A'), '.1f')} | "
+                     f"{cell(h.get('max_disagreement'), '.3f')} | "
                      f"{cell(h.get('survived_fs'), '.0f')} |")
     lines += ["", f"Seed {p.get('seed', 0)}. Time: loop {p['loop_wall_s'] / 60:.1f} min wall / "
               f"{p['loop_cpu_s'] / 60:.1f} min CPU, comparison {p['comparison_wall_s'] / 60:.1f} min wall / "
               f"{p['comparison_cpu_s'] / 60:.1f} min CPU (1 thread; machine load "
-              f"{p['provenance']['load_average'][0]:.1f} on 2 cores). Energies are fitted with weight 1 against "
+              f"{p['provenance']['load_average'][0]:.1f} on 2 cores). Energies are fitted with weight 1 "
+              "against "
               "100 for forces: only forces are compared here."]
     return "\n".join(lines) + "\n"
 

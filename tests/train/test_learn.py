@@ -103,10 +103,41 @@ def test_pyscf_labeller_forces_are_minus_the_energy_gradient():
         plus, minus = atoms.copy(), atoms.copy()
         plus.positions[atom, axis] += h
         minus.positions[atom, axis] -= h
-        fd = -(pyscf_energy_forces(plus, "hf", "sto-3g")[0] - pyscf_energy_forces(minus, "hf", "sto-3g")[0]) / (
-            2 * h)
+        e_plus, e_minus = (pyscf_energy_forces(a, "hf", "sto-3g")[0] for a in (plus, minus))
+        fd = -(e_plus - e_minus) / (2 * h)
         assert forces[atom, axis] == pytest.approx(fd, abs=2e-4)
     assert np.abs(forces.sum(0)).max() < 1e-5  # no net force
+
+
+def test_xtb_labeller_forces_are_minus_the_energy_gradient():
+    """GFN2-xTB through tblite: the labeller's forces (eV/Å) against central differences of its energy."""
+    from ase.build import molecule
+
+    from molequi.train.active import LabellerConfig, make_labeller
+
+    label = make_labeller(LabellerConfig(name="xtb", method="GFN2-xTB"))
+    atoms = molecule("H2O")
+    atoms.positions[2] += [0.04, 0.02, -0.03]
+    _, forces = label(atoms)
+    h = 1e-4
+    for atom, axis in ((0, 1), (2, 2)):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[atom, axis] += h
+        minus.positions[atom, axis] -= h
+        assert forces[atom, axis] == pytest.approx(-(label(plus)[0] - label(minus)[0]) / (2 * h), abs=1e-4)
+
+
+def test_ase_labeller_passes_its_kwargs():
+    from molequi.train.active import LabellerConfig, make_labeller
+
+    atoms = Octahedron("Cu", 2)
+    label = make_labeller(LabellerConfig(name="ase", calculator="ase.calculators.lj:LennardJones",
+                                         kwargs={"sigma": 2.3, "epsilon": 0.02, "rc": 6.0}))
+    energy, forces = label(atoms)
+    atoms.calc = AseLJ(sigma=2.3, epsilon=0.02, rc=6.0)
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-12)
+    np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-12)
+    assert energy != pytest.approx(AseLJ(sigma=2.3, epsilon=0.01, rc=6.0).get_potential_energy(atoms.copy()))
 
 
 def test_process_pool_labels_equal_ase_in_order():
@@ -287,8 +318,10 @@ def test_cli_runs_round_zero_and_a_rerun_continues(tmp_path, capsys):
     ({"md.stop_disagreement": 1e-10}, "must exceed select.threshold"),
     ({"stop.stable_fs": 1000.0}, r"stop.stable_fs \(1000.0\) must be in \(0, md.time_fs"),
     ({"md.temperatures": []}, "md.temperatures must be positive"),
-    ({"committee.train": {"data": {"name": "xyz"}}}, "committee.train.data: the labelled frames are the data"),
-    ({"committee.train": {"model": {"name": "tiny", "hiden": 3}}}, "committee.train: unknown key 'model.hiden'"),
+    ({"committee.train": {"data": {"name": "xyz"}}},
+     "committee.train.data: the labelled frames are the data"),
+    ({"committee.train": {"model": {"name": "tiny", "hiden": 3}}},
+     "committee.train: unknown key 'model.hiden'"),
 ])
 def test_config_errors_are_named(tmp_path, change, message):
     import tiny_model

@@ -194,6 +194,8 @@ class MolequiCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    - ``compile``: ``True`` (Inductor) or a ``torch.compile`` backend name: the per-atom energies run as one
+      compiled graph (``EnergyModel.compile_energies``); the first call of a new size pays the compilation.
     default_parameters: dict = {}
 
     def __init__(
@@ -209,6 +211,7 @@ class MolequiCalculator(Calculator):
         **kwargs,
     ):
         Calculator.__init__(self, **kwargs)
+        compile: bool | str = False,
         from molequi.calculators.dispersion import D3
 
         self.dispersion = D3.from_spec(dispersion)
@@ -227,6 +230,13 @@ class MolequiCalculator(Calculator):
         self.cutoffs = [float(m.r_max) for m in self.models]
         self.elements = sorted(set.intersection(*(set(int(z) for z in m.elements) for m in self.models)))
         self.conservative = all(m.conservative for m in self.models)
+        if compile:
+            backend = compile if isinstance(compile, str) else "inductor"
+            for m in self.models:
+                if not hasattr(m, "compile_energies"):
+                    raise ModelError(f"{type(m).__name__} cannot be compiled by MolequiCalculator (it is not "
+                                     "an EnergyModel with atomic_energies)")
+                m.compile_energies(backend=backend)
         if stress not in ("auto", True, False):
             raise ValueRangeError(f"stress must be 'auto', True or False, got {stress!r}")
         self.stress_mode = stress

@@ -76,9 +76,21 @@ class EnergyModel(nn.Module):
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def compile_energies(self, backend: str = "inductor", dynamic: bool = True) -> EnergyModel:
+        """Run ``atomic_energies`` through ``torch.compile(fullgraph=True)`` from now on (inference: forces
+        and stress are the autograd of the compiled function; its backward is compiled too). Not for force
+        training: a compiled graph has no double backward. ``backend="aot_eager"`` traces without
+        generating code (quick; what the tests use). Returns ``self``."""
+        self._compiled_energies = torch.compile(self.atomic_energies, fullgraph=True, dynamic=dynamic,
+                                                backend=backend)
+        return self
+
     def forward(self, data, compute_forces: bool = True,
                 compute_stress: bool = False) -> dict[str, torch.Tensor]:
-        return energy_response(self.atomic_energies, data, compute_forces=compute_forces,
+        fn = getattr(self, "_compiled_energies", None)
+        if fn is None or self.training:
+            fn = self.atomic_energies
+        return energy_response(fn, data, compute_forces=compute_forces,
                                compute_stress=compute_stress, create_graph=self.training)
 
 
@@ -104,6 +116,10 @@ class ElementTable(nn.Module):
         numbers = numbers.reshape(-1).long()
         valid = (numbers > 0) & (numbers < self.table.shape[0])
         index = self.table[numbers.clamp(0, self.table.shape[0] - 1)]
+        if torch.compiler.is_compiling():
+            # no host sync inside a compiled graph: the calculator and the data readers check elements
+            # before a compiled model sees them (check_elements), so only eager calls check here
+            return index
         if not bool((valid & (index >= 0)).all()):
             bad = sorted(
                 {

@@ -105,7 +105,7 @@ class _EdgeMessages(nn.Module):
         weights = self.radial(radial)
         if envelope is not None:  # None: the envelope already multiplies the radial basis
             weights = weights * envelope
-        weights = weights.view(radial.shape[0], *self.weight_shape)  # [E, paths, c] (native) or [E, numel]
+        weights = weights.reshape(radial.shape[0], *self.weight_shape)  # [E, paths, c] (native) or [E, numel]
         return self.conv(x, sh, weights, sender, receiver)
 
 

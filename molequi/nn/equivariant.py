@@ -273,7 +273,7 @@ class EquivariantConvolution(nn.Module):
         n, c = x.shape[0], x.shape[2]
         n_edges = sh.shape[0]
         cg = self.constants.get("cg", x)
-        g = (sh @ cg).view(n_edges, self.irreps_in.dim, self.dim_mid)  # [E, in, mid]
+        g = (sh @ cg).reshape(n_edges, self.irreps_in.dim, self.dim_mid)  # [E, in, mid]
         xs = gather(x, sender)  # [E, in, c]
         # split (not slice): the backward of a split is a concatenation, of a slice a zero-filled full tensor
         g_blocks = torch.split(g, [n_paths * d3 for _, _, n_paths, d3, _ in self._groups], dim=2)
@@ -286,7 +286,7 @@ class EquivariantConvolution(nn.Module):
                 m = g_block.transpose(1, 2) * xs  # [E, paths * d3, c]
             else:
                 m = torch.bmm(g_block.transpose(1, 2), xs)  # [E, paths * d3, c]
-            m = m.view(n_edges, n_paths, d3, c) * w_block.unsqueeze(2)  # [E, paths, d3, c]
+            m = m.reshape(n_edges, n_paths, d3, c) * w_block.unsqueeze(2)  # [E, paths, d3, c]
             agg = scatter_sum(m, receiver, n)  # [n, paths, d3, c]
             agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
             out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]

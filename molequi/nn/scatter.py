@@ -16,7 +16,7 @@ import torch
 
 @contextlib.contextmanager
 def _one_thread(device: torch.device):
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.compiler.is_compiling():  # compiled code: Inductor picks the kernel
         yield
         return
     old = torch.get_num_threads()

@@ -122,7 +122,7 @@ class SO2Linear(nn.Module):
             a, b = both.split(w1.shape[1], dim=1)
             ys.append(a[:E] - b[E:])  # y_+ = W1 x_+ - W2 x_-
             ys.append(a[E:] + b[:E])  # y_- = W1 x_- + W2 x_+
-        y = torch.cat(ys + [x.new_zeros(E, self.c_out)], dim=1).view(E, -1, self.c_out)  # m-major + zero row
+        y = torch.cat(ys + [x.new_zeros(E, self.c_out)], dim=1).reshape(E, -1, self.c_out)  # m-major + zero row
         if self.bias is not None:
             y = torch.cat([y[:, :1] + self.bias.to(x.dtype), y[:, 1:]], dim=1)  # row 0 is (l=0, m=0)
         return y[:, self.scatter_out]

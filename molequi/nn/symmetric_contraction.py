@@ -273,9 +273,11 @@ class SymmetricContraction(nn.Module):
             out = None
             for nu, block, name, w_index, k in entries:
                 u = self.constants.get(name, x)  # [(M, k), P]
-                t = (u @ levels[nu - 1][block]).view(d, k, n, c)
+                t = (u @ levels[nu - 1][block]).reshape(d, k, n, c)
                 w = self.weights[w_index].index_select(1, element)  # [k, n, c]
-                term = (t * w).sum(1)  # [d, n, c]
+                # an einsum, not (t * w).sum(1): the broadcast product's backward hands reshape a non-contiguous
+                # gradient, which torch.compile's AOT backward graph cannot view
+                term = torch.einsum("dkic,kic->dic", t, w)  # [d, n, c]
                 out = term if out is None else out + term
             outs.append(out)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

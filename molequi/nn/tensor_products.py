@@ -332,7 +332,7 @@ class SO2EquivariantConvolution(nn.Module):
         mid = self.frame_mid.from_edge(mid, frame)  # [E, mid, c], rows (output irrep, path, m3)
         out_blocks = {}
         for (row, _, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
-            m = mid[:, row : row + n_paths * d3].view(E, n_paths, d3, c)
+            m = mid[:, row : row + n_paths * d3].reshape(E, n_paths, d3, c)
             agg = x.new_zeros(n, n_paths, d3, c).index_add_(0, receiver, m)
             agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
             out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))
@@ -429,7 +429,7 @@ class TensorProductConvolution(nn.Module):
                 blocks.append(x.new_zeros(n, d, self.irreps_out.channels))
                 continue
             mix = self.mix[k]
-            g = agg.index_select(1, getattr(self, f"_cols{k}")).view(n, d, -1)  # [n, 2l+1, blocks * c]
+            g = agg.index_select(1, getattr(self, f"_cols{k}")).reshape(n, d, -1)  # [n, 2l+1, blocks * c]
             blocks.append(g @ (mix / math.sqrt(mix.shape[0])))
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 

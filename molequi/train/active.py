@@ -731,8 +731,7 @@ def learn(config: LearnConfig | dict | str | os.PathLike, *, after_labelling=Non
     elif isinstance(config, dict):
         cfg = learn_config_from_dict(config)
     else:
-        cfg = config
-        cfg.validate()
+        cfg = learn_config_from_dict(config.to_dict())  # a LearnConfig built in Python is checked alike
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)

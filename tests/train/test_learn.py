@@ -140,6 +140,7 @@ def test_ase_labeller_passes_its_kwargs():
     assert energy != pytest.approx(AseLJ(sigma=2.3, epsilon=0.01, rc=6.0).get_potential_energy(atoms.copy()))
 
 
+@pytest.mark.slow  # two spawned workers import molequi (torch): ~10 s idle, ~60 s on a loaded machine
 def test_process_pool_labels_equal_ase_in_order():
     from molequi.train.active import LabellerConfig
 

@@ -127,11 +127,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
                use_ema: bool = True) -> torch.nn.Module:
     """The trained model of a checkpoint, in eval mode, ready for inference.
 
-    path     ``model.pt`` or a Lightning ``.ckpt`` written by ``molequi train``
-    device   where to put it (default: CPU)
-    dtype    torch.float32 / torch.float64 (default: the precision it was trained in)
-    use_ema  take the exponential-moving-average weights when the checkpoint has them (the default, and
-             what validation used); False gives the raw last weights
+    Arguments::
+
+        path     ``model.pt`` or a Lightning ``.ckpt`` written by ``molequi train``
+        device   where to put it (default: CPU)
+        dtype    torch.float32 / torch.float64 (default: the precision it was trained in)
+        use_ema  take the exponential-moving-average weights when the checkpoint has them (the default, and
+                 what validation used); False gives the raw last weights
     """
     payload = read_checkpoint(path)
     trained_dtype = getattr(torch, payload.get("dtype", "float32"))

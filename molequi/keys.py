@@ -2,13 +2,16 @@
 
 Shapes use n = atoms, E = edges, B = structures in a batch. Units are molequi's (see ``molequi.units``).
 
-Per atom
+Per atom::
+
   NUMBERS   (n,) long        atomic numbers Z
   POS       (n, 3) float     positions, Å
   FORCES    (n, 3) float     eV/Å
   CHARGES   (n,) float       partial charges, e
   ENERGIES  (n,) float       per-atom energies, eV (model output)
-Per structure (leading dim 1 so that PyG batching concatenates to B)
+
+Per structure (leading dim 1 so that PyG batching concatenates to B)::
+
   CELL      (1, 3, 3) float  lattice vectors as rows, Å (zeros for a molecule)
   PBC       (1, 3) bool
   ENERGY    (1,) float       eV
@@ -16,7 +19,9 @@ Per structure (leading dim 1 so that PyG batching concatenates to B)
   WEIGHT, ENERGY_WEIGHT, FORCES_WEIGHT, STRESS_WEIGHT  (1,) float  loss weights of the structure (MACE's
             config_weight, config_<property>_weight), present when the file gives any
   CONFIG_TYPE, HEAD  str     MACE's config_type and head (plain strings, present when the file gives any)
-Graph (built outside the model by ``molequi.graph``)
+
+Graph (built outside the model by ``molequi.graph``)::
+
   EDGE_INDEX  (2, E) long    [sender, receiver]; edge vector = pos[receiver] - pos[sender] + shift
   UNIT_SHIFTS (E, 3) long    integer cell shifts S of the receiver's image
   SHIFTS      (E, 3) float   S @ cell, Å (recomputed inside models from UNIT_SHIFTS so stress works)

@@ -3,7 +3,8 @@
 Internal units: energy eV, length Å, force eV/Å, stress eV/Å^3, time fs, charge e, mass amu.
 All conversions *into* those units live here; no other module writes a conversion factor.
 
-Sources
+Sources:
+
 - CODATA 2018 (NIST SP 961, https://physics.nist.gov/cuu/Constants/): Hartree energy
   27.211386245988 eV, Bohr radius 0.529177210903 Å, elementary charge, Avogadro constant.
 - Thermochemical calorie: 1 cal = 4.184 J exactly (NIST SP 811, B.8).

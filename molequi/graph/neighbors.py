@@ -1,8 +1,10 @@
 """Neighbour lists with periodic shifts, built on vesin.
 
-Convention (shared by every model, see ``molequi.keys``):
+Convention (shared by every model, see ``molequi.keys``)::
+
     edge_index = [sender, receiver]
     edge vector r = pos[receiver] - pos[sender] + unit_shifts @ cell        (Å)
+
 The list is *full* (both i->j and j->i) and contains every pair with 0 < |r| <= cutoff, including an
 atom's own periodic images when the cell is smaller than the cutoff. Nothing is truncated: an optional
 ``max_edges`` raises ``NeighborOverflowError`` instead of dropping neighbours.

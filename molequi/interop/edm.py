@@ -12,7 +12,7 @@ only); ``edm_config`` maps it onto ``EDM.Config`` (options molequi's EDM lacks r
 ``torch.load(weights_only=True)``); ``import_edm_run`` does all of it and writes an ordinary molequi
 checkpoint (``molequi.models.generative.io.save_checkpoint``).
 
-Weight mapping (EDM name -> molequi name, block k, H = nf):
+Weight mapping (EDM name -> molequi name, block k, H = nf)::
 
     dynamics.egnn.embedding / embedding_out           -> dynamics.embedding / embedding_out
     e_block_k.gcl_0.edge_mlp.{0,2}                    -> blocks.k.gcl.phi_e.{0,2}      ([h_i, h_j, d_ij, d0_ij])

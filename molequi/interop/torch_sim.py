@@ -1,4 +1,5 @@
-"""molequi force fields inside torch-sim (``torch-sim-atomistic``): batched MD and relaxation of many systems.
+"""molequi force fields inside torch-sim (``torch-sim-atomistic``): batched MD and relaxation of many
+systems::
 
     import torch_sim as ts
     from molequi.interop.torch_sim import MolequiTorchSimModel

@@ -1,8 +1,10 @@
 """Models behind one interface, selected by name and built in one place.
 
-Every force field is a ``torch.nn.Module`` satisfying ``molequi.models.base.ForceField``:
-    ``forward(data, compute_forces=True, compute_stress=False) -> {"energy" (B,), "energies" (n,),
-    "forces" (n, 3)?, "stress" (B, 3, 3)?}``
+Every force field is a ``torch.nn.Module`` satisfying ``molequi.models.base.ForceField``::
+
+    forward(data, compute_forces=True, compute_stress=False) -> {"energy" (B,), "energies" (n,),
+                                                                  "forces" (n, 3)?, "stress" (B, 3, 3)?}
+
 (energies in eV, forces eV/Å, stress eV/Å^3) with attributes ``r_max`` (Å), ``elements`` (atomic numbers)
 and ``conservative``. Every model has a nested ``Config`` dataclass (with ``validate()`` where values can be
 wrong) and ``from_config(cfg, statistics)``.
@@ -39,9 +41,11 @@ get_model_class = MODELS.load
 def build_model(model_config: Any, statistics: Any):
     """The (untrained) model a model section describes: ``MODELS[model_config.name].from_config(...)``.
 
-    model_config  a ``molequi.config.ModelSection``: ``name`` (registry key) and ``config`` (that model's
-                  ``Config``, already validated when the run config was read)
-    statistics    ``molequi.data.statistics.Statistics`` (elements, E0s, shift, scale, avg neighbours)
+    Arguments::
+
+        model_config  a ``molequi.config.ModelSection``: ``name`` (registry key) and ``config`` (that model's
+                      ``Config``, already validated when the run config was read)
+        statistics    ``molequi.data.statistics.Statistics`` (elements, E0s, shift, scale, avg neighbours)
     """
     cls = get_model_class(model_config.name)
     return cls.from_config(model_config.config, statistics)

@@ -30,11 +30,13 @@ def _symbol(z: int) -> str:
 class ForceField(Protocol):
     """What the calculator, MD, prediction and the trainer may use of a force-field model.
 
-    r_max         cutoff radius of the neighbour graph the model reads (Å)
-    elements      atomic numbers the model was built for (an unknown element is a ModelError)
-    conservative  True when forces = -dE/dx by autograd (MD is allowed); False for direct-force heads
-    forward(data, compute_forces, compute_stress) -> {"energy" (B,) eV, "energies" (n,) eV,
-                                                        "forces" (n, 3) eV/Å?, "stress" (B, 3, 3) eV/Å^3?}
+    Attributes and method::
+
+        r_max         cutoff radius of the neighbour graph the model reads (Å)
+        elements      atomic numbers the model was built for (an unknown element is a ModelError)
+        conservative  True when forces = -dE/dx by autograd (MD is allowed); False for direct-force heads
+        forward(data, compute_forces, compute_stress) -> {"energy" (B,) eV, "energies" (n,) eV,
+                                                          "forces" (n, 3) eV/Å?, "stress" (B, 3, 3) eV/Å^3?}
     """
 
     r_max: float

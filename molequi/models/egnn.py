@@ -1,7 +1,7 @@
 """E(n)-equivariant graph neural network (Satorras, Hoogeboom & Welling, ICML 2021) and an EGNN force field.
 
 ``EGNNLayer`` is the reusable layer (also the building block of EDM's denoiser, Hoogeboom et al. 2022).
-For an edge j -> i (``edge_index = [sender j, receiver i]``) with d_ij = x_i - x_j (+ periodic shift):
+For an edge j -> i (``edge_index = [sender j, receiver i]``) with d_ij = x_i - x_j (+ periodic shift)::
 
     m_ij  = w_ij phi_e(h_i, h_j, |d_ij|^2, a_ij)                 (E, hidden)     messages
     m_ij <- m_ij sigmoid(phi_att(m_ij))                          if attention

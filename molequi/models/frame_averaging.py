@@ -23,7 +23,8 @@ rotations about z and in-plane reflections, which is the symmetry of a slab with
 
 Degenerate eigenvalues. When two eigenvalues coincide (symmetric molecules: methane, benzene; many cubic
 cells) the eigenvectors inside that eigenspace are arbitrary and averaging over signs no longer gives
-invariance. What is done about it:
+invariance. What is done about it::
+
   * tie-break by chemistry: with ``weighting="z"`` (default) the covariance is weighted by w_i = Z_i / <Z>,
     which lifts degeneracies of the geometry alone when the atoms differ (still exactly equivariant);
   * gradients stay finite: the eigenvector derivative's 1 / (lambda_j - lambda_i) is set to 0 for

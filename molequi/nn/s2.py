@@ -139,8 +139,10 @@ def gaunt_000(l1: int, l2: int, l3: int) -> float:
 def gaunt_path_weight(l1: int, l2: int, lo: int) -> float:
     """The CG path weight c that turns a Clebsch-Gordan path into the Gaunt product.
 
-    The Gaunt product
+    The Gaunt product::
+
         out^{lo}_{mo} = sum (1/4pi) int Y^{lo}_{mo} Y^{l1}_{m1} Y^{l2}_{m2} x_{m1} y_{m2}
+
     (``GauntProduct`` with component normalisation) equals c * sum_{m1 m2} C_{m1 m2 mo} x_{m1} y_{m2} with
     C = ``o3.wigner_3j(l1, l2, lo)`` and c = gaunt_000 / C[l1, l2, lo] (centre entries), zero unless
     l1 + l2 + lo is even. This is the CG path weight that makes a CG product equal the Gaunt product.
@@ -154,9 +156,11 @@ def gaunt_path_weight(l1: int, l2: int, lo: int) -> float:
 class GauntProduct(nn.Module):
     """Channel-wise product of two spherical functions through a grid (Gaunt tensor product, Luo et al. 2024).
 
-    forward(x (..., (L1+1)^2, C), y (..., (L2+1)^2, C)) -> (..., (Lo+1)^2, C):
+    forward(x (..., (L1+1)^2, C), y (..., (L2+1)^2, C)) -> (..., (Lo+1)^2, C)::
+
         out = from_grid(to_grid(x) * to_grid(y)),
         i.e. out^{lo} = sum_{l1,l2} gaunt_path_weight * CG(x^{l1}, y^{l2})
+
     over the parity-allowed paths (l1 + l2 + lo even) only. The grid is exact (no aliasing).
     Cost per channel O((K1 + K2 + Ko) G) with G ~ (L1 + L2 + Lo)^2 points: O(L^4) with dense projections.
     """

@@ -1,31 +1,31 @@
 """Edge tensor products behind one interface: e3nn reference, SO(2) (eSCN) and Gaunt (S2 grid).
 
-A message-passing convolution (MACE's ``InteractionBlock``) calls
+A message-passing convolution (MACE's ``InteractionBlock``) calls::
 
     tp = build_conv_tensor_product(kind, irreps_node, irreps_sh, target_irreps)
     # (E, irreps_in1.dim), (E, irreps_in2.dim), (E, tp.weight_numel)
     msg = tp(node_feats[sender], edge_sh, weights)
                                                         # -> (E, tp.irreps_out.dim)
 
-and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irreps_out``. Kinds:
+and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irreps_out``. Kinds::
 
-``"e3nn"``  reference: ``o3.TensorProduct`` with MACE's 'uvu' instructions (every allowed
-            (l1, l2) -> lo in ``target_irreps``, one weight per channel and path, per edge),
-            irreps_out sorted. Cost per edge ~ sum_paths (2l1+1)(2l2+1)(2lo+1) C = O(L^6 C).
-``"so2"``   the *same* function (same irreps_out, same weight layout, equal outputs to round-off),
-            evaluated in each edge's frame where Y(u) has only m = 0 (eSCN). Per path and order m,
-            a path l1 (x) l2 -> lo acts as y_{+-m} = a x_{+-m} -+ b x_{-+m} (``molequi.nn.so2``), so the
-            cost is O(L^3 C) for rotating the input plus O(sum_paths min(l1, lo)) = O(L^4 C) for applying
-            independent per-path weights, plus rotating the output back: O(L^3 C) with ``merge_paths=True``
-            (one block per l), O(L^5 C) in MACE's one-block-per-path layout, whose output alone has
-            O(L^4 C) numbers. (The eSCN layer itself, with per-order weights that mix channels, is
-            O(L^3 C^2): ``molequi.nn.so2.SO2Convolution``.)
-``"gaunt"`` the Gaunt product (Luo et al. 2024): per edge and channel the filter
-            F_u(s) = sum_{l2} w[l2, u] Y^{l2}(u)(s) is multiplied pointwise with the node function on an
-            exact S2 grid and projected back. Equal to the parity-allowed CG paths (l1 + l2 + lo even)
-            with weights w[l2, u] * ``gaunt_path_weight(l1, l2, lo)``; it has fewer free weights
-            (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
-            Cost O(L^4 C) with dense grid projections.
+    ``"e3nn"``  reference: ``o3.TensorProduct`` with MACE's 'uvu' instructions (every allowed
+                (l1, l2) -> lo in ``target_irreps``, one weight per channel and path, per edge),
+                irreps_out sorted. Cost per edge ~ sum_paths (2l1+1)(2l2+1)(2lo+1) C = O(L^6 C).
+    ``"so2"``   the *same* function (same irreps_out, same weight layout, equal outputs to round-off),
+                evaluated in each edge's frame where Y(u) has only m = 0 (eSCN). Per path and order m,
+                a path l1 (x) l2 -> lo acts as y_{+-m} = a x_{+-m} -+ b x_{-+m} (``molequi.nn.so2``), so
+                the cost is O(L^3 C) for rotating the input plus O(sum_paths min(l1, lo)) = O(L^4 C) for
+                applying independent per-path weights, plus rotating the output back: O(L^3 C) with
+                ``merge_paths=True`` (one block per l), O(L^5 C) in MACE's one-block-per-path layout, whose
+                output alone has O(L^4 C) numbers. (The eSCN layer itself, with per-order weights that mix
+                channels, is O(L^3 C^2): ``molequi.nn.so2.SO2Convolution``.)
+    ``"gaunt"`` the Gaunt product (Luo et al. 2024): per edge and channel the filter
+                F_u(s) = sum_{l2} w[l2, u] Y^{l2}(u)(s) is multiplied pointwise with the node function on an
+                exact S2 grid and projected back. Equal to the parity-allowed CG paths (l1 + l2 + lo even)
+                with weights w[l2, u] * ``gaunt_path_weight(l1, l2, lo)``; it has fewer free weights
+                (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
+                Cost O(L^4 C) with dense grid projections.
 
 ``merge_paths=True`` sums the paths that end in the same irrep before returning (one block per (l, p)),
 which is what molequi's MACE convolution and eSCN produce; the default keeps MACE's (mace-torch's) layout.
@@ -351,7 +351,7 @@ class TensorProductConvolution(nn.Module):
 
     Constructor as ``molequi.nn.equivariant.EquivariantConvolution``: ``(kind, irreps_in: ChannelIrreps,
     sh_lmax, irreps_out: ChannelIrreps)``. ``forward(x (n, in.dim, c), sh (E, (sh_lmax+1)^2),
-    weights (E, weight_numel), sender (E,), receiver (E,)) -> (n, irreps_out.dim, c_out)``:
+    weights (E, weight_numel), sender (E,), receiver (E,)) -> (n, irreps_out.dim, c_out)``::
 
         m_ji  = tp(x_j, Y(r_ji), w_ji)                              per edge, e3nn layout (tp.irreps_out)
         out_i[l m, v] = sum_{b, u} (sum_{j in N(i)} m_ji)[b, u, m] W_l[(b, u), v] / sqrt(nb c)

@@ -1,6 +1,7 @@
 """Electronic-structure drivers: reference labels and SCF warm starts.
 
-Modules (import them directly; this package imports nothing on its own):
+Modules (import them directly; this package imports nothing on its own)::
+
     ``pyscf_labels``  ``build_mol`` and ``pyscf_label``: PySCF RKS at one geometry -> ``HamiltonianRecord``
     ``xtb``           GFN2-xTB (tblite) calculator, samplers ``sample_xtb_md`` / ``sample_normal_modes``
                       and the finite-difference Hessian they use

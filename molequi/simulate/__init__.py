@@ -1,6 +1,7 @@
 """Simulations with a model behind an ASE calculator: molecular dynamics and relaxation.
 
-Modules:
+Modules::
+
     ``md``          ``run_md(atoms, calc, MDSettings(...))``: guarded MD with ASE integrators (NVE / NVT /
                     NPT); ``MDSettings`` holds the ensemble and its blow-up guard (``BlowUpGuard``)
     ``relax``       ``relax``: BFGS / FIRE / LBFGS, optionally with ``FrechetCellFilter``

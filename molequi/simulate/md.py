@@ -1,4 +1,4 @@
-"""Molecular dynamics with ASE integrators, guarded against blow-ups, with a CSV log and a trajectory.
+"""Molecular dynamics with ASE integrators, guarded against blow-ups, with a CSV log and a trajectory::
 
     settings = MDSettings(ensemble="nvt", temperature=300, timestep=0.5, steps=2000,
                           guard=BlowUpGuard(max_force=50.0, min_distance=0.5))

@@ -11,7 +11,8 @@ basis data (``pyscf.gto.basis.load``; def2-SVP gives H 2s1p, C/N/O/F 3s2p1d) and
 * ``pair_irreps(l1, l2)`` irreps of an l1 x l2 orbital block: |l1 - l2| .. l1 + l2, parity (-1)^(l1+l2)
 * ``pyscf_to_e3nn(l)``   the orthogonal (2l+1, 2l+1) matrix T_l with  v_e3nn = T_l v_pyscf.
 
-Orientation conventions (verified numerically, see ``tests/hamiltonian/test_basis.py``)
+Orientation conventions (verified numerically, see ``tests/hamiltonian/test_basis.py``)::
+
     PySCF real spherical AOs are ordered m = -l..l with z the polar axis; p shells are (px, py, pz).
     e3nn 0.6 spherical harmonics have **y** as the polar axis and its l = 1 basis is (x, y, z)
     (``o3.Irrep("1o").D_from_matrix(R) == R``). Hence for e3nn 0.6:

@@ -3,7 +3,7 @@
 A ``Task`` is a ``torch.nn.Module`` that holds the model (``task.model``), so the trainer optimises and
 checkpoints ``task.parameters()``; inference code only ever needs ``task.model``.
 
-The trainer (``molequi.train``) calls, per batch (a PyG ``Batch`` of records, see ``molequi.keys``):
+The trainer (``molequi.train``) calls, per batch (a PyG ``Batch`` of records, see ``molequi.keys``)::
 
     training:    outputs = task(batch);  loss, logs = task.loss(batch, outputs);  loss.backward()
     validation:  with torch.set_grad_enabled(task.needs_grad_in_eval):
@@ -16,7 +16,7 @@ batches and across processes (``RunningSums.sync`` all-reduces them under DDP be
 a metric is then a ratio of sums (MAE = sum|err| / count, RMSE = sqrt(sum err^2 / count)), never a mean of
 per-batch means.
 
-Writing a task:
+Writing a task::
 
     class MyTask(Task):
         name = "my_task"
@@ -123,7 +123,8 @@ class Task(torch.nn.Module):
     ``field(metadata={"help": ...})``, so ``molequi init-config`` can print them) and implement
     ``forward``, ``loss``, ``update_metrics`` and ``compute_metrics``.
 
-    Attributes
+    Attributes::
+
       model                 the wrapped ``torch.nn.Module`` (what a checkpoint exports for inference)
       config                the task's ``Config`` instance
       running               ``RunningSums`` for validation / test metrics

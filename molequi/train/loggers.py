@@ -1,6 +1,6 @@
 """Which Lightning loggers a run writes (``trainer.loggers``) and progress output that suits the terminal.
 
-Loggers, each under the run directory:
+Loggers, each under the run directory::
 
     csv          logs/version_N/metrics.csv (always useful, no extra package; the default)
     tensorboard  tb/ event files                   (pip install tensorboard, or molequi[tensorboard])
@@ -36,7 +36,7 @@ LOGGERS = {
 
 
 def check_loggers(names) -> None:
-    """Unknown names and missing packages are ``ConfigError``s (called while the config is read)."""
+    """Unknown names and missing packages are ``ConfigError`` exceptions (called while the config is read)."""
     from molequi.errors import suggest
 
     for name in names:

@@ -1,6 +1,7 @@
 """Hamiltonian (Fock / Kohn-Sham matrix) datasets: the record type, an on-disk store, foreign readers.
 
-Stored quantities, per geometry (all matrices in **PySCF AO order** and **Hartree**):
+Stored quantities, per geometry (all matrices in **PySCF AO order** and **Hartree**)::
+
     numbers   (n,) int           atomic numbers
     pos       (n, 3) float64     positions, Å
     fock      (nao, nao) float64 converged Kohn-Sham matrix ``mf.get_fock()``, Hartree
@@ -9,10 +10,12 @@ Stored quantities, per geometry (all matrices in **PySCF AO order** and **Hartre
     forces    (n, 3) float64     -dE/dR, Hartree/Bohr
     mo_energy (nao,) float64     converged orbital energies, Hartree
     n_elec    int                number of electrons
+
 Conversion into molequi's eV / Å happens once, in ``record_to_data`` (energies, forces); H stays in
 Hartree because every Hamiltonian metric in the literature is in (micro-)Hartree.
 
-Modules:
+Modules::
+
     ``record``   ``HamiltonianRecord``, one labelled geometry
     ``store``    ``HamiltonianStore`` / ``HamiltonianStoreWriter`` / ``write_store``, the sharded store,
                  and its saved random split (``random_split``, ``write_split``, ``HamiltonianStore.split``)

@@ -15,10 +15,12 @@ from molequi.units import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
 class HamiltonianDataset:
     """Map-style dataset of graph records over a ``HamiltonianStore`` (or any indexable of records).
 
-    Each item is ``atoms_to_data(...)`` (pos Å, energy eV, forces eV/Å) plus, in PySCF AO order,
+    Each item is ``atoms_to_data(...)`` (pos Å, energy eV, forces eV/Å) plus, in PySCF AO order::
+
         ``fock``    (nao*nao,) Hartree, row-major flattened, so PyG batching concatenates molecules
         ``overlap`` (nao*nao,)
         ``nao``     (1,) long;  ``n_elec`` (1,) long
+
     ``molequi.tasks.hamiltonian.split_matrices`` turns a batch back into a list of (nao, nao) matrices.
     """
 

@@ -12,6 +12,7 @@ Layout, a directory::
     shard_00000/mo_energy.npy        (sum nao,)            Hartree
     shard_00000/nao.npy, mat_ptr.npy, orb_ptr.npy, energy.npy, n_elec.npy
     split.json                       optional {"train": [i, ...], "valid": [...], "test": [...], "seed": s}
+
 Arrays are opened with ``np.load(mmap_mode="r")``, so a record is read by slicing without loading the
 shard. Every shard is written to a temporary directory and renamed into place; ``index.json`` is written
 to a temporary file and renamed, so an interrupted run leaves a readable store of the finished shards.

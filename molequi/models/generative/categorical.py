@@ -4,19 +4,25 @@ Le et al. 2024; MiDi, Vignac et al. 2023).
 Per molecule: positions x (n, 3) Å (zero centre of mass), atom types a (n,) in K classes, formal charges
 q (n,) in {-1, 0, +1}, bonds b_ij in {none, single, double, triple, aromatic} for every pair i < j.
 
-Forward process, cosine schedule alpha_bar_t (``NoiseSchedule('cosine')``), t = 1..T:
+Forward process, cosine schedule alpha_bar_t (``NoiseSchedule('cosine')``), t = 1..T::
+
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps          (eps centred per molecule)
     q(c_t | c_0) = Cat(alpha_bar_t onehot(c_0) + (1 - alpha_bar_t) m)   for c in {a, q, b}
+
 where m is the class marginal of the training data (the "marginal prior": Q_t = a_t I + (1 - a_t) 1 m^T with
 a_t = alpha_bar_t / alpha_bar_{t-1}, so the chain converges to m rather than to uniform noise).
 
-x0 parameterisation. The network predicts x_0 and the class probabilities p(c_0 | G_t); the loss is
+x0 parameterisation. The network predicts x_0 and the class probabilities p(c_0 | G_t); the loss is::
+
     L = w_t [ 3 ||x_0 - x_hat||^2 / n  + 0.4 CE(a) + 1 CE(q) + 2 CE(b) ],  w_t = clamp(alpha_bar_t / (1 - alpha_bar_t), 0.05, 1.5)
+
 (EQGAT-diff's weights and SNR clamp), each cross-entropy averaged over the molecule's atoms / pairs.
 
 Reverse step t -> s (any s < t, so fewer steps than T work): for positions the Gaussian posterior
-q(x_s | x_t, x_hat); for each categorical variable the posterior mixed over the predicted c_0,
+q(x_s | x_t, x_hat); for each categorical variable the posterior mixed over the predicted c_0,::
+
     p(c_s = i | c_t = j) = sum_k p(c_0 = k) q(c_t = j | c_s = i) q(c_s = i | c_0 = k) / q(c_t = j | c_0 = k).
+
 Bonds are predicted by an edge head (symmetrised over i -> j and j -> i), not inferred from distances.
 
 Training data need bonds and charges: records with ``bond_index`` (2, nb), ``bond_order`` (nb,) and

@@ -3,20 +3,29 @@
 Data of one molecule: positions x (n_b, 3) in Å, centred (zero centre of mass, unit masses), and features
 h (n_b, K+1) = [one_hot(type) / 4, Z / 10] (EDM's ``normalize_factors [1, 4, 10]``; EDM calls Z "charges").
 
-Forward process (variance preserving, ``NoiseSchedule``), for integer t in 0..T:
+Forward process (variance preserving, ``NoiseSchedule``), for integer t in 0..T::
+
     z_t = alpha_t [x, h] + sigma_t eps,   eps_x ~ N(0, I) projected to zero mean per molecule, eps_h ~ N(0, I)
-Training (epsilon parameterisation, EDM's l2 objective):
+
+Training (epsilon parameterisation, EDM's l2 objective)::
+
     L = E_{t ~ U{0..T}} [ ||eps - eps_theta(z_t, t)||^2 / ((3 + K + 1) n) ]
   with n = max_b n_b, the padded size of the batch (EDM's normalisation, ``loss_normalisation="edm"``, the
   default) or n = n_b, the molecule's own size (``loss_normalisation="molecule"``).
-Likelihood (``log_likelihood``; EDM's variational bound in eval mode, ``compute_loss(t0_always=True)``):
+
+Likelihood (``log_likelihood``; EDM's variational bound in eval mode, ``compute_loss(t0_always=True)``)::
+
     -log p(x, h, N) <= KL(q(z_T | x, h) || N(0, I)) + T E_{t ~ U{1..T}} [ 1/2 (SNR(s)/SNR(t) - 1)
         ||eps - eps_theta(z_t, t)||^2 ] - log p(x, h | z_0) + (N - 1) 3 log(nx) - log p(N)
   with s = t - 1, the position part of every Gaussian on the (N - 1) * 3 dimensional zero-mean subspace.
-Ancestral sampling (EDM ``sample_p_zs_given_zt``), for s < t on any grid:
+
+Ancestral sampling (EDM ``sample_p_zs_given_zt``), for s < t on any grid::
+
     sigma^2_{t|s} = 1 - exp(softplus(gamma_s) - softplus(gamma_t)),  alpha_{t|s} = alpha_t / alpha_s
     z_s = z_t / alpha_{t|s} - sigma^2_{t|s} / (alpha_{t|s} sigma_t) eps_theta + (sigma_{t|s} sigma_s / sigma_t) noise
-DDIM sampling (Song et al. 2021), any number of steps, deterministic for eta = 0:
+
+DDIM sampling (Song et al. 2021), any number of steps, deterministic for eta = 0::
+
     x_hat = (z_t - sigma_t eps_theta) / alpha_t,   c = eta sigma_{t|s} sigma_s / sigma_t,
     z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_theta + c noise
   (eta = 1 has the ancestral step's mean and variance; 0 < eta < 1 interpolates between the two).

@@ -12,8 +12,10 @@ Design (what QHNet does, and what is done differently here for speed):
 
 1. Node interaction layers. Atom features are stacks (n, D, C), D = (lmax+1)^2 components in e3nn order,
    channels last (every linear map is one batched matmul). A layer sends messages along
-   every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17),
+   every ordered pair (i != j) of a molecule (the full graph, as QHNet does for MD17)::
+
        m_ij[l3, w] = sum_{(l1, lf, l3), u} W_path[u, w] rad_ij[l1, u] CG(l1, lf, l3).(x_j[l1, u], Y^lf(r_ij))
+
    with radial modulation rad_ij = MLP(Gaussian basis of |r_ij|), sums them over j, mixes channels per l
    (o3.Linear-like, one weight per l), gates l > 0 by sigmoid(scalars) and adds the residual.
    QHNet evaluates the edge tensor product with e3nn ``TensorProduct`` kernels (O(L^6) per edge); here it

@@ -9,26 +9,35 @@ r_ij = pos_i - pos_j evaluated on the permuted vector (y, z, x) as the reference
 basis, "Linear" an e3nn ``o3.Linear`` (channel mixing per degree l, bias on scalars), "MLP" an e3nn
 ``FullyConnectedNet`` with the shifted softplus, (x)_uvu / (x)_uuu e3nn tensor products of those modes.
 
-1. Radial basis: exponential Bernstein polynomials with a smooth cutoff c (PhiSNet),
+1. Radial basis: exponential Bernstein polynomials with a smooth cutoff c (PhiSNet)::
+
        b_k(r) = C(K-1, k) e^{-(K-1-k) r} (1 - e^{-r})^k f(r),   f(r) = exp(-r^2 / ((c - r)(c + r))), r < c.
+
 2. Node embedding x_i = E[Z_i] (hidden_size scalars).
-3. ``num_layers`` node layers (NodeInteraction) on the radius graph (|r_ij| < max_radius):
+3. ``num_layers`` node layers (NodeInteraction) on the radius graph (|r_ij| < max_radius)::
+
        g = NormGate(x); s_ij = [x'_i^0, x'_j^0, <x'_i, x'_j>_{l>=1}] with x' = Linear(x) (scalars of both
        ends and per-channel inner products); m_ij = (Linear(g)_j (x)_uvu Y(r_ij)) weighted by
        MLP(rbf_ij) * MLP(s_ij);  x_i <- x_i + Linear(sum_j m_ij + Linear(g)_i)
+
    (no gate, scalar invariants of x itself, and no residuals in the first layer, whose input is scalar).
    NormGate(x): scalars -> MLP([scalars, |x^l| per channel]); every l >= 1 channel multiplied by its own
    output of that MLP (sigmoid-free gate on norms).
+
 4. From layer ``start_layer + 1`` on, diagonal features f_i and off-diagonal features f_ij grow layer by
-   layer from the current node features (progressive construction):
+   layer from the current node features (progressive construction)::
+
        f_i  <- f_i + Linear(NormGate(Linear(NormGate(x_i)) (x)_uuu Linear(NormGate(x_i)) + x_i))
        f_ij <- f_ij + Linear(NormGate((Linear(NormGate(x))_j (x)_uuu Linear(NormGate(x))_i)
                                        weighted by MLP(rbf_ij) * MLP([x'^0_i, x'^0_j, <x'_i, x'_j>])))
+
    over all ordered pairs i != j of a molecule (the full graph). The uuu products are channel-wise
    x_i (x) x_j products over every path l1 (x) l2 -> l3 <= lmax: QHNet's node-pair interaction.
 5. Expansion with element-dependent weights: for shells a, b of the padded basis and every degree L in
-   l_a (x) l_b,
+   l_a (x) l_b::
+
        B[a m, b n] = (1/C) sum_{w, M} CG(l_a, l_b, L)[m, n, M] (W_{L a b}[w] f_L[w, M] + beta_{ab} d_{L0}),
+
    W = MLP(E[Z_i]) for diagonal blocks, MLP([E[Z_i], E[Z_j]]) for pair blocks, biases beta likewise
    (the reference's "with bias" model, the one its MD17 config trains). f is first reduced to
    ``bottle_hidden_size`` channels by a Linear.

@@ -237,3 +237,35 @@ def test_edm_qm9_config_matches_edm_published_run():
     assert (o.optimizer, o.amsgrad, o.weight_decay, o.scheduler) == ("adamw", True, 1e-12, "none")
     assert m == edm_config(args)  # the whole architecture and schedule, as molequi's import of the run reads it
     assert cfg.data.name == "qm9" and cfg.data.options["split"] == "edm"
+
+
+def test_adaptive_clip_queue_and_sample_history_survive_a_resume(tmp_path):
+    """A run stopped after 4 steps and resumed to 6 ends with the same weights, the same clip queue and the
+    same sampling history as one run of 6 steps (the queue and the history travel in last.ckpt)."""
+    from molequi.train.run import train
+
+    molecules = read_qm9_xyz(QM9)
+
+    def cfg(name, steps):
+        return Config.from_dict({
+            "model": {"name": "edm", "hidden": 8, "layers": 1, "timesteps": 10},
+            "task": {"name": "diffusion", "sample_every_steps": 3, "sample_n": 3, "sample_steps": 3},
+            "optim": {"lr": 1e-3, "scheduler": "none", "ema_decay": 0.99, "ema_warmup": False,
+                      "grad_clip": "edm_adaptive"},
+            "trainer": {"max_steps": steps, "batch_size": 4, "accelerator": "cpu", "devices": 1,
+                        "checkpoint_every": 2, "output": str(tmp_path / name), "progress_bar": False,
+                        "log_every": 1},
+        })
+
+    splits = {"train": molecules[:16], "valid": [], "test": []}
+    whole = train(cfg("whole", 6), splits=splits, enable_summary=False)
+    train(cfg("cut", 4), splits=splits, enable_summary=False)
+    resumed = train(cfg("cut", 6), splits=splits, resume="yes", enable_summary=False)
+    assert resumed.global_step == whole.global_step == 6
+    assert resumed.module.grad_clipper.norms == whole.module.grad_clipper.norms
+    assert len(whole.module.grad_clipper.norms) == 7  # the starting 3000 and six steps
+    for a, b in zip(whole.module.task.model.parameters(), resumed.module.task.model.parameters()):
+        assert torch.equal(a, b)
+    history = [json.loads((tmp_path / n / "sample_quality.json").read_text()) for n in ("whole", "cut")]
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in hist] for hist in history]
+    assert strip[0] == strip[1] and [h["step"] for h in strip[0]] == [3, 6]

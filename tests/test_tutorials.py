@@ -24,7 +24,7 @@ _spec.loader.exec_module(runner)
 def test_every_tutorial_is_collected():
     names = {p.name for p in TUTORIALS}
     assert {"01_data_graphs_symmetry.md", "generation.md", "train_md.md", "qm9_property.md", "oc20_s2ef.md",
-            "hamiltonian.md", "check_your_model.md", "import_mace.md"} <= names, names
+            "hamiltonian.md", "check_your_model.md", "import_mace.md", "active_learning.md"} <= names, names
 
 
 @pytest.mark.tutorial

@@ -53,7 +53,8 @@ _LITERAL = re.compile(r"(``.*?``)")
 
 
 def _escape_bars(line: str) -> str:
-    return "".join(part if part.startswith("``") else part.replace("|", "\\|") for part in _LITERAL.split(line))
+    parts = _LITERAL.split(line)
+    return "".join(part if part.startswith("``") else part.replace("|", "\\|") for part in parts)
 
 
 def _plain_bars(app, what, name, obj, options, lines):

@@ -7,12 +7,13 @@ Conventions a tutorial follows (tests/test_tutorials.py runs each one in reduced
 
 * Every ```python and ```bash block runs, top to bottom, in a fresh working folder where the repository's
   folders ``data``, ``tutorials``, ``configs``, ``molequi``, ``scripts`` and ``tests`` are linked, so the
-  paths a reader types from the repository root work. Python blocks share one namespace; bash blocks run with ``bash -euo pipefail`` and the
-  venv's ``molequi`` first on PATH. A block that is shown but must not run (a placeholder file name, a GPU
-  command) says so in its info string: ```python norun or ```bash norun. The report counts them.
+  paths a reader types from the repository root work. Python blocks share one namespace; bash blocks run
+  with ``bash -euo pipefail`` and the venv's ``molequi`` first on PATH. A block that is shown but must not
+  run (a placeholder file name, a GPU command) says so in its info string: ```python norun or ```bash norun.
+  The report counts them.
 * Reduced mode sets ``MOLEQUI_TUTORIAL_QUICK=1``; a tutorial reads it to shrink models and step counts
-  (``QUICK = os.environ.get("MOLEQUI_TUTORIAL_QUICK") == "1"`` in Python, ``${MOLEQUI_TUTORIAL_QUICK:+...}`` in
-  bash).
+  (``QUICK = os.environ.get("MOLEQUI_TUTORIAL_QUICK") == "1"`` in Python,
+  ``[ -n "${MOLEQUI_TUTORIAL_QUICK:-}" ] && ...`` in bash).
 * A tutorial ends with something a person can look at, declared in an HTML comment anywhere in the file:
   ``<!-- tutorial-outputs: energy.png errors.csv -->``. After the last block the runner checks that each file
   exists and is not trivial: a PNG of at least 64x64 pixels that is not one flat colour, a CSV with a header
@@ -209,8 +210,9 @@ def run(path: str | Path, workdir: str | Path, quick: bool = True) -> dict:
                 sys.stdout.write(done.stdout)
                 printed = done.stdout
                 if done.returncode != 0:
-                    raise TutorialError(f"{where}: bash block exited with {done.returncode}; its last output:\n"
-                                        + "\n".join(done.stdout.splitlines()[-30:]))
+                    tail = "\n".join(done.stdout.splitlines()[-30:])
+                    raise TutorialError(f"{where}: bash block exited with {done.returncode}; "
+                                        f"its last output:\n{tail}")
             report["ran"] += [line[4:].strip() for line in printed.splitlines() if line.startswith("RAN:")]
             report["blocks"].append({"where": where, "language": block.language,
                                      "wall_s": round(time.perf_counter() - start, 2),
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="reduced mode (MOLEQUI_TUTORIAL_QUICK=1): tiny models and few steps, as in CI")
     parser.add_argument("--workdir", default=None,
-                        help="folder to run in (one sub-folder per tutorial; default: a new temporary folder)")
+                        help="folder to run in (a sub-folder per tutorial; default: a new temporary folder)")
     args = parser.parse_args(argv)
     base = Path(args.workdir or tempfile.mkdtemp(prefix="molequi_tutorials_"))
     for path in args.tutorials:

@@ -62,15 +62,18 @@ def test_runner_runs_python_and_bash_in_order_and_checks_outputs(tmp_path):
     assert (tmp_path / "w" / "t.csv").read_text() == "a,b\n2,1.5\n"
 
 
+CSV = "<!-- tutorial-outputs: t.csv -->\n"
+
+
 @pytest.mark.parametrize("text, message", [
-    ("<!-- tutorial-outputs: t.csv -->\n```python\nassert 1 == 2, 'wrong'\n```\n", "t.md:2: python block failed"),
-    ("<!-- tutorial-outputs: t.csv -->\n```bash\nfalse\necho never\n```\n", "t.md:2: bash block exited with 1"),
-    ("<!-- tutorial-outputs: t.csv -->\n```python\nopen('t.csv', 'w').write('a,b\\n')\n```\n", "needs a header"),
+    (CSV + "```python\nassert 1 == 2, 'wrong'\n```\n", "t.md:2: python block failed"),
+    (CSV + "```bash\nfalse\necho never\n```\n", "t.md:2: bash block exited with 1"),
+    (CSV + "```python\nopen('t.csv', 'w').write('a,b\\n')\n```\n", "needs a header"),
     ("<!-- tutorial-outputs: t.png -->\n```python\n"
      "import matplotlib.pyplot as plt\nplt.figure().savefig('t.png')\n```\n", "one flat colour"),
     ("<!-- tutorial-outputs: missing.md -->\n```python\nx = 1\n```\n", "missing.md was not written"),
     ("```python\nx = 1\n```\n", "declares no output"),
-    ("<!-- tutorial-outputs: t.csv -->\n```python\nx = 1\n", "never closed"),
+    (CSV + "```python\nx = 1\n", "never closed"),
 ])
 def test_runner_fails_loudly(tmp_path, text, message):
     with pytest.raises(runner.TutorialError, match=message):

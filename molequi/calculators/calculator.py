@@ -11,13 +11,15 @@ eV/Å and, for structures that are periodic in some direction with a full-rank c
 Voigt 6-vector (xx, yy, zz, yz, xz, xy) in eV/Å^3. Constraints (``FixAtoms``...) are applied by ASE on top
 of these raw results, so they work unchanged, as do cell filters (``FrechetCellFilter``).
 
-Committee (``models=[...]``): every property is the mean over members, and ``results`` also holds
+Committee (``models=[...]``): every property is the mean over members, and ``results`` also holds::
+
     ``energy_std``       eV, population standard deviation (ddof=0) of the members' energies
     ``forces_std``       (n, 3) eV/Å, per atom and Cartesian component
     ``forces_std_norm``  (n,) eV/Å, per atom: sqrt(sum_c var_c) = RMS distance of members' force vectors
                          from the mean force (the quantity ``BlowUpGuard(max_uncertainty=...)`` watches)
     ``stress_std``       (6,) eV/Å^3, per Voigt component (periodic structures)
     ``committee_energy`` (M,) eV, every member's energy
+
 Identical members give exactly zero spreads.
 
 Neighbour list (Verlet skin): the list is built with cutoff ``max(r_max) + skin`` and cached together with
@@ -180,7 +182,8 @@ def checkpoint_dispersion(path) -> dict | None:
 class MolequiCalculator(Calculator):
     """ASE calculator over one molequi model or a committee (see the module docstring).
 
-    Parameters
+    Parameters:
+
     - ``model``: a model following molequi's interface (``r_max``, ``elements``, ``forward``); or
     - ``models``: a list of such models (committee). Give exactly one of ``model`` / ``models``.
     - ``device``, ``dtype``: where and in which precision to evaluate (default: the model's own dtype);
@@ -191,11 +194,11 @@ class MolequiCalculator(Calculator):
     - ``dispersion``: ``None``, ``"d3bj"`` or ``{"method": "d3bj", "functional": "pbe", "three_body": False}``:
       Grimme's D3 correction added to the model's results (``molequi.calculators.dispersion``);
       ``from_checkpoint`` adds what the training run subtracted from its labels unless told otherwise.
+    - ``compile``: ``True`` (Inductor) or a ``torch.compile`` backend name: the per-atom energies run as one
+      compiled graph (``EnergyModel.compile_energies``); the first call of a new size pays the compilation.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-    - ``compile``: ``True`` (Inductor) or a ``torch.compile`` backend name: the per-atom energies run as one
-      compiled graph (``EnergyModel.compile_energies``); the first call of a new size pays the compilation.
     default_parameters: dict = {}
 
     def __init__(
@@ -208,10 +211,10 @@ class MolequiCalculator(Calculator):
         skin: float = DEFAULT_SKIN,
         stress: bool | str = "auto",
         dispersion=None,
+        compile: bool | str = False,
         **kwargs,
     ):
         Calculator.__init__(self, **kwargs)
-        compile: bool | str = False,
         from molequi.calculators.dispersion import D3
 
         self.dispersion = D3.from_spec(dispersion)
@@ -227,9 +230,6 @@ class MolequiCalculator(Calculator):
             if not isinstance(m, ForceField):
                 raise ModelError(f"{type(m).__name__} is not a force field: molequi models declare r_max "
                                  "(Å), elements and conservative (molequi.models.base.ForceField)")
-        self.cutoffs = [float(m.r_max) for m in self.models]
-        self.elements = sorted(set.intersection(*(set(int(z) for z in m.elements) for m in self.models)))
-        self.conservative = all(m.conservative for m in self.models)
         if compile:
             backend = compile if isinstance(compile, str) else "inductor"
             for m in self.models:
@@ -237,6 +237,9 @@ class MolequiCalculator(Calculator):
                     raise ModelError(f"{type(m).__name__} cannot be compiled by MolequiCalculator (it is not "
                                      "an EnergyModel with atomic_energies)")
                 m.compile_energies(backend=backend)
+        self.cutoffs = [float(m.r_max) for m in self.models]
+        self.elements = sorted(set.intersection(*(set(int(z) for z in m.elements) for m in self.models)))
+        self.conservative = all(m.conservative for m in self.models)
         if stress not in ("auto", True, False):
             raise ValueRangeError(f"stress must be 'auto', True or False, got {stress!r}")
         self.stress_mode = stress

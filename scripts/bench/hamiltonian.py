@@ -510,8 +510,9 @@ def main(argv=None) -> int:
     res["reference"] = REFERENCE
     stages = args.stages.split(",")
     if "train" in stages:  # results of an older protocol must not sit beside the new ones
-        for k in ("select", "test", "scf", "scf_md", "notes", "previous_run"):
-            res.pop(k, None) if k != "select" or "select" not in stages else None
+        for k in ("select", "train", "test", "scf", "scf_md", "notes", "previous_run"):
+            if k != "select" or "select" in stages:
+                res.pop(k, None)
 
     def save():
         from _common import provenance

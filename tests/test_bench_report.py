@@ -192,3 +192,53 @@ def test_common_save_records_what_the_report_reads(report, tmp_path, monkeypatch
     assert report.row_neighbors(tmp_path)[3].startswith("yes: ase (3.29.0) in the same run")
     with pytest.raises(ValueError, match="provenance lacks peer_version"):
         common.save("x", {}, provenance={"peer": None, "peer_measured_in_this_run": None})
+
+
+def test_imported_and_memory_rows_from_crafted_results(report, tmp_path):
+    prov = {"peer": "mace-torch", "peer_version": "9.9", "peer_measured_in_this_run": True, "threads": 1,
+            "load_average": [1.0, 0, 0]}
+
+    def timing(impl, system, n, cpu, wall):
+        return {"impl_key": impl, "impl": impl, "system": system, "dtype": "float64", "n_atoms": n,
+                "repeats": 5, "median_cpu_s": cpu, "median_s": wall}
+
+    imported = {
+        "results": [
+            timing("mace-torch", "cu_64", 64, 2.5, 4.0), timing("molequi", "cu_64", 64, 1.0, 2.0),
+            {"impl_key": "mace-torch", "system": "cu_4096", "dtype": "float64", "repeats": 5,
+             "error": "RuntimeError: DefaultCPUAllocator: can't allocate memory"},
+            timing("molequi", "cu_4096", 4096, 100.0, 120.0),
+        ],
+        "agreement": [{"dtype": "float64", "relative": {"energy": 3e-15, "forces": 2e-14}}],
+        "provenance": prov,
+    }
+    (tmp_path / "mace_imported.json").write_text(json.dumps(imported))
+    row = report.row_mace_imported(tmp_path)
+    # CPU 2.5 / 1.0 and wall 4.0 / 2.0 on the one system both ran; the 4096-atom one named as not run
+    assert "imported: 2.5x CPU (2.0x wall) over cu_64 (64 atoms) / cu_4096 (4096 atoms)" in row[2]
+    assert "per system f64: 2.5 / -x CPU" in row[2]
+    assert "in the same run 2e-14 (f64)" in row[2]
+    assert row[2].endswith("; mace-torch did not run cu_4096 f64 (RuntimeError under the address-space "
+                           "limit, see the JSON; molequi alone 100 CPU s)")
+    assert row[3] == "yes: mace-torch (9.9) in the same run; 1 thread, load 1.0"
+
+    def peak(config, size, mb):
+        return {"config": config, "size": size, "peak_rss_mb": mb, "energy": -1.0}
+
+    scale = {
+        "dtype": "float32", "mem_limit_gb": 14.0, "provenance": prov,
+        "results": [
+            peak("unchunked", 1000, 2048.0), peak("auto", 1000, 1024.0), peak("mace-torch", 1000, 4096.0),
+            {"config": "unchunked", "size": 4096, "error": "out of memory"}, peak("auto", 4096, 2048.0),
+            {"config": "mace-torch", "size": 4096, "error": "out of memory"},
+            peak("train-unchunked", 1000, 3072.0),
+        ],
+    }
+    (tmp_path / "mace_scale.json").write_text(json.dumps(scale))
+    row = report.row_mace_scale(tmp_path)
+    # GB = MB / 1024; auto / mace-torch = 1024 / 4096 at the only size both ran
+    assert "1,000 / 4,096 atoms, f32" in row[2]
+    assert "unchunked 2.0 / -; auto 1.0 / 2.0; mace-torch 4.0 / - (- = did not fit" in row[2]
+    assert "its address-space limit of 14 GiB)" in row[2]
+    assert "molequi auto / mace-torch 0.25x where both ran" in row[2]
+    assert row[2].endswith("; training step unchunked 3.0 / not run")

@@ -147,6 +147,92 @@ def row_mace_speed(res: Path) -> list[str]:
     )
 
 
+def _gb(mb: float) -> str:
+    return f"{mb / 1024:.1f}"
+
+
+def row_mace_imported(res: Path) -> list[str]:
+    d = load(res, "mace_imported")
+    by = {}
+    for r in d["results"]:
+        by.setdefault((r["system"], r["dtype"]), {})[r["impl_key"]] = r
+    systems = list(dict.fromkeys(r["system"] for r in d["results"]))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in d["results"]))
+    atoms = {r["system"]: r["n_atoms"] for r in d["results"] if "n_atoms" in r}
+    timed = {k: v for k, v in by.items()
+             if all("median_cpu_s" in v.get(i, {}) for i in ("molequi", "mace-torch"))}
+    cpu = {k: v["mace-torch"]["median_cpu_s"] / v["molequi"]["median_cpu_s"] for k, v in timed.items()}
+    wall = {k: v["mace-torch"]["median_s"] / v["molequi"]["median_s"] for k, v in timed.items()}
+    names = " / ".join(f"{s} ({atoms.get(s, '?')} atoms)" for s in systems)
+    per_dtype = "; ".join(
+        f"{t.replace('float', 'f')}: "
+        + " / ".join(ratio(cpu[(s, t)]) if (s, t) in cpu else "-" for s in systems) + "x CPU"
+        for t in dtypes
+    )
+    calls = sorted({r["repeats"] for r in d["results"] if "median_cpu_s" in r})
+    rel = {t: max((max(a["relative"].values()) for a in d["agreement"] if a["dtype"] == t), default=None)
+           for t in dtypes}
+    agree = " / ".join(f"{rel[t]:.0e} ({t.replace('float', 'f')})" for t in dtypes if rel[t] is not None)
+    failed = []
+    for (s, t), v in by.items():
+        errors = [i for i in ("mace-torch", "molequi") if "error" in v.get(i, {})]
+        if errors:
+            alone = [f"; {i} alone {v[i]['median_cpu_s']:.0f} CPU s" for i in ("molequi", "mace-torch")
+                     if "median_cpu_s" in v.get(i, {})]
+            failed.append(f"{' and '.join(errors)} did not run {s} {t.replace('float', 'f')} ("
+                          + "/".join(sorted({v[i]["error"].split(":")[0] for i in errors}))
+                          + " under the address-space limit, see the JSON" + "".join(alone) + ")")
+    result = (
+        "energy+forces (+stress on Cu) of a mace-torch ScaleShiftMACE with MACE-MP-size hyperparameters, "
+        f"imported: {ratio_range(cpu.values())} CPU ({ratio_range(wall.values())} wall) over {names}; "
+        f"per system {per_dtype}; median of {'/'.join(map(str, calls))} interleaved calls, 1 thread; largest "
+        f"relative difference of the outputs in the same run {agree}"
+        + "".join(f"; {f}" for f in failed)
+    )
+    return row(
+        f"imported foundation-size MACE vs mace-torch {d['provenance']['peer_version']}",
+        "`python scripts/bench/mace_speed.py --imported --mace-python PY`",
+        result,
+        d["provenance"],
+    )
+
+
+def row_mace_scale(res: Path) -> list[str]:
+    d = load(res, "mace_scale")
+    by = {}
+    for r in d["results"]:
+        by.setdefault(r["config"], {})[r["size"]] = r
+    sizes = sorted({r["size"] for r in d["results"]})
+
+    def peaks(config: str) -> str:  # "-": ran out of its memory limit, "not run": not measured at that size
+        cells = [by[config].get(n) for n in sizes]
+        return " / ".join("not run" if r is None else _gb(r["peak_rss_mb"]) if "energy" in r else "-"
+                          for r in cells)
+
+    configs = [c for c in by if not c.startswith("train-")]
+    both = [n for n in sizes if "energy" in by.get("auto", {}).get(n, {})
+            and "energy" in by.get("mace-torch", {}).get(n, {})]
+    ratios = [by["auto"][n]["peak_rss_mb"] / by["mace-torch"][n]["peak_rss_mb"] for n in both]
+    train = [c for c in by if c.startswith("train-")]
+    limits = " / ".join(sorted({f"{r.get('mem_limit_gb', d['mem_limit_gb']):g}" for r in d["results"]}))
+    result = (
+        "peak RSS (GB) of one energy+forces+stress call on fcc Cu, "
+        f"{' / '.join(f'{n:,}' for n in sizes)} atoms, "
+        f"{d['dtype'].replace('float', 'f')}, quickstart-size model, a fresh process each: "
+        + "; ".join(f"{c} {peaks(c)}" for c in configs)
+        + f" (- = did not fit in its address-space limit of {limits} GiB)"
+        + (f"; molequi auto / mace-torch {ratio_range(ratios, 2)} where both ran" if ratios else "")
+        + ("; training step " + "; ".join(f"{c.removeprefix('train-')} {peaks(c)}" for c in train)
+           if train else "")
+    )
+    return row(
+        f"MACE peak memory vs mace-torch {d['provenance']['peer_version']}",
+        "`python scripts/bench/mace_scale.py --mace-python PY`",
+        result,
+        d["provenance"],
+    )
+
+
 def row_mace_accuracy(res: Path) -> list[str]:
     runs = [load(res, "mace_accuracy"), load(res, "mace_accuracy_seed1")]
     codes = [{r["code"]: r for r in d["results"]} for d in runs]
@@ -537,6 +623,8 @@ def table_rows(results: Path) -> list[list[str]]:
         row_neighbors(results),
         row_mace_speed(results),
         row_mace_accuracy(results),
+        row_mace_imported(results),
+        row_mace_scale(results),
         *rows_md(results),
         row_batched(results),
         row_nve(results),

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                        "error"])
     version = next((r["impl"].split(" ", 1)[1] for r in rows if r["config"] == "mace-torch" and "impl" in r),
                    None)
-    ran_peer = "mace-torch" in impls
+    ran_peer = any(r["config"] == "mace-torch" for r in rows)  # this invocation or an appended one
     save(args.out, {
         "hyperparameters": MACE_HYPER, "dtype": args.dtype, "mem_limit_gb": args.mem_limit_gb,
         "structure": f"fcc Cu a={A_CU} Å, primitive cell n^3, rattled 0.05 Å",

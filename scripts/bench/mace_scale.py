@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     }, provenance("mace-torch" if ran_peer else None, version if ran_peer else None,
                   True if ran_peer else None,
                   notes="each configuration in a fresh process, one after another; with --append the sizes "
-                        "of several invocations (see 'invocations'), mace-torch measured in each"))
+                        "of several invocations (see 'invocations' for the configurations each ran)"))
     return 0
 
 

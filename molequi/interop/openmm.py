@@ -30,7 +30,6 @@ from molequi.errors import InputError
 try:
     import openmm
     from openmm import unit
-    from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise InputError("molequi.interop.openmm needs OpenMM >= 8.3 and openmm-ml",
                      hint="pip install openmm openmmml (or molequi[openmm])") from exc
@@ -40,14 +39,34 @@ from ase.units import kJ, mol  # noqa: E402
 _EV_TO_KJ_PER_MOL = 1.0 / (kJ / mol)  # 1 eV in kJ/mol, as ASE (and openmm-ml's ASE potential) converts
 
 
-class MolequiPotentialImplFactory(MLPotentialImplFactory):
-    """Creates ``MolequiPotentialImpl``s for ``MLPotential('molequi', modelPath=...)``."""
+class MolequiPotentialImplFactory:
+    """Creates the molequi potential for ``MLPotential('molequi', modelPath=...)``.
 
-    def createImpl(self, name: str, modelPath: str | None = None, **args) -> MLPotentialImpl:
-        return MolequiPotentialImpl(name, modelPath)
+    openmm-ml loads its entry points (this class) while ``openmmml.mlpotential`` is itself being imported, so
+    this module must not import openmm-ml at the top: the factory is duck-typed (openmm-ml only calls
+    ``createImpl``) and the ``MLPotentialImpl`` subclass is made on first use (``potential_impl_class``)."""
+
+    def createImpl(self, name: str, modelPath: str | None = None, **args):
+        return potential_impl_class()(name, modelPath)
 
 
-class MolequiPotentialImpl(MLPotentialImpl):
+_IMPL = None
+
+
+def potential_impl_class():
+    """``MolequiPotentialImpl``, a subclass of openmm-ml's ``MLPotentialImpl`` (made once, on first use)."""
+    global _IMPL
+    if _IMPL is None:
+        try:
+            from openmmml.mlpotential import MLPotentialImpl
+        except ImportError as exc:
+            raise InputError("the molequi OpenMM potential needs openmm-ml", hint="pip install openmmml") from exc
+        _IMPL = type("MolequiPotentialImpl", (_MolequiPotential, MLPotentialImpl),
+                     {"__doc__": _MolequiPotential.__doc__, "__module__": __name__})
+    return _IMPL
+
+
+class _MolequiPotential:
     """A molequi checkpoint (or a committee: a list of checkpoints) as an openmm-ml potential."""
 
     def __init__(self, name: str, modelPath):
@@ -106,4 +125,4 @@ def _compute(state, atoms):
     return energy * _EV_TO_KJ_PER_MOL, forces * (10.0 * _EV_TO_KJ_PER_MOL)
 
 
-__all__ = ["MolequiPotentialImplFactory", "MolequiPotentialImpl"]
+__all__ = ["MolequiPotentialImplFactory", "potential_impl_class"]

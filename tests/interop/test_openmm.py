@@ -135,3 +135,16 @@ def test_missing_model_path_and_bad_arguments_are_named(checkpoint, ethanol):
     top = topology_of(ethanol.numbers, [("ETH", range(len(ethanol)))])
     with pytest.raises(InputError, match="unknown arguments.*'precison'"):
         MLPotential("molequi", modelPath=checkpoint).createSystem(top, precison="double")
+
+
+def test_importing_molequi_first_works():
+    """openmm-ml loads its entry points (molequi's factory) while it is itself being imported: importing
+    molequi.interop.openmm before openmmml must not end in a circular import."""
+    import subprocess
+    import sys
+
+    code = ("import molequi.interop.openmm\nfrom openmmml import MLPotential\n"
+            "print(type(MLPotential._implFactories['molequi']).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "MolequiPotentialImplFactory"

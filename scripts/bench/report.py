@@ -515,6 +515,31 @@ def rows_hamiltonian(res: Path) -> list[list[str]]:
     ]
 
 
+def row_qhnet_same_run(res: Path) -> list[str]:
+    d = load(res, "qhnet_same_run")
+    s, r = d["settings"], d["results"]
+
+    def cell(name: str) -> str:
+        x = r[name]
+        t = x["test"]
+        return (f"{name}: H {t['h_mae_uha']:.0f} µHa, ε {t['eps_mae_uha']:.0f} µHa, "
+                f"ψ {t['psi_cos_x100']:.1f} after {x['steps']} steps; train step "
+                f"{x['step_cpu_ms_median']:.0f} ms CPU / "
+                f"{x['step_wall_ms_median']:.0f} ms wall (median)")
+
+    result = (
+        f"water PBE/def2-SVP, random split, {s['n_train']} train / {s['n_test']} test; both at hidden "
+        f"{s['hidden']}, bottleneck {s['bottleneck']}, {s['layers']} layers, lmax {s['lmax']}, {s['dtype']}, "
+        f"batch {s['batch']}, train_wH.py's loss and AdamW, {s['budget_cpu_min']:g} CPU-min of training "
+        "each, "
+        f"interleaved, same batches, seed {s['seed']} (one seed): {cell('molequi qhnet')}; "
+        f"{cell('reference QHNet')}"
+    )
+    return ["QHNet vs the reference code, same run",
+            "`python scripts/bench/qhnet_same_run.py --peer-code PATH --data STORE`", result,
+            peer_cell(d["provenance"])]
+
+
 def rows_generation(res: Path) -> list[list[str]]:
     sp = load(res, "generation_speed")
     tr = load(res, "generation_train")
@@ -633,6 +658,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_models(results),
         row_datasets(results),
         *rows_hamiltonian(results),
+        row_qhnet_same_run(results),
         *rows_generation(results),
         row_active_learning(results),
     ]

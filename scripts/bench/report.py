@@ -204,23 +204,26 @@ def row_mace_scale(res: Path) -> list[str]:
         by.setdefault(r["config"], {})[r["size"]] = r
     sizes = sorted({r["size"] for r in d["results"]})
 
-    def peaks(config: str) -> str:  # "-": ran out of its memory limit, "not run": not measured at that size
-        cells = [by[config].get(n) for n in sizes]
-        return " / ".join("not run" if r is None else _gb(r["peak_rss_mb"]) if "energy" in r else "-"
-                          for r in cells)
+    def cell(r: dict | None) -> str:  # "over N GiB": ran out of its address-space limit of N GiB
+        if r is None:
+            return "not run"
+        limit = r.get("mem_limit_gb", d["mem_limit_gb"])
+        return _gb(r["peak_rss_mb"]) if "energy" in r else f"over {limit:g} GiB"
+
+    def peaks(config: str) -> str:
+        return " / ".join(cell(by[config].get(n)) for n in sizes)
 
     configs = [c for c in by if not c.startswith("train-")]
     both = [n for n in sizes if "energy" in by.get("auto", {}).get(n, {})
             and "energy" in by.get("mace-torch", {}).get(n, {})]
     ratios = [by["auto"][n]["peak_rss_mb"] / by["mace-torch"][n]["peak_rss_mb"] for n in both]
     train = [c for c in by if c.startswith("train-")]
-    limits = " / ".join(sorted({f"{r.get('mem_limit_gb', d['mem_limit_gb']):g}" for r in d["results"]}))
     result = (
         "peak RSS (GB) of one energy+forces+stress call on fcc Cu, "
         f"{' / '.join(f'{n:,}' for n in sizes)} atoms, "
         f"{d['dtype'].replace('float', 'f')}, quickstart-size model, a fresh process each: "
         + "; ".join(f"{c} {peaks(c)}" for c in configs)
-        + f" (- = did not fit in its address-space limit of {limits} GiB)"
+        + " (over N GiB: ran out of the process's address-space limit)"
         + (f"; molequi auto / mace-torch {ratio_range(ratios, 2)} where both ran" if ratios else "")
         + ("; training step " + "; ".join(f"{c.removeprefix('train-')} {peaks(c)}" for c in train)
            if train else "")

@@ -519,29 +519,28 @@ def rows_hamiltonian(res: Path) -> list[list[str]]:
 
 
 def row_qhnet_same_run(res: Path) -> list[str]:
-    d = load(res, "qhnet_same_run")
-    s, r = d["settings"], d["results"]
+    runs = [load(res, "qhnet_same_run"), load(res, "qhnet_same_run_seed1")]
+    s = runs[0]["settings"]
 
-    def cell(name: str) -> str:
-        x = r[name]
+    def cell(d: dict, name: str) -> str:
+        x = d["results"][name]
         t = x["test"]
-        return (f"{name}: H {t['h_mae_uha']:.0f} µHa, ε {t['eps_mae_uha']:.0f} µHa, "
-                f"ψ {t['psi_cos_x100']:.1f} after {x['steps']} steps; train step "
-                f"{x['step_cpu_ms_median']:.0f} ms CPU / "
+        return (f"{name} H {t['h_mae_uha']:.0f} µHa, ε {t['eps_mae_uha']:.0f} µHa, "
+                f"ψ {t['psi_cos_x100']:.1f}, {x['steps']} steps of {x['step_cpu_ms_median']:.0f} ms CPU / "
                 f"{x['step_wall_ms_median']:.0f} ms wall (median)")
 
+    seeds = "; ".join(f"seed {d['settings']['seed']}: {cell(d, 'molequi qhnet')} vs "
+                      f"{cell(d, 'reference QHNet')}" for d in runs)
     result = (
         f"water PBE/def2-SVP, random split, {s['n_train']} train / {s['n_test']} test; both at hidden "
         f"{s['hidden']}, bottleneck {s['bottleneck']}, {s['layers']} layers, lmax {s['lmax']}, {s['dtype']}, "
         f"batch {s['batch']}, train_wH.py's loss and AdamW, {s['budget_cpu_min']:g} CPU-min of training "
-        "each, "
-        f"interleaved, same batches, seed {s['seed']} (one seed): {cell('molequi qhnet')}; "
-        f"{cell('reference QHNet')}"
+        f"each, interleaved, same batches. {seeds}. Equal step time; which code ends ahead changes with "
+        "the seed at this budget"
     )
     return ["QHNet vs the reference code, same run",
-            "`python scripts/bench/qhnet_same_run.py --peer-code PATH --data STORE`", result,
-            peer_cell(d["provenance"])]
-
+            "`python scripts/bench/qhnet_same_run.py --peer-code PATH --data STORE [--seed 1 --out ...]`",
+            result, peer_cell(*(d["provenance"] for d in runs))]
 
 def rows_generation(res: Path) -> list[list[str]]:
     sp = load(res, "generation_speed")

@@ -87,16 +87,20 @@ def test_lag1_correlation_matches_numpy_corrcoef():
     assert abs(lag1_correlation(indep)) < 0.15
 
 
-def test_shipped_sample_is_a_labelled_random_split():
-    store = HamiltonianStore(SAMPLE)
+@pytest.mark.parametrize("name, smallest_part, n_atoms", [("water_random_sample", 4, 3),
+                                                        ("ethanol_random_sample", 1, 9)])
+def test_shipped_sample_is_a_labelled_random_split(name, smallest_part, n_atoms):
+    sample = SAMPLE.parent / name
+    store = HamiltonianStore(sample)
     split = store.split()
     assert sorted(split["train"] + split["valid"] + split["test"]) == list(range(len(store)))
-    assert min(len(v) for v in split.values()) >= 4
+    assert min(len(v) for v in split.values()) >= smallest_part
     assert (store.xc, store.basis) == ("pbe", "def2-svp")
     assert store.meta["sampler"] == "xtb-md" and store.meta["temperature_K"] == 500.0
     assert abs(store.meta["lag1_distance_correlation"]) < 0.2  # independent geometries, not an MD sequence
-    assert (SAMPLE / "ORIGIN.md").exists()
-    size = sum(f.stat().st_size for f in SAMPLE.rglob("*") if f.is_file())
+    assert all(len(store[i].numbers) == n_atoms for i in range(len(store)))
+    assert (sample / "ORIGIN.md").exists()
+    size = sum(f.stat().st_size for f in sample.rglob("*") if f.is_file())
     assert size < 1_000_000
 
 

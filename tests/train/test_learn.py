@@ -91,6 +91,7 @@ def test_validation_frames_keep_their_side_as_the_set_grows():
 
 
 # ----------------------------------------------------------------------------------------------- labels
+@pytest.mark.qm  # PySCF: deselected by -m "not qm"
 def test_pyscf_labeller_forces_are_minus_the_energy_gradient():
     """RHF/STO-3G water: the labeller's forces against central differences of its own energy."""
     from ase.build import molecule
@@ -109,6 +110,7 @@ def test_pyscf_labeller_forces_are_minus_the_energy_gradient():
     assert np.abs(forces.sum(0)).max() < 1e-5  # no net force
 
 
+@pytest.mark.qm  # tblite (the [qm] extra)
 def test_xtb_labeller_forces_are_minus_the_energy_gradient():
     """GFN2-xTB through tblite: the labeller's forces (eV/Å) against central differences of its energy."""
     from ase.build import molecule

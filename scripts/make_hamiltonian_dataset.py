@@ -103,44 +103,20 @@ def main(argv=None) -> int:
     from molequi.data.hamiltonian import HamiltonianStore, random_split, write_split
     from molequi.qc.conformers import molecule_from_smiles
     from molequi.qc.driver import label_dataset
-    from molequi.qc.xtb import lag1_correlation, sample_normal_modes, sample_xtb_md
+    from molequi.qc.xtb import sample_geometries
 
-    t0, c0 = time.perf_counter(), time.process_time()
     atoms = molecule_from_smiles(args.smiles, seed=args.seed)
     atoms.info.pop("charge", None)
-    if args.sampler == "xtb-md":
-        frames = sample_xtb_md(
-            atoms,
-            args.n,
-            temperature=args.temperature,
-            interval=args.interval,
-            equilibration=args.equilibrate,
-            friction=args.friction,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
-    else:
-        frames = sample_normal_modes(atoms, args.n, temperature=args.temperature, seed=args.seed)
-    t_sample, c_sample = time.perf_counter() - t0, time.process_time() - c0
-    corr = lag1_correlation(frames)
+    frames, meta = sample_geometries(atoms, args.n, args.sampler, temperature=args.temperature,
+                                     interval=args.interval, equilibration=args.equilibrate,
+                                     friction=args.friction, seed=args.seed, progress=not args.no_progress)
     print(
-        f"sampled {len(frames)} geometries in {t_sample:.0f} s wall ({c_sample:.0f} s CPU); mean lag-1 "
-        f"correlation of interatomic distances between kept frames {corr:.3f}",
+        f"sampled {len(frames)} geometries in {meta['sampling_seconds']:.0f} s wall "
+        f"({meta['sampling_cpu_seconds']:.0f} s CPU); mean lag-1 correlation of interatomic distances "
+        f"between kept frames {meta['lag1_distance_correlation']:.3f}",
         flush=True,
     )
-    meta = {
-        "source": args.smiles,
-        "sampler": args.sampler,
-        "temperature_K": args.temperature,
-        "timestep_fs": 0.5,
-        "interval": args.interval,
-        "equilibration_steps": args.equilibrate,
-        "friction_per_fs": args.friction,
-        "seed": args.seed,
-        "lag1_distance_correlation": corr,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "sampling_seconds": t_sample,
-    }
+    meta.update(source=args.smiles, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     t1 = time.perf_counter()
     label_dataset(
         frames,

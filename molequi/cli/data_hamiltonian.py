@@ -54,26 +54,13 @@ def run(args) -> int:
 
     from molequi.qc.conformers import molecule_from_smiles
     from molequi.qc.driver import label_dataset
-    from molequi.qc.xtb import sample_normal_modes, sample_xtb_md
+    from molequi.qc.xtb import sample_geometries
 
     atoms = molecule_from_smiles(args.smiles, seed=args.seed) if args.smiles else ase.io.read(args.xyz, 0)
     t0 = time.perf_counter()
-    if args.sampler == "xtb-md":
-        frames = sample_xtb_md(
-            atoms, args.n, temperature=args.temperature, interval=args.interval, seed=args.seed
-        )
-    else:
-        frames = sample_normal_modes(atoms, args.n, temperature=args.temperature, seed=args.seed)
-    t_sample = time.perf_counter() - t0
-    meta = {
-        "source": args.smiles or str(args.xyz),
-        "sampler": args.sampler,
-        "temperature_K": args.temperature,
-        "interval": args.interval,
-        "seed": args.seed,
-        "command": " ".join(sys.argv),
-        "sampling_seconds": t_sample,
-    }
+    frames, meta = sample_geometries(atoms, args.n, args.sampler, temperature=args.temperature,
+                                     interval=args.interval, seed=args.seed)
+    meta.update(source=args.smiles or str(args.xyz), command=" ".join(sys.argv))
     out = label_dataset(
         frames,
         args.out,

@@ -156,11 +156,44 @@ def finite_difference_hessian(atoms, delta: float = 5e-3) -> np.ndarray:
 SAMPLERS = {"xtb-md": sample_xtb_md, "normal-modes": sample_normal_modes}
 
 
+def sample_geometries(atoms, n: int, sampler: str = "xtb-md", *, temperature: float = 500.0,
+                      interval: int = 10, equilibration: int = 200, friction: float = 0.02, seed: int = 0,
+                      progress: bool = False) -> tuple[list, dict]:
+    """``n`` geometries from ``SAMPLERS[sampler]`` and the metadata a labelled store records about them
+    (sampler settings, wall and CPU seconds, ``lag1_distance_correlation`` of the kept frames when there
+    are at least 3). The one sampling step of ``molequi data hamiltonian`` and
+    ``scripts/make_hamiltonian_dataset.py``."""
+    import time
+
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    if sampler == "xtb-md":
+        frames = sample_xtb_md(atoms, n, temperature=temperature, interval=interval,
+                               equilibration=equilibration, friction=friction, seed=seed, progress=progress)
+    else:
+        frames = sample_normal_modes(atoms, n, temperature=temperature, seed=seed)
+    meta = {
+        "sampler": sampler,
+        "temperature_K": temperature,
+        "timestep_fs": 0.5,
+        "interval": interval,
+        "equilibration_steps": equilibration,
+        "friction_per_fs": friction,
+        "seed": seed,
+        "lag1_distance_correlation": lag1_correlation(frames) if len(frames) >= 3 else None,
+        "sampling_seconds": time.perf_counter() - t0,
+        "sampling_cpu_seconds": time.process_time() - c0,
+    }
+    return frames, meta
+
+
 __all__ = [
     "xtb_calculator",
     "sample_xtb_md",
     "sample_normal_modes",
     "finite_difference_hessian",
     "lag1_correlation",
+    "sample_geometries",
     "SAMPLERS",
 ]

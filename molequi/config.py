@@ -494,20 +494,25 @@ def parse_max_time(value) -> _dt.timedelta | None:
     raise ConfigError(f"trainer.max_time '{value}' is not seconds, '10min', '2h' or 'DD:HH:MM:SS'")
 
 
+def read_yaml_sections(path: str | Path, missing_hint: str = "") -> dict:
+    """The mapping of sections in the YAML file ``path`` (``{}`` for an empty file); ``ConfigError`` naming
+    the file when it is missing (``missing_hint`` says how to get one), not YAML, or not a mapping."""
+    path = Path(path)
+    if not path.exists():
+        hint = f" ({missing_hint})" if missing_hint else ""
+        raise ConfigError(f"config file {path} does not exist{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults when ``path`` is None), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist "
-                              "(write one with `molequi init-config mace`)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = {} if path is None else read_yaml_sections(path, "write one with `molequi init-config mace`")
     return Config.from_dict(apply_overrides(raw, overrides))
 
 
@@ -599,5 +604,6 @@ def _models():
 
 __all__ = ["Config", "DataConfig", "OptimConfig", "ParamGroup", "TrainerConfig", "ModelSection",
            "TaskSection", "TASKS",
-           "get_task_class", "load_config", "apply_overrides", "parse_override", "from_dict", "to_plain",
+           "get_task_class", "load_config", "read_yaml_sections", "apply_overrides", "parse_override",
+           "from_dict", "to_plain",
            "default_yaml", "parse_max_time", "migrate_stored_config"]

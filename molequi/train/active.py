@@ -249,19 +249,9 @@ def learn_config_from_dict(raw: dict | None) -> LearnConfig:
 
 def load_learn_config(path: str | os.PathLike, overrides: list[str] | None = None) -> LearnConfig:
     """``learn_config_from_dict`` of a YAML file with dotted ``section.key=value`` overrides."""
-    import yaml
+    from molequi.config import apply_overrides, read_yaml_sections
 
-    from molequi.config import apply_overrides
-
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    raw = read_yaml_sections(path)
     try:
         return learn_config_from_dict(apply_overrides(raw, overrides))
     except ConfigError as exc:

@@ -44,7 +44,7 @@ from torch_geometric.data import Data
 from molequi import keys as K
 from molequi.errors import ModelError, ValueRangeError
 from molequi.graph.neighbors import neighbor_list
-from molequi.models.base import ForceField
+from molequi.models.base import EnergyModel, ForceField
 
 DEFAULT_SKIN = 0.5  # Å
 
@@ -191,9 +191,10 @@ class MolequiCalculator(Calculator):
       converted in place.
     - ``skin`` (Å): Verlet skin of the cached neighbour list; 0 rebuilds it every call.
     - ``stress``: ``"auto"`` (compute for periodic structures, the default), ``True`` or ``False``.
-    - ``dispersion``: ``None``, ``"d3bj"`` or ``{"method": "d3bj", "functional": "pbe", "three_body": False}``:
-      Grimme's D3 correction added to the model's results (``molequi.calculators.dispersion``);
-      ``from_checkpoint`` adds what the training run subtracted from its labels unless told otherwise.
+    - ``dispersion``: ``None``, ``"d3bj"`` or
+      ``{"method": "d3bj", "functional": "pbe", "three_body": False}``: Grimme's D3 correction added to
+      the model's results (``molequi.calculators.dispersion``); ``from_checkpoint`` adds what the
+      training run subtracted from its labels unless told otherwise.
     - ``compile``: ``True`` (Inductor) or a ``torch.compile`` backend name: the per-atom energies run as one
       compiled graph (``EnergyModel.compile_energies``); the first call of a new size pays the compilation.
     """
@@ -233,7 +234,7 @@ class MolequiCalculator(Calculator):
         if compile:
             backend = compile if isinstance(compile, str) else "inductor"
             for m in self.models:
-                if not hasattr(m, "compile_energies"):
+                if not isinstance(m, EnergyModel):
                     raise ModelError(f"{type(m).__name__} cannot be compiled by MolequiCalculator (it is not "
                                      "an EnergyModel with atomic_energies)")
                 m.compile_energies(backend=backend)

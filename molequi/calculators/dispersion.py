@@ -128,7 +128,8 @@ class D3:
             param = iface.ZeroDampingParam(method=self.functional, atm=self.three_body)
         res = model.get_dispersion(param, grad=True)
         pairs = model.get_pairwise_dispersion(param)
-        energies = (pairs["additive pairwise energy"] + pairs["non-additive pairwise energy"]).sum(1) * Hartree
+        pair_energy = pairs["additive pairwise energy"] + pairs["non-additive pairwise energy"]
+        energies = pair_energy.sum(1) * Hartree
         out = {"energy": float(res["energy"]) * Hartree, "energies": energies,
                "forces": -np.asarray(res["gradient"]) * (Hartree / Bohr)}
         if stress and periodic:

@@ -7,7 +7,8 @@ reads
 
 - ``data.root`` = one ``.aselmdb`` file or a folder of them (a flat dataset the trainer splits with
   ``n_valid`` / ``valid_fraction``, lazily), or
-- a folder with ``train/``, ``val/`` (or ``valid/``) and optionally ``test/`` sub-folders of ``.aselmdb`` files,
+- a folder with ``train/``, ``val/`` (or ``valid/``) and optionally ``test/`` sub-folders of ``.aselmdb``
+  files,
   fairchem's layout for OMat24 / OMol25, used as the splits.
 
 Rows are read on access (``lazy = True``): memory stays flat with the dataset size, each process
@@ -63,7 +64,8 @@ def aselmdb_files(path: str | os.PathLike) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.glob("*.aselmdb") if p.is_file())
         if not files:
-            raise DatasetError(f"no *.aselmdb files in {path}", hint="point at an .aselmdb file or a folder of them")
+            raise DatasetError(f"no *.aselmdb files in {path}",
+                               hint="point at an .aselmdb file or a folder of them")
         return files
     if not path.exists():
         raise DatasetError(f"{path} does not exist")

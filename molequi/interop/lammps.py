@@ -60,7 +60,9 @@ class MolequiMLIAP(MLIAPUnified):
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float64):
         from ase.data import chemical_symbols
 
-        if not hasattr(model, "atomic_energies"):
+        from molequi.models.base import EnergyModel
+
+        if not isinstance(model, EnergyModel):
             raise ModelError(f"{type(model).__name__} does not give per-atom energies from edge vectors; the "
                              "LAMMPS interface needs a molequi EnergyModel (MACE, ...)")
         super().__init__(element_types=[chemical_symbols[int(z)] for z in model.elements], ndescriptors=1,
@@ -93,8 +95,8 @@ class MolequiMLIAP(MLIAPUnified):
         data[K.PBC] = torch.ones((1, 3), dtype=torch.bool)
         data[K.EDGE_INDEX] = torch.stack([torch.as_tensor(pair_i, dtype=torch.long),
                                           torch.as_tensor(pair_j, dtype=torch.long)])
-        # molequi's edge vector is pos[receiver] - pos[sender] + unit_shifts @ cell: with every position at the
-        # origin and a unit cell, the (real-valued) "shifts" are the pair vectors LAMMPS gives
+        # molequi's edge vector is pos[receiver] - pos[sender] + unit_shifts @ cell: with every position at
+        # the origin and a unit cell, the (real-valued) "shifts" are the pair vectors LAMMPS gives
         data[K.UNIT_SHIFTS] = rij
         data[K.BATCH] = torch.zeros(ntotal, dtype=torch.long)
         data.num_nodes = ntotal

@@ -43,17 +43,43 @@ def _step_checkpoint(**kwargs):
     was due after that step, so a run killed during that validation would lose the round (its metrics, the
     plateau scheduler's step, early stopping). Saved after the round, a kill inside it resumes from the
     previous checkpoint and repeats both the step and the round.
+
+    The step's logged row (``trainer.loggers``) is written before its checkpoint, not after as Lightning
+    orders it: a run killed between the two would resume past a step whose metrics were never written.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class StepCheckpoint(ModelCheckpoint):
         _after_validation = False
+        _row_written = False
+
+        def setup(self, trainer, pl_module, stage) -> None:
+            super().setup(trainer, pl_module, stage)
+            connector = trainer._logger_connector
+            if getattr(connector, "_molequi_row_once", False):
+                return
+            write_row = connector.update_train_step_metrics
+
+            def update_train_step_metrics() -> None:
+                if self._row_written:  # this batch's row was written before its checkpoint
+                    self._row_written = False
+                    return
+                write_row()
+
+            connector.update_train_step_metrics = update_train_step_metrics
+            connector._molequi_row_once = True
+            self._write_row = write_row
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             loop = trainer.fit_loop.epoch_loop
             if trainer.enable_validation and loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
                 self._after_validation = True  # the same test Lightning makes right after this hook
                 return
+            # Lightning writes a step's logged row after this hook; written first, a run killed between
+            # the checkpoint and the row would resume past a step whose metrics are nowhere
+            if hasattr(self, "_write_row"):
+                self._write_row()
+                self._row_written = True
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
         def on_validation_end(self, trainer, pl_module) -> None:

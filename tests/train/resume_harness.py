@@ -8,7 +8,9 @@ from ``checkpoints/last.ckpt`` when there is one. Kill points:
   a validation round or the next checkpoint write);
 - ``("write", s)``: SIGKILL while the checkpoint of step s is being written (bytes in the temporary file,
   before the rename);
-- ``("val", s)``: SIGKILL inside the validation round that follows step s (after its first batch).
+- ``("val", s)``: SIGKILL inside the validation round that follows step s (after its first batch);
+- ``("saved", s)``: SIGKILL right after ``last.ckpt`` of step s is in place, before the rest of the step
+  (the logged row of the step must already be on disk then).
 
 After every kill each ``*.ckpt`` in ``checkpoints/`` must load with ``weights_only=True``. ``compare``
 returns the differences between two finished runs: weights, EMA weights, optimiser and scheduler state,
@@ -98,7 +100,8 @@ def run_with_kills(config: Path, kills: list[tuple[str, int]], timeout: float = 
     report = []
     for kind, step, *delay in kills:
         marker = config.parent / f"pause-{step}"
-        pause = {"write": "MOLEQUI_TEST_PAUSE_AT_STEP", "val": "MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP"}
+        pause = {"write": "MOLEQUI_TEST_PAUSE_AT_STEP", "val": "MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP",
+                 "saved": "MOLEQUI_TEST_PAUSE_AFTER_SAVE_AT_STEP"}
         extra = {pause[kind]: str(step), "MOLEQUI_TEST_PAUSE_MARKER": str(marker)} if kind in pause else None
         proc = _launch(config, extra)
         deadline, mtime = time.time() + timeout, None

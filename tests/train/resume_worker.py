@@ -5,7 +5,8 @@ checkpoint write of that global step stops inside the temporary file, after its 
 the rename (the file named by ``MOLEQUI_TEST_PAUSE_MARKER`` is created then), and sleeps: the caller kills
 the process there to test that a write interrupted by SIGKILL leaves the previous checkpoint whole.
 ``MOLEQUI_TEST_PAUSE_IN_VALIDATION_AT_STEP`` likewise stops inside the validation round at that global step
-(after its first batch). Nothing
+(after its first batch). ``MOLEQUI_TEST_PAUSE_AFTER_SAVE_AT_STEP`` stops right after ``last.ckpt`` of that
+step is complete (renamed into place), before anything else the step does. Nothing
 here changes molequi; it wraps ``molequi.io.atomic_write`` from the outside.
 """
 
@@ -26,7 +27,8 @@ tiny_model.register()
 import molequi.io  # noqa: E402
 
 PAUSE_AT = os.environ.get("MOLEQUI_TEST_PAUSE_AT_STEP")
-if PAUSE_AT is not None:
+SAVED_AT = os.environ.get("MOLEQUI_TEST_PAUSE_AFTER_SAVE_AT_STEP")
+if PAUSE_AT is not None or SAVED_AT is not None:
     _atomic_write = molequi.io.atomic_write
 
     def _pausing_write_torch(path, obj):
@@ -34,11 +36,15 @@ if PAUSE_AT is not None:
 
         def write(fh):
             torch.save(obj, fh)
-            if step == int(PAUSE_AT) and str(path).endswith(".ckpt"):
+            if PAUSE_AT is not None and step == int(PAUSE_AT) and str(path).endswith(".ckpt"):
                 fh.flush()
                 open(os.environ["MOLEQUI_TEST_PAUSE_MARKER"], "w").close()
                 time.sleep(600)
-        return _atomic_write(path, write)
+        result = _atomic_write(path, write)
+        if SAVED_AT is not None and step == int(SAVED_AT) and str(path).endswith("last.ckpt"):
+            open(os.environ["MOLEQUI_TEST_PAUSE_MARKER"], "w").close()
+            time.sleep(600)
+        return result
 
     import molequi.train.run  # noqa: E402
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 
 
+def cycles_change(predicted, reference) -> str:
+    """Total SCF cycles of the predicted guess against the reference guess's, in words."""
+    change = 100 * (1 - sum(predicted) / sum(reference))
+    if round(change) == 0:
+        return "the same in total"
+    return f"{abs(change):.0f}% {'fewer' if change > 0 else 'more'} in total"
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "scf-guess",
@@ -98,10 +106,8 @@ def run(args) -> int:
     if len(rows) > 1 and not args.no_compare:
         p = [r["predicted"]["cycles"] for r in rows]
         r = [r["reference"]["cycles"] for r in rows]
-        print(
-            f"median cycles: predicted {np.median(p):g}, {args.reference_guess} {np.median(r):g} "
-            f"({100 * (1 - np.sum(p) / np.sum(r)):.0f}% fewer in total)"
-        )
+        print(f"median cycles: predicted {np.median(p):g}, {args.reference_guess} {np.median(r):g} "
+              f"({cycles_change(p, r)})")
     if args.json:
         from pathlib import Path
 

@@ -50,3 +50,11 @@ def test_scf_guess_reaches_pyscfs_own_energy(tmp_path, capsys):
     assert row["predicted"]["e_tot"] == pytest.approx(reference, abs=1e-6)
     assert row["reference"]["e_tot"] == pytest.approx(reference, abs=1e-6)
     assert row["predicted"]["cycles"] > 0 and row["reference"]["cycles"] > 0
+
+
+def test_cycles_change_says_more_when_the_predicted_guess_is_worse():
+    from molequi.cli.scf_guess import cycles_change
+
+    assert cycles_change([9, 9], [7, 7]) == "29% more in total"  # 18 vs 14 cycles: (18 - 14) / 14
+    assert cycles_change([5, 5], [8, 8]) == "38% fewer in total"  # 10 vs 16: 6 / 16
+    assert cycles_change([7], [7]) == "the same in total"

@@ -279,7 +279,7 @@ def edm_options(workdir: Path, seed: int) -> argparse.Namespace:
 
 
 def run_edm_side(
-    peer_code: Path, workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int
+    peer_code: Path, workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int, save_partial
 ) -> dict:
     torch.set_num_threads(1)
     stubbed = _stub_modules()
@@ -346,23 +346,7 @@ def run_edm_side(
     with open(run_dir / "args.pickle", "wb") as f:
         pickle.dump(args, f)
 
-    # samples: EDM's analyze_and_save loop (batches of 100, sizes from DistributionNodes)
     model_ema.eval()
-    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
-    samples = []
-    torch.manual_seed(seed + 1)
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-        for start in range(0, n_samples, 100):
-            nodes = nodes_dist.sample(min(100, n_samples - start))
-            one_hot, _, x, node_mask = edm_sample(
-                args, device, model_ema, info, prop_dist, nodesxsample=nodes
-            )
-            for b in range(len(nodes)):
-                k = int(node_mask[b].sum())
-                types = one_hot[b, :k].argmax(-1).numpy()
-                samples.append((np.asarray(ELEMENTS)[types], x[b, :k].double().numpy()))
-    sample_cpu, sample_wall = time.process_time() - gen_cpu, time.perf_counter() - gen_wall
-
     # test NLL: EDM's test() on the first n_nll molecules of the test split (in the npz's order)
     test_set = dataloaders["test"].dataset
     test_set.perm = None
@@ -388,7 +372,7 @@ def run_edm_side(
     n_dims = sum(
         ((len(z) - 1) * 3 + len(z) * (len(ELEMENTS) + 1)) for z, _ in load_split(workdir, "test", n_nll)
     )
-    return {
+    out = {
         "code": "EDM",
         "train_cpu_s": train_cpu,
         "train_wall_s": train_wall,
@@ -397,16 +381,37 @@ def run_edm_side(
         "molecules_seen": loader.batches * args.batch_size,
         "loss_curve": [[c, w, l] for (c, w), l in zip(loader.times, losses)],
         "params": sum(p.numel() for p in model.parameters()),
-        "sample_cpu_s": sample_cpu,
-        "sample_wall_s": sample_wall,
-        "n_samples": len(samples),
+        "sample_cpu_s": 0.0,
+        "sample_wall_s": 0.0,
+        "n_samples": 0,
         "nll_nats": float(nll),
         "nll_molecules": len(subset),
         "bits_per_dim": float(nll) * len(subset) / (n_dims * np.log(2.0)),
         "nll_cpu_s": nll_cpu,
         "shimmed_modules": stubbed,
         "run_dir": str(run_dir),
-    }, samples
+    }
+    save_partial(out, [])  # the NLL (cheap) before the samples (the long part)
+
+    # samples: EDM's analyze_and_save loop (batches of 100, sizes from DistributionNodes)
+    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
+    samples = []
+    torch.manual_seed(seed + 1)
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+        for start in range(0, n_samples, 100):
+            nodes = nodes_dist.sample(min(100, n_samples - start))
+            one_hot, _, x, node_mask = edm_sample(
+                args, device, model_ema, info, prop_dist, nodesxsample=nodes
+            )
+            for b in range(len(nodes)):
+                k = int(node_mask[b].sum())
+                types = one_hot[b, :k].argmax(-1).numpy()
+                samples.append((np.asarray(ELEMENTS)[types], x[b, :k].double().numpy()))
+            out["sample_cpu_s"] = time.process_time() - gen_cpu
+            out["sample_wall_s"] = time.perf_counter() - gen_wall
+            save_partial(out, samples)  # a deadline leaves the batches done so far
+
+    return out, samples
 
 
 # ---------------------------------------------------------------------------------------------- molequi side
@@ -482,7 +487,9 @@ def _budget_callback(budget: float, record: dict):
     return CPUBudget()
 
 
-def run_molequi_side(workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int) -> dict:
+def run_molequi_side(
+    workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int, save_partial
+) -> dict:
     import ase
 
     from molequi.config import load_config
@@ -515,11 +522,6 @@ def run_molequi_side(workdir: Path, budget: float, n_samples: int, n_nll: int, s
     times = record["times"]
     curve = [[times[s][0], times[s][1], v] for s, v in sorted(log.items()) if s < len(times)]
     model = load_generative(result.model_path).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
-    mols = model.sample(n_samples, batch_size=100, generator=gen)
-    sample_cpu, sample_wall = time.process_time() - gen_cpu, time.perf_counter() - gen_wall
-    samples = [(np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64)) for m in mols]
     nll_cpu = time.process_time()
     nll = model.dataset_nll(
         load_split(workdir, "test", n_nll),
@@ -527,7 +529,7 @@ def run_molequi_side(workdir: Path, budget: float, n_samples: int, n_nll: int, s
         generator=torch.Generator().manual_seed(seed + 2),
     )
     nll_cpu = time.process_time() - nll_cpu
-    return {
+    out = {
         "code": "molequi",
         "train_cpu_s": record["cpu"],
         "train_wall_s": record["wall"],
@@ -535,9 +537,9 @@ def run_molequi_side(workdir: Path, budget: float, n_samples: int, n_nll: int, s
         "molecules_seen": steps * HYPER["batch_size"],
         "loss_curve": curve,
         "params": sum(p.numel() for p in model.parameters()),
-        "sample_cpu_s": sample_cpu,
-        "sample_wall_s": sample_wall,
-        "n_samples": len(samples),
+        "sample_cpu_s": 0.0,
+        "sample_wall_s": 0.0,
+        "n_samples": 0,
         "nll_nats": nll["nll"],
         "nll_stderr": nll["nll_stderr"],
         "nll_molecules": nll["molecules"],
@@ -546,7 +548,18 @@ def run_molequi_side(workdir: Path, budget: float, n_samples: int, n_nll: int, s
         "config": str(yaml_path),
         "run_dir": str(run_dir),
         "model_path": str(result.model_path),
-    }, samples
+    }
+    save_partial(out, [])  # the NLL (cheap) before the samples (the long part)
+    gen = torch.Generator().manual_seed(seed + 1)
+    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
+    samples = []
+    for start in range(0, n_samples, 100):  # batches of 100 as EDM's side, each saved when done
+        mols = model.sample(min(100, n_samples - start), batch_size=100, generator=gen)
+        samples += [(np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64)) for m in mols]
+        out["sample_cpu_s"] = time.process_time() - gen_cpu
+        out["sample_wall_s"] = time.perf_counter() - gen_wall
+        save_partial(out, samples)
+    return out, samples
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -592,25 +605,43 @@ METRICS = ["atom_stability", "molecule_stability", "validity", "uniqueness", "va
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def save_side(workdir: Path, side: str, out: dict, samples, complete: bool) -> None:
+    """``WORKDIR/{side}_samples.npz`` and ``{side}_side.json``, each written to a temporary file and renamed:
+    called after the NLL and after every sampling batch, so that a run stopped at a deadline leaves what it
+    finished (``complete`` false, ``n_samples`` the molecules sampled so far) for ``finish``."""
+    out["n_samples"], out["complete"] = len(samples), complete
+    tmp = workdir / f".{side}_samples.tmp.npz"
+    np.savez_compressed(
+        tmp,
+        sizes=np.array([len(z) for z, _ in samples], dtype=np.int64),
+        numbers=np.concatenate([z for z, _ in samples]) if samples else np.zeros(0, dtype=np.int64),
+        positions=np.concatenate([x for _, x in samples]) if samples else np.zeros((0, 3)),
+    )
+    tmp.replace(workdir / f"{side}_samples.npz")
+    tmp = workdir / f".{side}_side.json"
+    tmp.write_text(json.dumps(out, indent=1, default=float))
+    tmp.replace(workdir / f"{side}_side.json")
+
+
 def side_main(args) -> int:
     workdir = Path(args.workdir)
     budget = args.cpu_minutes * 60.0
+
+    def save_partial(out, samples):
+        out["cpu_budget_s"], out["samples_requested"] = budget, args.samples
+        save_side(workdir, args.side, out, samples, complete=False)
+
     if args.side == "edm":
         out, samples = run_edm_side(
-            Path(args.peer_code).resolve(), workdir, budget, args.samples, args.nll_molecules, args.seed
+            Path(args.peer_code).resolve(), workdir, budget, args.samples, args.nll_molecules, args.seed,
+            save_partial,
         )
     else:
-        out, samples = run_molequi_side(workdir, budget, args.samples, args.nll_molecules, args.seed)
-    out["cpu_budget_s"] = budget
-    np.savez_compressed(
-        workdir / f"{args.side}_samples.npz",
-        sizes=np.array([len(z) for z, _ in samples]),
-        numbers=np.concatenate([z for z, _ in samples]),
-        positions=np.concatenate([x for _, x in samples]),
-    )
-    tmp = workdir / f".{args.side}_side.json"
-    tmp.write_text(json.dumps(out, indent=1, default=float))
-    tmp.replace(workdir / f"{args.side}_side.json")
+        out, samples = run_molequi_side(
+            workdir, budget, args.samples, args.nll_molecules, args.seed, save_partial
+        )
+    out["cpu_budget_s"], out["samples_requested"] = budget, args.samples
+    save_side(workdir, args.side, out, samples, complete=True)
     return 0
 
 
@@ -764,6 +795,19 @@ def write_report(name: str) -> None:
         + (" (quick smoke run)" if d["quick"] else ""),
         "",
         *([f"**{d['note']}**", ""] if d.get("note") else []),
+        *(
+            [
+                "**Partial run (stopped at the deadline): "
+                + "; ".join(
+                    f"{x['code']}: {x['n_samples']} of {x.get('samples_requested', '?')} samples"
+                    for x in (e, m)
+                )
+                + ", metrics over the samples each side finished.**",
+                "",
+            ]
+            if not (e.get("complete", True) and m.get("complete", True))
+            else []
+        ),
         f"`{d['command']}` (peer commit {d['provenance']['peer_version']}, measured in this run). "
         f"Budget: {d['cpu_budget_s_each'] / 60:.0f} CPU-minutes of training each, one thread, both runs at "
         "the same time on the shared 2-core machine. Hyperparameters identical: "
@@ -800,7 +844,8 @@ def write_report(name: str) -> None:
         f"{_winner('bits_per_dim', e['bits_per_dim'], m['bits_per_dim'])} |"
     )
     lines.append(
-        f"| sampling CPU s ({e['n_samples']} molecules, {d['hyperparameters']['diffusion_steps']} steps) | "
+        f"| sampling CPU s ({e['n_samples']} / {m['n_samples']} molecules, "
+        f"{d['hyperparameters']['diffusion_steps']} steps) | "
         f"{e['sample_cpu_s']:.0f} | {m['sample_cpu_s']:.0f} | "
         f"{_winner('nll_nats', e['sample_cpu_s'], m['sample_cpu_s'])} |"
     )

@@ -68,6 +68,31 @@ class ParamGroup:
 
 
 @dataclass
+class StageTwo:
+    """mace-torch's stage two (``mace_run_train --stage_two``, formerly ``--swa``): from the start of stage two
+    to the end of the run the energy_forces loss weights become ``energy_weight`` / ``forces_weight``, every
+    parameter group's learning rate becomes ``lr`` and the lr schedule stops (``molequi.train.module``)."""
+
+    start_fraction: float = _help(
+        "stage two starts at this fraction of the run: round(f x trainer.max_steps) optimiser steps, or else "
+        "the epoch round(f x trainer.max_epochs) (mace-torch's --start_stage_two, whose default is "
+        "max_epochs // 4 x 3), or else f x trainer.max_time of training time", default=0.75)
+    energy_weight: float = _help("energy loss weight in stage two (mace-torch's --stage_two_energy_weight)",
+                                 default=1000.0)
+    forces_weight: float = _help("force loss weight in stage two (mace-torch's --stage_two_forces_weight)",
+                                 default=100.0)
+    lr: float = _help("learning rate of every parameter group in stage two (mace-torch's --stage_two_lr)",
+                      default=1.0e-3)
+
+    def __post_init__(self):
+        if not 0.0 < self.start_fraction < 1.0:
+            raise ValueError(f"start_fraction must lie in (0, 1), got {self.start_fraction}")
+        if self.energy_weight < 0 or self.forces_weight < 0 or self.lr <= 0:
+            raise ValueError("energy_weight and forces_weight must be >= 0 and lr > 0, got "
+                             f"{self.energy_weight}, {self.forces_weight}, {self.lr}")
+
+
+@dataclass
 class OptimConfig:
     """Optimiser, learning-rate schedule, exponential moving average of weights, gradient clipping."""
 
@@ -99,6 +124,9 @@ class OptimConfig:
         "per-parameter-group learning rates, e.g. [{pattern: 'readouts.*', lr: 1.0e-3}] (heads vs body): "
         "each parameter goes to the first group whose pattern matches its name, the others to optim.lr; "
         "schedules scale every group alike", default_factory=list)
+    stage_two: StageTwo | None = _help(
+        "mace-torch's stage two: {start_fraction, energy_weight, forces_weight, lr} (null: off): higher "
+        "energy weight and a constant lower lr for the end of the run", default=None)
 
 
 @dataclass

@@ -9,6 +9,16 @@ Validation and test run with the EMA weights swapped in, and with autograd on wh
 differentiates (forces): the trainer is built with ``inference_mode=False`` and each step opens
 ``torch.enable_grad()``. Metrics are summed over batches and over DDP processes (``Task.sync_metrics``)
 and logged once per validation round as ``val/<name>`` (``test/<name>`` for test).
+
+``optim.stage_two`` mirrors mace-torch's stage two (``mace/tools/train.py``, ``get_swa`` in
+``mace/tools/scripts_utils.py``, 0.3.16): from its start (``stage_two_start``) the loss weights of energy and
+forces become the stage-two ones (for training and validation loss alike), the learning rate of every
+parameter group becomes ``stage_two.lr`` (mace-torch's ``SWALR`` with ``anneal_epochs=1``, which reaches
+``swa_lr`` at the first stage-two epoch) and the lr schedule is no longer stepped; the best-checkpoint and
+early-stopping records restart (mace-torch resets ``lowest_loss``). Not mirrored: mace-torch's
+``AveragedModel`` (updated, but never used for the saved or evaluated model in 0.3.16) and its separate
+``*_stagetwo.model`` file. The step at which stage two began is saved in checkpoints, so a resumed run
+continues in it.
 """
 
 from __future__ import annotations
@@ -52,6 +62,15 @@ class TaskModule(L.LightningModule):
         self._train_sums: dict[str, torch.Tensor | float] = {}  # this epoch's sums of batch-size x logged value
         self._train_count = 0
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
+        self.stage_two_step: int | None = None  # optimiser step at which optim.stage_two began (None: not yet)
+        self._stage_one_task_config = task.config
+        if config.optim.stage_two is not None:
+            weights = getattr(task.config, "weights", None)
+            if not (hasattr(weights, "energy") and hasattr(weights, "forces")):
+                from molequi.errors import ConfigError
+
+                raise ConfigError(f"optim.stage_two raises the energy / force loss weights, but task "
+                                  f"'{config.task.name}' has no such weights; remove optim.stage_two")
 
     # ---- data ------------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -99,6 +118,8 @@ class TaskModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         warmup = self.config.optim.warmup_steps
+        if self.stage_two_step is not None:
+            return  # stage two holds its own constant lr
         if warmup and self.config.optim.scheduler == "plateau" and self.global_step <= warmup:
             scale = min(1.0, (self.global_step + 1) / warmup)
             for group in optimizer.param_groups:
@@ -222,7 +243,13 @@ class TaskModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
         lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on
-        resume)."""
+        resume). With ``optim.stage_two``: starts stage two when it is due, and holds its lr from then on."""
+        if self.config.optim.stage_two is not None:
+            if self.stage_two_step is None and self._stage_two_due():
+                self.start_stage_two()
+            if self.stage_two_step is not None:
+                self._apply_stage_two()
+                return
         if not self._time_cosine:
             return
         from lightning.pytorch.callbacks import Timer
@@ -239,6 +266,82 @@ class TaskModule(L.LightningModule):
         for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") \
                 else self.optimizers().param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    # ---- stage two (optim.stage_two) --------------------------------------------------------------------
+    def stage_two_start(self) -> tuple[str, float] | None:
+        """Where stage two starts: ("step", s) for a run with ``trainer.max_steps``, else ("epoch", e) with
+        ``max_epochs``, else ("seconds", t) of training time (Lightning's ``Timer``) with ``max_time``; None
+        when the run has none of them (stage two then starts only when ``start_stage_two`` is called)."""
+        s, t = self.config.optim.stage_two, self.config.trainer
+        if s is None:
+            return None
+        if t.max_steps and t.max_steps > 0:
+            return "step", round(s.start_fraction * t.max_steps)
+        if t.max_epochs:
+            return "epoch", round(s.start_fraction * t.max_epochs)
+        budget = self._time_budget()
+        return None if budget is None else ("seconds", s.start_fraction * budget)
+
+    def _stage_two_due(self) -> bool:
+        start = self.stage_two_start()
+        if start is None:
+            return False
+        kind, value = start
+        if kind == "step":
+            return self.global_step >= value
+        if kind == "epoch":
+            return self.current_epoch >= value
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        return timer is not None and timer.time_elapsed("train") >= value
+
+    def start_stage_two(self) -> None:
+        """Enter stage two now (before the next optimiser step): new loss weights and lr, schedule stopped,
+        best-checkpoint / early-stopping records restarted. Called when ``stage_two_start`` is reached; a
+        driver with its own budget (e.g. CPU time) may call it itself."""
+        if self.config.optim.stage_two is None or self.stage_two_step is not None:
+            return
+        self.stage_two_step = int(self.global_step)
+        self._apply_stage_two()
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        for cb in self.trainer.callbacks if self._trainer is not None else []:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
+                # mace-torch: lowest_loss = inf at the switch; stage-two losses weigh energy differently
+                cb.best_k_models, cb.kth_best_model_path, cb.best_model_score = {}, "", None
+                cb.kth_value = torch.tensor(math.inf if cb.mode == "min" else -math.inf)
+            elif isinstance(cb, EarlyStopping):
+                cb.wait_count = 0
+                cb.best_score = torch.tensor(math.inf if cb.mode == "min" else -math.inf)
+        if self._trainer is not None and self.trainer.is_global_zero:
+            s = self.config.optim.stage_two
+            self.print(f"stage two from step {self.stage_two_step} (epoch {self.current_epoch}): energy "
+                       f"weight {s.energy_weight}, forces weight {s.forces_weight}, lr {s.lr}")
+
+    def _apply_stage_two_weights(self) -> None:
+        """The stage-two loss weights on the task (a copy of its config: ``self.config`` keeps the run's
+        own)."""
+        import dataclasses
+
+        s = self.config.optim.stage_two
+        base = self._stage_one_task_config
+        if self.task.config is base:
+            self.task.config = dataclasses.replace(base, weights=dataclasses.replace(
+                base.weights, energy=s.energy_weight, forces=s.forces_weight))
+
+    def _apply_stage_two(self) -> None:
+        """Stage-two loss weights, and the stage-two lr on every parameter group (as mace-torch's SWALR sets
+        one swa_lr for all groups)."""
+        self._apply_stage_two_weights()
+        optimizer = self.optimizers()
+        for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+            group["lr"] = self.config.optim.stage_two.lr
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if self.stage_two_step is not None:
+            return  # mace-torch steps no lr scheduler in stage two (SWALR holds swa_lr)
+        super().lr_scheduler_step(scheduler, metric)
 
     def _schedule_length(self) -> int:
         o, t = self.config.optim, self.config.trainer
@@ -284,6 +387,8 @@ class TaskModule(L.LightningModule):
             checkpoint["ema"] = {k: v.detach().clone() for k, v in self.ema.state_dict().items()}
         if self.grad_clipper is not None:
             checkpoint["grad_clip"] = self.grad_clipper.state_dict()
+        if self.stage_two_step is not None:
+            checkpoint["stage_two_step"] = self.stage_two_step
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
@@ -295,6 +400,10 @@ class TaskModule(L.LightningModule):
             self.ema.load_state_dict(checkpoint.get("ema") or legacy)
         if self.grad_clipper is not None and "grad_clip" in checkpoint:
             self.grad_clipper.load_state_dict(checkpoint["grad_clip"])
+        if checkpoint.get("stage_two_step") is not None and self.config.optim.stage_two is not None:
+            # the weights now; the lr comes back with the optimiser state and is held from the next batch
+            self.stage_two_step = int(checkpoint["stage_two_step"])
+            self._apply_stage_two_weights()
 
 
 class _LRLambda:

@@ -29,6 +29,7 @@ VERBS: list[str] = [
     "molequi.cli.generate",
     "molequi.cli.distill",
     "molequi.cli.import_",
+    "molequi.cli.export",
 ]
 
 

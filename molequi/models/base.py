@@ -22,6 +22,14 @@ from molequi.errors import ConfigError, ModelError
 from molequi.response import energy_response
 
 
+def is_tracing() -> bool:
+    """True while ``torch.compile``, ``torch.export`` or ``make_fx`` (``molequi.interop.export``) trace a model:
+    code that would sync with the host (``bool(tensor)``) must not run then."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
+
+
 def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
@@ -118,8 +126,8 @@ class ElementTable(nn.Module):
         numbers = numbers.reshape(-1).long()
         valid = (numbers > 0) & (numbers < self.table.shape[0])
         index = self.table[numbers.clamp(0, self.table.shape[0] - 1)]
-        if torch.compiler.is_compiling():
-            # no host sync inside a compiled graph: the calculator and the data readers check elements
+        if is_tracing():
+            # no host sync in a compiled or exported graph: the calculator and the data readers check elements
             # before a compiled model sees them (check_elements), so only eager calls check here
             return index
         if not bool((valid & (index >= 0)).all()):

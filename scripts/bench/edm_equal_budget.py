@@ -3,6 +3,16 @@
     python scripts/bench/edm_equal_budget.py run --peer-code PATH --tarball xyz.tar.gz [--quick]
         [--cpu-minutes 15] [--samples 1000] [--nll-molecules 2000] [--workdir runs/edm_equal_budget]
     python scripts/bench/edm_equal_budget.py report [--quick]      markdown + PNG again from the JSON
+    python scripts/bench/edm_equal_budget.py samples {edm,molequi} --peer-code PATH --workdir W --part K
+        --samples N [--batch 25]    N more samples of one side's trained model in another process (run
+                                    beside the side's own sampling when the CPUs allow), merged by
+    python scripts/bench/edm_equal_budget.py finish --peer-code PATH --workdir W [--note ...]
+                                    metrics, JSON, markdown and PNG from what the sides saved
+
+Each side saves its NLL and then every sampling batch as it finishes (``WORKDIR/{side}_side.json`` +
+``{side}_samples.npz``, with ``complete`` and ``n_samples``), so a run stopped at a deadline still gives a
+report (labelled partial, with the sample count of each side). Samples of extra processes are i.i.d. draws of
+the same trained model (another seed); beyond ``--samples`` in all, the extra ones are dropped.
 
 PATH is EDM's source tree (github.com/ehoogeboom/e3_diffusion_for_molecules, the commit in
 ../shared/peers/README.md); the tarball is the ppqm geometry copy of QM9 (128,744 molecules, C/H/N/O, no
@@ -290,8 +300,7 @@ def run_edm_side(
         from equivariant_diffusion import utils as flow_utils
         from qm9 import dataset as edm_dataset
         from qm9.models import get_model, get_optim
-        from qm9.sampling import sample as edm_sample
-    args = edm_options(workdir, seed)
+        args = edm_options(workdir, seed)
     info = edm_dataset_info(workdir)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -393,15 +402,24 @@ def run_edm_side(
     }
     save_partial(out, [])  # the NLL (cheap) before the samples (the long part)
 
-    # samples: EDM's analyze_and_save loop (batches of 100, sizes from DistributionNodes)
+    samples = edm_sample_loop(args, model_ema, info, nodes_dist, prop_dist, n_samples, seed + 1, out, save_partial)
+    return out, samples
+
+
+def edm_sample_loop(args, model_ema, info, nodes_dist, prop_dist, n_samples, seed, out, save_partial, batch=100):
+    """EDM's analyze_and_save loop (batches of 100, sizes from DistributionNodes), ``out`` and the samples
+    saved after each batch (a deadline leaves the batches done so far)."""
+    from qm9.sampling import sample as edm_sample
+
+    model_ema.eval()
     gen_cpu, gen_wall = time.process_time(), time.perf_counter()
     samples = []
-    torch.manual_seed(seed + 1)
+    torch.manual_seed(seed)
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-        for start in range(0, n_samples, 100):
-            nodes = nodes_dist.sample(min(100, n_samples - start))
+        for start in range(0, n_samples, batch):
+            nodes = nodes_dist.sample(min(batch, n_samples - start))
             one_hot, _, x, node_mask = edm_sample(
-                args, device, model_ema, info, prop_dist, nodesxsample=nodes
+                args, torch.device("cpu"), model_ema, info, prop_dist, nodesxsample=nodes
             )
             for b in range(len(nodes)):
                 k = int(node_mask[b].sum())
@@ -409,9 +427,56 @@ def run_edm_side(
                 samples.append((np.asarray(ELEMENTS)[types], x[b, :k].double().numpy()))
             out["sample_cpu_s"] = time.process_time() - gen_cpu
             out["sample_wall_s"] = time.perf_counter() - gen_wall
-            save_partial(out, samples)  # a deadline leaves the batches done so far
+            save_partial(out, samples)
+    return samples
 
-    return out, samples
+
+def edm_extra_samples(peer_code: Path, workdir: Path, part: int, n_samples: int, seed: int, batch: int) -> int:
+    """More samples from EDM's trained EMA model in a second process (the two cores sample in parallel):
+    EDM's own checkpoint ``WORKDIR/edm_run/generative_model_ema.npy`` loaded into EDM's ``get_model`` as its
+    ``eval_analyze.py`` does, seed ``seed + 1000 + part``; saved per batch as ``edm_part{part}``, which
+    ``finish`` adds to the EDM side's samples."""
+    torch.set_num_threads(1)
+    _stub_modules()
+    sys.path.insert(0, str(peer_code))
+    with contextlib.redirect_stdout(sys.stderr):
+        from qm9.models import get_model
+    args, info = edm_options(workdir, seed), edm_dataset_info(workdir)
+    model, nodes_dist, prop_dist = get_model(args, torch.device("cpu"), info, None)
+    state = torch.load(workdir / "edm_run" / "generative_model_ema.npy", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    out = {"code": "EDM", "part": part, "seed": seed + 1000 + part}
+
+    def save_partial(o, samples):
+        save_side(workdir, f"edm_part{part}", o, samples, complete=False)
+
+    samples = edm_sample_loop(
+        args, model, info, nodes_dist, prop_dist, n_samples, seed + 1000 + part, out, save_partial, batch
+    )
+    save_side(workdir, f"edm_part{part}", out, samples, complete=True)
+    return 0
+
+
+def molequi_extra_samples(workdir: Path, part: int, n_samples: int, seed: int, batch: int) -> int:
+    """More samples from molequi's trained model (``model_path`` of ``molequi_side.json``) in another process,
+    seed ``seed + 1000 + part``, batches of 100 saved as ``molequi_part{part}`` (added by ``finish``)."""
+    from molequi.models.generative.io import load_generative
+
+    torch.set_num_threads(1)
+    side = json.loads((workdir / "molequi_side.json").read_text())
+    model = load_generative(side["model_path"]).eval()
+    gen = torch.Generator().manual_seed(seed + 1000 + part)
+    out = {"code": "molequi", "part": part, "seed": seed + 1000 + part}
+    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
+    samples = []
+    for start in range(0, n_samples, batch):
+        mols = model.sample(min(batch, n_samples - start), batch_size=batch, generator=gen)
+        samples += [(np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64)) for m in mols]
+        out["sample_cpu_s"] = time.process_time() - gen_cpu
+        out["sample_wall_s"] = time.perf_counter() - gen_wall
+        save_side(workdir, f"molequi_part{part}", out, samples, complete=False)
+    save_side(workdir, f"molequi_part{part}", out, samples, complete=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- molequi side
@@ -732,6 +797,26 @@ def finish(args, counts: dict | None = None) -> int:
     sides = {s: json.loads((workdir / f"{s}_side.json").read_text()) for s in ("edm", "molequi")}
     for side in sides:
         samples = load_samples(workdir / f"{side}_samples.npz")
+        extra = {  # the `samples` helpers' processes: more samples of this side's model
+            p.name.removesuffix("_side.json"): json.loads(p.read_text())
+            for p in sorted(workdir.glob(f"{side}_part*_side.json"))
+        }
+        if extra:
+            e = sides[side]
+            e["sample_processes"] = [
+                {"name": side, "n_samples": e["n_samples"], "sample_cpu_s": e["sample_cpu_s"],
+                 "sample_wall_s": e["sample_wall_s"], "complete": e["complete"]}
+            ] + [{"name": k, **{x: v[x] for x in ("n_samples", "sample_cpu_s", "sample_wall_s", "complete",
+                                                   "seed")}} for k, v in extra.items()]
+            for name in extra:
+                samples += load_samples(workdir / f"{name}_samples.npz")
+            if len(samples) > e["samples_requested"]:  # the processes' batches overshot: the first ones kept
+                e["samples_discarded"] = len(samples) - e["samples_requested"]
+                samples = samples[: e["samples_requested"]]
+            e["n_samples"] = len(samples)
+            e["sample_cpu_s"] = sum(p["sample_cpu_s"] for p in e["sample_processes"])
+            e["sample_wall_s"] = max(p["sample_wall_s"] for p in e["sample_processes"])
+            e["complete"] = e["n_samples"] >= e["samples_requested"]
         sides[side]["metrics"] = molequi_metrics(samples)
         sides[side]["metrics_edm_analyze"] = edm_metrics(peer_code, samples)
     agree = max(
@@ -930,11 +1015,15 @@ def main(argv=None) -> int:
         "run": "the whole comparison",
         "side": "one side (run starts these)",
         "finish": "metrics, JSON and report from the two sides' saved results (after run)",
+        "samples": "more samples from one side's trained model in another process (added by finish)",
     }
-    for name in ("run", "side", "finish"):
+    for name in ("run", "side", "finish", "samples"):
         s = sub.add_parser(name, help=helps[name])
-        if name == "side":
+        if name in ("side", "samples"):
             s.add_argument("side", choices=["edm", "molequi"])
+        if name == "samples":
+            s.add_argument("--part", type=int, default=1, help="names the output SIDE_part{PART}_*")
+            s.add_argument("--batch", type=int, default=100, help="molecules per sampling batch (saved each)")
         s.add_argument("--peer-code", required=True, help="EDM's source tree (e3_diffusion_for_molecules)")
         s.add_argument(
             "--workdir",
@@ -947,7 +1036,7 @@ def main(argv=None) -> int:
         s.add_argument("--seed", type=int, default=0)
         if name == "run":
             s.add_argument("--tarball", required=True, help="the ppqm QM9 geometry tarball xyz.tar.gz")
-        if name != "side":
+        if name in ("run", "finish"):
             s.add_argument(
                 "--note",
                 default=None,
@@ -969,6 +1058,12 @@ def main(argv=None) -> int:
         return side_main(args)
     if args.cmd == "finish":
         return finish(args)
+    if args.cmd == "samples" and args.side == "edm":
+        return edm_extra_samples(
+            Path(args.peer_code).resolve(), Path(args.workdir), args.part, args.samples, args.seed, args.batch
+        )
+    if args.cmd == "samples":
+        return molequi_extra_samples(Path(args.workdir), args.part, args.samples, args.seed, args.batch)
     if args.quick:
         args.cpu_minutes, args.samples, args.nll_molecules = 1.0, 50, 200
     return run_main(args)

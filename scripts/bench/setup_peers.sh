@@ -13,6 +13,7 @@ ROOT="${MOLEQUI_PEERS:-$HOME/.cache/molequi/peers}"
 PYTHON="${PYTHON:-python3}"
 TORCH="torch==2.13.0"          # the only torch allowed: any other request pulls the CUDA build (GBs)
 MACE="mace-torch==0.3.16"
+FAIRCHEM="fairchem-core==1.10.0"
 
 setup_mace() {
     local venv="$ROOT/mace" stamp="$ROOT/mace/.molequi-peer"
@@ -32,11 +33,40 @@ setup_mace() {
     echo "$venv/bin/python"
 }
 
+# fairchem-core 1.10.0 pins torch~=2.4 and pulls trainers, pymatgen, wandb, hydra, ...: torch 2.13 is installed
+# first and fairchem-core without its dependencies, plus the two its SO(2) code imports (e3nn, numpy < 2).
+# Only fairchem's equiformer_v2 SO(2) modules are used (scripts/bench/_fairchem_so2.py imports them without
+# the package __init__ files, which need the rest).
+setup_fairchem() {
+    local venv="$ROOT/fairchem" stamp="$ROOT/fairchem/.molequi-peer"
+    local want="$TORCH $FAIRCHEM e3nn>=0.5 numpy<2"
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        echo "$venv/bin/python"
+        return 0
+    fi
+    mkdir -p "$ROOT"
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$FAIRCHEM" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" "e3nn>=0.5" "numpy>=1.26,<2" >&2
+    "$venv/bin/python" - "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" >&2 <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from importlib.metadata import version
+from _fairchem_so2 import import_so2
+so2_ops, so3, _ = import_so2()
+print("fairchem-core", version("fairchem-core"), "SO2_Convolution", so2_ops.SO2_Convolution.__name__)
+PY
+    echo "$want" > "$stamp"
+    echo "$venv/bin/python"
+}
+
 peers=("$@")
 [ ${#peers[@]} -gt 0 ] || peers=(mace)
 for peer in "${peers[@]}"; do
     case "$peer" in
         mace) setup_mace ;;
-        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace)" >&2; exit 2 ;;
+        fairchem) setup_fairchem ;;
+        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace, fairchem)" >&2; exit 2 ;;
     esac
 done

@@ -1,26 +1,47 @@
 #!/usr/bin/env python
-"""molequi MACE vs mace-torch: same data, same hyperparameters, same training CPU time, test errors.
+"""molequi MACE vs mace-torch on rMD17 ethanol: same model, same normalisation, same schedule, several seeds.
 
-    bash scripts/bench/setup_mace_torch.sh                  # once: the mace-torch venv
-    python scripts/bench/mace_accuracy.py --minutes 5       # each code trains for 5 CPU minutes
+    python scripts/bench/mace_accuracy.py --mace-python PY                 # the full protocol (below)
+    python scripts/bench/mace_accuracy.py --render-only                     # Markdown + PNG from the JSON
 
-Data: rMD17 ethanol shipped in molequi/resources/rmd17 (950 train / 50 validation frames of the train file,
-seed 0; test on the 1000 frames of the test file), written once as extended XYZ in eV / eV/Å for both codes.
+``PY`` is the python of a mace-torch venv (``bash scripts/bench/setup_peers.sh mace`` prints it).
 
-Both codes train in a fresh process with the same number of threads (``--threads``, default 1), one after the
-other, with the same listed hyperparameters (r_max, Bessel functions, polynomial cutoff, max_ell, hidden irreps,
-correlation, interactions, MLP irreps, radial MLP, batch size, Adam + AMSGrad, lr, plateau schedule with
-the same factor and patience, EMA decay, gradient clipping, energy/force weights, precision) for the same
-training CPU time of the process (``time.process_time``, counted from the first optimiser step; on a
-shared machine the wall time of one thread depends on the other jobs, its CPU time much less): molequi's
-``train`` with a Lightning callback that stops after the step that spends the budget; mace-torch
-(``mace_run_train``, its own CLI and training loop) is stopped by a hook in its ``take_step`` once the time is
-spent, after which mace-torch itself restores its best (EMA) checkpoint and writes its model. Both models are
-then evaluated on the test set with the same metric code (component-wise force MAE; energy MAE over
-structures).
+Data: rMD17 ethanol shipped in molequi/resources/rmd17: 200 train (``--n-train``) / 50 validation frames of
+the train file (split by the seed), test on the 1000 frames of the test file, written once per seed as
+extended XYZ in eV and eV/Å for both codes. Both codes train in their own process, one thread each, with:
 
-Prints a table and saves bench_results/mace_accuracy.json. The training throughput is optimiser steps x
-batch size / training CPU seconds (validation included in both, as each code runs it every epoch).
+- the same model: 32x0e+32x1o, max_ell 2, correlation 3, 2 interactions, r_max 5, 8 Bessel, p=5, radial MLP
+  [32,32,32], MLP 16x0e, **non-residual first interaction** on both sides (mace-torch
+  ``--interaction_first RealAgnosticInteractionBlock``, molequi's default), E0s ``average`` on both sides;
+- the same output normalisation, in two variants run for both codes: ``default`` = mace-torch's default
+  ``--model MACE`` (scale = RMS of the training forces, no shift) against molequi ``scaling: rms_forces,
+  shift: none``; ``std`` = ``--model ScaleShiftMACE --scaling std_scaling`` against molequi ``scaling: std,
+  shift: mean``;
+- the same optimisation: Adam + AMSGrad, lr 0.01, **weight decay 0 on both** (mace-torch's default 5e-7 acts
+  on some of its parameter groups only, so it is set to 0 rather than approximated), plateau 0.8 / 50, EMA
+  0.99, gradient clip 10, loss weights E 1 / F 100, batch 5, float32, validation every epoch;
+- **stage two on both sides** for the last 20%: energy weight 1000, force weight 100, lr 1e-3 (mace-torch's
+  ``--stage_two`` defaults; molequi's ``optim.stage_two``).
+
+Two budgets, each code with each normalisation and each seed:
+
+- ``epochs``: the same number of epochs (``--epochs``); stage two from epoch round(0.8 x epochs)
+  (mace-torch ``--start_stage_two``, molequi ``start_fraction 0.8``). Do the codes learn equally per step?
+- ``cpu``: the same training CPU time of the process (``--cpu-seconds``, ``time.process_time`` from the
+  first optimiser step, validation included); both switch to stage two at the first epoch boundary after
+  80% of the budget (mace-torch can only switch between epochs; the drivers below apply the same rule to
+  both), and stop after the budget.
+
+Each code's model at the end is its last EMA weights (mace-torch's own run would keep its best stage-two
+epoch; the driver saves the last one so that both export the same thing); both are evaluated on the test set
+with the same metric code: energy MAE, RMSE and offset-removed MAE (the MAE of E_pred - E_ref minus its mean
+over the test set), force component MAE and RMSE. Validation errors after every epoch give the learning
+curves (PNG: against optimiser steps and training CPU seconds). The molequi and mace-torch runs of one (seed,
+budget, normalisation) run side by side at the same time (``--parallel 2``), so they share the machine's
+load; ``--pairs-at-once 2`` runs two such pairs at once.
+
+Writes bench_results/mace_accuracy.json (after every pair, ``complete`` false until the end),
+bench_results/mace_accuracy.md and bench_results/mace_accuracy_curves.png.
 """
 
 from __future__ import annotations
@@ -28,18 +49,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = ROOT / "bench_results"
+NAME = "mace_accuracy"
 
-# hyperparameters passed to both codes (mace-torch keeps its own defaults for output scaling, first
-# interaction, weight decay and SWA: not matched here)
+# hyperparameters of both codes (see the module docstring)
 HP = {
     "r_max": 5.0,
     "num_bessel": 8,
@@ -50,31 +74,63 @@ HP = {
     "num_interactions": 2,
     "MLP_irreps": "16x0e",
     "radial_MLP": [32, 32, 32],
+    "first_interaction": "nonresidual",
+    "E0s": "average",
     "batch_size": 5,
     "valid_batch_size": 25,
     "lr": 0.01,
     "amsgrad": True,
+    "weight_decay": 0.0,
     "ema_decay": 0.99,
     "grad_clip": 10.0,
     "energy_weight": 1.0,
     "forces_weight": 100.0,
     "plateau_factor": 0.8,
     "plateau_patience": 50,
+    "stage_two_start_fraction": 0.8,
+    "stage_two_energy_weight": 1000.0,
+    "stage_two_forces_weight": 100.0,
+    "stage_two_lr": 1.0e-3,
     "precision": "float32",
     "seed": 0,
 }
 
-# runs inside the mace-torch venv: train with mace_run_train's own code for a fixed time, then evaluate
+# output normalisation variants: mace-torch arguments and molequi model keys
+VARIANTS = {
+    "default": {
+        "mace": ["--model", "MACE"],
+        "molequi": {"scaling": "rms_forces", "shift": "none"},
+        "label": "scale = RMS force, no shift (mace-torch --model MACE, its default)",
+    },
+    "std": {
+        "mace": ["--model", "ScaleShiftMACE", "--scaling", "std_scaling"],
+        "molequi": {"scaling": "std", "shift": "mean"},
+        "label": "scale = std of per-atom energy, shift = mean "
+        "(--model ScaleShiftMACE --scaling std_scaling)",
+    },
+}
+
+# runs inside the mace-torch venv: mace_run_train's own code and loop, with a CPU-time budget, the stage-two
+# switch by CPU time (cpu budget), the validation errors of every epoch, and the last EMA weights exported
 MACE_DRIVER = textwrap.dedent("""
     import json, sys, time
+    from contextlib import nullcontext
     import mace  # first: mace restores torch.load's old default so e3nn 0.4.4 imports
     import mace.tools
     import mace.tools.train
     mt = sys.modules["mace.tools.train"]  # the package re-exports a function of the same name
     from mace.cli import run_train
+    from mace.tools.checkpoint import CheckpointState
 
-    budget, stats_path = float(sys.argv[1]), sys.argv[2]
-    state = {"t0": None, "steps": 0, "stopped": False}
+    budget, switch_at, stats_path = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+    state = {"t0": None, "w0": None, "steps": 0, "stopped": False, "curve": [], "stage_two_step": None,
+             "stage_two_cpu_s": None, "swa": None, "epochs": 0}
+
+    def cpu():
+        return 0.0 if state["t0"] is None else time.process_time() - state["t0"]
+
+    def wall():
+        return 0.0 if state["w0"] is None else time.perf_counter() - state["w0"]
 
     class Budget(Exception):
         pass
@@ -84,68 +140,119 @@ MACE_DRIVER = textwrap.dedent("""
     def take_step(*args, **kwargs):
         if state["t0"] is None:
             state["t0"], state["w0"] = time.process_time(), time.perf_counter()
-        if time.process_time() - state["t0"] > budget:
+        if budget > 0 and cpu() > budget:
             state["stopped"] = True
             raise Budget()
         state["steps"] += 1
         return original_step(*args, **kwargs)
 
     mt.take_step = take_step
+    original_epoch = mt.train_one_epoch
+
+    def train_one_epoch(*args, **kwargs):
+        swa = state["swa"]
+        if swa is not None and state["stage_two_step"] is None and kwargs["loss_fn"] is swa.loss_fn:
+            state["stage_two_step"], state["stage_two_cpu_s"] = state["steps"], cpu()
+        original_epoch(*args, **kwargs)
+        state["epochs"] += 1
+        # cpu budget: stage two from the next epoch once 80% of the budget is spent (checked after each
+        # epoch's last step: the loop reads swa.start at the top of every epoch)
+        if switch_at > 0 and swa is not None and cpu() >= switch_at and swa.start > kwargs["epoch"] + 1:
+            swa.start = kwargs["epoch"] + 1
+
+    mt.train_one_epoch = train_one_epoch
+    original_log = mt.valid_err_log
+
+    def valid_err_log(valid_loss, eval_metrics, *args, **kwargs):
+        m = {k: eval_metrics.get(k) for k in ("mae_e", "rmse_e", "mae_f", "rmse_f")}
+        state["curve"].append({"step": state["steps"], "cpu_s": cpu(), "wall_s": wall(),
+                               "energy_mae_meV": 1e3 * float(m["mae_e"]),
+                               "energy_rmse_meV": 1e3 * float(m["rmse_e"]),
+                               "forces_mae_meV_A": 1e3 * float(m["mae_f"]),
+                               "forces_rmse_meV_A": 1e3 * float(m["rmse_f"])})
+        return original_log(valid_loss, eval_metrics, *args, **kwargs)
+
+    mt.valid_err_log = valid_err_log
     original_train = mace.tools.train  # the function run_train calls as tools.train(...)
 
     def train(*args, **kwargs):
+        state["swa"] = kwargs.get("swa")
         try:
             original_train(*args, **kwargs)
         except Budget:
-            # as molequi exports its last EMA weights, save mace-torch's last EMA weights as its latest
-            # checkpoint; run_train then restores it, evaluates and writes the .model file as usual
-            from contextlib import nullcontext
-            from mace.tools.checkpoint import CheckpointState
-
-            ema = kwargs.get("ema")
-            with ema.average_parameters() if ema is not None else nullcontext():
-                kwargs["checkpoint_handler"].save(
-                    state=CheckpointState(kwargs["model"], kwargs["optimizer"], kwargs["lr_scheduler"]),
-                    epochs=10**6, keep_last=True)
-        state["seconds"] = time.process_time() - state["t0"]
-        state["wall_seconds"] = time.perf_counter() - state["w0"]
+            pass
+        state["seconds"], state["wall_seconds"] = cpu(), wall()
+        # the last EMA weights as the latest stage-two checkpoint (epoch 10**6 > --start_stage_two), which
+        # run_train then restores, and writes as <name>_stagetwo.model as usual
+        ema = kwargs.get("ema")
+        with ema.average_parameters() if ema is not None else nullcontext():
+            kwargs["checkpoint_handler"].save(
+                state=CheckpointState(kwargs["model"], kwargs["optimizer"], kwargs["lr_scheduler"]),
+                epochs=10**6, keep_last=True)
 
     mace.tools.train = train
-    # mace-torch's closing error tables over the training and validation sets are not part of the timed
-    # comparison (and take minutes on a CPU); the test set is evaluated by mace_eval.py instead
+    # not part of the comparison (and minutes of CPU): the closing error tables over the training and
+    # validation sets, and the TorchScript copies of the model
     run_train.create_error_table = lambda *a, **k: "(skipped by scripts/bench/mace_accuracy.py)"
-    sys.argv = ["mace_run_train"] + sys.argv[3:]
+
+    class _NoJit:
+        @staticmethod
+        def compile(*a, **k):
+            raise RuntimeError("TorchScript export skipped by scripts/bench/mace_accuracy.py")
+
+    run_train.jit = _NoJit
+    sys.argv = ["mace_run_train"] + sys.argv[4:]
     run_train.main()
+    state.pop("swa")
     with open(stats_path, "w") as fh:
-        json.dump({"steps": state["steps"], "seconds": state.get("seconds"),
-                   "wall_seconds": state.get("wall_seconds"), "stopped": state["stopped"]}, fh)
+        json.dump(state, fh)
 """)
 
-# runs in molequi's venv: `molequi train CONFIG` with a callback that stops after the CPU-time budget
+# runs in molequi's venv: `molequi train CONFIG` with the same budget, switch rule and validation record
 MOLEQUI_DRIVER = textwrap.dedent("""
     import json, sys, time
     import lightning as L
     from molequi.config import load_config
     from molequi.train.run import train
 
-    budget, config, stats_path = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-    state = {"t0": None, "steps": 0}
+    budget, switch_at, config, stats_path = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+    state = {"t0": None, "w0": None, "steps": 0, "curve": [], "stage_two_step": None, "stage_two_cpu_s": None,
+             "switch_due": False, "epochs": 0}
 
-    class CpuBudget(L.Callback):
-        def on_train_batch_start(self, trainer, *args):
+    def cpu():
+        return 0.0 if state["t0"] is None else time.process_time() - state["t0"]
+
+    def wall():
+        return 0.0 if state["w0"] is None else time.perf_counter() - state["w0"]
+
+    class Bench(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if state["t0"] is None:
                 state["t0"], state["w0"] = time.process_time(), time.perf_counter()
+            if state["switch_due"] and batch_idx == 0:
+                module.start_stage_two()  # cpu budget: from the first epoch after 80% of it (as mace-torch)
+            if module.stage_two_step is not None and state["stage_two_step"] is None:
+                state["stage_two_step"], state["stage_two_cpu_s"] = module.stage_two_step, cpu()
 
-        def on_train_batch_end(self, trainer, *args):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             state["steps"] += 1
-            if time.process_time() - state["t0"] > budget:
+            if batch_idx == trainer.num_training_batches - 1:
+                state["epochs"] += 1
+                if switch_at > 0 and cpu() >= switch_at:
+                    state["switch_due"] = True
+            if budget > 0 and cpu() > budget:
                 trainer.should_stop = True
 
-        def on_train_end(self, trainer, *args):
-            state["seconds"] = time.process_time() - state["t0"]
-            state["wall_seconds"] = time.perf_counter() - state["w0"]
+        def on_validation_end(self, trainer, module):
+            m = module.last_metrics.get("val", {})
+            state["curve"].append({"step": int(trainer.global_step), "cpu_s": cpu(), "wall_s": wall(),
+                                   **{k: float(m[k]) for k in ("energy_mae_meV", "energy_rmse_meV",
+                                                               "forces_mae_meV_A", "forces_rmse_meV_A")}})
 
-    train(load_config(config), callbacks=[CpuBudget()])
+        def on_train_end(self, trainer, module):
+            state["seconds"], state["wall_seconds"] = cpu(), wall()
+
+    train(load_config(config), callbacks=[Bench()])
     with open(stats_path, "w") as fh:
         json.dump(state, fh)
 """)
@@ -173,6 +280,7 @@ MACE_EVAL = textwrap.dedent("""
 
 
 def metrics(e_true, e_pred, f_true, f_pred, n) -> dict:
+    """Test errors of one model (the same code for both): energies per structure, force components."""
     import numpy as np
 
     de = np.asarray(e_pred, float) - np.asarray(e_true, float)
@@ -181,24 +289,30 @@ def metrics(e_true, e_pred, f_true, f_pred, n) -> dict:
         "energy_mae_meV": float(np.abs(de).mean() * 1e3),
         "energy_mae_meV_atom": float(np.abs(de / np.asarray(n)).mean() * 1e3),
         "energy_rmse_meV": float(np.sqrt((de**2).mean()) * 1e3),
+        "energy_offset_meV": float(de.mean() * 1e3),
+        "energy_mae_offset_removed_meV": float(np.abs(de - de.mean()).mean() * 1e3),
         "forces_mae_meV_A": float(np.abs(df).mean() * 1e3),
         "forces_rmse_meV_A": float(np.sqrt((df**2).mean()) * 1e3),
     }
 
 
-def _throughput(st: dict, wall: float) -> dict:
-    """Steps, training CPU and wall seconds and structures per CPU second from a driver's stats file."""
+def _stats_fields(st: dict, wall: float) -> dict:
+    """Steps, epochs, training CPU / wall seconds, throughput, stage-two start and the validation curve."""
     return {
         "steps": st["steps"],
+        "epochs_trained": st["epochs"],
         "train_cpu_seconds": st["seconds"],
         "train_wall_seconds": st["wall_seconds"],
         "structures_per_cpu_s": st["steps"] * HP["batch_size"] / st["seconds"],
         "process_wall_seconds": wall,
+        "stage_two_step": st["stage_two_step"],
+        "stage_two_cpu_s": st["stage_two_cpu_s"],
+        "curve": st["curve"],
     }
 
 
-def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
-    """train.xyz (950), valid.xyz (50), trainval.xyz (both) + index files, test.xyz (1000); eV and eV/Å."""
+def write_data(folder: Path, seed: int, n_test: int | None = None, n_train: int = 200) -> dict[str, Path]:
+    """train.xyz (n_train), valid.xyz (50), trainval.xyz (both) + index files, test.xyz (1000); eV, eV/Å."""
     from ase.io import write
 
     from molequi.config import DataConfig
@@ -208,7 +322,7 @@ def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
     from molequi.train.data import split_records
 
     records = read_rmd17_npz(rmd17_ethanol("train"))
-    train, valid = split_records(records, DataConfig(n_train=950, n_valid=50, seed=HP["seed"]))
+    train, valid = split_records(records, DataConfig(n_train=n_train, n_valid=50, seed=seed))
     test = read_rmd17_npz(rmd17_ethanol("test"))[:n_test]
 
     def frames(recs):
@@ -221,6 +335,7 @@ def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
             out.append(a)
         return out
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = {k: folder / f"{k}.xyz" for k in ("train", "valid", "trainval", "test")}
     write(paths["train"], frames(train), format="extxyz")
     write(paths["valid"], frames(valid), format="extxyz")
@@ -233,199 +348,207 @@ def write_data(folder: Path, n_test: int | None = None) -> dict[str, Path]:
     return paths
 
 
-def run_molequi(folder: Path, paths: dict, seconds: float, threads: int) -> dict:
+def _env(threads: int, molequi: bool) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if molequi:
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+def _budget_args(budget: str, args) -> tuple[float, float]:
+    """(CPU budget, stage-two switch CPU time) of a driver; 0 = none (epoch-based run)."""
+    if budget == "cpu":
+        return args.cpu_seconds, HP["stage_two_start_fraction"] * args.cpu_seconds
+    return 0.0, 0.0
+
+
+def start_molequi(folder: Path, paths: dict, seed: int, budget: str, variant: str, args) -> tuple:
     import yaml
 
+    keys = (
+        "r_max",
+        "num_bessel",
+        "num_polynomial_cutoff",
+        "max_ell",
+        "hidden_irreps",
+        "correlation",
+        "num_interactions",
+        "MLP_irreps",
+        "radial_MLP",
+        "first_interaction",
+    )
     cfg = {
-        "model": {
-            "name": "mace",
-            **{
-                k: HP[k]
-                for k in (
-                    "r_max",
-                    "num_bessel",
-                    "num_polynomial_cutoff",
-                    "max_ell",
-                    "hidden_irreps",
-                    "correlation",
-                    "num_interactions",
-                    "MLP_irreps",
-                    "radial_MLP",
-                )
-            },
-        },
+        "model": {"name": "mace", **{k: HP[k] for k in keys}, **VARIANTS[variant]["molequi"]},
         "data": {
             "name": "xyz",
             "root": str(paths["trainval"]),
             "energy_key": "REF_energy",
             "forces_key": "REF_forces",
-            "train_indices": str(folder / "train_idx.txt"),
-            "valid_indices": str(folder / "valid_idx.txt"),
-            "seed": HP["seed"],
+            "train_indices": str(paths["train"].parent / "train_idx.txt"),
+            "valid_indices": str(paths["train"].parent / "valid_idx.txt"),
+            "seed": seed,
         },
         "task": {
             "name": "energy_forces",
             "weights": {"energy": HP["energy_weight"], "forces": HP["forces_weight"]},
+            "E0s": HP["E0s"],
         },
         "optim": {
             "optimizer": "adam",
             "lr": HP["lr"],
             "amsgrad": HP["amsgrad"],
+            "weight_decay": HP["weight_decay"],
             "scheduler": "plateau",
             "plateau_factor": HP["plateau_factor"],
             "plateau_patience": HP["plateau_patience"],
             "ema_decay": HP["ema_decay"],
             "grad_clip": HP["grad_clip"],
+            "stage_two": {
+                "start_fraction": HP["stage_two_start_fraction"],
+                "energy_weight": HP["stage_two_energy_weight"],
+                "forces_weight": HP["stage_two_forces_weight"],
+                "lr": HP["stage_two_lr"],
+            },
         },
         "trainer": {
+            # cpu budget: an epoch count never reached (the driver stops the run and starts stage two)
+            "max_epochs": args.epochs if budget == "epochs" else 10**6,
             "batch_size": HP["batch_size"],
             "valid_batch_size": HP["valid_batch_size"],
             "precision": HP["precision"],
             "accelerator": "cpu",
             "devices": 1,
-            "seed": HP["seed"],
+            "seed": seed,
             "output": str(folder / "molequi_run"),
             "progress_bar": False,
             "log_every": 50,
         },
     }
+    folder.mkdir(parents=True, exist_ok=True)
     cfg_path = folder / "molequi.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     (folder / "molequi_driver.py").write_text(MOLEQUI_DRIVER)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
     stats = folder / "molequi_stats.json"
-    t0 = time.perf_counter()
-    driver = [sys.executable, str(folder / "molequi_driver.py"), str(seconds), str(cfg_path), str(stats)]
-    subprocess.run(driver, check=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    st = json.loads(stats.read_text())
-    # evaluate with the same metric code as mace-torch
-    import numpy as np
+    cpu_budget, switch_at = _budget_args(budget, args)
+    cmd = [
+        *args.nice,
+        sys.executable,
+        str(folder / "molequi_driver.py"),
+        str(cpu_budget),
+        str(switch_at),
+        str(cfg_path),
+        str(stats),
+    ]
+    log = open(folder / "molequi.log", "w")
+    proc = subprocess.Popen(cmd, env=_env(args.threads, True), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log, time.perf_counter()
 
-    from molequi.data.readers import read_structures
+
+def finish_molequi(folder: Path, paths: dict, proc, log, t0: float) -> dict:
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    log.close()
+    if rc != 0:
+        raise RuntimeError(f"molequi run failed ({rc}); see {folder / 'molequi.log'}")
+    st = json.loads((folder / "molequi_stats.json").read_text())
     from molequi.checkpoint import load_model
+    from molequi.data.readers import read_structures
     from molequi.train.evaluate import predict
 
     model = load_model(folder / "molequi_run" / "model.pt")
     test = read_structures(paths["test"], energy_key="REF_energy", forces_key="REF_forces")
     pred = predict(model, test, HP["r_max"], batch_size=50)
     m = metrics(pred.energy_true, pred.energy_pred, pred.forces_true, pred.forces_pred, pred.n_atoms)
-    return {
-        **m,
-        **_throughput(st, wall),
-        "n_params": int(sum(p.numel() for p in model.parameters())),
-        "_check": float(np.abs(pred.forces_pred).mean()),
-    }
+    return {**m, **_stats_fields(st, wall), "n_params": int(sum(p.numel() for p in model.parameters()))}
 
 
-def run_mace_torch(folder: Path, paths: dict, seconds: float, threads: int, venv: Path) -> dict:
-    py = venv / "bin" / "python"
-    if not py.exists():
-        raise SystemExit(f"mace-torch venv not found at {venv}; run scripts/bench/setup_mace_torch.sh")
+def start_mace(folder: Path, paths: dict, seed: int, budget: str, variant: str, args) -> tuple:
+    py = args.mace_python
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "mace_driver.py").write_text(MACE_DRIVER)
     (folder / "mace_eval.py").write_text(MACE_EVAL)
-    work = folder / "mace_run"
-    args = [
-        "--name",
-        "ethanol",
-        "--work_dir",
-        str(work),
-        "--seed",
-        str(HP["seed"]),
-        "--device",
-        "cpu",
-        "--default_dtype",
-        HP["precision"],
-        "--model",
-        "MACE",
-        "--train_file",
-        str(paths["train"]),
-        "--valid_file",
-        str(paths["valid"]),
-        "--energy_key",
-        "REF_energy",
-        "--forces_key",
-        "REF_forces",
-        "--E0s",
-        "average",
-        "--r_max",
-        str(HP["r_max"]),
-        "--num_radial_basis",
-        str(HP["num_bessel"]),
-        "--num_cutoff_basis",
-        str(HP["num_polynomial_cutoff"]),
-        "--max_ell",
-        str(HP["max_ell"]),
-        "--hidden_irreps",
-        HP["hidden_irreps"],
-        "--correlation",
-        str(HP["correlation"]),
-        "--num_interactions",
-        str(HP["num_interactions"]),
-        "--MLP_irreps",
-        HP["MLP_irreps"],
-        "--radial_MLP",
-        json.dumps(HP["radial_MLP"]),
-        "--batch_size",
-        str(HP["batch_size"]),
-        "--valid_batch_size",
-        str(HP["valid_batch_size"]),
-        "--lr",
-        str(HP["lr"]),
-        "--amsgrad",
-        "--optimizer",
-        "adam",
-        "--scheduler",
-        "ReduceLROnPlateau",
-        "--lr_factor",
-        str(HP["plateau_factor"]),
-        "--scheduler_patience",
-        str(HP["plateau_patience"]),
-        "--ema",
-        "--ema_decay",
-        str(HP["ema_decay"]),
-        "--clip_grad",
-        str(HP["grad_clip"]),
-        "--loss",
-        "weighted",
-        "--energy_weight",
-        str(HP["energy_weight"]),
-        "--forces_weight",
-        str(HP["forces_weight"]),
-        "--max_num_epochs",
-        "100000",
-        "--eval_interval",
-        "1",
-        "--patience",
-        "100000",
-        "--error_table",
-        "PerAtomMAE",
-        "--plot",
-        "False",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.pop("PYTHONPATH", None)
+    epochs = args.epochs if budget == "epochs" else 100000
+    start = round(HP["stage_two_start_fraction"] * epochs) if budget == "epochs" else epochs - 1
+    cli = {
+        "--name": "ethanol",
+        "--work_dir": str(folder / "mace_run"),
+        "--seed": seed,
+        "--device": "cpu",
+        "--default_dtype": HP["precision"],
+        "--train_file": paths["train"],
+        "--valid_file": paths["valid"],
+        "--energy_key": "REF_energy",
+        "--forces_key": "REF_forces",
+        "--E0s": HP["E0s"],
+        "--interaction_first": "RealAgnosticInteractionBlock",
+        "--r_max": HP["r_max"],
+        "--num_radial_basis": HP["num_bessel"],
+        "--num_cutoff_basis": HP["num_polynomial_cutoff"],
+        "--max_ell": HP["max_ell"],
+        "--hidden_irreps": HP["hidden_irreps"],
+        "--correlation": HP["correlation"],
+        "--num_interactions": HP["num_interactions"],
+        "--MLP_irreps": HP["MLP_irreps"],
+        "--radial_MLP": json.dumps(HP["radial_MLP"]),
+        "--batch_size": HP["batch_size"],
+        "--valid_batch_size": HP["valid_batch_size"],
+        "--lr": HP["lr"],
+        "--optimizer": "adam",
+        "--weight_decay": HP["weight_decay"],
+        "--scheduler": "ReduceLROnPlateau",
+        "--lr_factor": HP["plateau_factor"],
+        "--scheduler_patience": HP["plateau_patience"],
+        "--ema_decay": HP["ema_decay"],
+        "--clip_grad": HP["grad_clip"],
+        "--loss": "weighted",
+        "--energy_weight": HP["energy_weight"],
+        "--forces_weight": HP["forces_weight"],
+        "--start_stage_two": start,
+        "--stage_two_energy_weight": HP["stage_two_energy_weight"],
+        "--stage_two_forces_weight": HP["stage_two_forces_weight"],
+        "--stage_two_lr": HP["stage_two_lr"],
+        "--max_num_epochs": epochs,
+        "--eval_interval": 1,
+        "--patience": 100000,
+        "--error_table": "PerAtomMAE",
+        "--plot": "False",
+    }
+    mace_args = [str(x) for kv in cli.items() for x in kv] + ["--amsgrad", "--ema", "--stage_two"]
+    mace_args += VARIANTS[variant]["mace"]
     stats = folder / "mace_stats.json"
-    t0 = time.perf_counter()
-    subprocess.run(
-        [str(py), str(folder / "mace_driver.py"), str(seconds), str(stats), *args],
-        check=True,
-        env=env,
-        cwd=folder,
+    cpu_budget, switch_at = _budget_args(budget, args)
+    cmd = [
+        *args.nice,
+        str(py),
+        str(folder / "mace_driver.py"),
+        str(cpu_budget),
+        str(switch_at),
+        str(stats),
+        *mace_args,
+    ]
+    log = open(folder / "mace.log", "w")
+    proc = subprocess.Popen(
+        cmd, env=_env(args.threads, False), cwd=folder, stdout=log, stderr=subprocess.STDOUT
     )
+    return proc, log, time.perf_counter()
+
+
+def finish_mace(folder: Path, paths: dict, proc, log, t0: float, args) -> dict:
+    rc = proc.wait()
     wall = time.perf_counter() - t0
-    st = json.loads(stats.read_text())
-    candidates = sorted(work.glob("ethanol*.model")) + sorted(work.glob("checkpoints/ethanol*.model"))
-    model_file = next(p for p in candidates if "compiled" not in p.name)
+    log.close()
+    if rc != 0:
+        raise RuntimeError(f"mace-torch run failed ({rc}); see {folder / 'mace.log'}")
+    st = json.loads((folder / "mace_stats.json").read_text())
+    work = folder / "mace_run"
+    model_file = next(p for p in sorted(work.glob("**/ethanol_stagetwo.model")))
     out = folder / "mace_pred.npz"
     subprocess.run(
         [
-            str(py),
+            *args.nice,
+            str(args.mace_python),
             str(folder / "mace_eval.py"),
             str(model_file),
             str(paths["test"]),
@@ -433,84 +556,356 @@ def run_mace_torch(folder: Path, paths: dict, seconds: float, threads: int, venv
             HP["precision"],
         ],
         check=True,
-        env=env,
+        env=_env(args.threads, False),
         cwd=folder,
+        capture_output=True,
     )
     import numpy as np
 
     z = np.load(out)
     m = metrics(z["e_true"], z["e_pred"], z["f_true"], z["f_pred"], z["n"])
-    return {**m, **_throughput(st, wall), "stopped_by_budget": st["stopped"]}
+    return {**m, **_stats_fields(st, wall), "stopped_by_budget": st["stopped"]}
+
+
+def mace_version(py: Path) -> str:
+    out = subprocess.run(
+        [str(py), "-c", "import importlib.metadata as m; print(m.version('mace-torch'))"],
+        capture_output=True,
+        text=True,
+        env=_env(1, False),
+    )
+    return out.stdout.strip() or "unknown"
+
+
+METRIC_KEYS = (
+    "energy_mae_meV",
+    "energy_rmse_meV",
+    "energy_mae_offset_removed_meV",
+    "forces_mae_meV_A",
+    "forces_rmse_meV_A",
+    "steps",
+    "epochs_trained",
+    "train_cpu_seconds",
+    "train_wall_seconds",
+    "structures_per_cpu_s",
+)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Median, min and max over seeds of every metric, per (budget, normalisation, code)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["budget"], r["variant"], r["code"]), []).append(r)
+    out = []
+    for (budget, variant, code), rs in groups.items():
+        row = {"budget": budget, "variant": variant, "code": code, "seeds": sorted(r["seed"] for r in rs)}
+        for k in METRIC_KEYS:
+            vals = [float(r[k]) for r in rs]
+            row[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+        out.append(row)
+    return out
+
+
+# -------------------------------------------------------------------------------------- Markdown and PNG
+def _cell(s: dict, key: str, digits: int = 1) -> str:
+    v = s[key]
+    return f"{v['median']:.{digits}f} ({v['min']:.{digits}f}-{v['max']:.{digits}f})"
+
+
+def render_markdown(d: dict, old: list[dict]) -> str:
+    s = d["settings"]
+    lines = [
+        f"# molequi MACE vs mace-torch {d['provenance']['peer_version']}, rMD17 ethanol "
+        "(scripts/bench/mace_accuracy.py)",
+        "",
+        "Generated by `python scripts/bench/mace_accuracy.py --render-only` from `mace_accuracy.json`; the "
+        "protocol is the script's docstring. Same model (32x0e+32x1o, max_ell 2, correlation 3, 2 layers, "
+        "non-residual first layer on both sides), E0s average, Adam+AMSGrad lr 0.01, weight decay 0 on both, "
+        "plateau 0.8/50, EMA 0.99, clip 10, weights E 1 / F 100, batch 5, float32, stage two for the last "
+        f"20% (E 1000 / F 100, lr 1e-3) on both sides; {s['n_train']} train / {s['n_valid']} valid frames "
+        f"(split by the seed), {s['n_test']} test frames; 1 thread each, the two codes of a pair side by "
+        "side at the same time.",
+        "",
+        f"Budgets: **{s['epochs']} epochs** each, and **{s['cpu_seconds']:.0f} CPU s** of training each; "
+        f"seeds {', '.join(map(str, s['seeds']))}. Cells: median over seeds (min-max). Offset-removed MAE: "
+        "MAE of the energy error after subtracting its mean over the test set. Load average during the "
+        f"runs: {', '.join(f'{x:.1f}' for x in d['provenance']['load_average'])} (at the end); "
+        f"{'complete' if d.get('complete') else '**incomplete: not every planned run finished**'}.",
+        "",
+        "| budget | normalisation | code | test E MAE (meV) | E RMSE (meV) | E MAE offset removed (meV) "
+        "| F MAE (meV/Å) | F RMSE (meV/Å) | steps | epochs | train CPU s | structures / CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {"epochs": 0, "cpu": 1, "default": 0, "std": 1, "molequi": 0, "mace-torch": 1}
+    for r in sorted(d["summary"], key=lambda r: (order[r["budget"]], order[r["variant"]], order[r["code"]])):
+        budget = f"{s['epochs']} epochs" if r["budget"] == "epochs" else f"{s['cpu_seconds']:.0f} CPU s"
+        lines.append(
+            f"| {budget} | {r['variant']} | {r['code']} | {_cell(r, 'energy_mae_meV')} | "
+            f"{_cell(r, 'energy_rmse_meV')} | {_cell(r, 'energy_mae_offset_removed_meV')} | "
+            f"{_cell(r, 'forces_mae_meV_A')} | {_cell(r, 'forces_rmse_meV_A')} | "
+            f"{r['steps']['median']:.0f} | {r['epochs_trained']['median']:.0f} | "
+            f"{r['train_cpu_seconds']['median']:.0f} | {r['structures_per_cpu_s']['median']:.1f} |"
+        )
+    lines += [
+        "",
+        "Normalisations: " + "; ".join(f"`{k}` = {v['label']}" for k, v in VARIANTS.items()) + ".",
+        "",
+        "Per run (seed, budget, normalisation, code):",
+        "",
+        "| seed | budget | norm | code | E MAE | E RMSE | E MAE off. rem. | F MAE | F RMSE | steps | "
+        "stage two from step | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["runs"]:
+        lines.append(
+            f"| {r['seed']} | {r['budget']} | {r['variant']} | {r['code']} | {r['energy_mae_meV']:.1f} | "
+            f"{r['energy_rmse_meV']:.1f} | {r['energy_mae_offset_removed_meV']:.1f} | "
+            f"{r['forces_mae_meV_A']:.1f} | {r['forces_rmse_meV_A']:.1f} | {r['steps']} | "
+            f"{r['stage_two_step']} | {r['train_cpu_seconds']:.0f} | {r['train_wall_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Learning curves (validation errors after every epoch, against optimiser steps and training "
+        "CPU seconds): `mace_accuracy_curves.png`.",
+        "",
+    ]
+    if old:
+        lines += [
+            "## The earlier comparison (superseded: not the same model)",
+            "",
+            "Measured 2026-11-26 with the earlier protocol: 10 CPU min each, one process after the other, "
+            "mace-torch as `--model MACE` with its defaults at the time (force-RMS output scaling against "
+            "molequi's then energy-std scaling, non-residual first layer against molequi's then residual "
+            "one, weight decay 5e-7 against 0, no stage two on either side). Files "
+            "`mace_accuracy_v1.json`, `mace_accuracy_v1_seed1.json`.",
+            "",
+            "| seed | code | test E MAE (meV) | E RMSE (meV) | F MAE (meV/Å) | F RMSE (meV/Å) | "
+            "structures / CPU s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for o in old:
+            for r in o["results"]:
+                lines.append(
+                    f"| {o['hyperparameters']['seed']} | {r['code']} | {r['energy_mae_meV']:.1f} | "
+                    f"{r['energy_rmse_meV']:.1f} | {r['forces_mae_meV_A']:.1f} | "
+                    f"{r['forces_rmse_meV_A']:.1f} | {r['structures_per_cpu_s']:.1f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_png(d: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    colours = {"molequi": "tab:blue", "mace-torch": "tab:red"}
+    styles = {"default": "-", "std": "--"}
+    shown = set()
+    for r in d["runs"]:
+        if r["budget"] != "cpu" or not r["curve"]:
+            continue
+        label = f"{r['code']} {r['variant']}"
+        for row, x in enumerate(("step", "cpu_s")):
+            for col, y in enumerate(("energy_mae_meV", "forces_mae_meV_A")):
+                pts = [c for c in r["curve"] if c[x] > 0]
+                axes[row][col].plot(
+                    [c[x] for c in pts],
+                    [c[y] for c in pts],
+                    styles[r["variant"]],
+                    color=colours[r["code"]],
+                    alpha=0.7,
+                    lw=1,
+                    label=None if label in shown else label,
+                )
+        shown.add(label)
+        for row, x in enumerate(("step", "cpu_s")):
+            at = r["stage_two_step"] if x == "step" else r["stage_two_cpu_s"]
+            if at:
+                for ax in axes[row]:
+                    ax.axvline(at, color=colours[r["code"]], lw=0.5, ls=":")
+    for row, xl in enumerate(("optimiser steps", "training CPU seconds (1 thread)")):
+        for col, yl in enumerate(("validation energy MAE (meV)", "validation force MAE (meV/Å)")):
+            ax = axes[row][col]
+            ax.set_xlabel(xl)
+            ax.set_ylabel(yl)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    s = d["settings"]
+    fig.suptitle(
+        f"rMD17 ethanol, {s['cpu_seconds']:.0f} CPU s budget, seeds {s['seeds']}: molequi vs "
+        f"mace-torch {d['provenance']['peer_version']} (dotted: start of stage two)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(d: dict) -> None:
+    old = [
+        json.loads((RESULTS / f).read_text())
+        for f in ("mace_accuracy_v1.json", "mace_accuracy_v1_seed1.json")
+        if (RESULTS / f).exists()
+    ]
+    from molequi.io import atomic_write_text
+
+    atomic_write_text(RESULTS / f"{NAME}.md", render_markdown(d, old))
+    render_png(d, RESULTS / f"{NAME}_curves.png")
+    print(f"wrote {RESULTS / f'{NAME}.md'} and {RESULTS / f'{NAME}_curves.png'}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=5.0, help="training CPU time of each code (default 5)")
     p.add_argument(
-        "--threads",
+        "--mace-python",
+        type=Path,
+        default=Path.home() / ".cache/molequi/peers/mace/bin/python",
+        help="python of the mace-torch venv (scripts/bench/setup_peers.sh mace)",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the equal-epochs budget (default 10)")
+    p.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=40.0,
+        help="training CPU seconds of the equal-CPU-time budget (default 40)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budgets", nargs="+", choices=["epochs", "cpu"], default=["epochs", "cpu"])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--threads", type=int, default=1, help="threads of each code (default 1)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="2: the two codes of a pair run at the same time (default); 1: one after the other",
+    )
+    p.add_argument(
+        "--pairs-at-once",
         type=int,
         default=1,
-        help="threads for each code (default 1: CPU time is then compute time)",
+        help="pairs of runs at the same time (default 1; 2 on a loaded machine: 4 processes)",
     )
-    p.add_argument(
-        "--mace-venv",
-        type=Path,
-        default=Path(os.environ.get("MACE_VENV", Path.home() / ".cache/molequi/mace-venv")),
-    )
-    p.add_argument("--only", choices=["molequi", "mace-torch"], help="run one side only")
+    p.add_argument("--nice", type=int, default=10, help="niceness of the training processes (default 10)")
     p.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
-    p.add_argument(
-        "--n-test", type=int, default=None, help="test on the first N test frames only (smoke runs)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=HP["seed"], help="split and initialisation seed of both codes (default 0)"
-    )
+    p.add_argument("--n-test", type=int, default=None, help="first N test frames only (smoke runs)")
+    p.add_argument("--n-train", type=int, default=200, help="training frames (default 200)")
+    p.add_argument("--out", default=NAME, help="result name under bench_results/ (default mace_accuracy)")
+    p.add_argument("--render-only", action="store_true", help="rewrite the Markdown and PNG from the JSON")
     args = p.parse_args(argv)
-    from _common import print_table, save
+    if args.render_only:
+        render(json.loads((RESULTS / f"{NAME}.json").read_text()))
+        return 0
+    if not args.mace_python.exists():
+        raise SystemExit(f"no mace-torch python at {args.mace_python}; run scripts/bench/setup_peers.sh mace")
+    args.nice = ["nice", "-n", str(args.nice)] if args.nice else []
+    from _common import print_table, provenance, save
 
-    HP["seed"] = args.seed
-
-    seconds = args.minutes * 60
+    version = mace_version(args.mace_python)
+    plan = [
+        (seed, budget, variant) for seed in args.seeds for budget in args.budgets for variant in args.variants
+    ]
+    print(f"{len(plan)} pairs: {plan}")
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mace_accuracy_") as tmp:
-        folder = args.workdir or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = write_data(folder, args.n_test)
-        rows = []
-        if args.only in (None, "molequi"):
-            rows.append({"code": "molequi", **run_molequi(folder, paths, seconds, args.threads)})
-        if args.only in (None, "mace-torch"):
-            rows.append(
-                {"code": "mace-torch", **run_mace_torch(folder, paths, seconds, args.threads, args.mace_venv)}
+        work = args.workdir or Path(tmp)
+        data = {
+            seed: write_data(work / f"data_seed{seed}", seed, args.n_test, args.n_train)
+            for seed in args.seeds
+        }
+        lock = threading.Lock()
+        done: list[int] = []
+
+        def run_pair(i: int, seed: int, budget: str, variant: str) -> None:
+            folder = work / f"seed{seed}_{budget}_{variant}"
+            print(
+                f"[{time.strftime('%H:%M:%S')}] pair {i + 1}/{len(plan)}: seed {seed}, {budget}, {variant}",
+                flush=True,
             )
-    print(
-        f"\nrMD17 ethanol, 950 train / 50 valid / {args.n_test or 1000} test, {args.minutes:g} CPU min "
-        f"training each, {args.threads} threads, {HP['precision']}"
-    )
-    print_table(
-        rows,
-        [
-            "code",
-            "energy_mae_meV",
-            "energy_mae_meV_atom",
-            "forces_mae_meV_A",
-            "forces_rmse_meV_A",
-            "steps",
-            "train_cpu_seconds",
-            "train_wall_seconds",
-            "structures_per_cpu_s",
-        ],
-    )
-    name = "mace_accuracy" if args.n_test is None else "mace_accuracy_smoke"
-    save(
-        name if args.seed == 0 else f"{name}_seed{args.seed}",
-        {
-            "hyperparameters": HP,
-            "minutes": args.minutes,
-            "threads": args.threads,
-            "n_test": args.n_test or 1000,
-            "results": rows,
-        },
-    )
+            # alternate which code starts first; with --parallel 2 both run at the same time
+            order = ["molequi", "mace-torch"] if i % 2 == 0 else ["mace-torch", "molequi"]
+            started, results = {}, {}
+            for code in order:
+                if code == "molequi":
+                    started[code] = start_molequi(folder / "molequi", data[seed], seed, budget, variant, args)
+                else:
+                    started[code] = start_mace(folder / "mace", data[seed], seed, budget, variant, args)
+                if args.parallel == 1:
+                    started[code][0].wait()
+            for code in order:
+                if code == "molequi":
+                    with lock:  # one in-process evaluation at a time
+                        results[code] = finish_molequi(folder / "molequi", data[seed], *started[code])
+                else:
+                    results[code] = finish_mace(folder / "mace", data[seed], *started[code], args)
+            with lock:
+                for code in ("molequi", "mace-torch"):
+                    runs.append(
+                        {"seed": seed, "budget": budget, "variant": variant, "code": code, **results[code]}
+                    )
+                done.append(i)
+                print_table(
+                    [r for r in runs[-2:]],
+                    [
+                        "code",
+                        "energy_mae_meV",
+                        "energy_rmse_meV",
+                        "energy_mae_offset_removed_meV",
+                        "forces_mae_meV_A",
+                        "forces_rmse_meV_A",
+                        "steps",
+                        "train_cpu_seconds",
+                        "stage_two_step",
+                    ],
+                )
+                runs.sort(key=lambda r: (r["seed"], r["budget"] != "epochs", r["variant"], r["code"]))
+                payload = {
+                    "hyperparameters": {k: v for k, v in HP.items() if k != "seed"},
+                    "variants": {
+                        k: {"mace_torch_args": v["mace"], "molequi_model": v["molequi"], "label": v["label"]}
+                        for k, v in VARIANTS.items()
+                    },
+                    "settings": {
+                        "epochs": args.epochs,
+                        "cpu_seconds": args.cpu_seconds,
+                        "seeds": args.seeds,
+                        "budgets": args.budgets,
+                        "threads": args.threads,
+                        "parallel": args.parallel,
+                        "pairs_at_once": args.pairs_at_once,
+                        "nice": int(args.nice[-1]) if args.nice else 0,
+                        "n_test": args.n_test or 1000,
+                        "n_train": args.n_train,
+                        "n_valid": 50,
+                    },
+                    "complete": len(done) == len(plan),
+                    "runs": runs,
+                    "summary": summarise(runs),
+                }
+                prov = provenance(
+                    "mace-torch",
+                    version,
+                    True,
+                    threads=args.threads,
+                    notes="both codes trained in this invocation, each pair side by side (same "
+                    "seed, budget and normalisation); CPU time is the training process's "
+                    "own; load average at the last save",
+                )
+                save(args.out, payload, prov)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=args.pairs_at_once) as pool:
+            futures = [pool.submit(run_pair, i, *job) for i, job in enumerate(plan)]
+            for fut in futures:
+                fut.result()
+    d = json.loads((RESULTS / f"{args.out}.json").read_text())
+    if args.out == NAME:
+        render(d)
     return 0
 
 

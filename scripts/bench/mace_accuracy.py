@@ -441,18 +441,27 @@ def start_molequi(folder: Path, paths: dict, seed: int, budget: str, variant: st
         str(cfg_path),
         str(stats),
     ]
-    log = open(folder / "molequi.log", "w")
-    proc = subprocess.Popen(cmd, env=_env(args.threads, True), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return _launch(cmd, _env(args.threads, True), ROOT, folder / "molequi.log")
+
+
+def _launch(cmd: list[str], env: dict, cwd: Path, log_path: Path) -> tuple:
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     return proc, log, time.perf_counter()
 
 
-def finish_molequi(folder: Path, paths: dict, proc, log, t0: float) -> dict:
+def _wait(stats: Path, proc, log, t0: float) -> tuple[dict, float]:
+    """The driver's stats and the process's wall seconds once it has ended (RuntimeError if it failed)."""
     rc = proc.wait()
     wall = time.perf_counter() - t0
     log.close()
     if rc != 0:
-        raise RuntimeError(f"molequi run failed ({rc}); see {folder / 'molequi.log'}")
-    st = json.loads((folder / "molequi_stats.json").read_text())
+        raise RuntimeError(f"run failed ({rc}); see {log.name}")
+    return json.loads(stats.read_text()), wall
+
+
+def finish_molequi(folder: Path, paths: dict, proc, log, t0: float) -> dict:
+    st, wall = _wait(folder / "molequi_stats.json", proc, log, t0)
     from molequi.checkpoint import load_model
     from molequi.data.readers import read_structures
     from molequi.train.evaluate import predict
@@ -528,20 +537,11 @@ def start_mace(folder: Path, paths: dict, seed: int, budget: str, variant: str, 
         str(stats),
         *mace_args,
     ]
-    log = open(folder / "mace.log", "w")
-    proc = subprocess.Popen(
-        cmd, env=_env(args.threads, False), cwd=folder, stdout=log, stderr=subprocess.STDOUT
-    )
-    return proc, log, time.perf_counter()
+    return _launch(cmd, _env(args.threads, False), folder, folder / "mace.log")
 
 
 def finish_mace(folder: Path, paths: dict, proc, log, t0: float, args) -> dict:
-    rc = proc.wait()
-    wall = time.perf_counter() - t0
-    log.close()
-    if rc != 0:
-        raise RuntimeError(f"mace-torch run failed ({rc}); see {folder / 'mace.log'}")
-    st = json.loads((folder / "mace_stats.json").read_text())
+    st, wall = _wait(folder / "mace_stats.json", proc, log, t0)
     work = folder / "mace_run"
     model_file = next(p for p in sorted(work.glob("**/ethanol_stagetwo.model")))
     out = folder / "mace_pred.npz"

@@ -62,7 +62,7 @@ class TaskModule(L.LightningModule):
         self._train_sums: dict[str, torch.Tensor | float] = {}  # this epoch's sums of batch-size x logged value
         self._train_count = 0
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
-        self.stage_two_step: int | None = None  # optimiser step at which optim.stage_two began (None: not yet)
+        self.stage_two_step: int | None = None  # optimiser step at which optim.stage_two began (None: not)
         self._stage_one_task_config = task.config
         if config.optim.stage_two is not None:
             weights = getattr(task.config, "weights", None)

@@ -70,8 +70,9 @@ class ParamGroup:
 @dataclass
 class StageTwo:
     """mace-torch's stage two (``mace_run_train --stage_two``, formerly ``--swa``): from the start of stage
-    two to the end of the run the energy_forces loss weights become ``energy_weight`` / ``forces_weight``, every
-    parameter group's learning rate becomes ``lr`` and the lr schedule stops (``molequi.train.module``)."""
+    two to the end of the run the energy_forces loss weights become ``energy_weight`` / ``forces_weight``,
+    every parameter group's learning rate becomes ``lr`` and the lr schedule stops
+    (``molequi.train.module``)."""
 
     start_fraction: float = _help(
         "stage two starts at this fraction of the run: round(f x trainer.max_steps) optimiser steps, or else "

@@ -806,8 +806,9 @@ def main(argv=None) -> int:
     from _common import print_table, provenance, save
 
     version = mace_version(args.mace_python)
+    # budget-major, then normalisation, then seed: on a loaded machine the first budget's pairs finish first
     plan = [
-        (seed, budget, variant) for seed in args.seeds for budget in args.budgets for variant in args.variants
+        (seed, budget, variant) for budget in args.budgets for variant in args.variants for seed in args.seeds
     ]
     print(f"{len(plan)} pairs: {plan}")
     runs: list[dict] = []

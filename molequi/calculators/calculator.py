@@ -26,8 +26,12 @@ Neighbour list (Verlet skin): the list is built with cutoff ``max(r_max) + skin`
 the positions it was built from. Each call computes the current edge lengths from the current positions and
 the stored integer cell shifts (vectorised) and keeps the edges within each member's ``r_max``. The list is
 rebuilt when any atom has moved more than ``skin / 2`` since it was built (then no pair can have entered the
-cutoff unseen) and whenever the cell, pbc, atomic numbers or the number of atoms change. ``skin=0`` builds
-a fresh list every call. Results are identical to a rebuild (same edges, same order).
+cutoff unseen) and whenever the cell, pbc, atomic numbers or the number of atoms change. An atom put back
+into the cell by whole lattice vectors (``atoms.wrap()``, torch-sim's integrators) is followed: its
+displacement is counted without the lattice vectors and the cell shifts of its edges are corrected, so
+wrapping alone causes no rebuild. ``skin=0`` builds a fresh list every call. Results are identical to a
+rebuild (same edges, same order) until an atom is wrapped; after that the same edges, in the order of the
+last build, so sums can differ from a fresh list's at round-off.
 """
 
 from __future__ import annotations
@@ -97,14 +101,36 @@ class NeighborCache:
         self.unit_shifts = None  # (E, 3) int64
         self.n_builds = 0
         self.n_calls = 0
+        self.last_n_edges: list[int] | None = None  # edges within each cutoff at the last call
+        self.n_wraps = 0  # atoms followed across the cell's faces without a rebuild
 
     def _needs_rebuild(self, positions, key) -> bool:
         if self.skin == 0 or self.key is None:
             return True
         if len(key[0]) != len(self.key[0]) or any(not np.array_equal(a, b) for a, b in zip(key, self.key)):
             return True
-        disp2 = np.einsum("ij,ij->i", positions - self.ref_positions, positions - self.ref_positions)
-        return bool(disp2.max(initial=0.0) > (0.5 * self.skin) ** 2)
+        self._follow_wraps(positions, key[1], key[2])
+        disp = positions - self.ref_positions
+        return bool(np.einsum("ij,ij->i", disp, disp).max(initial=0.0) > (0.5 * self.skin) ** 2)
+
+    def _follow_wraps(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> None:
+        """Atoms put back into the cell by whole lattice vectors since the build (torch-sim's integrators and
+        ``atoms.wrap()`` do that): move their reference positions by the same vectors and correct the cell
+        shifts of their edges (r = pos[receiver] - pos[sender] + shift @ cell stays the same vector), so that
+        wrapping alone never forces a rebuild."""
+        if not pbc.any() or abs(np.linalg.det(cell)) < 1e-8:
+            return
+        jumps = np.rint((positions - self.ref_positions) @ np.linalg.inv(cell))
+        jumps = np.where(pbc, jumps, 0.0).astype(np.int64)
+        moved = jumps.any(axis=1)
+        if not moved.any():
+            return
+        self.ref_positions = self.ref_positions + jumps @ cell
+        sender, receiver = self.edge_index
+        touched = np.flatnonzero(moved[sender] | moved[receiver])
+        self.unit_shifts = self.unit_shifts.copy()  # arrays handed out earlier keep their values
+        self.unit_shifts[touched] += jumps[sender[touched]] - jumps[receiver[touched]]
+        self.n_wraps += int(moved.sum())
 
     def get(
         self,
@@ -140,6 +166,7 @@ class NeighborCache:
                 out.append((self.edge_index, self.unit_shifts))
             else:
                 out.append((self.edge_index[:, keep], self.unit_shifts[keep]))
+        self.last_n_edges = [e.shape[1] for e, _ in out]
         return out
 
 

@@ -197,14 +197,19 @@ def edge_vectors(pos: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch
                  batch: torch.Tensor | None) -> torch.Tensor:
     """Edge vectors (E, 3) in Å, differentiable in ``pos`` and ``cell`` (for forces and stress).
 
-    ``cell`` is (B, 3, 3); the shift of edge e is ``unit_shifts[e] @ cell[batch[sender[e]]]``.
+    ``cell`` is (B, 3, 3); the shift of edge e is ``unit_shifts[e] @ cell[batch[sender[e]]]``. With one cell
+    (one structure: MD, relaxation) that is one (E, 3) @ (3, 3) product; only batches of several structures
+    gather a (E, 3, 3) cell per edge (autograd keeps it for the stress, 36 bytes an edge in float32).
     """
     sender, receiver = edge_index[0], edge_index[1]
     vec = pos[receiver] - pos[sender]
     if unit_shifts.numel():
+        cells = cell.reshape(-1, 3, 3)
+        if cells.shape[0] == 1:
+            return vec + unit_shifts.to(pos.dtype) @ cells[0]
         if batch is None:
             batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        edge_cell = cell.reshape(-1, 3, 3)[batch[sender]]  # (E, 3, 3)
+        edge_cell = cells[batch[sender]]  # (E, 3, 3)
         vec = vec + torch.einsum("ei,eij->ej", unit_shifts.to(pos.dtype), edge_cell)
     return vec
 

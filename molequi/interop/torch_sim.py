@@ -11,8 +11,10 @@ systems::
 ``MolequiTorchSimModel`` follows torch-sim's ``ModelInterface``: ``forward(state)`` returns ``energy``
 (n_systems,) eV, ``forces`` (n_atoms, 3) eV/Å and, for periodic states with ``compute_stress``, ``stress``
 (n_systems, 3, 3) eV/Å^3 in ASE's sign convention, which torch-sim's MACE wrapper and integrators use. All
-systems of a state go through the model as one batch; each system gets its own neighbour list
-(``molequi.graph.neighbor_list``, the calculator's). Forces are the model's own (-dE/dx by autograd for
+systems of a state go through the model as one batch; each system gets its own Verlet-skin neighbour list
+(``molequi.calculators.calculator.NeighborCache``, the calculator's: built with ``r_max + skin`` and rebuilt
+only when an atom of that system moved more than ``skin / 2``, or its cell, pbc, elements or size changed;
+``skin=0`` rebuilds every call). Forces are the model's own (-dE/dx by autograd for
 conservative models).
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from molequi import keys as K
+from molequi.calculators.calculator import DEFAULT_SKIN, NeighborCache
 from molequi.errors import InputError, ModelError
 
 try:
@@ -39,7 +42,7 @@ class MolequiTorchSimModel(ModelInterface):
 
     def __init__(self, model: torch.nn.Module | str | Path, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float64, compute_forces: bool = True,
-                 compute_stress: bool = True):
+                 compute_stress: bool = True, skin: float = DEFAULT_SKIN):
         super().__init__()
         if isinstance(model, (str, Path)):
             from molequi.checkpoint import load_model
@@ -57,19 +60,24 @@ class MolequiTorchSimModel(ModelInterface):
         self.model = model.to(device=self._device, dtype=dtype).eval()
         self.r_max = float(model.r_max)
         self._elements = {int(z) for z in model.elements}
+        self.skin = float(skin)
+        self.neighbor_caches: list[NeighborCache] = []  # one per system of the last state
 
     def _batch(self, positions, cell, pbc, numbers, system_idx, n_systems):
         from torch_geometric.data import Batch, Data
-
-        from molequi.graph.neighbors import neighbor_list
 
         pbc3 = np.broadcast_to(np.asarray(pbc.cpu() if torch.is_tensor(pbc) else pbc, dtype=bool), (3,))
         counts = torch.bincount(system_idx, minlength=n_systems).tolist()
         pos_np = positions.detach().cpu().double().numpy()
         cell_np = cell.detach().cpu().double().numpy()
+        numbers_np = numbers.cpu().numpy()
+        if len(self.neighbor_caches) != n_systems:
+            self.neighbor_caches = [NeighborCache(self.skin) for _ in range(n_systems)]
         graphs, start = [], 0
         for b, n in enumerate(counts):
-            edge_index, unit_shifts, shifts = neighbor_list(pos_np[start:start + n], cell_np[b], pbc3, self.r_max)
+            [(edge_index, unit_shifts)] = self.neighbor_caches[b].get(
+                pos_np[start:start + n], cell_np[b], pbc3, numbers_np[start:start + n], [self.r_max])
+            shifts = unit_shifts.astype(np.float64) @ cell_np[b]
             d = Data()
             d[K.NUMBERS] = numbers[start:start + n]
             d[K.POS] = positions[start:start + n]

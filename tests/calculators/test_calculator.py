@@ -90,6 +90,30 @@ def test_neighbor_list_rebuilt_when_cell_or_numbers_change():
     assert calc.neighbors.n_builds == 3
 
 
+def test_wrapped_atoms_keep_the_list_and_equal_a_fresh_one():
+    """Atoms moved across the cell's faces and wrapped back (as torch-sim's integrators do each step): no
+    rebuild, and energy, forces and stress equal a calculator that rebuilds (skin 0) to round-off."""
+    atoms = ar_fcc(2, rattle=0.05, seed=7)
+    atoms.set_cell(atoms.cell[:] @ np.array([[1, 0.1, 0], [0, 1, 0.05], [0, 0, 1]]), scale_atoms=True)  # skewed
+    calc = MolequiCalculator(LennardJones(), skin=1.0)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        atoms.positions += rng.normal(scale=0.04, size=atoms.positions.shape)  # within skin / 2 in total
+        atoms.positions[:5] += rng.integers(-2, 3, size=(5, 3)) @ atoms.cell[:]  # whole lattice vectors
+        atoms.wrap()
+        fresh = atoms.copy()
+        fresh.calc = MolequiCalculator(LennardJones(), skin=0.0)
+        assert atoms.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), fresh.get_forces(), atol=1e-10)
+        np.testing.assert_allclose(atoms.get_stress(), fresh.get_stress(), atol=1e-12)
+    assert calc.neighbors.n_builds == 1 and calc.neighbors.n_wraps > 5
+    atoms.positions[0] += 0.6  # past skin / 2 (with the wraps taken out): rebuilt
+    atoms.get_potential_energy()
+    assert calc.neighbors.n_builds == 2
+
+
 def test_committee_spread():
     atoms = ar_fcc(2, rattle=0.1, seed=6)
     same = MolequiCalculator(models=[LennardJones(), LennardJones()])

@@ -111,3 +111,27 @@ def test_unknown_element_is_named():
     wrapped = MolequiTorchSimModel(small_mace([1, 8]), dtype=torch.float64)
     with pytest.raises(ModelError, match=r"elements \[6\]"):
         wrapped(ts.initialize_state([molecule("CH4")], torch.device("cpu"), torch.float64))
+
+
+def test_batched_nve_reuses_neighbor_lists_across_wraps():
+    """torch-sim wraps positions into the cell every step; the Verlet-skin list follows the wrapped atoms
+    instead of rebuilding, and the trajectory equals one with a list rebuilt every call (skin 0)."""
+    model = small_mace([29])
+    frames = [bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)) for _ in range(2)]
+    for i, a in enumerate(frames):
+        a.rattle(0.05, seed=i)
+        a.positions[:4] -= 0.02  # atoms at the origin start outside the cell: wrapped at the first step
+    dt = torch.tensor(0.002 * ts.units.MetalUnits.time)
+    runs = []
+    for skin in (0.5, 0.0):
+        wrapped = MolequiTorchSimModel(model, dtype=torch.float64, skin=skin)
+        init_fn, step_fn = ts.nve(model=wrapped, dt=dt, kT=torch.tensor(600 * ts.units.MetalUnits.temperature))
+        md = init_fn(ts.initialize_state(frames, torch.device("cpu"), torch.float64), seed=0)
+        for _ in range(20):
+            md = step_fn(md, dt=dt)
+        runs.append((md, wrapped.neighbor_caches))
+    (a, caches), (b, fresh) = runs
+    assert all(c.n_wraps > 0 and c.n_builds < c.n_calls for c in caches)
+    assert all(c.n_builds == c.n_calls for c in fresh)
+    np.testing.assert_allclose(a.positions.numpy(), b.positions.numpy(), atol=1e-10)
+    np.testing.assert_allclose(a.forces.numpy(), b.forces.numpy(), atol=1e-9)

@@ -31,8 +31,10 @@ MACE_HYPER = dict(
 )
 
 
-def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch.dtype):
-    """mace-torch's ScaleShiftMACE at ``MACE_HYPER`` (random weights, eval mode), for the speed comparisons.
+def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch.dtype,
+                     hyper: dict | None = None):
+    """mace-torch's ScaleShiftMACE at ``hyper`` (default ``MACE_HYPER``; random weights, eval mode), for the
+    speed comparisons.
 
     Runs in the mace-torch virtual environment; the caller imports ``mace`` first (it makes e3nn 0.4.4
     importable under torch >= 2.6).
@@ -42,7 +44,7 @@ def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch
     from mace import modules
 
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    h = MACE_HYPER
+    h = MACE_HYPER if hyper is None else hyper
     model = modules.ScaleShiftMACE(
         r_max=h["r_max"], num_bessel=h["num_bessel"], num_polynomial_cutoff=h["num_polynomial_cutoff"],
         max_ell=h["max_ell"], interaction_cls=block, interaction_cls_first=block,

@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,33 @@ def wall_cpu_times(fn, repeats: int = 5, warmup: int = 1) -> dict:
         cpu.append(time.process_time() - c0)
     return dict(median_s=statistics.median(wall), median_cpu_s=statistics.median(cpu), times_s=wall,
                 cpu_s=cpu)
+
+
+def _timed(fn) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """``warmup`` untimed calls of each of ``fns`` (name -> callable), then ``repeats`` rounds that call each
+    once, the order rotating every round (no code always runs first after the others); per name the wall and
+    process-CPU seconds of every timed call, their medians and quartiles."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    out = {n: {"wall_s": [], "cpu_s": []} for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            w, c = _timed(fns[n])
+            out[n]["wall_s"].append(w)
+            out[n]["cpu_s"].append(c)
+    for v in out.values():
+        for k in ("wall", "cpu"):
+            v[f"median_{k}_s"] = float(np.median(v[f"{k}_s"]))
+            v[f"iqr_{k}_s"] = [float(np.percentile(v[f"{k}_s"], q)) for q in (25, 75)]
+    return out
 
 
 def machine() -> dict:

@@ -1,22 +1,24 @@
 """Benchmarks of molequi's 3D generation (EDM without padding, DDIM, progressive distillation).
 
-    python scripts/bench/generation.py speed            training throughput + time per denoising step
+    python scripts/bench/generation.py speed [--peer-code EDM]  training iteration + denoising step, EDM's code
+                                                        and molequi's EDM in the same run, interleaved
     python scripts/bench/generation.py train --minutes M  train EDM on all 128,744 QM9 geometries for M minutes
     python scripts/bench/generation.py sample CKPT      speed/quality table: 1000/250/50 steps, DDIM, students
     python scripts/bench/generation.py distill CKPT     progressive distillation 2S -> S -> ... (checkpoints)
     python scripts/bench/generation.py realdata         EDM metrics of 1000 random real QM9 molecules
     python scripts/bench/generation.py report           bench_results/generation.md from the JSON files
 
-Results go to ``bench_results/generation_*.json`` (written atomically) and a markdown table. The reference
-EDM numbers (EDM's own code, measured once on the two-core development machine) are quoted beside ours; the
-"padded" rows re-run *our* network the way EDM batches (every molecule padded to 29 atoms, dense 29 x 29
-edges including padding), in the same process and under the same load, to isolate what unpadded batching
-buys.
+Results go to ``bench_results/generation_*.json`` (written atomically) and a markdown table. ``speed`` runs
+EDM's own code (github.com/ehoogeboom/e3_diffusion_for_molecules at the commit in EDM_COMMIT; --peer-code
+points at a clone) next to molequi's EDM in the same process: the same 64 QM9 molecules, the same sizes
+(EGNN 4 x 64 and the paper's 9 x 256), the same optimiser and threads, calls interleaved; EDM on its own
+padded layout (its collate, its sampler's 29-atom padding), molequi on its unpadded batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,14 +33,13 @@ from torch_geometric.data import Batch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from _common import wall_cpu_times  # noqa: E402
+from _common import interleaved  # noqa: E402
 
 from molequi.data.molecules import GeometryDataset, Molecule, read_molecules, read_xyz_tarball  # noqa: E402
 from molequi.io import atomic_path, atomic_write_text  # noqa: E402
 from molequi.models.generative.edm import EDM, count_parameters  # noqa: E402
 from molequi.models.generative.graph import sizes_to_batch  # noqa: E402
 from molequi.models.generative.io import load_generative, save_checkpoint  # noqa: E402
-from molequi.nn.scatter import scatter_sum  # noqa: E402
 from molequi.tasks.generation_metrics import load_training_smiles, molecule_report  # noqa: E402
 
 # full QM9 (not shipped): the ppqm geometry tarball xyz.tar.gz and the lapool qm9.csv SMILES; point these at
@@ -48,10 +49,6 @@ SMILES_CSV = os.environ.get("MOLEQUI_QM9_SMILES_CSV", "qm9/qm9.csv")
 SUBSET = ROOT / "data" / "qm9_geometries" / "qm9_geometries.extxyz"
 OUT = ROOT / "bench_results"
 TOY_TEACHER = str(OUT / "toy" / "teacher.pt")  # git-ignored, as are the students under toy/<name>/
-REFERENCE = {  # EDM's own code on the development machine, batch 64
-    "paper_s_per_iter": 41.0, "small_s_per_iter": 8.4, "sample16_s_per_step": 1.0,
-    "paper_mol_per_s": 64 / 41.0, "small_mol_per_s": 64 / 8.4,
-}
 EDM_ROWS = {  # published, % (atom stab, mol stab, valid, valid x unique)
     "data (EDM paper)": [99.0, 95.2, 97.7, 97.7], "EDM (paper, 3000 epochs on GPU)": [98.7, 82.0, 91.9, 90.7],
     "GeoLDM (paper)": [98.9, 89.4, 93.8, 92.7],
@@ -76,92 +73,66 @@ def save_json(name: str, obj: dict) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- padded baseline (EDM's batching)
-def padded_edges(num_graphs: int, n_max: int = 29) -> torch.Tensor:
-    """EDM's dense batching: all n_max^2 pairs per molecule, padding nodes included (masked afterwards)."""
-    loc = torch.arange(n_max)
-    src = loc.repeat_interleave(n_max)
-    dst = loc.repeat(n_max)
-    offs = (torch.arange(num_graphs) * n_max).repeat_interleave(n_max * n_max)
-    return torch.stack([src.repeat(num_graphs) + offs, dst.repeat(num_graphs) + offs])
+# ---------------------------------------------------------------- speed against EDM's own code, same run
+EDM_PEER = "EDM (ehoogeboom/e3_diffusion_for_molecules)"
+EDM_COMMIT = "fce07d701a2d2340f3522df588832c2c0f7e044a"
+EDM_PEER_CODE = ROOT.parent / "shared" / "peers" / "edm"  # a clone of EDM_PEER at EDM_COMMIT
+SPEED_SIZES = {"small": (64, 4), "paper": (256, 9)}  # EGNN features, layers
 
 
-def padded_loss(model: EDM, batch, n_max: int = 29) -> torch.Tensor:
-    """EDM's loss with EDM's padded layout (same network): cost of B * 29^2 edges, as EDM pays it."""
-    b = batch.batch
-    B = int(batch.num_graphs)
-    sizes = torch.bincount(b, minlength=B)
-    local = torch.arange(b.numel()) - (torch.cumsum(sizes, 0) - sizes)[b]
-    slot = b * n_max + local
-    numbers = torch.ones(B * n_max, dtype=torch.long)
-    pos = torch.zeros(B * n_max, 3)
-    numbers[slot] = batch.numbers
-    pos[slot] = batch.pos
-    pb = sizes_to_batch(torch.full((B,), n_max))
-    x, h = model.encode(numbers, pos, pb, B)
-    t = torch.randint(0, model.config.timesteps + 1, (B,))
-    z_x, z_h, ex, eh = model.noised(x, h, t, pb, B)
-    ei = padded_edges(B, n_max)
-    px, ph = model.dynamics(z_x, z_h, t.float() / model.config.timesteps, pb, ei)
-    err = scatter_sum(((px - ex) ** 2).sum(-1) + ((ph - eh) ** 2).sum(-1), pb, B)
-    return err.mean()
+def _edm_peer(peer_code: Path, hidden: int, layers: int, seed: int):
+    """EDM's EnVariationalDiffusion built by its own ``qm9.models.get_model`` (QM9 options of its README, at
+    ``hidden`` x ``layers``), float32, with its loss, optimiser, collate and centring functions."""
+    sys.path.insert(0, str(ROOT / "scripts" / "parity"))
+    from edm import QM9_DEFAULTS, _import_peer  # scripts/parity/edm.py
+
+    get_dataset_info, en_diffusion, qm9_models = _import_peer(peer_code)
+    from equivariant_diffusion.utils import remove_mean_with_mask
+    from qm9 import losses
+    from qm9.data.collate import PreprocessQM9
+
+    options = argparse.Namespace(**{**QM9_DEFAULTS, "nf": hidden, "n_layers": layers, "lr": 1e-4})
+    info = get_dataset_info("qm9", False)
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(sys.stderr):
+        model, nodes_dist, _ = qm9_models.get_model(options, torch.device("cpu"), info, None)
+    return dict(model=model.float(), nodes_dist=nodes_dist, args=options, optim=qm9_models.get_optim(options, model),
+                losses=losses, collate=PreprocessQM9(load_charges=True).collate_fn,
+                remove_mean=remove_mean_with_mask, en_diffusion=en_diffusion)
 
 
-def time_it(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def time_denoising_step(model: EDM, mols, repeats: int, loop_steps: int = 10) -> dict:
-    """Seconds per denoising step of the paper model for 16 QM9-size molecules (sizes from ``mols``).
-
-    'loop': a whole ``sample_batch`` of ``loop_steps`` ancestral steps (graph, noise, the final x_0
-    prediction included) divided by its ``loop_steps + 1`` network evaluations -- the cost a sampler pays.
-    'step': one ``model.step`` call; 'padded': the same call on EDM's layout (16 x 29 atoms, dense edges).
-    """
-    from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
-    from molequi.nn.heap import retained_heap
-
-    model.eval()
-    model.size_counts.zero_()
+def _edm_batch(peer: dict, mols) -> dict:
+    """``mols`` as EDM's QM9 loader gives them: per-molecule dicts (positions, charges = Z, one_hot over its
+    atom_decoder) through its ``PreprocessQM9.collate_fn`` (padded to the batch's largest molecule, dense
+    N x N edge mask)."""
+    species = torch.tensor([1, 6, 7, 8, 9])
+    items = []
     for m in mols:
-        model.size_counts[len(m)] += 1
-    sizes = model.sample_sizes(16, torch.Generator().manual_seed(0))
-    b16 = sizes_to_batch(sizes)
-    ei = fully_connected_edges(b16, 16)
-    zx = centred_gaussian(b16, 16)
-    zh = torch.randn(b16.numel(), model.n_features)
-    pb = sizes_to_batch(torch.full((16,), 29))
-    pei = padded_edges(16)
-    pzx, pzh = torch.randn(16 * 29, 3), torch.randn(16 * 29, model.n_features)
-
-    def loop():
-        model.sample_batch(sizes, steps=loop_steps, generator=torch.Generator().manual_seed(0))
-
-    out = {"atoms": int(b16.numel()), "edges": int(ei.shape[1]), "loop_steps": loop_steps,
-           "torch_threads": torch.get_num_threads()}
-    with torch.no_grad(), retained_heap():
-        timings = {"loop": wall_cpu_times(loop, repeats),
-                   "step": wall_cpu_times(lambda: model.step(zx, zh, 500, 499, b16, ei, 16), repeats),
-                   "padded": wall_cpu_times(lambda: model.step(pzx, pzh, 500, 499, pb, pei, 16), repeats)}
-    for k, r in timings.items():
-        per = loop_steps + 1 if k == "loop" else 1  # network evaluations per call
-        out[f"all_{k}_wall"] = [v / per for v in r["times_s"]]
-        out[f"all_{k}_cpu"] = [v / per for v in r["cpu_s"]]
-        out[f"{k}_wall"], out[f"{k}_cpu"] = r["median_s"] / per, r["median_cpu_s"] / per
-    out["s_per_step"], out["s_per_step_padded"] = out["loop_wall"], out["padded_wall"]
-    out["speedup_vs_reference"] = REFERENCE["sample16_s_per_step"] / out["s_per_step"]
-    out["load_average_after"] = os.getloadavg()
-    return out
+        z = torch.as_tensor(np.asarray(m.numbers), dtype=torch.long)
+        items.append({"num_atoms": torch.tensor(len(z)), "charges": z,
+                      "positions": torch.as_tensor(np.asarray(m.positions), dtype=torch.float32),
+                      "one_hot": z.unsqueeze(-1) == species.unsqueeze(0)})
+    data = peer["collate"](items)
+    node_mask = data["atom_mask"].float().unsqueeze(2)
+    return {"x": data["positions"].float(), "node_mask": node_mask, "edge_mask": data["edge_mask"].float(),
+            "h": {"categorical": data["one_hot"].float(), "integer": data["charges"].float()}}
 
 
-def time_training(model: EDM, batch, name: str, reps: int) -> dict:
-    """Seconds per training iteration (forward, backward, Adam) of ``model`` on ``batch``, ours and padded."""
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
+def speed_training(peer: dict, model: EDM, mols, batch, repeats: int) -> dict:
+    """One training iteration (loss forward, backward, AdamW(AMSGrad) step, EDM's get_optim on both sides) of
+    EDM's code on its padded batch and of molequi's EDM on the unpadded batch of the same 64 molecules."""
+    eb = _edm_batch(peer, mols)
+    edm, args, eopt = peer["model"].train(), peer["args"], peer["optim"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, weight_decay=1e-12)
+    model.train()
+
+    def step_edm():  # train_test.train_epoch's body, less EMA, gradient clipping and logging
+        x = peer["remove_mean"](eb["x"], eb["node_mask"])
+        eopt.zero_grad()
+        nll, _, _ = peer["losses"].compute_loss_and_nll(args, edm, peer["nodes_dist"], x, eb["h"],
+                                                        eb["node_mask"], eb["edge_mask"], None)
+        nll.backward()
+        eopt.step()
 
     def step_ours():
         loss, _ = model.training_loss(batch)
@@ -169,58 +140,130 @@ def time_training(model: EDM, batch, name: str, reps: int) -> dict:
         loss.backward()
         opt.step()
 
-    def step_padded():
-        loss = padded_loss(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    t = interleaved({"edm": step_edm, "molequi": step_ours}, repeats)
+    B, N = eb["x"].shape[:2]
+    sizes = torch.bincount(batch.batch)
+    return {"params_edm": count_parameters(edm), "params_molequi": count_parameters(model), "molecules": B,
+            "atoms": int(batch.num_nodes), "edm_padded_nodes": B * N, "edm_dense_pairs": B * N * N,
+            "molequi_edges": int((sizes * (sizes - 1)).sum()), "timings": t,
+            "edm_over_molequi_cpu": t["edm"]["median_cpu_s"] / t["molequi"]["median_cpu_s"],
+            "edm_over_molequi_wall": t["edm"]["median_wall_s"] / t["molequi"]["median_wall_s"]}
 
-    step_ours()  # warm-up
-    ours = time_it(step_ours, reps)
-    padded = time_it(step_padded, reps)
-    row = {"params": count_parameters(model), "s_per_iter": float(np.median(ours)),
-           "s_per_iter_padded": float(np.median(padded)), "all_ours": ours, "all_padded": padded}
-    row["mol_per_s"] = 64 / row["s_per_iter"]
-    row["mol_per_s_padded"] = 64 / row["s_per_iter_padded"]
-    row["speedup_vs_reference"] = REFERENCE[f"{name}_s_per_iter"] / row["s_per_iter"]
-    row["speedup_vs_padded"] = row["s_per_iter_padded"] / row["s_per_iter"]
-    return row
+
+def speed_sampling(peer: dict, model: EDM, mols, repeats: int, n: int = 16, loop_steps: int = 10) -> dict:
+    """One ancestral denoising step t = 500 -> 499 for ``n`` molecules (sizes drawn from the subset's
+    histogram), in eval mode without gradients: EDM's ``sample_p_zs_given_zt`` on the layout its
+    ``qm9.sampling.sample`` uses (every molecule padded to 29 atoms, dense edge mask), plainly and inside
+    molequi.nn.heap.retained_heap (the allocator setting molequi's sampler uses, offered to EDM too);
+    molequi's ``EDM.step`` on the unpadded batch, and a whole ``loop_steps``-step ``EDM.sample_batch`` per
+    network evaluation (what molequi's sampler pays per step, retained_heap included)."""
+    from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
+    from molequi.nn.heap import retained_heap
+
+    model.eval()
+    edm = peer["model"].eval()
+    model.size_counts.zero_()
+    for m in mols:
+        model.size_counts[len(m)] += 1
+    sizes = model.sample_sizes(n, torch.Generator().manual_seed(0))
+    b = sizes_to_batch(sizes)
+    ei = fully_connected_edges(b, n)
+    g = torch.Generator().manual_seed(1)
+    zx, zh = centred_gaussian(b, n, generator=g), torch.randn(b.numel(), model.n_features, generator=g)
+    n_max = 29  # EDM's dataset_info['max_n_nodes']: qm9.sampling.sample pads every molecule to it
+    node_mask = (torch.arange(n_max).unsqueeze(0) < sizes.unsqueeze(1)).float()
+    edge_mask = node_mask.unsqueeze(1) * node_mask.unsqueeze(2)
+    edge_mask = (edge_mask * ~torch.eye(n_max, dtype=torch.bool).unsqueeze(0)).view(n * n_max * n_max, 1)
+    node_mask = node_mask.unsqueeze(2)
+    torch.manual_seed(1)
+    zt = edm.sample_combined_position_feature_noise(n, n_max, node_mask)
+    s_arr, t_arr = torch.full((n, 1), 499 / edm.T), torch.full((n, 1), 500 / edm.T)
+
+    def edm_step():
+        edm.sample_p_zs_given_zt(s_arr, t_arr, zt, node_mask, edge_mask, None)
+
+    def edm_step_heap():
+        with retained_heap():
+            edm_step()
+
+    def ours_loop():
+        model.sample_batch(sizes, steps=loop_steps, generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        t = interleaved({"edm": edm_step, "edm_retained_heap": edm_step_heap,
+                         "molequi_step": lambda: model.step(zx, zh, 500, 499, b, ei, n),
+                         "molequi_loop": ours_loop}, repeats)
+    per = loop_steps + 1  # network evaluations of one sample_batch call
+    for k in ("wall_s", "cpu_s"):
+        t["molequi_loop"][k] = [v / per for v in t["molequi_loop"][k]]
+    for k in ("median_wall_s", "median_cpu_s"):
+        t["molequi_loop"][k] /= per
+    for k in ("iqr_wall_s", "iqr_cpu_s"):
+        t["molequi_loop"][k] = [v / per for v in t["molequi_loop"][k]]
+    return {"molecules": n, "atoms": int(b.numel()), "molequi_edges": int(ei.shape[1]),
+            "edm_padded_nodes": n * n_max, "edm_dense_pairs": n * n_max * n_max, "loop_steps": loop_steps,
+            "timings": t,
+            "edm_over_molequi_step_cpu": t["edm"]["median_cpu_s"] / t["molequi_step"]["median_cpu_s"],
+            "edm_over_molequi_step_wall": t["edm"]["median_wall_s"] / t["molequi_step"]["median_wall_s"],
+            "edm_over_molequi_loop_cpu": t["edm"]["median_cpu_s"] / t["molequi_loop"]["median_cpu_s"],
+            "edm_over_molequi_loop_wall": t["edm"]["median_wall_s"] / t["molequi_loop"]["median_wall_s"]}
+
+
+def _edm_commit(peer_code: Path) -> str | None:
+    """The peer tree's git commit where it is a clone; None for a plain copy (then EDM_COMMIT is assumed)."""
+    import subprocess
+
+    try:
+        top = subprocess.run(["git", "-C", str(peer_code), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    lines = top.stdout.split()
+    if top.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != peer_code.resolve():
+        return None  # not a clone of its own (a copy, or a folder inside another repository)
+    return lines[1]
 
 
 def cmd_speed(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from _common import provenance
+
+    torch.set_num_threads(args.threads)
+    peer_code = Path(args.peer_code)
+    if not (peer_code / "equivariant_diffusion" / "en_diffusion.py").exists():
+        raise SystemExit(f"--peer-code {peer_code}: not EDM's source tree; clone "
+                         f"github.com/ehoogeboom/e3_diffusion_for_molecules at {EDM_COMMIT}")
     mols = read_molecules(str(SUBSET))
     ds = GeometryDataset(mols)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(ds), (64,), generator=g).tolist()
     batch = Batch.from_data_list([ds[i] for i in idx])
-    results = {"hardware": hardware(), "reference": REFERENCE, "batch_atoms": int(batch.num_nodes),
-               "training": {}, "sampling": {}}
-    if args.only == "step":  # keep the training numbers of the last full run
-        results = _load("speed") or results
-        results.setdefault("sampling", {})
-    threads_key = f"{torch.get_num_threads()}_threads"
-    for name, hid, lay, reps in (("small", 64, 4, args.repeats_small), ("paper", 256, 9, args.repeats_paper)):
-        if args.only == "step" and name == "small":
-            continue
+    chosen = [mols[i] for i in idx]
+    results = {"hardware": hardware(), "batch_molecules": 64, "batch_atoms": int(batch.num_nodes),
+               "repeats": {"training_small": args.repeats_small, "training_paper": args.repeats_paper,
+                           "sampling": args.repeats_step}, "training": {}, "sampling": {}}
+    for name in args.sizes:
+        hid, lay = SPEED_SIZES[name]
         torch.manual_seed(0)
         model = EDM(EDM.Config(hidden=hid, layers=lay))
-        if args.only != "step":
-            results["training"][name] = time_training(model, batch, name, reps)
-            print(name, json.dumps(results["training"][name]), flush=True)
-        if name == "paper" and args.only != "training":  # time per denoising step, 16 molecules, paper model
-            step = time_denoising_step(model, mols, args.repeats_step)
-            step["hardware"] = hardware()
-            rows = results["sampling"].get("paper_16_molecules", {})
-            if "s_per_step" in rows:  # the single row of runs before the heap fix: kept under its own name
-                rows["load_average"] = results["hardware"]["load_average"]
-                rows["torch_threads"] = results["hardware"]["torch_threads"]
-                results["sampling"]["paper_16_molecules_before_heap_fix"] = rows
-                rows = {}
-            rows[threads_key] = step
-            results["sampling"]["paper_16_molecules"] = rows
-            print(json.dumps(step), flush=True)
+        peer = _edm_peer(peer_code, hid, lay, seed=0)
+        reps = args.repeats_small if name == "small" else args.repeats_paper
+        results["training"][name] = speed_training(peer, model, chosen, batch, reps)
+        print(name, "training", json.dumps({k: v for k, v in results["training"][name].items() if k != "timings"}),
+              flush=True)
+        if name == "paper":
+            results["sampling"]["paper_16_molecules"] = speed_sampling(peer, model, mols, args.repeats_step)
+            print(name, "sampling", json.dumps({k: v for k, v in results["sampling"]["paper_16_molecules"].items()
+                                               if k != "timings"}), flush=True)
+    commit = _edm_commit(peer_code)
+    results["provenance"] = provenance(
+        EDM_PEER, commit or EDM_COMMIT, True, peer_code=f"github.com/ehoogeboom/e3_diffusion_for_molecules @ "
+        f"{commit or EDM_COMMIT}" + ("" if commit else " (a copy without .git: the commit of its README)"),
+        command=" ".join(["python scripts/bench/generation.py speed", *args.argv]),
+        notes="EDM's own EGNN_dynamics_QM9 + EnVariationalDiffusion (qm9.models.get_model, its QM9 README "
+              "options at the given size), its collate (padded to the batch's largest molecule) and loss "
+              "(qm9.losses.compute_loss_and_nll), imported from --peer-code without shims; same molecules, "
+              "same optimiser (AdamW AMSGrad lr 1e-4, EDM's get_optim), same thread count, interleaved calls. "
+              "EDM's EMA and gradient clipping are left out on its side as molequi's are on its side.")
     print("wrote", save_json("speed", results))
 
 
@@ -505,37 +548,38 @@ def _load(name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _step_lines(sampling: dict) -> list[str]:
-    """The denoising-step paragraph of the report (one table row per thread count)."""
-    rows = sampling.get("paper_16_molecules", {})
-    if not rows:
-        return []
-    one = next(iter(rows.values()))
-    n_loop = one["loop_steps"]
-    out = [f"Denoising step, paper model (EGNN 9 x 256), 16 QM9-size molecules ({one['atoms']} atoms, "
-           f"{one['edges']} edges): `python scripts/bench/generation.py speed --only step --threads N`. "
-           f"'loop' = a whole {n_loop}-step `EDM.sample_batch` divided by its {n_loop + 1} network "
-           "evaluations (what a sampler pays per step); 'step' = one `EDM.step` call; 'padded' = the same "
-           "call on EDM's layout (16 x 29 atoms, dense edges). Medians of 5: wall seconds, CPU seconds of "
-           "the process in brackets. Reference: EDM's own code takes about 1 s per step for 16 molecules, "
-           "measured on 2 quiet cores; the speed-up column divides that by our loop wall time.", "",
-           "| torch threads | load avg (1 min) | loop s/step (CPU) | step s (CPU) | padded s (CPU) | "
-           "speed-up vs EDM code |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows.values(), key=lambda r: r["torch_threads"]):
-        out.append(f"| {r['torch_threads']} | {r['hardware']['load_average'][0]:.1f} | "
-                   f"{r['loop_wall']:.3f} ({r['loop_cpu']:.3f}) | "
-                   f"{r['step_wall']:.3f} ({r['step_cpu']:.3f}) | "
-                   f"{r['padded_wall']:.3f} ({r['padded_cpu']:.3f}) | {r['speedup_vs_reference']:.1f}x |")
-    old = sampling.get("paper_16_molecules_before_heap_fix")
-    if old:
-        out += ["", f"Before `molequi.nn.heap.retained_heap` ({old['torch_threads']} threads, load "
-                    f"{old['load_average'][0]:.1f}): {old['s_per_step']:.3f} s per step (padded "
-                    f"{old['s_per_step_padded']:.3f} s). Under no_grad every intermediate is freed at once "
-                    "and glibc gave the pages of the large edge tensors back to the kernel after each "
-                    "operation: about 100,000 page faults and a third of the CPU time of a step (0.40 s -> "
-                    "0.26 s on 1 quiet core). With 2 threads on this shared machine each parallel region "
-                    "waits for whichever thread is descheduled, so 2-thread times under load are far worse "
-                    "than 1-thread ones."]
+def _speed_lines(sp: dict) -> list[str]:
+    """The same-run speed section of the report: EDM's code and molequi's EDM, interleaved."""
+    prov = sp["provenance"]
+
+    def cell(t: dict) -> str:
+        return f"{t['median_cpu_s']:.3f} ({t['median_wall_s']:.3f})"
+
+    out = ["## Speed against EDM's own code, same run", "",
+           f"`{prov['command']}`: EDM's code at {prov['peer_version'][:7]} and molequi's EDM in one process, "
+           f"{prov['threads']} thread(s), calls interleaved, load average {prov['load_average'][0]:.1f} at the "
+           "end. Median process CPU seconds, wall seconds in brackets (the quartiles are in the JSON). "
+           "Ratio = EDM / molequi (above 1: molequi faster). EDM's parameter count includes its noise schedule "
+           "(T + 1 values stored as a parameter that is not trained).", "",
+           "| what | params EDM / molequi | EDM code | molequi | ratio CPU (wall) |", "|---|---|---|---|---|"]
+    for name, label in (("small", "training iteration, EGNN 4 x 64"), ("paper", "training iteration, EGNN 9 x 256")):
+        r = sp["training"].get(name)
+        if r:
+            t = r["timings"]
+            out.append(f"| {label}, batch {r['molecules']} ({r['atoms']} atoms; EDM padded to "
+                       f"{r['edm_padded_nodes']}) | {r['params_edm']:,} / {r['params_molequi']:,} | {cell(t['edm'])} | "
+                       f"{cell(t['molequi'])} | {r['edm_over_molequi_cpu']:.1f}x ({r['edm_over_molequi_wall']:.1f}x) |")
+    st = sp["sampling"].get("paper_16_molecules")
+    if st:
+        t = st["timings"]
+        out.append(f"| denoising step, 9 x 256, {st['molecules']} molecules ({st['atoms']} atoms; EDM padded to "
+                   f"{st['edm_padded_nodes']}): EDM sample_p_zs_given_zt vs molequi EDM.step | | {cell(t['edm'])} | "
+                   f"{cell(t['molequi_step'])} | {st['edm_over_molequi_step_cpu']:.1f}x "
+                   f"({st['edm_over_molequi_step_wall']:.1f}x) |")
+        out.append(f"| the same, molequi per step of a {st['loop_steps']}-step sample_batch; EDM inside "
+                   f"retained_heap {cell(t['edm_retained_heap'])} | | {cell(t['edm'])} | {cell(t['molequi_loop'])} | "
+                   f"{st['edm_over_molequi_loop_cpu']:.1f}x ({st['edm_over_molequi_loop_wall']:.1f}x) |")
+    out += ["", prov["notes"], ""]
     return out
 
 
@@ -734,24 +778,11 @@ def plot_toy(toy: dict, path: Path) -> Path | None:
 def cmd_report(args) -> None:
     lines = ["# 3D generation benchmarks (molequi EDM, unpadded)", "",
              "Machine: shared 2-core CPU (about 7 concurrent jobs; load averages recorded in the JSON files), "
-             "torch CPU. Reference EDM numbers: EDM's own code on this machine "
-             "(targets.md), measured under load. 'padded' = our network run with EDM's batching "
-             "(29-atom padding, dense edges) in the same process.", ""]
+             "torch CPU. EDM's code runs in the same process as molequi (the speed section); earlier runs "
+             "below timed molequi's network with EDM's padded batching ('padded').", ""]
     sp = _load("speed")
     if sp:
-        hw = sp["hardware"]
-        lines += ["## Training throughput (batch 64) and denoising step", "",
-                  f"torch threads {hw['torch_threads']}, load average at the end {hw['load_average'][0]:.1f} "
-                  f"(1 / 5 / 15 min: {', '.join(f'{v:.1f}' for v in hw['load_average'])}).", "",
-                  "| model | params | ours s/iter | ours mol/s | padded s/iter | EDM code s/iter (ref) | "
-                  "speed-up vs EDM code | vs padded |", "|---|---|---|---|---|---|---|---|"]
-        for name, label in (("paper", "EGNN 9 x 256 (paper)"), ("small", "EGNN 4 x 64")):
-            r = sp["training"].get(name)
-            if r:
-                lines.append(f"| {label} | {r['params']:,} | {r['s_per_iter']:.2f} | {r['mol_per_s']:.1f} | "
-                             f"{r['s_per_iter_padded']:.2f} | {REFERENCE[name + '_s_per_iter']} | "
-                             f"{r['speedup_vs_reference']:.1f}x | {r['speedup_vs_padded']:.1f}x |")
-        lines += [""] + _step_lines(sp["sampling"]) + [""]
+        lines += _speed_lines(sp)
     sp1 = _load("speed_1thread_loaded")
     if sp1:
         a, b = sp1["training"]["paper"], sp1["training"]["small"]
@@ -823,13 +854,14 @@ def cmd_report(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("speed")
-    s.add_argument("--repeats-small", type=int, default=5)
-    s.add_argument("--repeats-paper", type=int, default=2)
-    s.add_argument("--repeats-step", type=int, default=5)
-    s.add_argument("--only", choices=["all", "training", "step"], default="all",
-                   help="step: only the denoising-step timing (the JSON keeps the last training numbers)")
-    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    s = sub.add_parser("speed", help="EDM's own code and molequi's EDM timed in the same run, interleaved")
+    s.add_argument("--peer-code", default=str(EDM_PEER_CODE), help="EDM's source tree "
+                   f"(github.com/ehoogeboom/e3_diffusion_for_molecules at {EDM_COMMIT}; default {EDM_PEER_CODE})")
+    s.add_argument("--sizes", nargs="+", choices=list(SPEED_SIZES), default=["small", "paper"])
+    s.add_argument("--repeats-small", type=int, default=7)
+    s.add_argument("--repeats-paper", type=int, default=3)
+    s.add_argument("--repeats-step", type=int, default=7)
+    s.add_argument("--threads", type=int, default=1, help="torch threads of both codes")
     s.set_defaults(func=cmd_speed)
     s = sub.add_parser("train")
     s.add_argument("--minutes", type=float, default=30)
@@ -909,6 +941,7 @@ def main(argv=None) -> None:
     s = sub.add_parser("make-subset")
     s.set_defaults(func=cmd_make_subset)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])
     args.func(args)
 
 

@@ -555,26 +555,25 @@ def rows_generation(res: Path) -> list[list[str]]:
     tr = load(res, "generation_train")
     sa = load(res, "generation_sample")
     toy = load(res, "generation_toy60k")
-    _typed_in(sp, "generation_speed")
-    paper = sp["training"]["paper"]
+    paper, small = sp["training"]["paper"], sp["training"]["small"]
     step = sp["sampling"]["paper_16_molecules"]
-    by_t = {int(k.split("_")[0]): v for k, v in step.items()}
-    ref = sp["reference"]
+
+    def med(t: dict) -> str:
+        return f"{t['median_cpu_s']:.2f} / {t['median_wall_s']:.2f}"
+
     speed = (
-        f"paper-size EDM ({paper['params'] / 1e6:.1f}M parameters), batch 64: training "
-        f"{paper['s_per_iter']:.2f} s/iteration ({sp['hardware']['torch_threads']} threads, wall) vs EDM's "
-        f"{ref['paper_s_per_iter']:.0f} s = {paper['speedup_vs_reference']:.1f}x; denoising step, 16 "
-        "molecules: "
-        + ", ".join(
-            f"{v['s_per_step']:.3f} s ({t} thread{'s' if t > 1 else ''}, wall, load "
-            f"{v['hardware']['load_average'][0]:.1f}) = {v['speedup_vs_reference']:.1f}x"
-            for t, v in sorted(by_t.items())
-        )
-        + f" against EDM's ~{ref['sample16_s_per_step']:.0f} s. EDM's times are typed in from one run "
-        "under load on another day; measured in this run: molequi's network on EDM's padded batching is "
-        f"{paper['speedup_vs_padded']:.1f}x slower to train and "
-        + slash([v["padded_wall"] / v["step_wall"] for _, v in sorted(by_t.items())])
-        + f"x slower per step ({' / '.join(map(str, sorted(by_t)))} threads)"
+        f"EDM's own code (EGNN_dynamics_QM9 + EnVariationalDiffusion, its collate's padding) and molequi's "
+        f"EDM at the same size, same 64 QM9 molecules, interleaved, median of {sp['repeats']['training_paper']} "
+        f"(paper) / {sp['repeats']['training_small']} (small) / {sp['repeats']['sampling']} (step) calls, "
+        "CPU / wall s: training iteration (forward, backward, AdamW step) 9 x 256 "
+        f"({paper['params_molequi'] / 1e6:.1f}M parameters) EDM {med(paper['timings']['edm'])} vs molequi "
+        f"{med(paper['timings']['molequi'])} = {ratio(paper['edm_over_molequi_cpu'])}x CPU "
+        f"({ratio(paper['edm_over_molequi_wall'])}x wall); 4 x 64 EDM {med(small['timings']['edm'])} vs "
+        f"{med(small['timings']['molequi'])} = {ratio(small['edm_over_molequi_cpu'])}x CPU "
+        f"({ratio(small['edm_over_molequi_wall'])}x wall); denoising step, {step['molecules']} molecules, "
+        f"9 x 256: EDM {med(step['timings']['edm'])} vs molequi {med(step['timings']['molequi_step'])} = "
+        f"{ratio(step['edm_over_molequi_step_cpu'])}x CPU ({ratio(step['edm_over_molequi_step_wall'])}x wall), "
+        f"{ratio(step['edm_over_molequi_loop_cpu'])}x CPU per step of molequi's whole sampler loop"
     )
     teacher = next(r for r in sa["rows"] if r["model"] == "teacher" and r["steps"] == 1000)
     edm = sa["provenance"]["published"]["EDM (paper, 3000 epochs on GPU)"]
@@ -608,7 +607,7 @@ def rows_generation(res: Path) -> list[list[str]]:
     return [
         [
             "3D generation speed vs EDM's code",
-            "`python scripts/bench/generation.py speed`",
+            "`python scripts/bench/generation.py speed --peer-code PATH`",
             speed,
             peer_cell(sp["provenance"]),
         ],

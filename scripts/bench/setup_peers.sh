@@ -14,23 +14,38 @@ PYTHON="${PYTHON:-python3}"
 TORCH="torch==2.13.0"          # the only torch allowed: any other request pulls the CUDA build (GBs)
 MACE="mace-torch==0.3.16"
 FAIRCHEM="fairchem-core==1.10.0"
+NEQUIP="nequip==0.19.1"        # requires torch>=2.2 (unpinned), e3nn>=0.6,<0.7, lightning>=2.6, hydra-core
 
-setup_mace() {
-    local venv="$ROOT/mace" stamp="$ROOT/mace/.molequi-peer"
-    local want="$TORCH $MACE"
+# peer_venv NAME CHECK PACKAGE...: the venv <root>/NAME with torch installed first (so that a peer's unpinned
+# torch requirement is already satisfied by the CPU wheel), then PACKAGE... with torch pinned beside them, then
+# the python CHECK run (it prints the versions); reused when its stamp records the same packages.
+peer_venv() {
+    local name="$1" check="$2"
+    shift 2
+    local venv="$ROOT/$name" stamp="$ROOT/$name/.molequi-peer"
+    local want="$TORCH $*"
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         echo "$venv/bin/python"
         return 0
     fi
     mkdir -p "$ROOT"
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    # torch first, so that mace-torch's unpinned torch requirement is already satisfied
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" "$MACE" >&2
-    # with torch >= 2.6, e3nn 0.4.4 only imports after `import mace`
-    "$venv/bin/python" -c "import mace, torch, e3nn; from mace.modules import ScaleShiftMACE; print('mace-torch', mace.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__)" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" "$@" >&2
+    "$venv/bin/python" -c "$check" >&2
     echo "$want" > "$stamp"
     echo "$venv/bin/python"
+}
+
+setup_mace() {
+    # with torch >= 2.6, e3nn 0.4.4 only imports after `import mace`
+    peer_venv mace "import mace, torch, e3nn; from mace.modules import ScaleShiftMACE; print('mace-torch', mace.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__)" "$MACE"
+}
+
+# nequip 0.19.1 leaves torch unpinned and shares e3nn 0.6.0 / lightning with molequi's venv at the same
+# versions (scripts/bench/nequip_speed.py checks that and imports nequip into molequi's process)
+setup_nequip() {
+    peer_venv nequip "import nequip, torch, e3nn; from nequip.model import NequIPGNNModel; print('nequip', nequip.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__)" "$NEQUIP"
 }
 
 # fairchem-core 1.10.0 pins torch~=2.4 and pulls trainers, pymatgen, wandb, hydra, ...: torch 2.13 is installed
@@ -62,11 +77,12 @@ PY
 }
 
 peers=("$@")
-[ ${#peers[@]} -gt 0 ] || peers=(mace)
+[ ${#peers[@]} -gt 0 ] || peers=(mace nequip)
 for peer in "${peers[@]}"; do
     case "$peer" in
         mace) setup_mace ;;
+        nequip) setup_nequip ;;
         fairchem) setup_fairchem ;;
-        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace, fairchem)" >&2; exit 2 ;;
+        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace, nequip, fairchem)" >&2; exit 2 ;;
     esac
 done

@@ -4,8 +4,9 @@ edge chunks (``max_edges_per_chunk``, issue 23 item 1) and mace-torch, at the sa
     PY=$(bash scripts/bench/setup_peers.sh mace | tail -1)
     python scripts/bench/mace_scale.py --mace-python $PY        # table + bench_results/mace_scale.json
 
-Model: the quickstart-size MACE of every molequi/mace-torch comparison (``_common.MACE_HYPER``: 64x0e+64x1o,
-max_ell 3, correlation 3, 2 layers, r_max 5 Å, radial MLP [64, 64, 64]), element Cu, random weights, on both
+Model: the MACE of the molequi/mace-torch speed comparisons (``_common.MACE_HYPER``: 64x0e+64x1o, max_ell 3,
+correlation 3, 2 layers, r_max 5 Å, radial MLP [64, 64, 64]; larger than the quickstart's 32x0e+32x1o, max_ell
+2, which ``mace_scale_md.py`` runs in MD up to 100k atoms), element Cu, random weights, on both
 sides (nothing copied: the weights do not change the memory). Structures: fcc Cu (a = 3.61 Å), primitive cell
 repeated n^3 (``--sizes``, default 10^3 = 1000, 16^3 = 4096, 25^3 = 15625 atoms), rattled by 0.05 Å.
 

@@ -77,6 +77,7 @@ from molequi.nn.radial import (
     ZBLRepulsion,
 )
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
+from molequi.nn.scatter import NeighbourLayout
 from molequi.nn.symmetric_contraction import SymmetricContraction
 from molequi.nn.tensor_products import KINDS, TensorProductConvolution
 from molequi.response import batch_vector
@@ -89,6 +90,7 @@ FIRST_INTERACTIONS = ("residual", "nonresidual")
 SCALINGS = ("rms_forces", "std", "none")  # mace-torch's rms_forces_scaling, std_scaling, no_scaling
 SHIFTS = ("none", "mean")
 AUTO_CHUNK_BYTES = 1 << 30  # max_edges_per_chunk "auto": budget of one layer's per-edge intermediates
+MAX_PADDING = 2.0  # slots per edge above which the native convolution uses the edge list, not the table
 
 
 class _EdgeMessages(nn.Module):
@@ -101,7 +103,12 @@ class _EdgeMessages(nn.Module):
         super().__init__()
         self.radial, self.conv, self.weight_shape = radial, conv, weight_shape
 
-    def forward(self, x, sh, radial, envelope, sender, receiver) -> torch.Tensor:
+    def forward(self, x, sh, radial, envelope, sender, receiver, k: int = 0) -> torch.Tensor:
+        """Edges as a list (``k`` = 0), or in the neighbour table of ``NeighbourLayout`` (``k`` slots per
+        receiving atom, ``receiver`` unused): then the messages of rows / k consecutive receivers."""
+        if k:  # one (rows, c) weight block per path
+            weights = self.radial.forward_blocks(radial, self.weight_shape[-1], envelope)
+            return self.conv.forward_padded(x, sh, weights, sender, k)
         weights = self.radial(radial)
         if envelope is not None:  # None: the envelope already multiplies the radial basis
             weights = weights * envelope
@@ -109,7 +116,7 @@ class _EdgeMessages(nn.Module):
         return self.conv(x, sh, weights, sender, receiver)
 
 
-def _chunk_vjp(messages: _EdgeMessages, sender, receiver, create: bool, grad_a, x, sh, radial, envelope,
+def _chunk_vjp(messages: _EdgeMessages, sender, receiver, k: int, create: bool, grad_a, x, sh, radial, envelope,
                *params):
     """Gradients of <grad_a, messages(chunk)> with respect to (x, sh, radial, envelope, *params) (None where
     an input needs none); with ``create``, differentiable (the backward of force training)."""
@@ -119,7 +126,7 @@ def _chunk_vjp(messages: _EdgeMessages, sender, receiver, create: bool, grad_a, 
             inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
         x, sh, radial, envelope, *params = inputs
         names = [name for name, _ in messages.named_parameters()]
-        out = functional_call(messages, dict(zip(names, params)), (x, sh, radial, envelope, sender, receiver))
+        out = functional_call(messages, dict(zip(names, params)), (x, sh, radial, envelope, sender, receiver, k))
         wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
         grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_a, create_graph=create,
                                     allow_unused=True)
@@ -129,24 +136,31 @@ def _chunk_vjp(messages: _EdgeMessages, sender, receiver, create: bool, grad_a, 
     return tuple(full)
 
 
+def _part(t: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+    return None if t is None else t[part]
+
+
+def _chunk_output(grad_a: torch.Tensor, part: slice, k: int) -> torch.Tensor:
+    """The rows of a layer's messages that a chunk of edges makes: all of them for an edge list (k = 0), the
+    chunk's receiving atoms for a neighbour table of k slots per atom."""
+    return grad_a[part.start // k : part.stop // k] if k else grad_a
+
+
 class _ChunkedMessages(torch.autograd.Function):
-    """``_EdgeMessages`` summed over chunks of ``chunk`` edges, keeping no per-edge intermediate: the backward
+    """``_EdgeMessages`` over chunks of ``chunk`` edges (summed; for a neighbour table, ``k`` > 0, chunks of
+    whole receiving atoms, concatenated), keeping no per-edge intermediate: the backward
     recomputes one chunk at a time, and when that backward is itself differentiated (the force and stress
     terms of a training loss), each chunk's vector-Jacobian product is recomputed too (a checkpoint around
     it), so first and second derivatives both hold one chunk's intermediates at a time. Used in training
     mode; inference checkpoints each chunk instead, so that autograd skips the parameters' gradients."""
 
     @staticmethod
-    def forward(ctx, messages, chunk, sender, receiver, x, sh, radial, envelope, *params):
-        ctx.messages, ctx.chunk, ctx.sender, ctx.receiver = messages, chunk, sender, receiver
+    def forward(ctx, messages, chunk, k, sender, receiver, x, sh, radial, envelope, *params):
+        ctx.messages, ctx.chunk, ctx.k, ctx.sender, ctx.receiver = messages, chunk, k, sender, receiver
         ctx.save_for_backward(x, sh, radial, envelope, *params)
-        a = None
-        for start in range(0, radial.shape[0], chunk):
-            part = slice(start, start + chunk)
-            term = messages(x, sh[part], radial[part], None if envelope is None else envelope[part],
-                            sender[part], receiver[part])
-            a = term if a is None else a + term
-        return a
+        terms = [messages(x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part), k)
+                 for part in _chunks(radial.shape[0], chunk)]
+        return _combine(terms, k)
 
     @staticmethod
     def backward(ctx, grad_a):
@@ -154,10 +168,10 @@ class _ChunkedMessages(torch.autograd.Function):
         create = torch.is_grad_enabled()
         sums: list = [None] * (1 + len(params))  # x and the parameters: summed over chunks
         cats: list = [[], [], []]  # sh, radial, envelope: one block per chunk
-        for start in range(0, radial.shape[0], ctx.chunk):
-            part = slice(start, start + ctx.chunk)
-            args = (ctx.messages, ctx.sender[part], ctx.receiver[part], create, grad_a, x, sh[part],
-                    radial[part], None if envelope is None else envelope[part], *params)
+        for part in _chunks(radial.shape[0], ctx.chunk):
+            args = (ctx.messages, ctx.sender[part], _part(ctx.receiver, part), ctx.k, create,
+                    _chunk_output(grad_a, part, ctx.k), x, sh[part], radial[part], _part(envelope, part),
+                    *params)
             grads = checkpoint(_chunk_vjp, *args, use_reentrant=False) if create else _chunk_vjp(*args)
             for k, g in enumerate((grads[0], *grads[4:])):
                 if g is not None:
@@ -165,7 +179,23 @@ class _ChunkedMessages(torch.autograd.Function):
             for k in range(3):
                 cats[k].append(grads[1 + k])
         edge = [None if any(g is None for g in c) else torch.cat(c) for c in cats]
-        return (None, None, None, None, sums[0], *edge, *sums[1:])
+        return (None, None, None, None, None, sums[0], *edge, *sums[1:])
+
+
+def _chunks(rows: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, rows)) for start in range(0, rows, chunk)]
+
+
+def _combine(terms: list[torch.Tensor], k: int) -> torch.Tensor:
+    """Chunks' messages: concatenated receivers (neighbour table, k > 0) or summed (edge list)."""
+    if len(terms) == 1:
+        return terms[0]
+    if k:
+        return torch.cat(terms)
+    a = terms[0]
+    for term in terms[1:]:
+        a = a + term
+    return a
 
 
 class MACELayer(nn.Module):
@@ -207,9 +237,9 @@ class MACELayer(nn.Module):
         self.max_edges_per_chunk: int | str | None = max_edges_per_chunk
         # numbers per edge that the message computation holds at once (the intermediates autograd keeps)
         hidden = 2 * sum(radial_mlp) + 2 * math.prod(self._weight_shape)
-        if tensor_product == "native":
-            mid = self.conv.dim_mid
-            self.floats_per_edge = hidden + irreps_in.dim * (mid + irreps_in.channels) + 2 * mid * c
+        if tensor_product == "native":  # per slot of the neighbour table (forward_padded), and its gradients
+            self.floats_per_edge = hidden + 2 * (irreps_in.dim * irreps_in.channels
+                                                 + self.conv.padded_floats_per_slot)
         else:  # e3nn-layout messages: about (2 l3 + 1) ~ 4 rows per weight, a few copies in the kernels
             self.floats_per_edge = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
 
@@ -239,28 +269,33 @@ class MACELayer(nn.Module):
         radial: torch.Tensor,
         envelope: torch.Tensor | None,
         sender: torch.Tensor,
-        receiver: torch.Tensor,
+        receiver: torch.Tensor | None,
+        k: int = 0,
     ) -> torch.Tensor:
+        """Edge data as a list (``k`` = 0), or in a neighbour table of ``k`` slots per atom
+        (``NeighbourLayout.pad`` of sh, radial, envelope and sender; ``receiver`` unused; native only)."""
         x = self.linear_up(h)
         n_edges = radial.shape[0]
         chunk = self.edges_per_chunk(n_edges, x)
+        if k:  # chunks of whole receiving atoms
+            chunk = max(chunk // k, 1) * k
         if chunk >= n_edges:
-            a = self._messages(x, sh, radial, envelope, sender, receiver)
+            a = self._messages(x, sh, radial, envelope, sender, receiver, k)
         elif self.training and torch.is_grad_enabled():  # force training: second derivatives bounded too
             params = [p for _, p in self._messages.named_parameters()]
-            a = _ChunkedMessages.apply(self._messages, chunk, sender, receiver, x, sh, radial, envelope,
+            a = _ChunkedMessages.apply(self._messages, chunk, k, sender, receiver, x, sh, radial, envelope,
                                        *params)
         else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
-            a = None
-            for start in range(0, n_edges, chunk):
-                part = slice(start, start + chunk)
-                args = (x, sh[part], radial[part], None if envelope is None else envelope[part], sender[part],
-                        receiver[part])
+            terms = []
+            for part in _chunks(n_edges, chunk):
+                args = (x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part), k)
                 if torch.is_grad_enabled():
-                    term = checkpoint(self._messages, *args, use_reentrant=False)
+                    terms.append(checkpoint(self._messages, *args, use_reentrant=False))
                 else:
-                    term = self._messages(*args)
-                a = term if a is None else a + term
+                    terms.append(self._messages(*args))
+                if not k and len(terms) == 2:  # an edge list's chunks are summed as they come
+                    terms = [terms[0] + terms[1]]
+            a = _combine(terms, k)
         a = a * self.inv_avg_num_neighbors  # [n, dim_sh, c]
         if not self.residual:
             return self.linear(self._product(self.skip(a, element), element))
@@ -311,6 +346,12 @@ class MACE(EnergyModel):
         tensor_product: str = "native"
         """Edge tensor product of the atomic basis: native (fast default) | e3nn (reference) | so2 (same
         function in edge frames) | gaunt (S2 grid; natural-parity hidden irreps only)."""
+        backend: str = "native"
+        """Kernels of the convolution and the symmetric contraction: "native" (molequi's torch code) or
+        "cueq" (NVIDIA cuEquivariance: its CUDA kernels on a GPU, its pure-torch reference path on the CPU;
+        ``pip install molequi[cueq]``, on a GPU also cuequivariance-ops-torch-cu12). The same function and
+        the same parameters (a checkpoint runs with either); needs tensor_product native
+        (``molequi.nn.cueq``)."""
         radial_type: str = "bessel"
         """Radial basis of the edge lengths: bessel | gaussian | chebyshev (mace-torch's ``radial_type``)."""
         distance_transform: str = "none"
@@ -372,9 +413,13 @@ class MACE(EnergyModel):
                 ("first_interaction", self.first_interaction, FIRST_INTERACTIONS),
                 ("scaling", self.scaling, SCALINGS),
                 ("shift", self.shift, SHIFTS),
+                ("backend", self.backend, ("native", "cueq")),
             ):
                 if value not in valid:
                     raise ConfigError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
+            if self.backend == "cueq" and self.tensor_product != "native":
+                raise ConfigError(f"backend 'cueq' runs the native convolution's function; tensor_product "
+                                  f"'{self.tensor_product}' has no cuEquivariance form (use native)")
             chunk = self.max_edges_per_chunk
             positive = isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1
             if not (chunk is None or chunk == "auto" or positive):
@@ -435,6 +480,12 @@ class MACE(EnergyModel):
             self.readouts.append(MLPReadout(c, hidden_mlp) if last else LinearReadout(c))
             self._scalar_rows.append(irreps_out.scalars().start)
             irreps_in = irreps_out
+        if cfg.backend == "cueq":  # the same parameters, evaluated by cuEquivariance (molequi.nn.cueq)
+            from molequi.nn.cueq import cueq_modules
+
+            for layer in self.layers:
+                layer.conv, layer.product = cueq_modules(layer.conv, layer.product)
+                layer._messages.conv = layer.conv
         self.head = AtomicEnergyHead(statistics, self.elements)
 
     @classmethod
@@ -450,6 +501,16 @@ class MACE(EnergyModel):
         self.config.validate()
         for layer in self.layers:
             layer.max_edges_per_chunk = value
+
+    def neighbour_layout(self, receiver: torch.Tensor, n: int) -> NeighbourLayout | None:
+        """The neighbour table of the native convolution (``EquivariantConvolution.forward_padded``), or None
+        where the edge list is used: other tensor products, compiled code (the table's width is read on the
+        host) and graphs whose table would have more than ``MAX_PADDING`` slots per edge (very uneven
+        neighbour counts)."""
+        if self.config.tensor_product != "native" or torch.compiler.is_compiling():
+            return None
+        layout = NeighbourLayout(receiver, n)
+        return layout if layout.rows <= MAX_PADDING * max(layout.n_edges, 1) + n else None
 
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""
@@ -471,8 +532,12 @@ class MACE(EnergyModel):
         readout = torch.zeros_like(pos[:, 0])
         if self.zbl is not None:
             readout = readout + self.zbl(lengths, element, sender, receiver, pos.shape[0])
+        k, layout = 0, self.neighbour_layout(receiver, pos.shape[0])
+        if layout is not None:  # edges into a table of k slots per atom: sums over neighbours become bmm
+            k, sh, radial, sender, receiver = layout.k, layout.pad(sh), layout.pad(radial), layout.pad(sender), None
+            envelope = None if envelope is None else layout.pad(envelope)
         for layer, head, row in zip(self.layers, self.readouts, self._scalar_rows):
-            h = layer(h, element, sh, radial, envelope, sender, receiver)
+            h = layer(h, element, sh, radial, envelope, sender, receiver, k)
             readout = readout + head(h[:, row, :])
         return self.head(element, readout)
 

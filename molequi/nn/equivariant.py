@@ -237,6 +237,7 @@ class EquivariantConvolution(nn.Module):
         self._groups: list[tuple[int, int, int, int, int]] = []  # (row start, path start, n paths, d3, i_out)
         dim_mid = sum(2 * irreps_out.irreps[p.i_out][0] + 1 for p in paths)
         cg = torch.zeros(dim_sh, irreps_in.dim, dim_mid, dtype=torch.float64)
+        per_path = []  # [sh, (m1, m3)] of each path, in path order (forward_padded)
         row = 0
         for i_out, (l3, _) in enumerate(irreps_out.irreps):
             group = [k for k, p in enumerate(paths) if p.i_out == i_out]
@@ -250,10 +251,20 @@ class EquivariantConvolution(nn.Module):
                 cg[p.l_edge**2 : (p.l_edge + 1) ** 2, in_slices[p.i_in], row : row + 2 * l3 + 1] = c.permute(
                     1, 0, 2
                 )
+                block = torch.zeros(dim_sh, 2 * l1 + 1, 2 * l3 + 1, dtype=torch.float64)
+                block[p.l_edge**2 : (p.l_edge + 1) ** 2] = c.permute(1, 0, 2)
+                per_path.append(block.reshape(dim_sh, -1))
                 row += 2 * l3 + 1
         self.dim_mid = dim_mid
         self.constants = Constants()
         self.constants.add("cg", cg.reshape(dim_sh, irreps_in.dim * dim_mid))  # [sh, (in, mid)]
+        self.constants.add("cg_paths", torch.cat(per_path, dim=1))  # [sh, sum over paths of (m1, m3)]
+        self._path_cols = [b.shape[1] for b in per_path]
+        self._path_in = [(p.i_in, 2 * irreps_in.irreps[p.i_in][0] + 1) for p in paths]
+        #: numbers per slot of the neighbour table that ``forward_padded`` creates (its z products and G)
+        self.padded_floats_per_slot = sum(d1 for _, d1 in self._path_in) * irreps_in.channels + 2 * sum(
+            self._path_cols
+        )
         c = irreps_in.channels
         self.mix = nn.ParameterList(
             [
@@ -289,6 +300,41 @@ class EquivariantConvolution(nn.Module):
             m = m.reshape(n_edges, n_paths, d3, c) * w_block.unsqueeze(2)  # [E, paths, d3, c]
             agg = scatter_sum(m, receiver, n)  # [n, paths, d3, c]
             agg = agg.transpose(1, 2).reshape(n, d3, n_paths * c)
+            out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
+        blocks = [
+            out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)
+            for i, (l, _) in enumerate(self.irreps_out.irreps)
+        ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+    def forward_padded(
+        self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, sender: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """``forward`` on edges laid out by ``molequi.nn.scatter.NeighbourLayout``: ``sh`` (rows, dim_sh),
+        ``weights`` (rows, num_paths, c) or a list of num_paths (rows, c) and ``sender`` (rows,) hold the
+        edges into atom i in rows i*k to
+        i*k + k - 1 (zeros in empty slots), for rows / k consecutive receiving atoms; x is every atom's
+        features. -> (rows / k, irreps_out.dim, c_out), equal to ``forward`` to round-off.
+
+        Per path the neighbour sum is one batched product per receiving atom, (d3 x k d1) @ (k d1 x c) of the
+        contracted harmonics G = C . Y and z = w * x_sender, so no per-edge message of (paths x d3 x c) numbers
+        is ever formed (``forward`` forms, weights and scatters it), and the backward pass has no scatter."""
+        rows, c = sh.shape[0], x.shape[2]
+        n = rows // k
+        g_paths = torch.split(sh @ self.constants.get("cg_paths", x), self._path_cols, dim=1)
+        xs = gather(x, sender)  # [rows, in, c]
+        x_blocks = torch.split(xs, [2 * l + 1 for l, _ in self.irreps_in.irreps], dim=1)
+        w_paths = weights.unbind(1) if isinstance(weights, torch.Tensor) else weights  # [rows, c] each
+        out_blocks: dict[int, torch.Tensor] = {}
+        for (_, p0, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
+            aggs = []
+            for p in range(p0, p0 + n_paths):
+                i_in, d1 = self._path_in[p]
+                z = (w_paths[p].unsqueeze(1) * x_blocks[i_in]).reshape(n, k * d1, c)
+                g = g_paths[p].reshape(n, k * d1, d3)
+                aggs.append(torch.bmm(g.transpose(1, 2), z))  # [n, d3, c]: sum over (neighbour, m1)
+            agg = aggs[0] if n_paths == 1 else torch.cat(aggs, dim=2)  # [n, d3, (path, c)]
             out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
         blocks = [
             out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)

@@ -108,6 +108,19 @@ class RadialMLP(nn.Module):
                 x = SILU_NORM * torch.nn.functional.silu(x)
         return x
 
+    def forward_blocks(self, x: torch.Tensor, size: int, scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``forward(x) * scale`` as a list of its column blocks of ``size``, each its own contiguous
+        (E, size) product of the last layer (no (E, out) tensor to split, whose backward would copy it).
+        ``scale`` (E, 1) multiplies the last hidden layer, which is the same by linearity."""
+        last = len(self.weights) - 1
+        for i in range(last):  # not self.weights[:-1]: a sliced ParameterList re-wraps (and detaches) them
+            w = self.weights[i]
+            x = SILU_NORM * torch.nn.functional.silu(x @ (w / math.sqrt(w.shape[0])))
+        if scale is not None:
+            x = x * scale
+        w = self.weights[last]
+        return [x @ block for block in (w / math.sqrt(w.shape[0])).split(size, dim=1)]
+
 
 def polynomial_envelope(u: torch.Tensor, p: int) -> torch.Tensor:
     """The polynomial cutoff of ``PolynomialCutoff`` at u = r / r_c (any shape), 0 for u >= 1.

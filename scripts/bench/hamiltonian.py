@@ -14,8 +14,11 @@ scf     SCF cycles on the first --n-scf test geometries from the predicted H vs 
         and ``huckel`` guesses (RKS, --scf-conv-tol, grids level 3), energies against the label energies.
 scf_md  consecutive MD frames (--md-data, 10 fs apart): each frame started from the previous frame's
         converged density, from the predicted H and from minao.
-speed   seconds per training step of a ~20M-parameter config against reference QHNet timings typed in from
-        ``targets.md`` (not rerun here; the same-run comparison with the reference code is separate).
+speed   the reference QHNet code (--peer-code: divelab/AIRS OpenDFT/QHNet at 4a16c68) and molequi's
+        ``qhnet`` at the reference's MD17 size, plus ``hamiltonian_conv`` (--speed-channels x
+        --speed-layers), timed in this invocation, interleaved, one thread: training step on 10 waters and on
+        5 ethanols, inference on one ethanol (CPU and wall). Written to
+        ``bench_results/hamiltonian_speed.json`` / ``.md`` alone.
 
 Data: ``python scripts/make_hamiltonian_dataset.py --smiles O --n 500 --n-valid 50 --n-test 100
 --workers 2 --out DIR`` (independent geometries: GFN2-xTB MD at 500 K, one frame per 100 fs; PySCF
@@ -37,90 +40,129 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, qhnet_same_run
+sys.path.insert(0, str(ROOT / "scripts" / "parity"))  # qhnet (the reference's import shims)
 
-REFERENCE = {
+REFERENCE = {  # QHNet's paper (MD17 water, its own data, 200k steps): context only, never a ratio
     "qhnet_water": {"h_mae_uha": 10.79, "eps_mae_uha": 33.76, "psi_cos_x100": 99.99},
-    "qhnet_speed_s": {
-        "water_b10_train_step": 1.02,
-        "ethanol_b5_train_step": 3.68,
-        "ethanol_inference": 0.30,
-        "params_millions": 20.4,
-    },
 }
 
 
-def _records_for_speed(kind: str, n: int):
-    from molequi.data.hamiltonian import HamiltonianRecord, record_to_data
-    from molequi.qc.conformers import molecule_from_smiles
-    from molequi.so3.basis import OrbitalBasis
-
-    atoms = molecule_from_smiles("O" if kind == "water" else "CCO")
-    basis = OrbitalBasis("def2-svp")
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        nao = basis.molecule_nao(atoms.numbers)
-        rec = HamiltonianRecord(
-            numbers=atoms.numbers,
-            pos=atoms.positions + rng.normal(0, 0.05, atoms.positions.shape),
-            fock=np.zeros((nao, nao)),
-            overlap=np.eye(nao),
-        )
-        out.append(record_to_data(rec, dtype=torch.float32))
-    return out
+QHNET_PEER = "QHNet (divelab/AIRS OpenDFT/QHNet)"
+QHNET_COMMIT = "4a16c68a7da707c521019067dec51c227c10de45"
+QHNET_PEER_CODE = ROOT.parent / "shared" / "peers" / "qhnet"  # a copy of QHNET_PEER's folder at QHNET_COMMIT
+SPEED_TASKS = (("water_b10_train_step", "water", 10, True), ("ethanol_b5_train_step", "ethanol", 5, True),
+               ("ethanol_inference", "ethanol", 1, False))
 
 
-def stage_speed(channels: int, layers: int, repeats: int = 5) -> dict:
+def stage_speed(peer_code: Path, conv_channels: int, conv_layers: int, repeats: int = 5) -> dict:
+    """The reference QHNet (its own class, models/ori_QHNet_with_bias.py, at the MD17 size of its get_model:
+    hidden 128, bottleneck 32, 5 layers, lmax 4, 16 radial, cutoff 15 Å) and molequi's ``qhnet`` at the same
+    size, plus molequi's ``hamiltonian_conv`` (``conv_channels`` x ``conv_layers``) as a separate row, timed
+    in one process on one thread, float32, interleaved (scripts/bench/_common.interleaved): a training step
+    (forward, train_wH.py's loss, backward, gradient clipping, AdamW step, as scripts/bench/qhnet_same_run.py
+    trains) on 10 waters and on 5 ethanols, and inference (eval, no gradients) on one ethanol. The records are
+    PySCF PBE/def2-SVP labels of data/hamiltonian/{water,ethanol}_random_sample; the reference gets them in
+    its orbital layout (qhnet_same_run.Prepared), molequi in PySCF's."""
+    from _common import interleaved
+    from qhnet import SIZES, import_peer  # scripts/parity/qhnet.py: shims for torch_cluster / torch_scatter
+    from qhnet_same_run import Prepared, loss_fn
     from torch_geometric.data import Batch
 
-    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig
-    from molequi.tasks.hamiltonian import HamiltonianTask
+    from molequi.data.hamiltonian import HamiltonianStore, record_to_data
+    from molequi.models.hamiltonian import HamiltonianConv, HamiltonianConvConfig, QHNet, QHNetConfig
 
     torch.set_num_threads(1)
+    kw = SIZES["paper"]
     torch.manual_seed(0)
-    model = HamiltonianConv(HamiltonianConvConfig(channels=channels, num_layers=layers)).float()
-    n_params = sum(p.numel() for p in model.parameters())
-    task = HamiltonianTask(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    res = {
-        "params_millions": n_params / 1e6,
-        "channels": channels,
-        "num_layers": layers,
-        "threads": 1,
-        "dtype": "float32",
-    }
-    for name, kind, bs in (("water_b10_train_step", "water", 10), ("ethanol_b5_train_step", "ethanol", 5)):
-        batch = Batch.from_data_list(_records_for_speed(kind, bs))
-        cpu, wall = [], []
-        for it in range(repeats + 1):
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = task(batch)
-            loss, _ = task.loss(batch, out)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if it:  # the first step builds caches
-                cpu.append(time.process_time() - c0)
-                wall.append(time.perf_counter() - t0)
-        res[name] = {"cpu_s_median": float(np.median(cpu)), "wall_s_median": float(np.median(wall))}
-    model.eval()
-    batch = Batch.from_data_list(_records_for_speed("ethanol", 1))
-    cpu, wall = [], []
-    with torch.no_grad():
-        for it in range(repeats + 1):
-            t0, c0 = time.perf_counter(), time.process_time()
-            model(batch)
-            if it:
-                cpu.append(time.process_time() - c0)
-                wall.append(time.perf_counter() - t0)
-    res["ethanol_inference"] = {
-        "cpu_s_median": float(np.median(cpu)),
-        "wall_s_median": float(np.median(wall)),
-    }
-    for k in ("water_b10_train_step", "ethanol_b5_train_step", "ethanol_inference"):
-        res[k]["speedup_vs_reference_cpu"] = REFERENCE["qhnet_speed_s"][k] / res[k]["cpu_s_median"]
+    ref = import_peer(Path(peer_code), "QHNet_w_bias")(**kw).float()
+    ref.set("cpu")
+    torch.manual_seed(0)
+    ours = QHNet(QHNetConfig(hidden_size=kw["hidden_size"], bottle_hidden_size=kw["bottle_hidden_size"],
+                             num_layers=kw["num_gnn_layers"], max_radius=float(kw["max_radius"]),
+                             num_radial=kw["radius_embed_dim"])).float()
+    torch.manual_seed(0)
+    conv = HamiltonianConv(HamiltonianConvConfig(channels=conv_channels, num_layers=conv_layers)).float()
+    q = ours.to_pyscf.double().numpy()
+    records = {}
+    for kind in ("water", "ethanol"):
+        store = HamiltonianStore(ROOT / "data" / "hamiltonian" / f"{kind}_random_sample")
+        records[kind] = [Prepared(record_to_data(store[i], dtype=torch.float32), ours.basis, q)
+                         for i in range(min(10, len(store)))]
+    models = {"reference QHNet": (ref, "hamiltonian", "ref"), "molequi qhnet": (ours, "fock", "ours"),
+              "molequi hamiltonian_conv": (conv, "fock", "ours")}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.99, 0.999)) for name, (m, _, _) in
+            models.items()}
+    res = {"threads": 1, "dtype": "float32", "repeats": repeats,
+           "reference_size": {k: v for k, v in kw.items()},
+           "parameters": {name: sum(p.numel() for p in m.parameters()) for name, (m, _, _) in models.items()},
+           "hamiltonian_conv": {"channels": conv_channels, "num_layers": conv_layers}}
+    for task, kind, n, train in SPEED_TASKS:
+        items = records[kind][:n]
+        batches = {side: Batch.from_data_list([getattr(it, side) for it in items])
+                   for side in ("ref", "ours")}
+
+        def make(name, batches=batches, train=train):
+            model, key, side = models[name]
+            batch, opt = batches[side], opts[name]
+            label = batch.hamiltonian if side == "ref" else batch.fock
+
+            def train_step():
+                loss = loss_fn(model(batch)[key], label)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+
+            def infer():
+                with torch.no_grad():
+                    model(batch)
+
+            return train_step if train else infer
+
+        for m, _, _ in models.values():
+            m.train(train)
+        t = interleaved({name: make(name) for name in models}, repeats)
+        a, b = t["reference QHNet"], t["molequi qhnet"]
+        res[task] = {"molecules": n, "atoms": int(batches["ours"].num_nodes), "timings": t,
+                     "reference_over_molequi_qhnet_cpu": a["median_cpu_s"] / b["median_cpu_s"],
+                     "reference_over_molequi_qhnet_wall": a["median_wall_s"] / b["median_wall_s"],
+                     "reference_over_hamiltonian_conv_cpu":
+                         a["median_cpu_s"] / t["molequi hamiltonian_conv"]["median_cpu_s"],
+                     "reference_over_hamiltonian_conv_wall":
+                         a["median_wall_s"] / t["molequi hamiltonian_conv"]["median_wall_s"]}
+        print(task, json.dumps({k: v for k, v in res[task].items() if k != "timings"}), flush=True)
     return res
+
+
+def write_speed(res: dict, out: Path) -> None:
+    """``hamiltonian_speed.json`` (with its provenance) and a markdown table beside it."""
+    from _common import provenance
+
+    from molequi.io import atomic_write_text
+
+    res["provenance"] = provenance(
+        QHNET_PEER, QHNET_COMMIT, True, peer_code=f"github.com/divelab/AIRS OpenDFT/QHNet @ {QHNET_COMMIT}",
+        notes="the reference runs with scripts/parity/qhnet.py's shims for torch_cluster.radius_graph (a "
+              "distance matrix) and torch_scatter.scatter (index_add); its times include them",
+        command=res.pop("command"))
+    atomic_write_text(out / "hamiltonian_speed.json", json.dumps(res, indent=1))
+    names = list(res["parameters"])
+    lines = ["# Hamiltonian speed: the reference QHNet code and molequi, same run, interleaved", "",
+             f"One thread, float32, median of {res['repeats']} interleaved calls (quartiles in the JSON); "
+             "CPU = process CPU seconds, wall = elapsed. Parameters: "
+             + ", ".join(f"{n} {res['parameters'][n] / 1e6:.2f}M" for n in names) + ".", "",
+             "| task | " + " | ".join(f"{n} CPU s (wall s)" for n in names)
+             + " | reference / molequi qhnet CPU (wall) |", "|---" * (len(names) + 2) + "|"]
+    for task, *_ in SPEED_TASKS:
+        r = res[task]
+        lines.append(f"| {task} | " + " | ".join(
+            f"{r['timings'][n]['median_cpu_s']:.3f} ({r['timings'][n]['median_wall_s']:.3f})" for n in names)
+            + f" | {r['reference_over_molequi_qhnet_cpu']:.2f}x "
+            f"({r['reference_over_molequi_qhnet_wall']:.2f}x) |")
+    prov = res["provenance"]
+    lines += ["", f"Command: `{prov['command']}`; load average {prov['load_average']}.", ""]
+    atomic_write_text(out / "hamiltonian_speed.md", "\n".join(lines))
 
 
 def default_model_name() -> str:
@@ -429,23 +471,8 @@ def write_table(res: dict, path: Path) -> None:
             "converged density vs the predicted H vs minao:",
             s,
         )
-    if "speed" in res:
-        sp = res["speed"]
-        lines += [
-            f"Speed at {sp['params_millions']:.1f}M params (channels {sp['channels']}, "
-            f"{sp['num_layers']} layers, "
-            "float32) vs the reference QHNet (20.4M, float32, two quiet cores):",
-            "",
-            "| step | molequi CPU s (1 thread) | molequi wall s (shared machine) | QHNet ref s "
-            "| speed-up (CPU) |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for k in ("water_b10_train_step", "ethanol_b5_train_step", "ethanol_inference"):
-            lines.append(
-                f"| {k} | {sp[k]['cpu_s_median']:.3f} | {sp[k]['wall_s_median']:.3f} | "
-                f"{REFERENCE['qhnet_speed_s'][k]} | {sp[k]['speedup_vs_reference_cpu']:.2f}x |"
-            )
-        lines.append("")
+    lines.append("Speed against the reference QHNet code: `hamiltonian_speed.md` (`--stages speed`).")
+    lines.append("")
     for note in res.get("notes", []):
         lines += [note, ""]
     lines.append(f"Load average when written: {os.getloadavg()[0]:.1f} (2 cores shared by several jobs).")
@@ -493,9 +520,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up, optimiser steps")
     p.add_argument("--ema-decay", type=float, default=0.99, help="EMA of the weights used for export")
     p.add_argument(
-        "--speed-channels", type=int, default=160, help="channels of the ~20M-parameter speed config"
+        "--speed-channels", type=int, default=160, help="channels of hamiltonian_conv in the speed stage"
     )
-    p.add_argument("--speed-layers", type=int, default=5)
+    p.add_argument(
+        "--speed-layers", type=int, default=5, help="layers of hamiltonian_conv in the speed stage"
+    )
+    p.add_argument("--speed-repeats", type=int, default=5, help="interleaved timed calls per model and task")
+    p.add_argument("--peer-code", default=str(QHNET_PEER_CODE), help="the reference's OpenDFT/QHNet folder "
+                   f"(github.com/divelab/AIRS at {QHNET_COMMIT}) for the speed stage")
     p.add_argument("--n-scf", type=int, default=50, help="test geometries in the SCF comparison")
     p.add_argument("--n-scf-md", type=int, default=30, help="consecutive MD frames in the scf_md stage")
     p.add_argument("--scf-conv-tol", type=float, default=1e-9, help="PySCF energy convergence, Hartree")
@@ -508,6 +540,7 @@ def main(argv=None) -> int:
     jpath = out / "hamiltonian.json"
     res = json.loads(jpath.read_text()) if jpath.exists() else {}
     res["reference"] = REFERENCE
+    res.pop("speed", None)  # typed-in reference times of older runs; the speed stage writes its own file
     stages = args.stages.split(",")
     if "train" in stages:  # results of an older protocol must not sit beside the new ones
         for k in ("select", "train", "test", "scf", "scf_md", "notes", "previous_run"):
@@ -517,31 +550,31 @@ def main(argv=None) -> int:
     def save():
         from _common import provenance
 
-        old = res.get("provenance", {})
         res["provenance"] = provenance(
             "QHNet",
             None,
             False,
-            peer_version_note="accuracy: QHNet's paper numbers on MD17 water (other data); speed: reference "
-            "times typed in from targets.md (the same-run comparison with the reference code is separate)",
+            peer_version_note="accuracy: QHNet's paper numbers on MD17 water (other data), context only; "
+            "the reference code trained on the same data in the same run: scripts/bench/qhnet_same_run.py; "
+            "its speed in the same run: --stages speed (hamiltonian_speed.json)",
             scf_baseline="PySCF's minao, atom and huckel guesses; the previous MD frame's converged density",
             scf_baseline_measured_in_this_run=True,
             command=" ".join(["scripts/bench/hamiltonian.py", *(sys.argv[1:] if argv is None else argv)]),
             stages_run_last=stages,
         )
-        if "speed" not in stages and "speed_command" in old:
-            res["provenance"]["speed_command"] = old["speed_command"]
-        elif "speed" in stages:
-            res["provenance"]["speed_command"] = res["provenance"]["command"]
         tmp = jpath.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         os.replace(tmp, jpath)
         write_table(res, out / "hamiltonian.md")
 
     if "speed" in stages:
-        res["speed"] = stage_speed(args.speed_channels, args.speed_layers)
-        print(json.dumps(res["speed"], indent=1), flush=True)
-        save()
+        sp = stage_speed(Path(args.peer_code), args.speed_channels, args.speed_layers, args.speed_repeats)
+        given = sys.argv[1:] if argv is None else argv
+        sp["command"] = " ".join(["python scripts/bench/hamiltonian.py", *given])
+        write_speed(sp, out)
+        stages = [s for s in stages if s != "speed"]
+        if not stages:
+            return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if "select" in stages:
         res["select"] = stage_select(args)

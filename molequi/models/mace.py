@@ -14,7 +14,9 @@ come from ``molequi.response``. Layers: ``molequi.nn`` (radial, equivariant, sym
 Differences from mace-torch, none of which changes the function space: the symmetric contraction evaluates
 monomials of the atomic basis times one dense matrix per correlation order
 (``molequi.nn.symmetric_contraction``), and the convolution contracts the harmonics with the Clebsch-Gordan
-tensor per edge before touching channels. Initialisation and normalisation constants follow e3nn's
+tensor per edge before touching channels, then sums over neighbours as one batched matrix product per atom on
+a table of the edges by receiver (``MACE.neighbour_layout``, ``EquivariantConvolution.forward_padded``), so
+no per-edge message of paths x (2l+1) x channels numbers is formed. Initialisation and normalisation constants follow e3nn's
 conventions, not mace-torch's bit for bit; ``molequi.interop.mace`` folds mace-torch's constants into the
 weights when it imports a model, so an imported model computes mace-torch's function to round-off.
 
@@ -378,8 +380,9 @@ class MACE(EnergyModel):
         """Shift added to every atom's energy after scaling: "none" = 0 (mace-torch's default model,
         ``--model MACE``), "mean" = the mean per-atom energy after E0s (``--model ScaleShiftMACE``)."""
         max_edges_per_chunk: int | Literal["auto"] | None = "auto"
-        """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum):
-        the edges are processed in chunks whose intermediates are recomputed in the backward pass (and, in
+        """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum;
+        slots of the neighbour table, rounded down to whole receiving atoms, when the native convolution uses
+        it): the edges are processed in chunks whose intermediates are recomputed in the backward pass (and, in
         force training, in the second backward), so the per-edge memory of inference with forces and stress
         and of training is bounded by a chunk, not by the whole edge set. An integer, null (never chunk) or
         "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are not

@@ -234,11 +234,12 @@ def run(args) -> int:
     import statistics
 
     sys.path.insert(0, str(ROOT / "scripts" / "parity"))
-    from _common import provenance, save
     from check import SPECS  # the parity check's foundation-size spec: one definition of "foundation"
 
     systems, dtypes, impls = args.systems.split(","), args.dtypes.split(","), args.impls.split(",")
     rows, agreement = [], []
+    path = ROOT / "bench_results" / f"{Path(args.out).stem}.json"
+    previous = json.loads(path.read_text()) if args.append and path.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, model_file = Path(tmp) / "foundation.spec", Path(tmp) / "foundation.model"
         spec_file.write_text(json.dumps(dict(SPECS["foundation"])))
@@ -286,11 +287,35 @@ def run(args) -> int:
                               + (f"{row['median_cpu_s']:.3f} cpu s" if "median_s" in row
                                  else row.get("error")),
                               file=sys.stderr, flush=True)
+                    _save(args, rows, agreement, previous, complete=False)
         finally:
             for w in workers.values():
                 w.close()
     print_table(rows, agreement)
+    _save(args, rows, agreement, previous, complete=True)
+    tolerance = {"float64": 1e-6, "float32": 1e-4}  # relative, as scripts/parity/check.py
+    bad = [a for a in agreement if max(a["relative"].values()) > tolerance.get(a["dtype"], 1e-4)]
+    for a in bad:
+        print(f"DISAGREE: {a['system']} {a['dtype']} {a['impl']}: relative {a['relative']}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _save(args, rows: list[dict], agreement: list[dict], previous: dict | None, complete: bool) -> None:
+    """Write the JSON (after every (system, dtype) pair, so a stopped run keeps what it measured); with
+    ``previous`` (``--append``: the file as it was when this invocation started) its rows for the pairs this
+    invocation does not measure are kept and its runs listed."""
+    from _common import provenance, save
+    from check import SPECS  # scripts/parity (on the path since run)
+
     peer = next((r["impl"] for r in rows if r["impl_key"] == "mace-torch" and "impl" in r), "mace-torch ?")
+    runs = [dict(systems=args.systems.split(","), dtypes=args.dtypes.split(","), impls=args.impls.split(","),
+                 load_average=list(os.getloadavg()), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 commit=_commit(), mem_limit_gb=args.mem_limit_gb, complete=complete)]
+    if previous is not None:
+        done = {(r["system"], r["dtype"]) for r in rows}
+        rows = [r for r in previous["results"] if (r["system"], r["dtype"]) not in done] + rows
+        agreement = [a for a in previous["agreement"] if (a["system"], a["dtype"]) not in done] + agreement
+        runs = previous["provenance"].get("runs", []) + runs
     worst = {}
     for a in agreement:
         for k, v in a["max_abs_diff"].items():
@@ -306,12 +331,14 @@ def run(args) -> int:
               "molequi (same function); both sides in persistent workers of this invocation, calls "
               "interleaved; median of wall and of process CPU time",
         peak_rss_of_all_rows_so_far="peak_rss_mb is each worker's lifetime peak, not per system",
+        runs=runs,
     ))
-    tolerance = {"float64": 1e-6, "float32": 1e-4}  # relative, as scripts/parity/check.py
-    bad = [a for a in agreement if max(a["relative"].values()) > tolerance.get(a["dtype"], 1e-4)]
-    for a in bad:
-        print(f"DISAGREE: {a['system']} {a['dtype']} {a['impl']}: relative {a['relative']}", file=sys.stderr)
-    return 1 if bad else 0
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True)
+    return proc.stdout.strip() or "?"
 
 
 def print_table(rows: list[dict], agreement: list[dict]) -> None:
@@ -338,6 +365,10 @@ def add_arguments(parser) -> None:
                         help="timed calls per side for systems above 1000 atoms (--imported)")
     parser.add_argument("--mem-limit-gb", type=float, default=16.0,
                         help="address-space limit of each worker (--imported)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of the existing JSON for the (system, dtype) pairs this "
+                        "invocation does not measure (--imported; each invocation is listed in "
+                        "provenance.runs)")
 
 
 if __name__ == "__main__":

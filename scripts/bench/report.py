@@ -636,6 +636,30 @@ def rows_generation(res: Path) -> list[list[str]]:
     ]
 
 
+def row_edm_equal_budget(res: Path) -> list[str]:
+    d = load(res, "edm_equal_budget")
+    e, m = d["sides"]["edm"], d["sides"]["molequi"]
+
+    def pair(key: str, fmt: str = ".1f") -> str:
+        return f"{format(m['metrics'][key], fmt)} vs {format(e['metrics'][key], fmt)}"
+
+    partial = "" if e.get("complete", True) and m.get("complete", True) else "**partial run**: "
+    result = (
+        f"{partial}full QM9 (EDM's split), EGNN {d['hyperparameters']['n_layers']} x "
+        f"{d['hyperparameters']['nf']}, T = {d['hyperparameters']['diffusion_steps']}, "
+        f"{d['cpu_budget_s_each'] / 60:.0f} CPU-min of training each ({m['iterations']} vs {e['iterations']} "
+        f"steps), molequi vs EDM's code on {m['n_samples']} / {e['n_samples']} samples: atom stability "
+        f"{pair('atom_stability')}%, molecule stability {pair('molecule_stability')}%, validity "
+        f"{pair('validity')}%, uniqueness {pair('uniqueness')}%; test NLL ({m['nll_molecules']} / "
+        f"{e['nll_molecules']} molecules) {m['nll_nats']:.0f} vs {e['nll_nats']:.0f} nats "
+        f"({m['bits_per_dim']:.2f} vs {e['bits_per_dim']:.2f} bits/dim); sampling "
+        f"{m['sample_cpu_s_per_molecule']:.2f} vs {e['sample_cpu_s_per_molecule']:.2f} "
+        "CPU s per molecule; see `bench_results/edm_equal_budget.md`"
+    )
+    command = "`python scripts/bench/edm_equal_budget.py run --cpu-minutes N ...` (full command in the md)"
+    return row("3D generation vs EDM's code, equal CPU budget", command, result, d["provenance"])
+
+
 def row_active_learning(res: Path) -> list[str]:
     runs = [load(res, "active_learning")]
     if (res / "active_learning_seed1.json").exists():
@@ -678,6 +702,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_datasets(results),
         *rows_hamiltonian(results),
         *rows_generation(results),
+        row_edm_equal_budget(results),
         row_active_learning(results),
     ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -156,3 +157,23 @@ def test_molequi_config_is_edms_model(tmp_path, peer_imports):
         64,
         "adamw",
     )
+
+
+def test_partial_saves_keep_every_finished_batch(tmp_path):
+    """What a side saves after its NLL (no samples yet) and after each batch is what finish reads back: the
+    molecules as given (numbers, positions, per-molecule sizes), n_samples and the complete flag."""
+    rng = np.random.default_rng(0)
+    mols = [(rng.integers(1, 9, n), rng.normal(size=(n, 3))) for n in (3, 9, 1, 29)]
+    out = {"code": "EDM"}
+    bench.save_side(tmp_path, "edm", out, [], complete=False)
+    assert bench.load_samples(tmp_path / "edm_samples.npz") == []
+    for k in (2, 4):
+        bench.save_side(tmp_path, "edm", out, mols[:k], complete=k == 4)
+        back = bench.load_samples(tmp_path / "edm_samples.npz")
+        assert len(back) == k
+        for (z, x), (z2, x2) in zip(mols[:k], back):
+            np.testing.assert_array_equal(z, z2)
+            np.testing.assert_array_equal(x, x2)
+    saved = json.loads((tmp_path / "edm_side.json").read_text())
+    assert saved["n_samples"] == 4 and saved["complete"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edm_samples.npz", "edm_side.json"]  # no temp left

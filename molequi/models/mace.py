@@ -14,11 +14,12 @@ come from ``molequi.response``. Layers: ``molequi.nn`` (radial, equivariant, sym
 Differences from mace-torch, none of which changes the function space: the symmetric contraction evaluates
 monomials of the atomic basis times one dense matrix per correlation order
 (``molequi.nn.symmetric_contraction``), and the convolution contracts the harmonics with the Clebsch-Gordan
-tensor per edge before touching channels, then sums over neighbours as one batched matrix product per atom on
-a table of the edges by receiver (``MACE.neighbour_layout``, ``EquivariantConvolution.forward_padded``), so
-no per-edge message of paths x (2l+1) x channels numbers is formed. Initialisation and normalisation constants follow e3nn's
-conventions, not mace-torch's bit for bit; ``molequi.interop.mace`` folds mace-torch's constants into the
-weights when it imports a model, so an imported model computes mace-torch's function to round-off.
+tensor per edge before touching channels, then sums over neighbours as one batched matrix product per atom
+on a table of the edges by receiver (``MACE.neighbour_layout``, ``EquivariantConvolution.forward_padded``),
+so no per-edge message of paths x (2l+1) x channels numbers is formed. Initialisation and normalisation
+constants follow e3nn's conventions, not mace-torch's bit for bit; ``molequi.interop.mace`` folds
+mace-torch's constants into the weights when it imports a model, so an imported model computes mace-torch's
+function to round-off.
 
 Defaults are ``mace_run_train``'s (mace-torch 0.3.16, default ``--model MACE``): a non-residual first
 interaction, the envelope on the radial basis, the readout scaled by the RMS force and not shifted
@@ -118,8 +119,8 @@ class _EdgeMessages(nn.Module):
         return self.conv(x, sh, weights, sender, receiver)
 
 
-def _chunk_vjp(messages: _EdgeMessages, sender, receiver, k: int, create: bool, grad_a, x, sh, radial, envelope,
-               *params):
+def _chunk_vjp(messages: _EdgeMessages, sender, receiver, k: int, create: bool, grad_a, x, sh, radial,
+               envelope, *params):
     """Gradients of <grad_a, messages(chunk)> with respect to (x, sh, radial, envelope, *params) (None where
     an input needs none); with ``create``, differentiable (the backward of force training)."""
     inputs = [x, sh, radial, envelope, *params]
@@ -128,7 +129,8 @@ def _chunk_vjp(messages: _EdgeMessages, sender, receiver, k: int, create: bool, 
             inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
         x, sh, radial, envelope, *params = inputs
         names = [name for name, _ in messages.named_parameters()]
-        out = functional_call(messages, dict(zip(names, params)), (x, sh, radial, envelope, sender, receiver, k))
+        out = functional_call(messages, dict(zip(names, params)),
+                              (x, sh, radial, envelope, sender, receiver, k))
         wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
         grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_a, create_graph=create,
                                     allow_unused=True)
@@ -160,8 +162,8 @@ class _ChunkedMessages(torch.autograd.Function):
     def forward(ctx, messages, chunk, k, sender, receiver, x, sh, radial, envelope, *params):
         ctx.messages, ctx.chunk, ctx.k, ctx.sender, ctx.receiver = messages, chunk, k, sender, receiver
         ctx.save_for_backward(x, sh, radial, envelope, *params)
-        terms = [messages(x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part), k)
-                 for part in _chunks(radial.shape[0], chunk)]
+        terms = [messages(x, sh[part], radial[part], _part(envelope, part), sender[part],
+                          _part(receiver, part), k) for part in _chunks(radial.shape[0], chunk)]
         return _combine(terms, k)
 
     @staticmethod
@@ -290,7 +292,8 @@ class MACELayer(nn.Module):
         else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
             terms = []
             for part in _chunks(n_edges, chunk):
-                args = (x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part), k)
+                args = (x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part),
+                        k)
                 if torch.is_grad_enabled():
                     terms.append(checkpoint(self._messages, *args, use_reentrant=False))
                 else:
@@ -381,12 +384,12 @@ class MACE(EnergyModel):
         ``--model MACE``), "mean" = the mean per-atom energy after E0s (``--model ScaleShiftMACE``)."""
         max_edges_per_chunk: int | Literal["auto"] | None = "auto"
         """Edges per chunk of each layer's message computation (radial MLP, tensor product, neighbour sum;
-        slots of the neighbour table, rounded down to whole receiving atoms, when the native convolution uses
-        it): the edges are processed in chunks whose intermediates are recomputed in the backward pass (and, in
-        force training, in the second backward), so the per-edge memory of inference with forces and stress
-        and of training is bounded by a chunk, not by the whole edge set. An integer, null (never chunk) or
-        "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are not
-        chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
+        slots of the neighbour table, rounded down to whole receiving atoms, when the native convolution
+        uses it): the edges are processed in chunks whose intermediates are recomputed in the backward pass
+        (and, in force training, in the second backward), so the per-edge memory of inference with forces and
+        stress and of training is bounded by a chunk, not by the whole edge set. An integer, null (never
+        chunk) or "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are
+        not chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
         about 1 GiB of intermediates (its monomials), recomputed in backward (not in training mode). Changes
         no number beyond round-off; costs a recomputation of the messages."""
 
@@ -537,7 +540,8 @@ class MACE(EnergyModel):
             readout = readout + self.zbl(lengths, element, sender, receiver, pos.shape[0])
         k, layout = 0, self.neighbour_layout(receiver, pos.shape[0])
         if layout is not None:  # edges into a table of k slots per atom: sums over neighbours become bmm
-            k, sh, radial, sender, receiver = layout.k, layout.pad(sh), layout.pad(radial), layout.pad(sender), None
+            k, sh, radial, sender = layout.k, layout.pad(sh), layout.pad(radial), layout.pad(sender)
+            receiver = None
             envelope = None if envelope is None else layout.pad(envelope)
         for layer, head, row in zip(self.layers, self.readouts, self._scalar_rows):
             h = layer(h, element, sh, radial, envelope, sender, receiver, k)

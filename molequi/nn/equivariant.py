@@ -318,8 +318,9 @@ class EquivariantConvolution(nn.Module):
         features. -> (rows / k, irreps_out.dim, c_out), equal to ``forward`` to round-off.
 
         Per path the neighbour sum is one batched product per receiving atom, (d3 x k d1) @ (k d1 x c) of the
-        contracted harmonics G = C . Y and z = w * x_sender, so no per-edge message of (paths x d3 x c) numbers
-        is ever formed (``forward`` forms, weights and scatters it), and the backward pass has no scatter."""
+        contracted harmonics G = C . Y and z = w * x_sender, so no per-edge message of (paths x d3 x c)
+        numbers is ever formed (``forward`` forms, weights and scatters it), and the backward pass has no
+        scatter."""
         rows, c = sh.shape[0], x.shape[2]
         n = rows // k
         g_paths = torch.split(sh @ self.constants.get("cg_paths", x), self._path_cols, dim=1)

@@ -108,7 +108,8 @@ class RadialMLP(nn.Module):
                 x = SILU_NORM * torch.nn.functional.silu(x)
         return x
 
-    def forward_blocks(self, x: torch.Tensor, size: int, scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward_blocks(self, x: torch.Tensor, size: int,
+                       scale: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``forward(x) * scale`` as a list of its column blocks of ``size``, each its own contiguous
         (E, size) product of the last layer (no (E, out) tensor to split, whose backward would copy it).
         ``scale`` (E, 1) multiplies the last hidden layer, which is the same by linearity."""

@@ -67,8 +67,8 @@ class _Scatter(torch.autograd.Function):
 
 
 class NeighbourLayout:
-    """Edges by receiver in ``n`` rows of ``k`` slots: edge e goes to row ``receiver[e]``, slot number = its rank
-    among that receiver's edges (stable), so row i holds the edges into atom i and ``k`` = the largest count.
+    """Edges by receiver in ``n`` rows of ``k`` slots: edge e goes to row ``receiver[e]``, slot number = its
+    rank among that receiver's edges (stable), so row i holds the edges into atom i, ``k`` the largest count.
 
     ``pad(t)`` (E, ...) -> (n * k, ...) with zeros in the empty slots; ``slots`` (E,) is each edge's place.
     Built outside compiled code (``k`` is read on the host)."""

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,36 @@ def _minimal_accuracy(seed: int, mae: float, rmse: float) -> dict:
             "load_average": [3.25, 0, 0],
         },
     }
+
+
+def _minimal_same_run() -> dict:
+    """The rewritten mace_accuracy.py's format, three seeds of one budget / normalisation: molequi's energy
+    MAE 1, 5, 3 (median 3), mace-torch's 30, 10, 20 (median 20); structures per CPU s 20 vs 10 (2x)."""
+    runs, summary = [], []
+    for code, maes in (("molequi", [1.0, 5.0, 3.0]), ("mace-torch", [30.0, 10.0, 20.0])):
+        rs = [{"seed": i, "budget": "cpu", "variant": "default", "code": code, "energy_mae_meV": m,
+               "energy_mae_offset_removed_meV": m / 2, "energy_rmse_meV": m * 2, "forces_mae_meV_A": 7.0,
+               "forces_rmse_meV_A": 9.0, "structures_per_cpu_s": 20.0 if code == "molequi" else 10.0}
+              for i, m in enumerate(maes)]
+        runs += rs
+        summary.append({"budget": "cpu", "variant": "default", "code": code, "seeds": [0, 1, 2],
+                        **{k: {"median": statistics.median(r[k] for r in rs)} for k in rs[0]
+                           if isinstance(rs[0][k], float)}})
+    prov = _minimal_accuracy(0, 1.0, 1.0)["provenance"]
+    return {"settings": {"cpu_seconds": 60.0, "epochs": 10, "n_train": 200}, "complete": False, "runs": runs,
+            "summary": summary, "provenance": prov}
+
+
+def test_crafted_same_run_results_give_the_hand_computed_row(report, tmp_path):
+    (tmp_path / "mace_accuracy.json").write_text(json.dumps(_minimal_same_run()))
+    row = report.row_mace_accuracy(tmp_path)
+    # medians of (1, 5, 3) and (30, 10, 20); offset removed: half of each; RMSE: twice each
+    assert ("Equal CPU time (60 CPU s of training each), molequi vs mace-torch: default normalisation (3 "
+            "seeds): energy MAE 3.0 vs 20.0 meV (offset removed 1.5 vs 10.0), RMSE 6.0 vs 40.0 meV; forces "
+            "MAE 7.0 vs 7.0, RMSE 9.0 vs 9.0 meV/Å") in row[2]
+    assert "Equal epochs" not in row[2]  # no such runs in the file
+    assert "2.0x the structures per CPU s" in row[2] and "**Incomplete**" in row[2]
+    assert row[3] == "yes: mace-torch (9.9) in the same run; 1 thread, load 3.2"
 
 
 def test_crafted_results_give_the_hand_computed_row(report, tmp_path):

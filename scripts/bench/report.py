@@ -410,28 +410,40 @@ def row_nve(res: Path) -> list[str]:
 def row_tensor_products(res: Path) -> list[str]:
     d = load(res, "tensor_products")
     rows = [r for r in d["rows"] if r.get("device", "cpu") == "cpu"]
-    ls = [r["lmax"] for r in rows]
-    uvu = [r["e3nn/so2_uvu"] for r in rows]
-    merged = [(r["lmax"], r["merged e3nn/so2"]) for r in rows]
-    slow = [f"{x:.2f}x at L={l}" for l, x in merged if x < 1]
-    fast = [x for _, x in merged if x >= 1]
-    fast_l = [l for l, x in merged if x >= 1]
-    uvw = {r["lmax"]: r["e3nn_uvw/escn"] for r in rows}
+    ls = sorted({r["lmax"] for r in rows})
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     a = d["args"]
-    uvu_where = "slower at every L" if max(uvu) < 1 else "faster somewhere: see the JSON"
-    merged_text = ", ".join(
-        slow + ([f"{ratio_range(fast)} e3nn's speed at L = {min(fast_l)}..{max(fast_l)}"] if fast else [])
-    )
+    names = {
+        "uvu": "e3nn `uvu` (MACE's product) vs molequi's SO(2) evaluation of the same function",
+        "uvu_merged": "The same with the paths into one irrep summed",
+        "escn_linear": "fairchem's eSCN SO(2) linear maps vs molequi's `SO2Linear`, same weights",
+        "escn_conv": "Whole eSCN convolution (edge frames, Wigner rotations, SO(2) maps) vs molequi's "
+        "`SO2Convolution`",
+    }
+    parts = []
+    for pair, text in names.items():
+        have = [r for r in rows if f"{pair}_fwd_cpu_speedup" in r]
+        if not have:
+            continue
+        cells = []
+        for mode, label in (("fwd", "forward"), ("fwdbwd", "forward+backward")):
+            key = f"{pair}_{mode}_cpu_speedup"
+            per = " / ".join(ratio_range([r[key] for r in have if r["dtype"] == t], 2) for t in dtypes)
+            slow = sorted({r["lmax"] for r in have if r[key] < 1})
+            where = ("below 1x at every L" if len(slow) == len(ls)  # in either dtype
+                     else f"below 1x at L = {', '.join(map(str, slow))}" if slow else "above 1x at every L")
+            cells.append(f"{label} {per} ({where})")
+        err = max(r[f"{pair}_rel_err"] for r in have if r["dtype"] == "float64")
+        same = "identical outputs" if err == 0 else f"outputs equal to {err:.0e} (f64)"
+        parts.append(f"{text}: {'; '.join(cells)}; {same}")
     result = (
-        f"per edge, forward, float32, {a['edges']} edges, {a['channels']} channels, "
-        f"L = {min(ls)}..{max(ls)}, best of {a['repeats']}. Same function (e3nn `uvu`, MACE's product): "
-        f"molequi's SO(2) runs at {min(uvu):.2f}-{max(uvu):.2f}x e3nn's speed ({uvu_where}); with the paths "
-        f"into one irrep summed: {merged_text}. Different functions: molequi's eSCN-style SO(2) convolution "
-        "(channel mixing, not fairchem's code) vs e3nn's FullyConnectedTensorProduct (`uvw`, Y only up "
-        f"to L): {uvw[3]:.1f}x (L=3) to {uvw[max(ls)]:.0f}x (L={max(ls)})"
+        f"per edge, {a['edges']} edges, {a['channels']} channels, L = {min(ls)}..{max(ls)}, "
+        f"{' / '.join(t.replace('float', 'f') for t in dtypes)}, molequi's speed over the peer's in CPU time "
+        f"(wall in the JSON), medians of {a['repeats']} interleaved rounds. " + ". ".join(parts)
     )
     return row(
-        "tensor products, L = 1..6", "`python scripts/bench/tensor_products.py`", result, d["provenance"]
+        f"tensor products, same function, L = {min(ls)}..{max(ls)}",
+        "`python scripts/bench/tensor_products.py --fairchem-python PY`", result, d["provenance"]
     )
 
 

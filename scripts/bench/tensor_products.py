@@ -1,24 +1,34 @@
-"""Time and memory per edge of edge tensor products for l_max = 1..6: e3nn 'uvu' vs SO(2) vs Gaunt (grid).
+"""Edge tensor products, like for like: each molequi product timed against the peer code computing the same
+function, forward and forward+backward, L = 1..6, float32 and float64, in one invocation.
 
-Setting (as in docs/targets.md): 16 channels per l, node features 16 x (0e + 1o + ... + L), edge spherical
-harmonics up to L ('component'), outputs up to L (natural parity, MACE's target), per-edge weights.
+Pairs (the outputs of each pair are compared first; the relative max difference is in the table):
+  uvu           e3nn ``o3.TensorProduct`` 'uvu' with per-edge weights, one output block per path (MACE's
+                product; ``kind="e3nn"``) vs molequi's SO(2) evaluation of the same function in edge frames
+                (``kind="so2"``, same weights); x: C x (0e + 1o + ... + L), Y up to L ('component'),
+                outputs up to L with natural parity
+  uvu_merged    the same with the paths into one irrep summed (one output block per l: what molequi's
+                MACE convolution uses)
+  escn_linear   fairchem's eSCN SO(2) linear maps (``equiformer_v2.so2_ops.SO2_Convolution``, m_max = L,
+                radial modulation of the inputs, bias on the m = 0 outputs) vs ``molequi.nn.so2.SO2Linear``
+                with the same weights mapped (W1_m / W2_m = fairchem's real / imaginary halves of
+                ``so2_m_conv[m-1].fc``, W0 = ``fc_m0``; fairchem's m = 0 bias is zero for l > 0), both on
+                the same edge-frame coefficients and the same per-edge modulation tensor
+  escn_conv     the whole convolution: edge frame + Wigner matrices from the edge vectors, rotate, SO(2)
+                linear, rotate back (fairchem: ``init_edge_rot_mat`` + ``SO3_Rotation`` +
+                ``SO3_Embedding._rotate`` / ``_rotate_inv``; molequi: ``SO2Convolution``)
+The fairchem side runs unmodified in its own venv (``bash scripts/bench/setup_peers.sh fairchem``; worker
+``scripts/bench/_fairchem_so2.py``, fairchem-core 1.10.0 installed without its dependencies: see
+setup_peers.sh), as a persistent process of this invocation. Backward: the summed output's backward pass to
+the inputs and the weights (fairchem's Wigner matrices are detached by fairchem, so neither side
+differentiates the rotation by the edge vector; molequi's edge vectors do not require grad either).
 
-Columns (microseconds per edge, forward, best of repeats as the machine is shared; memory = bytes per edge
-saved for backward):
-  e3nn          ``o3.TensorProduct`` uvu, one output block per path (MACE's layout)     O(L^6 C)
-  so2_uvu       the same function in edge frames (``kind="so2"``)                      O(L^5 C) (rotating back
-                one output block per path dominates)
-  e3nn_merged   uvu with the paths into the same irrep summed (one block per l; what
-                molequi's MACE convolution and eSCN produce)                           O(L^6 C)
-  so2_merged  the same function in edge frames  O(L^4 C) (per-path weights)
-  gaunt         S2-grid Gaunt product with radial filter (``kind="gaunt"``)            O(L^4 C) (dense grids)
-  e3nn_uvw      e3nn ``FullyConnectedTensorProduct`` x (x) Y(u), channel mixing, shared weights: the
-                function eSCN's layer equals (with Y up to 2L; here only up to L, favouring e3nn)  O(L^6 C^2)
-  escn          eSCN's SO(2) convolution layer (per-order weights, radial modulation,
-                channel mixing; ``molequi.nn.so2.SO2Convolution``, m_max = L)          O(L^3 C^2)
-A GPU column is added when CUDA is available.
+Timing: all variants (and the fairchem process) alive together; per round every variant makes one forward
+and one forward+backward call, in an order reversed every round; medians (and quartiles) over ``--repeats``
+rounds of wall-clock and process CPU time, in microseconds per edge. Ratios are molequi's speed over the
+peer's (above 1: molequi faster).
 
-    python scripts/bench/tensor_products.py [--edges 256] [--lmax 6] [--repeats 15] [--threads 1]
+    PY=$(bash scripts/bench/setup_peers.sh fairchem | tail -1)
+    python scripts/bench/tensor_products.py --fairchem-python $PY [--edges 256] [--lmax 6] [--repeats 21]
 
 ``--mace`` times whole MACE models instead: energy + forces (float32, eval mode, graph built beforehand) of
 ``--frames`` rMD17 ethanol frames as one batch, for each ``MACE.Config.tensor_product`` (native, e3nn, so2,
@@ -33,7 +43,11 @@ to native. Saved as bench_results/tensor_products_mace.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,112 +55,126 @@ import torch
 from e3nn import o3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ, MACE_HYPER, print_table, save  # noqa: E402
+from _common import ETHANOL_NPZ, MACE_HYPER, print_table, provenance, save  # noqa: E402
+from _fairchem_so2 import timed_call  # noqa: E402  (torch only: importable here)
+from mace_imported import Worker  # noqa: E402  (its JSON-lines client, reused for the fairchem process)
 
 from molequi.nn.so2 import SO2Convolution  # noqa: E402
 from molequi.nn.tensor_products import build_conv_tensor_product  # noqa: E402
-from molequi.so3.rotations import irreps_blocks_to_stack  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PAIRS = {  # pair -> (peer variant, molequi variant)
+    "uvu": ("e3nn_uvu", "so2_uvu"),
+    "uvu_merged": ("e3nn_uvu_merged", "so2_uvu_merged"),
+    "escn_linear": ("fairchem_so2_linear", "molequi_so2_linear"),
+    "escn_conv": ("fairchem_so2_conv", "molequi_so2_conv"),
+}
 
 
 def natural(L: int, C: int) -> o3.Irreps:
     return o3.Irreps("+".join(f"{C}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(L + 1)))
 
 
-def min_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Best wall time of ``fn()`` (s): the least disturbed run on a shared, loaded machine."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+class FairchemPeer(Worker):
+    """The fairchem worker process (``_fairchem_so2.py`` in fairchem's venv) and the driver's end of it."""
+
+    def __init__(self, python: str, threads: int):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.side = "fairchem"
+        self.proc = subprocess.Popen([python, str(HERE / "_fairchem_so2.py"), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self.receive()
 
 
-def saved_bytes(fn) -> int:
-    """Bytes of the distinct tensors autograd saves for backward while running ``fn`` (training memory)."""
-    seen, total = set(), 0
-
-    def pack(t):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
-def bench_one(L: int, C: int, E: int, repeats: int, device: str) -> dict:
-    dt = torch.float32
-    ir_in, ir_sh, target = natural(L, C), o3.Irreps.spherical_harmonics(L), natural(L, C)
+def local_call(fn, grads: list):
+    """One call of ``fn`` as the timer sees it: forward only, or forward + backward of the summed output."""
+    return lambda backward: timed_call(fn, backward, grads)
+
+
+def bench_one(L: int, C: int, E: int, repeats: int, dtype: torch.dtype, peer: FairchemPeer | None,
+              tmp: str) -> dict:
+    """One (L, dtype) row: agreement of each pair, then interleaved timings of all variants."""
+    ir_in, ir_sh = natural(L, C), o3.Irreps.spherical_harmonics(L)
     g = torch.Generator().manual_seed(L)
-    vec = torch.randn(E, 3, generator=g, dtype=dt).to(device)
+    vec = torch.randn(E, 3, generator=g, dtype=torch.float64).to(dtype)
     sh = o3.spherical_harmonics(ir_sh, vec, True, normalization="component")
-    x = torch.randn(E, ir_in.dim, generator=g, dtype=dt).to(device).requires_grad_(True)
-    row = {"lmax": L, "edges": E}
-    variants = {  # name -> (kind, merge_paths)
-        "e3nn": ("e3nn", False),
-        "so2_uvu": ("so2", False),
-        "e3nn_merged": ("e3nn", True),
-        "so2_merged": ("so2", True),
-        "gaunt": ("gaunt", True),
-    }
-    tps, weights = {}, {}
-    for name, (kind, merge) in variants.items():
-        tp = build_conv_tensor_product(kind, ir_in, ir_sh, target, merge_paths=merge).to(
-            device=device, dtype=dt
-        )
-        tps[name] = tp
-        key = (tp.weight_numel, merge)  # e3nn and so2 share the weight layout: same weights for both
-        if key not in weights:
-            weights[key] = torch.randn(E, tp.weight_numel, generator=g, dtype=dt).to(device)
-    conv = SO2Convolution(L, C, L, C, m_max=L, radial=True).to(device=device, dtype=dt)
-    xs = irreps_blocks_to_stack(x.detach(), ir_in).requires_grad_(True)
-    rad = torch.randn(E, conv.radial_dim, generator=g, dtype=dt).to(device)
-    fns = {
-        name: (lambda tp=tp, w=weights[(tp.weight_numel, variants[name][1])]: tp(x, sh, w))
-        for name, tp in tps.items()
-    }
-    fns["escn"] = lambda: conv(xs, vec, rad)
-    # the function eSCN's layer reproduces (tests/nn/test_so2.py): e3nn's channel-mixing 'uvw' product x (x) Y
-    fctp = o3.FullyConnectedTensorProduct(ir_in, ir_sh, target).to(device=device, dtype=dt)
-    fns["e3nn_uvw"] = lambda: fctp(x, sh)
+    x = torch.randn(E, ir_in.dim, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    row = {"lmax": L, "edges": E, "channels": C, "dtype": str(dtype).replace("torch.", "")}
+    calls, outputs = {}, {}
+    for merge, suffix in ((False, ""), (True, "_merged")):
+        tps = {kind: build_conv_tensor_product(kind, ir_in, ir_sh, ir_in, merge_paths=merge).to(dtype)
+               for kind in ("e3nn", "so2")}
+        w = torch.randn(E, tps["e3nn"].weight_numel, generator=g, dtype=torch.float64).to(dtype)
+        w.requires_grad_(True)  # in MACE the weights come from the radial MLP: backward reaches them
+        for kind, tp in tps.items():
+            name = f"{kind}_uvu{suffix}"
+            def fn(tp=tp, w=w):
+                return tp(x, sh, w)
 
-    def timed(fn):
-        def run():
+            calls[name] = local_call(fn, [x, w, *tp.parameters()])
             with torch.no_grad():
-                out = fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        return run
-
+                outputs[name] = fn()
+    # eSCN: molequi's SO2Convolution and its edge-frame linear map, and the same weights for fairchem
+    torch.manual_seed(L)
+    conv = SO2Convolution(L, C, L, C, m_max=L, radial=True).to(dtype)
     with torch.no_grad():
-        ref, got = fns["e3nn"](), fns["so2_uvu"]()
-        row["so2_max_err"] = float((got - ref).abs().max() / ref.abs().max())
-        ref, got = fns["e3nn_merged"](), fns["so2_merged"]()
-        row["so2_merged_max_err"] = float((got - ref).abs().max() / ref.abs().max())
-    # interleave the variants so that load changes on a shared machine hit all of them alike
-    best = {name: float("inf") for name in fns}
-    for fn in fns.values():
-        timed(fn)()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], min_time(timed(fn), repeats=1, warmup=0))
-    for name in fns:
-        row[f"{name}_us"] = best[name] / E * 1e6
-        row[f"{name}_B"] = saved_bytes(lambda fn=fns[name]: fn()) / E
-    row["e3nn/so2_uvu"] = row["e3nn_us"] / row["so2_uvu_us"]
-    row["merged e3nn/so2"] = row["e3nn_merged_us"] / row["so2_merged_us"]
-    row["merged e3nn/gaunt"] = row["e3nn_merged_us"] / row["gaunt_us"]
-    row["merged e3nn/escn"] = row["e3nn_merged_us"] / row["escn_us"]
-    row["e3nn_uvw/escn"] = row["e3nn_uvw_us"] / row["escn_us"]
+        conv.linear.bias.normal_()
+    xs = torch.randn(E, (L + 1) ** 2, C, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    xe = torch.randn(E, (L + 1) ** 2, C, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    rad = torch.randn(E, conv.radial_dim, generator=g, dtype=torch.float64).to(dtype)
+    params = list(conv.parameters())
+    fns = {"molequi_so2_linear": lambda: conv.linear(xe, rad), "molequi_so2_conv": lambda: conv(xs, vec, rad)}
+    for name, fn in fns.items():
+        calls[name] = local_call(fn, [xs, xe, *params])
+        with torch.no_grad():
+            outputs[name] = fn()
+    if peer is not None:
+        lin = conv.linear
+        state = {"lmax": torch.tensor(L), "channels": torch.tensor(C), "x": xs.detach(),
+                 "x_edge": xe.detach(),
+                 "vec": vec, "rad": rad, "fc_m0.weight": lin.w1[0].detach().T.contiguous(),
+                 "fc_m0.bias": torch.cat([lin.bias.detach(), torch.zeros(L * C, dtype=dtype)])}
+        for m in range(1, L + 1):
+            w1, w2 = lin.w1[m].detach().T, lin.w2[m - 1].detach().T
+            state[f"fc_m{m}.weight"] = torch.cat([w1, w2]).contiguous()  # real half, then imaginary half
+        src, out = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save(state, src)
+        peer.ask(cmd="setup", file=src, out=out)
+        got = torch.load(out, weights_only=True)
+        outputs["fairchem_so2_linear"], outputs["fairchem_so2_conv"] = got["so2_linear"], got["so2_conv"]
+        for name in ("fairchem_so2_linear", "fairchem_so2_conv"):
+            short = name.removeprefix("fairchem_")
+            calls[name] = lambda backward, short=short: peer.ask(cmd="time", name=short, backward=backward)
+    for pair, (ref, mine) in PAIRS.items():
+        if ref in outputs:
+            row[f"{pair}_rel_err"] = rel_err(outputs[mine], outputs[ref])
+    # interleaved rounds after one warm-up call of each kind
+    names = list(calls)
+    times = {(n, b): {"wall": [], "cpu": []} for n in names for b in (False, True)}
+    for n in names:
+        calls[n](False), calls[n](True)
+    for k in range(repeats):
+        for n in names if k % 2 == 0 else names[::-1]:
+            for b in (False, True):
+                t = calls[n](b)
+                times[(n, b)]["wall"].append(t["wall_s"])
+                times[(n, b)]["cpu"].append(t["cpu_s"])
+    for (n, b), t in times.items():
+        mode = "fwdbwd" if b else "fwd"
+        for clock in ("wall", "cpu"):
+            q = statistics.quantiles(t[clock], n=4) if len(t[clock]) > 1 else [t[clock][0]] * 3
+            row[f"{n}_{mode}_{clock}_us"] = q[1] / E * 1e6
+            row[f"{n}_{mode}_{clock}_p25_p75_us"] = [q[0] / E * 1e6, q[2] / E * 1e6]
+    for pair, (ref, mine) in PAIRS.items():
+        for mode in ("fwd", "fwdbwd"):
+            for clock in ("wall", "cpu"):
+                key = f"{ref}_{mode}_{clock}_us"
+                if key in row:
+                    row[f"{pair}_{mode}_{clock}_speedup"] = row[key] / row[f"{mine}_{mode}_{clock}_us"]
     return row
 
 
@@ -155,13 +183,17 @@ def main(argv=None) -> None:
     ap.add_argument("--edges", type=int, default=256)
     ap.add_argument("--lmax", type=int, default=6)
     ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument(
         "--threads",
         type=int,
         default=1,
         help="1 by default: OpenMP threads on an oversubscribed shared machine make timings erratic",
     )
+    ap.add_argument("--fairchem-python", default=None,
+                    help="python of the fairchem venv (default: bash scripts/bench/setup_peers.sh fairchem)")
+    ap.add_argument("--no-fairchem", action="store_true", help="leave out the fairchem pairs")
     ap.add_argument("--mace", action="store_true", help="time MACE energy + forces per tensor_product")
     ap.add_argument("--mace-lmax", type=int, nargs="+", default=[3, 4], help="max_ell values (with --mace)")
     ap.add_argument("--frames", type=int, default=32, help="ethanol frames in the batch (with --mace)")
@@ -170,79 +202,62 @@ def main(argv=None) -> None:
     if args.mace:
         bench_mace(args)
         return
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    peer = None
+    if not args.no_fairchem:
+        if args.fairchem_python is None:
+            out = subprocess.run(["bash", str(HERE / "setup_peers.sh"), "fairchem"], capture_output=True,
+                                 text=True, check=True)
+            args.fairchem_python = out.stdout.strip().splitlines()[-1]
+        peer = FairchemPeer(args.fairchem_python, args.threads)
     rows = []
-    for device in devices:
-        for L in range(1, args.lmax + 1):
-            row = bench_one(L, args.channels, args.edges, args.repeats, device)
-            row["device"] = device
-            rows.append(row)
-            print(
-                f"[{device}] L={L}: "
-                + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)),
-                flush=True,
-            )
-    cols = [
-        "device",
-        "lmax",
-        "e3nn_us",
-        "so2_uvu_us",
-        "e3nn/so2_uvu",
-        "e3nn_merged_us",
-        "so2_merged_us",
-        "gaunt_us",
-        "merged e3nn/so2",
-        "merged e3nn/gaunt",
-        "e3nn_uvw_us",
-        "escn_us",
-        "e3nn_uvw/escn",
-    ]
-    mem_cols = [
-        "device",
-        "lmax",
-        "e3nn_B",
-        "so2_uvu_B",
-        "e3nn_merged_B",
-        "so2_merged_B",
-        "gaunt_B",
-        "e3nn_uvw_B",
-        "escn_B",
-        "so2_max_err",
-        "so2_merged_max_err",
-    ]
-    print("time per edge, microseconds (forward, float32)")
-    print_table(rows, cols)
-    print("bytes per edge saved for backward; relative max error of the SO(2) paths against e3nn")
-    print_table(rows, mem_cols)
-    # empirical scaling exponent between L = 3 and L = lmax (time ~ L^k)
-    import math
+    t_start = time.time()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for dtype_name in args.dtypes.split(","):
+                for L in range(1, args.lmax + 1):
+                    # modules built in the dtype they run in (e3nn's Clebsch-Gordan in float64 for float64)
+                    torch.set_default_dtype(getattr(torch, dtype_name))
+                    try:
+                        row = bench_one(L, args.channels, args.edges, args.repeats,
+                                        getattr(torch, dtype_name), peer, tmp)
+                    finally:
+                        torch.set_default_dtype(torch.float32)
+                    rows.append(row)
+                    keep = [f"{k}={v:.3g}" for k, v in row.items() if k.endswith(("speedup", "rel_err"))]
+                    print(f"[{dtype_name}] L={L}: " + ", ".join(keep), flush=True)
+    finally:
+        if peer is not None:
+            peer.close()
+    for pair in PAIRS:
+        cols = ["dtype", "lmax", f"{pair}_rel_err"] + [
+            f"{pair}_{m}_{c}_speedup" for m in ("fwd", "fwdbwd") for c in ("cpu", "wall")]
+        if any(cols[2] in r for r in rows):
+            print(f"{pair}: {PAIRS[pair][1]} vs {PAIRS[pair][0]} (speed ratio, above 1: molequi faster)")
+            print_table(rows, cols)
+    import e3nn
 
-    cpu = {r["lmax"]: r for r in rows if r["device"] == "cpu"}
-    scaling = {}
-    if 3 in cpu and args.lmax > 3:
-        for k in (
-            "e3nn_us",
-            "so2_uvu_us",
-            "e3nn_merged_us",
-            "so2_merged_us",
-            "gaunt_us",
-            "e3nn_uvw_us",
-            "escn_us",
-        ):
-            scaling[k] = math.log(cpu[args.lmax][k] / cpu[3][k]) / math.log(args.lmax / 3)
-        print(
-            f"empirical exponent k in time ~ L^k (L = 3 .. {args.lmax}): "
-            + ", ".join(f"{k}: {v:.2f}" for k, v in scaling.items())
-        )
+    versions = {"e3nn": e3nn.__version__, "torch": torch.__version__}
+    if peer is not None:
+        versions.update({f"fairchem side {k}": v for k, v in peer.info.items() if k != "ready"})
+    prov = provenance(
+        "e3nn" + (" and fairchem-core" if peer is not None else ""),
+        f"e3nn {e3nn.__version__}" + (f", fairchem-core {peer.info['fairchem_core']}" if peer else ""),
+        True,
+        versions=versions,
+        load_average_at_end=list(os.getloadavg()),
+        run_minutes=(time.time() - t_start) / 60,
+    )
     save(
         "tensor_products",
         {
             "args": vars(args),
+            "pairs": {k: {"peer": a, "molequi": b} for k, (a, b) in PAIRS.items()},
             "rows": rows,
-            "scaling_exponent_L3_to_Lmax": scaling,
-            "notes": "microseconds per edge (forward, float32), bytes per edge saved for "
-            "backward; so2_max_err = max |so2 - e3nn| / max |e3nn|",
+            "notes": "microseconds per edge, medians over interleaved rounds (quartiles in *_p25_p75_us); "
+            "*_speedup = peer time / molequi time (above 1: molequi faster); *_rel_err = max |molequi - "
+            "peer| / max |peer| on the same inputs and weights",
         },
+        provenance=prov,
     )
 
 

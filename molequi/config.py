@@ -163,6 +163,10 @@ class TrainerConfig:
     loggers: list[str] = _help("Lightning loggers, written under the run directory: csv, tensorboard, wandb "
                                "(offline), mlflow (file store); see molequi.train.loggers",
                                default_factory=lambda: ["csv"])
+    compile: bool | Literal["inductor", "aot_eager", "eager"] = _help(
+        "torch.compile the model for training and validation (molequi.train.compile): true or inductor "
+        "(generated code), aot_eager (traced, no code generation), eager (Dynamo only); force fields take "
+        "forces by torch.func inside the compiled graph; false: eager", default=False)
 
 
 #: model-section keys that belong to every model (fine-tuning), not to the model's own ``Config``

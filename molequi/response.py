@@ -34,6 +34,13 @@ def batch_vector(data) -> torch.Tensor:
     return b
 
 
+def _stress(virials: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """-virials / volume (B, 3, 3); zero where the cell has zero volume (a molecule)."""
+    volume = torch.linalg.det(cell).abs().detach()  # (B,)
+    safe = torch.where(volume > 1e-8, volume, torch.ones_like(volume))
+    return torch.where((volume > 1e-8)[:, None, None], -virials / safe[:, None, None], torch.zeros_like(virials))
+
+
 def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bool = True,
                     compute_stress: bool = False, create_graph: bool = False) -> dict[str, torch.Tensor]:
     """Evaluate ``atomic_energies(data, pos, cell) -> (n,)`` and its derivatives.
@@ -69,13 +76,45 @@ def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bo
         if compute_stress:
             g = grads[-1]
             virials = -g if g is not None else torch.zeros_like(strain)
-            volume = torch.linalg.det(cell).abs().detach()  # (B,)
-            safe = torch.where(volume > 1e-8, volume, torch.ones_like(volume))
-            stress = torch.where((volume > 1e-8)[:, None, None], -virials / safe[:, None, None],
-                                 torch.zeros_like(virials))
             out[K.VIRIALS] = virials
-            out[K.STRESS] = stress
+            out[K.STRESS] = _stress(virials, cell)
     return out
 
 
-__all__ = ["energy_response", "batch_vector", "num_graphs"]
+def functional_energy_response(atomic_energies: AtomicEnergyFn, data, n_graphs: int, *,
+                                compute_forces: bool = True,
+                                compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    """``energy_response`` with the derivatives taken by ``torch.func.grad`` inside the function, so that
+    forces and stress are ordinary outputs of one forward computation, differentiable in the parameters by
+    a single backward (force training). This is the form ``torch.compile`` traces into one graph
+    (``EnergyModel.compile_training``, ``trainer.compile``): Dynamo does not trace ``torch.autograd.grad``,
+    and a compiled graph has no double backward. ``n_graphs`` is given (``num_graphs(data)``), so nothing
+    here reads a tensor on the host. Same outputs as ``energy_response``."""
+    batch = batch_vector(data)
+    pos = data[K.POS]
+    cell = data[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
+    strain = torch.zeros((n_graphs, 3, 3), dtype=pos.dtype, device=pos.device)
+
+    def energy(pos, strain):
+        c = cell
+        if compute_stress:
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch])
+            c = cell + torch.bmm(cell, sym)
+        energies = atomic_energies(data, pos, c)
+        return energies.sum(), energies
+
+    if compute_forces or compute_stress:
+        grads, energies = torch.func.grad(energy, argnums=(0, 1), has_aux=True)(pos, strain)
+    else:
+        grads, energies = None, energy(pos, strain)[1]
+    out = {K.ENERGY: energies.new_zeros(n_graphs).index_add(0, batch, energies), K.ENERGIES: energies}
+    if compute_forces:
+        out[K.FORCES] = -grads[0]
+    if compute_stress:
+        out[K.VIRIALS] = -grads[1]
+        out[K.STRESS] = _stress(-grads[1], cell)
+    return out
+
+
+__all__ = ["energy_response", "functional_energy_response", "batch_vector", "num_graphs"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError, ModelError
-from molequi.response import energy_response
+from molequi.response import energy_response, functional_energy_response, num_graphs
 
 
 def is_tracing() -> bool:
@@ -95,8 +95,21 @@ class EnergyModel(nn.Module):
                                                 backend=backend)
         return self
 
+    def compile_training(self, backend: str = "inductor", dynamic: bool = True) -> EnergyModel:
+        """Run energy, forces and stress through ``torch.compile(fullgraph=True)`` from now on, training
+        included (``trainer.compile``): the derivatives are taken by ``torch.func.grad`` inside the compiled
+        function (``molequi.response.functional_energy_response``), so forces are outputs of the compiled
+        forward and the force loss needs only its first-order backward. Returns ``self``."""
+        self._compiled_response = torch.compile(functional_energy_response, fullgraph=True, dynamic=dynamic,
+                                                backend=backend)
+        return self
+
     def forward(self, data, compute_forces: bool = True,
                 compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        response = getattr(self, "_compiled_response", None)
+        if response is not None:
+            return response(self.atomic_energies, data, num_graphs(data), compute_forces=compute_forces,
+                            compute_stress=compute_stress)
         fn = getattr(self, "_compiled_energies", None)
         if fn is None or self.training:
             fn = self.atomic_energies

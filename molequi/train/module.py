@@ -36,6 +36,7 @@ from molequi.config import Config, parse_max_time
 from molequi.data.statistics import Statistics
 from molequi.nn.ema import ExponentialMovingAverage
 from molequi.train.clipping import EDMGradClip
+from molequi.train.compile import compile_for_training
 from molequi.tasks.base import Task
 from molequi.train.param_groups import build_param_groups
 
@@ -58,6 +59,8 @@ class TaskModule(L.LightningModule):
                                 if decay else None)
         # optim.grad_clip: edm_adaptive keeps a queue of recent gradient norms (saved in checkpoints)
         self.grad_clipper = EDMGradClip() if config.optim.grad_clip == "edm_adaptive" else None
+        # trainer.compile: the model runs under torch.compile (force fields: forces inside the graph)
+        compile_for_training(task.model, config.trainer.compile)
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._train_sums: dict[str, torch.Tensor | float] = {}  # this epoch's sums of batch-size x logged value
         self._train_count = 0

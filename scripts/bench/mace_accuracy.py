@@ -633,6 +633,11 @@ def render_markdown(d: dict, old: list[dict]) -> str:
         f"runs: {', '.join(f'{x:.1f}' for x in d['provenance']['load_average'])} (at the end); "
         f"{'complete' if d.get('complete') else '**incomplete: not every planned run finished**'}.",
         "",
+        f"Caution: {s['cpu_seconds']:.0f} CPU s per run is a very small budget, chosen so that the runs "
+        "could finish on a shared 2-core machine at load 15-28 (the training processes niced); errors are "
+        "far from converged, so the rows compare the two codes at equal settings early in training, not "
+        "final accuracy.",
+        "",
         "| budget | normalisation | code | seeds | test E MAE (meV) | E RMSE (meV) "
         "| E MAE offset removed (meV) | F MAE (meV/Å) | F RMSE (meV/Å) | steps | epochs | train CPU s "
         "| structures / CPU s |",
@@ -761,6 +766,17 @@ def render(d: dict) -> None:
     print(f"wrote {RESULTS / f'{NAME}.md'} and {RESULTS / f'{NAME}_curves.png'}")
 
 
+def keep_v1_files() -> None:
+    """Before mace_accuracy.json is first written in the new format: the earlier protocol's files keep their
+    figures under _v1 names (the Markdown quotes them)."""
+    if (RESULTS / f"{NAME}.json").exists() and "runs" not in json.loads(
+        (RESULTS / f"{NAME}.json").read_text()
+    ):
+        for old, new in ((NAME, "mace_accuracy_v1"), ("mace_accuracy_seed1", "mace_accuracy_v1_seed1")):
+            if (RESULTS / f"{old}.json").exists():
+                os.replace(RESULTS / f"{old}.json", RESULTS / f"{new}.json")
+
+
 def merge(names: list[str]) -> dict:
     """bench_results/mace_accuracy.json from the runs of several invocations (``--out`` names) that ran the
     same protocol at the same time for different (seed, budget, normalisation) pairs; ``complete`` when the
@@ -809,7 +825,8 @@ def merge(names: list[str]) -> dict:
         "normalisation); the invocations ran at the same time; load average: the highest of the "
         "parts' final readings",
     }
-    save(NAME, {k: v for k, v in payload.items()}, prov)
+    keep_v1_files()
+    save(NAME, payload, prov)
     return json.loads((RESULTS / f"{NAME}.json").read_text())
 
 
@@ -870,12 +887,8 @@ def main(argv=None) -> int:
     from _common import print_table, provenance, save
 
     version = mace_version(args.mace_python)
-    if args.out == NAME and (RESULTS / f"{NAME}.json").exists():
-        # the earlier protocol's files keep their figures under _v1 names (the Markdown quotes them)
-        if "runs" not in json.loads((RESULTS / f"{NAME}.json").read_text()):
-            for old, new in ((NAME, "mace_accuracy_v1"), ("mace_accuracy_seed1", "mace_accuracy_v1_seed1")):
-                if (RESULTS / f"{old}.json").exists():
-                    os.replace(RESULTS / f"{old}.json", RESULTS / f"{new}.json")
+    if args.out == NAME:
+        keep_v1_files()
     # budget-major, then normalisation, then seed: on a loaded machine the first budget's pairs finish first
     plan = [
         (seed, budget, variant) for budget in args.budgets for variant in args.variants for seed in args.seeds

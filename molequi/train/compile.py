@@ -53,7 +53,7 @@ def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.n
         raise ConfigError(f"trainer.compile: {type(model).__name__} is a force field whose forces are not the "
                           "autograd of per-atom energies (not an EnergyModel), so it has no compiled training "
                           "path; set trainer.compile: false")
-    model.compile(fullgraph=True, dynamic=True, backend=backend)
+    model.compile(fullgraph=True, backend=backend)  # dynamic=True hit a Dynamo internal error on EDM's denoiser
     return model
 
 

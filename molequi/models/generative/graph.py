@@ -41,7 +41,8 @@ def fully_connected_edges(batch: torch.Tensor, num_graphs: int | None = None) ->
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Per-group mean (groups without members give 0)."""
     total = scatter_sum(src, index, dim_size)
-    count = torch.bincount(index, minlength=dim_size).clamp(min=1).to(src.dtype)
+    # a sum of ones, not bincount: bincount's output size depends on the data (a graph break when compiled)
+    count = src.new_zeros(dim_size).index_add_(0, index, src.new_ones(index.shape)).clamp(min=1)
     return total / count.reshape(-1, *([1] * (src.dim() - 1)))
 
 

@@ -148,6 +148,40 @@ def row_mace_speed(res: Path) -> list[str]:
     )
 
 
+def row_nequip_speed(res: Path) -> list[str]:
+    d = load(res, "nequip_speed")
+    cmd = ("`PY=$(bash scripts/bench/setup_peers.sh nequip); "
+           "python scripts/bench/nequip_speed.py --nequip-python $PY`")
+    if "error" in d:
+        return row("MACE vs nequip", cmd, f"nequip did not run: {d['error']}", d["provenance"])
+    systems = d["systems"]
+    names = list(systems)
+    first = systems[names[0]]
+    m = d["models"]["nequip matched"]
+
+    def ratios(code: str, task: str) -> str:
+        r = [systems[s][f"{task}_nequip_over_molequi"][code] for s in names]
+        return (f"{slash([x['cpu'] for x in r], lambda v: ratio(v, 2))}x CPU "
+                f"({slash([x['wall'] for x in r], lambda v: ratio(v, 2))}x wall)")
+
+    result = (
+        f"molequi's small MACE ({first['parameters']['molequi MACE']:,} parameters: 64x0e+64x1o, edge "
+        "harmonics to l = 3, correlation 3, 2 layers, r_max 5 Å) against nequip's NequIPGNNModel built to "
+        f"match what it can ({first['parameters']['nequip matched']:,}: 64x0e+64x1o, {m['num_layers']} "
+        f"layers, l_max {m['l_max']}, r_max 5 Å, {m['num_bessels']} Bessel, radial MLP "
+        f"{m['radial_mlp_depth']} x {m['radial_mlp_width']}; no many-body product, edge harmonics only to "
+        f"l = {m['l_max']}) and nequip's preset S ({first['parameters']['nequip preset_S']:,}), same "
+        f"process, interleaved, median of {d['repeats']}, {d['dtype'].replace('float', 'f')}; "
+        + " / ".join(f"{s} ({systems[s]['atoms']} atoms)" for s in names)
+        + f": energy+forces matched {ratios('nequip matched', 'energy_forces')}, preset S "
+        f"{ratios('nequip preset_S', 'energy_forces')}; training step matched "
+        f"{ratios('nequip matched', 'train_step')}, preset S {ratios('nequip preset_S', 'train_step')} "
+        "(below 1: nequip faster, doing less work per layer); see `bench_results/nequip_speed.md`"
+    )
+    what = f"MACE energy+forces and training step vs nequip {d['provenance']['peer_version']}"
+    return row(what, cmd, result, d["provenance"])
+
+
 def _gb(mb: float) -> str:
     return f"{mb / 1024:.1f}"
 
@@ -760,6 +794,7 @@ def table_rows(results: Path) -> list[list[str]]:
     return [
         row_neighbors(results),
         row_mace_speed(results),
+        row_nequip_speed(results),
         row_mace_accuracy(results),
         row_mace_imported(results),
         row_mace_scale(results),

@@ -296,8 +296,8 @@ def main() -> None:
                         flush=True,
                     )
     print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from _common import provenance, save
+
     meta = dict(
         hyperparameters=HYPER,
         threads=args.threads,
@@ -307,8 +307,16 @@ def main() -> None:
         load_average=os.getloadavg(),
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    print(f"\nsaved {out}")
+    peer = next((r["impl"] for r in rows if r["impl_key"] == "mace-torch" and "impl" in r), None)
+    prov = provenance(
+        "mace-torch" if peer else None, peer.split(" ", 1)[-1] if peer else None, True if peer else None,
+        notes="ScaleShiftMACE with the same hyperparameters on both sides (random weights), each "
+              "(implementation, system, dtype) in a fresh process of this invocation; median of wall and of "
+              "process CPU time",
+        commit=mace_imported._commit(),
+    )
+    prov["threads"] = args.threads  # the workers' thread count (this driver process does not compute)
+    save(Path(args.out).stem, {"meta": meta, "results": rows}, prov)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -510,10 +510,12 @@ class MACE(EnergyModel):
 
     def neighbour_layout(self, receiver: torch.Tensor, n: int) -> NeighbourLayout | None:
         """The neighbour table of the native convolution (``EquivariantConvolution.forward_padded``), or None
-        where the edge list is used: other tensor products, compiled code (the table's width is read on the
-        host) and graphs whose table would have more than ``MAX_PADDING`` slots per edge (very uneven
-        neighbour counts)."""
-        if self.config.tensor_product != "native" or torch.compiler.is_compiling():
+        where the edge list is used: other tensor products, backend cueq (its kernel gathers and sums the edge
+        list), compiled code (the table's width is read on the host) and graphs whose table would have more
+        than ``MAX_PADDING`` slots per edge (very uneven neighbour counts)."""
+        if self.config.tensor_product != "native" or self.config.backend != "native":
+            return None
+        if torch.compiler.is_compiling():
             return None
         layout = NeighbourLayout(receiver, n)
         return layout if layout.rows <= MAX_PADDING * max(layout.n_edges, 1) + n else None

@@ -61,7 +61,7 @@ from molequi import keys as K
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.graph.neighbors import edge_vectors
-from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel
+from molequi.models.base import AtomicEnergyHead, ElementTable, EnergyModel, is_tracing
 from molequi.nn.equivariant import (
     ChannelIrreps,
     ElementIrrepsLinear,
@@ -515,7 +515,7 @@ class MACE(EnergyModel):
         than ``MAX_PADDING`` slots per edge (very uneven neighbour counts)."""
         if self.config.tensor_product != "native" or self.config.backend != "native":
             return None
-        if torch.compiler.is_compiling():
+        if is_tracing():  # torch.compile, or make_fx for molequi export
             return None
         layout = NeighbourLayout(receiver, n)
         return layout if layout.rows <= MAX_PADDING * max(layout.n_edges, 1) + n else None

@@ -371,10 +371,11 @@ def _row_mace_accuracy_same_run(res: Path) -> list[str]:
 def _md_pairs(d: dict, key: str) -> list[tuple[dict, dict]]:
     by = {}
     for r in d["results"]:
-        by.setdefault(r["system"], {})[r["impl_key"]] = r
+        if "steps_per_s" in r:
+            by.setdefault(r["system"], {})[r["impl_key"]] = r
     return [
         (v[key], v["mace-torch"])
-        for v in sorted(by.values(), key=lambda v: v["mace-torch"]["n_atoms"])
+        for v in sorted(by.values(), key=lambda v: v["mace-torch"]["n_atoms"] if "mace-torch" in v else 0)
         if key in v and "mace-torch" in v
     ]
 
@@ -384,30 +385,66 @@ def rows_md(res: Path) -> list[list[str]]:
     like = _md_pairs(d, "molequi-noreuse")
     skin = _md_pairs(d, "molequi")
     atoms = [b["n_atoms"] for _, b in like]
-    steps = sorted({b["steps"] for _, b in like})
+    steps = [len(b["step_wall_s"]) for _, b in like] + [len(a["step_wall_s"]) for a, _ in like]
 
     def ratios(pairs):
         cpu = [a["cpu_steps_per_s"] / b["cpu_steps_per_s"] for a, b in pairs]
         wall = [a["steps_per_s"] / b["steps_per_s"] for a, b in pairs]
         return cpu, wall
 
+    def per_system(pairs):
+        cpu, wall = ratios(pairs)
+        return ", ".join(f"{b['n_atoms']} {ratio(c)}/{ratio(w)}x" for (_, b), c, w in zip(pairs, cpu, wall))
+
+    def span(values) -> str:
+        return f"{min(values)}" if min(values) == max(values) else f"{min(values)} to {max(values)}"
+
+    def iqr(r, clock):  # half the interquartile range of the step time, relative to its median
+        q = r[f"step_{clock}"]
+        return (q["p75"] - q["p25"]) / (2 * q["median"])
+
     cpu, wall = ratios(like)
-    few = sorted({b["n_atoms"] for _, b in like if b["steps"] == steps[0]})
+    forces = max(a["agreement_vs_mace_torch"]["forces_max_abs"] for a, _ in like)
+    spread_cpu = max(iqr(r, "cpu") for pair in like for r in pair)
+    spread_wall = max(iqr(r, "wall") for pair in like for r in pair)
+    failed = {}
+    for r in d["results"]:
+        if "error" in r:
+            impls = failed.setdefault(r["error"], {}).setdefault(r["system"], [])
+            impls += [r["impl_key"]] if r["impl_key"] not in impls else []
+    errors = ["**not measured**: " + ", ".join(f"{s} ({' / '.join(i)})" for s, i in v.items()) + f": {k}"
+              for k, v in failed.items()]
+    measured = set(d["meta"].get("measured_systems", []))
+    missing = [s for s in d["meta"].get("default_systems", [])
+               if s not in measured and not any(s in v for v in failed.values())]
+    if missing:
+        errors.append(f"**not measured**: {', '.join(missing)} (not run: the CPU share of this run under the "
+                      "machine's load left no time for them, see the load in the last column)")
     like_row = (
-        f"like for like (neighbour list rebuilt every step, as MACECalculator does): "
-        f"{ratio_range(cpu)} CPU, {ratio_range(wall)} wall, {min(atoms)} to {max(atoms)} atoms; only "
-        f"{steps[0]} timed steps at {' / '.join(map(str, few))} atoms ({max(steps)} at {min(atoms)})"
+        f"like for like (neighbour list rebuilt every step on both sides, as MACECalculator does; the same "
+        f"mace-torch weights, imported into molequi; forces agree within {forces:.0e} eV/Å, "
+        f"{d['meta']['dtype'].replace('float', 'f')}): {ratio_range(cpu)} CPU, {ratio_range(wall)} wall, "
+        f"{span(atoms)} atoms; per size CPU/wall {per_system(like)}; "
+        f"{span(steps)} timed steps per size, median step time (quartiles within "
+        f"±{100 * spread_cpu:.0f}% CPU, ±{100 * spread_wall:.0f}% wall of the median)"
+        + "".join(f"; {e}" for e in errors)
     )
-    gain = [a["cpu_steps_per_s"] / b["cpu_steps_per_s"] for (a, _), (b, _) in zip(skin, like)]
+    like_atoms = {b["n_atoms"]: a for a, b in like}
+    gain = [a["cpu_steps_per_s"] / like_atoms[b["n_atoms"]]["cpu_steps_per_s"] for a, b in skin]
+    gain_wall = [a["steps_per_s"] / like_atoms[b["n_atoms"]]["steps_per_s"] for a, b in skin]
+    if not skin:
+        raise ReportError("md_speed.json: no system with both molequi (skin) and mace-torch rows")
     scpu, swall = ratios(skin)
     skin_value = skin[0][0]["impl"].split("skin=")[-1]
+    not_run = sorted(set(like_atoms) - {b["n_atoms"] for _, b in skin})
     skin_row = (
         f"molequi with neighbour-list reuse (skin {skin_value} Å) vs MACECalculator: "
-        f"{ratio_range(scpu)} CPU, {ratio_range(swall)} wall; the reuse alone, against molequi rebuilding "
-        "every step: "
-        f"{ratio_range(gain)} CPU (largest at {like[gain.index(max(gain))][1]['system']})"
+        f"{ratio_range(scpu)} CPU, {ratio_range(swall)} wall, {span([b['n_atoms'] for _, b in skin])} "
+        "atoms; the reuse alone, against molequi rebuilding every "
+        f"step: {ratio_range(gain, 2)} CPU ({ratio_range(gain_wall, 2)} wall)"
+        + (f"; not run at {' / '.join(map(str, not_run))} atoms (time)" if not_run else "")
     )
-    cmd = "`python scripts/bench/md_speed.py`"
+    cmd = "`python scripts/bench/md_speed.py --mace-python PY`"
     cell = peer_cell(d["provenance"])
     return [
         ["MD steps/s vs mace-torch's MACECalculator", cmd, like_row, cell],

@@ -280,7 +280,7 @@ class MolequiCalculator(Calculator):
         cls,
         path: str | Path | Sequence[str | Path],
         device: str = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         use_ema: bool = True,
         dispersion="checkpoint",
         **kwargs,
@@ -290,6 +290,7 @@ class MolequiCalculator(Calculator):
         ``dispersion="checkpoint"`` (the default) adds back the D3 correction that training subtracted from
         the labels (``data.dispersion`` of the run; none if it had none); ``None`` or a spec overrides it.
         """
+        dtype = as_dtype(dtype)  # 'float32' as the constructor and from_mace take it
         models = load_models(path, device=device, dtype=dtype, use_ema=use_ema)
         if dispersion == "checkpoint":
             dispersion = checkpoint_dispersion(path)

@@ -154,6 +154,9 @@ def test_from_checkpoint_single_and_committee(tmp_path):
     assert atoms.calc.is_committee and atoms.calc.results["energy_std"] > 0
     with pytest.raises(CheckpointError):
         MolequiCalculator.from_checkpoint(tmp_path / "missing.pt")
+    # the precision by name, as the constructor and from_mace take it (a TypeError inside load_model before)
+    atoms.calc = MolequiCalculator.from_checkpoint(p1, dtype="float32")
+    assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(), rel=1e-5)
 
 
 def test_float32_dtype():

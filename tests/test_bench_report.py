@@ -44,10 +44,14 @@ def test_check_fails_on_a_changed_number_and_passes_on_the_rendered_readme(repor
     shutil.copy(ROOT / "README.md", readme)
     assert report.main(["--readme", str(readme), "--check"]) == 0
     text = readme.read_text()
-    # the MACE accuracy row: the last seed's force MAE from the JSON, rounded by hand
-    seed1 = json.loads((RESULTS / "mace_accuracy_seed1.json").read_text())
-    f_mae = next(r for r in seed1["results"] if r["code"] == "molequi")["forces_mae_meV_A"]
-    shown = f"{round(f_mae, 1):.1f} vs"
+    # the MACE accuracy row: molequi's median force MAE over seeds of the row's first (budget, normalisation)
+    # (equal CPU time first, default normalisation first) from the JSON's per-run figures, rounded by hand
+    acc = json.loads((RESULTS / "mace_accuracy.json").read_text())
+    first = next(bv for bv in [("cpu", "default"), ("cpu", "std"), ("epochs", "default"), ("epochs", "std")]
+                 if any((r["budget"], r["variant"]) == bv for r in acc["runs"]))
+    f_mae = statistics.median(r["forces_mae_meV_A"] for r in acc["runs"]
+                              if (r["budget"], r["variant"], r["code"]) == (*first, "molequi"))
+    shown = f"forces MAE {round(f_mae, 1):.1f} vs"
     row = next(line for line in _table(text, report).splitlines() if line.startswith("| MACE accuracy"))
     assert row.count(shown) == 1
     changed = f"{round(f_mae, 1) + 0.1:.1f} vs"

@@ -354,9 +354,9 @@ def _row_mace_accuracy_same_run(res: Path) -> list[str]:
     seeds = sorted({seed for r in d["summary"] for seed in r["seeds"]})
     result = (
         f"rMD17 ethanol, {s['n_train']} training frames, medians over seeds ({', '.join(map(str, seeds))}); "
-        "same model, first layer, E0s, weight decay (0) and stage two (last 20%) on both sides, output "
-        "normalisation `default` (mace-torch `--model MACE`) and `std` (`ScaleShiftMACE --scaling "
-        "std_scaling`) for both. " + ". ".join(parts)
+        "same model, first layer, E0s, weight decay (0) and stage two (last 20%) on both sides, the same "
+        "output normalisation in each cell (`default` = mace-torch `--model MACE`, `std` = `ScaleShiftMACE "
+        "--scaling std_scaling`). " + ". ".join(parts)
         + (f". molequi trains {slash(thr)}x the structures per CPU s" if thr else "")
         + ("" if d.get("complete") else ". **Incomplete**: not every planned run finished")
     )

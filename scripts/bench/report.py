@@ -256,7 +256,8 @@ def row_mace_scale(res: Path) -> list[str]:
     result = (
         "peak RSS (GB) of one energy+forces+stress call on fcc Cu, "
         f"{' / '.join(f'{n:,}' for n in sizes)} atoms, "
-        f"{d['dtype'].replace('float', 'f')}, quickstart-size model, a fresh process each: "
+        f"{d['dtype'].replace('float', 'f')}, MACE {d['hyperparameters']['hidden_irreps']} max_ell "
+        f"{d['hyperparameters']['max_ell']}, a fresh process each: "
         + "; ".join(f"{c} {peaks(c)}" for c in configs)
         + " (over N GiB: ran out of the process's address-space limit)"
         + (f"; molequi auto / mace-torch {ratio_range(ratios, 2)} where both ran" if ratios else "")
@@ -268,6 +269,79 @@ def row_mace_scale(res: Path) -> list[str]:
         "`python scripts/bench/mace_scale.py --mace-python PY`",
         result,
         d["provenance"],
+    )
+
+
+MACE_MD_FILES = ("mace_scale_md", "mace_scale_md_4k", "mace_scale_md_large")  # merged; later files win
+
+
+def row_mace_scale_md(res: Path) -> list[str]:
+    """MD of Cu and water, 1k to 100k atoms (issue 23 item 3): per system and size, the CPU seconds per
+    Velocity-Verlet step and the peak RSS of molequi's ASE calculator, its batched (torch-sim) path and
+    mace-torch's calculator; a run that was stopped says why and what it measured first."""
+    files = [load(res, n) for n in MACE_MD_FILES if (res / f"{n}.json").exists()]
+    if not files:
+        raise ReportError(f"{res}: none of {', '.join(n + '.json' for n in MACE_MD_FILES)}")
+    by: dict = {}
+    for d in files:
+        for r in d["results"]:
+            by[(r["system"], r["size"], r["config"])] = r
+    d = files[0]
+    sizes = list(d["sizes"])
+    h = d["hyperparameters"]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run"
+        err = r.get("error", "")
+        if "step_cpu_s" in r:
+            txt = f"{r['step_cpu_s']:.2f} s / {r['peak_rss_mb'] / 1024:.2f} GB"
+            if err:
+                txt += f" ({r['timed_steps']} timed steps, then stopped: {err.split(' (')[0]})"
+            return txt
+        if "first_call_cpu_s" in r:
+            return (f"first call {r['first_call_cpu_s']:.1f} s / {r['peak_rss_mb'] / 1024:.2f} GB, then "
+                    f"stopped: {err.split(' (')[0]}")
+        if "out of memory" in err:
+            return err.split(" (")[0]
+        return "stopped: " + err.split(" (")[0][:80]
+
+    parts, ratios = [], []
+    for system in ("cu", "water"):
+        sizes_done = [z for z in sizes if any((system, z, c) in by for c in ("ase", "batched", "mace-torch"))]
+        per = []
+        for z in sizes_done:
+            rows = {c: by.get((system, z, c)) for c in ("ase", "batched", "mace-torch")}
+            n = next(r["n_atoms"] for r in rows.values() if r is not None and "n_atoms" in r)
+            txt = f"{n:,} atoms: ASE {cell(rows['ase'])}, batched {cell(rows['batched'])}, mace-torch " \
+                  f"{cell(rows['mace-torch'])}"
+            a, m = rows["ase"], rows["mace-torch"]
+            if a and m and "error" not in a and "error" not in m:
+                ratios.append(a["peak_rss_mb"] / m["peak_rss_mb"])
+                speed = ratio(m["step_cpu_s"] / a["step_cpu_s"], 1)
+                txt += f" (peak {ratio(ratios[-1], 2)}x, {speed}x CPU speed)"
+            per.append(txt)
+        if per:
+            parts.append(f"{'Cu fcc' if system == 'cu' else 'water'}: " + "; ".join(per))
+    chunked = [r for k, r in by.items() if "-chunk=" in k[2] and "error" not in r]
+    extra = "".join(
+        f"; {r['config']} on {r['system']} {r['n_atoms']:,} atoms {r['step_cpu_s']:.2f} s / "
+        f"{r['peak_rss_mb'] / 1024:.2f} GB" for r in chunked)
+    result = (
+        f"Velocity-Verlet MD (energy, forces, stress every step) with the quickstart's MACE "
+        f"({h['hidden_irreps']}, max_ell {h['max_ell']}, random weights imported from mace-torch: the same "
+        f"function), {d['dtype'].replace('float', 'f')}, 1 thread, a fresh process per cell, CPU s per step "
+        f"(median) / peak RSS GB: " + ". ".join(parts)
+        + (f". molequi ASE peak / mace-torch's {ratio_range(ratios, 2)} where both ran" if ratios else "")
+        + extra + "; neighbour list with a 0.5 Å skin (rebuilt past half of it)"
+    )
+    version = next((f["provenance"]["peer_version"] for f in files if f["provenance"]["peer_version"]), "")
+    return row(
+        f"MACE MD 1k-100k atoms vs mace-torch {version}",
+        "`python scripts/bench/mace_scale_md.py --mace-python PY --sizes 1k,4k` (then `--sizes 100k --out "
+        "mace_scale_md_large`)",
+        result,
+        *[f["provenance"] for f in files],
     )
 
 
@@ -835,6 +909,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_mace_accuracy(results),
         row_mace_imported(results),
         row_mace_scale(results),
+        row_mace_scale_md(results),
         *rows_md(results),
         row_batched(results),
         row_nve(results),

@@ -295,13 +295,13 @@ def row_mace_scale_md(res: Path) -> list[str]:
             return "not run"
         err = r.get("error", "")
         if "step_cpu_s" in r:
-            txt = f"{r['step_cpu_s']:.2f} s / {r['peak_rss_mb'] / 1024:.2f} GB"
+            txt = f"{r['step_cpu_s']:.2f} s / {r['peak_rss_mb'] / 1024:.2f} GiB"
             if err:
                 txt += f" ({r['timed_steps']} timed steps, then stopped: {err.split(' (')[0]})"
             return txt
         if "first_call_cpu_s" in r:
-            return (f"first call {r['first_call_cpu_s']:.1f} s / {r['peak_rss_mb'] / 1024:.2f} GB, then "
-                    f"stopped: {err.split(' (')[0]}")
+            return (f"first call {r['first_call_cpu_s']:.1f} s / {r['peak_rss_mb'] / 1024:.2f} GiB, then "
+                    f"{err.split(' (')[0].removeprefix('stopped ')}")
         if "out of memory" in err:
             return err.split(" (")[0]
         return "stopped: " + err.split(" (")[0][:80]
@@ -326,12 +326,12 @@ def row_mace_scale_md(res: Path) -> list[str]:
     chunked = [r for k, r in by.items() if "-chunk=" in k[2] and "error" not in r]
     extra = "".join(
         f"; {r['config']} on {r['system']} {r['n_atoms']:,} atoms {r['step_cpu_s']:.2f} s / "
-        f"{r['peak_rss_mb'] / 1024:.2f} GB" for r in chunked)
+        f"{r['peak_rss_mb'] / 1024:.2f} GiB" for r in chunked)
     result = (
         f"Velocity-Verlet MD (energy, forces, stress every step) with the quickstart's MACE "
         f"({h['hidden_irreps']}, max_ell {h['max_ell']}, random weights imported from mace-torch: the same "
         f"function), {d['dtype'].replace('float', 'f')}, 1 thread, a fresh process per cell, CPU s per step "
-        f"(median) / peak RSS GB: " + ". ".join(parts)
+        f"(median) / peak RSS GiB: " + ". ".join(parts)
         + (f". molequi ASE peak / mace-torch's {ratio_range(ratios, 2)} where both ran" if ratios else "")
         + extra + "; neighbour list with a 0.5 Å skin (rebuilt past half of it)"
     )

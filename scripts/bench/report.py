@@ -293,18 +293,18 @@ def row_mace_scale_md(res: Path) -> list[str]:
     def cell(r: dict | None) -> str:
         if r is None:
             return "not run"
-        err = r.get("error", "")
+        err = r.get("error", "").split(" (")[0]
+        if err and not err.startswith("stopped"):
+            err = "stopped: " + err
         if "step_cpu_s" in r:
             txt = f"{r['step_cpu_s']:.2f} s / {r['peak_rss_mb'] / 1024:.2f} GiB"
             if err:
-                txt += f" ({r['timed_steps']} timed steps, then stopped: {err.split(' (')[0]})"
+                txt += f" ({r['timed_steps']} timed steps, then {err})"
             return txt
         if "first_call_cpu_s" in r:
             return (f"first call {r['first_call_cpu_s']:.1f} s / {r['peak_rss_mb'] / 1024:.2f} GiB, then "
-                    f"{err.split(' (')[0].removeprefix('stopped ')}")
-        if "out of memory" in err:
-            return err.split(" (")[0]
-        return "stopped: " + err.split(" (")[0][:80]
+                    f"{err}")
+        return err.removeprefix("stopped: ")[:100] if "out of memory" in err else err[:100]
 
     parts, ratios = [], []
     for system in ("cu", "water"):

@@ -286,6 +286,9 @@ def run_one(python: str, args, impl: str, system: str, size: str, model_file: Pa
                        "available (other jobs), not a limit of this run")
         elif time.time() - t0 > args.timeout:
             stopped = f"timed out after {args.timeout} s"
+        elif args.deadline and time.time() > args.deadline:
+            when = time.strftime("%H:%M UTC", time.gmtime(args.deadline))
+            stopped = f"stopped at the run's deadline, {when}"
         if stopped:
             proc.kill()
             proc.wait()
@@ -362,6 +365,7 @@ def main(argv=None) -> int:
                     help="skip an implementation at larger sizes once it ran out of memory")
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--deadline", help="HH:MM (UTC, today): stop the running worker then, start none after")
     ap.add_argument("--out", default="mace_scale_md", help="results name: bench_results/NAME.json")
     ap.add_argument("--append", action="store_true",
                     help="add to bench_results/NAME.json (replacing rows of the same system, size and impl)")
@@ -375,6 +379,11 @@ def main(argv=None) -> int:
         return 0
     if not (args.mace_python and os.path.exists(args.mace_python)):
         ap.error("--mace-python: the python of the mace-torch venv (bash scripts/bench/setup_peers.sh mace)")
+    if args.deadline:
+        hh, mm = map(int, args.deadline.split(":"))
+        now = time.gmtime()
+        args.deadline = time.mktime((now.tm_year, now.tm_mon, now.tm_mday, hh, mm, 0, 0, 0, 0))
+        args.deadline -= time.timezone  # mktime reads local time
     args.start_free_gb = {k: float(v) for k, v in (x.split("=") for x in args.start_free_gb.split(","))}
     if Path(args.out).name != args.out:
         ap.error("--out is a name (bench_results/NAME.json), not a path")
@@ -409,6 +418,8 @@ def main(argv=None) -> int:
     for system, size, impl in todo:
         if args.skip_after_oom and (system, impl) in out_of_memory:
             continue
+        if args.deadline and time.time() > args.deadline:
+            break
         python = args.mace_python if impl == "mace-torch" else sys.executable
         load = list(os.getloadavg())
         r = run_one(python, args, impl, system, size, model_file)

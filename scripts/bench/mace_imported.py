@@ -307,7 +307,6 @@ def _save(args, rows: list[dict], agreement: list[dict], previous: dict | None, 
     from _common import provenance, save
     from check import SPECS  # scripts/parity (on the path since run)
 
-    peer = next((r["impl"] for r in rows if r["impl_key"] == "mace-torch" and "impl" in r), "mace-torch ?")
     runs = [dict(systems=args.systems.split(","), dtypes=args.dtypes.split(","), impls=args.impls.split(","),
                  load_average=list(os.getloadavg()), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  commit=_commit(), mem_limit_gb=args.mem_limit_gb, complete=complete)]
@@ -316,6 +315,9 @@ def _save(args, rows: list[dict], agreement: list[dict], previous: dict | None, 
         rows = [r for r in previous["results"] if (r["system"], r["dtype"]) not in done] + rows
         agreement = [a for a in previous["agreement"] if (a["system"], a["dtype"]) not in done] + agreement
         runs = previous["provenance"].get("runs", []) + runs
+    # the peer's version from any row that ran it, the kept rows of an --append included (a run whose
+    # mace-torch workers all failed, e.g. out of memory, still names the version the file compares against)
+    peer = next((r["impl"] for r in rows if r["impl_key"] == "mace-torch" and "impl" in r), "mace-torch ?")
     worst = {}
     for a in agreement:
         for k, v in a["max_abs_diff"].items():

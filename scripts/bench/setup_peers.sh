@@ -17,13 +17,15 @@ FAIRCHEM="fairchem-core==1.10.0"
 NEQUIP="nequip==0.19.1"        # requires torch>=2.2 (unpinned), e3nn>=0.6,<0.7, lightning>=2.6, hydra-core
 
 # peer_venv NAME CHECK PACKAGE...: the venv <root>/NAME with torch installed first (so that a peer's unpinned
-# torch requirement is already satisfied by the CPU wheel), then PACKAGE... with torch pinned beside them, then
-# the python CHECK run (it prints the versions); reused when its stamp records the same packages.
+# torch requirement is already satisfied by the CPU wheel), then $PEER_NO_DEPS (if set) without their
+# dependencies, then PACKAGE... with torch pinned beside them, then the python CHECK run (it prints the
+# versions); reused when its stamp records the same packages.
 peer_venv() {
     local name="$1" check="$2"
     shift 2
     local venv="$ROOT/$name" stamp="$ROOT/$name/.molequi-peer"
-    local want="$TORCH $*"
+    local no_deps="${PEER_NO_DEPS:-}"
+    local want="$TORCH${no_deps:+ --no-deps $no_deps} $*"
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         echo "$venv/bin/python"
         return 0
@@ -31,6 +33,9 @@ peer_venv() {
     mkdir -p "$ROOT"
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" >&2
+    if [ -n "$no_deps" ]; then
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps $no_deps >&2
+    fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" "$@" >&2
     "$venv/bin/python" -c "$check" >&2
     echo "$want" > "$stamp"
@@ -53,27 +58,9 @@ setup_nequip() {
 # Only fairchem's equiformer_v2 SO(2) modules are used (scripts/bench/_fairchem_so2.py imports them without
 # the package __init__ files, which need the rest).
 setup_fairchem() {
-    local venv="$ROOT/fairchem" stamp="$ROOT/fairchem/.molequi-peer"
-    local want="$TORCH $FAIRCHEM e3nn>=0.5 numpy<2"
-    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        echo "$venv/bin/python"
-        return 0
-    fi
-    mkdir -p "$ROOT"
-    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$FAIRCHEM" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$TORCH" "e3nn>=0.5" "numpy>=1.26,<2" >&2
-    "$venv/bin/python" - "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" >&2 <<'PY'
-import sys
-sys.path.insert(0, sys.argv[1])
-from importlib.metadata import version
-from _fairchem_so2 import import_so2
-so2_ops, so3, _ = import_so2()
-print("fairchem-core", version("fairchem-core"), "SO2_Convolution", so2_ops.SO2_Convolution.__name__)
-PY
-    echo "$want" > "$stamp"
-    echo "$venv/bin/python"
+    local here
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    PEER_NO_DEPS="$FAIRCHEM" peer_venv fairchem "import sys; sys.path.insert(0, '$here'); from importlib.metadata import version; from _fairchem_so2 import import_so2; so2_ops, so3, _ = import_so2(); print('fairchem-core', version('fairchem-core'), 'SO2_Convolution', so2_ops.SO2_Convolution.__name__)" "e3nn>=0.5" "numpy>=1.26,<2"
 }
 
 peers=("$@")

@@ -41,6 +41,14 @@ def _stress(virials: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return torch.where((volume > 1e-8)[:, None, None], -virials / safe[:, None, None], torch.zeros_like(virials))
 
 
+def _strained(pos: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor,
+              batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cells under the symmetric part of ``strain`` (B, 3, 3): the variable whose gradient at
+    zero is minus the virial."""
+    sym = 0.5 * (strain + strain.transpose(1, 2))
+    return pos + torch.einsum("ni,nij->nj", pos, sym[batch]), cell + torch.bmm(cell, sym)
+
+
 def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bool = True,
                     compute_stress: bool = False, create_graph: bool = False) -> dict[str, torch.Tensor]:
     """Evaluate ``atomic_energies(data, pos, cell) -> (n,)`` and its derivatives.
@@ -60,9 +68,7 @@ def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bo
     strain = None
     if compute_stress:
         strain = torch.zeros((n_graphs, 3, 3), dtype=pos.dtype, device=pos.device, requires_grad=True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch])
-        cell = cell + torch.bmm(cell, sym)
+        pos, cell = _strained(pos, cell, strain, batch)
         inputs.append(strain)
 
     energies = atomic_energies(data, pos, cell)  # (n,)
@@ -98,9 +104,7 @@ def functional_energy_response(atomic_energies: AtomicEnergyFn, data, n_graphs: 
     def energy(pos, strain):
         c = cell
         if compute_stress:
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch])
-            c = cell + torch.bmm(cell, sym)
+            pos, c = _strained(pos, cell, strain, batch)
         energies = atomic_energies(data, pos, c)
         return energies.sum(), energies
 

@@ -34,14 +34,15 @@ def batch_vector(data) -> torch.Tensor:
     return b
 
 
-def _stress(virials: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+def stress_from_virials(virials: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """-virials / volume (B, 3, 3); zero where the cell has zero volume (a molecule)."""
     volume = torch.linalg.det(cell).abs().detach()  # (B,)
     safe = torch.where(volume > 1e-8, volume, torch.ones_like(volume))
-    return torch.where((volume > 1e-8)[:, None, None], -virials / safe[:, None, None], torch.zeros_like(virials))
+    return torch.where((volume > 1e-8)[:, None, None], -virials / safe[:, None, None],
+                       torch.zeros_like(virials))
 
 
-def _strained(pos: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor,
+def strained(pos: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor,
               batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions and cells under the symmetric part of ``strain`` (B, 3, 3): the variable whose gradient at
     zero is minus the virial."""
@@ -68,7 +69,7 @@ def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bo
     strain = None
     if compute_stress:
         strain = torch.zeros((n_graphs, 3, 3), dtype=pos.dtype, device=pos.device, requires_grad=True)
-        pos, cell = _strained(pos, cell, strain, batch)
+        pos, cell = strained(pos, cell, strain, batch)
         inputs.append(strain)
 
     energies = atomic_energies(data, pos, cell)  # (n,)
@@ -83,7 +84,7 @@ def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bo
             g = grads[-1]
             virials = -g if g is not None else torch.zeros_like(strain)
             out[K.VIRIALS] = virials
-            out[K.STRESS] = _stress(virials, cell)
+            out[K.STRESS] = stress_from_virials(virials, cell)
     return out
 
 
@@ -104,7 +105,7 @@ def functional_energy_response(atomic_energies: AtomicEnergyFn, data, n_graphs: 
     def energy(pos, strain):
         c = cell
         if compute_stress:
-            pos, c = _strained(pos, cell, strain, batch)
+            pos, c = strained(pos, cell, strain, batch)
         energies = atomic_energies(data, pos, c)
         return energies.sum(), energies
 
@@ -117,8 +118,9 @@ def functional_energy_response(atomic_energies: AtomicEnergyFn, data, n_graphs: 
         out[K.FORCES] = -grads[0]
     if compute_stress:
         out[K.VIRIALS] = -grads[1]
-        out[K.STRESS] = _stress(-grads[1], cell)
+        out[K.STRESS] = stress_from_virials(-grads[1], cell)
     return out
 
 
-__all__ = ["energy_response", "functional_energy_response", "batch_vector", "num_graphs"]
+__all__ = ["energy_response", "functional_energy_response", "strained", "stress_from_virials", "batch_vector",
+           "num_graphs"]

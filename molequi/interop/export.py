@@ -60,6 +60,7 @@ from torch import nn
 from molequi import keys as K
 from molequi.errors import ModelError
 from molequi.io import atomic_write
+from molequi.response import strained, stress_from_virials
 
 FORMAT = "molequi-export/1"
 METADATA = "molequi.json"
@@ -93,19 +94,15 @@ class ExportableForceField(nn.Module):
         known = torch.isin(numbers, self.elements)
         numbers = torch.where(known, numbers, self.elements[0])
         positions = positions.detach().requires_grad_(True)
-        strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device, requires_grad=True)
-        sym = 0.5 * (strain + strain.transpose(0, 1))
-        pos = positions + positions @ sym
-        strained = cell + cell @ sym
+        strain = torch.zeros((1, 3, 3), dtype=positions.dtype, device=positions.device, requires_grad=True)
+        batch = torch.zeros_like(numbers)
+        pos, cells = strained(positions, cell.reshape(1, 3, 3), strain, batch)
         data = _Record({K.POS: pos, K.NUMBERS: numbers, K.EDGE_INDEX: edge_index, K.UNIT_SHIFTS: unit_shifts,
-                        K.BATCH: torch.zeros_like(numbers), K.CELL: strained.reshape(1, 3, 3)})
-        energies = self.model.atomic_energies(data, pos, strained.reshape(1, 3, 3))
+                        K.BATCH: batch, K.CELL: cells})
+        energies = self.model.atomic_energies(data, pos, cells)
         energy = energies.sum()
         dpos, dstrain = torch.autograd.grad(energy, [positions, strain])
-        volume = torch.linalg.det(cell).abs()
-        periodic = volume > 1e-8
-        stress = torch.where(periodic, dstrain / torch.where(periodic, volume, torch.ones_like(volume)),
-                             torch.zeros_like(dstrain))
+        stress = stress_from_virials(-dstrain, cell.reshape(1, 3, 3))[0]
         unknown = torch.where(known.all(), 0.0, float("nan"))
         return energy + unknown, energies + unknown, unknown - dpos, stress + unknown
 

@@ -28,6 +28,9 @@ def register(sub) -> None:
     from molequi.cli.import_edm import register_kind as register_edm
 
     register_edm(kinds)
+    from molequi.cli.import_fairchem import register_kind as register_fairchem
+
+    register_fairchem(kinds)
     q = kinds.add_parser(
         "qhnet",
         help="a checkpoint of the reference QHNet code (divelab/AIRS OpenDFT/QHNet train_wH.py results.pt)",

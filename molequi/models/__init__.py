@@ -28,6 +28,7 @@ MODELS = Registry("model", {
     "qhnet": "molequi.models.hamiltonian.qhnet:QHNet",
     "hamiltonian_conv": "molequi.models.hamiltonian.conv:HamiltonianConv",
     "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
+    "escn": "molequi.models.escn:ESCN",
     "faenet": "molequi.models.frame_averaging:FrameAveraging",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",

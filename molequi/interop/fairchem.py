@@ -1,0 +1,219 @@
+"""Import fairchem-core checkpoints (``torch.save`` of the trainer's state) as molequi checkpoints: eSCN.
+
+fairchem's trainer (``BaseTrainer.save``, fairchem-core 1.x) writes ``{"state_dict": model.state_dict(),
+"config": {...}, "normalizers": {...}, "optimizer": ..., "ema": ..., ...}``; the state dict's names carry one
+``module.`` per wrapper the model had when it was saved (none for one process, one for DistributedDataParallel,
+two in the published OC20 checkpoints of OCPDataParallel + DDP). Older checkpoints keep the model's name in
+``config["model"]`` and its options in ``config["model_attributes"]``; newer ones a dict with ``name``.
+
+Reading is safe: the pickle inside the zip archive is scanned without running it (``_pickle_globals``) and any
+global outside torch's tensor rebuilding, ``collections.OrderedDict`` and NumPy scalars is refused, naming the
+file and the global; the file is then loaded with ``torch.load(weights_only=True)``.
+
+Model: only ``escn`` (``molequi.models.escn.ESCN``) with one resolution and ``regress_forces: True`` (fairchem's
+direct force head); other models (``scn``, ``equiformer_v2``, ``hydra`` backbones + heads, ...) and options
+molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
+defaults (cutoff 8, max_neighbors 40, 8 layers, lmax [6], mmax [2], width 1.0, ...), as fairchem would.
+
+The imported model computes what fairchem's ``model(data)`` returns (energy = 0.001 sum of the per-atom
+sphere energies, direct forces), with zero E0s, unit scale and zero shift; the trainer's ``normalizers``
+(label mean / std that fairchem's trainer applies after the model) are NOT folded in: they are returned and
+printed, so that a user can apply them.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from molequi.errors import CheckpointError, UnsupportedModelError
+
+ORIGIN = "fairchem-core checkpoint"
+MODELS = ("escn",)
+
+# fairchem eSCN constructor defaults (fairchem-core 1.10.0, models/escn/escn.py) for keys a config leaves out
+_ESCN_DEFAULTS = {
+    "use_pbc": True, "use_pbc_single": False, "regress_forces": True, "otf_graph": False, "max_neighbors": 40,
+    "cutoff": 8.0, "max_num_elements": 90, "num_layers": 8, "lmax_list": [6], "mmax_list": [2],
+    "sphere_channels": 128, "hidden_channels": 256, "edge_channels": 128, "num_sphere_samples": 128,
+    "distance_function": "gaussian", "basis_width_scalar": 1.0, "distance_resolution": 0.02,
+    "show_timing_info": False, "resolution": None, "activation_checkpoint": False,
+}
+# fairchem name -> molequi ESCN.Config field
+_FIELDS = {"cutoff": "r_max", "max_neighbors": "max_neighbors", "max_num_elements": "max_num_elements",
+           "num_layers": "num_layers", "sphere_channels": "sphere_channels", "hidden_channels": "hidden_channels",
+           "edge_channels": "edge_channels", "num_sphere_samples": "num_sphere_samples",
+           "distance_function": "distance_function", "basis_width_scalar": "basis_width_scalar",
+           "distance_resolution": "distance_resolution", "resolution": "grid_resolution"}
+# options that change nothing in the model's outputs (training / graph-building / logging switches)
+_NO_EFFECT = {"use_pbc_single", "otf_graph", "show_timing_info", "activation_checkpoint"}
+# molequi's own buffers (no fairchem counterpart): E0s, energy scale / shift, direct-force scale
+_OWN = ("head.e0", "head.scale", "head.shift", "force_scale")
+
+_TENSOR_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                   ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+                   ("torch", "Size"), ("torch", "device")}
+_NUMPY_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+
+
+class UnsupportedFairchemOptionError(UnsupportedModelError):
+    """A fairchem checkpoint whose model or options molequi does not implement."""
+
+
+def _allowed(module: str, name: str) -> bool:
+    if (module, name) in _TENSOR_GLOBALS or (module, name) in _NUMPY_GLOBALS:
+        return True
+    if module == "torch" and (name.endswith("Storage") or name in ("float32", "float64", "float16", "bfloat16")):
+        return True
+    return module == "numpy.dtypes" and name.endswith("DType")
+
+
+def read_fairchem_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict of a fairchem trainer file, read safely (module docstring)."""
+    from molequi.interop.mace import _pickle_globals
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pkl) != 1:
+                raise CheckpointError(f"{path}: zip archive without one data.pkl; not written by torch.save")
+            found = _pickle_globals(archive.read(pkl[0]))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a torch.save zip archive ({type(exc).__name__}: {exc}); the file is "
+                              "damaged or is not a fairchem checkpoint (a legacy pre-1.6 torch file: load and "
+                              "torch.save it again with fairchem)") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt pickle opcodes
+        raise CheckpointError(f"{path}: corrupt pickle ({type(exc).__name__}: {exc})") from None
+    unsafe = sorted(f"{m}.{n}" if m != "?" else "a global not readable without running the pickle"
+                    for m, n in found if not _allowed(m, n))
+    if unsafe:
+        raise CheckpointError(f"{path}: its pickle names globals outside torch's tensors, OrderedDict and NumPy "
+                              f"scalars ({', '.join(unsafe)}); refused without loading it (fairchem checkpoints "
+                              "hold tensors and plain values only)")
+    numpy_globals = []
+    if any((m, n) in _NUMPY_GLOBALS or m == "numpy.dtypes" for m, n in found):
+        import numpy as np
+
+        numpy_globals = [np.dtype] + [getattr(np.dtypes, n) for m, n in found if m == "numpy.dtypes"]
+        core = getattr(np, "_core", None) or np.core
+        numpy_globals.append(core.multiarray.scalar)
+    try:
+        with torch.serialization.safe_globals(numpy_globals):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot be read as a fairchem checkpoint ({type(exc).__name__}: "
+                              f"{exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict) \
+            or not isinstance(obj.get("config"), dict):
+        raise CheckpointError(f"{path}: not a fairchem trainer checkpoint (expected a dict with 'state_dict' and "
+                              "'config', as fairchem's BaseTrainer.save writes)")
+    return obj
+
+
+def model_options(config: dict, source: str | None = None) -> tuple[str, dict]:
+    """(model name, options) of a fairchem config: ``{"model": {"name": ..., ...}}`` or the older
+    ``{"model": NAME, "model_attributes": {...}}``."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        options = dict(model)
+        name = options.pop("name", None)
+    else:
+        name, options = model, dict(config.get("model_attributes") or {})
+    if not isinstance(name, str):
+        raise CheckpointError(f"{source}: the checkpoint's config names no model (config['model'])")
+    return name, options
+
+
+def escn_config(options: dict, source: str | None = None):
+    """The ``ESCN.Config`` of a fairchem eSCN's options (refusing, by name, what molequi does not implement)."""
+    from molequi.models.escn import ESCN
+
+    opts = {**_ESCN_DEFAULTS, **options}
+    bad = [f"unknown eSCN option '{k}'" for k in options if k not in _ESCN_DEFAULTS]
+    lmax, mmax = list(opts["lmax_list"]), list(opts["mmax_list"])
+    if len(lmax) != 1 or len(mmax) != 1:
+        bad.append(f"lmax_list {lmax} / mmax_list {mmax}: molequi's eSCN has one resolution")
+    if not opts["regress_forces"]:
+        bad.append("regress_forces: False (no force head; molequi's gradient-force eSCN uses edge_roll: fixed "
+                   "and is not fairchem's model)")
+    if not opts["use_pbc"]:
+        bad.append("use_pbc: False (molequi's graph follows each structure's pbc flags)")
+    if bad:
+        raise UnsupportedFairchemOptionError(bad, source=source, origin=ORIGIN)
+    cfg = ESCN.Config(**{new: opts[old] for old, new in _FIELDS.items()}, lmax=int(lmax[0]), mmax=int(mmax[0]),
+                      direct_forces=True, edge_roll="random")
+    cfg.validate()
+    return cfg
+
+
+def state_to_molequi(state: dict, model, source: str | None = None) -> dict[str, torch.Tensor]:
+    """fairchem's eSCN state dict (any number of ``module.`` prefixes) under molequi's names, checked against
+    ``model``'s own: every tensor present with its shape, nothing unknown."""
+    ours = model.state_dict()
+    out, unknown, shapes = {}, [], []
+    for key, value in state.items():
+        name = re.sub(r"^(module\.)+", "", key)
+        name = {"sphharm_weights.0": "sphharm_weights"}.get(name, name)
+        if name not in ours:
+            unknown.append(key)
+        elif tuple(ours[name].shape) != tuple(value.shape):
+            shapes.append(f"{key}: {tuple(value.shape)} vs molequi {tuple(ours[name].shape)}")
+        else:
+            out[name] = value
+    for key in _OWN:  # molequi's energy head and force scale: set by the import's statistics (identity)
+        if key in ours:
+            out[key] = ours[key]
+    missing = [k for k in ours if k not in out]
+    if unknown or shapes or missing:
+        raise UnsupportedFairchemOptionError(
+            ([f"unknown parameters {unknown[:5]}" + (" ..." if len(unknown) > 5 else "")] if unknown else [])
+            + ([f"shapes that differ from the config's: {shapes[:3]}"] if shapes else [])
+            + ([f"parameters molequi needs that the file lacks: {missing[:5]}"] if missing else []),
+            source=source, origin=ORIGIN)
+    return out
+
+
+def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64):
+    """(molequi model in eval mode and ``dtype``, the checkpoint's normalizers) of the fairchem checkpoint."""
+    from molequi.data.statistics import Statistics
+    from molequi.models.escn import ESCN
+
+    ckpt = read_fairchem_checkpoint(path)
+    name, options = model_options(ckpt["config"], source=str(path))
+    if name not in MODELS:
+        raise UnsupportedFairchemOptionError(
+            [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (SCN, EquiformerV2 and Hydra "
+             "backbone/head checkpoints are not implemented)"], source=str(path), origin=ORIGIN)
+    cfg = escn_config(options, source=str(path))
+    stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))
+    model = ESCN(cfg, stats)
+    model.load_state_dict(state_to_molequi(ckpt["state_dict"], model, source=str(path)), strict=True)
+    normalizers = {k: {kk: float(vv) for kk, vv in v.items() if torch.is_tensor(vv) and vv.numel() == 1}
+                   for k, v in (ckpt.get("normalizers") or {}).items() if isinstance(v, dict)}
+    return model.to(dtype).eval(), normalizers
+
+
+def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float64) -> dict:
+    """Write the fairchem checkpoint ``path`` as a molequi checkpoint ``out`` (atomically); returns its payload
+    (``molequi.checkpoint.make_payload``) with the normalizers under ``payload['fairchem_normalizers']``."""
+    from molequi.checkpoint import make_payload, save_model
+    from molequi.config import to_plain
+
+    model, normalizers = import_fairchem(path, dtype)
+    payload = make_payload(config={"model": {"name": "escn", **to_plain(model.config)}},
+                           statistics=model.statistics.to_dict(), model_state=model.state_dict(), dtype=dtype)
+    payload["fairchem_normalizers"] = normalizers
+    save_model(payload, out)
+    return payload
+
+
+__all__ = ["read_fairchem_checkpoint", "model_options", "escn_config", "state_to_molequi", "import_fairchem",
+           "import_fairchem_checkpoint", "UnsupportedFairchemOptionError"]

@@ -1,0 +1,136 @@
+"""Peer side of the eSCN parity check: fairchem-core's eSCN, run by a python that has fairchem-core 1.10.0
+(``bash scripts/bench/setup_peers.sh fairchem``), never by molequi's venv.
+
+    PY _escn_peer.py build SPEC.json CKPT.pt        eSCN with random weights (seeded), saved as fairchem's
+                                                    trainer saves it
+    PY _escn_peer.py eval CKPT.pt GRAPHS.pt OUT.pt  energies / forces of the graphs, float64 (+ per-layer
+                                                    node features for locating differences)
+
+The code run is fairchem-core's ``fairchem/core/models/escn/escn.py`` and ``so3.py``, unmodified. Only package
+``__init__`` files are bypassed and two modules that import torch_geometric / torch_scatter (not installed in
+the peer venv) are stood in for: ``fairchem.core.common.utils`` gets fairchem's own ``conditional_grad``,
+``get_counts``, ``sum_partitions`` and ``get_max_neighbors_mask`` (their source, compiled from that file) and
+``fairchem.core.models.base`` empty interface classes. The radius graph (``generate_graph``, which needs
+torch_geometric) is replaced by the graph the driver sends: every pair within the cutoff, which this script
+sorts by centre atom and cuts to ``max_neighbors`` with fairchem's ``get_max_neighbors_mask``, as
+``radius_graph_pbc`` does.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+
+def import_escn():
+    base = Path(list(importlib.util.find_spec("fairchem").submodule_search_locations)[0])
+    for name, sub in [("fairchem", ""), ("fairchem.core", "core"), ("fairchem.core.models", "core/models"),
+                      ("fairchem.core.models.escn", "core/models/escn"), ("fairchem.core.models.scn", "core/models/scn"),
+                      ("fairchem.core.common", "core/common")]:
+        module = types.ModuleType(name)
+        module.__path__ = [str(base / sub)]
+        sys.modules[name] = module
+    utils = types.ModuleType("fairchem.core.common.utils")
+    src = (base / "core/common/utils.py").read_text()
+    tree = ast.parse(src)
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+            and n.name in ("conditional_grad", "get_counts", "sum_partitions", "get_max_neighbors_mask")]
+    import functools
+
+    import numpy as np
+
+    utils.__dict__.update({"torch": torch, "np": np, "wraps": functools.wraps})
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(base / "core/common/utils.py"), "exec"), utils.__dict__)
+    sys.modules["fairchem.core.common.utils"] = utils
+    mbase = types.ModuleType("fairchem.core.models.base")
+
+    class GraphModelMixin:
+        pass
+
+    mbase.GraphModelMixin = GraphModelMixin
+    mbase.BackboneInterface = type("BackboneInterface", (), {})
+    mbase.HeadInterface = type("HeadInterface", (), {})
+    sys.modules["fairchem.core.models.base"] = mbase
+    from fairchem.core.models.escn import escn
+
+    return escn, utils
+
+
+def build(spec_file: str, out: str) -> None:
+    escn, _ = import_escn()
+    spec = json.loads(Path(spec_file).read_text())
+    seed = spec.pop("seed")
+    prefix = spec.pop("_prefix", "module.")
+    gain = spec.pop("_gain", 1.0)
+    torch.manual_seed(seed)  # fairchem trains in float32: weights, sphere points and offsets as it saves them
+    model = escn.eSCN(**spec)
+    with torch.no_grad():  # the edge-atom embeddings start at +-0.001; give them a scale that matters
+        for block in model.layer_blocks:
+            eb = block.message_block.edge_block
+            eb.source_embedding.weight.normal_(0.0, 0.5)
+            eb.target_embedding.weight.normal_(0.0, 0.5)
+        # PyTorch's default init makes the messages small, where SiLU is nearly linear and the random edge
+        # frames hardly matter (1e-8); a gain on every linear map makes the nonlinearities (and the frames) count
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embedding" not in name:
+                p.mul_(gain)
+    state = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "normalizers": {}, "elementrefs": {},
+                "config": {"model": {"name": "escn", **spec}, "task": {"dataset": "trajectory_lmdb"},
+                           "optim": {"batch_size": 1}},
+                "val_metrics": None, "amp": None, "epoch": 0, "step": 0}, out)
+
+
+def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
+    escn, utils = import_escn()
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    cfg = dict(ckpt["config"]["model"])
+    cfg.pop("name")
+    # built in float32 as fairchem's trainer builds it (the Gaussian width is computed at construction from a
+    # float32 linspace; it is not in the state dict), then evaluated in float64
+    model = escn.eSCN(**cfg)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state, strict=True)
+    model = model.double().eval()
+    torch.set_default_dtype(torch.float64)  # fairchem allocates Wigner matrices, grids, energies in it
+    features = []
+    for block in model.layer_blocks:
+        block.register_forward_hook(lambda mod, inp, outp: features.append(outp.embedding.detach().clone()))
+    graphs = torch.load(graphs_file, weights_only=True)
+    results = []
+    for g in graphs:
+        pos = g["pos"].double()
+        ei, shifts = g["edge_index"], g["unit_shifts"].double() @ g["cell"].double()
+        order = torch.argsort(ei[1], stable=True)  # radius_graph_pbc's order: by centre atom
+        ei, shifts = ei[:, order], shifts[order]
+        vec = pos[ei[0]] - pos[ei[1]] - shifts
+        d2 = torch.sum(vec**2, dim=1)
+        natoms = torch.tensor([pos.shape[0]])
+        mask, _ = utils.get_max_neighbors_mask(natoms=natoms, index=ei[1], atom_distance=d2,
+                                               max_num_neighbors_threshold=model.max_neighbors)
+        ei, vec = ei[:, mask], vec[mask]
+        graph = types.SimpleNamespace(edge_index=ei, edge_distance=torch.sqrt(torch.sum(vec**2, dim=1)),
+                                      edge_distance_vec=vec)
+        model.generate_graph = lambda data, graph=graph: graph
+        data = types.SimpleNamespace(pos=pos, atomic_numbers=g["numbers"].long(), natoms=natoms,
+                                     batch=torch.zeros(pos.shape[0], dtype=torch.long))
+        features.clear()
+        torch.manual_seed(int(g["seed"]))
+        with torch.no_grad():
+            o = model(data)
+        results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(),
+                        "edges": int(ei.shape[1]), "layers": list(features)})
+    torch.save(results, out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "build":
+        build(sys.argv[2], sys.argv[3])
+    else:
+        evaluate(sys.argv[2], sys.argv[3], sys.argv[4])

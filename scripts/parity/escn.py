@@ -1,0 +1,166 @@
+"""Parity of molequi's eSCN (``model.name: escn``) and its fairchem import with fairchem-core 1.10.0's eSCN.
+
+    python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT] [--size tiny|oc20] [--frames ...]
+
+``PY`` is a python with fairchem-core (``bash scripts/bench/setup_peers.sh fairchem`` prints it). Without
+``--checkpoint`` the peer builds fairchem's eSCN with random weights (seeded; ``--size tiny`` for tests, ``oc20``
+the OC20 S2EF All+MD sizes of ``eSCN-L6-M2-Lay12-All-MD.yml``) and saves it as fairchem's trainer does
+(``{"state_dict": ... "module."-prefixed as under DistributedDataParallel, "config": {"model": {...}}, ...}``).
+molequi imports the file (``molequi.interop.fairchem``); both evaluate energies and forces in float64 on the
+shipped real OC20 frames (``data/oc20/oc20_real.extxyz``) with the same radius graph (molequi's neighbour list;
+each side cuts it to ``max_neighbors`` with its own code) and the same random edge-frame rolls (both draw them
+with ``torch.rand`` from the same seed, in the same edge order). The peer also returns every layer's output,
+so a difference is located per layer.
+
+Prints one JSON object {"peer", "dtype", "max_abs_err_energy", "max_abs_err_forces", "tolerance", "ok",
+"relative", "structures", ...} and exits 1 when a relative error (max abs error / max abs reference value,
+per quantity) exceeds the tolerance (default 1e-5), or the edge counts differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+PEER = Path(__file__).with_name("_escn_peer.py")
+FRAMES = ROOT / "data" / "oc20" / "oc20_real.extxyz"
+
+SIZES = {
+    # tiny: the test's model; a 6 Å cutoff and 12 neighbours so that the neighbour cut is exercised; "_gain"
+    # (peer-side, not a fairchem option) multiplies the linear maps by 3 so that the SiLUs are nonlinear and
+    # the random edge-frame rolls change the forces by ~1e-2 relative (1e-8 at PyTorch's default init): a
+    # frame that differed from fairchem's would fail the 1e-5 tolerance
+    "tiny": {"num_layers": 2, "lmax_list": [3], "mmax_list": [2], "sphere_channels": 8, "hidden_channels": 12,
+             "edge_channels": 8, "num_sphere_samples": 16, "cutoff": 6.0, "max_neighbors": 12,
+             "distance_resolution": 0.25, "basis_width_scalar": 2.0, "distance_function": "gaussian",
+             "max_num_elements": 90, "use_pbc": True, "otf_graph": True, "regress_forces": True,
+             "_gain": 3.0},
+    # eSCN-L6-M2-Lay12-All-MD.yml (fairchem configs/s2ef/all/escn)
+    "oc20": {"num_layers": 12, "max_neighbors": 20, "cutoff": 12.0, "sphere_channels": 128, "hidden_channels": 256,
+             "lmax_list": [6], "mmax_list": [2], "num_sphere_samples": 128, "distance_function": "gaussian",
+             "regress_forces": True, "use_pbc": True, "basis_width_scalar": 2.0, "otf_graph": True},
+}
+
+
+def run_peer(py: str, *args: str) -> None:
+    proc = subprocess.run([py, str(PEER), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"fairchem peer failed ({args[0]}):\n{proc.stderr[-3000:]}")
+
+
+def peer_version(py: str) -> str:
+    out = subprocess.run([py, "-c", "from importlib.metadata import version; print(version('fairchem-core'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int, work: Path,
+        tolerance: float) -> dict:
+    import ase.io
+
+    from molequi.calculators.predict import build_records
+    from molequi.interop.fairchem import import_fairchem
+    from molequi.models.escn import ESCN
+
+    t0 = time.perf_counter()
+    if checkpoint is None:
+        spec = dict(SIZES[size], seed=seed)
+        (work / "spec.json").write_text(json.dumps(spec))
+        checkpoint = str(work / "escn.pt")
+        run_peer(py, "build", str(work / "spec.json"), checkpoint)
+    model, normalizers = import_fairchem(checkpoint, dtype=torch.float64)
+    t_import = time.perf_counter() - t0
+    atoms = ase.io.read(FRAMES, ":")
+    chosen = [(i, atoms[i]) for i in frames]
+    records = build_records([a for _, a in chosen], model.r_max, torch.float64, validate=False)
+    graphs = [{"pos": r.pos, "cell": r.cell.reshape(3, 3), "numbers": r.numbers, "edge_index": r.edge_index,
+               "unit_shifts": r.unit_shifts, "seed": seed + k} for k, r in enumerate(records)]
+    torch.save(graphs, work / "graphs.pt")
+    t1 = time.perf_counter()
+    run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
+    t_peer = time.perf_counter() - t1
+    ref = torch.load(work / "ref.pt", weights_only=True)
+
+    layers_out = []
+    for block in model.layer_blocks:
+        block.register_forward_hook(lambda mod, inp, outp: layers_out.append(outp.detach().clone()))
+    err = {"energy": 0.0, "forces": 0.0}
+    scale = {"energy": 0.0, "forces": 0.0}
+    rows, edges_ok = [], True
+    t2 = time.perf_counter()
+    for (i, a), rec, r, g in zip(chosen, records, ref, graphs):
+        from torch_geometric.data import Batch
+
+        batch = Batch.from_data_list([rec])
+        layers_out.clear()
+        model.generator = torch.Generator().manual_seed(int(g["seed"]))
+        with torch.no_grad():
+            out = model(batch)
+        sender, _, _ = model.edges(batch, batch.pos, batch.cell.reshape(-1, 3, 3))
+        e_err = float((out["energy"] - r["energy"]).abs().max())
+        f_err = float((out["forces"] - r["forces"]).abs().max())
+        row = {"frame": i, "atoms": len(a), "edges": int(sender.numel()), "peer_edges": r["edges"],
+               "energy": float(out["energy"][0]), "peer_energy": float(r["energy"][0]),
+               "abs_err_energy": e_err, "abs_err_forces": f_err,
+               "max_abs_force": float(r["forces"].abs().max()),
+               "layer_rel_err": [float((o - p).abs().max() / max(float(p.abs().max()), 1e-300))
+                                 for o, p in zip(layers_out, r["layers"])]}
+        edges_ok &= row["edges"] == row["peer_edges"]
+        err["energy"], err["forces"] = max(err["energy"], e_err), max(err["forces"], f_err)
+        scale["energy"] = max(scale["energy"], abs(row["peer_energy"]))
+        scale["forces"] = max(scale["forces"], row["max_abs_force"])
+        rows.append(row)
+    t_ours = time.perf_counter() - t2
+    rel = {k: err[k] / max(scale[k], 1e-300) for k in err}
+    ok = edges_ok and all(v <= tolerance for v in rel.values())
+    cfg = model.config
+    return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": "escn",
+            "checkpoint": checkpoint if size is None else f"random weights ({size}, seed {seed})",
+            "config": {"lmax": cfg.lmax, "mmax": cfg.mmax, "layers": cfg.num_layers,
+                       "sphere_channels": cfg.sphere_channels, "cutoff": cfg.r_max,
+                       "max_neighbors": cfg.max_neighbors, "parameters": sum(p.numel() for p in model.parameters())},
+            "normalizers_not_applied": normalizers,
+            "max_abs_err_energy": err["energy"], "max_abs_err_forces": err["forces"], "tolerance": tolerance,
+            "relative": rel, "edges_match": edges_ok, "ok": ok,
+            "seconds": {"import": round(t_import, 2), "peer": round(t_peer, 2), "molequi": round(t_ours, 2)},
+            "structures": rows}
+
+
+def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer-python", required=True, help="python with fairchem-core (setup_peers.sh fairchem)")
+    parser.add_argument("--checkpoint", help="a fairchem eSCN checkpoint to check (default: random weights)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                        help="sizes of the random model (tiny: tests; oc20: the OC20 S2EF All+MD config)")
+    parser.add_argument("--frames", default="0,1,18,36",
+                        help="comma list of frames of data/oc20/oc20_real.extxyz (0..36), or 'all'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    parser.add_argument("--workdir", help="keep the checkpoint, graphs and results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_argparser().parse_args(argv)
+    frames = list(range(37)) if args.frames == "all" else [int(f) for f in args.frames.split(",")]
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
+                  work, args.tolerance)
+    print(json.dumps(res))
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,11 +10,13 @@ ratios over four seeds are in the test; energies of so tiny a model are too nois
 mace-torch ``*.model`` file as mace-torch computes them (needs the peer venv); frozen parameters stay bitwise
 equal; conflicting architecture keys and unknown freeze patterns are ConfigErrors.
 
-A second molecule: the same ethanol-trained model fine-tuned on 20 frames of rMD17 *malonaldehyde* (same
-elements H, C, O; same PBE/def2-SVP level; 60 frames shipped in ``tests/train/data``, see ``ORIGIN.md`` there)
-mixed with the 40 ethanol pretraining frames as replay (as mace-torch's multihead fine-tuning does) must
-lower the force MAE on 40 held-out malonaldehyde frames by >= 30 % while ethanol's grows by <= 35 %; without
-replay the same run forgets ethanol (its MAE more than triples), so the replay bound is not vacuous.
+A second molecule: a wider MACE (16 channels) trained on 200 frames spread over the shipped ethanol training
+split (1500 steps) is fine-tuned (150 steps) on 20 frames of rMD17 *malonaldehyde* (same elements H, C, O; same
+PBE/def2-SVP level; 60 frames shipped in ``tests/train/data``, see ``ORIGIN.md`` there) mixed with its
+pretraining frames as replay (as mace-torch's multihead fine-tuning replays pretraining data; here one shared
+head, each replay frame listed twice). It must lower the force MAE on 40 held-out malonaldehyde frames by
+>= 50 % while the ethanol force MAE does not grow, and stay within 10 % of what 150 more steps on ethanol alone
+give; without replay the same run forgets ethanol (its MAE more than triples), so replay is what keeps it.
 """
 from pathlib import Path
 
@@ -46,7 +48,8 @@ def frames():
     hot = test_split[-40:]
     # frames 0-59 of rMD17's malonaldehyde train split 01, in file order (a random sample of the trajectory)
     other = read_rmd17_npz(str(Path(__file__).parent / "data" / "rmd17_malonaldehyde_train_01_first60.npz"))
-    return {"pretrain": train_split[:40], "ethanol_test": test_split[::50][:20],
+    return {"pretrain": train_split[:40], "pretrain_spread": train_split[::len(train_split) // 200][:200],
+            "ethanol_test": test_split[::50][:20],
             "hot_train": [r for i, r in enumerate(hot) if i % 5], "hot_test": hot[0::5],
             "other_train": other[:20], "other_test": other[20:]}
 
@@ -64,6 +67,16 @@ def pretrained(tmp_path_factory, frames):
     tmp = tmp_path_factory.mktemp("pretrain")
     result = train(_cfg(tmp, "run", TINY, 400, 0.02, ema=0.9),
                    splits={"train": frames["pretrain"], "valid": [], "test": []}, enable_summary=False)
+    return result.model_path
+
+
+@pytest.fixture(scope="module")
+def pretrained_wide(tmp_path_factory, frames):
+    """16 channels, 200 ethanol frames spread over the training split, 1500 steps (~17 CPU s)."""
+    tmp = tmp_path_factory.mktemp("pretrain_wide")
+    wide = {**TINY, "hidden_irreps": "16x0e+16x1o", "MLP_irreps": "16x0e"}
+    result = train(_cfg(tmp, "run", wide, 1500, 0.02, ema=0.9),
+                   splits={"train": frames["pretrain_spread"], "valid": [], "test": []}, enable_summary=False)
     return result.model_path
 
 
@@ -106,30 +119,35 @@ def test_finetune_improves_new_frames_keeps_ethanol(tmp_path, pretrained, frames
     assert eth_after < 1.10 * eth_before, (eth_before, eth_after)
 
 
-def test_finetune_on_another_molecule_with_replay_keeps_ethanol(tmp_path, pretrained, frames):
-    """Ethanol model -> malonaldehyde (20 frames) + ethanol replay (the 40 pretraining frames), 150 steps.
+def test_finetune_on_another_molecule_with_replay_keeps_ethanol(tmp_path, pretrained_wide, frames):
+    """Ethanol model -> malonaldehyde (20 frames) + ethanol replay (the 200 pretraining frames, each twice),
+    150 steps; controls: the same run without replay, and 150 steps on the ethanol replay alone.
 
     Forces only: the model's E0s were fitted on ethanol alone (one composition, so C, H and O are not
-    separated) and malonaldehyde's energies sit eV away from them; with the energy term (weight 1) the same
-    run was measured to diverge (force MAE 4.6 eV/A on malonaldehyde, 4.0 on ethanol)."""
-    before = load_model(pretrained)
+    separated) and malonaldehyde's energies sit eV away from them; with the energy term (weight 1) the tiny
+    model's run was measured to diverge (force MAE 4.6 eV/A on malonaldehyde, 4.0 on ethanol)."""
+    before = load_model(pretrained_wide)
     other_before = _force_mae(before, frames["other_test"])
     eth_before = _force_mae(before, frames["ethanol_test"])
-    model = {"name": "mace", "init_from": str(pretrained)}
+    model = {"name": "mace", "init_from": str(pretrained_wide)}
+    replay = frames["pretrain_spread"] * 2
     after = {}
-    for name, replay in (("replay", frames["pretrain"]), ("no_replay", [])):
+    for name, train_frames in (("replay", frames["other_train"] + replay), ("no_replay", frames["other_train"]),
+                               ("ethanol_only", replay)):
         result = train(_cfg(tmp_path, name, model, 150, 0.005, ema=0.9, energy_weight=0.0),
-                       splits={"train": frames["other_train"] + replay, "valid": [], "test": []},
-                       enable_summary=False)
+                       splits={"train": train_frames, "valid": [], "test": []}, enable_summary=False)
         tuned = load_model(result.model_path)
         after[name] = (_force_mae(tuned, frames["other_test"]), _force_mae(tuned, frames["ethanol_test"]))
     print(f"malonaldehyde {other_before:.4f} -> {after['replay'][0]:.4f} (no replay {after['no_replay'][0]:.4f}),"
-          f" ethanol {eth_before:.4f} -> {after['replay'][1]:.4f} (no replay {after['no_replay'][1]:.4f}) eV/A")
-    # measured over trainer seeds 0-3 (after / before): with replay, malonaldehyde 0.604, 0.600, 0.597, 0.591
-    # and ethanol 1.186, 1.222, 1.189, 1.195; without replay, malonaldehyde 0.37-0.38 and ethanol 5.6-5.8
+          f" ethanol {eth_before:.4f} -> {after['replay'][1]:.4f} (no replay {after['no_replay'][1]:.4f}, "
+          f"ethanol alone {after['ethanol_only'][1]:.4f}) eV/A")
+    # measured over trainer seeds 0-3 (after / before): with replay, malonaldehyde 0.360, 0.350, 0.355, 0.375
+    # and ethanol 0.980, 0.947, 0.972, 0.934; 150 steps on ethanol alone: ethanol 0.912 (seed 0); without
+    # replay (1000-step base): malonaldehyde 0.12-0.13, ethanol 8.2-8.5
     other_after, eth_after = after["replay"]
-    assert other_after < 0.70 * other_before, (other_before, other_after)
-    assert eth_after < 1.35 * eth_before, (eth_before, eth_after)
+    assert other_after < 0.50 * other_before, (other_before, other_after)
+    assert eth_after < eth_before, (eth_before, eth_after)  # ethanol not lost
+    assert eth_after < 1.10 * after["ethanol_only"][1], (after["ethanol_only"], eth_after)
     assert after["no_replay"][1] > 3.0 * eth_before, (eth_before, after["no_replay"])  # replay is what keeps it
 
 

@@ -294,8 +294,14 @@ def migrate_stored_config(config: dict, version: int) -> dict:
     """A run config stored in a checkpoint of format ``version`` (``molequi.checkpoint``), as this molequi
     reads it: before version 2, model keys that were absent took defaults that have changed since, so each
     absent key of the model ``Config``'s ``LEGACY_DEFAULTS`` is set to its old value (an explicit key is
-    kept). Configs read from YAML are not migrated: they get today's defaults."""
+    kept). Configs read from YAML are not migrated: they get today's defaults.
+
+    A stored ``eqgat_diff`` model with ``coords_range`` (which only the EGNN denoiser has) was written when
+    that name meant the EGNN-based categorical model: it is read as ``egnn_categorical``, its name today."""
     model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and model.get("name") == "eqgat_diff" and "coords_range" in model:
+        model = {**model, "name": "egnn_categorical"}
+        config = {**config, "model": model}
     if version >= 2 or not isinstance(model, dict) or not isinstance(model.get("name", "mace"), str):
         return config
     try:
@@ -580,7 +586,10 @@ def _field_comments(cls) -> dict[str, str]:
 
 
 def _field_docs(cls) -> dict[str, str]:
-    comments = _field_comments(cls)
+    comments = {}
+    for klass in reversed(cls.__mro__):  # fields a dataclass inherits are documented in its base's source
+        if dataclasses.is_dataclass(klass):
+            comments.update(_field_comments(klass))
     docs = {}
     for f in dataclasses.fields(cls):
         docs[f.name] = f.metadata.get("help") or f.metadata.get("doc") or comments.get(f.name, "")

@@ -23,12 +23,12 @@ def register(sub) -> None:
     p.add_argument("--method", choices=["ancestral", "ddim"], default=None,
                    help="EDM sampler: ancestral (stochastic, EDM's) or ddim (the generalised DDIM step, needed by "
                         "distilled students); default ancestral, or ddim for a distilled student. Ignored by "
-                        "eqgat_diff")
+                        "the categorical models (eqgat_diff, egnn_categorical)")
     p.add_argument("--eta", type=float, default=None,
                    help="with --method ddim: the fraction (0..1) of the ancestral step's noise each DDIM step "
                         "adds (0: deterministic; 1: the ancestral step's mean and variance). Default 1 for a "
                         "distilled student (its most stable sampler in bench_results/generation.md), else 0. "
-                        "Ignored by eqgat_diff")
+                        "Ignored by the categorical models")
     p.add_argument("--context", type=float, nargs="+", default=None, metavar="VALUE",
                    help="for a model trained with condition_on: the target value of each conditioning "
                         "property (in its own units, in condition_on's order), the same for every molecule")

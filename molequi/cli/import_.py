@@ -1,4 +1,4 @@
-"""``molequi import mace|edm|qhnet IN --out OUT.pt``: another program's model file as a molequi checkpoint."""
+"""``molequi import mace|edm|qhnet|eqgat_diff IN --out OUT.pt``: another program's model file as a molequi checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "import",
-        help="import a model written by another program (mace-torch, EDM, QHNet) as a molequi checkpoint",
+        help="import a model written by another program (mace-torch, EDM, QHNet, EQGAT-diff) as a molequi "
+        "checkpoint",
         description="Read a foreign model file safely (in a separate process with that program installed) "
         "and write an ordinary molequi checkpoint that md, relax, predict, eval and train use.",
     )
@@ -50,6 +51,34 @@ def register(sub) -> None:
     q.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                    help="precision of the written weights (default float64)")
     q.set_defaults(func=run_qhnet)
+    g = kinds.add_parser(
+        "eqgat_diff",
+        help="a checkpoint of the reference EQGAT-diff code (jule-c/eqgat_diff best_mol_stab.ckpt)",
+        description="Import an EQGAT-diff Lightning checkpoint (or a DenoisingEdgeNetwork state dict), read "
+        "with weights_only: the denoiser's weights, the marginal priors and the size distribution. Sizes come "
+        "from the weights; options molequi does not implement are refused with the list of them. The "
+        "reference's per-variable schedule exponents are not imported (molequi samples with one cosine "
+        "schedule).",
+    )
+    g.add_argument("checkpoint", metavar="CKPT", help="reference checkpoint (e.g. best_mol_stab.ckpt)")
+    g.add_argument("--out", required=True, help="molequi checkpoint to write (e.g. eqgat_diff.pt)")
+    g.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="precision of the written weights (default float64)")
+    g.set_defaults(func=run_eqgat_diff)
+
+
+def run_eqgat_diff(args) -> int:
+    import torch
+
+    from molequi.interop.eqgat_diff import import_eqgat_diff_checkpoint
+
+    payload = import_eqgat_diff_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype))
+    cfg = payload["config"]["model"]
+    print(f"imported {args.checkpoint} -> {args.out}: EQGAT-diff {cfg['hidden']} scalar / {cfg['vectors']} "
+          f"vector / {cfg['edge_hidden']} edge channels, {cfg['layers']} layers, cross products "
+          f"{'on' if cfg['cross_product'] else 'off'}, T {cfg['timesteps']}, {len(cfg['elements'])} elements, "
+          f"{args.dtype}")
+    return 0
 
 
 def run_qhnet(args) -> int:

@@ -32,7 +32,8 @@ MODELS = Registry("model", {
     "faenet": "molequi.models.frame_averaging:FrameAveraging",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",
-    "eqgat_diff": "molequi.models.generative.categorical:CategoricalDiffusion",
+    "eqgat_diff": "molequi.models.generative.categorical:EQGATDiffusion",
+    "egnn_categorical": "molequi.models.generative.categorical:CategoricalDiffusion",
 })
 
 # the model class registered under a name (ConfigError listing the valid names otherwise)

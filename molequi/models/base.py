@@ -57,7 +57,8 @@ class ForceField(Protocol):
 
 @runtime_checkable
 class GenerativeModel(Protocol):
-    """What the diffusion task and ``molequi generate`` use of a generative model (edm, eqgat_diff).
+    """What the diffusion task and ``molequi generate`` use of a generative model
+    (edm, eqgat_diff, egnn_categorical).
 
     config                     the model's ``Config`` (elements, sampling settings)
     training_loss(batch)       -> (scalar loss, {name: logged value})

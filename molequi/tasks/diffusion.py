@@ -1,4 +1,4 @@
-"""Task ``diffusion``: train a generative model of 3D molecules (EDM or the categorical EQGAT-diff variant).
+"""Task ``diffusion``: train a generative model of 3D molecules (EDM, or categorical diffusion: EQGAT-diff).
 
 The model owns its objective (``model.training_loss(batch) -> (loss, logs)``: EDM's eps-MSE, or the
 categorical model's weighted MSE + cross-entropies), because the objective *is* the model definition for
@@ -49,7 +49,7 @@ class DiffusionTask(Task):
     def __init__(self, model: torch.nn.Module, config=None):
         if not isinstance(model, GenerativeModel):
             raise ConfigError(f"task 'diffusion' needs a generative model with training_loss(batch) "
-                              f"(edm, eqgat_diff), got {type(model).__name__}")
+                              f"(edm, eqgat_diff, egnn_categorical), got {type(model).__name__}")
         super().__init__(model, config)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@
     python scripts/parity/check.py edm --peer-code PATH [--checkpoint RUN_DIR]    (see scripts/parity/edm.py)
     python scripts/parity/check.py qhnet --peer-code PATH [--checkpoint CKPT]    (see scripts/parity/qhnet.py)
     python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT]     (see scripts/parity/escn.py)
+    python scripts/parity/check.py eqgat_diff --peer-code PATH [--checkpoint CKPT]  (scripts/parity/eqgat_diff.py)
 
 ``mace``: builds mace-torch models with random weights in the peer python (``PY``, a python with mace-torch,
 e.g. the venv of ``scripts/bench/setup_peers.sh``), saves each as ``*.model`` the way mace_run_train does
@@ -192,6 +193,11 @@ def main(argv=None) -> int:
         from escn import main as escn_main
 
         return escn_main(argv[1:])
+    if argv[:1] == ["eqgat_diff"]:  # EQGAT-diff's: check.py eqgat_diff --peer-code PATH [...] (eqgat_diff.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from eqgat_diff import main as eqgat_diff_main
+
+        return eqgat_diff_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("peer", choices=["mace", "edm"])
     parser.add_argument("--peer-python", required=True, help="python with mace-torch installed")

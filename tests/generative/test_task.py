@@ -18,7 +18,7 @@ def _batch():
     return Batch.from_data_list(recs)
 
 
-@pytest.mark.parametrize("name", ["edm", "eqgat_diff"])
+@pytest.mark.parametrize("name", ["edm", "eqgat_diff", "egnn_categorical"])
 def test_task_contract(name):
     cls = get_model_class(name)
     cfg = cls.Config(hidden=8, layers=1, timesteps=10)

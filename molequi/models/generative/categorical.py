@@ -1,8 +1,14 @@
-"""Categorical diffusion of atom types, formal charges and bonds with continuous positions (EQGAT-diff spirit,
-Le et al. 2024; MiDi, Vignac et al. 2023).
+"""Categorical diffusion of atom types, formal charges and bonds with continuous positions (EQGAT-diff, Le et al.
+2024; MiDi, Vignac et al. 2023), with two denoisers:
+
+- ``eqgat_diff`` (``EQGATDiffusion``): EQGAT-diff's own denoiser (``molequi.models.generative.eqgat``:
+  equivariant graph attention with scalar, vector and edge features), as its reference code builds it;
+- ``egnn_categorical`` (``CategoricalDiffusion``): EDM's EGNN with bond features (``CategoricalDenoiser``),
+  molequi's earlier stand-in, kept under its own name.
 
 Per molecule: positions x (n, 3) Å (zero centre of mass), atom types a (n,) in K classes, formal charges
-q (n,) in {-1, 0, +1}, bonds b_ij in {none, single, double, triple, aromatic} for every pair i < j.
+q (n,) in ``charges`` (default {-1, 0, +1}), bonds b_ij in {none, single, double, triple, aromatic} for every
+pair i < j.
 
 Forward process, cosine schedule alpha_bar_t (``NoiseSchedule('cosine')``), t = 1..T::
 
@@ -12,18 +18,27 @@ Forward process, cosine schedule alpha_bar_t (``NoiseSchedule('cosine')``), t = 
 where m is the class marginal of the training data (the "marginal prior": Q_t = a_t I + (1 - a_t) 1 m^T with
 a_t = alpha_bar_t / alpha_bar_{t-1}, so the chain converges to m rather than to uniform noise).
 
-x0 parameterisation. The network predicts x_0 and the class probabilities p(c_0 | G_t); the loss is::
+x0 parameterisation. The network predicts x_0 and the class probabilities p(c_0 | G_t); the loss per
+molecule is EQGAT-diff's (``experiments/losses.py`` ``DiffusionLoss`` with x0 targets)::
 
-    L = w_t [ 3 ||x_0 - x_hat||^2 / n  + 0.4 CE(a) + 1 CE(q) + 2 CE(b) ],  w_t = clamp(alpha_bar_t / (1 - alpha_bar_t), 0.05, 1.5)
+    L = w_t [ 3 MSE(x) + 0.4 CE(a) + 1 CE(q) + 2 CE(b) ],  w_t = clamp(alpha_bar_t / (1 - alpha_bar_t), 0.05, 1.5)
 
-(EQGAT-diff's weights and SNR clamp), each cross-entropy averaged over the molecule's atoms / pairs.
+    MSE(x) = mean_i mean_{xyz} (x_0 - x_hat)^2            (per coordinate: ||.||^2 / 3 per atom)
+    CE(a), CE(q) = mean_i CE_i
+    CE(b)  = mean_i 0.5 mean_{j != i} CE_ji               (per receiving atom, then per molecule)
+
+(``reference_loss_terms``); the batch loss is the mean of L over molecules (the reference sums them: a
+constant factor, the batch size). Before this form molequi's coordinate term was 3x larger (||.||^2 per
+atom) and the bond term 2x (mean over pairs without the 0.5).
 
 Reverse step t -> s (any s < t, so fewer steps than T work): for positions the Gaussian posterior
 q(x_s | x_t, x_hat); for each categorical variable the posterior mixed over the predicted c_0,::
 
     p(c_s = i | c_t = j) = sum_k p(c_0 = k) q(c_t = j | c_s = i) q(c_s = i | c_0 = k) / q(c_t = j | c_0 = k).
 
-Bonds are predicted by an edge head (symmetrised over i -> j and j -> i), not inferred from distances.
+One cosine schedule serves all four variables (the reference gives positions, atoms / charges and bonds
+cosine schedules of different exponents, nu = 2.5, 1 and 1.5). Bonds are predicted by an edge head
+(symmetrised over i -> j and j -> i), not inferred from distances.
 
 Training data need bonds and charges: records with ``bond_index`` (2, nb), ``bond_order`` (nb,) and
 ``charges`` (n,) (see ``data.perceive_bonds``); when absent they are perceived from the geometry on the fly
@@ -46,12 +61,12 @@ from molequi.models.generative.graph import (
     centred_gaussian,
     fully_connected_edges,
     remove_mean,
+    scatter_mean,
     sizes_to_batch,
 )
 from molequi.models.generative.layers import EDMBlock, PairLinear
 from molequi.models.generative.schedules import NoiseSchedule
 from molequi.nn.heap import retained_heap
-from molequi.nn.scatter import scatter_sum
 
 CHARGE_VALUES = (-1, 0, 1)
 N_BOND_TYPES = 5  # none, single, double, triple, aromatic
@@ -70,9 +85,9 @@ class CategoricalDenoiser(nn.Module):
     rev (E,) the index of each edge's reverse. Equivariant in x, invariant elsewhere.
     """
 
-    def __init__(self, n_types: int, hidden: int, layers: int, edge_hidden: int, coords_range: float = 15.0):
+    def __init__(self, n_types: int, hidden: int, layers: int, edge_hidden: int, coords_range: float = 15.0,
+                 n_charges: int = len(CHARGE_VALUES)):
         super().__init__()
-        n_charges = len(CHARGE_VALUES)
         self.node_in = nn.Linear(n_types + n_charges + 1, hidden)
         self.edge_in = nn.Linear(N_BOND_TYPES, edge_hidden)
         self.blocks = nn.ModuleList([EDMBlock(hidden, coords_range=coords_range / layers, edge_dim=1 + edge_hidden)
@@ -115,36 +130,59 @@ def _posterior(c_t: torch.Tensor, p0: torch.Tensor, m: torch.Tensor, ab_t: float
     return post / post.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
+@dataclass
+class DiffusionSettings:
+    """The categorical diffusion's settings, shared by both denoisers' ``Config``."""
+
+    elements: list[int] = field(default_factory=lambda: [1, 6, 7, 8, 9])  # atom types
+    charges: list[int] = field(default_factory=lambda: list(CHARGE_VALUES))  # formal charges (consecutive)
+    timesteps: int = 500  # T (EQGAT-diff: 500)
+    weight_x: float = 3.0  # loss weight of the positions (EQGAT-diff)
+    weight_types: float = 0.4  # loss weight of the atom-type cross-entropy
+    weight_charges: float = 1.0  # loss weight of the charge cross-entropy
+    weight_bonds: float = 2.0  # loss weight of the bond-order cross-entropy
+    weight_clamp: list[float] = field(default_factory=lambda: [0.05, 1.5])  # clamp of alpha_bar/(1-alpha_bar)
+    max_atoms: int = 64  # largest molecule the size distribution can hold
+
+    def validate(self) -> None:
+        if not self.elements:
+            raise ConfigError("categorical diffusion needs at least one element")
+        if not self.charges or list(self.charges) != list(range(min(self.charges), max(self.charges) + 1)):
+            raise ConfigError(f"charges must be consecutive integers in increasing order, got {self.charges}")
+
+
+def reference_loss_terms(x_hat, x0, la, types, lq, charges, lb, bonds, batch, edge_index, num_graphs: int):
+    """Per-molecule (B,) loss terms as EQGAT-diff's ``DiffusionLoss`` (module docstring): MSE(x) per coordinate,
+    CE(a), CE(q) averaged over atoms, CE(b) halved and averaged per receiving atom, then over atoms."""
+    n = x0.shape[0]
+    ce = nn.functional.cross_entropy
+    mse = scatter_mean(((x_hat - x0) ** 2).mean(-1), batch, num_graphs)
+    ce_a = scatter_mean(ce(la, types, reduction="none"), batch, num_graphs)
+    ce_q = scatter_mean(ce(lq, charges, reduction="none"), batch, num_graphs)
+    per_atom = 0.5 * scatter_mean(ce(lb, bonds, reduction="none"), edge_index[1], n)
+    return mse, ce_a, ce_q, scatter_mean(per_atom, batch, num_graphs)
+
+
 class CategoricalDiffusion(nn.Module):
-    """Generative model with categorical atoms, charges and bonds (x0 parameterisation, cosine schedule)."""
+    """Generative model with categorical atoms, charges and bonds (x0 parameterisation, cosine schedule),
+    denoised by EDM's EGNN with bond features (``egnn_categorical``)."""
 
     @dataclass
-    class Config:
-        name: ClassVar[str] = "eqgat_diff"  # registry name (molequi.models.MODELS), written into checkpoints
+    class Config(DiffusionSettings):
+        name: ClassVar[str] = "egnn_categorical"  # registry name (molequi.models.MODELS), written into checkpoints
         r_max: ClassVar[float | None] = None  # no neighbour graph: the denoiser is fully connected
-        elements: list[int] = field(default_factory=lambda: [1, 6, 7, 8, 9])  # atom types
         hidden: int = 256  # node features
         edge_hidden: int = 64  # bond features
         layers: int = 6  # equivariant blocks
-        timesteps: int = 500  # T (EQGAT-diff: 500)
         coords_range: float = 15.0  # bound of the coordinate update per model (Å), split over the blocks
-        weight_x: float = 3.0  # loss weight of the positions (EQGAT-diff)
-        weight_types: float = 0.4  # loss weight of the atom-type cross-entropy
-        weight_charges: float = 1.0  # loss weight of the charge cross-entropy
-        weight_bonds: float = 2.0  # loss weight of the bond-order cross-entropy
-        weight_clamp: list[float] = field(default_factory=lambda: [0.05, 1.5])  # clamp of alpha_bar/(1-alpha_bar)
-        max_atoms: int = 64  # largest molecule the size distribution can hold
-
-        def validate(self) -> None:
-            if not self.elements:
-                raise ConfigError("CategoricalDiffusion needs at least one element")
 
     def __init__(self, config: Config | None = None):
         super().__init__()
-        cfg = config or CategoricalDiffusion.Config()
+        cfg = config or type(self).Config()
         cfg.validate()
         self.config = cfg
         self.n_types = len(cfg.elements)
+        self.n_charges = len(cfg.charges)
         lookup = torch.full((119,), -1, dtype=torch.long)
         lookup[torch.tensor(cfg.elements)] = torch.arange(self.n_types)
         self.register_buffer("type_of_z", lookup, persistent=False)
@@ -152,10 +190,14 @@ class CategoricalDiffusion(nn.Module):
         # class counts seen in training (+1 smoothing at use): the marginal priors and the size histogram
         self.register_buffer("size_counts", torch.zeros(cfg.max_atoms + 1, dtype=torch.float64))
         self.register_buffer("type_counts", torch.zeros(self.n_types, dtype=torch.float64))
-        self.register_buffer("charge_counts", torch.zeros(len(CHARGE_VALUES), dtype=torch.float64))
+        self.register_buffer("charge_counts", torch.zeros(self.n_charges, dtype=torch.float64))
         self.register_buffer("bond_counts", torch.zeros(N_BOND_TYPES, dtype=torch.float64))
         self.schedule = NoiseSchedule("cosine", cfg.timesteps)
-        self.net = CategoricalDenoiser(self.n_types, cfg.hidden, cfg.layers, cfg.edge_hidden, cfg.coords_range)
+        self.net = self.build_denoiser(cfg)
+
+    def build_denoiser(self, cfg) -> nn.Module:
+        return CategoricalDenoiser(self.n_types, cfg.hidden, cfg.layers, cfg.edge_hidden, cfg.coords_range,
+                                   self.n_charges)
 
     @classmethod
     def from_config(cls, cfg: Config, statistics=None) -> CategoricalDiffusion:
@@ -179,7 +221,8 @@ class CategoricalDiffusion(nn.Module):
             bond_index, bond_order, charges = perceive_batch_bonds(numbers, pos, b)
         else:
             bond_index, bond_order, charges = batch["bond_index"], batch["bond_order"], batch[K.CHARGES]
-        charges = charges.long().clamp(-1, 1) + 1
+        lo, hi = min(self.config.charges), max(self.config.charges)
+        charges = charges.long().clamp(lo, hi) - lo
         n = numbers.numel()
         edge_index = fully_connected_edges(b, num_graphs)
         rev = edge_lookup(edge_index, n, edge_index.flip(0))
@@ -195,7 +238,7 @@ class CategoricalDiffusion(nn.Module):
             raise ModelError(f"molecule with {int(sizes.max())} atoms exceeds max_atoms={self.config.max_atoms}")
         self.size_counts += torch.bincount(sizes, minlength=self.config.max_atoms + 1).to(self.size_counts)
         self.type_counts += torch.bincount(types, minlength=self.n_types).to(self.type_counts)
-        self.charge_counts += torch.bincount(charges, minlength=len(CHARGE_VALUES)).to(self.charge_counts)
+        self.charge_counts += torch.bincount(charges, minlength=self.n_charges).to(self.charge_counts)
         upper = edge_index[0] < edge_index[1]
         self.bond_counts += torch.bincount(bonds[upper], minlength=N_BOND_TYPES).to(self.bond_counts)
 
@@ -227,20 +270,16 @@ class CategoricalDiffusion(nn.Module):
         eps = centred_gaussian(b, num_graphs, dtype=dtype, device=x0.device, generator=generator)
         x_t = ab.sqrt()[b].unsqueeze(-1) * x0 + (1 - ab).sqrt()[b].unsqueeze(-1) * eps
         a_t = self._noise_classes(types, self.n_types, self.marginal("type").to(dtype), ab[b], generator)
-        q_t = self._noise_classes(charges, len(CHARGE_VALUES), self.marginal("charge").to(dtype), ab[b], generator)
+        q_t = self._noise_classes(charges, self.n_charges, self.marginal("charge").to(dtype), ab[b], generator)
         eb = b[edge_index[0]]
         b_t = self._symmetric_bonds(self._noise_classes(bonds, N_BOND_TYPES, self.marginal("bond").to(dtype),
                                                         ab[eb], generator), edge_index, rev)
         x_hat, la, lq, lb = self.net(x_t, nn.functional.one_hot(a_t, self.n_types).to(dtype),
-                                     nn.functional.one_hot(q_t, len(CHARGE_VALUES)).to(dtype),
+                                     nn.functional.one_hot(q_t, self.n_charges).to(dtype),
                                      nn.functional.one_hot(b_t, N_BOND_TYPES).to(dtype),
                                      t_int.to(dtype) / self.config.timesteps, b, edge_index, rev)
-        sizes = torch.bincount(b, minlength=num_graphs).to(dtype)
-        n_edges = scatter_sum(torch.ones_like(eb, dtype=dtype), eb, num_graphs).clamp_min(1)
-        mse = scatter_sum(((x_hat - x0) ** 2).sum(-1), b, num_graphs) / sizes
-        ce_a = scatter_sum(nn.functional.cross_entropy(la, types, reduction="none"), b, num_graphs) / sizes
-        ce_q = scatter_sum(nn.functional.cross_entropy(lq, charges, reduction="none"), b, num_graphs) / sizes
-        ce_b = scatter_sum(nn.functional.cross_entropy(lb, bonds, reduction="none"), eb, num_graphs) / n_edges
+        mse, ce_a, ce_q, ce_b = reference_loss_terms(x_hat, x0, la, types, lq, charges, lb, bonds, b, edge_index,
+                                                     num_graphs)
         lo, hi = self.config.weight_clamp
         w = (ab / (1 - ab).clamp_min(1e-12)).clamp(lo, hi)
         c = self.config
@@ -291,7 +330,7 @@ class CategoricalDiffusion(nn.Module):
         for t, s in zip(grid[:-1], grid[1:]):
             tt = torch.full((num_graphs,), t / T, dtype=dtype, device=dev)
             x_hat, la, lq, lb = self.net(x, nn.functional.one_hot(a, self.n_types).to(dtype),
-                                         nn.functional.one_hot(q, len(CHARGE_VALUES)).to(dtype),
+                                         nn.functional.one_hot(q, self.n_charges).to(dtype),
                                          nn.functional.one_hot(bb, N_BOND_TYPES).to(dtype), tt, b, edge_index, rev)
             pa, pq, pb = la.softmax(-1), lq.softmax(-1), lb.softmax(-1)
             ab_t = float(self.schedule.alphas2_table[t])
@@ -310,7 +349,7 @@ class CategoricalDiffusion(nn.Module):
             q = self._sample_cat(_posterior(q, pq, mq, ab_t, ab_s), generator)
             bb = self._symmetric_bonds(self._sample_cat(_posterior(bb, pb, mb, ab_t, ab_s), generator),
                                        edge_index, rev)
-        charges = torch.tensor(CHARGE_VALUES, device=dev)[q]
+        charges = torch.tensor(self.config.charges, device=dev)[q]
         return self.elements[a], x, charges, edge_index, bb, b
 
     def sample(self, n: int, *, steps: int | None = None, batch_size: int = 64, sizes=None,
@@ -337,4 +376,27 @@ class CategoricalDiffusion(nn.Module):
         return out
 
 
-__all__ = ["CategoricalDiffusion", "CategoricalDenoiser", "CHARGE_VALUES", "N_BOND_TYPES", "edge_lookup"]
+class EQGATDiffusion(CategoricalDiffusion):
+    """Categorical diffusion with EQGAT-diff's denoiser (``eqgat_diff``; ``molequi.models.generative.eqgat``).
+    Defaults: the reference's hyperparameters (``experiments/hparams.py``: sdim 256, vdim 64, edim 32,
+    7 layers, no cross product, T = 500)."""
+
+    @dataclass
+    class Config(DiffusionSettings):
+        name: ClassVar[str] = "eqgat_diff"  # registry name (molequi.models.MODELS), written into checkpoints
+        r_max: ClassVar[float | None] = None  # no neighbour graph: the denoiser is fully connected
+        hidden: int = 256  # scalar channels per atom (reference: sdim)
+        vectors: int = 64  # vector channels per atom (reference: vdim)
+        edge_hidden: int = 32  # edge (bond) features (reference: edim)
+        layers: int = 7  # EQGAT layers (reference: num_layers)
+        cross_product: bool = False  # v_i x v_j messages (reference: use_cross_product); SE(3) only when on
+
+    def build_denoiser(self, cfg) -> nn.Module:
+        from molequi.models.generative.eqgat import EQGATDenoiser
+
+        return EQGATDenoiser(self.n_types, self.n_charges, N_BOND_TYPES, cfg.hidden, cfg.vectors, cfg.edge_hidden,
+                             cfg.layers, cfg.cross_product)
+
+
+__all__ = ["CategoricalDiffusion", "EQGATDiffusion", "CategoricalDenoiser", "DiffusionSettings", "CHARGE_VALUES",
+           "N_BOND_TYPES", "edge_lookup", "reference_loss_terms"]

@@ -35,7 +35,8 @@ def load_generative(path: str | Path, device: str = "cpu") -> torch.nn.Module:
 
     model = load_model(path, device=device)
     if not isinstance(model, GenerativeModel):
-        raise CheckpointError(f"{path} holds a {type(model).__name__}, not a generative model (edm, eqgat_diff)")
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, not a generative model "
+                              "(edm, eqgat_diff, egnn_categorical)")
     return model
 
 

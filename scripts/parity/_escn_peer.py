@@ -1,8 +1,8 @@
 """Peer side of the eSCN parity check: fairchem-core's eSCN, run by a python that has fairchem-core 1.10.0
 (``bash scripts/bench/setup_peers.sh fairchem``), never by molequi's venv.
 
-    PY _escn_peer.py build SPEC.json CKPT.pt        eSCN with random weights (seeded), saved as fairchem's
-                                                    trainer saves it
+    PY _escn_peer.py build SPEC.json CKPT.pt [GRAPHS.pt OUT.pt]   eSCN with random weights (seeded), saved
+                                                    as fairchem's trainer saves it (and evaluated, as eval)
     PY _escn_peer.py eval CKPT.pt GRAPHS.pt OUT.pt  energies / forces of the graphs, float64 (+ per-layer
                                                     node features for locating differences)
 
@@ -19,6 +19,7 @@ sorts by centre atom and cuts to ``max_neighbors`` with fairchem's ``get_max_nei
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import json
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 
+@functools.cache
 def import_escn():
     base = Path(list(importlib.util.find_spec("fairchem").submodule_search_locations)[0])
     for name, sub in [("fairchem", ""), ("fairchem.core", "core"), ("fairchem.core.models", "core/models"),
@@ -41,8 +43,6 @@ def import_escn():
     tree = ast.parse(src)
     keep = [n for n in tree.body if isinstance(n, ast.FunctionDef)
             and n.name in ("conditional_grad", "get_counts", "sum_partitions", "get_max_neighbors_mask")]
-    import functools
-
     import numpy as np
 
     utils.__dict__.update({"torch": torch, "np": np, "wraps": functools.wraps})
@@ -130,7 +130,9 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "build":
+    if sys.argv[1] == "build":  # build SPEC CKPT [GRAPHS OUT]: build, and evaluate in the same process
         build(sys.argv[2], sys.argv[3])
+        if len(sys.argv) > 4:
+            evaluate(sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         evaluate(sys.argv[2], sys.argv[3], sys.argv[4])

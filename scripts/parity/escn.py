@@ -71,23 +71,34 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
     from molequi.interop.fairchem import import_fairchem
     from molequi.models.escn import ESCN
 
+    atoms = ase.io.read(FRAMES, ":")
+    chosen = [(i, atoms[i]) for i in frames]
+
+    def save_graphs(cutoff: float):  # every pair within the cutoff: each side cuts to max_neighbors itself
+        records = build_records([a for _, a in chosen], cutoff, torch.float64, validate=False)
+        graphs = [{"pos": r.pos, "cell": r.cell.reshape(3, 3), "numbers": r.numbers, "edge_index": r.edge_index,
+                   "unit_shifts": r.unit_shifts, "seed": seed + k} for k, r in enumerate(records)]
+        torch.save(graphs, work / "graphs.pt")
+        return records, graphs
+
     t0 = time.perf_counter()
-    if checkpoint is None:
+    if checkpoint is None:  # the peer builds the checkpoint and evaluates it in one process
         spec = dict(SIZES[size], seed=seed)
         (work / "spec.json").write_text(json.dumps(spec))
         checkpoint = str(work / "escn.pt")
-        run_peer(py, "build", str(work / "spec.json"), checkpoint)
-    model, normalizers = import_fairchem(checkpoint, dtype=torch.float64)
-    t_import = time.perf_counter() - t0
-    atoms = ase.io.read(FRAMES, ":")
-    chosen = [(i, atoms[i]) for i in frames]
-    records = build_records([a for _, a in chosen], model.r_max, torch.float64, validate=False)
-    graphs = [{"pos": r.pos, "cell": r.cell.reshape(3, 3), "numbers": r.numbers, "edge_index": r.edge_index,
-               "unit_shifts": r.unit_shifts, "seed": seed + k} for k, r in enumerate(records)]
-    torch.save(graphs, work / "graphs.pt")
-    t1 = time.perf_counter()
-    run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
-    t_peer = time.perf_counter() - t1
+        records, graphs = save_graphs(float(spec["cutoff"]))
+        run_peer(py, "build", str(work / "spec.json"), checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
+        t_peer = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        model, normalizers = import_fairchem(checkpoint, dtype=torch.float64)
+        t_import = time.perf_counter() - t1
+    else:
+        model, normalizers = import_fairchem(checkpoint, dtype=torch.float64)
+        t_import = time.perf_counter() - t0
+        records, graphs = save_graphs(model.r_max)
+        t1 = time.perf_counter()
+        run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
+        t_peer = time.perf_counter() - t1
     ref = torch.load(work / "ref.pt", weights_only=True)
 
     layers_out = []
@@ -152,7 +163,6 @@ def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.A
 def main(argv: list[str] | None = None) -> int:
     args = build_argparser().parse_args(argv)
     frames = list(range(37)) if args.frames == "all" else [int(f) for f in args.frames.split(",")]
-    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -220,14 +219,14 @@ def test_import_refusals_are_named(tmp_path, case, match):
 # ------------------------------------------------------------------------------------------------ parity
 @pytest.mark.skipif(not PEER.exists(), reason=f"fairchem peer venv absent ({PEER}): build it with "
                     "'bash scripts/bench/setup_peers.sh fairchem' (or set MOLEQUI_FAIRCHEM_PYTHON)")
-def test_parity_with_fairchem_escn(tmp_path):
+def test_parity_with_fairchem_escn(tmp_path, capsys):
     """fairchem-core 1.10.0's own eSCN (random weights, saved as its trainer saves) vs molequi's import, on a
     real OC20 frame, float64: energies and forces to 1e-5 relative (measured ~1e-14), same edges."""
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity" / "check.py"), "escn", "--peer-python",
-                           str(PEER), "--frames", "0", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(ROOT / "scripts" / "parity"))
+    from check import main
+
+    assert main(["escn", "--peer-python", str(PEER), "--frames", "0", "--workdir", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["ok"] and res["edges_match"] and res["peer"] == "fairchem-core 1.10.0"
     assert max(res["relative"].values()) < 1e-5
     assert res["structures"][0]["edges"] > 0 and res["structures"][0]["max_abs_force"] > 1.0

@@ -56,9 +56,8 @@ def register(sub) -> None:
         help="a checkpoint of the reference EQGAT-diff code (jule-c/eqgat_diff best_mol_stab.ckpt)",
         description="Import an EQGAT-diff Lightning checkpoint (or a DenoisingEdgeNetwork state dict), read "
         "with weights_only: the denoiser's weights, the marginal priors and the size distribution. Sizes come "
-        "from the weights; options molequi does not implement are refused with the list of them. The "
-        "reference's per-variable schedule exponents are not imported (molequi samples with one cosine "
-        "schedule).",
+        "from the weights; options molequi does not implement are refused with the list of them. Sampling "
+        "uses molequi's tabulation of the cosine schedule (alpha_bar up to 0.4 % from the reference's).",
     )
     g.add_argument("checkpoint", metavar="CKPT", help="reference checkpoint (e.g. best_mol_stab.ckpt)")
     g.add_argument("--out", required=True, help="molequi checkpoint to write (e.g. eqgat_diff.pt)")

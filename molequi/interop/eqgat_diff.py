@@ -23,9 +23,10 @@ only prediction, latent models, noise parameterisation, absorbing-state priors, 
 aggregation, a schedule other than cosine. Atom types are the reference's ``full_atom_encoder`` (16 elements,
 H..Bi; 15 without H for ``remove_hs``), charges its ``-2..3`` (charge_offset 2, 6 classes).
 
-Limitation: the reference gives positions, atoms / charges and bonds cosine schedules with different
-exponents (nu = 2.5, 1, 1.5); molequi's categorical diffusion uses one cosine schedule for all, so an imported
-model's *denoiser* is the reference's (``scripts/parity/check.py eqgat_diff``) but its sampler is molequi's.
+Limitation: an imported model's *denoiser* is the reference's (``scripts/parity/check.py eqgat_diff``), its
+sampler is molequi's: the same cosine schedule family, tabulated as molequi does (the reference's table has
+T + 2 grid points and step ratios clipped at 0.05: alpha_bar up to 0.4 % lower; ``categorical`` module
+docstring), and molequi's ancestral loop over t = T .. 0.
 
 Weight names (reference -> molequi, layer k)::
 

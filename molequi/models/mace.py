@@ -80,7 +80,7 @@ from molequi.nn.radial import (
     ZBLRepulsion,
 )
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
-from molequi.nn.scatter import NeighbourLayout
+from molequi.nn.scatter import NeighbourLayout, plain_autograd
 from molequi.nn.symmetric_contraction import SymmetricContraction
 from molequi.nn.tensor_products import KINDS, TensorProductConvolution
 from molequi.response import batch_vector
@@ -283,7 +283,7 @@ class MACELayer(nn.Module):
         chunk = self.edges_per_chunk(n_edges, x)
         if k:  # chunks of whole receiving atoms
             chunk = max(chunk // k, 1) * k
-        if chunk >= n_edges:
+        if chunk >= n_edges or plain_autograd():  # compiled or torch.func: no Function, no checkpoint
             a = self._messages(x, sh, radial, envelope, sender, receiver, k)
         elif self.training and torch.is_grad_enabled():  # force training: second derivatives bounded too
             params = [p for _, p in self._messages.named_parameters()]
@@ -311,7 +311,8 @@ class MACELayer(nn.Module):
         about ``AUTO_CHUNK_BYTES`` of intermediates (its monomials), each recomputed in backward."""
         n = a.shape[0]
         per = max(AUTO_CHUNK_BYTES // (self.floats_per_node * a.element_size()), 1)
-        if self.max_edges_per_chunk is None or self.training or not torch.is_grad_enabled() or n <= per:
+        if (self.max_edges_per_chunk is None or self.training or not torch.is_grad_enabled() or n <= per
+                or plain_autograd()):
             return self.product(a, element)
         return torch.cat([checkpoint(self.product, a[i:i + per], element[i:i + per], use_reentrant=False)
                           for i in range(0, n, per)])
@@ -391,7 +392,9 @@ class MACE(EnergyModel):
         chunk) or "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are
         not chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
         about 1 GiB of intermediates (its monomials), recomputed in backward (not in training mode). Changes
-        no number beyond round-off; costs a recomputation of the messages."""
+        no number beyond round-off; costs a recomputation of the messages. Eager runs only: compiled code and
+        torch.func transforms (``trainer.compile``, ``MolequiCalculator(compile=True)``) compute all edges at
+        once (neither the chunks' autograd.Function nor checkpoints run inside ``torch.func.grad``)."""
 
         def validate(self) -> None:
             if self.r_max <= 0:

@@ -112,7 +112,8 @@ class Constants:
         value = self._cache.get(key)
         if value is None:
             value = self._master[name].to(device=like.device, dtype=like.dtype)
-            self._cache[key] = value
+            if not torch.compiler.is_compiling():  # a compiled graph would return the cached value as an output
+                self._cache[key] = value
         return value
 
     def __contains__(self, name: str) -> bool:

@@ -41,6 +41,14 @@ def _index_add(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
         return out.index_add_(0, index, src)
 
 
+def plain_autograd() -> bool:
+    """True where molequi's custom ``torch.autograd.Function``s must not run and plain differentiable ops are
+    used instead: while ``torch.compile`` traces (Dynamo accepts ``torch.func.grad`` over a Function that has
+    no ``setup_context`` and then gets its second derivative wrong: force-loss parameter gradients off by
+    O(1), torch 2.13) and inside a torch.func transform (which refuses such Functions)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
+
+
 class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -98,12 +106,16 @@ class NeighbourLayout:
 
 def gather(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``src[index]`` along dim 0: (n, ...) , (E,) -> (E, ...)."""
+    if plain_autograd():
+        return src.index_select(0, index)
     return _Gather.apply(src, index)
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Sum of the rows of ``src`` (E, ...) into ``n`` rows by ``index`` (E,): -> (n, ...)."""
+    if plain_autograd():
+        return src.new_zeros((n,) + src.shape[1:]).index_add(0, index, src)
     return _Scatter.apply(src, index, n)
 
 
-__all__ = ["gather", "scatter_sum", "NeighbourLayout"]
+__all__ = ["gather", "scatter_sum", "NeighbourLayout", "plain_autograd"]

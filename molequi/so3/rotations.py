@@ -148,7 +148,8 @@ class EdgeFrame(nn.Module):
         t = self._cache.get(key)
         if t is None:
             t = self._fixed64[name].to(device=like.device, dtype=like.dtype)
-            self._cache[key] = t
+            if not torch.compiler.is_compiling():  # a compiled graph would return the cached value as an output
+                self._cache[key] = t
         return t
 
     # -- per-edge tables ---------------------------------------------------------------------------------

@@ -329,29 +329,25 @@ class EdgeRotation:
     """Per-edge rotation of coefficient stacks into fairchem's edge frame (keeping |m| <= mmax) and back.
 
     D_e = Dy(-gamma_e) D(R_u)^T with R_u molequi's ``EdgeFrame`` rotation (R_u e_y = u) and gamma_e the roll
-    that turns it into the frame asked for (R_e^T = R_u R_y(gamma_e)); gamma = 0 for ``edge_roll: fixed``."""
+    that turns it into the frame asked for (R_e^T = R_u R_y(gamma_e)); gamma = 0 for ``edge_roll: fixed``.
+    The rows |m| <= mmax of D_e, (E, K_r, K), are formed once per call (``EdgeFrame`` applied to the identity,
+    differentiable in the edge vectors); each rotation is then one batched product, as in fairchem."""
 
     def __init__(self, frame: EdgeFrame, vec: torch.Tensor, reduced: torch.Tensor, rotation: torch.Tensor | None):
-        self.frame, self.reduced = frame, reduced
-        self.angles = frame.angles(vec)
-        self.K = frame.layout.dim
-        if rotation is None:
-            self.roll = None
-        else:
+        K = frame.layout.dim
+        eye = torch.eye(K, dtype=vec.dtype, device=vec.device).expand(vec.shape[0], K, K)
+        D = frame.to_edge(eye, frame.angles(vec))  # (E, K, K): D(R_u)^T
+        if rotation is not None:
             M = frame.edge_rotation(vec).transpose(1, 2) @ rotation.transpose(1, 2)  # = R_y(gamma)
-            self.roll = cos_sin_multiples(M[:, 0, 0], M[:, 0, 2], frame.layout.lmax)
+            D = frame._rot_y(D, *cos_sin_multiples(M[:, 0, 0], M[:, 0, 2], frame.layout.lmax), inverse=True)
+        self.D = D.index_select(1, reduced)  # (E, K_r, K)
+        self.Dt = self.D.transpose(1, 2)  # (E, K, K_r): D_e^T restricted to |m| <= mmax
 
     def to_edge(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.frame.to_edge(x, self.angles)
-        if self.roll is not None:
-            y = self.frame._rot_y(y, *self.roll, inverse=True)
-        return y.index_select(1, self.reduced)
+        return torch.bmm(self.D, x)
 
     def from_edge(self, y: torch.Tensor) -> torch.Tensor:
-        full = y.new_zeros(y.shape[0], self.K, y.shape[2]).index_copy(1, self.reduced, y)
-        if self.roll is not None:
-            full = self.frame._rot_y(full, *self.roll, inverse=False)
-        return self.frame.from_edge(full, self.angles)
+        return torch.bmm(self.Dt, y)
 
 
 def max_neighbors_mask(receiver: torch.Tensor, d2: torch.Tensor, n_nodes: int, k: int,

@@ -875,6 +875,28 @@ def row_edm_equal_budget(res: Path) -> list[str]:
     return row("3D generation vs EDM's code, equal CPU budget", command, result, d["provenance"])
 
 
+def row_eqgat_diff_speed(res: Path) -> list[str]:
+    d = load(res, "eqgat_diff_speed")
+    st, r = d["settings"], d["reference_over_molequi"]
+
+    def med(section: str, side: str) -> str:
+        x = d[section][side]
+        return f"{x['median_cpu_s']:.2f} / {x['median_wall_s']:.2f}"
+
+    result = (
+        f"EQGAT-diff's DenoisingEdgeNetwork and molequi's eqgat_diff with the same weights (sdim "
+        f"{st['sizes']['sdim']}, vdim {st['sizes']['vdim']}, edim {st['sizes']['edim']}, "
+        f"{st['sizes']['num_layers']} layers, {st['parameters'] / 1e6:.1f}M parameters), {st['molecules']} QM9 "
+        f"molecules ({st['atoms']} atoms, {st['edges']:,} edges), {st['dtype']}, interleaved, median of "
+        f"{st['repeats']}, CPU / wall s: denoiser call reference {med('forward', 'reference')} vs molequi "
+        f"{med('forward', 'molequi')} = {ratio(r['forward_cpu'], 2)}x CPU; training step (forward, the "
+        f"reference's loss, backward, Adam) {med('train', 'reference')} vs {med('train', 'molequi')} = "
+        f"{ratio(r['train_cpu'], 2)}x CPU (above 1: molequi faster)"
+    )
+    return row("EQGAT-diff denoiser speed vs its code", "`python scripts/bench/eqgat_diff_speed.py`", result,
+               d["provenance"])
+
+
 def row_active_learning(res: Path) -> list[str]:
     runs = [load(res, "active_learning")]
     if (res / "active_learning_seed1.json").exists():
@@ -920,6 +942,7 @@ def table_rows(results: Path) -> list[list[str]]:
         *rows_hamiltonian(results),
         *rows_generation(results),
         row_edm_equal_budget(results),
+        row_eqgat_diff_speed(results),
         row_active_learning(results),
     ]
 

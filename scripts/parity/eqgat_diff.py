@@ -176,14 +176,14 @@ def write_lightning_checkpoint(peer, model, hp: dict, prior: dict, path: Path) -
                 "hyper_parameters": hp}, path)
 
 
-def molecules(elements: list[int], seed: int):
+def molecules(indices=MOLECULES):
     """QM9 molecules (numbers, positions Å, bond matrix, charges) from the shipped geometries."""
     import ase.io
 
     from molequi.data.molecules import perceive_bonds
 
     out = []
-    for k in MOLECULES:
+    for k in indices:
         atoms = ase.io.read(GEOMETRIES, index=k)
         z, pos = atoms.numbers, atoms.positions
         bi, bo, q = perceive_bonds(z, pos)
@@ -303,7 +303,7 @@ def run(peer_code=None, checkpoint=None, *, size="tiny", cross_product=False, se
             path = Path(work) / "best_mol_stab.ckpt"
             write_lightning_checkpoint(peer, ref, hp, priors(len(REFERENCE_ELEMENTS), seed), path)
         model = import_eqgat_diff(path, dtype=torch.float64)
-        inp = noised_batch(molecules(model.config.elements, seed), model.config.elements, model.config.charges,
+        inp = noised_batch(molecules(), model.config.elements, model.config.charges,
                            seed, model.config.timesteps)
         t0 = time.perf_counter()
         ref_out = reference_outputs(ref, inp)

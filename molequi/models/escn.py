@@ -31,13 +31,16 @@ Edge frames. D_e is the Wigner matrix of fairchem's edge rotation R_e (R_e v_e /
   the same frames), so the model is a random function of the positions at the level of the grid error below.
 * ``"fixed"`` (molequi's option): roll 0, a deterministic frame; needed by gradient forces.
 
-Equivariance. The pointwise SiLU on the grids and the output heads' quadrature on fairchem's sphere points
-make eSCN equivariant only up to the grid/quadrature error (as fairchem's): measured ~1e-3 relative on the
-forces of a tiny random model at the default grid, less with ``grid_resolution``; everything else (frames,
-SO(2) convolutions, rotations back, aggregation) is exact (tested at 1e-10 with the grid activation off).
+Equivariance. Rotations only: fairchem's SO(2) convolutions have independent "imaginary" weights (fc1_i,
+fc2_i), so a message is not symmetric under a mirror through its edge and eSCN is chiral (a reflected
+structure gets other messages, tested). Under rotations, everything but the grids is exact (frames, SO(2)
+convolutions, rotations back, aggregation: 1e-10 in float64, tested with the edge-frame SiLU off); the pointwise
+SiLUs on the S2 grids and the heads' sums over the ``num_sphere_samples`` points are not rotation invariant
+(as in fairchem). Measured on a 14-atom OC20 slab, tiny model with linear maps x3: forces 0.22 / energy 1.4e-3
+relative at 16 sphere samples and the default grid, 5e-4 / 2e-6 at 512 samples and ``grid_resolution: 48``.
 
 Forces. ``direct_forces=True`` (fairchem's only mode, the default): forces from the sphere (above); the model is
-not conservative (no stress, MD refuses it for NVE). ``direct_forces=False`` (molequi's option): forces and
+not conservative (no stress; ``molequi md`` refuses it without ``--allow-nonconservative``). ``direct_forces=False`` (molequi's option): forces and
 stress are -dE/dx and the strain derivative (``molequi.response``); requires ``edge_roll: fixed``.
 
 Energies. E_i = E0[z_i] + scale * 0.001 * y_i + shift with y_i = mean_p MLP_E(x_i(p)) (``AtomicEnergyHead``);

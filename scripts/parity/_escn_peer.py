@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
     model = escn.eSCN(**cfg)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state, strict=True)
-    model = model.double().eval()
+    # eSCN's forward re-enables grad (conditional_grad); without parameters that require grad it records no
+    # graph (an OC20-size graph holds ~5 GB per frame)
+    model = model.double().eval().requires_grad_(False)
     torch.set_default_dtype(torch.float64)  # fairchem allocates Wigner matrices, grids, energies in it
     features = []
     for block in model.layer_blocks:
@@ -122,10 +125,12 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
                                      batch=torch.zeros(pos.shape[0], dtype=torch.long))
         features.clear()
         torch.manual_seed(int(g["seed"]))
+        c0, w0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
             o = model(data)
-        results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(),
-                        "edges": int(ei.shape[1]), "layers": list(features)})
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(), "cpu_s": cpu,
+                        "wall_s": wall, "edges": int(ei.shape[1]), "layers": list(features)})
     torch.save(results, out)
 
 

@@ -13,7 +13,8 @@ with ``torch.rand`` from the same seed, in the same edge order). The peer also r
 so a difference is located per layer.
 
 Prints one JSON object {"peer", "dtype", "max_abs_err_energy", "max_abs_err_forces", "tolerance", "ok",
-"relative", "structures", ...} and exits 1 when a relative error (max abs error / max abs reference value,
+"relative", "structures" (per frame: errors, edges, per-layer relative errors, forward CPU / wall seconds of
+each side, no-grad, one structure, ``OMP_NUM_THREADS`` threads), ...} and exits 1 when a relative error (max abs error / max abs reference value,
 per quantity) exceeds the tolerance (default 1e-5), or the edge counts differ.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -114,8 +116,10 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
         batch = Batch.from_data_list([rec])
         layers_out.clear()
         model.generator = torch.Generator().manual_seed(int(g["seed"]))
+        c0, w0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
             out = model(batch)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         sender, _, _ = model.edges(batch, batch.pos, batch.cell.reshape(-1, 3, 3))
         e_err = float((out["energy"] - r["energy"]).abs().max())
         f_err = float((out["forces"] - r["forces"]).abs().max())
@@ -123,6 +127,8 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
                "energy": float(out["energy"][0]), "peer_energy": float(r["energy"][0]),
                "abs_err_energy": e_err, "abs_err_forces": f_err,
                "max_abs_force": float(r["forces"].abs().max()),
+               "forward_cpu_s": round(cpu, 3), "peer_forward_cpu_s": round(r["cpu_s"], 3),
+               "forward_wall_s": round(wall, 3), "peer_forward_wall_s": round(r["wall_s"], 3),
                "layer_rel_err": [float((o - p).abs().max() / max(float(p.abs().max()), 1e-300))
                                  for o, p in zip(layers_out, r["layers"])]}
         edges_ok &= row["edges"] == row["peer_edges"]
@@ -135,6 +141,7 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
     ok = edges_ok and all(v <= tolerance for v in rel.values())
     cfg = model.config
     return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": "escn",
+            "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
             "checkpoint": checkpoint if size is None else f"random weights ({size}, seed {seed})",
             "config": {"lmax": cfg.lmax, "mmax": cfg.mmax, "layers": cfg.num_layers,
                        "sphere_channels": cfg.sphere_channels, "cutoff": cfg.r_max,

@@ -25,7 +25,8 @@ from molequi.testing import check_forces_fd, check_stress_fd
 
 ROOT = Path(__file__).resolve().parents[2]
 OC20 = ROOT / "data" / "oc20" / "oc20_real.extxyz"
-PEER = Path(os.environ.get("MOLEQUI_FAIRCHEM_PYTHON", "/root/.cache/molequi/peers/fairchem/bin/python"))
+PEER = Path(os.environ.get("MOLEQUI_FAIRCHEM_PYTHON") or Path(
+    os.environ.get("MOLEQUI_PEERS", Path.home() / ".cache" / "molequi" / "peers")) / "fairchem" / "bin" / "python")
 
 
 def tiny(gain: float = 3.0, **kw) -> ESCN:

@@ -32,6 +32,7 @@ MODELS = Registry("model", {
     "faenet": "molequi.models.frame_averaging:FrameAveraging",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",
+    "geoldm": "molequi.models.generative.geoldm:GeoLDM",
     "eqgat_diff": "molequi.models.generative.categorical:EQGATDiffusion",
     "egnn_categorical": "molequi.models.generative.categorical:CategoricalDiffusion",
 })

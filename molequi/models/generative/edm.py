@@ -74,24 +74,32 @@ class EDMDynamics(nn.Module):
 
     forward(x (n, 3), h (n, F), t (B,) in [0, 1], batch (n,), edge_index (2, E), context (B, c) | None)
     -> (eps_x (n, 3) zero mean per molecule, eps_h (n, F)). E(3) equivariant in x, invariant in h.
+
+    The same network serves GeoLDM's encoder and decoder (``molequi.models.generative.geoldm``, GeoLDM's
+    ``EGNN_encoder_QM9`` / ``EGNN_decoder_QM9``): ``condition_time=False`` (no time feature; forward then takes
+    t=None and ``num_graphs``), ``out_features`` (the output layer's width, returned whole; None: EDM's, the
+    input width with the time and context columns cut off) and ``displacement=False`` (return the final
+    coordinates, centred, instead of their change).
     """
 
     def __init__(self, in_features: int, hidden: int, layers: int, context_dim: int = 0,
                  coords_range: float = 15.0, normalization_factor: float = 1.0, attention: bool = True,
-                 tanh: bool = True, norm_constant: float = 1.0, coords_range_per_layer: float | None = None):
+                 tanh: bool = True, norm_constant: float = 1.0, coords_range_per_layer: float | None = None,
+                 condition_time: bool = True, out_features: int | None = None, displacement: bool = True):
         super().__init__()
         self.in_features, self.context_dim = in_features, context_dim
-        n_in = in_features + 1 + context_dim
+        self.condition_time, self.out_features, self.displacement = condition_time, out_features, displacement
+        n_in = in_features + int(condition_time) + context_dim
         self.embedding = nn.Linear(n_in, hidden)
         self.blocks = nn.ModuleList([
             EDMBlock(hidden, coords_range=coords_range / layers if coords_range_per_layer is None
                      else coords_range_per_layer, normalization_factor=normalization_factor,
                      attention=attention, tanh=tanh, norm_constant=norm_constant) for _ in range(layers)])
-        self.embedding_out = nn.Linear(hidden, n_in)
+        self.embedding_out = nn.Linear(hidden, n_in if out_features is None else out_features)
 
-    def forward(self, x, h, t, batch, edge_index, context=None):
-        num_graphs = t.shape[0]
-        feats = [h, t.to(h.dtype)[batch].unsqueeze(-1)]
+    def forward(self, x, h, t, batch, edge_index, context=None, num_graphs: int | None = None):
+        num_graphs = t.shape[0] if t is not None else num_graphs
+        feats = [h] + ([t.to(h.dtype)[batch].unsqueeze(-1)] if self.condition_time else [])
         if self.context_dim:
             if context is None or context.shape != (num_graphs, self.context_dim):
                 raise ModelError(f"this model is conditioned on {self.context_dim} properties: give context "
@@ -103,10 +111,12 @@ class EDMDynamics(nn.Module):
         xx = x
         for block in self.blocks:
             hh, xx = block(hh, xx, edge_index, d0)
-        out = self.embedding_out(hh)[:, : self.in_features]
+        out = self.embedding_out(hh)
+        out = out[:, : self.in_features] if self.out_features is None else out
         # EDM zeroes a diverged velocity rather than propagating NaN; nan_to_num leaves finite values as they
         # are, so it runs unconditionally (no host sync to test for NaN first: one compiled graph)
-        vel = torch.nan_to_num(remove_mean(xx - x, batch, num_graphs), nan=0.0, posinf=0.0, neginf=0.0)
+        vel = torch.nan_to_num(remove_mean(xx - x if self.displacement else xx, batch, num_graphs), nan=0.0,
+                               posinf=0.0, neginf=0.0)
         return vel, out
 
 
@@ -178,7 +188,7 @@ class EDM(nn.Module):
             self.register_buffer("context_scale", torch.ones(c, dtype=torch.float64))
             self.register_buffer("context_ready", torch.tensor(False))
         self.schedule = NoiseSchedule(cfg.schedule, cfg.timesteps, cfg.precision)
-        self.dynamics = EDMDynamics(self.n_features, cfg.hidden, cfg.layers, cfg.context_dim,
+        self.dynamics = EDMDynamics(self.latent_features(), cfg.hidden, cfg.layers, cfg.context_dim,
                                     cfg.coords_range, cfg.normalization_factor, cfg.attention, cfg.tanh,
                                     cfg.norm_constant, cfg.coords_range_per_layer)
 
@@ -188,8 +198,12 @@ class EDM(nn.Module):
         if statistics is not None and statistics.elements and cfg.elements == QM9_ELEMENTS:
             els = sorted(int(z) for z in statistics.elements)
             if not set(els) <= set(QM9_ELEMENTS):
-                cfg = EDM.Config(**{**cfg.__dict__, "elements": els})
+                cfg = dataclasses.replace(cfg, elements=els)
         return cls(cfg)
+
+    def latent_features(self) -> int:
+        """Width of the features the diffusion runs on: the data features F here (GeoLDM: its latent_nf)."""
+        return self.n_features
 
     # ------------------------------------------------------------------ encoding
     def encode(self, numbers: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int):
@@ -356,47 +370,22 @@ class EDM(nn.Module):
         b, num_graphs = self._batch_info(batch)
         x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
         dt, dev = x.dtype, x.device
-        T, nx, nh, nc = self.config.timesteps, *self.config.norm_values
+        nx, nh, nc = self.config.norm_values
         sizes = torch.bincount(b, minlength=num_graphs)
         dof = ((sizes - 1) * 3).to(dt)
         edge_index = fully_connected_edges(b, num_graphs)
         ctx = self.batch_context(batch) if context is None else context
-
-        def coeffs(t):  # (B,) integer steps -> gamma, alpha, sigma (B,) in the data dtype
-            g = self.schedule.gamma(t.to(dev).long(), torch.float64)
-            return g.to(dt), torch.sigmoid(-g).sqrt().to(dt), torch.sigmoid(g).sqrt().to(dt)
-
-        def draw(given):
-            if given is not None:
-                return given[0].to(dt), given[1].to(dt)
-            return (centred_gaussian(b, num_graphs, dtype=dt, device=dev, generator=generator),
-                    torch.randn(h.shape, dtype=dt, device=dev, generator=generator))
+        coeffs = self._vlb_coeffs(dt, dev)
+        draw = self._vlb_draw(b, num_graphs, h.shape[1], dt, dev, generator)
 
         def per_molecule(v):  # (n, ...) -> (B,)
-            return scatter_sum(v.reshape(v.shape[0], -1).sum(-1), b, num_graphs)
+            return self._vlb_per_molecule(v, b, num_graphs)
 
-        # prior KL at T
-        _, a_T, s_T = coeffs(torch.full((num_graphs,), T))
-        kl_h = per_molecule(-torch.log(s_T)[b, None] + 0.5 * (s_T[b, None] ** 2 + (a_T[b, None] * h) ** 2) - 0.5)
-        kl_x = dof * -torch.log(s_T) + 0.5 * (dof * s_T ** 2 + per_molecule((a_T[b, None] * x) ** 2)) - 0.5 * dof
-        # diffusion term L_t, t ~ U{1..T}, weighted by T
-        if t_int is None:
-            t_int = torch.randint(1, T + 1, (num_graphs,), device=dev, generator=generator)
-        t_int = torch.as_tensor(t_int, device=dev).long().reshape(num_graphs)
-        if int(t_int.min()) < 1 or int(t_int.max()) > T:
-            raise InputError(f"t_int must lie in 1..{T}")
-        g_t, a_t, s_t = coeffs(t_int)
-        g_s = coeffs(t_int - 1)[0]
-        eps_x, eps_h = draw(noise)
-        z_x = a_t[b, None] * x + s_t[b, None] * eps_x
-        z_h = a_t[b, None] * h + s_t[b, None] * eps_h
-        pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(dt) / T, b, edge_index, ctx)
-        error = per_molecule((pred_x - eps_x) ** 2) + per_molecule((pred_h - eps_h) ** 2)
-        diffusion = T * 0.5 * torch.expm1(g_t - g_s) * error
-        # p(x, h | z_0): Gaussian constants and the discretised likelihood of types and charges
+        kl_prior, diffusion, t_int, neg_log_constants = self._vlb_diffusion_terms(
+            x, h, b, num_graphs, edge_index, ctx, t_int, noise, generator)
+        # p(x, h | z_0): the discretised likelihood of types and charges
         zero = torch.zeros(num_graphs, dtype=torch.long, device=dev)
         g_0, a_0, s_0 = coeffs(zero)
-        neg_log_constants = dof * (0.5 * g_0 + 0.5 * np.log(2 * np.pi))
         eps0_x, eps0_h = draw(noise0)
         z0_x = a_0[b, None] * x + s_0[b, None] * eps0_x
         z0_h = a_0[b, None] * h + s_0[b, None] * eps0_h
@@ -419,10 +408,65 @@ class EDM(nn.Module):
         loss_0 = -(log_p_x + log_p_h)
         delta_log_px = -dof * float(np.log(nx))
         log_pN = self.log_size_probability(sizes).to(dt) if include_size else torch.zeros_like(dof)
-        kl_prior = kl_x + kl_h
         nll = kl_prior + diffusion + neg_log_constants + loss_0 - delta_log_px - log_pN
         return {"nll": nll, "kl_prior": kl_prior, "diffusion": diffusion, "neg_log_constants": neg_log_constants,
                 "loss_0": loss_0, "delta_log_px": delta_log_px, "log_pN": log_pN, "t": t_int}
+
+    @staticmethod
+    def _vlb_per_molecule(v, b, num_graphs):
+        """(n, ...) node values -> (B,) sums per molecule."""
+        return scatter_sum(v.reshape(v.shape[0], -1).sum(-1), b, num_graphs)
+
+    def _vlb_coeffs(self, dt, dev):
+        """t (B,) integer steps -> (gamma_t, alpha_t, sigma_t) (B,) in ``dt`` (from the float64 schedule)."""
+        def coeffs(t):
+            g = self.schedule.gamma(t.to(dev).long(), torch.float64)
+            return g.to(dt), torch.sigmoid(-g).sqrt().to(dt), torch.sigmoid(g).sqrt().to(dt)
+        return coeffs
+
+    @staticmethod
+    def _vlb_draw(b, num_graphs, width, dt, dev, generator):
+        """given (eps_x, eps_h) | None -> that noise, or a fresh draw (zero-mean eps_x (n, 3), eps_h (n, width))."""
+        def draw(given):
+            if given is not None:
+                return given[0].to(dt), given[1].to(dt)
+            return (centred_gaussian(b, num_graphs, dtype=dt, device=dev, generator=generator),
+                    torch.randn(b.numel(), width, dtype=dt, device=dev, generator=generator))
+        return draw
+
+    def _vlb_diffusion_terms(self, x, h, b, num_graphs, edge_index, ctx, t_int, noise, generator):
+        """The prior KL at T, the diffusion term T L_t (t ~ U{1..T} unless given) and the Gaussian constants
+        d (gamma_0 + log 2 pi) / 2 of p(x | z_0) (d = (N - 1) 3) of the bound on (x, h) that ``likelihood_terms``
+        documents; GeoLDM's bound takes the same three terms on its latents. -> (kl_prior, diffusion, t_int,
+        neg_log_constants), each (B,)."""
+        dt, dev, T = x.dtype, x.device, self.config.timesteps
+        coeffs, draw = self._vlb_coeffs(dt, dev), self._vlb_draw(b, num_graphs, h.shape[1], dt, dev, generator)
+        dof = ((torch.bincount(b, minlength=num_graphs) - 1) * 3).to(dt)
+
+        def per_molecule(v):
+            return self._vlb_per_molecule(v, b, num_graphs)
+
+        # prior KL at T
+        _, a_T, s_T = coeffs(torch.full((num_graphs,), T))
+        kl_h = per_molecule(-torch.log(s_T)[b, None] + 0.5 * (s_T[b, None] ** 2 + (a_T[b, None] * h) ** 2) - 0.5)
+        kl_x = dof * -torch.log(s_T) + 0.5 * (dof * s_T ** 2 + per_molecule((a_T[b, None] * x) ** 2)) - 0.5 * dof
+        # diffusion term L_t, t ~ U{1..T}, weighted by T
+        if t_int is None:
+            t_int = torch.randint(1, T + 1, (num_graphs,), device=dev, generator=generator)
+        t_int = torch.as_tensor(t_int, device=dev).long().reshape(num_graphs)
+        if int(t_int.min()) < 1 or int(t_int.max()) > T:
+            raise InputError(f"t_int must lie in 1..{T}")
+        g_t, a_t, s_t = coeffs(t_int)
+        g_s = coeffs(t_int - 1)[0]
+        eps_x, eps_h = draw(noise)
+        z_x = a_t[b, None] * x + s_t[b, None] * eps_x
+        z_h = a_t[b, None] * h + s_t[b, None] * eps_h
+        pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(dt) / T, b, edge_index, ctx)
+        error = per_molecule((pred_x - eps_x) ** 2) + per_molecule((pred_h - eps_h) ** 2)
+        diffusion = T * 0.5 * torch.expm1(g_t - g_s) * error
+        g_0 = coeffs(torch.zeros(num_graphs, dtype=torch.long, device=dev))[0]
+        neg_log_constants = dof * (0.5 * g_0 + 0.5 * np.log(2 * np.pi))
+        return kl_x + kl_h, diffusion, t_int, neg_log_constants
 
     def log_likelihood(self, batch, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         """(B,) EDM's variational lower bound on log p(x, h, N) per molecule, in nats (-``nll`` of
@@ -565,14 +609,19 @@ class EDM(nn.Module):
         batch = sizes_to_batch(sizes)
         edge_index = fully_connected_edges(batch, num_graphs)
         z_x = centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device, generator=generator)
-        z_h = torch.randn(batch.numel(), self.n_features, dtype=p.dtype, device=p.device, generator=generator)
+        z_h = torch.randn(batch.numel(), self.latent_features(), dtype=p.dtype, device=p.device,
+                          generator=generator)
         grid = self.time_grid(steps)
         for t, s in zip(grid[:-1], grid[1:]):
             z_x, z_h = self.step(z_x, z_h, t, s, batch, edge_index, num_graphs, method=method, context=context,
                                  generator=generator, eta=eta)
         x, h = self.final_prediction(z_x, z_h, batch, edge_index, num_graphs, context)
-        numbers, pos = self.decode(x, h)
+        numbers, pos = self.decode_sample(x, h, batch, edge_index, num_graphs, context, generator)
         return numbers, pos, batch
+
+    def decode_sample(self, x, h, batch, edge_index, num_graphs, context=None, generator=None):
+        """The sampler's final (x, h) -> (numbers (n,), positions (n, 3) Å): ``decode`` (GeoLDM: its decoder)."""
+        return self.decode(x, h)
 
     def sample(self, n: int, *, steps: int | None = None, method: str = "ancestral", batch_size: int = 64,
                sizes: torch.Tensor | None = None, context: torch.Tensor | None = None,

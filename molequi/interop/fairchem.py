@@ -56,7 +56,8 @@ _OWN = ("head.e0", "head.scale", "head.shift", "force_scale")
 _TENSOR_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
                    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
                    ("torch", "Size"), ("torch", "device")}
-_NUMPY_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+_NUMPY_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+                  ("_codecs", "encode")}  # a pickled NumPy scalar carries its bytes through _codecs.encode
 
 
 class UnsupportedFairchemOptionError(UnsupportedModelError):
@@ -99,10 +100,11 @@ def read_fairchem_checkpoint(path: str | Path) -> dict:
                               f"scalars ({', '.join(unsafe)}); refused without loading it (fairchem checkpoints "
                               "hold tensors and plain values only)")
     numpy_globals = []
-    if any((m, n) in _NUMPY_GLOBALS or m == "numpy.dtypes" for m, n in found):
+    if any(m.startswith("numpy") for m, n in found):
         import numpy as np
 
-        numpy_globals = [np.dtype] + [getattr(np.dtypes, n) for m, n in found if m == "numpy.dtypes"]
+        # torch's weights_only unpickler checks the dtype's class too (numpy.dtypes.Float64DType, ...)
+        numpy_globals = [np.dtype] + [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
         core = getattr(np, "_core", None) or np.core
         numpy_globals.append(core.multiarray.scalar)
     try:

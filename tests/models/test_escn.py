@@ -162,6 +162,14 @@ def fairchem_file(path, model_cfg=None, prefix="module.", extra=None, drop=None,
     return model
 
 
+def trainer_state():
+    """The rest of what BaseTrainer.save writes: NumPy metrics, optimizer, EMA, AMP."""
+    return {"val_metrics": {"energy_mae": {"metric": np.float64(0.3), "total": np.float32(2.0), "numel": np.int64(4)}},
+            "ema": {"decay": 0.999, "num_updates": 10, "shadow_params": [torch.zeros(3)]}, "amp": None, "epoch": 1.5,
+            "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+                          "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "amsgrad": True, "params": [0]}]}}
+
+
 def test_import_round_trip_cli_and_prefixes(tmp_path):
     from molequi.checkpoint import load_model
     from molequi.cli.main import main
@@ -169,7 +177,7 @@ def test_import_round_trip_cli_and_prefixes(tmp_path):
 
     atoms = slab()
     for prefix, old in (("", False), ("module.module.", True)):
-        src = fairchem_file(tmp_path / "fc.pt", prefix=prefix, old_format=old).double()
+        src = fairchem_file(tmp_path / "fc.pt", prefix=prefix, old_format=old, extra=trainer_state()).double()
         ours, normalizers = import_fairchem(tmp_path / "fc.pt")
         assert normalizers == {"target": {"mean": pytest.approx(-0.7), "std": pytest.approx(2.9)}}
         outs = []

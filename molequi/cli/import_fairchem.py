@@ -16,6 +16,9 @@ def register_kind(kinds) -> None:
     )
     p.add_argument("checkpoint", metavar="CKPT", help="fairchem checkpoint (torch.save of the trainer state)")
     p.add_argument("--out", required=True, help="molequi checkpoint to write (e.g. escn.pt)")
+    p.add_argument("--ema", action="store_true",
+                   help="take the exponential-moving-average weights of a training checkpoint (ckpt['ema'], what "
+                   "fairchem validates with) instead of its raw state_dict (what fairchem's OCPCalculator loads)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                    help="precision of the written weights (default float64)")
     p.set_defaults(func=run)
@@ -26,10 +29,10 @@ def run(args) -> int:
 
     from molequi.interop.fairchem import import_fairchem_checkpoint
 
-    payload = import_fairchem_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype))
+    payload = import_fairchem_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype), ema=args.ema)
     cfg = payload["config"]["model"]
     print(f"imported {args.checkpoint} -> {args.out}: eSCN lmax {cfg['lmax']} mmax {cfg['mmax']}, "
           f"{cfg['num_layers']} layers, {cfg['sphere_channels']} sphere channels, cutoff {cfg['r_max']} Å, "
-          f"{cfg['max_neighbors']} neighbours, {args.dtype}; normalizers not applied: "
+          f"{cfg['max_neighbors']} neighbours, {'EMA' if args.ema else 'raw'} weights, {args.dtype}; normalizers not applied: "
           f"{payload['fairchem_normalizers'] or 'none'}")
     return 0

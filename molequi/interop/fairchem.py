@@ -15,6 +15,9 @@ direct force head); other models (``scn``, ``equiformer_v2``, ``hydra`` backbone
 molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
 defaults (cutoff 8, max_neighbors 40, 8 layers, lmax [6], mmax [2], width 1.0, ...), as fairchem would.
 
+Weights: the raw ``state_dict`` (what fairchem's ``OCPCalculator`` loads), or with ``ema=True`` / ``--ema`` the
+EMA weights of a training checkpoint (``ckpt["ema"]["shadow_params"]``, what fairchem validates with).
+
 The imported model computes what fairchem's ``model(data)`` returns (energy = 0.001 sum of the per-atom
 sphere energies, direct forces), with zero E0s, unit scale and zero shift; the trainer's ``normalizers``
 (label mean / std that fairchem's trainer applies after the model) are NOT folded in: they are returned and
@@ -183,8 +186,27 @@ def state_to_molequi(state: dict, model, source: str | None = None) -> dict[str,
     return out
 
 
-def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64):
-    """(molequi model in eval mode and ``dtype``, the checkpoint's normalizers) of the fairchem checkpoint."""
+_NOT_TRAINED = re.compile(r"^(sphere_points|sphharm_weights\.\d+|.*distance_expansion\.offset|"
+                          r"layer_blocks\.\d+\.message_block\.edge_block\.distance_expansion\..*)$")
+
+
+def ema_state_dict(state: dict, ema, source: str | None = None) -> dict[str, torch.Tensor]:
+    """``state`` with its trainable parameters replaced by fairchem's EMA weights (``ckpt["ema"]``:
+    ``shadow_params``, one per parameter that requires grad, in ``model.parameters()`` order: the state dict's
+    order without buffers, the fixed sphere points / harmonics and the repeats of the shared distance basis)."""
+    shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
+    if not isinstance(shadow, list) or not all(torch.is_tensor(t) for t in shadow):
+        raise CheckpointError(f"{source}: no EMA weights (ckpt['ema']['shadow_params']) to import; drop --ema")
+    keys = [k for k in state if not _NOT_TRAINED.match(re.sub(r"^(module\.)+", "", k))]
+    if len(keys) != len(shadow) or any(tuple(state[k].shape) != tuple(t.shape) for k, t in zip(keys, shadow)):
+        raise CheckpointError(f"{source}: the EMA holds {len(shadow)} tensors that do not line up with the "
+                              f"{len(keys)} trainable parameters of the state dict; import without --ema")
+    return {**state, **dict(zip(keys, shadow))}
+
+
+def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: bool = False):
+    """(molequi model in eval mode and ``dtype``, the checkpoint's normalizers) of the fairchem checkpoint;
+    ``ema``: fairchem's exponential-moving-average weights instead of the raw ones (``ema_state_dict``)."""
     from molequi.data.statistics import Statistics
     from molequi.models.escn import ESCN
 
@@ -197,19 +219,21 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64):
     cfg = escn_config(options, source=str(path))
     stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))
     model = ESCN(cfg, stats)
-    model.load_state_dict(state_to_molequi(ckpt["state_dict"], model, source=str(path)), strict=True)
+    state = ema_state_dict(ckpt["state_dict"], ckpt.get("ema"), str(path)) if ema else ckpt["state_dict"]
+    model.load_state_dict(state_to_molequi(state, model, source=str(path)), strict=True)
     normalizers = {k: {kk: float(vv) for kk, vv in v.items() if torch.is_tensor(vv) and vv.numel() == 1}
                    for k, v in (ckpt.get("normalizers") or {}).items() if isinstance(v, dict)}
     return model.to(dtype).eval(), normalizers
 
 
-def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float64) -> dict:
+def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float64,
+                               ema: bool = False) -> dict:
     """Write the fairchem checkpoint ``path`` as a molequi checkpoint ``out`` (atomically); returns its payload
     (``molequi.checkpoint.make_payload``) with the normalizers under ``payload['fairchem_normalizers']``."""
     from molequi.checkpoint import make_payload, save_model
     from molequi.config import to_plain
 
-    model, normalizers = import_fairchem(path, dtype)
+    model, normalizers = import_fairchem(path, dtype, ema=ema)
     payload = make_payload(config={"model": {"name": "escn", **to_plain(model.config)}},
                            statistics=model.statistics.to_dict(), model_state=model.state_dict(), dtype=dtype)
     payload["fairchem_normalizers"] = normalizers
@@ -217,5 +241,5 @@ def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.d
     return payload
 
 
-__all__ = ["read_fairchem_checkpoint", "model_options", "escn_config", "state_to_molequi", "import_fairchem",
+__all__ = ["read_fairchem_checkpoint", "model_options", "ema_state_dict", "escn_config", "state_to_molequi", "import_fairchem",
            "import_fairchem_checkpoint", "UnsupportedFairchemOptionError"]

@@ -4,7 +4,9 @@
     PY _escn_peer.py build SPEC.json CKPT.pt [GRAPHS.pt OUT.pt]   eSCN with random weights (seeded), saved
                                                     as fairchem's trainer saves it (and evaluated, as eval)
     PY _escn_peer.py eval CKPT.pt GRAPHS.pt OUT.pt  energies / forces of the graphs, float64 (+ per-layer
-                                                    node features for locating differences)
+                                                    node features for locating differences), with the raw
+                                                    weights and, when the file has an EMA, with fairchem's
+                                                    ExponentialMovingAverage.copy_to() weights
 
 The code run is fairchem-core's ``fairchem/core/models/escn/escn.py`` and ``so3.py``, unmodified. Only package
 ``__init__`` files are bypassed and two modules that import torch_geometric / torch_scatter (not installed in
@@ -35,7 +37,7 @@ def import_escn():
     base = Path(list(importlib.util.find_spec("fairchem").submodule_search_locations)[0])
     for name, sub in [("fairchem", ""), ("fairchem.core", "core"), ("fairchem.core.models", "core/models"),
                       ("fairchem.core.models.escn", "core/models/escn"), ("fairchem.core.models.scn", "core/models/scn"),
-                      ("fairchem.core.common", "core/common")]:
+                      ("fairchem.core.common", "core/common"), ("fairchem.core.modules", "core/modules")]:
         module = types.ModuleType(name)
         module.__path__ = [str(base / sub)]
         sys.modules[name] = module
@@ -59,7 +61,9 @@ def import_escn():
     mbase.HeadInterface = type("HeadInterface", (), {})
     sys.modules["fairchem.core.models.base"] = mbase
     from fairchem.core.models.escn import escn
+    from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
+    escn.ExponentialMovingAverage = ExponentialMovingAverage  # carried along for build / evaluate
     return escn, utils
 
 
@@ -69,6 +73,7 @@ def build(spec_file: str, out: str) -> None:
     seed = spec.pop("seed")
     prefix = spec.pop("_prefix", "module.")
     gain = spec.pop("_gain", 1.0)
+    with_ema = spec.pop("_ema", False)
     torch.manual_seed(seed)  # fairchem trains in float32: weights, sphere points and offsets as it saves them
     model = escn.eSCN(**spec)
     with torch.no_grad():  # the edge-atom embeddings start at +-0.001; give them a scale that matters
@@ -81,11 +86,19 @@ def build(spec_file: str, out: str) -> None:
         for name, p in model.named_parameters():
             if p.dim() == 2 and "embedding" not in name:
                 p.mul_(gain)
+    ema = None
+    if with_ema:  # fairchem's EMA holds these weights; the raw ones then move away (x1.1), as in training
+        ema = escn.ExponentialMovingAverage(model.parameters(), 0.999)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.mul_(1.1)
     state = {prefix + k: v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "normalizers": {}, "elementrefs": {},
                 "config": {"model": {"name": "escn", **spec}, "task": {"dataset": "trajectory_lmdb"},
                            "optim": {"batch_size": 1}},
-                "val_metrics": None, "amp": None, "epoch": 0, "step": 0}, out)
+                "val_metrics": None, "amp": None, "epoch": 0, "step": 0,
+                "ema": ema.state_dict() if ema is not None else None}, out)
 
 
 def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
@@ -100,12 +113,25 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
     model.load_state_dict(state, strict=True)
     # eSCN's forward re-enables grad (conditional_grad); without parameters that require grad it records no
     # graph (an OC20-size graph holds ~5 GB per frame)
-    model = model.double().eval().requires_grad_(False)
+    model = model.double().eval()
+    ema = None
+    if ckpt.get("ema") is not None:  # what fairchem's trainer validates with: ema.copy_to() of its EMA
+        ema = escn.ExponentialMovingAverage(model.parameters(), 0.999)
+        ema.load_state_dict(ckpt["ema"])
+    model.requires_grad_(False)
     torch.set_default_dtype(torch.float64)  # fairchem allocates Wigner matrices, grids, energies in it
     features = []
     for block in model.layer_blocks:
         block.register_forward_hook(lambda mod, inp, outp: features.append(outp.embedding.detach().clone()))
     graphs = torch.load(graphs_file, weights_only=True)
+    out_all = {"raw": run_graphs(model, utils, graphs, features), "ema": None}
+    if ema is not None:
+        ema.copy_to()
+        out_all["ema"] = run_graphs(model, utils, graphs, features)
+    torch.save(out_all, out)
+
+
+def run_graphs(model, utils, graphs, features) -> list[dict]:
     results = []
     for g in graphs:
         pos = g["pos"].double()
@@ -131,7 +157,7 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(), "cpu_s": cpu,
                         "wall_s": wall, "edges": int(ei.shape[1]), "layers": list(features)})
-    torch.save(results, out)
+    return results
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ SIZES = {
              "edge_channels": 8, "num_sphere_samples": 16, "cutoff": 6.0, "max_neighbors": 12,
              "distance_resolution": 0.25, "basis_width_scalar": 2.0, "distance_function": "gaussian",
              "max_num_elements": 90, "use_pbc": True, "otf_graph": True, "regress_forces": True,
-             "_gain": 3.0},
+             "_gain": 3.0, "_ema": True},
     # eSCN-L6-M2-Lay12-All-MD.yml (fairchem configs/s2ef/all/escn)
     "oc20": {"num_layers": 12, "max_neighbors": 20, "cutoff": 12.0, "sphere_channels": 128, "hidden_channels": 256,
              "lmax_list": [6], "mmax_list": [2], "num_sphere_samples": 128, "distance_function": "gaussian",
@@ -101,7 +101,8 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
         t1 = time.perf_counter()
         run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
         t_peer = time.perf_counter() - t1
-    ref = torch.load(work / "ref.pt", weights_only=True)
+    ref_all = torch.load(work / "ref.pt", weights_only=True)
+    ref = ref_all["raw"]
 
     layers_out = []
     for block in model.layer_blocks:
@@ -139,6 +140,22 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
     t_ours = time.perf_counter() - t2
     rel = {k: err[k] / max(scale[k], 1e-300) for k in err}
     ok = edges_ok and all(v <= tolerance for v in rel.values())
+    ema = None
+    if ref_all.get("ema") is not None:  # the checkpoint's EMA weights: molequi import --ema vs ema.copy_to()
+        ema_model, _ = import_fairchem(checkpoint, dtype=torch.float64, ema=True)
+        e_err = f_err = e_scale = f_scale = 0.0
+        for rec, r, g in zip(records, ref_all["ema"], graphs):
+            from torch_geometric.data import Batch
+
+            ema_model.generator = torch.Generator().manual_seed(int(g["seed"]))
+            with torch.no_grad():
+                out = ema_model(Batch.from_data_list([rec]))
+            e_err = max(e_err, float((out["energy"] - r["energy"]).abs().max()))
+            f_err = max(f_err, float((out["forces"] - r["forces"]).abs().max()))
+            e_scale, f_scale = max(e_scale, float(r["energy"].abs().max())), max(f_scale, float(r["forces"].abs().max()))
+        ema = {"relative": {"energy": e_err / max(e_scale, 1e-300), "forces": f_err / max(f_scale, 1e-300)},
+               "differs_from_raw": float((ref_all["ema"][0]["forces"] - ref[0]["forces"]).abs().max() / f_scale)}
+        ok = ok and all(v <= tolerance for v in ema["relative"].values())
     cfg = model.config
     return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": "escn",
             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
@@ -148,7 +165,7 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
                        "max_neighbors": cfg.max_neighbors, "parameters": sum(p.numel() for p in model.parameters())},
             "normalizers_not_applied": normalizers,
             "max_abs_err_energy": err["energy"], "max_abs_err_forces": err["forces"], "tolerance": tolerance,
-            "relative": rel, "edges_match": edges_ok, "ok": ok,
+            "relative": rel, "edges_match": edges_ok, "ema_weights": ema, "ok": ok,
             "seconds": {"import": round(t_import, 2), "peer": round(t_peer, 2), "molequi": round(t_ours, 2)},
             "structures": rows}
 

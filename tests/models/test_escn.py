@@ -198,6 +198,7 @@ def test_import_round_trip_cli_and_prefixes(tmp_path):
     ("resolutions", r"lmax_list \[3, 3\]"),
     ("missing", "lacks.*fc1_edge_attr"),
     ("direct", "regress_forces: False"),
+    ("ema", "no EMA weights"),
 ])
 def test_import_refusals_are_named(tmp_path, case, match):
     import datetime
@@ -221,7 +222,7 @@ def test_import_refusals_are_named(tmp_path, case, match):
     path = tmp_path / "fc.pt"
     fairchem_file(path, model_cfg=cfg, **kw)
     with pytest.raises(CheckpointError, match=match) as info:
-        import_fairchem(path)
+        import_fairchem(path, ema=case == "ema")
     assert str(path) in str(info.value)
 
 
@@ -238,4 +239,6 @@ def test_parity_with_fairchem_escn(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["ok"] and res["edges_match"] and res["peer"] == "fairchem-core 1.10.0"
     assert max(res["relative"].values()) < 1e-5
+    # the checkpoint's EMA weights (fairchem's ExponentialMovingAverage.copy_to vs molequi import --ema)
+    assert max(res["ema_weights"]["relative"].values()) < 1e-5 and res["ema_weights"]["differs_from_raw"] > 0.1
     assert res["structures"][0]["edges"] > 0 and res["structures"][0]["max_abs_force"] > 1.0

@@ -1,4 +1,4 @@
-"""``molequi import mace|edm|qhnet|eqgat_diff IN --out OUT.pt``: another program's model file as a molequi checkpoint."""
+"""``molequi import mace|edm|geoldm|qhnet|eqgat_diff IN --out OUT.pt``: another program's model file as a molequi checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "import",
-        help="import a model written by another program (mace-torch, EDM, QHNet, EQGAT-diff) as a molequi "
+        help="import a model written by another program (mace-torch, EDM, GeoLDM, QHNet, EQGAT-diff) as a molequi "
         "checkpoint",
         description="Read a foreign model file safely (in a separate process with that program installed) "
         "and write an ordinary molequi checkpoint that md, relax, predict, eval and train use.",
@@ -29,6 +29,9 @@ def register(sub) -> None:
     from molequi.cli.import_edm import register_kind as register_edm
 
     register_edm(kinds)
+    from molequi.cli.import_geoldm import register_kind as register_geoldm
+
+    register_geoldm(kinds)
     from molequi.cli.import_fairchem import register_kind as register_fairchem
 
     register_fairchem(kinds)

@@ -220,57 +220,74 @@ def edm_config(options: dict, *, size_histogram: dict[int, int] | None = None):
         condition_on=conditioning, max_atoms=max(64, int(largest)))
 
 
+class StateMapper:
+    """Copies the weights of a foreign state dict (EDM's, GeoLDM's) onto a molequi model's state dict by name:
+    ``take`` a foreign key, ``put`` a molequi key (shapes checked), ``egnn`` one EGNN's weights (the mapping in
+    the module docstring), ``result`` the full state dict once every foreign weight is used and every molequi
+    weight filled (else ``CheckpointError`` naming the keys)."""
+
+    def __init__(self, state: dict, model, what: str = "EDM", keep=lambda key: False, used=()):
+        self.state = {k.removeprefix("module."): v for k, v in state.items()}
+        self.target = model.state_dict()
+        self.out = {k: v.clone() for k, v in self.target.items() if keep(k)}  # buffers kept as they are
+        self.used, self.what = set(used), what
+
+    def take(self, key):
+        if key not in self.state:
+            raise CheckpointError(f"the {self.what} state dict lacks '{key}' (n_layers / options do not match "
+                                  "the weights?)")
+        self.used.add(key)
+        return self.state[key]
+
+    def put(self, key, value):
+        if key not in self.target:
+            raise CheckpointError(f"molequi's {self.what} has no parameter '{key}'")
+        if tuple(value.shape) != tuple(self.target[key].shape):
+            raise CheckpointError(f"'{key}': {self.what} weight of shape {tuple(value.shape)}, molequi expects "
+                                  f"{tuple(self.target[key].shape)} (nf / features / context do not match)")
+        self.out[key] = value.detach().clone().to(self.target[key].dtype)
+
+    def linear(self, src: str, dst: str):
+        for p in ("weight", "bias"):
+            self.put(f"{dst}.{p}", self.take(f"{src}.{p}"))
+
+    def egnn(self, src: str, dst: str, layers: int, hidden: int, attention: bool):
+        """EDM's ``EGNN`` under prefix ``src`` (e.g. ``dynamics.egnn.``) -> an ``EDMDynamics`` under ``dst``."""
+        H = hidden
+        for name in ("embedding", "embedding_out"):
+            self.linear(f"{src}{name}", f"{dst}{name}")
+        for k in range(layers):
+            s, d = f"{src}e_block_{k}.", f"{dst}blocks.{k}."
+            for a, b in (("edge_mlp.0", "phi_e.0"), ("edge_mlp.2", "phi_e.2"), ("node_mlp.0", "phi_h.0"),
+                         ("node_mlp.2", "phi_h.2")) + ((("att_mlp.0", "phi_att.0"),) if attention else ()):
+                self.linear(f"{s}gcl_0.{a}", f"{d}gcl.{b}")
+            w, bias = self.take(f"{s}gcl_equiv.coord_mlp.0.weight"), self.take(f"{s}gcl_equiv.coord_mlp.0.bias")
+            self.put(f"{d}coords.coord_in.lin_i.weight", w[:, :H])
+            self.put(f"{d}coords.coord_in.lin_i.bias", bias)
+            self.put(f"{d}coords.coord_in.lin_j.weight", w[:, H:2 * H])
+            self.put(f"{d}coords.coord_in.lin_e.weight", w[:, 2 * H:])
+            for a, b in (("2.weight", "1.weight"), ("2.bias", "1.bias"), ("4.weight", "3.weight")):
+                self.put(f"{d}coords.coord_mlp.{b}", self.take(f"{s}gcl_equiv.coord_mlp.{a}"))
+
+    def result(self) -> dict:
+        unused = sorted(set(self.state) - self.used)
+        if unused:
+            raise CheckpointError(f"{self.what} weights molequi's {self.what} has no place for: {unused[:6]}"
+                                  f"{' ...' if len(unused) > 6 else ''} (inv_sublayers or options do not match)")
+        missing = sorted(k for k in self.target if k not in self.out)
+        if missing:
+            raise CheckpointError(f"molequi weights left unfilled by the {self.what} state dict: {missing[:6]}")
+        return self.out
+
+
 def edm_state_to_molequi(state: dict, model) -> dict:
     """Map an ``EnVariationalDiffusion`` state dict onto ``model`` (an ``EDM`` of ``edm_config``): returns
     a full state dict for ``model.load_state_dict``. Every EDM weight must be used and every molequi weight
     filled, with matching shapes, else ``CheckpointError`` names the key."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    target = model.state_dict()
-    out = {k: v.clone() for k, v in target.items()
-           if not k.startswith("dynamics.")}  # buffers: size histogram, context normalisation
-    used = {"buffer", "gamma.gamma"}
-    H = model.config.hidden
-
-    def take(key):
-        if key not in state:
-            raise CheckpointError(f"the EDM state dict lacks '{key}' (n_layers / options do not match the "
-                                  "weights?)")
-        used.add(key)
-        return state[key]
-
-    def put(key, value):
-        if key not in target:
-            raise CheckpointError(f"molequi's EDM has no parameter '{key}'")
-        if tuple(value.shape) != tuple(target[key].shape):
-            raise CheckpointError(f"'{key}': EDM weight of shape {tuple(value.shape)}, molequi expects "
-                                  f"{tuple(target[key].shape)} (nf / features / context do not match)")
-        out[key] = value.detach().clone().to(target[key].dtype)
-
-    e = "dynamics.egnn."
-    for name in ("embedding", "embedding_out"):
-        for p in ("weight", "bias"):
-            put(f"dynamics.{name}.{p}", take(f"{e}{name}.{p}"))
-    for k in range(model.config.layers):
-        src, dst = f"{e}e_block_{k}.", f"dynamics.blocks.{k}."
-        for a, b in (("edge_mlp.0", "phi_e.0"), ("edge_mlp.2", "phi_e.2"), ("node_mlp.0", "phi_h.0"),
-                     ("node_mlp.2", "phi_h.2")) + ((("att_mlp.0", "phi_att.0"),) if model.config.attention else ()):
-            for p in ("weight", "bias"):
-                put(f"{dst}gcl.{b}.{p}", take(f"{src}gcl_0.{a}.{p}"))
-        w, bias = take(f"{src}gcl_equiv.coord_mlp.0.weight"), take(f"{src}gcl_equiv.coord_mlp.0.bias")
-        put(f"{dst}coords.coord_in.lin_i.weight", w[:, :H])
-        put(f"{dst}coords.coord_in.lin_i.bias", bias)
-        put(f"{dst}coords.coord_in.lin_j.weight", w[:, H:2 * H])
-        put(f"{dst}coords.coord_in.lin_e.weight", w[:, 2 * H:])
-        for a, b in (("2.weight", "1.weight"), ("2.bias", "1.bias"), ("4.weight", "3.weight")):
-            put(f"{dst}coords.coord_mlp.{b}", take(f"{src}gcl_equiv.coord_mlp.{a}"))
-    unused = sorted(set(state) - used)
-    if unused:
-        raise CheckpointError(f"EDM weights molequi's EDM has no place for: {unused[:6]}"
-                              f"{' ...' if len(unused) > 6 else ''} (inv_sublayers or options do not match)")
-    missing = sorted(k for k in target if k not in out)
-    if missing:
-        raise CheckpointError(f"molequi weights left unfilled by the EDM state dict: {missing[:6]}")
-    return out
+    m = StateMapper(state, model, "EDM", keep=lambda k: not k.startswith("dynamics."),
+                    used={"buffer", "gamma.gamma"})  # buffers: size histogram, context normalisation
+    m.egnn("dynamics.egnn.", "dynamics.", model.config.layers, model.config.hidden, model.config.attention)
+    return m.result()
 
 
 def find_weights(run_dir: str | Path, weights: str | Path | None = None) -> Path:
@@ -375,6 +392,6 @@ def import_edm_run(run_dir: str | Path, out: str | Path, *, weights: str | Path 
     return model
 
 
-__all__ = ["edm_qm9_split", "edm_qm9_subsets", "read_edm_args", "edm_config", "edm_state_to_molequi", "find_weights", "load_edm_state",
+__all__ = ["StateMapper", "edm_qm9_split", "edm_qm9_subsets", "read_edm_args", "edm_config", "edm_state_to_molequi", "find_weights", "load_edm_state",
            "read_size_histogram", "build_edm_model", "import_edm_run", "UnsupportedEDMOptionError",
            "MissingEDMWeightsError"]

@@ -183,6 +183,11 @@ def main(argv=None) -> int:
         from edm import main as edm_main
 
         return edm_main(argv[1:])
+    if argv[:1] == ["geoldm"]:  # GeoLDM's: check.py geoldm --peer-code PATH [...] (scripts/parity/geoldm.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from geoldm import main as geoldm_main
+
+        return geoldm_main(argv[1:])
     if argv[:1] == ["qhnet"]:  # QHNet's: check.py qhnet --peer-code PATH [...] (scripts/parity/qhnet.py)
         sys.path.insert(0, str(Path(__file__).parent))
         from qhnet import main as qhnet_main

@@ -387,18 +387,23 @@ class ESCN(EnergyModel):
         max_num_elements: int = 90
         """Rows of the atomic-number embeddings (atomic numbers must be below it)."""
         num_layers: int = 12
+        """Layer blocks (message passing + pointwise grid MLP)."""
         lmax: int = 6
         """Highest degree (fairchem's ``lmax_list: [6]``)."""
         mmax: int = 2
         """Highest order kept in the edge frame (fairchem's ``mmax_list: [2]``)."""
         sphere_channels: int = 128
+        """Channels per spherical-harmonic coefficient of the node features."""
         hidden_channels: int = 256
+        """Hidden width of the SO(2) convolutions."""
         edge_channels: int = 128
+        """Width of the invariant edge features (distance basis + atomic-number embeddings)."""
         num_sphere_samples: int = 128
         """Points on the sphere the energy and force heads sample."""
         distance_function: str = "gaussian"
         """'gaussian', 'sigmoid', 'linearsigmoid' or 'silu' (fairchem's smearings)."""
         basis_width_scalar: float = 2.0
+        """Width of each distance function in units of their spacing (OC20 S2EF All+MD: 2.0)."""
         distance_resolution: float = 0.02
         """Spacing of the distance basis, Å (int(r_max / distance_resolution) functions)."""
         grid_resolution: int | None = None

@@ -6,7 +6,7 @@
 1. Builds an ``EnLatentDiffusion`` with GeoLDM's ``qm9.models.get_latent_diffusion`` (imported from PATH) from
    the options of RUN_DIR/args.pickle and its ``generative_model_ema.npy`` weights, or, without --checkpoint,
    from the QM9 command of GeoLDM's README (nf 256, 9 layers, T 1000, latent_nf 1, --train_diffusion
-   --trainable_ae; ``--nf`` / ``--n-layers`` / ``--latent-nf`` override) with GeoLDM's random init plus seeded
+   --trainable_ae; ``--nf`` / ``--n-layers`` / ``--latent-nf`` override, ``--frozen-ae``: trainable_ae false) with GeoLDM's random init plus seeded
    N(0, 0.005^2) noise on every parameter (so that no part sits at its near-zero init), rounded to float32 as
    a trained run's weights are.
 2. Saves args.pickle and the state dict as GeoLDM's main_qm9.py does (``pickle.dump(args)``,
@@ -144,7 +144,8 @@ class _Err:
 
 
 def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecules: int = 6, seed: int = 0,
-        nf: int | None = None, n_layers: int | None = None, latent_nf: int | None = None) -> dict:
+        nf: int | None = None, n_layers: int | None = None, latent_nf: int | None = None,
+        frozen_ae: bool = False) -> dict:
     """The parity check (module docstring)."""
     from torch_geometric.data import Batch, Data
 
@@ -160,6 +161,7 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
     else:
         options, state = dict(README_QM9), None
         options.update({k: v for k, v in (("nf", nf), ("n_layers", n_layers), ("latent_nf", latent_nf)) if v})
+        options["trainable_ae"] = not frozen_ae
     peer, nodes_dist, info = build_peer(peer_code, options, state, seed)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,6 +236,7 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
         # the autoencoder stage (EnHierarchicalVAE.compute_loss, train mode)
         enc = padded_noise(node_mask, L, gen)
         peer.vae.sample_combined_position_feature_noise = lambda n_samples, n_nodes, node_mask: enc
+        peer.vae.training = True  # a frozen first stage (trainable_ae false) has its train() disabled
         try:
             peer_ae, peer_ae_logs = peer.vae.compute_loss(x, h, node_mask, edge_mask, None)
         finally:
@@ -271,15 +274,17 @@ def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.A
     parser.add_argument("--nf", type=int, default=None, help="override nf (random weights only)")
     parser.add_argument("--n-layers", type=int, default=None, help="override n_layers (random weights only)")
     parser.add_argument("--latent-nf", type=int, default=None, help="override latent_nf (random weights only)")
+    parser.add_argument("--frozen-ae", action="store_true",
+                        help="random weights with trainable_ae false (GeoLDM's frozen first stage)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_argparser().parse_args(argv)
-    if args.checkpoint and (args.nf or args.n_layers or args.latent_nf):
-        raise SystemExit("--nf/--n-layers/--latent-nf only apply to random weights, not to --checkpoint")
+    if args.checkpoint and (args.nf or args.n_layers or args.latent_nf or args.frozen_ae):
+        raise SystemExit("--nf/--n-layers/--latent-nf/--frozen-ae only apply to random weights, not to --checkpoint")
     result = run(args.peer_code, args.checkpoint, n_molecules=args.molecules, seed=args.seed, nf=args.nf,
-                 n_layers=args.n_layers, latent_nf=args.latent_nf)
+                 n_layers=args.n_layers, latent_nf=args.latent_nf, frozen_ae=args.frozen_ae)
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

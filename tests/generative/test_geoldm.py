@@ -144,10 +144,13 @@ def test_latent_kl_matches_closed_form_gaussian_kl():
 
 
 @needs_peer
-def test_parity_with_geoldm_code():
-    """check.py geoldm at a tiny size: encoder, decoder, denoiser equal to 1e-6 relative; NLL, training loss,
-    autoencoder loss to 1e-4 nats (the script's own goals; float64)."""
-    result = _parity().run(PEER, n_molecules=4, seed=2, **TINY)
+@pytest.mark.parametrize("frozen_ae", [False, True])
+def test_parity_with_geoldm_code(frozen_ae):
+    """check.py geoldm at a tiny size, with the decoder trained along (trainable_ae) or frozen: encoder, decoder,
+    denoiser equal to 1e-6 relative; NLL, training loss, autoencoder loss to 1e-4 nats (the script's own goals;
+    float64)."""
+    result = _parity().run(PEER, n_molecules=4, seed=2, frozen_ae=frozen_ae, **TINY)
+    assert result["trainable_ae"] is not frozen_ae
     assert result["ok"], json.dumps({k: v for k, v in result.items() if not isinstance(v, list)})
     assert max(result[f"max_rel_err_{k}"] for k in ("encoder", "decoder", "denoiser")) < 1e-12
     assert result["max_abs_err_train_loss"] < 1e-10 and result["max_abs_err_ae_loss"] < 1e-10

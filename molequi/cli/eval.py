@@ -11,9 +11,9 @@ def register(subparsers) -> None:
         description="Evaluate a model checkpoint (model.pt or a training .ckpt) on labelled structures. "
                     "Prints energy and force MAE / RMSE (eV, eV/atom, eV/Å; component-wise force errors). "
                     "With --out, also writes parity.png, errors.csv (one row per structure) and "
-                    "metrics.json. For an EDM checkpoint (task diffusion or 'molequi import edm'): EDM's "
-                    "variational bound on the NLL of the molecules in DATA, nats per molecule, and bits "
-                    "per dimension.",
+                    "metrics.json. For an EDM or GeoLDM checkpoint (task diffusion or 'molequi import edm|geoldm'): "
+                    "the model's variational bound on the NLL of the molecules in DATA (EDM's, GeoLDM's), "
+                    "nats per molecule, and bits per dimension.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  molequi eval runs/ethanol/model.pt "
                "molequi/resources/rmd17/rmd17_ethanol_test_01.npz --out eval_out")
@@ -53,7 +53,7 @@ def run(args) -> int:
         from molequi.tasks.hamiltonian import evaluate_hamiltonian
 
         metrics = evaluate_hamiltonian(model, args.data, batch_size=args.batch_size)
-    elif payload["config"].get("model", {}).get("name") == "edm":  # diffusion: EDM's bound on the NLL, nats
+    elif payload["config"].get("model", {}).get("name") in ("edm", "geoldm"):  # diffusion: the NLL bound, nats
         import ase.io
 
         frames = ase.io.read(args.data, index=":")

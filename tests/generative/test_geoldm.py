@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import sys
@@ -193,6 +194,11 @@ def test_import_round_trip_and_generate(tmp_path, capsys):
     mols = tmp_path / "mols.sdf"
     assert main(["generate", str(out), "--n", "3", "--steps", "4", "--out", str(mols)]) == 0
     assert mols.read_text().count("$$$$") == 3
+    # molequi eval gives GeoLDM's bound on the NLL of molecules (here the generated ones)
+    capsys.readouterr()
+    assert main(["eval", str(out), str(mols.with_suffix(".xyz")), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["molecules"] == 3 and math.isfinite(metrics["nll"]) and metrics["bits_per_dim"] > 0
 
 
 def _write_args(run: Path, **options):

@@ -13,7 +13,7 @@ from molequi.models.base import ForceField, GenerativeModel
 
 STATS = Statistics(elements=[1, 6, 8], avg_num_neighbors=6.0)
 FORCE_FIELDS = ["mace", "egnn", "lj", "equiformer_v2", "faenet", "frame_averaging", "escn"]
-GENERATIVE = ["edm", "eqgat_diff", "egnn_categorical"]
+GENERATIVE = ["edm", "geoldm", "eqgat_diff", "egnn_categorical"]
 
 
 def test_every_registered_model_is_classified():

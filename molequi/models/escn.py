@@ -36,8 +36,11 @@ fc2_i), so a message is not symmetric under a mirror through its edge and eSCN i
 structure gets other messages, tested). Under rotations, everything but the grids is exact (frames, SO(2)
 convolutions, rotations back, aggregation: 1e-10 in float64, tested with the edge-frame SiLU off); the pointwise
 SiLUs on the S2 grids and the heads' sums over the ``num_sphere_samples`` points are not rotation invariant
-(as in fairchem). Measured on a 14-atom OC20 slab, tiny model with linear maps x3: forces 0.22 / energy 1.4e-3
-relative at 16 sphere samples and the default grid, 5e-4 / 2e-6 at 512 samples and ``grid_resolution: 48``.
+(as in fairchem), and the strict neighbour cut picks among neighbours tied to float32 precision by sort
+order, which a rotation can change. Measured on a 14-atom OC20 slab, tiny model with linear maps x3, no cut:
+forces 0.21 / energy 8.8e-4 relative at 16 sphere samples and the default grid, 6.6e-4 / 1.4e-6 at 512 samples
+and ``grid_resolution: 48`` (2.7e-5 energy with an 8-neighbour cut); OC20 size with random weights, frame 0 of
+``data/oc20/oc20_real.extxyz``: forces 9.9e-3, energy 4.2e-7 relative.
 
 Forces. ``direct_forces=True`` (fairchem's only mode, the default): forces from the sphere (above); the model is
 not conservative (no stress; ``molequi md`` refuses it without ``--allow-nonconservative``). ``direct_forces=False`` (molequi's option): forces and
@@ -47,10 +50,10 @@ Energies. E_i = E0[z_i] + scale * 0.001 * y_i + shift with y_i = mean_p MLP_E(x_
 an imported fairchem checkpoint has E0 = 0, scale = 1, shift = 0, i.e. fairchem's model output. The direct
 forces are multiplied by ``statistics.force_rms`` (1 for an import).
 
-Graph. fairchem keeps at most ``max_neighbors`` neighbours per atom: those whose squared distance is at most
-the (max_neighbors+1)-th smallest plus 0.01 Å^2 (``get_max_neighbors_mask``, degeneracy tolerance), only when
-an atom has more than ``max_neighbors``. The model applies this to the radius graph it is given (edges first
-stably sorted by receiver, fairchem's order).
+Graph. fairchem's eSCN builds its graph with ``radius_graph_pbc`` and keeps the ``max_neighbors`` nearest
+neighbours of every atom (``enforce_max_neighbors_strictly``, True for eSCN: ties broken by fairchem's sort);
+the model applies the same cut to the radius graph it is given, after putting the edges in fairchem's order
+(centre atom, neighbour, cell offset), which is also the order the random frame draws follow.
 
 Defaults are fairchem's OC20 S2EF All+MD configuration ``configs/s2ef/all/escn/eSCN-L6-M2-Lay12-All-MD.yml``
 (12 layers, lmax 6, mmax 2, 128 sphere / 256 hidden channels, cutoff 12 Å, 20 neighbours, Gaussian basis of
@@ -353,25 +356,55 @@ class EdgeRotation:
         return torch.bmm(self.Dt, y)
 
 
-def max_neighbors_mask(receiver: torch.Tensor, d2: torch.Tensor, n_nodes: int, k: int,
-                       tolerance: float = 0.01) -> torch.Tensor:
-    """fairchem's ``get_max_neighbors_mask`` (not strict) for edges sorted by receiver: keep an edge when its
-    receiver has at most k neighbours or its squared distance is <= the receiver's (k+1)-th smallest + tol."""
+def fairchem_edge_order(sender: torch.Tensor, receiver: torch.Tensor, unit_shifts: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts edges in the order of fairchem's ``radius_graph_pbc``: by centre atom
+    (receiver), then neighbour (sender), then cell offset lexicographically (fairchem's offset is minus molequi's
+    unit shift). The random edge-frame draws go to the edges in this order."""
+    order = torch.arange(receiver.numel(), device=receiver.device)
+    keys = [-unit_shifts[:, 2], -unit_shifts[:, 1], -unit_shifts[:, 0], sender, receiver]  # least significant first
+    for key in keys:
+        order = order[torch.argsort(key[order], stable=True)]
+    return order
+
+
+def fairchem_squared_distances(pos, edge_index, unit_shifts, cell, batch) -> torch.Tensor:
+    """Squared edge lengths (E,) as fairchem's ``radius_graph_pbc`` ranks neighbours: in float32 (the only
+    precision it runs in), |x_i - (x_j + offset)|^2 with offset = (-unit shift) @ cell. Computing the ranking the
+    same way keeps the same neighbours where two distances agree to float32 precision (ties are common in
+    slabs: an atom and its images at +-a)."""
+    sender, receiver = edge_index[0], edge_index[1]
+    pos32 = pos.detach().float()
+    cells = cell.detach().float().reshape(-1, 3, 3)
+    uc = (-unit_shifts).float()
+    if cells.shape[0] == 1:
+        off = torch.matmul(uc, cells[0])
+    else:
+        off = torch.bmm(uc.unsqueeze(1), cells[batch[receiver]]).squeeze(1)
+    diff = pos32[receiver] - (pos32[sender] + off)
+    return torch.sum(diff**2, dim=1)
+
+
+def max_neighbors_mask(receiver: torch.Tensor, d2: torch.Tensor, n_nodes: int, k: int) -> torch.Tensor:
+    """fairchem's neighbour cut as eSCN's graph uses it (``get_max_neighbors_mask`` with
+    ``enforce_max_strictly=True``, ``generate_graph``'s default for eSCN): every receiver keeps its k nearest
+    edges; the edges must be in fairchem's order (``fairchem_edge_order``), ties go as fairchem's ``torch.sort``
+    of the same (receiver, slot) table sends them. d2: squared distances (E,)."""
     keep = torch.ones_like(receiver, dtype=torch.bool)
     if k <= 0 or receiver.numel() == 0:
         return keep
     counts = torch.bincount(receiver, minlength=n_nodes)
-    if int(counts.max()) <= k:
+    width = int(counts.max())
+    if width <= k:
         return keep
-    order = torch.argsort(d2, stable=True)
-    order = order[torch.argsort(receiver[order], stable=True)]  # by receiver, then distance
     start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(receiver)
-    rank[order] = torch.arange(receiver.numel(), device=receiver.device) - start[receiver[order]]
-    kth = torch.full((n_nodes,), float("inf"), dtype=d2.dtype, device=d2.device)
-    sel = rank == k
-    kth[receiver[sel]] = d2[sel]
-    return d2 <= kth[receiver] + tolerance
+    slot = receiver * width + torch.arange(receiver.numel(), device=receiver.device) - start[receiver]
+    table = torch.full((n_nodes * width,), float("inf"), dtype=d2.dtype, device=d2.device)
+    table.index_copy_(0, slot, d2)
+    dist, idx = torch.sort(table.view(n_nodes, width), dim=1)
+    dist, idx = dist[:, :k], idx[:, :k] + start.view(-1, 1)
+    keep = torch.zeros_like(keep)
+    keep[torch.masked_select(idx, torch.isfinite(dist))] = True
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -383,7 +416,7 @@ class ESCN(EnergyModel):
         r_max: float = 12.0
         """Cutoff radius, Å (fairchem's ``cutoff``; OC20 S2EF All+MD: 12)."""
         max_neighbors: int = 20
-        """Neighbours kept per atom (nearest, with fairchem's 0.01 Å^2 degeneracy tolerance); 0 keeps all."""
+        """Neighbours kept per atom (the nearest, fairchem's strict cut); 0 keeps all."""
         max_num_elements: int = 90
         """Rows of the atomic-number embeddings (atomic numbers must be below it)."""
         num_layers: int = 12
@@ -477,15 +510,16 @@ class ESCN(EnergyModel):
 
     # -- graph --------------------------------------------------------------------------------------------
     def edges(self, data, pos: torch.Tensor, cell: torch.Tensor):
-        """(sender, receiver, v) of the edges the model uses: sorted by receiver, at most ``max_neighbors``
+        """(sender, receiver, v) of the edges the model uses, in fairchem's order, the ``max_neighbors`` nearest
         per receiver; v = x_sender - x_receiver (+ shift) (fairchem's ``edge_distance_vec``), (E, 3) Å."""
-        ei = data[K.EDGE_INDEX]
-        order = torch.argsort(ei[1], stable=True)
+        ei, shifts = data[K.EDGE_INDEX], data[K.UNIT_SHIFTS]
+        order = fairchem_edge_order(ei[0], ei[1], shifts)
         ei = ei[:, order]
-        vec = -edge_vectors(pos, ei, data[K.UNIT_SHIFTS][order], cell, batch_vector(data))
+        shifts = shifts[order]
+        vec = -edge_vectors(pos, ei, shifts, cell, batch_vector(data))
         with torch.no_grad():
-            d2 = torch.sum(vec.detach() ** 2, dim=1)
-            keep = max_neighbors_mask(ei[1], d2, pos.shape[0], self.config.max_neighbors)
+            keep = max_neighbors_mask(ei[1], fairchem_squared_distances(pos, ei, shifts, cell, batch_vector(data)),
+                                      pos.shape[0], self.config.max_neighbors)
         if not bool(keep.all()):
             ei, vec = ei[:, keep], vec[keep]
         return ei[0], ei[1], vec
@@ -549,4 +583,4 @@ class ESCN(EnergyModel):
         return out
 
 
-__all__ = ["ESCN", "fairchem_edge_rotation", "max_neighbors_mask", "grid_matrices", "sphere_points"]
+__all__ = ["ESCN", "fairchem_edge_rotation", "fairchem_edge_order", "fairchem_squared_distances", "max_neighbors_mask", "grid_matrices", "sphere_points"]

@@ -11,11 +11,11 @@
 The code run is fairchem-core's ``fairchem/core/models/escn/escn.py`` and ``so3.py``, unmodified. Only package
 ``__init__`` files are bypassed and two modules that import torch_geometric / torch_scatter (not installed in
 the peer venv) are stood in for: ``fairchem.core.common.utils`` gets fairchem's own ``conditional_grad``,
-``get_counts``, ``sum_partitions`` and ``get_max_neighbors_mask`` (their source, compiled from that file) and
-``fairchem.core.models.base`` empty interface classes. The radius graph (``generate_graph``, which needs
-torch_geometric) is replaced by the graph the driver sends: every pair within the cutoff, which this script
-sorts by centre atom and cuts to ``max_neighbors`` with fairchem's ``get_max_neighbors_mask``, as
-``radius_graph_pbc`` does.
+``get_counts``, ``sum_partitions``, ``get_max_neighbors_mask`` and ``radius_graph_pbc`` (their source,
+compiled from that file) and
+``fairchem.core.models.base`` empty interface classes. ``generate_graph`` (in that base module) is replaced by
+what it does for eSCN on periodic structures: fairchem's own ``radius_graph_pbc`` (compiled from its source as
+above) with eSCN's cutoff, ``max_neighbors`` and the strict cut, from the positions and cell the driver sends.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def import_escn():
     src = (base / "core/common/utils.py").read_text()
     tree = ast.parse(src)
     keep = [n for n in tree.body if isinstance(n, ast.FunctionDef)
-            and n.name in ("conditional_grad", "get_counts", "sum_partitions", "get_max_neighbors_mask")]
+            and n.name in ("conditional_grad", "get_counts", "sum_partitions", "get_max_neighbors_mask",
+                           "radius_graph_pbc")]
     import numpy as np
 
     utils.__dict__.update({"torch": torch, "np": np, "wraps": functools.wraps})
@@ -135,15 +136,17 @@ def run_graphs(model, utils, graphs, features) -> list[dict]:
     results = []
     for g in graphs:
         pos = g["pos"].double()
-        ei, shifts = g["edge_index"], g["unit_shifts"].double() @ g["cell"].double()
-        order = torch.argsort(ei[1], stable=True)  # radius_graph_pbc's order: by centre atom
-        ei, shifts = ei[:, order], shifts[order]
-        vec = pos[ei[0]] - pos[ei[1]] - shifts
-        d2 = torch.sum(vec**2, dim=1)
         natoms = torch.tensor([pos.shape[0]])
-        mask, _ = utils.get_max_neighbors_mask(natoms=natoms, index=ei[1], atom_distance=d2,
-                                               max_num_neighbors_threshold=model.max_neighbors)
-        ei, vec = ei[:, mask], vec[mask]
+        cell = g["cell"].double().view(1, 3, 3)
+        # fairchem's own graph, as eSCN's generate_graph builds it (otf_graph, use_pbc): radius_graph_pbc with
+        # the strict neighbour cut (enforce_max_neighbors_strictly defaults to True for eSCN). It only runs in
+        # float32 (its cell offsets are float32 tensors), as fairchem's data are; the vectors are then
+        # pos[j] - pos[i] + offsets in float64 (get_pbc_distances would round the offsets to float32)
+        gdata = types.SimpleNamespace(pos=pos.float(), natoms=natoms, cell=cell.float(), pbc=g["pbc"].view(1, 3))
+        torch.set_default_dtype(torch.float32)  # its distance table is allocated in the default dtype
+        ei, unit_cell, _ = utils.radius_graph_pbc(gdata, model.cutoff, model.max_neighbors, True)
+        torch.set_default_dtype(torch.float64)
+        vec = pos[ei[0]] - pos[ei[1]] + unit_cell.double() @ cell[0]
         graph = types.SimpleNamespace(edge_index=ei, edge_distance=torch.sqrt(torch.sum(vec**2, dim=1)),
                                       edge_distance_vec=vec)
         model.generate_graph = lambda data, graph=graph: graph
@@ -156,7 +159,8 @@ def run_graphs(model, utils, graphs, features) -> list[dict]:
             o = model(data)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(), "cpu_s": cpu,
-                        "wall_s": wall, "edges": int(ei.shape[1]), "layers": list(features)})
+                        "wall_s": wall, "edges": int(ei.shape[1]), "edge_index": ei, "edge_vec": vec,
+                        "layers": list(features)})
     return results
 
 

@@ -82,7 +82,7 @@ def _message(model, atoms, x):
 def test_message_rotation_equivariant_exactly_and_chiral():
     """Edge frames, SO(2) convolutions, rotation back, sum: exactly SO(3)-equivariant (1e-10 relative, float64).
     fairchem's complex SO(2) weights are chiral: a reflection is NOT a symmetry (measured, asserted large)."""
-    model = tiny()
+    model = tiny(max_neighbors=0)
     atoms = slab()
     n, L = len(atoms), model.config.lmax
     x = torch.randn(n, (L + 1) ** 2, model.config.sphere_channels, dtype=torch.float64,
@@ -106,12 +106,13 @@ def test_message_rotation_equivariant_exactly_and_chiral():
 def test_model_equivariance_limited_by_grids():
     """The whole model: the SiLU on fairchem's S2 grids and the heads' quadrature on its sphere points break
     rotation symmetry at the grid level (as in fairchem's model); a finer S2 grid (grid_resolution 48) and 512
-    sphere samples shrink it by 400x (forces) and 700x (energy). Not an exact symmetry: no 1e-10 bound exists."""
+    sphere samples shrink it by 300x (forces) and 600x (energy). Not an exact symmetry: no 1e-10 bound exists."""
     atoms = slab()
     R = haar_rotation(torch.Generator().manual_seed(3))
     errs = {}
     for res, samples in ((None, 16), (48, 512)):
-        model = tiny(grid_resolution=res, num_sphere_samples=samples)
+        model = tiny(grid_resolution=res, num_sphere_samples=samples, max_neighbors=0)  # the strict cut picks
+        # among float32-tied neighbours by sort order, which a rotation can change (as in fairchem)
         out = model(batch(atoms, model))
         moved = atoms.copy()
         moved.positions = atoms.positions @ R.numpy().T
@@ -120,8 +121,8 @@ def test_model_equivariance_limited_by_grids():
         f = out[K.FORCES].detach()
         errs[res, samples] = (float((rot[K.FORCES].detach() - f @ R.T).abs().max() / f.abs().max()),
                      float((rot[K.ENERGY] - out[K.ENERGY]).detach().abs().max() / out[K.ENERGY].detach().abs().max()))
-    assert errs[(None, 16)][0] < 0.5 and errs[(None, 16)][1] < 1e-2, errs  # measured 0.22, 1.4e-3
-    assert errs[(48, 512)][0] < 2e-3 and errs[(48, 512)][1] < 1e-5, errs  # measured 5.2e-4, 2.0e-6
+    assert errs[(None, 16)][0] < 0.5 and errs[(None, 16)][1] < 1e-2, errs  # measured 0.21, 8.8e-4
+    assert errs[(48, 512)][0] < 2e-3 and errs[(48, 512)][1] < 1e-5, errs  # measured 6.6e-4, 1.4e-6
 
 
 def test_gradient_forces_and_stress_match_finite_differences():

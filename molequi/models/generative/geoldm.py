@@ -7,36 +7,39 @@ EDM's ``normalize``, so ``norm_values`` stays [1, 1, 1]): positions x (n_b, 3) i
 h (n_b, F) = [one_hot(type), Z] (Z only with ``include_charges``).
 
 Autoencoder (``GeoLDMAutoencoder``), both halves EDM's EGNN (``EDMDynamics`` without the time feature, every
-block with GeoLDM's whole coordinate range 15):
+block with GeoLDM's whole coordinate range 15)::
 
     encoder (1 block):  (x, h) -> EGNN -> (x_enc, H features); x_enc centred is mu_x, and
         [s, mu_h, log sigma_h^2] = MLP(H) (Linear, SiLU, Linear -> 1 + 2 L), sigma_x = exp(sum_i s_i / 2)
-    decoder (``layers`` blocks): (z_x, z_h (n, L)) -> EGNN -> (x_rec centred, h_rec (n, F))
-  GeoLDM computes the encoder's sigma_x, sigma_h but does not use them (``EnHierarchicalVAE.encode`` returns a
-  fixed 0.0032): the latent is z = mu + sigma eps (eps_x zero mean per molecule) with sigma = 0.0032 when the
-  autoencoder is trained alone (``train_diffusion: false``) and sigma = sigma_0 of the noise schedule under the
-  latent diffusion.
+    decoder (layers blocks): (z_x, z_h (n, L)) -> EGNN -> (x_rec centred, h_rec (n, F))
+
+GeoLDM computes the encoder's sigma_x, sigma_h but does not use them (``EnHierarchicalVAE.encode`` returns a
+fixed 0.0032): the latent is z = mu + sigma eps (eps_x zero mean per molecule) with sigma = 0.0032 when the
+autoencoder is trained alone (``train_diffusion: false``) and sigma = sigma_0 of the noise schedule under the
+latent diffusion.
 
 Losses (GeoLDM's, per molecule, averaged over the batch; n = the batch's largest molecule, EDM's padded size,
-or the molecule's own size with ``loss_normalisation: molecule``):
+or the molecule's own size with ``loss_normalisation: molecule``)::
 
     reconstruction  R = [ |x_rec - x|^2 + CE(h_rec[:K], type) + |h_rec[K] - Z|^2 ] / ((3 + F) n)
-    KL              KL(N(mu, 1) || N(0, I)) over the latent (GeoLDM's ``gaussian_KL`` with q's sigma set to 1,
+    KL              KL(N(mu, 1) || N(0, I)) over the latent (GeoLDM's gaussian_KL with q's sigma set to 1,
                     so 0.5 |mu_h|^2 + 0.5 |mu_x|^2, the x part on the (N - 1) 3 dimensional zero-mean subspace)
     autoencoder stage (train_diffusion false):   L = R + kl_weight KL
     latent diffusion (train_diffusion true):     L = KL_prior(z) + 1/2 |eps - eps_theta(z_t, t)|^2 / ((3 + L) n)
                                                      + R (only with trainable_ae),  t ~ U{0..T}
-  with z detached (GeoLDM: "always keep the encoder fixed"; with ``trainable_ae`` only the decoder learns, the
-  encoder keeps its initial weights, as GeoLDM's released QM9 model) and the latent denoiser EDM's
-  (``EDMDynamics`` on L latent features). GeoLDM subtracts log p(N), a constant, as well: molequi leaves it out.
 
-Likelihood (``likelihood_terms``; GeoLDM's ``EnLatentDiffusion.forward`` in eval mode minus log p(N)):
+with z detached (GeoLDM: "always keep the encoder fixed"; with ``trainable_ae`` only the decoder learns, the
+encoder keeps its initial weights, as GeoLDM's released QM9 model) and the latent denoiser EDM's
+(``EDMDynamics`` on L latent features). GeoLDM subtracts log p(N), a constant, as well: molequi leaves it out.
+
+Likelihood (``likelihood_terms``; GeoLDM's ``EnLatentDiffusion.forward`` in eval mode minus log p(N))::
 
     -log p(x, h, N) <= KL_prior(z) + T L_t + d (gamma_0 + log 2 pi) / 2 + 1/2 |eps_0 - eps_theta(z_0, 0)|^2
                         + R_sum + 3 N (gamma_0 + log 2 pi) / 2 - log p(N)
-  with z = mu + sigma_0 eps_enc, d = (N - 1) 3, R_sum the reconstruction error summed, not divided (0 without
-  trainable_ae), the first three terms EDM's (``EDM._vlb_diffusion_terms``) on (z_x, z_h) and the last
-  constant GeoLDM's ``log_constants_p_h_given_z0`` (its 3 N degrees of freedom as written there).
+
+with z = mu + sigma_0 eps_enc, d = (N - 1) 3, R_sum the reconstruction error summed, not divided (0 without
+trainable_ae), the first three terms EDM's (``EDM._vlb_diffusion_terms``) on (z_x, z_h) and the last
+constant GeoLDM's ``log_constants_p_h_given_z0`` (its 3 N degrees of freedom as written there).
 
 Sampling: EDM's ancestral or DDIM sampler on (z_x, z_h) (``EDM.sample_batch``), then GeoLDM's
 p(z | z_0): z = x_hat + exp(gamma_0 / 2) eps, decoded; type = argmax of the decoder's one-hot block.

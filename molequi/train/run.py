@@ -158,7 +158,8 @@ def resolve_init_from(cfg: Config, payload: dict) -> Config:
     """``cfg`` with its model architecture taken from ``payload`` (``model.init_from``'s checkpoint).
 
     Model keys the YAML gave explicitly must equal the checkpoint's (``ConfigError`` listing the ones that
-    differ); the others are taken from the checkpoint. ``init_from`` and ``freeze`` are kept.
+    differ), except the model's ``Config.objective_keys`` (training objective, not architecture), which the
+    YAML sets; the others are taken from the checkpoint. ``init_from`` and ``freeze`` are kept.
     """
     import dataclasses
 
@@ -176,6 +177,12 @@ def resolve_init_from(cfg: Config, payload: dict) -> Config:
         ckpt = model_section_from_dict(raw)
     except ConfigError as exc:
         raise CheckpointError(f"model.init_from {source}: its model config cannot be used: {exc}") from exc
+    # keys that set the training objective, not the architecture (a model's Config.objective_keys, e.g.
+    # GeoLDM's train_diffusion / trainable_ae: its autoencoder stage, then the latent diffusion on top)
+    objective = {k: getattr(cfg.model.config, k) for k in getattr(cfg.model.config, "objective_keys", ())
+                 if k in cfg.model.given}
+    if objective:
+        ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, **objective))
     conflicts = [f"{k}: {getattr(cfg.model.config, k)!r} (checkpoint: {getattr(ckpt.config, k)!r})"
                  for k in cfg.model.given
                  if to_plain(getattr(cfg.model.config, k)) != to_plain(getattr(ckpt.config, k))]

@@ -264,3 +264,32 @@ def test_molequi_train_then_generate(tmp_path, capsys):
     assert main(["generate", str(run / "model.pt"), "--n", "4", "--steps", "5", "--out", str(out)]) == 0
     assert out.read_text().count("$$$$") == 4
     assert int(out.with_suffix(".xyz").read_text().splitlines()[0]) >= 1
+
+
+def test_two_stage_recipe_autoencoder_then_latent_diffusion(tmp_path):
+    """GeoLDM's paper recipe through molequi train: the autoencoder alone (train_diffusion false: reconstruction +
+    KL train encoder and decoder), then model.init_from its checkpoint with train_diffusion true and trainable_ae
+    false (GeoLDM's --ae_path): the first stage stays frozen, the latent denoiser learns."""
+    from molequi.checkpoint import load_model
+
+    def train(out, *extra):
+        argv = ["train", str(ROOT / "configs" / "geoldm_qm9.yaml"),
+                f"data.root={ROOT / 'data' / 'qm9' / 'crescendo'}", "data.options={split: [16, 4, null]}",
+                "model.hidden=8", "model.layers=1", "model.timesteps=20", "trainer.max_steps=2",
+                "trainer.max_epochs=null", "trainer.batch_size=4", "task.sample_every=null", f"trainer.output={out}",
+                "trainer.accelerator=cpu", "trainer.progress_bar=false", "optim.ema_decay=null", "optim.lr=1e-2",
+                *extra]
+        assert main(argv) == 0
+        return load_model(out / "model.pt")
+
+    torch.manual_seed(0)
+    init = GeoLDM(GeoLDM.Config(hidden=8, layers=1, timesteps=20)).state_dict()
+    first = train(tmp_path / "ae", "model.train_diffusion=false")
+    second = train(tmp_path / "ldm", f"model.init_from={tmp_path / 'ae' / 'model.pt'}", "model.trainable_ae=false")
+    assert not first.config.train_diffusion and second.config.train_diffusion and not second.config.trainable_ae
+    s1, s2 = first.state_dict(), second.state_dict()
+    enc = "autoencoder.encoder.embedding.weight"
+    assert not torch.equal(s1[enc], init[enc])  # the encoder learns in the autoencoder stage
+    assert torch.equal(s1["dynamics.embedding.weight"], init["dynamics.embedding.weight"])  # the denoiser does not
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("autoencoder."))
+    assert not torch.equal(s1["dynamics.embedding.weight"], s2["dynamics.embedding.weight"])

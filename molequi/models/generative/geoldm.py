@@ -113,6 +113,8 @@ class GeoLDM(EDM):
     @dataclass
     class Config(EDM.Config):
         name: ClassVar[str] = "geoldm"
+        # objective, not architecture: model.init_from a checkpoint of the autoencoder stage may change them
+        objective_keys: ClassVar[tuple[str, ...]] = ("train_diffusion", "trainable_ae", "kl_weight")
         hidden: int = 256  # nf of all three EGNNs (GeoLDM QM9 README: 256)
         layers: int = 9  # blocks of the latent denoiser and of the decoder (README: 9); the encoder has 1
         timesteps: int = 1000  # README: 1000 (main_qm9.py default 500)

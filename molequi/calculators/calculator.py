@@ -217,7 +217,8 @@ class MolequiCalculator(Calculator):
       ``dtype`` is a ``torch.dtype`` or ``"float32"`` / ``"float64"``. Given a dtype, the models are
       converted in place.
     - ``skin`` (Å): Verlet skin of the cached neighbour list; 0 rebuilds it every call.
-    - ``stress``: ``"auto"`` (compute for periodic structures, the default), ``True`` or ``False``.
+    - ``stress``: ``"auto"`` (compute for periodic structures when the models are conservative, the default),
+      ``True`` or ``False``.
     - ``dispersion``: ``None``, ``"d3bj"`` or
       ``{"method": "d3bj", "functional": "pbe", "three_body": False}``: Grimme's D3 correction added to
       the model's results (``molequi.calculators.dispersion``); ``from_checkpoint`` adds what the
@@ -348,8 +349,8 @@ class MolequiCalculator(Calculator):
         cell = np.asarray(atoms.cell[:], dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         periodic = has_stress(cell, pbc)
-        if self.stress_mode == "auto":
-            want_stress = periodic
+        if self.stress_mode == "auto":  # a direct-force model (not conservative) has no stress
+            want_stress = periodic and self.conservative
         else:
             want_stress = bool(self.stress_mode) and periodic
         edges = self.neighbors.get(positions, cell, pbc, atoms.numbers, self.cutoffs)

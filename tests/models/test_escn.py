@@ -257,3 +257,22 @@ def test_random_edge_roll_is_visible_at_the_parity_tolerance():
         out.append(model(b)[K.FORCES].detach())
     assert torch.equal(out[0], out[1])
     assert float((out[2] - out[0]).abs().max() / out[0].abs().max()) > 1e-4
+
+
+def test_calculator_gives_direct_forces_and_no_stress_on_a_periodic_slab():
+    """MolequiCalculator with the default stress='auto' on a periodic OC20 slab: energy and the direct forces of
+    the model; no stress, since a direct-force eSCN has none (PropertyNotImplementedError, not a crash)."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from molequi.calculators.calculator import MolequiCalculator
+
+    model = tiny()
+    atoms = slab()
+    atoms.calc = MolequiCalculator(model, dtype=torch.float64)
+    model.generator = torch.Generator().manual_seed(0)
+    forces = atoms.get_forces(apply_constraint=False)  # the slab's fixed atoms are zeroed by ASE otherwise
+    model.generator = torch.Generator().manual_seed(0)
+    ref = model(batch(atoms, model))
+    np.testing.assert_allclose(forces, ref[K.FORCES].detach().numpy(), rtol=0, atol=1e-10)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()

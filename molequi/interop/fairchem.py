@@ -10,9 +10,10 @@ Reading is safe: the pickle inside the zip archive is scanned without running it
 global outside torch's tensor rebuilding, ``collections.OrderedDict`` and NumPy scalars is refused, naming the
 file and the global; the file is then loaded with ``torch.load(weights_only=True)``.
 
-Model: only ``escn`` (``molequi.models.escn.ESCN``) with one resolution and ``regress_forces: True`` (fairchem's
-direct force head); other models (``scn``, ``equiformer_v2``, ``hydra`` backbones + heads, ...) and options
-molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
+Model: ``escn`` (``molequi.models.escn.ESCN``) with one resolution and ``regress_forces: True`` (fairchem's
+direct force head), or a ``hydra`` model (fairchem >= 1.1) made of ``escn_backbone`` with one
+``escn_energy_head`` (reduce 'sum') and one ``escn_force_head``; other models (``scn``, ``equiformer_v2``, other
+backbones or heads, ...) and options molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
 defaults (cutoff 8, max_neighbors 40, 8 layers, lmax [6], mmax [2], width 1.0, ...), as fairchem would.
 
 Weights: the raw ``state_dict`` (what fairchem's ``OCPCalculator`` loads), or with ``ema=True`` / ``--ema`` the
@@ -134,13 +135,40 @@ def model_options(config: dict, source: str | None = None) -> tuple[str, dict]:
         name, options = model, dict(config.get("model_attributes") or {})
     if not isinstance(name, str):
         raise CheckpointError(f"{source}: the checkpoint's config names no model (config['model'])")
+    if name == "hydra":
+        return _hydra_options(options, source)
     return name, options
+
+
+def _hydra_options(options: dict, source: str | None) -> tuple[str, dict]:
+    """("escn", backbone options) of a HydraModel config that is eSCN's backbone with its energy (reduce
+    'sum') and force heads; anything else refused by name."""
+    backbone = dict(options.get("backbone") or {})
+    heads = options.get("heads") or {}
+    bad = [f"HydraModel option '{k}'" for k in options
+           if k not in ("backbone", "heads", "otf_graph", "pass_through_head_outputs", "freeze_backbone")]
+    if backbone.get("model") != "escn_backbone":
+        bad.append(f"HydraModel backbone '{backbone.get('model')}' (molequi imports escn_backbone)")
+    modules = {h.get("module"): h for h in heads.values() if isinstance(h, dict)}
+    if sorted(modules) != ["escn_energy_head", "escn_force_head"] or len(heads) != 2:
+        bad.append(f"HydraModel heads {sorted(str(h.get('module')) for h in heads.values() if isinstance(h, dict))}"
+                   " (molequi imports one escn_energy_head and one escn_force_head)")
+    elif modules["escn_energy_head"].get("reduce", "sum") != "sum" or \
+            set(modules["escn_energy_head"]) - {"module", "reduce"} or set(modules["escn_force_head"]) - {"module"}:
+        bad.append(f"HydraModel head options {modules} (molequi: escn_energy_head with reduce 'sum')")
+    if bad:
+        raise UnsupportedFairchemOptionError(bad, source=source, origin=ORIGIN)
+    backbone.pop("model")
+    names = {h["module"]: k for k, h in heads.items()}
+    backbone["_hydra_heads"] = (names["escn_energy_head"], names["escn_force_head"])
+    return "escn", backbone
 
 
 def escn_config(options: dict, source: str | None = None):
     """The ``ESCN.Config`` of a fairchem eSCN's options (refusing, by name, what molequi does not implement)."""
     from molequi.models.escn import ESCN
 
+    options = {k: v for k, v in options.items() if k != "_hydra_heads"}
     opts = {**_ESCN_DEFAULTS, **options}
     bad = [f"unknown eSCN option '{k}'" for k in options if k not in _ESCN_DEFAULTS]
     lmax, mmax = list(opts["lmax_list"]), list(opts["mmax_list"])
@@ -159,14 +187,26 @@ def escn_config(options: dict, source: str | None = None):
     return cfg
 
 
-def state_to_molequi(state: dict, model, source: str | None = None) -> dict[str, torch.Tensor]:
-    """fairchem's eSCN state dict (any number of ``module.`` prefixes) under molequi's names, checked against
-    ``model``'s own: every tensor present with its shape, nothing unknown."""
+def _plain_name(key: str, heads: tuple[str, str] | None = None) -> str:
+    """fairchem's parameter name without ``module.`` prefixes, HydraModel's ``backbone.`` and
+    ``output_heads.<energy head>.`` / ``output_heads.<force head>.`` (eSCN's own names remain)."""
+    name = re.sub(r"^(module\.)+", "", key)
+    if heads is not None:
+        name = name.removeprefix("backbone.")
+        for head in heads:
+            name = re.sub(rf"^output_heads\.{re.escape(head)}\.", "", name)
+    return {"sphharm_weights.0": "sphharm_weights"}.get(name, name)
+
+
+def state_to_molequi(state: dict, model, source: str | None = None,
+                     heads: tuple[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """fairchem's eSCN state dict (any number of ``module.`` prefixes; a HydraModel's with ``heads``, the names
+    of its energy and force heads) under molequi's names, checked against ``model``'s own: every tensor present
+    with its shape, nothing unknown."""
     ours = model.state_dict()
     out, unknown, shapes = {}, [], []
     for key, value in state.items():
-        name = re.sub(r"^(module\.)+", "", key)
-        name = {"sphharm_weights.0": "sphharm_weights"}.get(name, name)
+        name = _plain_name(key, heads)
         if name not in ours:
             unknown.append(key)
         elif tuple(ours[name].shape) != tuple(value.shape):
@@ -186,7 +226,7 @@ def state_to_molequi(state: dict, model, source: str | None = None) -> dict[str,
     return out
 
 
-_NOT_TRAINED = re.compile(r"^(sphere_points|sphharm_weights\.\d+|.*distance_expansion\.offset|"
+_NOT_TRAINED = re.compile(r"^(sphere_points|sphharm_weights(\.\d+)?|.*distance_expansion\.offset|"
                           r"layer_blocks\.\d+\.message_block\.edge_block\.distance_expansion\..*)$")
 
 
@@ -197,7 +237,7 @@ def ema_state_dict(state: dict, ema, source: str | None = None) -> dict[str, tor
     shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
     if not isinstance(shadow, list) or not all(torch.is_tensor(t) for t in shadow):
         raise CheckpointError(f"{source}: no EMA weights (ckpt['ema']['shadow_params']) to import; drop --ema")
-    keys = [k for k in state if not _NOT_TRAINED.match(re.sub(r"^(module\.)+", "", k))]
+    keys = [k for k in state if not _NOT_TRAINED.match(_plain_name(k, ("", "")).removeprefix("backbone."))]
     if len(keys) != len(shadow) or any(tuple(state[k].shape) != tuple(t.shape) for k, t in zip(keys, shadow)):
         raise CheckpointError(f"{source}: the EMA holds {len(shadow)} tensors that do not line up with the "
                               f"{len(keys)} trainable parameters of the state dict; import without --ema")
@@ -216,11 +256,12 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: b
         raise UnsupportedFairchemOptionError(
             [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (SCN, EquiformerV2 and Hydra "
              "backbone/head checkpoints are not implemented)"], source=str(path), origin=ORIGIN)
+    heads = options.get("_hydra_heads")
     cfg = escn_config(options, source=str(path))
     stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))
     model = ESCN(cfg, stats)
     state = ema_state_dict(ckpt["state_dict"], ckpt.get("ema"), str(path)) if ema else ckpt["state_dict"]
-    model.load_state_dict(state_to_molequi(state, model, source=str(path)), strict=True)
+    model.load_state_dict(state_to_molequi(state, model, source=str(path), heads=heads), strict=True)
     normalizers = {k: {kk: float(vv) for kk, vv in v.items() if torch.is_tensor(vv) and vv.numel() == 1}
                    for k, v in (ckpt.get("normalizers") or {}).items() if isinstance(v, dict)}
     return model.to(dtype).eval(), normalizers

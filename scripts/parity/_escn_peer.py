@@ -59,13 +59,40 @@ def import_escn():
 
     mbase.GraphModelMixin = GraphModelMixin
     mbase.BackboneInterface = type("BackboneInterface", (), {})
-    mbase.HeadInterface = type("HeadInterface", (), {})
+    mbase.HeadInterface = type("HeadInterface", (), {"use_amp": property(lambda self: False)})  # as base.py
     sys.modules["fairchem.core.models.base"] = mbase
     from fairchem.core.models.escn import escn
     from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
     escn.ExponentialMovingAverage = ExponentialMovingAverage  # carried along for build / evaluate
     return escn, utils
+
+
+@functools.cache
+def import_hydra():
+    """fairchem's real ``HydraModel`` (``models/base.py``): torch_geometric stood in for (only its
+    ``radius_graph`` name is imported there, unused with a replaced generate_graph)."""
+    _, utils = import_escn()
+    tg, tgn = types.ModuleType("torch_geometric"), types.ModuleType("torch_geometric.nn")
+    tgn.radius_graph, tg.nn = None, tgn
+    sys.modules.setdefault("torch_geometric", tg)
+    sys.modules.setdefault("torch_geometric.nn", tgn)
+    for name in ("compute_neighbors", "get_pbc_distances", "load_model_and_weights_from_checkpoint"):
+        setattr(utils, name, getattr(utils, name, None))
+    stub = sys.modules.pop("fairchem.core.models.base")
+    try:
+        base = importlib.import_module("fairchem.core.models.base")
+    finally:
+        sys.modules["fairchem.core.models.base"] = stub  # eSCN's classes were built on the stub interfaces
+    return base.HydraModel
+
+
+HYDRA_HEADS = {"energy": {"module": "escn_energy_head"}, "forces": {"module": "escn_force_head"}}
+
+
+class Data(types.SimpleNamespace):
+    def values(self):  # HydraModel.forward reads the device from data.values()
+        return list(vars(self).values())
 
 
 def build(spec_file: str, out: str) -> None:
@@ -75,10 +102,17 @@ def build(spec_file: str, out: str) -> None:
     prefix = spec.pop("_prefix", "module.")
     gain = spec.pop("_gain", 1.0)
     with_ema = spec.pop("_ema", False)
+    hydra = spec.pop("_hydra", False)
     torch.manual_seed(seed)  # fairchem trains in float32: weights, sphere points and offsets as it saves them
-    model = escn.eSCN(**spec)
+    if hydra:  # fairchem >= 1.1's backbone + heads model: escn_backbone, escn_energy_head, escn_force_head
+        model_cfg = {"name": "hydra", "backbone": {"model": "escn_backbone", **spec}, "heads": HYDRA_HEADS}
+        model = import_hydra()(backbone=dict(model_cfg["backbone"]), heads=json.loads(json.dumps(HYDRA_HEADS)))
+        net = model.backbone
+    else:
+        model_cfg = {"name": "escn", **spec}
+        model = net = escn.eSCN(**spec)
     with torch.no_grad():  # the edge-atom embeddings start at +-0.001; give them a scale that matters
-        for block in model.layer_blocks:
+        for block in net.layer_blocks:
             eb = block.message_block.edge_block
             eb.source_embedding.weight.normal_(0.0, 0.5)
             eb.target_embedding.weight.normal_(0.0, 0.5)
@@ -96,7 +130,7 @@ def build(spec_file: str, out: str) -> None:
                     p.mul_(1.1)
     state = {prefix + k: v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "normalizers": {}, "elementrefs": {},
-                "config": {"model": {"name": "escn", **spec}, "task": {"dataset": "trajectory_lmdb"},
+                "config": {"model": model_cfg, "task": {"dataset": "trajectory_lmdb"},
                            "optim": {"batch_size": 1}},
                 "val_metrics": None, "amp": None, "epoch": 0, "step": 0,
                 "ema": ema.state_dict() if ema is not None else None}, out)
@@ -105,11 +139,12 @@ def build(spec_file: str, out: str) -> None:
 def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
     escn, utils = import_escn()
     ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    cfg = dict(ckpt["config"]["model"])
-    cfg.pop("name")
+    cfg = json.loads(json.dumps(ckpt["config"]["model"]))
+    name = cfg.pop("name")
     # built in float32 as fairchem's trainer builds it (the Gaussian width is computed at construction from a
     # float32 linspace; it is not in the state dict), then evaluated in float64
-    model = escn.eSCN(**cfg)
+    model = import_hydra()(**cfg) if name == "hydra" else escn.eSCN(**cfg)
+    net = model.backbone if name == "hydra" else model
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state, strict=True)
     # eSCN's forward re-enables grad (conditional_grad); without parameters that require grad it records no
@@ -122,17 +157,18 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
     model.requires_grad_(False)
     torch.set_default_dtype(torch.float64)  # fairchem allocates Wigner matrices, grids, energies in it
     features = []
-    for block in model.layer_blocks:
+    for block in net.layer_blocks:
         block.register_forward_hook(lambda mod, inp, outp: features.append(outp.embedding.detach().clone()))
     graphs = torch.load(graphs_file, weights_only=True)
-    out_all = {"raw": run_graphs(model, utils, graphs, features), "ema": None}
+    out_all = {"raw": run_graphs(model, net, utils, graphs, features), "ema": None}
     if ema is not None:
         ema.copy_to()
-        out_all["ema"] = run_graphs(model, utils, graphs, features)
+        out_all["ema"] = run_graphs(model, net, utils, graphs, features)
     torch.save(out_all, out)
 
 
-def run_graphs(model, utils, graphs, features) -> list[dict]:
+def run_graphs(model, net, utils, graphs, features) -> list[dict]:
+    """Energies / forces of ``model`` (eSCN, or a HydraModel whose backbone ``net`` is eSCN's)."""
     results = []
     for g in graphs:
         pos = g["pos"].double()
@@ -144,19 +180,21 @@ def run_graphs(model, utils, graphs, features) -> list[dict]:
         # pos[j] - pos[i] + offsets in float64 (get_pbc_distances would round the offsets to float32)
         gdata = types.SimpleNamespace(pos=pos.float(), natoms=natoms, cell=cell.float(), pbc=g["pbc"].view(1, 3))
         torch.set_default_dtype(torch.float32)  # its distance table is allocated in the default dtype
-        ei, unit_cell, _ = utils.radius_graph_pbc(gdata, model.cutoff, model.max_neighbors, True)
+        ei, unit_cell, _ = utils.radius_graph_pbc(gdata, net.cutoff, net.max_neighbors, True)
         torch.set_default_dtype(torch.float64)
         vec = pos[ei[0]] - pos[ei[1]] + unit_cell.double() @ cell[0]
         graph = types.SimpleNamespace(edge_index=ei, edge_distance=torch.sqrt(torch.sum(vec**2, dim=1)),
                                       edge_distance_vec=vec)
-        model.generate_graph = lambda data, graph=graph: graph
-        data = types.SimpleNamespace(pos=pos, atomic_numbers=g["numbers"].long(), natoms=natoms,
-                                     batch=torch.zeros(pos.shape[0], dtype=torch.long))
+        net.generate_graph = lambda data, graph=graph: graph
+        data = Data(pos=pos, atomic_numbers=g["numbers"].long(), natoms=natoms,
+                    batch=torch.zeros(pos.shape[0], dtype=torch.long))
         features.clear()
         torch.manual_seed(int(g["seed"]))
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
             o = model(data)
+        if net is not model:  # HydraModel: {head name: {property: tensor}}
+            o = {"energy": o["energy"]["energy"], "forces": o["forces"]["forces"]}
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         results.append({"energy": o["energy"].detach(), "forces": o["forces"].detach(), "cpu_s": cpu,
                         "wall_s": wall, "edges": int(ei.shape[1]), "edge_index": ei, "edge_vec": vec,

@@ -67,7 +67,7 @@ def peer_version(py: str) -> str:
 
 
 def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int, work: Path,
-        tolerance: float) -> dict:
+        tolerance: float, hydra: bool = False) -> dict:
     import ase.io
 
     from molequi.calculators.predict import build_records
@@ -86,7 +86,7 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
 
     t0 = time.perf_counter()
     if checkpoint is None:  # the peer builds the checkpoint and evaluates it in one process
-        spec = dict(SIZES[size], seed=seed)
+        spec = dict(SIZES[size], seed=seed, _hydra=hydra)
         (work / "spec.json").write_text(json.dumps(spec))
         checkpoint = str(work / "escn.pt")
         records, graphs = save_graphs(float(spec["cutoff"]))
@@ -164,7 +164,8 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
     cfg = model.config
     return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": "escn",
             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
-            "checkpoint": checkpoint if size is None else f"random weights ({size}, seed {seed})",
+            "checkpoint": checkpoint if size is None else
+            f"random weights ({size}, seed {seed}{', HydraModel' if hydra else ''})",
             "config": {"lmax": cfg.lmax, "mmax": cfg.mmax, "layers": cfg.num_layers,
                        "sphere_channels": cfg.sphere_channels, "cutoff": cfg.r_max,
                        "max_neighbors": cfg.max_neighbors, "parameters": sum(p.numel() for p in model.parameters())},
@@ -183,6 +184,9 @@ def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.A
                         help="sizes of the random model (tiny: tests; oc20: the OC20 S2EF All+MD config)")
     parser.add_argument("--frames", default="0,1,18,36",
                         help="comma list of frames of data/oc20/oc20_real.extxyz (0..36), or 'all'")
+    parser.add_argument("--hydra", action="store_true",
+                        help="the random model as fairchem >= 1.1's HydraModel (escn_backbone + escn_energy_head + "
+                        "escn_force_head) instead of the eSCN class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     parser.add_argument("--workdir", help="keep the checkpoint, graphs and results here")
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
-                  work, args.tolerance)
+                  work, args.tolerance, hydra=args.hydra)
     print(json.dumps(res))
     return 0 if res["ok"] else 1
 

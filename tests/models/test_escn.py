@@ -200,6 +200,8 @@ def test_import_round_trip_cli_and_prefixes(tmp_path):
     ("missing", "lacks.*fc1_edge_attr"),
     ("direct", "regress_forces: False"),
     ("ema", "no EMA weights"),
+    ("hydra_backbone", "backbone 'equiformer_v2_backbone'"),
+    ("hydra_mean", "reduce 'sum'"),
 ])
 def test_import_refusals_are_named(tmp_path, case, match):
     import datetime
@@ -220,6 +222,12 @@ def test_import_refusals_are_named(tmp_path, case, match):
         kw["drop"] = "layer_blocks.1.message_block.edge_block.fc1_edge_attr.weight"
     elif case == "direct":
         cfg["regress_forces"] = False
+    elif case.startswith("hydra"):
+        cfg.pop("name")
+        backbone = "equiformer_v2_backbone" if case == "hydra_backbone" else "escn_backbone"
+        reduce = "mean" if case == "hydra_mean" else "sum"
+        cfg = {"name": "hydra", "backbone": {"model": backbone, **cfg},
+               "heads": {"e": {"module": "escn_energy_head", "reduce": reduce}, "f": {"module": "escn_force_head"}}}
     path = tmp_path / "fc.pt"
     fairchem_file(path, model_cfg=cfg, **kw)
     with pytest.raises(CheckpointError, match=match) as info:
@@ -243,6 +251,20 @@ def test_parity_with_fairchem_escn(tmp_path, capsys):
     # the checkpoint's EMA weights (fairchem's ExponentialMovingAverage.copy_to vs molequi import --ema)
     assert max(res["ema_weights"]["relative"].values()) < 1e-5 and res["ema_weights"]["differs_from_raw"] > 0.1
     assert res["structures"][0]["edges"] > 0 and res["structures"][0]["max_abs_force"] > 1.0
+
+
+@pytest.mark.skipif(not PEER.exists(), reason=f"fairchem peer venv absent ({PEER}): build it with "
+                    "'bash scripts/bench/setup_peers.sh fairchem' (or set MOLEQUI_FAIRCHEM_PYTHON)")
+def test_parity_with_fairchem_hydra_escn(tmp_path, capsys):
+    """The same through fairchem's HydraModel (escn_backbone + escn_energy_head + escn_force_head, fairchem >=
+    1.1's checkpoint layout): 1e-5 relative, raw and EMA weights."""
+    sys.path.insert(0, str(ROOT / "scripts" / "parity"))
+    from check import main
+
+    assert main(["escn", "--peer-python", str(PEER), "--frames", "18", "--hydra", "--workdir", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "HydraModel" in res["checkpoint"] and res["ok"] and res["edges_match"]
+    assert max(res["relative"].values()) < 1e-5 and max(res["ema_weights"]["relative"].values()) < 1e-5
 
 
 def test_random_edge_roll_is_visible_at_the_parity_tolerance():

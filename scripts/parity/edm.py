@@ -130,6 +130,18 @@ def padded(numbers, positions, decoder, include_charges):
     return x, h, node_mask, edge_mask.view(B * N * N, 1)
 
 
+def molecule_inputs(info: dict, n: int, seed: int, include_charges: bool):
+    """``random_molecules`` in both layouts: (decoder, EDM's padded x, h, node_mask, edge_mask, the (B, N) bool
+    mask of real atoms, molequi's unpadded PyG batch of the same molecules)."""
+    from torch_geometric.data import Batch, Data
+
+    numbers, positions, decoder = random_molecules(info, n, seed, include_charges)
+    x, h, node_mask, edge_mask = padded(numbers, positions, decoder, include_charges)
+    batch = Batch.from_data_list([Data(numbers=torch.as_tensor(z), pos=torch.as_tensor(p))
+                                  for z, p in zip(numbers, positions)])
+    return decoder, x, h, node_mask, edge_mask, node_mask.squeeze(2).bool(), batch
+
+
 def padded_noise(node_mask, n_features, gen):
     """EDM's ``sample_combined_position_feature_noise``: zero-mean x noise and h noise, zero on padding."""
     B, N, _ = node_mask.shape
@@ -182,7 +194,6 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
     args.pickle (default: PATH/outputs/edm_qm9/args.pickle); nf / n_layers override those options."""
     from molequi.checkpoint import load_model
     from molequi.interop.edm import import_edm_run, load_edm_state, read_edm_args
-    from torch_geometric.data import Batch, Data
 
     peer_code = Path(peer_code).resolve()
     if checkpoint is not None:
@@ -209,12 +220,8 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
         model = load_model(Path(tmp) / "model.pt", dtype=torch.float64)
 
     include_charges = bool(options["include_charges"])
-    numbers, positions, decoder = random_molecules(info, n_molecules, seed, include_charges)
-    x, h, node_mask, edge_mask = padded(numbers, positions, decoder, include_charges)
+    decoder, x, h, node_mask, edge_mask, mask, batch = molecule_inputs(info, n_molecules, seed, include_charges)
     B, N, _ = x.shape
-    mask = node_mask.squeeze(2).bool()
-    batch = Batch.from_data_list([Data(numbers=torch.as_tensor(z), pos=torch.as_tensor(p))
-                                  for z, p in zip(numbers, positions)])
     b = batch.batch
     gen = torch.Generator().manual_seed(seed + 1)
     ctx = torch.randn(B, len(conditioning), generator=gen, dtype=torch.float64) if conditioning else None

@@ -53,7 +53,7 @@ for _p in (REPO, Path(__file__).resolve().parent):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from edm import QM9_DEFAULTS, padded, padded_noise, random_molecules  # noqa: E402  (scripts/parity/edm.py)
+from edm import QM9_DEFAULTS, molecule_inputs, padded_noise  # noqa: E402  (scripts/parity/edm.py)
 
 RTOL = 1e-6
 NATS_ATOL = 1e-4
@@ -147,8 +147,6 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
         nf: int | None = None, n_layers: int | None = None, latent_nf: int | None = None,
         frozen_ae: bool = False) -> dict:
     """The parity check (module docstring)."""
-    from torch_geometric.data import Batch, Data
-
     from molequi.checkpoint import load_model
     from molequi.interop.edm import find_weights, load_edm_state, read_edm_args
     from molequi.interop.geoldm import import_geoldm_run
@@ -174,14 +172,10 @@ def run(peer_code: str | Path, checkpoint: str | Path | None = None, *, n_molecu
         import_geoldm_run(run_dir, Path(tmp) / "model.pt", geoldm_code=peer_code)
         model = load_model(Path(tmp) / "model.pt", dtype=torch.float64)
 
-    include_charges = bool(options["include_charges"])
     L = int(options["latent_nf"])
-    numbers, positions, decoder = random_molecules(info, n_molecules, seed, include_charges)
-    x, h, node_mask, edge_mask = padded(numbers, positions, decoder, include_charges)
+    decoder, x, h, node_mask, edge_mask, mask, batch = molecule_inputs(info, n_molecules, seed,
+                                                                       bool(options["include_charges"]))
     B, N, _ = x.shape
-    mask = node_mask.squeeze(2).bool()
-    batch = Batch.from_data_list([Data(numbers=torch.as_tensor(z), pos=torch.as_tensor(p))
-                                  for z, p in zip(numbers, positions)])
     b = batch.batch
     edges = fully_connected_edges(b, B)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -7,10 +7,12 @@ from __future__ import annotations
 def register_kind(kinds) -> None:
     p = kinds.add_parser(
         "fairchem",
-        help="a fairchem-core checkpoint of eSCN (checkpoint.pt / best_checkpoint.pt of fairchem's trainer)",
+        help="a fairchem-core checkpoint of eSCN (checkpoint.pt / best_checkpoint.pt of fairchem's trainer; "
+        "eSCN or HydraModel with the eSCN backbone)",
         description="Import a fairchem-core (1.x) trainer checkpoint of eSCN. The pickle is scanned before "
         "loading and anything but tensors and plain values is refused (naming the global); the file is then "
-        "read with weights_only. Other models (SCN, EquiformerV2, Hydra) and options molequi's eSCN does not "
+        "read with weights_only. eSCN saved as fairchem's eSCN class or as a HydraModel (escn_backbone + energy and "
+        "force heads) is read; other models (SCN, EquiformerV2, ...) and options molequi's eSCN does not "
         "implement are refused by name. The model computes fairchem's model output; the trainer's label "
         "normalizers are printed, not applied.",
     )

@@ -254,8 +254,9 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: b
     name, options = model_options(ckpt["config"], source=str(path))
     if name not in MODELS:
         raise UnsupportedFairchemOptionError(
-            [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (SCN, EquiformerV2 and Hydra "
-             "backbone/head checkpoints are not implemented)"], source=str(path), origin=ORIGIN)
+            [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (also as a hydra model with the "
+             "escn_backbone); SCN, EquiformerV2 and other backbones are not implemented"], source=str(path),
+            origin=ORIGIN)
     heads = options.get("_hydra_heads")
     cfg = escn_config(options, source=str(path))
     stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))

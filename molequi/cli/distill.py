@@ -1,22 +1,25 @@
-"""``molequi distill CKPT --data FILE``: progressive distillation of an EDM checkpoint's DDIM sampler into
-students of half the steps each (Salimans & Ho 2022), each written as its own checkpoint."""
+"""``molequi distill CKPT --data FILE``: progressive distillation of an EDM or GeoLDM checkpoint's DDIM sampler
+into students of half the steps each (Salimans & Ho 2022; GeoLDM: in its latent space, AccGeoLDM), each
+written as its own checkpoint."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "distill", help="distil an EDM checkpoint into fewer-step students (progressive distillation)",
+        "distill", help="distil an EDM or GeoLDM checkpoint into fewer-step students (progressive distillation)",
         description="Progressive distillation (Salimans & Ho 2022) of an EDM model's deterministic DDIM "
                     "sampler: a student of S steps learns to do in one DDIM step what its teacher does in "
-                    "two on the --start-steps grid, then becomes the teacher of the next round (S/2). Each "
+                    "two on the --start-steps grid, then becomes the teacher of the next round (S/2). A GeoLDM "
+                    "teacher is distilled in its latent space (AccGeoLDM): only the latent denoiser learns, "
+                    "the encoder and decoder are the teacher's, frozen. Each "
                     "student is written to --out-dir as student_<S>.pt, a checkpoint that 'molequi generate' "
                     "samples with its own step count; a summary goes to --out-dir/distill.json. Files are "
                     "written atomically.",
         epilog="example: molequi distill runs/edm/model.pt --data data/qm9_geometries/qm9_geometries.extxyz "
                "--start-steps 512 --rounds 3 --out-dir students   (students of 256, 128 and 64 steps)")
-    p.add_argument("checkpoint", metavar="CKPT", help="the teacher: an EDM checkpoint of 'molequi train' "
-                   "(task diffusion) or an earlier student")
+    p.add_argument("checkpoint", metavar="CKPT", help="the teacher: an EDM or GeoLDM checkpoint of 'molequi "
+                   "train' (task diffusion), 'molequi import', or an earlier student")
     p.add_argument("--data", required=True, metavar="FILE",
                    help="molecules to distil on (the teacher's training set or molecules like them): extxyz, "
                         "sdf or anything ase.io.read reads, or a tarball of QM9-style xyz files")
@@ -32,9 +35,14 @@ def register(sub) -> None:
                    help="also stop a round after this many minutes (default: no limit)")
     p.add_argument("--batch-size", type=int, default=64, help="molecules per optimiser step (default 64)")
     p.add_argument("--lr", type=float, default=1e-4, help="initial learning rate, Adam (default 1e-4)")
-    p.add_argument("--weighting", choices=["snr", "truncated_snr"], default="snr",
-                   help="loss weighting: snr = the plain epsilon loss (default); truncated_snr = Salimans & "
-                        "Ho's max(SNR, 1) on the x error (see molequi.models.generative.distill)")
+    p.add_argument("--parameterisation", choices=["eps", "v", "x"], default=None,
+                   help="what the students' denoiser predicts: eps, v = alpha eps - sigma x, or x (Salimans & "
+                        "Ho recommend v or x); students start from the teacher's weights (default: v for a "
+                        "GeoLDM teacher, else the teacher's own, eps for EDM)")
+    p.add_argument("--weighting", choices=["snr", "truncated_snr"], default=None,
+                   help="loss weighting: snr = the plain epsilon loss; truncated_snr = Salimans & Ho's "
+                        "max(SNR, 1) on the x error (default: snr for eps students, truncated_snr for v and x; "
+                        "see molequi.models.generative.distill)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of each student's weights with this decay and "
                         "save it (default 0: the weights themselves)")
@@ -54,7 +62,9 @@ def run(args) -> int:
     from molequi.errors import ConfigError, InputError
     from molequi.io import atomic_write_text
     from molequi.models.generative.distill import progressive_distillation
+    from molequi.models.generative.distill import default_weighting
     from molequi.models.generative.edm import EDM
+    from molequi.models.generative.geoldm import GeoLDM
     from molequi.models.generative.io import load_generative
 
     if args.rounds < 1 or args.iterations < 1 or args.batch_size < 1:
@@ -64,7 +74,11 @@ def run(args) -> int:
     teacher = load_generative(args.checkpoint, device=args.device)
     if not isinstance(teacher, EDM):
         raise ConfigError(f"{args.checkpoint} holds a {type(teacher).__name__}: progressive distillation "
-                          "applies to EDM's DDIM sampler (model: edm)")
+                          "applies to EDM's DDIM sampler (model: edm or geoldm)")
+    latent = isinstance(teacher, GeoLDM)
+    parameterisation = args.parameterisation or ("v" if latent and not teacher.config.sampling_steps
+                                                 else teacher.config.parameterisation)
+    weighting = args.weighting or default_weighting(parameterisation)
     T = teacher.config.timesteps
     start = args.start_steps or teacher.config.sampling_steps or min(512, T // 2 * 2)
     if start % (2 ** args.rounds):
@@ -102,7 +116,8 @@ def run(args) -> int:
     try:
         paths = progressive_distillation(
             teacher, records, start, args.rounds, out_dir, iterations=args.iterations,
-            batch_size=args.batch_size, lr=args.lr, seed=args.seed, weighting=args.weighting,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, weighting=weighting,
+            parameterisation=parameterisation,
             ema=args.ema or None, log=None, on_step=on_step,
             max_seconds=None if args.minutes_per_round is None else 60 * args.minutes_per_round)
     finally:
@@ -110,8 +125,10 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     summary = {"teacher": str(args.checkpoint), "data": str(args.data), "molecules": len(mols),
                "start_steps": start, "students": [str(p) for p in paths], "seconds": seconds,
+               "model": teacher.config.name, "space": "latent" if latent else "data",
+               "parameterisation": parameterisation, "weighting": weighting,
                **{k: getattr(args, k) for k in ("rounds", "iterations", "minutes_per_round", "batch_size",
-                                                "lr", "weighting", "ema", "seed")}}
+                                                "lr", "ema", "seed")}}
     atomic_write_text(out_dir / "distill.json", json.dumps(summary, indent=2) + "\n")
     print(f"molequi distill: {len(paths)} students in {seconds:.0f} s from {len(mols)} molecules: "
           + ", ".join(str(p) for p in paths))

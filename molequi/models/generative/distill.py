@@ -1,4 +1,11 @@
-"""Progressive distillation of EDM's deterministic (DDIM) sampler (Salimans & Ho, ICLR 2022).
+"""Progressive distillation of EDM's and GeoLDM's deterministic (DDIM) samplers (Salimans & Ho, ICLR 2022;
+for GeoLDM in its latent space, as AccGeoLDM).
+
+Data space (EDM) or latent space (GeoLDM): the student learns on what the teacher diffuses,
+``teacher.diffusion_data`` (EDM: its scaled positions and features; GeoLDM: z = mu + sigma_0 eps_enc from its
+frozen encoder, latent positions in the zero centre-of-mass subspace and latent_nf invariant features per
+atom). Only the denoiser (``dynamics``) of the student learns; a GeoLDM student keeps the teacher's encoder
+and decoder, so sampling it is its latent DDIM, then GeoLDM's p(z | z_0) and decoder.
 
 A student with S steps is trained so that ONE of its DDIM steps t -> s on the grid round(linspace(T, 0, S+1))
 lands where TWO teacher DDIM steps t -> m -> s (on the 2S-step grid, whose even points are the student's)
@@ -26,6 +33,15 @@ steps). The learning rate decays linearly to 0 over each round (Salimans & Ho). 
 steps of its teacher and becomes the next teacher: N -> N/2 -> N/4 ...; each is saved as a
 checkpoint whose config records ``sampling_steps``.
 
+Parameterisation of the student (``parameterisation``, recorded in its config and read by ``EDM.epsilon`` when
+it samples): eps (the teacher's, the default for EDM), v = alpha_t eps - sigma_t x (the default for GeoLDM
+in ``molequi distill``) or x. A v or x student's output gives x_hat = alpha_t z_t - sigma_t v or x itself,
+and its loss is written on x: SNR_t ||x_tilde - x_hat||^2 times the weights above, i.e. with
+``truncated_snr`` (the default for v and x) Salimans & Ho's max(SNR_t, 1) ||x_tilde - x_hat||^2 (divided
+by the same mean), equal to the epsilon form of the same prediction. A v or x student starts from the eps
+teacher's weights: at high noise (alpha_t -> 0) v ~ eps, so the first student steps start close to the
+target; at low noise v ~ -x and the student must learn the new reading.
+
 Sampling a student: distillation fits the deterministic DDIM step, but the student's epsilon can drive the
 generalised DDIM step with noise (``EDM.sample(..., method="ddim", eta=e)``, ``molequi generate --eta``):
 eta = 1 uses the ancestral step's mean and variance around the student's x_hat. On the overfit benchmark
@@ -46,7 +62,7 @@ import torch
 from torch_geometric.data import Batch
 
 from molequi.errors import ConfigError
-from molequi.models.generative.edm import EDM
+from molequi.models.generative.edm import EDM, PARAMETERISATIONS, x_from_output
 from molequi.models.generative.graph import fully_connected_edges, remove_mean
 from molequi.nn.ema import ExponentialMovingAverage
 from molequi.nn.scatter import scatter_sum
@@ -54,23 +70,43 @@ from molequi.nn.scatter import scatter_sum
 WEIGHTINGS = ("snr", "truncated_snr")
 
 
+def _node_coeffs(model: EDM, t, batch, dtype, device):
+    """(alpha_t, sigma_t) of ``model``'s schedule, broadcastable against (n, d) node arrays."""
+    _, a_t, s_t = model._coeffs(t, None, device)
+    return EDM.per_node(a_t, batch, dtype), EDM.per_node(s_t, batch, dtype)
+
+
 @torch.no_grad()
-def two_step_target(teacher: EDM, z_x, z_h, t, mid, s, batch, edge_index, num_graphs, context=None):
-    """(eps_tilde_x, eps_tilde_h, z''_x, z''_h): the epsilon with which ONE DDIM step t -> s reproduces the
-    teacher's two DDIM steps t -> mid -> s. ``t``, ``mid``, ``s``: ints, or (B,) long tensors (per
-    molecule)."""
+def two_step_x_target(teacher: EDM, z_x, z_h, t, mid, s, batch, edge_index, num_graphs, context=None):
+    """(x_tilde_x, x_tilde_h, z''_x, z''_h): the clean-data prediction with which ONE DDIM step t -> s
+    reproduces the teacher's two DDIM steps t -> mid -> s (module docstring; positions zero mean per
+    molecule). ``t``, ``mid``, ``s``: ints, or (B,) long tensors (per molecule). For GeoLDM, z is latent."""
     z1x, z1h = teacher.step(z_x, z_h, t, mid, batch, edge_index, num_graphs, method="ddim", context=context)
     z2x, z2h = teacher.step(z1x, z1h, mid, s, batch, edge_index, num_graphs, method="ddim", context=context)
     _, a_t, s_t = teacher._coeffs(t, None, z_x.device)
     _, a_s, s_s = teacher._coeffs(s, None, z_x.device)
     r = s_s / s_t
     node = lambda c: EDM.per_node(c, batch, z_x.dtype)  # noqa: E731
-    rn, den, an, sn = node(r), node(a_s - r * a_t), node(a_t), node(s_t)
-    tx = (z2x - rn * z_x) / den
+    rn, den = node(r), node(a_s - r * a_t)
+    tx = remove_mean((z2x - rn * z_x) / den, batch, num_graphs)
     th = (z2h - rn * z_h) / den
+    return tx, th, z2x, z2h
+
+
+@torch.no_grad()
+def two_step_target(teacher: EDM, z_x, z_h, t, mid, s, batch, edge_index, num_graphs, context=None):
+    """(eps_tilde_x, eps_tilde_h, z''_x, z''_h): the epsilon with which ONE DDIM step t -> s reproduces the
+    teacher's two DDIM steps t -> mid -> s (``two_step_x_target``'s x_tilde as an epsilon)."""
+    tx, th, z2x, z2h = two_step_x_target(teacher, z_x, z_h, t, mid, s, batch, edge_index, num_graphs, context)
+    an, sn = _node_coeffs(teacher, t, batch, z_x.dtype, z_x.device)
     ex_t = remove_mean((z_x - an * tx) / sn, batch, num_graphs)
     eh_t = (z_h - an * th) / sn
     return ex_t, eh_t, z2x, z2h
+
+
+def default_weighting(parameterisation: str) -> str:
+    """snr (EDM's plain epsilon loss) for an epsilon student, truncated_snr (Salimans & Ho) for v and x."""
+    return "snr" if parameterisation == "eps" else "truncated_snr"
 
 
 def loss_weights(model: EDM, t: torch.Tensor, steps: int, weighting: str = "snr") -> torch.Tensor:
@@ -88,28 +124,46 @@ def loss_weights(model: EDM, t: torch.Tensor, steps: int, weighting: str = "snr"
 
 
 def distillation_loss(student: EDM, teacher: EDM, batch, steps: int, generator=None,
-                      weighting: str = "snr") -> torch.Tensor:
-    """Loss of one batch for a student of ``steps`` steps taught by ``teacher`` at 2 * ``steps``."""
+                      weighting: str | None = None) -> torch.Tensor:
+    """Loss of one batch for a student of ``steps`` steps taught by ``teacher`` at 2 * ``steps``, on the data
+    the teacher diffuses (``teacher.diffusion_data``: EDM's scaled data, GeoLDM's latents). An epsilon
+    student's error is on epsilon; a v or x student's on x, SNR_t ||x_tilde - x_hat||^2 (= the epsilon
+    error), so ``weighting`` (default: ``default_weighting``) weighs both alike (module docstring)."""
     b, num_graphs = EDM._batch_info(batch)
-    x, h = teacher.encode(batch["numbers"], batch["pos"], b, num_graphs)
+    x, h = teacher.diffusion_data(batch, generator)
     grid = torch.tensor(teacher.time_grid(2 * steps), device=x.device)  # student grid = grid[::2]
     k = torch.randint(0, steps, (num_graphs,), generator=generator).to(x.device)  # student step per molecule
     t, mid, s = grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]
     z_x, z_h, _, _ = teacher.noised(x, h, t, b, num_graphs, generator)
     edge_index = fully_connected_edges(b, num_graphs)
     ctx = teacher.batch_context(batch)  # the teacher is in eval mode: its normalisation stays as trained
-    ex_t, eh_t = two_step_target(teacher, z_x, z_h, t, mid, s, b, edge_index, num_graphs, ctx)[:2]
-    ex, eh = student.epsilon(z_x, z_h, t, b, edge_index, num_graphs, ctx)
-    err = scatter_sum(((ex - ex_t) ** 2).sum(-1) + ((eh - eh_t) ** 2).sum(-1), b, num_graphs)
+    par = student.config.parameterisation
+    if par == "eps":
+        ex_t, eh_t = two_step_target(teacher, z_x, z_h, t, mid, s, b, edge_index, num_graphs, ctx)[:2]
+        ex, eh = student.epsilon(z_x, z_h, t, b, edge_index, num_graphs, ctx)
+        err = scatter_sum(((ex - ex_t) ** 2).sum(-1) + ((eh - eh_t) ** 2).sum(-1), b, num_graphs)
+    else:
+        tx, th = two_step_x_target(teacher, z_x, z_h, t, mid, s, b, edge_index, num_graphs, ctx)[:2]
+        out_x, out_h = student.denoiser_output(z_x, z_h, t, b, edge_index, num_graphs, ctx)
+        an, sn = _node_coeffs(teacher, t, b, x.dtype, x.device)
+        xx, xh = x_from_output(out_x, z_x, an, sn, par), x_from_output(out_h, z_h, an, sn, par)
+        g = teacher.schedule.gamma(t, torch.float64)
+        snr = torch.exp(-g).to(x.dtype)  # alpha_t^2 / sigma_t^2
+        err = snr * scatter_sum(((xx - tx) ** 2).sum(-1) + ((xh - th) ** 2).sum(-1), b, num_graphs)
     sizes = torch.bincount(b, minlength=num_graphs).to(x.dtype)
-    w = loss_weights(teacher, t, steps, weighting).to(x.dtype)
-    return (w * err / ((3 + student.n_features) * sizes)).mean()
+    w = loss_weights(teacher, t, steps, weighting or default_weighting(par)).to(x.dtype)
+    return (w * err / ((3 + student.latent_features()) * sizes)).mean()
 
 
 def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: int = 1000,
                   batch_size: int = 64, lr: float = 1e-4, max_seconds: float | None = None, seed: int = 0,
-                  weighting: str = "snr", ema: float | None = None, log=print, on_step=None) -> EDM:
+                  weighting: str | None = None, parameterisation: str | None = None, ema: float | None = None,
+                  log=print, on_step=None) -> EDM:
     """Train a ``steps``-step student from ``teacher`` (sampling with 2 * ``steps`` DDIM steps).
+
+    The student is a copy of the teacher whose denoiser (``dynamics``) alone learns (GeoLDM's autoencoder is
+    copied and frozen); its output is read as ``parameterisation`` (eps, v or x; None: the teacher's) and
+    recorded in its config. ``weighting``: None = ``default_weighting(parameterisation)``.
 
     The learning rate decays linearly from ``lr`` to 0 over ``iterations`` optimiser steps; training stops
     there or after ``max_seconds``, whichever comes first. ``ema``: return an exponential moving average
@@ -120,12 +174,18 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
     """
     if steps < 1 or 2 * steps > teacher.config.timesteps:
         raise ConfigError(f"student steps must lie in 1..{teacher.config.timesteps // 2}, got {steps}")
+    par = parameterisation or teacher.config.parameterisation
+    if par not in PARAMETERISATIONS:
+        raise ConfigError(f"unknown parameterisation '{par}'; valid: {', '.join(PARAMETERISATIONS)}")
     teacher.eval()
     student = copy.deepcopy(teacher)
-    student.config = dataclasses.replace(teacher.config, sampling_steps=steps)
+    student.config = dataclasses.replace(teacher.config, sampling_steps=steps, parameterisation=par)
+    student.requires_grad_(False)
+    student.dynamics.requires_grad_(True)  # GeoLDM: the encoder and decoder stay the teacher's
+    params = list(student.dynamics.parameters())
     average = ExponentialMovingAverage(student, ema, warmup=False) if ema else None
     student.train()
-    opt = torch.optim.Adam(student.parameters(), lr)
+    opt = torch.optim.Adam(params, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / iterations))
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -135,7 +195,7 @@ def distill_round(teacher: EDM, records: Sequence, steps: int, *, iterations: in
         loss = distillation_loss(student, teacher, batch, steps, g, weighting)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if average is not None:
@@ -173,7 +233,7 @@ def local_step_errors(teacher: EDM, student: EDM, sizes,
     b, num_graphs = sizes_to_batch(sizes), len(sizes)
     ei = fully_connected_edges(b, num_graphs)
     z = (centred_gaussian(b, num_graphs, generator=generator),
-         torch.randn(b.numel(), teacher.n_features, generator=generator))
+         torch.randn(b.numel(), teacher.latent_features(), generator=generator))
     dtype = next(teacher.parameters()).dtype
     z = (z[0].to(dtype), z[1].to(dtype))
     grid = teacher.time_grid(2 * steps)
@@ -210,5 +270,5 @@ def progressive_distillation(teacher: EDM, records: Sequence, start_steps: int, 
     return paths
 
 
-__all__ = ["two_step_target", "loss_weights", "distillation_loss", "distill_round", "local_step_errors",
+__all__ = ["two_step_target", "two_step_x_target", "default_weighting", "loss_weights", "distillation_loss", "distill_round", "local_step_errors",
            "progressive_distillation"]

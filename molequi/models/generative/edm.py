@@ -67,6 +67,31 @@ from molequi.nn.heap import retained_heap
 from molequi.nn.scatter import scatter_sum
 
 QM9_ELEMENTS = [1, 6, 7, 8, 9]  # H C N O F, EDM's atom_decoder order
+PARAMETERISATIONS = ("eps", "v", "x")
+
+
+def eps_from_output(out: torch.Tensor, z: torch.Tensor, alpha, sigma, parameterisation: str) -> torch.Tensor:
+    """The epsilon a denoiser output ``out`` stands for at z = alpha x + sigma eps (alpha^2 + sigma^2 = 1):
+    eps itself; v = alpha eps - sigma x gives eps = sigma z + alpha v; x gives eps = (z - alpha x) / sigma.
+    ``alpha``, ``sigma``: scalars or arrays broadcastable against ``out``."""
+    if parameterisation == "eps":
+        return out
+    if parameterisation == "v":
+        return sigma * z + alpha * out
+    if parameterisation == "x":
+        return (z - alpha * out) / sigma
+    raise ConfigError(f"unknown parameterisation '{parameterisation}'; valid: {', '.join(PARAMETERISATIONS)}")
+
+
+def x_from_output(out: torch.Tensor, z: torch.Tensor, alpha, sigma, parameterisation: str) -> torch.Tensor:
+    """The clean-data prediction x_hat of a denoiser output: (z - sigma eps) / alpha; alpha z - sigma v; x."""
+    if parameterisation == "eps":
+        return (z - sigma * out) / alpha
+    if parameterisation == "v":
+        return alpha * z - sigma * out
+    if parameterisation == "x":
+        return out
+    raise ConfigError(f"unknown parameterisation '{parameterisation}'; valid: {', '.join(PARAMETERISATIONS)}")
 
 
 class EDMDynamics(nn.Module):
@@ -154,6 +179,9 @@ class EDM(nn.Module):
         # training loss divisor: "edm" = (3 + F) x the largest molecule of the batch (EDM's padded size, the
         # default), "molecule" = (3 + F) x the molecule's own atom count
         loss_normalisation: str = "edm"
+        # what the denoiser's output is read as: eps (EDM's), v = alpha_t eps - sigma_t x or x (the clean data);
+        # v and x are for distilled students (molequi distill --parameterisation), eps_from_output converts
+        parameterisation: str = "eps"
 
         def validate(self) -> None:
             if not self.elements:
@@ -163,6 +191,9 @@ class EDM(nn.Module):
             if self.loss_normalisation not in ("edm", "molecule"):
                 raise ConfigError(f"loss_normalisation must be 'edm' (EDM's padded size) or 'molecule', got "
                                   f"'{self.loss_normalisation}'")
+            if self.parameterisation not in PARAMETERISATIONS:
+                raise ConfigError(f"unknown parameterisation '{self.parameterisation}'; valid: "
+                                  f"{', '.join(PARAMETERISATIONS)}")
 
     def __init__(self, config: Config | None = None):
         super().__init__()
@@ -218,6 +249,12 @@ class EDM(nn.Module):
         if self.config.include_charges:
             h = torch.cat([h, numbers.to(pos.dtype).unsqueeze(-1) / nc], -1)
         return x, h
+
+    def diffusion_data(self, batch, generator=None):
+        """(x, h): the clean data the diffusion runs on for a batch of molecules (``encode``; GeoLDM: its
+        latents). ``molequi distill`` noises these."""
+        b, num_graphs = self._batch_info(batch)
+        return self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
 
     def decode(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (numbers (n,), positions (n, 3) Å): type = argmax of the one-hot block."""
@@ -298,6 +335,7 @@ class EDM(nn.Module):
         """EDM l2 loss: mean over molecules of ||eps - eps_theta||^2 / ((3 + F) n), n the batch's largest
         molecule (``loss_normalisation="edm"``, the default) or the molecule's own size ("molecule"); also
         logs its x and h parts (per molecule's own dimensions)."""
+        self.require_eps("training")
         b, num_graphs = self._batch_info(batch)
         if self.training:
             self.record_sizes(b, num_graphs)
@@ -367,6 +405,7 @@ class EDM(nn.Module):
         t, eps_x, eps_h, eps_0,x, eps_0,h). ``context``: the denoiser's (normalised) conditioning (B, c);
         by default read from the batch as in training.
         """
+        self.require_eps("the likelihood bound")
         b, num_graphs = self._batch_info(batch)
         x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
         dt, dev = x.dtype, x.device
@@ -527,14 +566,33 @@ class EDM(nn.Module):
         p = self.size_counts / self.size_counts.sum()
         return torch.multinomial(p.float(), n, replacement=True, generator=generator)
 
-    def epsilon(self, z_x, z_h, t_int, batch, edge_index, num_graphs, context=None):
-        """eps_theta(z_t, t) at the integer step ``t_int``: an int, or a (B,) long tensor (per molecule)."""
+    def denoiser_output(self, z_x, z_h, t_int, batch, edge_index, num_graphs, context=None):
+        """The denoiser's raw output at the integer step ``t_int`` (an int, or a (B,) long tensor per molecule),
+        read as ``config.parameterisation`` (eps, v or x)."""
         if torch.is_tensor(t_int):
             t = (t_int.double() / self.config.timesteps).to(z_x.dtype)
         else:
             t = torch.full((num_graphs,), float(t_int) / self.config.timesteps, dtype=z_x.dtype,
                            device=z_x.device)
         return self.dynamics(z_x, z_h, t, batch, edge_index, context)
+
+    def epsilon(self, z_x, z_h, t_int, batch, edge_index, num_graphs, context=None):
+        """eps_theta(z_t, t) at the integer step ``t_int``: an int, or a (B,) long tensor (per molecule); a v-
+        or x-parameterised denoiser's output is converted (``eps_from_output``)."""
+        out_x, out_h = self.denoiser_output(z_x, z_h, t_int, batch, edge_index, num_graphs, context)
+        par = self.config.parameterisation
+        if par == "eps":
+            return out_x, out_h
+        _, a_t, s_t = self._coeffs(t_int, None, z_x.device)
+        a, s = self.per_node(a_t, batch, z_x.dtype), self.per_node(s_t, batch, z_x.dtype)
+        return eps_from_output(out_x, z_x, a, s, par), eps_from_output(out_h, z_h, a, s, par)
+
+    def require_eps(self, what: str) -> None:
+        """Training and the likelihood bound read the denoiser as epsilon: refuse v / x students by name."""
+        if self.config.parameterisation != "eps":
+            raise ModelError(f"{what} needs an epsilon-parameterised model; this one is a "
+                             f"{self.config.parameterisation}-parameterised distilled student (sample it with "
+                             "molequi generate, or distil it further with molequi distill)")
 
     def _coeffs(self, t, dtype, device):
         """(gamma_t, alpha_t, sigma_t) in float64: shape (1,) for an int step, (B,) for (B,) steps."""

@@ -177,6 +177,7 @@ class GeoLDM(EDM):
         """GeoLDM's training objective per molecule (B,) (module docstring): ``loss`` and its terms. ``t_int``
         (B,) in 0..T, ``noise_enc`` (the encoder's eps) and ``noise`` (the diffusion's eps at t), each
         (eps_x (n, 3) zero mean per molecule, eps_h (n, L)), fix the draws (else from ``generator``)."""
+        self.require_eps("training")
         cfg = self.config
         b, num_graphs = self._batch_info(batch)
         x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
@@ -242,6 +243,7 @@ class GeoLDM(EDM):
         docstring): ``kl_prior``, ``diffusion``, ``neg_log_constants`` (x part), ``loss_0``, ``recon``,
         ``neg_log_constants_h``, ``log_pN`` and ``nll``. ``noise_enc``, ``t_int`` (1..T), ``noise``, ``noise0``
         fix the draws (drawn in that order from ``generator`` otherwise)."""
+        self.require_eps("the likelihood bound")
         b, num_graphs = self._batch_info(batch)
         x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
         dt, dev = x.dtype, x.device
@@ -271,6 +273,17 @@ class GeoLDM(EDM):
         return {"nll": nll, "kl_prior": kl_prior, "diffusion": diffusion, "neg_log_constants": neg_log_constants,
                 "loss_0": loss_0, "recon": recon, "neg_log_constants_h": neg_log_constants_h, "log_pN": log_pN,
                 "t": t_int}
+
+    @torch.no_grad()
+    def diffusion_data(self, batch, generator=None):
+        """(z_x, z_h): what the latent diffusion runs on for a batch of molecules, as in training: the frozen
+        encoder's mean plus sigma_0 noise, z = mu + sigma_0 eps_enc (``molequi distill``'s data)."""
+        b, num_graphs = self._batch_info(batch)
+        x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
+        edge_index = fully_connected_edges(b, num_graphs)
+        mu_x, _, mu_h, _ = self.autoencoder.encode(x, h, b, edge_index, num_graphs, self.batch_context(batch))
+        sigma_0 = self._vlb_coeffs(x.dtype, x.device)(torch.zeros(num_graphs, dtype=torch.long, device=x.device))[2]
+        return self._latent(mu_x, mu_h, sigma_0, b, num_graphs, None, generator)
 
     # ------------------------------------------------------------------ sampling
     def decode_sample(self, x, h, batch, edge_index, num_graphs, context=None, generator=None):

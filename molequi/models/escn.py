@@ -440,7 +440,8 @@ class ESCN(EnergyModel):
         distance_resolution: float = 0.02
         """Spacing of the distance basis, Å (int(r_max / distance_resolution) functions)."""
         grid_resolution: int | None = None
-        """Points per angle of every S2 grid (fairchem's ``resolution``); None: 2(lmax+1) x (2 mmax + 1)."""
+        """Points per angle of every S2 grid (fairchem's ``resolution``); None: fairchem's 2(lmax+1) latitudes x
+        2m+1 longitudes (2m+3 when m = lmax), m = mmax on the edge grid, lmax on the node grid."""
         direct_forces: bool = True
         """fairchem's force head from the sphere (not conservative); False: forces = -dE/dx (molequi)."""
         edge_roll: str = "random"

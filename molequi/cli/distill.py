@@ -61,8 +61,7 @@ def run(args) -> int:
     from molequi.data.molecules import GeometryDataset, read_molecules
     from molequi.errors import ConfigError, InputError
     from molequi.io import atomic_write_text
-    from molequi.models.generative.distill import progressive_distillation
-    from molequi.models.generative.distill import default_weighting
+    from molequi.models.generative.distill import default_weighting, progressive_distillation
     from molequi.models.generative.edm import EDM
     from molequi.models.generative.geoldm import GeoLDM
     from molequi.models.generative.io import load_generative

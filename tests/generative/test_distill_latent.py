@@ -48,7 +48,7 @@ def _with_output(model, outputs):
 
 def _alpha_sigma(model, t):
     g = model.schedule.gamma(torch.as_tensor(t), torch.float64)
-    return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()  # alpha^2 = sigmoid(-gamma), sigma^2 = 1 - alpha^2
+    return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()  # alpha^2 = sigmoid(-gamma) = 1 - sigma^2
 
 
 def _hand_ddim(teacher, z, t, s, b, ei, ng):

@@ -270,5 +270,5 @@ def progressive_distillation(teacher: EDM, records: Sequence, start_steps: int, 
     return paths
 
 
-__all__ = ["two_step_target", "two_step_x_target", "default_weighting", "loss_weights", "distillation_loss", "distill_round", "local_step_errors",
-           "progressive_distillation"]
+__all__ = ["two_step_target", "two_step_x_target", "default_weighting", "loss_weights", "distillation_loss",
+           "distill_round", "local_step_errors", "progressive_distillation"]

@@ -10,7 +10,13 @@ fields (``EnergyModel``) run this way (``EnergyModel.compile_training``): EGNN's
 eager ones (tests/models/test_compile.py); MACE's did not and EquiformerV2's are unchecked, so those two are
 refused with a ConfigError (``UNVERIFIED``) rather than trained with wrong gradients.
 
-Other models have no derivative in their forward: their ``forward`` is compiled as it is (``fullgraph=True``).
+Other models have no derivative in their forward; everything below compiles with ``fullgraph=True``. A
+model's ``compile_forward(backend)`` says what to compile: the Hamiltonian models their ``predict`` (the
+integer pair structure is built outside the graph, on the CPU batch: ``prepare_batch``). A generative model
+names its denoiser in ``compile_target`` (the task calls ``training_loss``, whose time / noise sampling,
+statistics and graph building stay eager; the denoiser is recompiled once with dynamic sizes when a batch of
+new sizes comes: ``dynamic=True`` from the start hit a Dynamo internal error on EDM's). Any other model's
+``forward`` is compiled as it is.
 """
 
 from __future__ import annotations
@@ -53,7 +59,15 @@ def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.n
         raise ConfigError(f"trainer.compile: {type(model).__name__} is a force field whose forces are not the "
                           "autograd of per-atom energies (not an EnergyModel), so it has no compiled training "
                           "path; set trainer.compile: false")
-    model.compile(fullgraph=True, backend=backend)  # dynamic=True hit a Dynamo internal error on EDM's denoiser
+    hook = getattr(model, "compile_forward", None)
+    if hook is not None:  # the model's tensor computation, without its host-side integer work
+        hook(backend=backend)
+        return model
+    target = getattr(model, "compile_target", None)
+    if target is not None:  # a generative model's denoiser; training_loss's sampling stays eager
+        getattr(model, target).compile(fullgraph=True, backend=backend)
+        return model
+    model.compile(fullgraph=True, backend=backend)
     return model
 
 

@@ -76,6 +76,12 @@ class TaskModule(L.LightningModule):
                                   f"'{config.task.name}' has no such weights; remove optim.stage_two")
 
     # ---- data ------------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """The model's integer work on the CPU batch before it moves to the device (a Hamiltonian model's pair
+        structure, ``prepare_batch``), so that a step on a GPU has no host sync for it."""
+        prepare = getattr(self.task.model, "prepare_batch", None)
+        return batch if prepare is None else prepare(batch)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Cast floating-point fields to the module's precision (float64 training reads float32 records)."""
         for key, value in batch.items():

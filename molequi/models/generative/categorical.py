@@ -169,6 +169,8 @@ class CategoricalDiffusion(nn.Module):
     """Generative model with categorical atoms, charges and bonds (x0 parameterisation, cosine schedule),
     denoised by EDM's EGNN with bond features (``egnn_categorical``)."""
 
+    compile_target: ClassVar[str] = "net"  # what trainer.compile compiles: the denoiser (train/compile.py)
+
     @dataclass
     class Config(DiffusionSettings):
         name: ClassVar[str] = "egnn_categorical"  # registry name (molequi.models.MODELS), written into checkpoints

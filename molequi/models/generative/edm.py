@@ -154,6 +154,8 @@ class EDM(nn.Module):
     is the distribution sizes are drawn from.
     """
 
+    compile_target: ClassVar[str] = "dynamics"  # what trainer.compile compiles: the denoiser (train/compile.py)
+
     @dataclass
     class Config:
         name: ClassVar[str] = "edm"  # registry name (molequi.models.MODELS), written into checkpoints

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from molequi import keys as K
 from molequi.errors import ModelError
 
 
@@ -30,6 +31,60 @@ def molecule_pairs(ptr: torch.Tensor):
     li, lj = local // nm, local % nm
     reverse = start[mol] + lj * nm + li
     return ptr[mol] + li, ptr[mol] + lj, mol, reverse
+
+
+#: the key under which ``structure_of`` finds a batch's pair structure computed ahead (``prepare_batch``)
+STRUCTURE_KEY = "pair_structure"
+
+
+def structure_of(data, layout: AOBlockLayout) -> dict[str, torch.Tensor]:
+    """The pair structure (``AOBlockLayout.pair_structure``) of ``data``: the one ``prepare_batch`` stored
+    in it, else computed here (integer work with host syncs on a GPU)."""
+    ready = data.get(STRUCTURE_KEY) if isinstance(data, dict) else getattr(data, STRUCTURE_KEY, None)
+    if ready is not None:
+        return ready
+    z = data[K.NUMBERS]
+    return layout.pair_structure(z, batch_ptr(data, z))
+
+
+def prepare_batch(data, layout: AOBlockLayout):
+    """``data`` with its pair structure stored under ``STRUCTURE_KEY``: called on the CPU batch before it
+    moves to the GPU (``HamiltonianTask.on_before_batch_transfer``), so the model's step has no host sync."""
+    data[STRUCTURE_KEY] = structure_of(data, layout)
+    return data
+
+
+def sizes_dynamic(z: torch.Tensor, pos: torch.Tensor, structure: dict[str, torch.Tensor]) -> None:
+    """Mark the atom, pair and AO sizes dynamic for ``torch.compile`` before the first compiled call, so one
+    graph serves every batch. (``dynamic=True`` would also make the modules' float attributes symbolic,
+    e.g. nn.Embedding's ``norm_type``, which Dynamo then specialises by restarting its analysis: twice the
+    time.)"""
+    for t in (z, pos, *structure.values()):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+class CompiledPredict:
+    """Mixin of the Hamiltonian models, whose ``predict(z, pos, structure)`` is all their tensor work and
+    whose ``layout`` is their ``AOBlockLayout``: structure computed ahead, ``predict`` under torch.compile."""
+
+    def prepare_batch(self, data):
+        """``data`` with its pair structure computed ahead (``prepare_batch``; the trainer calls this on the
+        CPU batch before it moves to the device)."""
+        return prepare_batch(data, self.layout)
+
+    def compile_forward(self, backend: str = "inductor", dynamic: bool | None = None):
+        """Run ``predict`` through ``torch.compile(fullgraph=True)`` from now on, training included
+        (``trainer.compile``; the loss needs only first derivatives). Returns ``self``."""
+        self._compiled_predict = torch.compile(self.predict, fullgraph=True, dynamic=dynamic, backend=backend)
+        return self
+
+    def run_predict(self, z, pos, structure):
+        """``predict``, compiled once ``compile_forward`` was called."""
+        predict = getattr(self, "_compiled_predict", None)
+        if predict is None:
+            return self.predict(z, pos, structure)
+        sizes_dynamic(z, pos, structure)
+        return predict(z, pos, structure)
 
 
 def batch_ptr(data, z: torch.Tensor) -> torch.Tensor:
@@ -95,5 +150,25 @@ class AOBlockLayout(nn.Module):
         flat, valid, _, total = index
         return blocks.new_zeros(total).index_put_((flat[valid],), blocks[valid])
 
+    def pair_structure(self, z: torch.Tensor, ptr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every integer index a Hamiltonian model needs, from the atomic numbers and molecule offsets only
+        (no positions, no parameters), so that the model's tensor computation has no data-dependent size
+        and no host sync (``torch.compile(fullgraph=True)``); ModelError for elements outside the basis.
 
-__all__ = ["molecule_pairs", "batch_ptr", "AOBlockLayout"]
+        Returns long tensors: ``pair_i``, ``pair_j`` (E,) the ordered pairs i != j (receiver i, sender j);
+        ``off`` (E,) / ``diag`` (n,) their positions among all pairs of ``molecule_pairs`` (diagonal pairs
+        in atom order); ``reverse`` (Pn,) the position of pair (j, i); ``ao`` (sum nao^2,) the position in
+        the flattened (Pn, P, P) blocks of every entry of the concatenated AO matrices (each entry lies in
+        exactly one pair block, so the matrices are a gather of the blocks); ``nao`` (B,)."""
+        self.check(z)
+        i, j, mol, reverse = molecule_pairs(ptr)
+        off = torch.nonzero(i != j).squeeze(1)
+        flat, valid, nao, total = self.scatter_index(z, ptr, i, j, mol)
+        ao = torch.empty(total, dtype=torch.long, device=z.device)
+        ao[flat[valid]] = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        return {"pair_i": i[off], "pair_j": j[off], "off": off, "diag": torch.nonzero(i == j).squeeze(1),
+                "reverse": reverse, "ao": ao, "nao": nao}
+
+
+__all__ = ["molecule_pairs", "batch_ptr", "AOBlockLayout", "structure_of", "prepare_batch", "STRUCTURE_KEY",
+           "sizes_dynamic", "CompiledPredict"]

@@ -52,7 +52,13 @@ from torch import nn
 
 from molequi import keys as K
 from molequi.errors import ConfigError
-from molequi.models.hamiltonian.blocks import AOBlockLayout, batch_ptr, molecule_pairs
+from molequi.models.hamiltonian.blocks import (
+    AOBlockLayout,
+    CompiledPredict,
+    batch_ptr,
+    molecule_pairs,
+    structure_of,
+)
 
 
 def _help(text: str, **kw):
@@ -152,7 +158,9 @@ class SparseTP(nn.Module):
     x: (Dx, R, C), y: (Dy, R, C) or (Dy, R, 1) (e.g. spherical harmonics, broadcast over channels),
     w: (R, n_paths, C). All paths with l1 <= lx, l2 <= ly, l3 <= lout (SO(3): parity is not restricted).
     The 65 CG blocks of lmax 4 have only ~2000 non-zeros, so they are one sparse (rows, Dx*Dy) matrix:
-    the product is an outer product, one sparse matmul, a weight multiply and an index_add into l3 rows.
+    the product is an outer product, a gather of the non-zeros' columns times their values summed into
+    their rows (an index_add, the sparse matmul written with dense ops that ``torch.compile`` traces), a
+    weight multiply and an index_add into l3 rows.
     """
 
     def __init__(self, lx: int, ly: int, lout: int):
@@ -172,7 +180,11 @@ class SparseTP(nn.Module):
             r0 += 2 * l3 + 1
         index = torch.tensor(idx, dtype=torch.long).T
         cg = torch.sparse_coo_tensor(index, torch.tensor(val), (r0, dx * dy), check_invariants=True)
-        self.register_buffer("cg", cg.coalesce().to(torch.get_default_dtype()), persistent=False)
+        cg = cg.coalesce()
+        self.register_buffer("cg_row", cg.indices()[0].clone(), persistent=False)  # sorted by (row, column)
+        self.register_buffer("cg_col", cg.indices()[1].clone(), persistent=False)
+        self.register_buffer("cg_val", cg.values().to(torch.get_default_dtype()).clone(), persistent=False)
+        self.rows = r0
         self.register_buffer("row_path", torch.tensor(row_path), persistent=False)
         self.register_buffer("row_out", torch.tensor(row_out), persistent=False)
         self.dout = (lout + 1) ** 2
@@ -184,7 +196,8 @@ class SparseTP(nn.Module):
     def forward(self, x, y, w):
         dx, r, c = x.shape
         outer = (x.unsqueeze(1) * y.unsqueeze(0)).reshape(dx * y.shape[0], r * c)  # (Dx*Dy, R*C)
-        z = torch.sparse.mm(self.cg, outer).view(-1, r, c)  # (rows, R, C)
+        terms = outer[self.cg_col] * self.cg_val.unsqueeze(1)  # (nnz, R*C)
+        z = terms.new_zeros(self.rows, r * c).index_add_(0, self.cg_row, terms).view(-1, r, c)  # (rows, R, C)
         z = z * w.permute(1, 0, 2)[self.row_path]  # per-path weights
         return z.new_zeros(self.dout, r, c).index_add_(0, self.row_out, z)  # (Dout, R, C)
 
@@ -306,7 +319,7 @@ class BlockExpansion(nn.Module):
         return (torch.cat(parts, dim=1) @ self.G).view(-1, self.P, self.P)
 
 
-class HamiltonianConv(nn.Module):
+class HamiltonianConv(CompiledPredict, nn.Module):
     """Predicts the Fock matrix (Hartree, PySCF AO order) of each molecule in a batch. See module docstring.
 
     ``forward(data) -> {"fock": (sum nao^2,), "nao": (B,), "blocks": (pairs, P, P)}``.
@@ -358,14 +371,17 @@ class HamiltonianConv(nn.Module):
 
     def forward(self, data) -> dict[str, torch.Tensor]:
         z = data[K.NUMBERS]
-        pos = data[K.POS]
-        self.layout.check(z)
-        ptr = batch_ptr(data, z)
-        i, j, mol, reverse = molecule_pairs(ptr)
-        off = i != j
-        s_idx, r_idx = j[off], i[off]  # message from j (sender) to i (receiver)
+        structure = structure_of(data, self.layout)  # integer indices (blocks.structure_of): not compiled
+        if self.training and "fock" in data:
+            self._fit_missing_references(z, batch_ptr(data, z), data.fock)
+        return self.run_predict(z, data[K.POS], structure)
+
+    def predict(self, z, pos, structure: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model on atomic numbers (n,), positions (n, 3) Å and the batch's pair structure
+        (``AOBlockLayout.pair_structure``): tensor operations only, no data-dependent size, no host sync."""
+        s_idx, r_idx = structure["pair_j"], structure["pair_i"]  # message from j (sender) to i (receiver)
         C, L = self.cfg.channels, self.cfg.lmax
-        n = len(z)
+        n = z.shape[0]
         D = (L + 1) ** 2
         x = torch.cat([self.embed(z).unsqueeze(1), pos.new_zeros(n, D - 1, C)], dim=1)  # (n, D, C)
         vec = pos[r_idx] - pos[s_idx]  # pos[receiver] - pos[sender], Å
@@ -379,20 +395,32 @@ class HamiltonianConv(nn.Module):
             self.diag_b(x).transpose(0, 1),
             self.diag_w.unsqueeze(0).expand(n, -1, -1),
         ).transpose(0, 1)
-        diag = self.diag_out(d + self.diag_lin(x))  # (n, P, P)
-        index = self.layout.scatter_index(z, ptr, i, j, mol)
-        if self.training and "fock" in data and not bool(self.ref_fitted[z].all()):
-            self.fit_reference(z, data.fock, index, ~off)
-        diag = diag + self.ref_blocks[z]
+        diag = self.diag_out(d + self.diag_lin(x)) + self.ref_blocks[z]  # (n, P, P)
         # off-diagonal blocks (one per ordered pair i != j), from the same pair list as the messages
         offd = self.pair_out(self.pair(x[r_idx], x[s_idx], self.edge_frame, frame, rbf))  # (E, P, P)
         # all pairs in molequi order, symmetrised: H_ij = (B_ij + B_ji^T) / 2
         P = self.basis.padded_dim
-        blocks = pos.new_zeros(len(i), P, P)
-        blocks = blocks.index_copy(0, torch.nonzero(~off).squeeze(1), diag)
-        blocks = blocks.index_copy(0, torch.nonzero(off).squeeze(1), offd)
+        reverse = structure["reverse"]
+        blocks = pos.new_zeros(reverse.shape[0], P, P)
+        blocks = blocks.index_copy(0, structure["diag"], diag).index_copy(0, structure["off"], offd)
         blocks = 0.5 * (blocks + blocks[reverse].transpose(1, 2))
-        return {"fock": self.layout.assemble(blocks, index), "nao": index[2], "blocks": blocks}
+        return {"fock": blocks.reshape(-1)[structure["ao"]], "nao": structure["nao"], "blocks": blocks}
+
+    def _fit_missing_references(self, z, ptr, fock) -> None:
+        """``fit_reference`` for the elements of ``z`` without a reference yet. Once every element of the
+        basis has one (remembered on the host until weights are loaded), no check and no host sync."""
+        if getattr(self, "_references_complete", False):
+            return
+        if bool(self.ref_fitted[list(self.basis.elements)].all()):
+            self._references_complete = True
+            return
+        if not bool(self.ref_fitted[z].all()):
+            i, j, mol, _ = molecule_pairs(ptr)
+            self.fit_reference(z, fock, self.layout.scatter_index(z, ptr, i, j, mol), i == j)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._references_complete = False  # the loaded ref_fitted decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def fit_reference(self, z, fock, index, is_diag) -> None:

@@ -68,7 +68,7 @@ from torch import nn
 
 from molequi import keys as K
 from molequi.errors import ConfigError
-from molequi.models.hamiltonian.blocks import AOBlockLayout, batch_ptr, molecule_pairs
+from molequi.models.hamiltonian.blocks import AOBlockLayout, CompiledPredict, structure_of
 
 
 def _help(text: str, **kw):
@@ -186,12 +186,16 @@ class BernsteinRadial(nn.Module):
         self.register_buffer("rise", torch.tensor(k, dtype=torch.float64))
         for name in ("cutoff", "log_binomial", "decay", "rise"):
             setattr(self, name, getattr(self, name).to(torch.get_default_dtype()))
+        # forward reads the cutoff as a Python number: torch.compile turns a 0-d buffer into a symbolic float
+        # (cutoff.item()) and then restarts its whole analysis to specialise it, twice the compile time
+        self._cutoff = float(cutoff)
 
     def forward(self, r):
         r = r.unsqueeze(-1)
-        inside = r < self.cutoff
+        c = self._cutoff
+        inside = r < c
         rc = torch.where(inside, r, torch.zeros_like(r))
-        smooth = torch.where(inside, torch.exp(-rc**2 / ((self.cutoff - rc) * (self.cutoff + rc))),
+        smooth = torch.where(inside, torch.exp(-rc**2 / ((c - rc) * (c + rc))),
                              torch.zeros_like(r))
         log_b = self.log_binomial - self.decay * r + self.rise * torch.log(-torch.expm1(-r))
         return smooth * torch.exp(log_b)
@@ -259,7 +263,9 @@ class NodeInteraction(nn.Module):
         self.pre = _linear(self.irreps_in, self.irreps_in)
         self.residual = self.irreps_in == o3.Irreps(irreps_hidden)
 
-    def forward(self, x, sh, rbf, receiver, sender):
+    def forward(self, x, sh, rbf, receiver, sender, near):
+        """Messages along the pairs (receiver, sender) where ``near`` (E,) is true; the others add exact
+        zeros (the radius graph as a mask)."""
         h = x if self.first else self.pre(x)
         s = self.invariants(h[receiver], h[sender], h[receiver] if self.receiver_scalars else h[sender])
         if not self.first:
@@ -267,6 +273,7 @@ class NodeInteraction(nn.Module):
         else:
             x_in = x
         msg = self.tp(x[sender], sh, self.radial_mlp(rbf) * self.scalar_mlp(s))
+        msg = torch.where(near.unsqueeze(1), msg, torch.zeros_like(msg))
         agg = msg.new_zeros(len(x), msg.shape[1]).index_add_(0, receiver, msg)
         if self.residual:
             return x_in + self.out(agg + x)
@@ -346,14 +353,18 @@ class Expansion(nn.Module):
         self.num_weights, self.num_biases = nw, nb
         self.offsets = offsets.tolist()
         self.dim = int(offsets[-1])
+        # plain ints for forward (torch.compile cannot guard on e3nn's Irrep, whose len() raises)
+        self._blocks_in = [(s.start, s.stop, mul, ir.dim) for s, (mul, ir) in
+                           zip(self.irreps_in.slices(), self.irreps_in)]
+        self._shell_muls = [mul for mul, _ in self.shells]
 
     def forward(self, f, weights, biases):
         R = f.shape[0]
         blocks = f.new_zeros(R, self.dim, self.dim)
-        feats = [f[:, s].reshape(R, m.mul, m.ir.dim) for s, m in zip(self.irreps_in.slices(), self.irreps_in)]
+        feats = [f[:, start:stop].reshape(R, mul, dim) for start, stop, mul, dim in self._blocks_in]
         for a, b, c, w0, b0 in self.paths:
-            mul = self.irreps_in[a].mul
-            mb, mc = self.shells[b].mul, self.shells[c].mul
+            mul = self._blocks_in[a][2]
+            mb, mc = self._shell_muls[b], self._shell_muls[c]
             w = weights[:, w0: w0 + mul * mb * mc].reshape(R, mul, mb, mc)
             t = torch.einsum("rwuv,rwk->ruvk", w, feats[a])
             if b0 >= 0:
@@ -388,7 +399,7 @@ def harmonics_to_pyscf(basis) -> np.ndarray:
     return np.where(np.abs(q) < 1e-12, 0.0, q)
 
 
-class QHNet(nn.Module):
+class QHNet(CompiledPredict, nn.Module):
     """QHNet (module docstring). ``forward(data) -> {"fock": (sum nao^2,), "nao": (B,),
     "blocks": (Pn, P, P)}``
     with ``blocks`` the symmetrised blocks of every ordered atom pair (``molecule_pairs`` order) in PySCF's
@@ -409,6 +420,7 @@ class QHNet(nn.Module):
         self.layout = AOBlockLayout(self.basis)
         hs, L = cfg.hidden_size, cfg.lmax
         self.sh_irreps = o3.Irreps.spherical_harmonics(L)
+        self._sh_ls = list(range(L + 1))
         hidden = _degrees(hs, L, natural=True)
         inner = _degrees(hs, L, natural=cfg.parity_paths)  # QHNet's all-even labels by default
         bottle = _degrees(cfg.bottle_hidden_size, L, natural=cfg.parity_paths)
@@ -441,24 +453,28 @@ class QHNet(nn.Module):
         return cls(cfg)
 
     def forward(self, data) -> dict[str, torch.Tensor]:
+        z = data[K.NUMBERS]
+        structure = structure_of(data, self.layout)  # integer indices (blocks.structure_of): not compiled
+        return self.run_predict(z, data[K.POS], structure)
+
+    def predict(self, z, pos, structure: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model on atomic numbers (n,), positions (n, 3) Å and the batch's pair structure
+        (``AOBlockLayout.pair_structure``): tensor operations only, no data-dependent size, no host sync.
+
+        The radius graph of the node layers is a mask on the full pair list (pairs at or beyond
+        ``max_radius`` send exact zeros), not a list of its own, whose length would depend on positions."""
         from e3nn import o3
 
-        z, pos = data[K.NUMBERS], data[K.POS]
-        self.layout.check(z)
-        ptr = batch_ptr(data, z)
-        i, j, mol, reverse = molecule_pairs(ptr)
-        off = torch.nonzero(i != j).squeeze(1)
-        pi, pj = i[off], j[off]  # every ordered pair i != j: the full graph of the pair layers
+        pi, pj = structure["pair_i"], structure["pair_j"]  # every ordered pair i != j: the full graph
         vec = pos[pi] - pos[pj]
         dist = vec.norm(dim=-1)
         rbf = self.radial(dist)
-        near = torch.nonzero(dist < self.cfg.max_radius).squeeze(1)  # the radius graph of the node layers
-        sh = o3.spherical_harmonics(self.sh_irreps, vec[near][:, [1, 2, 0]], normalize=True,
-                                    normalization="component")
+        near = dist < self.cfg.max_radius  # the radius graph of the node layers
+        sh = o3.spherical_harmonics(self._sh_ls, vec[:, [1, 2, 0]], normalize=True, normalization="component")
         emb = self.embedding(z)
         x, f_ii, f_ij = emb, None, None
         for k, layer in enumerate(self.interactions):
-            x = layer(x, sh, rbf[near], pi[near], pj[near])
+            x = layer(x, sh, rbf, pi, pj, near)
             if k > self.cfg.start_layer:
                 f_ii = self.diag_layers[k - self.cfg.start_layer - 1](x, f_ii)
                 f_ij = self.pair_layers[k - self.cfg.start_layer - 1](x, f_ij, rbf, pi, pj)
@@ -466,12 +482,12 @@ class QHNet(nn.Module):
         pair_emb = torch.cat([emb[pi], emb[pj]], dim=-1)
         offd = self.pair_expand(self.pair_out(f_ij), self.pair_weights(pair_emb), self.pair_biases(pair_emb))
         P = self.basis.padded_dim
-        raw = pos.new_zeros(len(i), P, P)
-        raw = raw.index_copy(0, torch.nonzero(i == j).squeeze(1), diag).index_copy(0, off, offd)
+        reverse = structure["reverse"]
+        raw = pos.new_zeros(reverse.shape[0], P, P)
+        raw = raw.index_copy(0, structure["diag"], diag).index_copy(0, structure["off"], offd)
         blocks = raw + raw[reverse].transpose(1, 2)
         blocks = self.to_pyscf.T @ blocks @ self.to_pyscf  # internal harmonics -> PySCF order
-        index = self.layout.scatter_index(z, ptr, i, j, mol)
-        return {"fock": self.layout.assemble(blocks, index), "nao": index[2], "blocks": blocks}
+        return {"fock": blocks.reshape(-1)[structure["ao"]], "nao": structure["nao"], "blocks": blocks}
 
 
 __all__ = ["QHNet", "QHNetConfig", "Expansion", "BernsteinRadial", "harmonics_to_pyscf"]

@@ -82,7 +82,7 @@ from molequi.nn.radial import (
 from molequi.nn.readout import ElementEmbedding, LinearReadout, MLPReadout
 from molequi.nn.scatter import NeighbourLayout, plain_autograd
 from molequi.nn.symmetric_contraction import SymmetricContraction
-from molequi.nn.tensor_products import KINDS, TensorProductConvolution
+from molequi.nn.tensor_products import GAUNT_BACKENDS, KINDS, TensorProductConvolution
 from molequi.response import batch_vector
 
 TENSOR_PRODUCTS = ("native", *KINDS)
@@ -218,6 +218,7 @@ class MACELayer(nn.Module):
         tensor_product: str = "native",
         residual: bool = True,
         max_edges_per_chunk: int | str | None = "auto",
+        gaunt_backend: str = "grid",
     ):
         super().__init__()
         c = irreps_out.channels
@@ -232,7 +233,7 @@ class MACELayer(nn.Module):
             self.conv = EquivariantConvolution(irreps_in, max_ell, target)
             self._weight_shape = (self.conv.num_paths, irreps_in.channels)
         else:
-            self.conv = TensorProductConvolution(tensor_product, irreps_in, max_ell, target)
+            self.conv = TensorProductConvolution(tensor_product, irreps_in, max_ell, target, gaunt_backend)
             self._weight_shape = (self.conv.weight_numel,)
         self.radial = RadialMLP([num_radial, *radial_mlp, math.prod(self._weight_shape)])
         self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
@@ -352,6 +353,11 @@ class MACE(EnergyModel):
         tensor_product: str = "native"
         """Edge tensor product of the atomic basis: native (fast default) | e3nn (reference) | so2 (same
         function in edge frames) | gaunt (S2 grid; natural-parity hidden irreps only)."""
+        gaunt_backend: str = "grid"
+        """How tensor_product 'gaunt' evaluates its product (the same function, the same parameters): "grid"
+        (dense S2-grid projections, O(L^4) per channel; faster on the CPU at max_ell <= 8) or "fft" (2D
+        Fourier basis and FFT convolution, Luo et al. 2024, O(L^3); ``molequi.nn.gaunt_fft``). Timings:
+        ``scripts/bench/gaunt.py``."""
         backend: str = "native"
         """Kernels of the convolution and the symmetric contraction: "native" (molequi's torch code) or
         "cueq" (NVIDIA cuEquivariance: its CUDA kernels on a GPU, its pure-torch reference path on the CPU;
@@ -411,6 +417,13 @@ class MACE(EnergyModel):
                 raise ConfigError(
                     f"unknown tensor_product '{self.tensor_product}'; valid: {', '.join(TENSOR_PRODUCTS)}"
                 )
+            if self.gaunt_backend not in GAUNT_BACKENDS:
+                raise ConfigError(
+                    f"unknown gaunt_backend '{self.gaunt_backend}'; valid: {', '.join(GAUNT_BACKENDS)}"
+                )
+            if self.gaunt_backend != "grid" and self.tensor_product != "gaunt":
+                raise ConfigError(f"gaunt_backend '{self.gaunt_backend}' needs tensor_product 'gaunt', "
+                                  f"got '{self.tensor_product}'")
             if self.tensor_product == "so2" and self.max_ell < 1:
                 raise ConfigError(
                     "tensor_product 'so2' needs max_ell >= 1 (edge frames from the l = 1 harmonics)"
@@ -483,6 +496,7 @@ class MACE(EnergyModel):
                     cfg.tensor_product,
                     residual=t > 0 or cfg.first_interaction == "residual",
                     max_edges_per_chunk=cfg.max_edges_per_chunk,
+                    gaunt_backend=cfg.gaunt_backend,
                 )
             )
             hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels

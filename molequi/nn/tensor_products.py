@@ -25,7 +25,10 @@ and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irre
                 exact S2 grid and projected back. Equal to the parity-allowed CG paths (l1 + l2 + lo even)
                 with weights w[l2, u] * ``gaunt_path_weight(l1, l2, lo)``; it has fewer free weights
                 (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
-                Cost O(L^4 C) with dense grid projections.
+                Cost O(L^4 C) with dense grid projections (``gaunt_backend="grid"``, default), or O(L^3 C)
+                through the 2D Fourier basis and the FFT (``gaunt_backend="fft"``,
+                ``molequi.nn.gaunt_fft``, Luo et al.'s route; the same function to round-off, but slower on
+                the CPU at L <= 8: ``scripts/bench/gaunt.py``).
 
 ``merge_paths=True`` sums the paths that end in the same irrep before returning (one block per (l, p)),
 which is what molequi's MACE convolution and eSCN produce; the default keeps MACE's (mace-torch's) layout.
@@ -44,6 +47,7 @@ from e3nn import o3
 from torch import nn
 
 from molequi.errors import ConfigError, ModelError
+from molequi.nn.gaunt_fft import GauntFFT
 from molequi.nn.s2 import S2Grid
 from molequi.nn.scatter import gather, scatter_sum
 from molequi.nn.so2 import edge_frame_path_terms
@@ -51,6 +55,7 @@ from molequi.registry import Registry
 from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
 
 KINDS = ("e3nn", "so2", "gaunt")
+GAUNT_BACKENDS = ("grid", "fft")
 
 
 def uvu_instructions(
@@ -198,14 +203,19 @@ class SO2ConvTP(nn.Module):
 
 
 class GauntConvTP(nn.Module):
-    """Gaunt product of node functions with a radially weighted edge filter, on an exact S2 grid.
+    """Gaunt product of node functions with a radially weighted edge filter, on an exact S2 grid or by FFT.
 
     out_u = from_grid( to_grid(x_u) * sum_{l2} w[l2, u] to_grid(Y^{l2}(u)) ), for every channel u.
     irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) in ``target_irreps``.
+    ``backend``: "grid" (dense S2-grid projections, O(L^4) per channel) or "fft" (``GauntFFT``: 2D Fourier
+    basis and FFT convolution, O(L^3)); the same function.
     """
 
-    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True):
+    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True, backend: str = "grid"):
         super().__init__()
+        if backend not in GAUNT_BACKENDS:
+            raise ConfigError(f"unknown gaunt_backend '{backend}'; valid: {', '.join(GAUNT_BACKENDS)}")
+        self.backend = backend
         self.irreps_in1, self.irreps_in2 = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2)
         muls = {mul for mul, _ in self.irreps_in1}
         natural = all(ir.p == (-1) ** ir.l for _, ir in self.irreps_in1 + self.irreps_in2)
@@ -228,9 +238,12 @@ class GauntConvTP(nn.Module):
         Lo = max(lo)
         self.irreps_out = o3.Irreps([(self.channels, (l, (-1) ** l)) for l in lo])
         self.weight_numel = len(ls2) * self.channels
-        rb, ra = S2Grid.exact_for(L1 + L2 + Lo)
-        self.grid_x = S2Grid(L1, rb, ra, lmax_out=Lo)
-        self.grid_y = S2Grid(L2, rb, ra, lmax_out=Lo)
+        if backend == "fft":
+            self.fft = GauntFFT(L1, L2, Lo)
+        else:
+            rb, ra = S2Grid.exact_for(L1 + L2 + Lo)
+            self.grid_x = S2Grid(L1, rb, ra, lmax_out=Lo)
+            self.grid_y = S2Grid(L2, rb, ra, lmax_out=Lo)
         self.L2 = L2
         self.register_buffer(
             "sh_degree", torch.tensor([l for l in ls2 for _ in range(2 * l + 1)]), persistent=False
@@ -238,27 +251,36 @@ class GauntConvTP(nn.Module):
 
     def forward(self, x, edge_sh, weights, edge_vectors=None):
         E, C = x.shape[0], self.channels
-        fx = self.grid_x.to_grid(irreps_blocks_to_stack(x, self.irreps_in1))  # [E, G, C]
         w = weights.reshape(E, self.L2 + 1, C)[:, self.sh_degree]  # [E, K2, C]
+        if self.backend == "fft":
+            out = self.fft(irreps_blocks_to_stack(x, self.irreps_in1), edge_sh.unsqueeze(-1) * w)
+            return stack_to_irreps_blocks(out, self.irreps_out)
+        fx = self.grid_x.to_grid(irreps_blocks_to_stack(x, self.irreps_in1))  # [E, G, C]
         fy = self.grid_y.to_grid(edge_sh.unsqueeze(-1) * w)  # [E, G, C]
         out = self.grid_x.from_grid(fx * fy)  # [E, Ko, C]
         return stack_to_irreps_blocks(out, self.irreps_out)
 
 
 def build_conv_tensor_product(
-    kind: str, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False
+    kind: str, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = False, gaunt_backend: str = "grid"
 ) -> nn.Module:
     """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract).
 
     ``merge_paths=True`` sums the paths that end in the same irrep (one output block per (l, p)); the
-    'gaunt' kind always produces one block per l.
+    'gaunt' kind always produces one block per l. ``gaunt_backend`` ("grid" | "fft") is how the 'gaunt'
+    kind evaluates its product (the same function); other kinds refuse "fft".
     """
     kinds = Registry("tensor product kind", {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP},
                      valid_label="kinds")
-    return kinds.load(kind)(irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
+    cls = kinds.load(kind)
+    if kind == "gaunt":
+        return cls(irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths, backend=gaunt_backend)
+    if gaunt_backend != "grid":
+        raise ConfigError(f"gaunt_backend '{gaunt_backend}' applies to the 'gaunt' kind only, not '{kind}'")
+    return cls(irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
 
 
-__all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS"]
+__all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS", "GAUNT_BACKENDS"]
 
 
 class SO2EquivariantConvolution(nn.Module):
@@ -366,7 +388,7 @@ class TensorProductConvolution(nn.Module):
     keeps exact equivariance.
     """
 
-    def __init__(self, kind: str, irreps_in, sh_lmax: int, irreps_out):
+    def __init__(self, kind: str, irreps_in, sh_lmax: int, irreps_out, gaunt_backend: str = "grid"):
         super().__init__()
         c = irreps_in.channels
         self.kind, self.irreps_in, self.irreps_out, self.sh_lmax = kind, irreps_in, irreps_out, sh_lmax
@@ -379,6 +401,7 @@ class TensorProductConvolution(nn.Module):
                 self.irreps_in_e3nn,
                 o3.Irreps.spherical_harmonics(sh_lmax),
                 str(irreps_out.with_channels(c)),
+                gaunt_backend=gaunt_backend,
             )
         finally:
             torch.set_default_dtype(default)

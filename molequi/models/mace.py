@@ -355,9 +355,9 @@ class MACE(EnergyModel):
         function in edge frames) | gaunt (S2 grid; natural-parity hidden irreps only)."""
         gaunt_backend: str = "grid"
         """How tensor_product 'gaunt' evaluates its product (the same function, the same parameters): "grid"
-        (dense S2-grid projections, O(L^4) per channel; faster on the CPU at max_ell <= 8) or "fft" (2D
-        Fourier basis and FFT convolution, Luo et al. 2024, O(L^3); ``molequi.nn.gaunt_fft``). Timings:
-        ``scripts/bench/gaunt.py``."""
+        (dense S2-grid projections, O(L^4) per channel; the fastest on the CPU at max_ell <= 8), "fft" (2D
+        Fourier basis and FFT convolution, Luo et al. 2024, O(L^3); ``molequi.nn.gaunt_fft``) or "dft" (the
+        same Fourier route with the DFTs as matrix products). Timings: ``scripts/bench/gaunt.py``."""
         backend: str = "native"
         """Kernels of the convolution and the symmetric contraction: "native" (molequi's torch code) or
         "cueq" (NVIDIA cuEquivariance: its CUDA kernels on a GPU, its pure-torch reference path on the CPU;

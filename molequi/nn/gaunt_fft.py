@@ -6,9 +6,10 @@ The same function as the grid ``molequi.nn.s2.GauntProduct`` (e3nn 'component' r
 
 but evaluated in three O(L^3)-per-channel steps instead of dense O(L^4) grid projections:
 
-1. *to Fourier*: with e3nn's angles (x, y, z) = (sin b sin a, cos b, sin b cos a) every harmonic of degree l is
-   a trigonometric polynomial on the torus (b, a) in [0, 2pi)^2, Y_lm = sum_{|u|<=l, v=+-m} y_{uv} e^{i(ub+va)},
-   nonzero only at v = +-m. So the change of basis is block-sparse: for each v >= 0 a small dense
+1. *to Fourier*: with e3nn's angles (x, y, z) = (sin b sin a, cos b, sin b cos a) every harmonic of degree l
+   is a trigonometric polynomial on the torus [0, 2pi)^2 of (b, a),
+   Y_lm = sum_{|u|<=l, v=+-m} y_uv e^{i(ub+va)}, nonzero only at v = +-m. So the change of basis is
+   block-sparse: for each v >= 0 a small dense
    (P_u, 2(L+1)) matrix acting on the (l, +-m) coefficients with |m| = v (one batched matmul, O(L^3)).
    The matrices come from an FFT of e3nn's own harmonics sampled on the torus (exact for trigonometric
    polynomials), so the convention is e3nn's by construction.
@@ -18,8 +19,11 @@ but evaluated in three O(L^3)-per-channel steps instead of dense O(L^4) grid pro
    product's coefficients; the a-integral keeps v = -m, the b-integral of e^{inb} sin b is analytic, so the
    projection is again one block-sparse matrix per v (O(L^3)).
 
-Real functions have Hermitian spectra, so only v >= 0 is stored (``rfft``). Coefficient matrices are built
-once per (L1, L2, Lo) in float64 and cached (``fft_plan``). Autograd goes through ``torch.fft``.
+``GauntFFT(..., transform="dft")`` runs the same pipeline with both 1D DFTs as dense matrix products (the
+u-direction folded into the block matrices of steps 1 and 3): O(L^3) too, and faster than torch.fft on CPUs
+at these small sizes. Real functions have Hermitian spectra, so only v >= 0 is stored (``rfft``).
+Coefficient matrices are built once per (L1, L2, Lo) in float64 and cached (``fft_plan``). Autograd goes
+through ``torch.fft`` (or the matrix products).
 
 Layout as in ``molequi.nn.s2``: (..., K, C) coefficient stacks, K = (L+1)^2 in e3nn order, channels last.
 """
@@ -32,6 +36,10 @@ import math
 import torch
 from e3nn import o3
 from torch import nn
+
+from molequi.errors import ConfigError
+
+TRANSFORMS = ("fft", "dft")
 
 
 def _sh_fourier(L: int, n: int) -> torch.Tensor:
@@ -92,6 +100,35 @@ class FFTPlan:
             if k < (Lo + 1) ** 2:
                 inv[k] = j
         self.inv_o = inv
+        # transform "dft": the u-direction DFT folded into the block matrices, the v-direction as real
+        # matrices (the same Fourier pipeline, with matrix products in place of torch.fft)
+        W = torch.exp(
+            2j * math.pi * torch.outer(torch.arange(self.Pu), torch.arange(self.Pu)).double() / self.Pu
+        )
+        self.A1d, self.A2d = (self._fold_u(A, W) for A in (self.A1, self.A2))
+        self.E1, self.E2 = self._synth_v(L1 + 1), self._synth_v(L2 + 1)
+        k = (
+            torch.arange(self.Pv, dtype=torch.float64)[:, None]
+            * torch.arange(Lo + 1)
+            * (2 * math.pi / self.Pv)
+        )
+        self.Eo = (
+            torch.cat([torch.cos(k), -torch.sin(k)], dim=1) / self.Pv
+        )  # (Pv, 2(Lo+1)): f -> [Re h; Im h]
+        Bc = torch.complex(self.Bo[..., : self.Pu], -self.Bo[..., self.Pu :])  # out = Re(Bc z)
+        Bc = torch.einsum("vlu,ju->vlj", Bc, W.conj()) / self.Pu  # z_u = (1/Pu) sum_j h(b_j) e^{-i u b_j}
+        self.Bod = torch.cat([Bc.real, -Bc.imag], dim=2).contiguous()  # (Lo+1, 2(Lo+1), 2Pu) on [Re h; Im h]
+
+    def _fold_u(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """[Re; Im] Fourier rows over u -> [Re; Im] of g_v(b_j) = sum_u z_uv e^{i u b_j}, b_j = 2pi j / Pu."""
+        Ac = torch.einsum("ju,vul->vjl", W, torch.complex(A[:, : self.Pu], A[:, self.Pu :]))
+        return torch.cat([Ac.real, Ac.imag], dim=1).contiguous()
+
+    def _synth_v(self, V: int) -> torch.Tensor:
+        """(2V, Pv): [Re g_v; Im g_v] (v < V) -> f(a_k) = sum_v c_v Re(g_v e^{i v a_k}), c_0 = 1, else 2."""
+        ang = torch.arange(V, dtype=torch.float64)[:, None] * torch.arange(self.Pv) * (2 * math.pi / self.Pv)
+        c = torch.where(torch.arange(V) == 0, 1.0, 2.0).double()[:, None]
+        return torch.cat([c * torch.cos(ang), -c * torch.sin(ang)], dim=0)
 
     def _to_fourier(self, L: int) -> torch.Tensor:
         n = 2 * L + 1
@@ -137,13 +174,19 @@ def fft_plan(L1: int, L2: int, Lo: int) -> FFTPlan:
 
 
 class GauntFFT(nn.Module):
-    """``forward(x (..., (L1+1)^2, C), y (..., (L2+1)^2, C)) -> (..., (Lo+1)^2, C)``: the Gaunt product by FFT.
+    """``forward(x (..., (L1+1)^2, C), y (..., (L2+1)^2, C)) -> (..., (Lo+1)^2, C)``: Gaunt product by FFT.
 
     Equal to ``molequi.nn.s2.GauntProduct(L1, L2, Lo)`` (the grid version) to round-off.
+    ``transform``: "fft" (torch.fft on the 2D coefficient arrays, the paper's route) or "dft" (the same
+    pipeline with both 1D DFTs as dense matrix products, the u-direction folded into the precomputed
+    change-of-basis blocks; still O(L^3) per channel, and BLAS-bound, so faster on CPUs at small L).
     """
 
-    def __init__(self, lmax1: int, lmax2: int, lmax_out: int):
+    def __init__(self, lmax1: int, lmax2: int, lmax_out: int, transform: str = "fft"):
         super().__init__()
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"unknown Gaunt transform '{transform}'; valid: {', '.join(TRANSFORMS)}")
+        self.transform = transform
         plan = fft_plan(lmax1, lmax2, lmax_out)
         self.lmax1, self.lmax2, self.lmax_out = lmax1, lmax2, lmax_out
         self.Pu, self.Pv, self.Vh = plan.Pu, plan.Pv, plan.Vh
@@ -153,11 +196,29 @@ class GauntFFT(nn.Module):
             self.register_buffer(name, getattr(plan, name), persistent=False)
 
     def matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A1, A2, Bo) in the dtype and on the device of ``like``, converted once from float64."""
+        """The transform's matrices in the dtype and on the device of ``like`` (once, from float64)."""
         key = (like.dtype, like.device)
+        names = ("A1", "A2", "Bo") if self.transform == "fft" else ("A1d", "A2d", "Bod", "E1", "E2", "Eo")
         if key not in self._mats:
-            self._mats[key] = tuple(getattr(self._plan, n).to(like.device, like.dtype) for n in ("A1", "A2", "Bo"))
+            self._mats[key] = tuple(getattr(self._plan, n).to(like.device, like.dtype) for n in names)
         return self._mats[key]
+
+    def _to_torus_dft(
+        self, x: torch.Tensor, A: torch.Tensor, E: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """(M, K) -> torus values (M, Pu, Pv) by two matrix products (transform "dft")."""
+        xp = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)[:, idx]  # (M, V, 2(L+1))
+        g = torch.matmul(xp.transpose(0, 1), A.transpose(1, 2))  # (V, M, 2Pu): [Re; Im] g_v(b_j)
+        V, M = g.shape[0], g.shape[1]
+        g = g.reshape(V, M, 2, self.Pu).permute(1, 3, 2, 0).reshape(M * self.Pu, 2 * V)
+        return (g @ E).reshape(M, self.Pu, self.Pv)
+
+    def _forward_dft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        A1, A2, Bo, E1, E2, Eo = self.matrices(x)
+        f = self._to_torus_dft(x, A1, E1, self.idx1) * self._to_torus_dft(y, A2, E2, self.idx2)
+        M, Vo = f.shape[0], self.lmax_out + 1
+        h = (f @ Eo).reshape(M, self.Pu, 2, Vo).permute(3, 0, 2, 1).reshape(Vo, M, 2 * self.Pu)
+        return torch.matmul(h, Bo.transpose(1, 2))  # (Vo, M, 2(Lo+1))
 
     def _to_torus(self, x: torch.Tensor, A: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """(M, K) coefficients (M = batch x channels) -> torus values (M, Pv, Pu)."""
@@ -175,13 +236,16 @@ class GauntFFT(nn.Module):
             t = t.expand(*batch, t.shape[-2], C).reshape(-1, t.shape[-2], C)
             return t.transpose(1, 2).reshape(-1, t.shape[1])
 
-        A1, A2, Bo = self.matrices(x)
-        f = self._to_torus(flat(x), A1, self.idx1) * self._to_torus(flat(y.to(x.dtype)), A2, self.idx2)
-        z = torch.fft.rfftn(f, dim=(2, 1), norm="forward")[:, : self.lmax_out + 1]  # (M, Vo, Pu)
-        zr = torch.cat([z.real, z.imag], dim=2).transpose(0, 1)  # (Vo, M, 2Pu)
-        out = torch.matmul(zr, Bo.transpose(1, 2))  # (Vo, M, 2(Lo+1))
-        out = out.transpose(0, 1).reshape(zr.shape[1], -1)[:, self.inv_o]  # (M, Ko)
+        if self.transform == "dft":
+            out = self._forward_dft(flat(x), flat(y.to(x.dtype)))
+        else:
+            A1, A2, Bo = self.matrices(x)
+            f = self._to_torus(flat(x), A1, self.idx1) * self._to_torus(flat(y.to(x.dtype)), A2, self.idx2)
+            z = torch.fft.rfftn(f, dim=(2, 1), norm="forward")[:, : self.lmax_out + 1]  # (M, Vo, Pu)
+            zr = torch.cat([z.real, z.imag], dim=2).transpose(0, 1)  # (Vo, M, 2Pu)
+            out = torch.matmul(zr, Bo.transpose(1, 2))  # (Vo, M, 2(Lo+1))
+        out = out.transpose(0, 1).reshape(out.shape[1], -1)[:, self.inv_o]  # (M, Ko)
         return out.reshape(-1, C, out.shape[1]).transpose(1, 2).reshape(*batch, out.shape[1], C)
 
 
-__all__ = ["GauntFFT", "FFTPlan", "fft_plan"]
+__all__ = ["GauntFFT", "FFTPlan", "fft_plan", "TRANSFORMS"]

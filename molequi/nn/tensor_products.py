@@ -27,8 +27,9 @@ and sizes its radial MLP by ``tp.weight_numel`` and its next linear by ``tp.irre
                 (weight_numel = n_sh_blocks * C) and only natural-parity outputs.
                 Cost O(L^4 C) with dense grid projections (``gaunt_backend="grid"``, default), or O(L^3 C)
                 through the 2D Fourier basis and the FFT (``gaunt_backend="fft"``,
-                ``molequi.nn.gaunt_fft``, Luo et al.'s route; the same function to round-off, but slower on
-                the CPU at L <= 8: ``scripts/bench/gaunt.py``).
+                ``molequi.nn.gaunt_fft``, Luo et al.'s route; ``"dft"``: the same route with the DFTs as
+                matrix products). The same function to round-off, but both are slower than the grid on the
+                CPU at L <= 8: ``scripts/bench/gaunt.py``.
 
 ``merge_paths=True`` sums the paths that end in the same irrep before returning (one block per (l, p)),
 which is what molequi's MACE convolution and eSCN produce; the default keeps MACE's (mace-torch's) layout.
@@ -55,7 +56,7 @@ from molequi.registry import Registry
 from molequi.so3.rotations import EdgeFrame, irreps_blocks_to_stack, stack_to_irreps_blocks
 
 KINDS = ("e3nn", "so2", "gaunt")
-GAUNT_BACKENDS = ("grid", "fft")
+GAUNT_BACKENDS = ("grid", "fft", "dft")
 
 
 def uvu_instructions(
@@ -207,11 +208,14 @@ class GauntConvTP(nn.Module):
 
     out_u = from_grid( to_grid(x_u) * sum_{l2} w[l2, u] to_grid(Y^{l2}(u)) ), for every channel u.
     irreps_out = C x (lo, (-1)^lo) for the natural-parity lo <= max(l1) + max(l2) in ``target_irreps``.
-    ``backend``: "grid" (dense S2-grid projections, O(L^4) per channel) or "fft" (``GauntFFT``: 2D Fourier
-    basis and FFT convolution, O(L^3)); the same function.
+    ``backend``: "grid" (dense S2-grid projections, O(L^4) per channel), "fft" (``GauntFFT``: 2D Fourier
+    basis and FFT convolution, O(L^3)) or "dft" (the same Fourier route with the DFTs as matrix products);
+    the same function.
     """
 
-    def __init__(self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True, backend: str = "grid"):
+    def __init__(
+        self, irreps_in1, irreps_in2, target_irreps, merge_paths: bool = True, backend: str = "grid"
+    ):
         super().__init__()
         if backend not in GAUNT_BACKENDS:
             raise ConfigError(f"unknown gaunt_backend '{backend}'; valid: {', '.join(GAUNT_BACKENDS)}")
@@ -238,8 +242,8 @@ class GauntConvTP(nn.Module):
         Lo = max(lo)
         self.irreps_out = o3.Irreps([(self.channels, (l, (-1) ** l)) for l in lo])
         self.weight_numel = len(ls2) * self.channels
-        if backend == "fft":
-            self.fft = GauntFFT(L1, L2, Lo)
+        if backend != "grid":
+            self.fft = GauntFFT(L1, L2, Lo, transform=backend)
         else:
             rb, ra = S2Grid.exact_for(L1 + L2 + Lo)
             self.grid_x = S2Grid(L1, rb, ra, lmax_out=Lo)
@@ -252,7 +256,7 @@ class GauntConvTP(nn.Module):
     def forward(self, x, edge_sh, weights, edge_vectors=None):
         E, C = x.shape[0], self.channels
         w = weights.reshape(E, self.L2 + 1, C)[:, self.sh_degree]  # [E, K2, C]
-        if self.backend == "fft":
+        if self.backend != "grid":
             out = self.fft(irreps_blocks_to_stack(x, self.irreps_in1), edge_sh.unsqueeze(-1) * w)
             return stack_to_irreps_blocks(out, self.irreps_out)
         fx = self.grid_x.to_grid(irreps_blocks_to_stack(x, self.irreps_in1))  # [E, G, C]
@@ -267,8 +271,8 @@ def build_conv_tensor_product(
     """Build the edge tensor product of ``kind`` in ``KINDS`` (see the module docstring for the contract).
 
     ``merge_paths=True`` sums the paths that end in the same irrep (one output block per (l, p)); the
-    'gaunt' kind always produces one block per l. ``gaunt_backend`` ("grid" | "fft") is how the 'gaunt'
-    kind evaluates its product (the same function); other kinds refuse "fft".
+    'gaunt' kind always produces one block per l. ``gaunt_backend`` ("grid" | "fft" | "dft") is how the
+    'gaunt' kind evaluates its product (the same function); other kinds refuse all but "grid".
     """
     kinds = Registry("tensor product kind", {"e3nn": E3nnConvTP, "so2": SO2ConvTP, "gaunt": GauntConvTP},
                      valid_label="kinds")
@@ -280,7 +284,10 @@ def build_conv_tensor_product(
     return cls(irreps_in1, irreps_in2, target_irreps, merge_paths=merge_paths)
 
 
-__all__ = ["build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS", "GAUNT_BACKENDS"]
+__all__ = [
+    "build_conv_tensor_product", "E3nnConvTP", "SO2ConvTP", "GauntConvTP", "uvu_instructions", "KINDS",
+    "GAUNT_BACKENDS",
+]
 
 
 class SO2EquivariantConvolution(nn.Module):

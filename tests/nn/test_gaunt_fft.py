@@ -40,7 +40,9 @@ def gaunt_tensor(L1: int, L2: int, Lo: int) -> torch.Tensor:
     w = torch.tensor((wc[:, None] * np.ones(na) / na / 2).reshape(-1))  # sums to 1 = (1/4pi) dOmega
     L = max(L1, L2, Lo)
     Y = o3.spherical_harmonics(list(range(L + 1)), xyz, normalize=True, normalization="component")
-    return torch.einsum("g,gi,gj,gk->ijk", w, Y[:, : (L1 + 1) ** 2], Y[:, : (L2 + 1) ** 2], Y[:, : (Lo + 1) ** 2])
+    return torch.einsum(
+        "g,gi,gj,gk->ijk", w, Y[:, : (L1 + 1) ** 2], Y[:, : (L2 + 1) ** 2], Y[:, : (Lo + 1) ** 2]
+    )
 
 
 SIZES = [(1, 1, 1), (1, 1, 2), (2, 2, 2), (2, 1, 3), (3, 3, 3), (3, 2, 1), (4, 4, 4), (4, 2, 4), (0, 3, 3)]
@@ -52,11 +54,12 @@ def test_fft_equals_quadrature_reference_and_grid(L1, L2, Lo):
     x, y = torch.randn(3, 2, (L1 + 1) ** 2, 5, dtype=DT), torch.randn(3, 2, (L2 + 1) ** 2, 5, dtype=DT)
     ref = torch.einsum("ijk,...ic,...jc->...kc", gaunt_tensor(L1, L2, Lo), x, y)
     fft = GauntFFT(L1, L2, Lo)(x, y)
+    dft = GauntFFT(L1, L2, Lo, transform="dft")(x, y)
     grid = built_in_float64(GauntProduct, L1, L2, Lo)(x, y)
     scale = ref.abs().max()
-    assert fft.shape == ref.shape
-    assert (fft - ref).abs().max() < 1e-10 * scale
-    assert (grid - ref).abs().max() < 1e-10 * scale
+    assert fft.shape == ref.shape == dft.shape
+    for got in (fft, dft, grid):
+        assert (got - ref).abs().max() < 1e-10 * scale
 
 
 @pytest.mark.parametrize("L", [1, 2, 3, 4])
@@ -80,21 +83,37 @@ def test_fft_equals_e3nn_tensor_product_with_gaunt_path_weights(L):
                 instr.append((i1, i2, io, "uuu", True, 1.0))
                 ratio = float(g.flatten()[j] / w3j.flatten()[j])
                 weights.append(torch.full((C,), ratio, dtype=DT))
-    tp = built_in_float64(o3.TensorProduct, irreps, irreps, irreps, instr, irrep_normalization="none",
-                          path_normalization="none", internal_weights=False, shared_weights=True)
+    tp = built_in_float64(
+        o3.TensorProduct,
+        irreps,
+        irreps,
+        irreps,
+        instr,
+        irrep_normalization="none",
+        path_normalization="none",
+        internal_weights=False,
+        shared_weights=True,
+    )
     x, y = irreps.randn(4, -1, dtype=DT), irreps.randn(4, -1, dtype=DT)
     ref = tp(x, y, torch.cat(weights))
 
     def stack(t):  # e3nn mul_ir layout -> (N, K, C)
-        return torch.cat([t[:, s].reshape(4, C, 2 * l + 1).transpose(1, 2)
-                          for s, (_, (l, _)) in zip(irreps.slices(), irreps)], dim=1)
+        return torch.cat(
+            [
+                t[:, s].reshape(4, C, 2 * l + 1).transpose(1, 2)
+                for s, (_, (l, _)) in zip(irreps.slices(), irreps)
+            ],
+            dim=1,
+        )
 
-    out = GauntFFT(L, L, L)(stack(x), stack(y))
-    assert (out - stack(ref)).abs().max() < 1e-10 * ref.abs().max()
+    for transform in ("fft", "dft"):
+        out = GauntFFT(L, L, L, transform=transform)(stack(x), stack(y))
+        assert (out - stack(ref)).abs().max() < 1e-10 * ref.abs().max()
 
 
+@pytest.mark.parametrize("transform", ["fft", "dft"])
 @pytest.mark.parametrize("L1,L2,Lo", [(2, 3, 4), (4, 4, 4)])
-def test_fft_is_equivariant(L1, L2, Lo):
+def test_fft_is_equivariant(L1, L2, Lo, transform):
     torch.manual_seed(7)
     R = o3.rand_matrix(dtype=DT)
 
@@ -103,7 +122,7 @@ def test_fft_is_equivariant(L1, L2, Lo):
 
     D = {L: wigner(L, R) for L in {L1, L2, Lo}}
     D_ref = {L: wigner(L, -R) for L in {L1, L2, Lo}}
-    tp = GauntFFT(L1, L2, Lo)
+    tp = GauntFFT(L1, L2, Lo, transform=transform)
     x, y = torch.randn(6, (L1 + 1) ** 2, 4, dtype=DT), torch.randn(6, (L2 + 1) ** 2, 4, dtype=DT)
     out = tp(x, y)
     for Dm in (D, D_ref):  # rotation, and rotation times inversion
@@ -111,11 +130,12 @@ def test_fft_is_equivariant(L1, L2, Lo):
         assert (rot - Dm[Lo] @ out).abs().max() < 1e-10 * out.abs().max()
 
 
-def test_fft_gradients_match_grid_and_finite_differences():
+@pytest.mark.parametrize("transform", ["fft", "dft"])
+def test_fft_gradients_match_grid_and_finite_differences(transform):
     torch.manual_seed(3)
     x = torch.randn(2, 9, 2, requires_grad=True, dtype=DT)
     y = torch.randn(2, 16, 2, requires_grad=True, dtype=DT)
-    fft, grid = GauntFFT(2, 3, 3), built_in_float64(GauntProduct, 2, 3, 3)
+    fft, grid = GauntFFT(2, 3, 3, transform=transform), built_in_float64(GauntProduct, 2, 3, 3)
     assert torch.autograd.gradcheck(fft, (x, y))
     probe = torch.randn(2, 16, 2, dtype=DT)
     ga = torch.autograd.grad((fft(x, y) * probe).sum(), (x, y))
@@ -128,17 +148,20 @@ def test_gaunt_edge_product_fft_backend_equals_grid():
     torch.manual_seed(4)
     irreps, ir_sh, target = "3x0e+3x1o+3x2e", o3.Irreps.spherical_harmonics(3), "3x0e+3x1o+3x2e+3x3o"
     grid = built_in_float64(build_conv_tensor_product, "gaunt", irreps, ir_sh, target)
-    fft = build_conv_tensor_product("gaunt", irreps, ir_sh, target, gaunt_backend="fft")
-    assert fft.irreps_out == grid.irreps_out and fft.weight_numel == grid.weight_numel
     E = 7
     sh = o3.spherical_harmonics(ir_sh, torch.randn(E, 3, dtype=DT), True, normalization="component")
     x, w = torch.randn(E, o3.Irreps(irreps).dim, dtype=DT), torch.randn(E, grid.weight_numel, dtype=DT)
-    a, b = grid(x, sh, w), fft(x, sh, w)
-    assert (a - b).abs().max() < 1e-11 * a.abs().max()
-    with pytest.raises(ConfigError, match="unknown gaunt_backend 'fast'; valid: grid, fft"):
+    a = grid(x, sh, w)
+    for backend in ("fft", "dft"):
+        fft = build_conv_tensor_product("gaunt", irreps, ir_sh, target, gaunt_backend=backend)
+        assert fft.irreps_out == grid.irreps_out and fft.weight_numel == grid.weight_numel
+        assert (a - fft(x, sh, w)).abs().max() < 1e-11 * a.abs().max()
+    with pytest.raises(ConfigError, match="unknown gaunt_backend 'fast'; valid: grid, fft, dft"):
         build_conv_tensor_product("gaunt", irreps, ir_sh, target, gaunt_backend="fast")
     with pytest.raises(ConfigError, match="applies to the 'gaunt' kind only"):
         build_conv_tensor_product("e3nn", irreps, ir_sh, target, gaunt_backend="fft")
+    with pytest.raises(ConfigError, match="unknown Gaunt transform 'fast'; valid: fft, dft"):
+        GauntFFT(1, 1, 1, transform="fast")
 
 
 def test_mace_gaunt_fft_backend_same_function_and_parameters():
@@ -149,8 +172,16 @@ def test_mace_gaunt_fft_backend_same_function_and_parameters():
     from molequi.testing import predict
 
     stats = Statistics(elements=[1, 6, 8], e0s={}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=4.0)
-    kw = dict(r_max=4.0, hidden_irreps="4x0e+4x1o", max_ell=2, radial_MLP=[8], MLP_irreps="4x0e",
-              correlation=2, num_interactions=2, tensor_product="gaunt")
+    kw = dict(
+        r_max=4.0,
+        hidden_irreps="4x0e+4x1o",
+        max_ell=2,
+        radial_MLP=[8],
+        MLP_irreps="4x0e",
+        correlation=2,
+        num_interactions=2,
+        tensor_product="gaunt",
+    )
     torch.manual_seed(0)
     grid = MACE.from_config(MACE.Config(**kw), stats).to(DT)
     fft = MACE.from_config(MACE.Config(**kw, gaunt_backend="fft"), stats).to(DT)

@@ -1,4 +1,5 @@
-"""Import fairchem-core checkpoints (``torch.save`` of the trainer's state) as molequi checkpoints: eSCN.
+"""Import fairchem-core checkpoints (``torch.save`` of the trainer's state) as molequi checkpoints: eSCN and
+EquiformerV2.
 
 fairchem's trainer (``BaseTrainer.save``, fairchem-core 1.x) writes ``{"state_dict": model.state_dict(),
 "config": {...}, "normalizers": {...}, "optimizer": ..., "ema": ..., ...}``; the state dict's names carry one
@@ -12,8 +13,13 @@ file and the global; the file is then loaded with ``torch.load(weights_only=True
 
 Model: ``escn`` (``molequi.models.escn.ESCN``) with one resolution and ``regress_forces: True`` (fairchem's
 direct force head), or a ``hydra`` model (fairchem >= 1.1) made of ``escn_backbone`` with one
-``escn_energy_head`` (reduce 'sum') and one ``escn_force_head``; other models (``scn``, ``equiformer_v2``, other
-backbones or heads, ...) and options molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
+``escn_energy_head`` (reduce 'sum') and one ``escn_force_head``. EquiformerV2 (``equiformer_v2``, fairchem's
+deprecated one-class model, or a ``hydra`` model of ``equiformer_v2_backbone`` with one energy head
+``equiformer_v2_energy_head`` / ``equiformerV2_scalar_head`` (reduce 'sum') and one force head
+``equiformer_v2_force_head`` / ``equiformerV2_vector_head``) becomes molequi's ``equiformer_v2_fairchem``
+(``molequi.models.equiformer_v2_fairchem``; fairchem's fixed tables - Wigner / coefficient mappings, index
+buffers - are not read, its two S2 grids the model uses are). Other models (``scn``, other backbones or heads, ...)
+and options molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
 defaults (cutoff 8, max_neighbors 40, 8 layers, lmax [6], mmax [2], width 1.0, ...), as fairchem would.
 
 Weights: the raw ``state_dict`` (what fairchem's ``OCPCalculator`` loads), or with ``ema=True`` / ``--ema`` the
@@ -36,7 +42,37 @@ import torch
 from molequi.errors import CheckpointError, UnsupportedModelError
 
 ORIGIN = "fairchem-core checkpoint"
-MODELS = ("escn",)
+MODELS = ("escn", "equiformer_v2")
+
+# fairchem EquiformerV2Backbone constructor defaults (fairchem-core 1.10.0, models/equiformer_v2/equiformer_v2.py)
+_EQV2_DEFAULTS = {
+    "use_pbc": True, "use_pbc_single": False, "regress_forces": True, "otf_graph": True, "max_neighbors": 500,
+    "max_radius": 5.0, "max_num_elements": 90, "num_layers": 12, "sphere_channels": 128, "attn_hidden_channels": 128,
+    "num_heads": 8, "attn_alpha_channels": 32, "attn_value_channels": 16, "ffn_hidden_channels": 512,
+    "norm_type": "rms_norm_sh", "lmax_list": [6], "mmax_list": [2], "grid_resolution": None,
+    "num_sphere_samples": 128, "edge_channels": 128, "use_atom_edge_embedding": True,
+    "share_atom_edge_embedding": False, "use_m_share_rad": False, "distance_function": "gaussian",
+    "num_distance_basis": 512, "attn_activation": "scaled_silu", "use_s2_act_attn": False, "use_attn_renorm": True,
+    "ffn_activation": "scaled_silu", "use_gate_act": False, "use_grid_mlp": False, "use_sep_s2_act": True,
+    "alpha_drop": 0.1, "drop_path_rate": 0.05, "proj_drop": 0.0, "weight_init": "normal",
+    "enforce_max_neighbors_strictly": True, "avg_num_nodes": None, "avg_degree": None,
+    "use_energy_lin_ref": False, "load_energy_lin_ref": False, "activation_checkpoint": False,
+}
+_EQV2_FIELDS = {"max_radius": "r_max", "max_neighbors": "max_neighbors", "max_num_elements": "max_num_elements",
+                "num_layers": "num_layers", "sphere_channels": "sphere_channels",
+                "attn_hidden_channels": "attn_hidden_channels", "num_heads": "num_heads",
+                "attn_alpha_channels": "attn_alpha_channels", "attn_value_channels": "attn_value_channels",
+                "ffn_hidden_channels": "ffn_hidden_channels", "norm_type": "norm_type",
+                "grid_resolution": "grid_resolution", "edge_channels": "edge_channels",
+                "use_grid_mlp": "use_grid_mlp", "alpha_drop": "alpha_drop", "drop_path_rate": "drop_path_rate"}
+# options molequi's EquiformerV2 implements only at this value (others refused by name); the rest of
+# _EQV2_DEFAULTS not in _EQV2_FIELDS change nothing in the outputs (unused by fairchem's code, init, logging)
+_EQV2_ONLY = {"use_pbc": True, "regress_forces": True, "use_atom_edge_embedding": True,
+              "share_atom_edge_embedding": False, "use_m_share_rad": False, "distance_function": "gaussian",
+              "use_s2_act_attn": False, "use_attn_renorm": True, "use_gate_act": False, "use_sep_s2_act": True,
+              "proj_drop": 0.0, "enforce_max_neighbors_strictly": True, "use_energy_lin_ref": False}
+_EQV2_HEADS = ({"equiformer_v2_energy_head", "equiformerV2_scalar_head"},
+               {"equiformer_v2_force_head", "equiformerV2_vector_head"})
 
 # fairchem eSCN constructor defaults (fairchem-core 1.10.0, models/escn/escn.py) for keys a config leaves out
 _ESCN_DEFAULTS = {
@@ -145,6 +181,8 @@ def _hydra_options(options: dict, source: str | None) -> tuple[str, dict]:
     'sum') and force heads; anything else refused by name."""
     backbone = dict(options.get("backbone") or {})
     heads = options.get("heads") or {}
+    if backbone.get("model") == "equiformer_v2_backbone":
+        return _eqv2_hydra_options(options, backbone, heads, source)
     bad = [f"HydraModel option '{k}'" for k in options
            if k not in ("backbone", "heads", "otf_graph", "pass_through_head_outputs", "freeze_backbone")]
     if backbone.get("model") != "escn_backbone":
@@ -162,6 +200,68 @@ def _hydra_options(options: dict, source: str | None) -> tuple[str, dict]:
     names = {h["module"]: k for k, h in heads.items()}
     backbone["_hydra_heads"] = (names["escn_energy_head"], names["escn_force_head"])
     return "escn", backbone
+
+
+def _eqv2_hydra_options(options: dict, backbone: dict, heads: dict, source: str | None) -> tuple[str, dict]:
+    """("equiformer_v2", backbone options) of a HydraModel of equiformer_v2_backbone with one energy head
+    (equiformer_v2_energy_head / equiformerV2_scalar_head, reduce 'sum') and one force head
+    (equiformer_v2_force_head / equiformerV2_vector_head); anything else refused by name."""
+    bad = [f"HydraModel option '{k}'" for k in options
+           if k not in ("backbone", "heads", "otf_graph", "pass_through_head_outputs", "freeze_backbone")]
+    kinds = {}
+    for name, head in heads.items():
+        module = head.get("module") if isinstance(head, dict) else None
+        kind = "energy" if module in _EQV2_HEADS[0] else "forces" if module in _EQV2_HEADS[1] else None
+        extra = set(head) - {"module", "output_name"} - ({"reduce"} if kind == "energy" else set()) \
+            if isinstance(head, dict) else set()
+        if kind is None or kind in kinds or extra or (kind == "energy" and head.get("reduce", "sum") != "sum"):
+            bad.append(f"HydraModel head '{name}' {head} (molequi imports one energy head with reduce 'sum' and one "
+                       "force head of EquiformerV2)")
+        kinds[kind] = name
+    if set(kinds) != {"energy", "forces"}:
+        bad.append(f"HydraModel heads {sorted(heads)}: molequi needs an EquiformerV2 energy and force head")
+    if bad:
+        raise UnsupportedFairchemOptionError(bad, source=source, origin=ORIGIN)
+    backbone.pop("model")
+    backbone["_hydra_heads"] = (kinds["energy"], kinds["forces"])
+    return "equiformer_v2", backbone
+
+
+def equiformer_v2_config(options: dict, source: str | None = None):
+    """The ``EquiformerV2Fairchem.Config`` of fairchem EquiformerV2 options (refusing, by name, what molequi
+    does not implement)."""
+    from molequi.models.equiformer_v2_fairchem import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2Fairchem
+
+    options = {k: v for k, v in options.items() if k != "_hydra_heads"}
+    opts = {**_EQV2_DEFAULTS, **options}
+    bad = [f"unknown EquiformerV2 option '{k}'" for k in options if k not in _EQV2_DEFAULTS]
+    bad += [f"{k}: {opts[k]!r} (molequi implements {v!r})" for k, v in _EQV2_ONLY.items() if opts[k] != v]
+    lmax, mmax = list(opts["lmax_list"]), list(opts["mmax_list"])
+    if len(lmax) != 1 or len(mmax) != 1:
+        bad.append(f"lmax_list {lmax} / mmax_list {mmax}: molequi's EquiformerV2 has one resolution")
+    if bad:
+        raise UnsupportedFairchemOptionError(bad, source=source, origin=ORIGIN)
+    cfg = EquiformerV2Fairchem.Config(**{new: opts[old] for old, new in _EQV2_FIELDS.items()}, lmax=int(lmax[0]),
+                                      mmax=int(mmax[0]), avg_num_nodes=float(opts["avg_num_nodes"] or AVG_NUM_NODES),
+                                      avg_degree=float(opts["avg_degree"] or AVG_DEGREE), direct_forces=True,
+                                      edge_roll="random")
+    cfg.validate()
+    return cfg
+
+
+_EQV2_FIXED = re.compile(r"(^|\.)(SO3_rotation|mappingReduced|SO3_grid)\.|expand_index$|^energy_lin_ref$")
+
+
+def _eqv2_rename(cfg):
+    """fairchem EquiformerV2 name (prefixes removed) -> molequi's, or None for fairchem's fixed tables (Wigner
+    / coefficient mappings, grids other than the two molequi uses, index buffers, unused energy references)."""
+    def rename(name: str) -> str | None:
+        g = re.match(r"^SO3_grid\.(\d+)\.(\d+)\.(to_grid_mat|from_grid_mat)$", name)
+        if g and int(g[1]) == cfg.lmax and int(g[2]) in (cfg.mmax, cfg.lmax):
+            return tuple(f"{grid}.{g[3]}" for grid, m in (("edge_grid", cfg.mmax), ("node_grid", cfg.lmax))
+                         if m == int(g[2]))
+        return None if _EQV2_FIXED.search(name) else (name,)
+    return rename
 
 
 def escn_config(options: dict, source: str | None = None):
@@ -199,20 +299,21 @@ def _plain_name(key: str, heads: tuple[str, str] | None = None) -> str:
 
 
 def state_to_molequi(state: dict, model, source: str | None = None,
-                     heads: tuple[str, str] | None = None) -> dict[str, torch.Tensor]:
+                     heads: tuple[str, str] | None = None, rename=None) -> dict[str, torch.Tensor]:
     """fairchem's eSCN state dict (any number of ``module.`` prefixes; a HydraModel's with ``heads``, the names
     of its energy and force heads) under molequi's names, checked against ``model``'s own: every tensor present
     with its shape, nothing unknown."""
     ours = model.state_dict()
     out, unknown, shapes = {}, [], []
     for key, value in state.items():
-        name = _plain_name(key, heads)
-        if name not in ours:
-            unknown.append(key)
-        elif tuple(ours[name].shape) != tuple(value.shape):
-            shapes.append(f"{key}: {tuple(value.shape)} vs molequi {tuple(ours[name].shape)}")
-        else:
-            out[name] = value
+        names = rename(_plain_name(key, heads)) if rename is not None else (_plain_name(key, heads),)
+        for name in names or ():  # rename: None for fairchem's fixed tables molequi does not read
+            if name not in ours:
+                unknown.append(key)
+            elif tuple(ours[name].shape) != tuple(value.shape):
+                shapes.append(f"{key}: {tuple(value.shape)} vs molequi {tuple(ours[name].shape)}")
+            else:
+                out[name] = value
     for key in _OWN:  # molequi's energy head and force scale: set by the import's statistics (identity)
         if key in ours:
             out[key] = ours[key]
@@ -230,14 +331,22 @@ _NOT_TRAINED = re.compile(r"^(sphere_points|sphharm_weights(\.\d+)?|.*distance_e
                           r"layer_blocks\.\d+\.message_block\.edge_block\.distance_expansion\..*)$")
 
 
-def ema_state_dict(state: dict, ema, source: str | None = None) -> dict[str, torch.Tensor]:
+_EQV2_NOT_TRAINED = re.compile(_EQV2_FIXED.pattern + r"|distance_expansion\.offset$|balance_degree_weight$|_grid_mat$")
+
+
+def ema_state_dict(state: dict, ema, source: str | None = None, not_trained: re.Pattern | None = None
+                   ) -> dict[str, torch.Tensor]:
     """``state`` with its trainable parameters replaced by fairchem's EMA weights (``ckpt["ema"]``:
     ``shadow_params``, one per parameter that requires grad, in ``model.parameters()`` order: the state dict's
     order without buffers, the fixed sphere points / harmonics and the repeats of the shared distance basis)."""
     shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
     if not isinstance(shadow, list) or not all(torch.is_tensor(t) for t in shadow):
         raise CheckpointError(f"{source}: no EMA weights (ckpt['ema']['shadow_params']) to import; drop --ema")
-    keys = [k for k in state if not _NOT_TRAINED.match(_plain_name(k, ("", "")).removeprefix("backbone."))]
+    if not_trained is None:  # eSCN
+        keys = [k for k in state if not _NOT_TRAINED.match(_plain_name(k, ("", "")).removeprefix("backbone."))]
+    else:  # EquiformerV2: buffers (fixed tables) and the energy references (requires_grad False) are not in it
+        keys = [k for k in state
+                if not not_trained.search(re.sub(r"^(module\.)*(backbone\.|output_heads\.[^.]+\.)?", "", k))]
     if len(keys) != len(shadow) or any(tuple(state[k].shape) != tuple(t.shape) for k, t in zip(keys, shadow)):
         raise CheckpointError(f"{source}: the EMA holds {len(shadow)} tensors that do not line up with the "
                               f"{len(keys)} trainable parameters of the state dict; import without --ema")
@@ -248,6 +357,7 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: b
     """(molequi model in eval mode and ``dtype``, the checkpoint's normalizers) of the fairchem checkpoint;
     ``ema``: fairchem's exponential-moving-average weights instead of the raw ones (``ema_state_dict``)."""
     from molequi.data.statistics import Statistics
+    from molequi.models.equiformer_v2_fairchem import EquiformerV2Fairchem
     from molequi.models.escn import ESCN
 
     ckpt = read_fairchem_checkpoint(path)
@@ -255,14 +365,18 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: b
     if name not in MODELS:
         raise UnsupportedFairchemOptionError(
             [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (also as a hydra model with the "
-             "escn_backbone); SCN, EquiformerV2 and other backbones are not implemented"], source=str(path),
-            origin=ORIGIN)
+             "escn_backbone or equiformer_v2_backbone); SCN and other backbones are not implemented"],
+            source=str(path), origin=ORIGIN)
     heads = options.get("_hydra_heads")
-    cfg = escn_config(options, source=str(path))
+    eqv2 = name == "equiformer_v2"
+    cfg = equiformer_v2_config(options, source=str(path)) if eqv2 else escn_config(options, source=str(path))
     stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))
-    model = ESCN(cfg, stats)
-    state = ema_state_dict(ckpt["state_dict"], ckpt.get("ema"), str(path)) if ema else ckpt["state_dict"]
-    model.load_state_dict(state_to_molequi(state, model, source=str(path), heads=heads), strict=True)
+    model = EquiformerV2Fairchem(cfg, stats) if eqv2 else ESCN(cfg, stats)
+    state = ckpt["state_dict"]
+    if ema:
+        state = ema_state_dict(state, ckpt.get("ema"), str(path), _EQV2_NOT_TRAINED if eqv2 else None)
+    model.load_state_dict(state_to_molequi(state, model, source=str(path), heads=heads,
+                                           rename=_eqv2_rename(cfg) if eqv2 else None), strict=True)
     normalizers = {k: {kk: float(vv) for kk, vv in v.items() if torch.is_tensor(vv) and vv.numel() == 1}
                    for k, v in (ckpt.get("normalizers") or {}).items() if isinstance(v, dict)}
     return model.to(dtype).eval(), normalizers
@@ -276,12 +390,13 @@ def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.d
     from molequi.config import to_plain
 
     model, normalizers = import_fairchem(path, dtype, ema=ema)
-    payload = make_payload(config={"model": {"name": "escn", **to_plain(model.config)}},
+    name = "escn" if type(model).__name__ == "ESCN" else "equiformer_v2_fairchem"
+    payload = make_payload(config={"model": {"name": name, **to_plain(model.config)}},
                            statistics=model.statistics.to_dict(), model_state=model.state_dict(), dtype=dtype)
     payload["fairchem_normalizers"] = normalizers
     save_model(payload, out)
     return payload
 
 
-__all__ = ["read_fairchem_checkpoint", "model_options", "ema_state_dict", "escn_config", "state_to_molequi", "import_fairchem",
+__all__ = ["read_fairchem_checkpoint", "model_options", "ema_state_dict", "escn_config", "equiformer_v2_config", "state_to_molequi", "import_fairchem",
            "import_fairchem_checkpoint", "UnsupportedFairchemOptionError"]

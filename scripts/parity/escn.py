@@ -54,8 +54,8 @@ SIZES = {
 }
 
 
-def run_peer(py: str, *args: str) -> None:
-    proc = subprocess.run([py, str(PEER), *args], capture_output=True, text=True)
+def run_peer(py: str, *args: str, peer: Path = PEER) -> None:
+    proc = subprocess.run([py, str(peer), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"fairchem peer failed ({args[0]}):\n{proc.stderr[-3000:]}")
 
@@ -67,7 +67,10 @@ def peer_version(py: str) -> str:
 
 
 def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int, work: Path,
-        tolerance: float, hydra: bool = False) -> dict:
+        tolerance: float, hydra: bool = False, peer: Path = PEER, sizes: dict = SIZES,
+        model_name: str = "escn") -> dict:
+    """The check for eSCN, or with ``peer`` / ``sizes`` / ``model_name`` another fairchem model whose peer script
+    speaks the same protocol (``equiformer_v2.py``)."""
     import ase.io
 
     from molequi.calculators.predict import build_records
@@ -86,11 +89,12 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
 
     t0 = time.perf_counter()
     if checkpoint is None:  # the peer builds the checkpoint and evaluates it in one process
-        spec = dict(SIZES[size], seed=seed, _hydra=hydra)
+        spec = dict(sizes[size], seed=seed, _hydra=hydra)
         (work / "spec.json").write_text(json.dumps(spec))
-        checkpoint = str(work / "escn.pt")
-        records, graphs = save_graphs(float(spec["cutoff"]))
-        run_peer(py, "build", str(work / "spec.json"), checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
+        checkpoint = str(work / f"{model_name}.pt")
+        records, graphs = save_graphs(float(spec.get("cutoff", spec.get("max_radius"))))
+        run_peer(py, "build", str(work / "spec.json"), checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"),
+                 peer=peer)
         t_peer = time.perf_counter() - t0
         t1 = time.perf_counter()
         model, normalizers = import_fairchem(checkpoint, dtype=torch.float64)
@@ -100,13 +104,13 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
         t_import = time.perf_counter() - t0
         records, graphs = save_graphs(model.r_max)
         t1 = time.perf_counter()
-        run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"))
+        run_peer(py, "eval", checkpoint, str(work / "graphs.pt"), str(work / "ref.pt"), peer=peer)
         t_peer = time.perf_counter() - t1
     ref_all = torch.load(work / "ref.pt", weights_only=True)
     ref = ref_all["raw"]
 
     layers_out = []
-    for block in model.layer_blocks:
+    for block in getattr(model, "layer_blocks", None) or model.blocks:
         block.register_forward_hook(lambda mod, inp, outp: layers_out.append(outp.detach().clone()))
     err = {"energy": 0.0, "forces": 0.0}
     scale = {"energy": 0.0, "forces": 0.0}
@@ -162,7 +166,7 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
                "differs_from_raw": float((ref_all["ema"][0]["forces"] - ref[0]["forces"]).abs().max() / f_scale)}
         ok = ok and all(v <= tolerance for v in ema["relative"].values())
     cfg = model.config
-    return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": "escn",
+    return {"peer": f"fairchem-core {peer_version(py)}", "dtype": "float64", "model": model_name,
             "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
             "checkpoint": checkpoint if size is None else
             f"random weights ({size}, seed {seed}{', HydraModel' if hydra else ''})",

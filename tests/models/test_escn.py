@@ -200,7 +200,7 @@ def test_import_round_trip_cli_and_prefixes(tmp_path):
     ("missing", "lacks.*fc1_edge_attr"),
     ("direct", "regress_forces: False"),
     ("ema", "no EMA weights"),
-    ("hydra_backbone", "backbone 'equiformer_v2_backbone'"),
+    ("hydra_backbone", "backbone 'scn_backbone'"),
     ("hydra_mean", "reduce 'sum'"),
 ])
 def test_import_refusals_are_named(tmp_path, case, match):
@@ -224,7 +224,7 @@ def test_import_refusals_are_named(tmp_path, case, match):
         cfg["regress_forces"] = False
     elif case.startswith("hydra"):
         cfg.pop("name")
-        backbone = "equiformer_v2_backbone" if case == "hydra_backbone" else "escn_backbone"
+        backbone = "scn_backbone" if case == "hydra_backbone" else "escn_backbone"
         reduce = "mean" if case == "hydra_mean" else "sum"
         cfg = {"name": "hydra", "backbone": {"model": backbone, **cfg},
                "heads": {"e": {"module": "escn_energy_head", "reduce": reduce}, "f": {"module": "escn_force_head"}}}

@@ -270,6 +270,10 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
         from molequi.models.hamiltonian import legacy_qhnet_section
 
         raw = legacy_qhnet_section(raw)
+    if isinstance(raw, dict) and raw.get("name") == "faenet":  # the old faenet is now frame_averaging
+        from molequi.models.faenet import legacy_faenet_section
+
+        raw = legacy_faenet_section(raw)
     extra = {}
     if isinstance(raw, dict):
         for key in FINETUNE_KEYS:

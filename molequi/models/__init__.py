@@ -30,7 +30,7 @@ MODELS = Registry("model", {
     "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
     "escn": "molequi.models.escn:ESCN",
     "equiformer_v2_fairchem": "molequi.models.equiformer_v2_fairchem:EquiformerV2Fairchem",
-    "faenet": "molequi.models.frame_averaging:FrameAveraging",
+    "faenet": "molequi.models.faenet:FAENet",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",
     "geoldm": "molequi.models.generative.geoldm:GeoLDM",

@@ -7,6 +7,8 @@ relative to a source checkout. Each folder has an ``ORIGIN.md`` (source reposito
   1000 frames of 9 atoms each, kcal/mol and kcal/mol/Å, CC0): the data of ``molequi quickstart``.
 - ``qm9/``: the 3054 indices of QM9's ``uncharacterized.txt`` (CC0), which fix EDM's QM9 split
   (``molequi.data.qm9.edm_qm9_split``) when the raw data comes without that file.
+- ``faenet/``: FAENet's element table (``elements.json``: the physics-aware properties and period / group
+  indices its embedding reads, as the authors' ``faenet`` package computes them from mendeleev, MIT).
 
     >>> from molequi.resources import shipped_path
     >>> shipped_path("rmd17", "rmd17_ethanol_test_01.npz").name

@@ -15,6 +15,7 @@ TORCH="torch==2.13.0"          # the only torch allowed: any other request pulls
 MACE="mace-torch==0.3.16"
 FAIRCHEM="fairchem-core==1.10.0"
 NEQUIP="nequip==0.19.1"        # requires torch>=2.2 (unpinned), e3nn>=0.6,<0.7, lightning>=2.6, hydra-core
+FAENET="faenet==0.1.3"         # the FAENet authors' implementation (Duval et al. 2023); torch unpinned
 
 # peer_venv NAME CHECK PACKAGE...: the venv <root>/NAME with torch installed first (so that a peer's unpinned
 # torch requirement is already satisfied by the CPU wheel), then $PEER_NO_DEPS (if set) without their
@@ -63,6 +64,35 @@ setup_fairchem() {
     PEER_NO_DEPS="$FAIRCHEM" peer_venv fairchem "import sys; sys.path.insert(0, '$here'); from importlib.metadata import version; from _fairchem_so2 import import_so2; so2_ops, so3, _ = import_so2(); print('fairchem-core', version('fairchem-core'), 'SO2_Convolution', so2_ops.SO2_Convolution.__name__)" "e3nn>=0.5" "numpy>=1.26,<2"
 }
 
+# faenet 0.1.3 (the FAENet authors' package) leaves torch unpinned and needs torch_geometric, mendeleev and pandas
+# (its atom embeddings) and torch_scatter.scatter. mendeleev is pinned to 0.14.0 (2023, the package's time: 1.x
+# dropped the 'atomic_volume' column it reads) with pandas < 3 and SQLAlchemy < 2.1 (newer ones fail mendeleev's
+# queries). torch_scatter has no wheel for torch 2.13 and compiling it is long, so a one-function shim
+# (torch_scatter.scatter -> torch_geometric.utils.scatter, the same sum / mean / max reductions) is written into
+# the venv. torch_cluster / pyg-lib are absent, so the package's radius_graph (only in its non-periodic
+# base_preprocess) does not run: scripts/parity/faenet.py gives it molequi's graph through its pbc_preprocess.
+setup_faenet() {
+    local py
+    py="$(peer_venv faenet "import torch, torch_geometric; print('torch', torch.__version__, 'torch_geometric', torch_geometric.__version__)" "$FAENET" "torch_geometric==2.8.1" "mendeleev==0.14.0" "pandas>=2,<3" "SQLAlchemy>=2,<2.1")"
+    local site
+    site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    if [ ! -f "$site/torch_scatter/__init__.py" ]; then
+        mkdir -p "$site/torch_scatter"
+        cat > "$site/torch_scatter/__init__.py" <<'PY'
+"""Shim written by molequi's scripts/bench/setup_peers.sh: torch_scatter.scatter on torch_geometric.utils.scatter."""
+from torch_geometric.utils import scatter as _scatter
+
+
+def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
+    if out is not None:
+        raise NotImplementedError("torch_scatter shim: out= is not supported")
+    return _scatter(src, index, dim=dim, dim_size=dim_size, reduce=reduce)
+PY
+    fi
+    "$py" -c "import faenet, torch_scatter; from faenet import FAENet; print('faenet', faenet.__version__)" >&2
+    echo "$py"
+}
+
 peers=("$@")
 [ ${#peers[@]} -gt 0 ] || peers=(mace nequip)
 for peer in "${peers[@]}"; do
@@ -70,6 +100,7 @@ for peer in "${peers[@]}"; do
         mace) setup_mace ;;
         nequip) setup_nequip ;;
         fairchem) setup_fairchem ;;
-        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace, nequip, fairchem)" >&2; exit 2 ;;
+        faenet) setup_faenet ;;
+        *) echo "setup_peers.sh: unknown peer '$peer' (known: mace, nequip, fairchem, faenet)" >&2; exit 2 ;;
     esac
 done

@@ -6,6 +6,7 @@
     python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT]     (see scripts/parity/escn.py)
     python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT]  (scripts/parity/equiformer_v2.py)
     python scripts/parity/check.py eqgat_diff --peer-code PATH [--checkpoint CKPT]  (scripts/parity/eqgat_diff.py)
+    python scripts/parity/check.py faenet --peer-python PY [--size tiny|default]  (scripts/parity/faenet.py)
 
 ``mace``: builds mace-torch models with random weights in the peer python (``PY``, a python with mace-torch,
 e.g. the venv of ``scripts/bench/setup_peers.sh``), saves each as ``*.model`` the way mace_run_train does
@@ -204,6 +205,11 @@ def main(argv=None) -> int:
         from equiformer_v2 import main as equiformer_v2_main
 
         return equiformer_v2_main(argv[1:])
+    if argv[:1] == ["faenet"]:  # the FAENet package's: check.py faenet --peer-python PY [...] (faenet.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from faenet import main as faenet_main
+
+        return faenet_main(argv[1:])
     if argv[:1] == ["eqgat_diff"]:  # EQGAT-diff's: check.py eqgat_diff --peer-code PATH [...] (eqgat_diff.py)
         sys.path.insert(0, str(Path(__file__).parent))
         from eqgat_diff import main as eqgat_diff_main

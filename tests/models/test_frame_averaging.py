@@ -46,9 +46,7 @@ def slab():
 
 
 def test_registry_and_backbone_is_not_invariant():
-    assert (
-        get_model_class("faenet") is FrameAveraging and get_model_class("frame_averaging") is FrameAveraging
-    )
+    assert get_model_class("frame_averaging") is FrameAveraging  # ("faenet" is FAENet, tests/models/test_faenet.py)
     torch.manual_seed(0)
     bb = EdgeMLPBackbone(EdgeMLPBackbone.Config(r_max=CUTOFF, channels=8, num_layers=2), 5, 4.0).double()
     batch = _batch([molecule()], CUTOFF, torch.float64)

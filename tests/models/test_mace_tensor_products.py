@@ -170,3 +170,21 @@ def test_checkpoint_without_the_field_loads_as_native(tmp_path):
     loaded = load_model(tmp_path / "old.pt", dtype=torch.float64)  # strict state-dict load
     a = predict(model.double(), molecules()[:1], R_MAX, dtype=torch.float64)
     np.testing.assert_array_equal(predict(loaded, molecules()[:1], R_MAX)[K.ENERGY], a[K.ENERGY])
+
+
+@pytest.mark.parametrize("backend", ["fft", "dft"])
+def test_gaunt_backends_same_function_and_parameters(backend):
+    """gaunt_backend fft / dft (molequi.nn.gaunt_fft) = the grid: one state dict, equal outputs."""
+    grid = build("gaunt", max_ell=2).double()
+    other = build("gaunt", seed=1, max_ell=2, gaunt_backend=backend).double()
+    other.load_state_dict(grid.state_dict())
+    structures = molecules()
+    a = predict(grid, structures, R_MAX, dtype=torch.float64)
+    b = predict(other, structures, R_MAX, dtype=torch.float64)
+    for key in (K.ENERGY, K.FORCES):
+        assert np.abs(a[key] - b[key]).max() < 1e-10 * max(1.0, np.abs(a[key]).max())
+    assert np.abs(a[K.FORCES]).max() > 0
+    with pytest.raises(ConfigError, match=f"gaunt_backend '{backend}' needs tensor_product 'gaunt'"):
+        config("e3nn", gaunt_backend=backend).validate()
+    with pytest.raises(ConfigError, match="unknown gaunt_backend 'x'; valid: grid, fft, dft"):
+        config("gaunt", gaunt_backend="x").validate()

@@ -162,37 +162,3 @@ def test_gaunt_edge_product_fft_backend_equals_grid():
         build_conv_tensor_product("e3nn", irreps, ir_sh, target, gaunt_backend="fft")
     with pytest.raises(ConfigError, match="unknown Gaunt transform 'fast'; valid: fft, dft"):
         GauntFFT(1, 1, 1, transform="fast")
-
-
-def test_mace_gaunt_fft_backend_same_function_and_parameters():
-    from ase.build import molecule
-
-    from molequi.data.statistics import Statistics
-    from molequi.models.mace import MACE
-    from molequi.testing import predict
-
-    stats = Statistics(elements=[1, 6, 8], e0s={}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=4.0)
-    kw = dict(
-        r_max=4.0,
-        hidden_irreps="4x0e+4x1o",
-        max_ell=2,
-        radial_MLP=[8],
-        MLP_irreps="4x0e",
-        correlation=2,
-        num_interactions=2,
-        tensor_product="gaunt",
-    )
-    torch.manual_seed(0)
-    grid = MACE.from_config(MACE.Config(**kw), stats).to(DT)
-    fft = MACE.from_config(MACE.Config(**kw, gaunt_backend="fft"), stats).to(DT)
-    fft.load_state_dict(grid.state_dict())
-    atoms = molecule("CH3OH")
-    atoms.rattle(0.1, seed=1)
-    a, b = predict(grid, [atoms], 4.0), predict(fft, [atoms], 4.0)
-    assert np.abs(a["energy"] - b["energy"]).max() < 1e-10 * max(1.0, np.abs(a["energy"]).max())
-    assert np.abs(a["forces"] - b["forces"]).max() < 1e-10 * max(1.0, np.abs(a["forces"]).max())
-    with pytest.raises(ConfigError, match="gaunt_backend 'fft' needs tensor_product 'gaunt'"):
-        MACE.Config(**{**kw, "tensor_product": "e3nn"}, gaunt_backend="fft").validate()
-    with pytest.raises(ConfigError, match="unknown gaunt_backend 'x'"):
-        MACE.Config(**kw, gaunt_backend="x").validate()
-    assert np.isfinite(a["energy"]).all() and np.abs(a["forces"]).max() > 0

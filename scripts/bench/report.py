@@ -612,6 +612,42 @@ def row_tensor_products_mace(res: Path) -> list[str]:
     )
 
 
+def row_gaunt(res: Path) -> list[str]:
+    d = load(res, "gaunt")
+    rows, a = d["rows"], d["args"]
+    ls = sorted({r["lmax"] for r in rows})
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+
+    def speed(mine: str, other: str) -> str:
+        cells = []
+        for mode, label in (("fwd", "forward"), ("fwdbwd", "fwd+bwd")):
+            key = f"{mine}_over_{other}_{mode}_cpu"
+            per = " / ".join(ratio_range([r[key] for r in rows if r["dtype"] == t], 2) for t in dtypes)
+            faster = sorted({r["lmax"] for r in rows if r[key] > 1})
+            where = f"faster at L = {', '.join(map(str, faster))}" if faster else "slower at every L"
+            cells.append(f"{label} {per} ({where})")
+        return "; ".join(cells)
+
+    top = {t: next(r for r in rows if r["dtype"] == t and r["lmax"] == max(ls)) for t in dtypes}
+    at_top = ", ".join(f"{v} {' / '.join(f1(top[t][f'{v}_fwd_cpu_ms']) for t in dtypes)}"
+                       for v in ("grid", "fft", "dft", "e3nn"))
+    err = max(r[f"{v}_rel_err"] for r in rows if r["dtype"] == "float64" for v in ("fft", "dft", "e3nn"))
+    result = (
+        f"channel-wise product of two degree-L features to degree L, {a['rows']} rows x {a['channels']} "
+        f"channels, {' / '.join(t.replace('float', 'f') for t in dtypes)}, 1 thread, CPU-time medians of "
+        f"{a['repeats']} interleaved rounds (wall in the JSON). Speed of the FFT route (Luo et al.) over the "
+        f"S2 grid: {speed('fft', 'grid')}; of its matrix-DFT form over the grid: {speed('dft', 'grid')}; FFT "
+        f"over e3nn's `uuu` TensorProduct with all Gaunt paths: {speed('fft', 'e3nn')}. Forward ms at "
+        f"L = {max(ls)}: {at_top}. Outputs equal to {err:.0e} (f64)"
+    )
+    return row(
+        f"Gaunt tensor product: grid vs FFT vs e3nn, L = {min(ls)}..{max(ls)}",
+        "`OMP_NUM_THREADS=1 python scripts/bench/gaunt.py`",
+        result,
+        d["provenance"],
+    )
+
+
 def row_models(res: Path) -> list[str]:
     d = load(res, "models")
     eth = [r for r in d["rows"] if r["dataset"] == "rmd17_ethanol"]
@@ -937,6 +973,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_nve(results),
         row_tensor_products(results),
         row_tensor_products_mace(results),
+        row_gaunt(results),
         row_models(results),
         row_datasets(results),
         *rows_hamiltonian(results),

@@ -3,7 +3,8 @@
 (``bash scripts/bench/setup_peers.sh fairchem``), never by molequi's venv.
 
     PY _equiformer_v2_peer.py build SPEC.json CKPT.pt [GRAPHS.pt OUT.pt]   random weights (seeded), saved as
-                                        fairchem's trainer saves a HydraModel (and evaluated, as eval)
+                                        fairchem's trainer saves a HydraModel, or with "_layout": "plain" in
+                                        SPEC fairchem's one-class ``equiformer_v2`` model (and evaluated, as eval)
     PY _equiformer_v2_peer.py eval CKPT.pt GRAPHS.pt OUT.pt     energies / forces (float64, eval mode) and
                                         every block's output
 
@@ -74,43 +75,87 @@ def make(spec: dict):
     return backbone, Scalar(backbone, reduce="sum"), Vector(backbone)
 
 
+def make_plain(spec: dict):
+    """fairchem's one-class (deprecated) ``equiformer_v2`` model."""
+    import_eqv2()
+    from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2
+
+    return EquiformerV2(**spec)
+
+
 def build(spec_file: str, out: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     seed, prefix = spec.pop("seed"), spec.pop("_prefix", "module.")
-    spec.pop("_hydra", None)  # always saved as a HydraModel (backbone + heads)
+    spec.pop("_hydra", None)
+    plain = spec.pop("_layout", "hydra") == "plain"
+    with_ema = spec.pop("_ema", False)
     torch.manual_seed(seed)
-    backbone, ehead, fhead = make(spec)
+    mods = [("", make_plain(spec))] if plain else list(zip(
+        ("backbone.", "output_heads.energy.", "output_heads.forces."), make(spec)))
     with torch.no_grad():  # move the parameters fairchem starts at constants, so that every one is checked
-        for mod in (backbone, ehead, fhead):
+        for _, mod in mods:
             for name, p in mod.named_parameters():
                 if "embedding" in name and "sphere_embedding" not in name:
                     p.normal_(0.0, 0.5)  # edge-atom embeddings start at +-0.001
                 elif "norm" in name or "bias" in name:
                     p.add_(0.1 * torch.randn_like(p))
+    ema = None
+    if with_ema:  # fairchem's EMA holds these weights; the raw ones then move away (x1.1), as in training
+        escn, _ = import_escn()
+        params = [p for _, mod in mods for p in mod.parameters()]  # HydraModel order: backbone, heads
+        ema = escn.ExponentialMovingAverage(params, 0.999)
+        with torch.no_grad():
+            for p in params:
+                if p.requires_grad:
+                    p.mul_(1.1)
     state = {}
-    for pre, mod in (("backbone.", backbone), ("output_heads.energy.", ehead), ("output_heads.forces.", fhead)):
+    for pre, mod in mods:
         state.update({prefix + pre + k: v for k, v in mod.state_dict().items()})
-    cfg = {"name": "hydra", "backbone": {"model": "equiformer_v2_backbone", **spec}, "heads": HEADS}
+    cfg = {"name": "equiformer_v2", **spec} if plain else \
+        {"name": "hydra", "backbone": {"model": "equiformer_v2_backbone", **spec}, "heads": HEADS}
     torch.save({"state_dict": state, "normalizers": {}, "elementrefs": {},
                 "config": {"model": cfg, "task": {"dataset": "trajectory_lmdb"}, "optim": {"batch_size": 1}},
-                "val_metrics": None, "amp": None, "epoch": 0, "step": 0, "ema": None}, out)
+                "val_metrics": None, "amp": None, "epoch": 0, "step": 0,
+                "ema": ema.state_dict() if ema is not None else None}, out)
 
 
 def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
     _, _, _, utils = import_eqv2()
     ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    spec = json.loads(json.dumps(ckpt["config"]["model"]["backbone"]))
-    spec.pop("model")
-    backbone, ehead, fhead = make(spec)  # built in float32 as fairchem's trainer builds it
+    cfg = json.loads(json.dumps(ckpt["config"]["model"]))
+    plain = cfg.pop("name") == "equiformer_v2"
+    if plain:  # built in float32 as fairchem's trainer builds it
+        backbone = make_plain(cfg)
+        mods = [("", backbone)]
+    else:
+        spec = cfg["backbone"]
+        spec.pop("model")
+        backbone, ehead, fhead = make(spec)
+        mods = [("backbone.", backbone), ("output_heads.energy.", ehead), ("output_heads.forces.", fhead)]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
-    for pre, mod in (("backbone.", backbone), ("output_heads.energy.", ehead), ("output_heads.forces.", fhead)):
+    for pre, mod in mods:
         mod.load_state_dict({k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}, strict=True)
-        mod.double().eval().requires_grad_(False)
+        mod.double().eval()
+    ema = None
+    if ckpt.get("ema") is not None:  # what fairchem's trainer validates with: ema.copy_to() of its EMA
+        escn, _ = import_escn()
+        ema = escn.ExponentialMovingAverage([p for _, mod in mods for p in mod.parameters()], 0.999)
+        ema.load_state_dict(ckpt["ema"])
+    for _, mod in mods:
+        mod.requires_grad_(False)
     torch.set_default_dtype(torch.float64)
     features = []
     for block in backbone.blocks:
         block.register_forward_hook(lambda mod, inp, outp: features.append(outp.embedding.detach().clone()))
     graphs = torch.load(graphs_file, weights_only=True)
+    out_all = {"raw": run_graphs(backbone, mods, plain, utils, graphs, features), "ema": None}
+    if ema is not None:
+        ema.copy_to()
+        out_all["ema"] = run_graphs(backbone, mods, plain, utils, graphs, features)
+    torch.save(out_all, out)
+
+
+def run_graphs(backbone, mods, plain, utils, graphs, features) -> list[dict]:
     results = []
     for g in graphs:
         pos = g["pos"].double()
@@ -132,13 +177,16 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
         torch.manual_seed(int(g["seed"]))
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
-            emb = backbone(data)
-            energy = ehead(data, emb)["energy"]
-            forces = fhead(data, emb)["forces"]
+            if plain:
+                o = backbone(data)
+                energy, forces = o["energy"], o["forces"]
+            else:
+                emb = backbone(data)
+                energy, forces = mods[1][1](data, emb)["energy"], mods[2][1](data, emb)["forces"]
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         results.append({"energy": energy.detach(), "forces": forces.detach(), "cpu_s": cpu, "wall_s": wall,
                         "edges": int(ei.shape[1]), "edge_index": ei, "edge_vec": vec, "layers": list(features)})
-    torch.save({"raw": results, "ema": None}, out)
+    return results
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ on the shipped real OC20 frames (``data/oc20/oc20_real.extxyz``), each with its 
 same edges in the same order) and the same random edge-frame rolls (``torch.rand`` from the same seed). Every
 block's output is compared too (``layer_rel_err``).
 
-Sizes: ``tiny`` (test; ``layer_norm_sh``, grid-MLP FFN, lmax 3 > mmax 2: the rescaled rotations and grids),
-``tiny_rms`` (``rms_norm_sh``, separable-S2 FFN, fairchem's own grid sizes), ``oc20`` (fairchem's OC20 S2EF All
+Sizes: ``tiny`` (test; ``layer_norm_sh``, grid-MLP FFN, lmax 3 > mmax 2: the rescaled rotations and grids; the
+checkpoint has an EMA, checked as ``import --ema`` against fairchem's ``ExponentialMovingAverage.copy_to()``),
+``tiny_rms`` (``rms_norm_sh``, separable-S2 FFN, fairchem's own grid sizes), ``tiny_plain`` (fairchem's one-class
+``equiformer_v2`` model and checkpoint layout), ``oc20`` (fairchem's OC20 S2EF All
 configuration ``configs/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml``, 31M parameters).
 
 The comparison is ``escn.py``'s ``run`` (same JSON contract: ``ok``, ``relative``, ``max_abs_err_*``,
@@ -42,8 +44,11 @@ _TINY = {"num_layers": 2, "lmax_list": [3], "mmax_list": [2], "sphere_channels":
          "edge_channels": 8, "max_radius": 6.0, "max_neighbors": 12, "alpha_drop": 0.1, "drop_path_rate": 0.1,
          "weight_init": "uniform", "use_pbc": True, "regress_forces": True, "otf_graph": True}
 SIZES = {
-    "tiny": {**_TINY, "norm_type": "layer_norm_sh", "use_grid_mlp": True, "grid_resolution": 10},
+    "tiny": {**_TINY, "norm_type": "layer_norm_sh", "use_grid_mlp": True, "grid_resolution": 10, "_ema": True},
     "tiny_rms": {**_TINY, "norm_type": "rms_norm_sh", "use_grid_mlp": False, "grid_resolution": None},
+    # fairchem's one-class (deprecated) equiformer_v2 model, saved under its own names
+    "tiny_plain": {**_TINY, "norm_type": "layer_norm_sh", "use_grid_mlp": True, "grid_resolution": 10,
+                   "_layout": "plain"},
     # configs/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml (fairchem-core 1.x)
     "oc20": {"use_pbc": True, "regress_forces": True, "otf_graph": True, "max_neighbors": 20, "max_radius": 12.0,
              "max_num_elements": 90, "num_layers": 8, "sphere_channels": 128, "attn_hidden_channels": 64,
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
-                  work, args.tolerance, hydra=True, peer=PEER, sizes=SIZES, model_name="equiformer_v2")
+                  work, args.tolerance, hydra="_layout" not in SIZES.get(args.size, {}), peer=PEER, sizes=SIZES,
+                  model_name="equiformer_v2")
     print(json.dumps(res))
     return 0 if res["ok"] else 1
 

@@ -53,12 +53,13 @@ def test_registered_with_the_oc20_all_31m_configuration():
 
 
 @NO_PEER
-@pytest.mark.parametrize("size", ["tiny", "tiny_rms"])
+@pytest.mark.parametrize("size", ["tiny", "tiny_rms", "tiny_plain"])
 def test_parity_with_fairchem_equiformer_v2(tmp_path, capsys, size):
     """fairchem-core 1.10.0's own EquiformerV2 backbone + heads (random weights, saved as its trainer saves a
     HydraModel) vs molequi's import, real OC20 frame, float64, eval mode: energies, forces and every block's
-    output to 1e-5 relative (measured ~1e-14), same edges. tiny: layer_norm_sh + grid MLP; tiny_rms: rms_norm_sh
-    + separable S2 FFN."""
+    output to 1e-5 relative (measured ~1e-14), same edges. tiny: layer_norm_sh + grid MLP, and the checkpoint's
+    EMA weights (import --ema vs fairchem's ExponentialMovingAverage.copy_to()); tiny_rms: rms_norm_sh + separable
+    S2 FFN; tiny_plain: fairchem's one-class equiformer_v2 model and its checkpoint names."""
     sys.path.insert(0, str(ROOT / "scripts" / "parity"))
     from check import main
 
@@ -70,6 +71,9 @@ def test_parity_with_fairchem_equiformer_v2(tmp_path, capsys, size):
     row = res["structures"][0]
     assert max(row["layer_rel_err"]) < 1e-5 and len(row["layer_rel_err"]) == 2
     assert row["max_abs_force"] > 0.01 and abs(row["peer_energy"]) > 1e-3
+    assert ("HydraModel" in res["checkpoint"]) == (size != "tiny_plain")
+    if size == "tiny":
+        assert max(res["ema_weights"]["relative"].values()) < 1e-5 and res["ema_weights"]["differs_from_raw"] > 0.1
 
 
 def test_random_edge_roll_changes_the_output_beyond_the_parity_tolerance():

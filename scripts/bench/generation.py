@@ -270,13 +270,14 @@ def cmd_speed(args) -> None:
 # ---------------------------------------------------------------- training on all of QM9
 def train_edm(records, *, hidden: int, layers: int, lr: float, amsgrad: bool, ema: float, batch_size: int,
               scheduler: str = "none", timesteps: int | None = None, max_steps: int = -1,
-              max_time: float | None = None, seed: int = 0, run_dir: Path | None = None
-              ) -> tuple[EDM, int, list[dict]]:
+              max_time: float | None = None, seed: int = 0, run_dir: Path | None = None,
+              model_keys: dict | None = None) -> tuple[EDM, int, list[dict]]:
     """EDM trained by molequi's trainer (``molequi.train.run.train``, task ``diffusion``): Adam (AMSGrad if
     ``amsgrad``), gradient norm clipped to 1, the exponential moving average of the weights with the
     trainer's warm-up (decay min(``ema``, (1 + t) / (10 + t)), ``molequi.nn.ema``) as the returned model,
     no validation split. Stops after ``max_steps`` optimiser steps or ``max_time`` seconds. The run
-    folder (Lightning checkpoints every 500 steps, logs) is ``run_dir``, or a temporary one.
+    folder (Lightning checkpoints every 500 steps, logs) is ``run_dir``, or a temporary one. ``model_keys``:
+    more model keys (``{"name": "geoldm", "latent_nf": 1}`` trains GeoLDM, an EDM on latents, the same way).
     Returns (EMA model, optimiser steps, logged losses)."""
     import tempfile
 
@@ -284,7 +285,7 @@ def train_edm(records, *, hidden: int, layers: int, lr: float, amsgrad: bool, em
     from molequi.train.evaluate import read_run_metrics
     from molequi.train.run import train
 
-    model = {"name": "edm", "hidden": hidden, "layers": layers}
+    model = {"name": "edm", "hidden": hidden, "layers": layers, **(model_keys or {})}
     if timesteps is not None:
         model["timesteps"] = timesteps
     cfg = Config.from_dict({

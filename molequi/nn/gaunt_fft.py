@@ -187,6 +187,11 @@ class GauntFFT(nn.Module):
         if transform not in TRANSFORMS:
             raise ConfigError(f"unknown Gaunt transform '{transform}'; valid: {', '.join(TRANSFORMS)}")
         self.transform = transform
+        if not 0 <= min(lmax1, lmax2, lmax_out) <= max(lmax1, lmax2, lmax_out) <= 12:
+            raise ConfigError(
+                f"GauntFFT({lmax1}, {lmax2}, {lmax_out}): degrees must be 0..12 (e3nn's spherical harmonics, "
+                "from which the change of basis is built, stop at l = 12)"
+            )
         plan = fft_plan(lmax1, lmax2, lmax_out)
         self.lmax1, self.lmax2, self.lmax_out = lmax1, lmax2, lmax_out
         self.Pu, self.Pv, self.Vh = plan.Pu, plan.Pv, plan.Vh

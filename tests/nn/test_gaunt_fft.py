@@ -162,3 +162,5 @@ def test_gaunt_edge_product_fft_backend_equals_grid():
         build_conv_tensor_product("e3nn", irreps, ir_sh, target, gaunt_backend="fft")
     with pytest.raises(ConfigError, match="unknown Gaunt transform 'fast'; valid: fft, dft"):
         GauntFFT(1, 1, 1, transform="fast")
+    with pytest.raises(ConfigError, match="degrees must be 0..12"):
+        GauntFFT(13, 1, 1)

@@ -25,7 +25,7 @@ Small budgets give far-from-converged numbers: the table compares cost and early
 accuracy (the MACE paper's ethanol numbers need ~200k steps).
 
     python scripts/bench/models.py [--budget 150] [--budget-clock cpu] [--n-train 200] [--n-test 200]
-                                   [--threads 1]
+                                   [--threads 1] [--models mace,equiformer_v2,frame_averaging,egnn,faenet]
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ def model_configs(dataset: str, r_max: float) -> dict:
             "backbone": {"channels": 64, "num_layers": 3},
         },
         "egnn": {"r_max": r_max, "hidden_channels": 64, "num_layers": 4},
+        # FAENet at its package's default sizes (--models ...,faenet): stochastic frames in training, all in eval
+        "faenet": {"r_max": r_max, "frame_averaging": "2D" if slab else "3D"},
     }
 
 

@@ -46,6 +46,11 @@ MLP FFN, alpha dropout 0.1, drop path 0.1) with fairchem's constructor defaults 
 several resolutions, gate / plain S2 activations, ``use_m_share_rad``, shared atom-edge embeddings,
 ``use_s2_act_attn``, ``proj_drop`` > 0, energy linear references.
 
+Equivariance: rotations only, up to the S2 grids' error (everything else is exact; measured on a rattled 18-atom
+OC20 slab, float64, tiny model: energy 3e-4 / 3e-8 / 5e-14, forces 5e-2 / 5e-5 / 8e-9 relative at the default
+grid / 16 / 32 points per angle). Reflections are not a symmetry: the SO(2) maps have independent "imaginary"
+weights, so the model is chiral (as fairchem's; energy 2e-3, forces O(1) relative under a mirror). Tested.
+
 Forces: ``direct_forces`` (fairchem's only mode) is not conservative (``molequi md`` refuses it without
 ``--allow-nonconservative``); ``direct_forces: false`` (molequi's option) gives -dE/dx and stress and needs
 ``edge_roll: fixed``. Energies E_i = E0[z_i] + scale * y_i / avg_num_nodes + shift; an import has E0 = 0, scale 1,

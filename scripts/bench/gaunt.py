@@ -95,7 +95,7 @@ def from_stack(t: torch.Tensor, ir: o3.Irreps) -> torch.Tensor:
     return torch.cat([t[:, l * l : (l + 1) ** 2].transpose(1, 2).reshape(N, -1) for _, (l, _) in ir], 1)
 
 
-def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
+def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int, with_e3nn: bool = True) -> dict:
     g = torch.Generator().manual_seed(L)
     K = (L + 1) ** 2
     x64 = torch.randn(N, K, C, generator=g, dtype=torch.float64)
@@ -114,7 +114,7 @@ def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
     build["fft"] = time.process_time() - t0
     dft = GauntFFT(L, L, L, transform="dft")
     t0 = time.process_time()
-    tp, w, n_paths = e3nn_gaunt(L, C, dtype)
+    tp, w, n_paths = e3nn_gaunt(L, C, dtype) if with_e3nn else (None, None, None)
     build["e3nn"] = time.process_time() - t0
     x, y = x64.to(dtype).requires_grad_(True), y64.to(dtype).requires_grad_(True)
     xe = from_stack(x64, ir).to(dtype).requires_grad_(True)
@@ -125,6 +125,8 @@ def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
         "dft": lambda: dft(x, y),
         "e3nn": lambda: tp(xe, ye, w),
     }
+    if not with_e3nn:
+        del fns["e3nn"]
     # agreement (float64 copies): fft and e3nn against the grid
     row = {
         "lmax": L,
@@ -139,7 +141,8 @@ def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
         scale = ref.abs().max().item()
         row["fft_rel_err"] = (fns["fft"]().double() - ref).abs().max().item() / scale
         row["dft_rel_err"] = (fns["dft"]().double() - ref).abs().max().item() / scale
-        row["e3nn_rel_err"] = (to_stack(fns["e3nn"]().double(), ir) - ref).abs().max().item() / scale
+        if with_e3nn:
+            row["e3nn_rel_err"] = (to_stack(fns["e3nn"]().double(), ir) - ref).abs().max().item() / scale
 
     def call(fn, backward):
         def run():
@@ -153,7 +156,7 @@ def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
 
         return run
 
-    calls = {f"{n}_{m}": call(fns[n], m == "fwdbwd") for n in VARIANTS for m in ("fwd", "fwdbwd")}
+    calls = {f"{n}_{m}": call(fns[n], m == "fwdbwd") for n in fns for m in ("fwd", "fwdbwd")}
     times = interleaved(calls, repeats, warmup=1)
     for name, t in times.items():
         row[f"{name}_cpu_ms"] = 1e3 * t["median_cpu_s"]
@@ -161,7 +164,7 @@ def bench(L: int, N: int, C: int, dtype: torch.dtype, repeats: int) -> dict:
         row[f"{name}_cpu_iqr_ms"] = [1e3 * v for v in t["iqr_cpu_s"]]
     for mode in ("fwd", "fwdbwd"):  # speed of fft / dft over grid / e3nn (above 1: fft / dft faster)
         for mine in ("fft", "dft"):
-            for other in ("grid", "e3nn"):
+            for other in ("grid", "e3nn") if with_e3nn else ("grid",):
                 row[f"{mine}_over_{other}_{mode}_cpu"] = (
                     row[f"{other}_{mode}_cpu_ms"] / row[f"{mine}_{mode}_cpu_ms"]
                 )
@@ -176,12 +179,13 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     ap.add_argument("--out", default="gaunt")
+    ap.add_argument("--no-e3nn", action="store_true", help="grid, fft and dft only (e3nn's L <= 12 is slow)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     for dt in args.dtypes:
         for L in args.lmax:
-            r = bench(L, args.rows, args.channels, getattr(torch, dt), args.repeats)
+            r = bench(L, args.rows, args.channels, getattr(torch, dt), args.repeats, not args.no_e3nn)
             rows.append(r)
             print_table([r], COLUMNS)
             sys.stdout.flush()
@@ -192,7 +196,9 @@ def main(argv=None) -> None:
     save(
         args.out,
         {"args": vars(args), "rows": rows},
-        provenance("e3nn o3.TensorProduct (uuu, all Gaunt paths)", e3nn.__version__, True),
+        provenance(None, None, None)
+        if args.no_e3nn
+        else provenance("e3nn o3.TensorProduct (uuu, all Gaunt paths)", e3nn.__version__, True),
     )
 
 

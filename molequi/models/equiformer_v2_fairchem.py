@@ -451,19 +451,29 @@ class EquiformerV2Fairchem(EnergyModel):
         max_num_elements: int = 90
         """Rows of the atomic-number embeddings (atomic numbers must be below it)."""
         num_layers: int = 8
+        """Transformer blocks (attention + feed-forward)."""
         sphere_channels: int = 128
+        """Channels per spherical-harmonic coefficient of the node features."""
         attn_hidden_channels: int = 64
+        """Hidden channels of the attention's SO(2) convolutions."""
         num_heads: int = 8
+        """Attention heads."""
         attn_alpha_channels: int = 64
+        """Channels per head of the attention logits (extra m = 0 outputs)."""
         attn_value_channels: int = 16
+        """Channels per head of the attention values."""
         ffn_hidden_channels: int = 128
+        """Hidden channels of the feed-forward networks (blocks and energy head)."""
         norm_type: str = "layer_norm_sh"
         """'layer_norm_sh' (OC20 configs) or 'rms_norm_sh' (fairchem's constructor default)."""
         lmax: int = 4
+        """Highest degree (fairchem's ``lmax_list: [4]``)."""
         mmax: int = 2
+        """Highest order kept in the edge frame (fairchem's ``mmax_list: [2]``)."""
         grid_resolution: int | None = 18
         """Points per angle of the S2 grids; None: fairchem's 2(lmax+1) x 2m+1 (2m+3 when m = lmax)."""
         edge_channels: int = 128
+        """Width of the radial functions and of the atom embeddings of the edge scalars."""
         use_grid_mlp: bool = True
         """FFN on the S2 grid (OC20 configs); False: separable S2 activation."""
         alpha_drop: float = 0.1

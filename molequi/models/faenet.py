@@ -5,7 +5,7 @@ authors define it in their package ``faenet`` 0.1.3 (``faenet/model.py``, ``fram
 Architecture (the package's module and parameter names, so its state dict maps one to one)::
 
     embedding      h_i = act(lin_2(act(lin([emb(z_i), tag_emb(t_i), phys(z_i), period_emb, group_emb]))))
-                   e_ij = act(lin_e2(act([lin_e1(r_ij), lin_e12(Gauss(|r_ij|))])))    r_ij = x_j - x_i (+ shift)
+                   e_ij = act(lin_e2(act([lin_e1(r_ij), lin_e12(Gauss(|r_ij|))])))   r_ij = x_j - x_i + shift
     interaction k  (mp_type updownscale_base) e' = act(lin_geom([e_ij, h_j, h_i]));
                    m_i = sum_j act(lin_down(h_j)) * e'_ij;  h_i <- h_i + act(lin_up(act(GraphNorm(m))))
     output         y_i = lin2(act(lin1(h_i)))  (x alpha_i for the weighted-average energy heads)
@@ -16,9 +16,9 @@ Frame averaging (the package's ``frame_averaging_3D`` / ``_2D``): per structure,
 centred positions (2D: the (x, y) columns only, for slabs), eigenvectors sorted by *descending* eigenvalue
 (molequi's ``FrameAveraging`` sorts ascending and weights by Z, so its frames differ; this model follows the
 package), frames R_s = U diag(s) for s in itertools.product([1, -1], repeat=d) (in that order); the model sees
-x R_s and cell R_s, its direct forces are rotated back F R_s^T, energies and forces are averaged over the frames
-used: ``fa_method`` 'all' (full FA: 8 frames in 3D, 4 in 2D), 'stochastic' (one random frame per structure and
-call), 'det' (the signs making each axis' component sum >= 0), and 'se3-*' (only det R = +1).
+x R_s and cell R_s, its direct forces are rotated back F R_s^T, energies and forces are averaged over the
+frames used: ``fa_method`` 'all' (full FA: 8 frames in 3D, 4 in 2D), 'stochastic' (one random frame per
+structure and call), 'det' (the signs making each axis' component sum >= 0), and 'se3-*' (only det R = +1).
 
 Where molequi differs from the package (each is a strict generalisation that gives the package's numbers on
 one structure in eval mode, which is what ``scripts/parity/check.py faenet`` checks):
@@ -29,9 +29,9 @@ one structure in eval mode, which is what ``scripts/parity/check.py faenet`` che
   BatchNorm in training then takes its statistics over all frames;
 - all neighbours within ``r_max`` are used (the package reads the graph it is given; its ``max_num_neighbors``
   only applies to its non-periodic ``base_preprocess``, keeping an arbitrary subset);
-- energies are per atom (the skip connection's bias is split equally over a structure's atoms) and pass through
-  molequi's ``AtomicEnergyHead`` (E0 + scale * y + shift), direct forces are multiplied by the training set's
-  force RMS; with E0 = 0, scale = 1, shift = 0, force_rms = 1 they are the package's outputs;
+- energies are per atom (the skip connection's bias is split equally over a structure's atoms) and pass
+  through molequi's ``AtomicEnergyHead`` (E0 + scale * y + shift), direct forces are multiplied by the
+  training set's force RMS; with E0 = 0, scale = 1, shift = 0, force_rms = 1 they are the package's outputs;
 - ``fa_method_eval`` (default 'all'): the frames used in eval mode (the package uses ``fa_method`` always), so
   that predictions and MD are deterministic.
 
@@ -40,9 +40,9 @@ computed by the package from mendeleev and shipped in ``molequi/resources/faenet
 ORIGIN.md), so molequi does not depend on mendeleev / pandas.
 
 Defaults are the package's constructor defaults (``FAENet.__init__``: cutoff 6, hidden 128, 4 interactions,
-updownscale_base, GraphNorm, second-layer MLPs, concat skip connection, 'mlp' force decoder of width 128), with
-``forces: direct`` (FAENet's S2EF setting, the package's ``regress_forces='direct'``) and 3D frame averaging,
-stochastic in training.
+updownscale_base, GraphNorm, second-layer MLPs, concat skip connection, 'mlp' force decoder of width 128),
+with ``forces: direct`` (FAENet's S2EF setting, the package's ``regress_forces='direct'``) and 3D frame
+averaging, stochastic in training.
 
 Not conservative: direct forces are not -dE/dx (``molequi md`` refuses the model unless asked);
 ``forces: gradient`` with ``frame_averaging: none`` gives a conservative model.
@@ -94,8 +94,8 @@ def element_table() -> dict:
 
 
 class PhysEmbedding(nn.Module):
-    """The package's fixed (or, with ``props_grad``, learnable) physics-aware atom properties and period / group
-    indices as buffers / a parameter (values from ``element_table()``)."""
+    """The package's fixed (or, with ``props_grad``, learnable) physics-aware atom properties and period /
+    group indices as buffers / a parameter (values from ``element_table()``)."""
 
     def __init__(self, props: bool, props_grad: bool, pg: bool):
         super().__init__()
@@ -132,8 +132,10 @@ class EmbeddingBlock(nn.Module):
         H, Fl = cfg.hidden_channels, cfg.num_filters
         width = H - cfg.tag_hidden_channels - phys - 2 * cfg.pg_hidden_channels
         if width < 1:
-            raise ConfigError(f"FAENet hidden_channels {H} must exceed tag ({cfg.tag_hidden_channels}) + physics "
-                              f"({phys}) + 2 x period/group ({cfg.pg_hidden_channels}) embedding widths")
+            raise ConfigError(
+                f"FAENet hidden_channels {H} must exceed tag ({cfg.tag_hidden_channels}) + physics "
+                f"({phys}) + 2 x period/group ({cfg.pg_hidden_channels}) embedding widths"
+            )
         self.emb = nn.Embedding(NUM_Z, width)
         self.lin = nn.Linear(H, H)
         if cfg.second_layer_MLP:
@@ -142,8 +144,13 @@ class EmbeddingBlock(nn.Module):
         self.lin_e12 = nn.Linear(cfg.num_gaussians, Fl - Fl // 2)
         if cfg.second_layer_MLP:
             self.lin_e2 = nn.Linear(Fl, Fl)
-        for lin in (self.lin, self.lin_e1, getattr(self, "lin_2", None), getattr(self, "lin_e2", None),
-                    getattr(self, "phys_lin", None)):
+        for lin in (
+            self.lin,
+            self.lin_e1,
+            getattr(self, "lin_2", None),
+            getattr(self, "lin_e2", None),
+            getattr(self, "phys_lin", None),
+        ):
             if lin is not None:
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
@@ -160,8 +167,10 @@ class EmbeddingBlock(nn.Module):
             p = self.phys_emb.properties[z].to(dtype)
             parts.append(self.phys_lin(p) if self.use_mlp_phys else p)
         if self.use_pg:
-            parts += [self.period_embedding(self.phys_emb.period[z]).to(dtype),
-                      self.group_embedding(self.phys_emb.group[z]).to(dtype)]
+            parts += [
+                self.period_embedding(self.phys_emb.period[z]).to(dtype),
+                self.group_embedding(self.phys_emb.group[z]).to(dtype),
+            ]
         h = self.act(self.lin(torch.cat(parts, dim=1)))
         if self.cfg.second_layer_MLP:
             h = self.act(self.lin_2(h))
@@ -182,7 +191,11 @@ class InteractionBlock(nn.Module):
             self.lin_geom = nn.Linear(Fl + 2 * H, Fl)
             self.lin_down, self.lin_up = nn.Linear(H, Fl), nn.Linear(Fl, H)
         elif cfg.mp_type == "updown_local_env":
-            self.lin_down, self.lin_geom, self.lin_up = nn.Linear(H, Fl), nn.Linear(Fl, Fl), nn.Linear(2 * Fl, H)
+            self.lin_down, self.lin_geom, self.lin_up = (
+                nn.Linear(H, Fl),
+                nn.Linear(Fl, Fl),
+                nn.Linear(2 * Fl, H),
+            )
         else:  # base
             self.lin_geom, self.lin_h = nn.Linear(Fl + 2 * H, H), nn.Linear(H, H)
         if cfg.complex_mp:
@@ -256,7 +269,13 @@ class ForceDecoder(nn.Module):
         self.kind = kind
 
         def nrm(n):
-            return nn.BatchNorm1d(n) if norm == "batch1d" else nn.LayerNorm(n) if norm == "layer" else nn.Identity()
+            return (
+                nn.BatchNorm1d(n)
+                if norm == "batch1d"
+                else nn.LayerNorm(n)
+                if norm == "layer"
+                else nn.Identity()
+            )
 
         def block(a, b):
             return nn.Sequential(nn.Linear(a, b), nrm(b), _Act(act))
@@ -264,12 +283,18 @@ class ForceDecoder(nn.Module):
         if kind == "simple":
             self.model = nn.Sequential(nn.Linear(hidden_in, hidden), _Act(act), nn.Linear(hidden, 3))
         elif kind == "mlp":
-            self.model = nn.Sequential(nn.Linear(hidden_in, hidden), nrm(hidden), _Act(act), nn.Linear(hidden, 3))
+            self.model = nn.Sequential(
+                nn.Linear(hidden_in, hidden), nrm(hidden), _Act(act), nn.Linear(hidden, 3)
+            )
         elif kind == "res":
             self.mlp_1, self.mlp_2 = block(hidden_in, hidden_in), block(hidden_in, hidden_in)
             self.mlp_3 = nn.Sequential(*block(hidden_in, hidden), nn.Linear(hidden, 3))
         else:  # res_updown
-            self.mlp_1, self.mlp_2, self.mlp_3 = block(hidden_in, hidden), block(hidden, hidden), block(hidden, hidden_in)
+            self.mlp_1, self.mlp_2, self.mlp_3 = (
+                block(hidden_in, hidden),
+                block(hidden, hidden),
+                block(hidden, hidden_in),
+            )
             self.mlp_4 = nn.Sequential(*block(hidden_in, hidden), nn.Linear(hidden, 3))
 
     def forward(self, h):
@@ -314,7 +339,8 @@ class FAENet(EnergyModel):
         hidden_channels: int = 128
         """Width of the atom features."""
         tag_hidden_channels: int = 32
-        """Width of the OC20 tag embedding (0 sub-surface, 1 surface, 2 adsorbate; 0 when data has no tags)."""
+        """Width of the OC20 tag embedding (0 sub-surface, 1 surface, 2 adsorbate; 0 when data has no
+        tags)."""
         pg_hidden_channels: int = 32
         """Width of each of the period and group embeddings (0: none)."""
         phys_hidden_channels: int = 0
@@ -356,21 +382,35 @@ class FAENet(EnergyModel):
             if self.r_max <= 0:
                 raise ConfigError(f"FAENet r_max must be positive, got {self.r_max}")
             for name, value, valid in (
-                ("mp_type", self.mp_type, MP_TYPES), ("skip_co", self.skip_co, SKIP_CO),
-                ("energy_head", self.energy_head, ENERGY_HEADS), ("forces", self.forces, ("direct", "gradient")),
+                ("mp_type", self.mp_type, MP_TYPES),
+                ("skip_co", self.skip_co, SKIP_CO),
+                ("energy_head", self.energy_head, ENERGY_HEADS),
+                ("forces", self.forces, ("direct", "gradient")),
                 ("force_decoder_type", self.force_decoder_type, DECODERS),
                 ("force_decoder_norm", self.force_decoder_norm, DECODER_NORMS),
                 ("frame_averaging", self.frame_averaging, ("3D", "2D", "none")),
-                ("fa_method", self.fa_method, FA_METHODS), ("fa_method_eval", self.fa_method_eval, FA_METHODS),
+                ("fa_method", self.fa_method, FA_METHODS),
+                ("fa_method_eval", self.fa_method_eval, FA_METHODS),
             ):
                 if value not in valid:
-                    raise ConfigError(f"FAENet {name} must be one of {', '.join(repr(v) for v in valid)}, "
-                                      f"got {value!r}")
-            if min(self.num_gaussians, self.num_filters, self.hidden_channels, self.num_interactions,
-                   self.force_decoder_hidden) < 1 or min(self.tag_hidden_channels, self.pg_hidden_channels,
-                                                         self.phys_hidden_channels) < 0:
-                raise ConfigError("FAENet sizes (gaussians, filters, hidden channels, interactions, force decoder) "
-                                  "must be >= 1 and the tag / period-group / physics widths >= 0")
+                    raise ConfigError(
+                        f"FAENet {name} must be one of {', '.join(repr(v) for v in valid)}, got {value!r}"
+                    )
+            if (
+                min(
+                    self.num_gaussians,
+                    self.num_filters,
+                    self.hidden_channels,
+                    self.num_interactions,
+                    self.force_decoder_hidden,
+                )
+                < 1
+                or min(self.tag_hidden_channels, self.pg_hidden_channels, self.phys_hidden_channels) < 0
+            ):
+                raise ConfigError(
+                    "FAENet sizes (gaussians, filters, hidden channels, interactions, force decoder) "
+                    "must be >= 1 and the tag / period-group / physics widths >= 0"
+                )
             if self.num_gaussians < 2:
                 raise ConfigError("FAENet needs num_gaussians >= 2")
             _activation(self.act)
@@ -381,11 +421,13 @@ class FAENet(EnergyModel):
         self.config, self.statistics = cfg, statistics
         self.elements = [int(z) for z in statistics.elements]
         if max(self.elements) >= NUM_Z:
-            raise ConfigError(f"FAENet embeds atomic numbers below {NUM_Z}; the elements include "
-                              f"{max(self.elements)}")
+            raise ConfigError(
+                f"FAENet embeds atomic numbers below {NUM_Z}; the elements include {max(self.elements)}"
+            )
         self.r_max = float(cfg.r_max)
         self.conservative = cfg.forces == "gradient" and cfg.frame_averaging == "none"
-        self.generator: torch.Generator | None = None  # draws of the stochastic frames (None: torch's default)
+        # draws of the stochastic frames (None: torch's default generator)
+        self.generator: torch.Generator | None = None
         act = _activation(cfg.act)
         self.act = act
         self.element_table = ElementTable(self.elements)
@@ -393,23 +435,40 @@ class FAENet(EnergyModel):
         self.distance_expansion.register_buffer("offset", torch.linspace(0.0, cfg.r_max, cfg.num_gaussians))
         self.embed_block = EmbeddingBlock(cfg, act)
         if self.embed_block.use_pg:
-            bad = [z for z in self.elements if int(self.embed_block.phys_emb.group[z]) >= self.embed_block.phys_emb.group_size
-                   or int(self.embed_block.phys_emb.period[z]) >= self.embed_block.phys_emb.period_size]
+            bad = [
+                z
+                for z in self.elements
+                if int(self.embed_block.phys_emb.group[z]) >= self.embed_block.phys_emb.group_size
+                or int(self.embed_block.phys_emb.period[z]) >= self.embed_block.phys_emb.period_size
+            ]
             if bad:
-                raise ConfigError(f"FAENet period / group embeddings have no row for atomic numbers {bad} "
-                                  "(lanthanides / actinides); set pg_hidden_channels: 0")
-        self.interaction_blocks = nn.ModuleList([InteractionBlock(cfg, act) for _ in range(cfg.num_interactions)])
+                raise ConfigError(
+                    f"FAENet period / group embeddings have no row for atomic numbers {bad} "
+                    "(lanthanides / actinides); set pg_hidden_channels: 0"
+                )
+        self.interaction_blocks = nn.ModuleList(
+            [InteractionBlock(cfg, act) for _ in range(cfg.num_interactions)]
+        )
         self.output_block = OutputBlock(cfg.energy_head, cfg.hidden_channels, act)
         if cfg.energy_head == "weighted-av-initial-embeds":
             self.w_lin = nn.Linear(cfg.hidden_channels, 1)
         if cfg.forces == "direct":
-            self.decoder = ForceDecoder(cfg.force_decoder_type, cfg.hidden_channels, cfg.force_decoder_hidden,
-                                        cfg.force_decoder_norm, act)
-            self.register_buffer("force_scale", torch.tensor(float(statistics.force_rms), dtype=torch.float64))
+            self.decoder = ForceDecoder(
+                cfg.force_decoder_type,
+                cfg.hidden_channels,
+                cfg.force_decoder_hidden,
+                cfg.force_decoder_norm,
+                act,
+            )
+            self.register_buffer(
+                "force_scale", torch.tensor(float(statistics.force_rms), dtype=torch.float64)
+            )
         if cfg.skip_co == "concat":
             self.mlp_skip_co = nn.Linear(cfg.num_interactions + 1, 1)
         elif cfg.skip_co == "concat_atom":
-            self.mlp_skip_co = nn.Linear((cfg.num_interactions + 1) * cfg.hidden_channels, cfg.hidden_channels)
+            self.mlp_skip_co = nn.Linear(
+                (cfg.num_interactions + 1) * cfg.hidden_channels, cfg.hidden_channels
+            )
         self.head = AtomicEnergyHead(statistics, self.elements)
 
     @classmethod
@@ -421,8 +480,9 @@ class FAENet(EnergyModel):
 
     # -- one frame (or no frame) ----------------------------------------------------------------------------
     def network(self, z, tag, rel_pos, sender, receiver, batch, n_graphs):
-        """The package's ``energy_forward`` per atom: readouts y (n,) whose per-structure sums are its energies,
-        and the final atom features h (n, hidden). ``rel_pos`` = x_sender - x_receiver (+ shift), (E, 3) Å."""
+        """The package's ``energy_forward`` per atom: readouts y (n,) whose per-structure sums are its
+        energies, and the final atom features h (n, hidden). ``rel_pos`` = x_sender - x_receiver (+ shift),
+        (E, 3) Å."""
         offset = self.distance_expansion.offset.to(rel_pos.dtype)
         coeff = -0.5 / float(offset[1] - offset[0]) ** 2
         dist = torch.linalg.vector_norm(rel_pos, dim=-1)
@@ -439,13 +499,15 @@ class FAENet(EnergyModel):
         if self.config.skip_co == "concat":
             # Linear over the per-structure energies = per-atom weighted sum + the bias split over the atoms
             counts = torch.bincount(batch, minlength=n_graphs).to(y.dtype)
-            y = torch.cat(skip + [y], dim=1) @ self.mlp_skip_co.weight.to(y.dtype).T \
+            y = (
+                torch.cat(skip + [y], dim=1) @ self.mlp_skip_co.weight.to(y.dtype).T
                 + self.mlp_skip_co.bias.to(y.dtype) / counts[batch][:, None]
+            )
         elif self.config.skip_co == "add":
             y = sum(skip) + y
         return y.squeeze(-1), h
 
-    # -- frames -----------------------------------------------------------------------------------------------
+    # -- frames ----------------------------------------------------------------------------------------------
     def _frames(self, pos, batch, n_graphs):
         method = self.config.fa_method if self.training else self.config.fa_method_eval
         centre, frames = pca_frames(pos, batch, n_graphs, self.config.frame_averaging)
@@ -487,7 +549,9 @@ class FAENet(EnergyModel):
             stacked = FrameAveraging._stack(data, F, n, n_graphs)  # frame f of structure b is graph f B + b
             ei_f, batch_f = stacked[K.EDGE_INDEX], stacked[K.BATCH]
             rel = -edge_vectors(pos_f, ei_f, stacked[K.UNIT_SHIFTS], cell_f, batch_f)
-            y, h = self.network(numbers.repeat(F), tag.repeat(F), rel, ei_f[0], ei_f[1], batch_f, F * n_graphs)
+            y, h = self.network(
+                numbers.repeat(F), tag.repeat(F), rel, ei_f[0], ei_f[1], batch_f, F * n_graphs
+            )
             y = y.view(F, n).mean(dim=0)
             f = None
             if forces:
@@ -502,29 +566,43 @@ class FAENet(EnergyModel):
         """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""
         return self._evaluate(data, pos, cell, forces=False)[0]
 
-    def forward(self, data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self, data, compute_forces: bool = True, compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
         if self.config.forces == "gradient":
             return super().forward(data, compute_forces, compute_stress)
         if compute_stress:
-            raise ModelError("a FAENet with forces: direct has no stress (its forces are not the gradient of its "
-                             "energy); use forces: gradient")
+            raise ModelError(
+                "a FAENet with forces: direct has no stress (its forces are not the gradient of its "
+                "energy); use forces: gradient"
+            )
         pos = data[K.POS]
         cell = data[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
         energies, f = self._evaluate(data, pos, cell, forces=compute_forces)
         batch = batch_vector(data)
-        out = {K.ENERGY: torch.zeros(cell.shape[0], dtype=energies.dtype, device=energies.device)
-               .index_add_(0, batch, energies), K.ENERGIES: energies}
+        out = {
+            K.ENERGY: torch.zeros(cell.shape[0], dtype=energies.dtype, device=energies.device).index_add_(
+                0, batch, energies
+            ),
+            K.ENERGIES: energies,
+        }
         if compute_forces:
             out[K.FORCES] = f
         return out
 
 
 def legacy_faenet_section(raw: dict) -> dict:
-    """A model section ``name: faenet`` written before FAENet existed (molequi's frame-averaging wrapper, whose
-    fields include ``backbone`` / ``mode`` / ``frames``) renamed to ``frame_averaging``, so old configs and
-    checkpoints still load; any other section is returned as is."""
-    if raw.get("name") == "faenet" and {"backbone", "mode", "frames", "frames_train", "weighting",
-                                        "degeneracy_tol"} & set(raw):
+    """A model section ``name: faenet`` written before FAENet existed (molequi's frame-averaging wrapper,
+    whose fields include ``backbone`` / ``mode`` / ``frames``) renamed to ``frame_averaging``, so old configs
+    and checkpoints still load; any other section is returned as is."""
+    if raw.get("name") == "faenet" and {
+        "backbone",
+        "mode",
+        "frames",
+        "frames_train",
+        "weighting",
+        "degeneracy_tol",
+    } & set(raw):
         return {**raw, "name": "frame_averaging"}
     return raw
 

@@ -1,17 +1,17 @@
-"""Peer side of the FAENet parity check: the FAENet authors' package ``faenet`` 0.1.3, run by the python of its
-venv (``bash scripts/bench/setup_peers.sh faenet``), never by molequi's venv.
+"""Peer side of the FAENet parity check: the FAENet authors' package ``faenet`` 0.1.3, run by the python of
+its venv (``bash scripts/bench/setup_peers.sh faenet``), never by molequi's venv.
 
-    PY _faenet_peer.py build SPEC.json GRAPHS.pt OUT.pt   FAENet with seeded random weights, evaluated on the
-                                                          graphs with the package's full 3D frame averaging and,
-                                                          for periodic graphs, 2D; OUT.pt has its state dict and
-                                                          energies / forces per graph and frame mode
-    PY _faenet_peer.py table OUT.json                     the package's element table (molequi/resources/faenet)
+    PY _faenet_peer.py build SPEC.json GRAPHS.pt OUT.pt
+        FAENet with seeded random weights, evaluated on the graphs with the package's full 3D frame averaging
+        and, for periodic graphs, 2D; OUT.pt has its state dict and energies / forces per graph and frame mode
+    PY _faenet_peer.py table OUT.json
+        the package's element table (molequi/resources/faenet/elements.json)
 
 The code run is the package's, unmodified: ``faenet.FAENet`` (its default ``pbc_preprocess`` reads the graph
-given: ``edge_index``, ``cell_offsets``, ``neighbors``), ``faenet.frame_averaging.frame_averaging_3D`` / ``_2D``
-for the frames and ``faenet.model_forward`` for the average over frames (rotating direct forces back). Torch's
-default dtype is float64 here, so that the package's float tensors (its ``torch.eye(3)`` in 2D frames, the
-Gaussian offsets) are float64 too; its ``pbc_preprocess`` still computes the periodic offsets in float32
+given: ``edge_index``, ``cell_offsets``, ``neighbors``), ``faenet.frame_averaging.frame_averaging_3D`` /
+``_2D`` for the frames and ``faenet.model_forward`` for the average over frames (rotating direct forces back).
+Torch's default dtype is float64 here, so that the package's float tensors (its ``torch.eye(3)`` in 2D frames,
+the Gaussian offsets) are float64 too; its ``pbc_preprocess`` still computes the periodic offsets in float32
 (``cell_offsets.float() ... bmm(cell.float())``), which limits agreement on periodic cells to ~1e-7 relative.
 """
 
@@ -32,11 +32,16 @@ def table(out_path: str) -> None:
     from faenet.embedding import PhysEmbedding
 
     e = PhysEmbedding(props=True, props_grad=False, pg=True)
-    out = {"faenet": version("faenet"), "mendeleev": version("mendeleev"),
-           "properties_list": list(e.properties_list),
-           "period_size": int(e.period_size), "group_size": int(e.group_size),
-           "period": e.period.tolist(), "group": e.group.tolist(),
-           "properties": [[float(v) for v in row] for row in e.properties.tolist()]}
+    out = {
+        "faenet": version("faenet"),
+        "mendeleev": version("mendeleev"),
+        "properties_list": list(e.properties_list),
+        "period_size": int(e.period_size),
+        "group_size": int(e.group_size),
+        "period": e.period.tolist(),
+        "group": e.group.tolist(),
+        "properties": [[float(v) for v in row] for row in e.properties.tolist()],
+    }
     with open(out_path, "w") as f:
         json.dump(out, f, separators=(",", ":"))
 
@@ -48,8 +53,10 @@ def randomise(model: torch.nn.Module, seed: int, gain: float) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "graph_norm" in name or "decoder.model.1" in name:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype) + (1.0 if name.endswith(
-                    ("graph_norm.weight", "mean_scale", "model.1.weight")) else 0.0))
+                p.copy_(
+                    0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)
+                    + (1.0 if name.endswith(("graph_norm.weight", "mean_scale", "model.1.weight")) else 0.0)
+                )
             elif p.dim() == 2 and "embedding" not in name and "emb." not in name:
                 p.mul_(gain)
         for name, b in model.named_buffers():
@@ -62,10 +69,9 @@ def randomise(model: torch.nn.Module, seed: int, gain: float) -> None:
 def build(spec_path: str, graphs_path: str, out_path: str) -> None:
     import time
 
-    from torch_geometric.data import Data
-
     from faenet import FAENet, model_forward
     from faenet.frame_averaging import frame_averaging_2D, frame_averaging_3D
+    from torch_geometric.data import Data
 
     torch.set_default_dtype(torch.float64)
     spec = json.loads(open(spec_path).read())
@@ -75,22 +81,48 @@ def build(spec_path: str, graphs_path: str, out_path: str) -> None:
     randomise(model, seed, gain)
     model.eval()
     results = []
-    for g, fa in ((g, fa) for g in torch.load(graphs_path, weights_only=True) for fa in ("3D", "2D")
-                  if fa == "3D" or g["periodic"]):
+    for g, fa in (
+        (g, fa)
+        for g in torch.load(graphs_path, weights_only=True)
+        for fa in ("3D", "2D")
+        if fa == "3D" or g["periodic"]
+    ):
         fa_func = frame_averaging_3D if fa == "3D" else frame_averaging_2D
         n, ei = g["pos"].shape[0], g["edge_index"]
-        data = Data(pos=g["pos"], atomic_numbers=g["numbers"], batch=torch.zeros(n, dtype=torch.long),
-                    cell=g["cell"].reshape(1, 3, 3), edge_index=ei, cell_offsets=g["cell_offsets"],
-                    neighbors=torch.tensor([ei.shape[1]]), tags=g["tags"], natoms=torch.tensor([n]))
+        data = Data(
+            pos=g["pos"],
+            atomic_numbers=g["numbers"],
+            batch=torch.zeros(n, dtype=torch.long),
+            cell=g["cell"].reshape(1, 3, 3),
+            edge_index=ei,
+            cell_offsets=g["cell_offsets"],
+            neighbors=torch.tensor([ei.shape[1]]),
+            tags=g["tags"],
+            natoms=torch.tensor([n]),
+        )
         data.fa_pos, data.fa_cell, data.fa_rot = fa_func(data.pos, data.cell, "all")
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.no_grad():
             preds = model_forward(data, model, fa, mode="inference", crystal_task=True)
-        results.append({"frame_averaging": fa, "energy": preds["energy"].detach().clone(), "forces": preds["forces"].detach().clone(),
-                        "frames": len(data.fa_pos), "cpu_s": time.process_time() - c0,
-                        "wall_s": time.perf_counter() - w0})
-    torch.save({"state_dict": model.state_dict(), "results": results, "faenet": version("faenet"),
-                "num_params": sum(p.numel() for p in model.parameters())}, out_path)
+        results.append(
+            {
+                "frame_averaging": fa,
+                "energy": preds["energy"].detach().clone(),
+                "forces": preds["forces"].detach().clone(),
+                "frames": len(data.fa_pos),
+                "cpu_s": time.process_time() - c0,
+                "wall_s": time.perf_counter() - w0,
+            }
+        )
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "results": results,
+            "faenet": version("faenet"),
+            "num_params": sum(p.numel() for p in model.parameters()),
+        },
+        out_path,
+    )
 
 
 if __name__ == "__main__":

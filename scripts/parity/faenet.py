@@ -3,22 +3,23 @@
     python scripts/parity/check.py faenet --peer-python PY [--size tiny|default] [--frames 0,1] [--seed 0]
 
 ``PY`` is the python of the package's venv (``bash scripts/bench/setup_peers.sh faenet`` prints it). The peer
-(``scripts/parity/_faenet_peer.py``) builds ``faenet.FAENet`` with direct forces and seeded random weights (biases,
-GraphNorm and BatchNorm statistics randomised too), evaluates it in float64 with the package's full frame
-averaging (``fa_method='all'``, so no randomness) through ``faenet.model_forward``; molequi builds its FAENet with
-the same hyperparameters, loads the package's state dict as is and evaluates the same structures in eval mode:
+(``scripts/parity/_faenet_peer.py``) builds ``faenet.FAENet`` with direct forces and seeded random weights
+(biases, GraphNorm and BatchNorm statistics randomised too), evaluates it in float64 with the package's full
+frame averaging (``fa_method='all'``, so no randomness) through ``faenet.model_forward``; molequi builds its
+FAENet with the same hyperparameters, loads the package's state dict as is and evaluates the same structures
+in eval mode:
 
 - the shipped real OC20 frames (``data/oc20/oc20_real.extxyz``, with their tags) with 3D frames and, as slabs,
   with 2D frames (``frame_averaging: 2D``),
 - a distorted ethanol molecule (3D frames, no cell).
 
-Both read molequi's radius graph (the package's ``pbc_preprocess`` takes the graph it is given; its cell offsets
-are molequi's unit shifts with the opposite sign, because its edge vectors are x_source - x_target).
+Both read molequi's radius graph (the package's ``pbc_preprocess`` takes the graph it is given; its cell
+offsets are molequi's unit shifts with the opposite sign, because its edge vectors are x_source - x_target).
 
-Prints one JSON object {"peer", "peer_version", "dtype", "max_abs_err_energy", "max_abs_err_forces", "tolerance",
-"ok", "relative", "structures" (per structure and frame mode: errors, frames, forward CPU / wall seconds of each
-side)} and exits 1 when a relative error (max abs error / max abs reference value, per quantity) exceeds the
-tolerance (default 1e-5).
+Prints one JSON object {"peer", "peer_version", "dtype", "max_abs_err_energy", "max_abs_err_forces",
+"tolerance", "ok", "relative", "structures" (per structure and frame mode: errors, frames, forward CPU / wall
+seconds of each side)} and exits 1 when a relative error (max abs error / max abs reference value, per
+quantity) exceeds the tolerance (default 1e-5).
 """
 
 from __future__ import annotations
@@ -39,17 +40,35 @@ PEER = Path(__file__).with_name("_faenet_peer.py")
 FRAMES = ROOT / "data" / "oc20" / "oc20_real.extxyz"
 
 SIZES = {
-    # tiny: the test's model; "_gain" (peer side, not a package option) multiplies the weight matrices so that the
-    # activations are nonlinear and the frames change the outputs by far more than the tolerance
-    "tiny": {"cutoff": 6.0, "hidden_channels": 32, "num_filters": 16, "num_gaussians": 10,
-             "tag_hidden_channels": 4, "pg_hidden_channels": 4, "phys_hidden_channels": 0, "phys_embeds": True,
-             "num_interactions": 2, "mp_type": "updownscale_base", "graph_norm": True, "second_layer_MLP": True,
-             "skip_co": "concat", "energy_head": None, "complex_mp": False, "regress_forces": "direct",
-             "force_decoder_type": "mlp", "force_decoder_model_config": {"mlp": {"hidden_channels": 16}},
-             "_gain": 2.0},
+    # tiny: the test's model; "_gain" (peer side, not a package option) multiplies the weight matrices so that
+    # the activations are nonlinear and the frames change the outputs by far more than the tolerance
+    "tiny": {
+        "cutoff": 6.0,
+        "hidden_channels": 32,
+        "num_filters": 16,
+        "num_gaussians": 10,
+        "tag_hidden_channels": 4,
+        "pg_hidden_channels": 4,
+        "phys_hidden_channels": 0,
+        "phys_embeds": True,
+        "num_interactions": 2,
+        "mp_type": "updownscale_base",
+        "graph_norm": True,
+        "second_layer_MLP": True,
+        "skip_co": "concat",
+        "energy_head": None,
+        "complex_mp": False,
+        "regress_forces": "direct",
+        "force_decoder_type": "mlp",
+        "force_decoder_model_config": {"mlp": {"hidden_channels": 16}},
+        "_gain": 2.0,
+    },
     # the package's constructor defaults, with direct forces (the 'mlp' decoder of width 128)
-    "default": {"regress_forces": "direct", "force_decoder_type": "mlp",
-                "force_decoder_model_config": {"mlp": {"hidden_channels": 128}}},
+    "default": {
+        "regress_forces": "direct",
+        "force_decoder_type": "mlp",
+        "force_decoder_model_config": {"mlp": {"hidden_channels": 128}},
+    },
 }
 
 
@@ -59,19 +78,29 @@ def molequi_config(spec: dict, frame_averaging: str):
     d = FAENet.Config()
     decoder = spec.get("force_decoder_model_config", {}).get(spec.get("force_decoder_type", "mlp"), {})
     cfg = FAENet.Config(
-        r_max=spec.get("cutoff", 6.0), num_gaussians=spec.get("num_gaussians", d.num_gaussians),
-        num_filters=spec.get("num_filters", d.num_filters), hidden_channels=spec.get("hidden_channels", d.hidden_channels),
+        r_max=spec.get("cutoff", 6.0),
+        num_gaussians=spec.get("num_gaussians", d.num_gaussians),
+        num_filters=spec.get("num_filters", d.num_filters),
+        hidden_channels=spec.get("hidden_channels", d.hidden_channels),
         tag_hidden_channels=spec.get("tag_hidden_channels", d.tag_hidden_channels),
         pg_hidden_channels=spec.get("pg_hidden_channels", d.pg_hidden_channels),
         phys_hidden_channels=spec.get("phys_hidden_channels", d.phys_hidden_channels),
-        phys_embeds=spec.get("phys_embeds", d.phys_embeds), num_interactions=spec.get("num_interactions", d.num_interactions),
-        mp_type=spec.get("mp_type", d.mp_type), graph_norm=spec.get("graph_norm", d.graph_norm),
-        complex_mp=spec.get("complex_mp", d.complex_mp), second_layer_MLP=spec.get("second_layer_MLP", d.second_layer_MLP),
-        skip_co=spec.get("skip_co", d.skip_co) or "", energy_head=spec.get("energy_head") or "",
-        forces="direct", force_decoder_type=spec.get("force_decoder_type", "mlp"),
+        phys_embeds=spec.get("phys_embeds", d.phys_embeds),
+        num_interactions=spec.get("num_interactions", d.num_interactions),
+        mp_type=spec.get("mp_type", d.mp_type),
+        graph_norm=spec.get("graph_norm", d.graph_norm),
+        complex_mp=spec.get("complex_mp", d.complex_mp),
+        second_layer_MLP=spec.get("second_layer_MLP", d.second_layer_MLP),
+        skip_co=spec.get("skip_co", d.skip_co) or "",
+        energy_head=spec.get("energy_head") or "",
+        forces="direct",
+        force_decoder_type=spec.get("force_decoder_type", "mlp"),
         force_decoder_hidden=decoder.get("hidden_channels", d.force_decoder_hidden),
         force_decoder_norm=decoder.get("norm", "batch1d") or "",
-        frame_averaging=frame_averaging, fa_method="all", fa_method_eval="all")
+        frame_averaging=frame_averaging,
+        fa_method="all",
+        fa_method_eval="all",
+    )
     return cfg
 
 
@@ -88,8 +117,14 @@ def structures(frames: list[int]):
     return out
 
 
-def run(py: str, size: str = "tiny", frames: list[int] | None = None, seed: int = 0, tolerance: float = 1e-5,
-        work: Path | None = None) -> dict:
+def run(
+    py: str,
+    size: str = "tiny",
+    frames: list[int] | None = None,
+    seed: int = 0,
+    tolerance: float = 1e-5,
+    work: Path | None = None,
+) -> dict:
     from torch_geometric.data import Batch
 
     from molequi import keys as K
@@ -107,32 +142,51 @@ def run(py: str, size: str = "tiny", frames: list[int] | None = None, seed: int 
         records = build_records([a for _, a in chosen], cutoff, torch.float64, validate=False)
         for rec, (_, a) in zip(records, chosen):
             rec[K.TAGS] = torch.as_tensor(a.get_tags(), dtype=torch.long)
-        graphs = [{"pos": r.pos, "cell": r.cell.reshape(3, 3), "numbers": r.numbers.reshape(-1).long(),
-                   "edge_index": r.edge_index, "cell_offsets": -r.unit_shifts.to(torch.float64),
-                   "tags": r[K.TAGS], "periodic": bool(a.pbc.any())} for r, (_, a) in zip(records, chosen)]
+        graphs = [
+            {
+                "pos": r.pos,
+                "cell": r.cell.reshape(3, 3),
+                "numbers": r.numbers.reshape(-1).long(),
+                "edge_index": r.edge_index,
+                "cell_offsets": -r.unit_shifts.to(torch.float64),
+                "tags": r[K.TAGS],
+                "periodic": bool(a.pbc.any()),
+            }
+            for r, (_, a) in zip(records, chosen)
+        ]
         torch.save(graphs, work / "graphs.pt")
         rows, err, scale = [], {"energy": 0.0, "forces": 0.0}, {"energy": 0.0, "forces": 0.0}
         peer_version = None
         (work / "spec.json").write_text(json.dumps(spec))
         t0 = time.perf_counter()
-        proc = subprocess.run([py, str(PEER), "build", str(work / "spec.json"), str(work / "graphs.pt"),
-                               str(work / "ref.pt")], capture_output=True, text=True)
+        proc = subprocess.run(
+            [py, str(PEER), "build", str(work / "spec.json"), str(work / "graphs.pt"), str(work / "ref.pt")],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise SystemExit(f"faenet peer failed:\n{proc.stderr[-3000:]}")
         peer_wall = time.perf_counter() - t0
         ref = torch.load(work / "ref.pt", weights_only=True)
         peer_version = ref["faenet"]
-        runs = [(k, g) for k, g in enumerate(graphs) for mode in ("3D", "2D") if mode == "3D" or g["periodic"]]
+        runs = [
+            (k, g) for k, g in enumerate(graphs) for mode in ("3D", "2D") if mode == "3D" or g["periodic"]
+        ]
         for mode in ("3D", "2D"):
             which = [(k, r) for (k, _), r in zip(runs, ref["results"]) if r["frame_averaging"] == mode]
             elements = sorted({int(z) for g in graphs for z in g["numbers"]})
-            stats = Statistics(elements=elements)  # E0 = 0, scale 1, shift 0, force RMS 1: the package's outputs
+            # E0 = 0, scale 1, shift 0, force RMS 1: molequi's outputs are the package's
+            stats = Statistics(elements=elements)
             model = FAENet(molequi_config(spec, mode), stats).double()
             state = model.state_dict()
-            missing = set(state) - set(ref["state_dict"]) - {"force_scale", "head.e0", "head.scale", "head.shift"}
+            missing = (
+                set(state) - set(ref["state_dict"]) - {"force_scale", "head.e0", "head.scale", "head.shift"}
+            )
             unexpected = set(ref["state_dict"]) - set(state)
             if missing or unexpected:
-                raise SystemExit(f"state dicts differ: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+                raise SystemExit(
+                    f"state dicts differ: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+                )
             state.update(ref["state_dict"])
             model.load_state_dict(state)
             model.eval()
@@ -144,34 +198,64 @@ def run(py: str, size: str = "tiny", frames: list[int] | None = None, seed: int 
                 cpu, wall = time.process_time() - c0, time.perf_counter() - w0
                 e_err = float((out["energy"] - r["energy"]).abs().max())
                 f_err = float((out["forces"] - r["forces"]).abs().max())
-                rows.append({"structure": name, "frame_averaging": mode, "atoms": len(a),
-                             "edges": int(graphs[k]["edge_index"].shape[1]), "frames": r["frames"],
-                             "energy": float(out["energy"][0]), "peer_energy": float(r["energy"][0]),
-                             "abs_err_energy": e_err, "abs_err_forces": f_err,
-                             "max_abs_force": float(r["forces"].abs().max()),
-                             "forward_cpu_s": round(cpu, 4), "peer_forward_cpu_s": round(r["cpu_s"], 4),
-                             "forward_wall_s": round(wall, 4), "peer_forward_wall_s": round(r["wall_s"], 4)})
+                rows.append(
+                    {
+                        "structure": name,
+                        "frame_averaging": mode,
+                        "atoms": len(a),
+                        "edges": int(graphs[k]["edge_index"].shape[1]),
+                        "frames": r["frames"],
+                        "energy": float(out["energy"][0]),
+                        "peer_energy": float(r["energy"][0]),
+                        "abs_err_energy": e_err,
+                        "abs_err_forces": f_err,
+                        "max_abs_force": float(r["forces"].abs().max()),
+                        "forward_cpu_s": round(cpu, 4),
+                        "peer_forward_cpu_s": round(r["cpu_s"], 4),
+                        "forward_wall_s": round(wall, 4),
+                        "peer_forward_wall_s": round(r["wall_s"], 4),
+                    }
+                )
                 err["energy"], err["forces"] = max(err["energy"], e_err), max(err["forces"], f_err)
                 scale["energy"] = max(scale["energy"], abs(float(r["energy"][0])))
                 scale["forces"] = max(scale["forces"], float(r["forces"].abs().max()))
     rel = {k: err[k] / max(scale[k], 1e-300) for k in err}
     ok = all(v <= tolerance for v in rel.values())
-    return {"peer": "faenet", "peer_version": peer_version, "dtype": "float64", "size": size, "seed": seed,
-            "max_abs_err_energy": err["energy"], "max_abs_err_forces": err["forces"], "tolerance": tolerance,
-            "ok": ok, "relative": rel, "peer_process_wall_s": round(peer_wall, 2), "structures": rows}
+    return {
+        "peer": "faenet",
+        "peer_version": peer_version,
+        "dtype": "float64",
+        "size": size,
+        "seed": seed,
+        "max_abs_err_energy": err["energy"],
+        "max_abs_err_forces": err["forces"],
+        "tolerance": tolerance,
+        "ok": ok,
+        "relative": rel,
+        "peer_process_wall_s": round(peer_wall, 2),
+        "structures": rows,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peer-python", required=True, help="python of the faenet venv (setup_peers.sh faenet)")
+    parser.add_argument(
+        "--peer-python", required=True, help="python of the faenet venv (setup_peers.sh faenet)"
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--frames", default="0,1", help="indices into data/oc20/oc20_real.extxyz")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--workdir", help="keep the spec, graphs and peer results here")
     args = parser.parse_args(argv)
-    result = run(args.peer_python, args.size, [int(i) for i in args.frames.split(",") if i], args.seed,
-                 args.tolerance, Path(args.workdir) if args.workdir else None)
+    result = run(
+        args.peer_python,
+        args.size,
+        [int(i) for i in args.frames.split(",") if i],
+        args.seed,
+        args.tolerance,
+        Path(args.workdir) if args.workdir else None,
+    )
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

@@ -17,27 +17,47 @@ from torch_geometric.data import Batch
 
 from molequi.checkpoint import load_model, make_payload, save_model
 from molequi.config import model_section_from_dict
+from molequi.data.records import atoms_to_data
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.graph.neighbors import RadiusGraph
-from molequi.data.records import atoms_to_data
 from molequi.models import build_model, get_model_class
 from molequi.models.faenet import FAENet
 from molequi.models.frame_averaging import FrameAveraging
 from molequi.testing import assert_equivariant, check_forces_fd, random_rotation
 
 ROOT = Path(__file__).resolve().parents[2]
-PEER = Path(os.environ.get("MOLEQUI_FAENET_PYTHON") or Path(
-    os.environ.get("MOLEQUI_PEERS", Path.home() / ".cache" / "molequi" / "peers")) / "faenet" / "bin" / "python")
+PEER = Path(
+    os.environ.get("MOLEQUI_FAENET_PYTHON")
+    or Path(os.environ.get("MOLEQUI_PEERS", Path.home() / ".cache" / "molequi" / "peers"))
+    / "faenet"
+    / "bin"
+    / "python"
+)
 CUTOFF = 4.0
-STATS = Statistics(elements=[1, 6, 8, 13, 29], e0s={1: -1.0, 6: -5.0, 8: -7.0}, energy_shift=0.1,
-                   energy_scale=0.5, force_rms=0.7, avg_num_neighbors=4.0)
+STATS = Statistics(
+    elements=[1, 6, 8, 13, 29],
+    e0s={1: -1.0, 6: -5.0, 8: -7.0},
+    energy_shift=0.1,
+    energy_scale=0.5,
+    force_rms=0.7,
+    avg_num_neighbors=4.0,
+)
 
 
 def tiny(**kw) -> FAENet:
     torch.manual_seed(0)
-    cfg = FAENet.Config(r_max=CUTOFF, hidden_channels=40, num_filters=12, num_gaussians=8, tag_hidden_channels=4,
-                        pg_hidden_channels=4, num_interactions=2, force_decoder_hidden=8, **kw)
+    cfg = FAENet.Config(
+        r_max=CUTOFF,
+        hidden_channels=40,
+        num_filters=12,
+        num_gaussians=8,
+        tag_hidden_channels=4,
+        pg_hidden_channels=4,
+        num_interactions=2,
+        force_decoder_hidden=8,
+        **kw,
+    )
     model = FAENet(cfg, STATS).double()
     with torch.no_grad():  # nonzero biases / norm statistics so that every part of the model matters
         g = torch.Generator().manual_seed(1)
@@ -68,12 +88,16 @@ def evaluate(model, atoms):
 
 
 # ------------------------------------------------------------------------------------------------ parity
-@pytest.mark.skipif(not PEER.exists(), reason=f"faenet peer venv absent ({PEER}): build it with "
-                    "'bash scripts/bench/setup_peers.sh faenet' (or set MOLEQUI_FAENET_PYTHON)")
+@pytest.mark.skipif(
+    not PEER.exists(),
+    reason=f"faenet peer venv absent ({PEER}): build it with "
+    "'bash scripts/bench/setup_peers.sh faenet' (or set MOLEQUI_FAENET_PYTHON)",
+)
 def test_parity_with_the_faenet_package(tmp_path, capsys):
-    """The package's FAENet (seeded random weights, direct forces, full FA through ``faenet.model_forward``) vs
-    molequi's with the same state dict: a real OC20 frame with 3D and 2D frames and a molecule, float64,
-    energies and forces to 1e-5 relative (measured ~1e-8: the package computes periodic offsets in float32)."""
+    """The package's FAENet (seeded random weights, direct forces, full FA through ``faenet.model_forward``)
+    vs molequi's with the same state dict: a real OC20 frame with 3D and 2D frames and a molecule, float64,
+    energies and forces to 1e-5 relative (measured ~1e-8: the package computes periodic offsets in
+    float32)."""
     sys.path.insert(0, str(ROOT / "scripts" / "parity"))
     from check import main
 
@@ -88,7 +112,8 @@ def test_parity_with_the_faenet_package(tmp_path, capsys):
 
 def test_frame_order_is_visible_at_the_parity_tolerance():
     """molequi's FrameAveraging sorts the PCA axes by ascending eigenvalue; the package (and FAENet here) by
-    descending. The model is not invariant to that permutation of axes, so the parity check tests the order."""
+    descending. The model is not invariant to that permutation of axes, so the parity check tests the
+    order."""
     import molequi.models.faenet as mod
 
     model = tiny()
@@ -161,21 +186,25 @@ def test_2d_frames_for_slabs():
 
 
 def test_gradient_forces_without_frames_are_conservative():
-    """forces 'gradient' with frame_averaging 'none': forces = -dE/dx (central differences) and conservative."""
+    """forces 'gradient' with frame_averaging 'none': forces = -dE/dx (central differences) and
+    conservative."""
     model = tiny(forces="gradient", frame_averaging="none")
     assert model.conservative and not tiny().conservative
     assert check_forces_fd(model, molecule(), CUTOFF) < 1e-7
 
 
 # ------------------------------------------------------------------------------------------------ config
-@pytest.mark.parametrize("raw, match", [
-    ({"mp_type": "gat"}, "mp_type must be one of"),
-    ({"fa_method": "random"}, "fa_method must be one of"),
-    ({"frame_averaging": "3d"}, "frame_averaging must be one of"),
-    ({"act": "no_such_activation"}, "act 'no_such_activation'"),
-    ({"hidden_channels": 20}, "hidden_channels 20 must exceed"),
-    ({"hidden": 64}, "hidden"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"mp_type": "gat"}, "mp_type must be one of"),
+        ({"fa_method": "random"}, "fa_method must be one of"),
+        ({"frame_averaging": "3d"}, "frame_averaging must be one of"),
+        ({"act": "no_such_activation"}, "act 'no_such_activation'"),
+        ({"hidden_channels": 20}, "hidden_channels 20 must exceed"),
+        ({"hidden": 64}, "hidden"),
+    ],
+)
 def test_bad_config_is_named(raw, match):
     with pytest.raises(ConfigError, match=match):
         section = model_section_from_dict({"name": "faenet", **raw})
@@ -196,8 +225,12 @@ def test_old_faenet_checkpoints_load_as_frame_averaging(tmp_path):
     torch.manual_seed(0)
     cfg = FrameAveraging.Config(r_max=CUTOFF, backbone={"channels": 8, "num_layers": 1})
     old = FrameAveraging(cfg, STATS).double().eval()
-    payload = make_payload(config={"model": {"name": "faenet", **asdict(cfg)}}, statistics=STATS.to_dict(),
-                           model_state=old.state_dict(), dtype=torch.float64)
+    payload = make_payload(
+        config={"model": {"name": "faenet", **asdict(cfg)}},
+        statistics=STATS.to_dict(),
+        model_state=old.state_dict(),
+        dtype=torch.float64,
+    )
     save_model(payload, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
     assert isinstance(loaded, FrameAveraging)
@@ -207,9 +240,9 @@ def test_old_faenet_checkpoints_load_as_frame_averaging(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ training
 def test_training_on_oc20_frames_lowers_the_force_error(tmp_path):
-    """molequi's trainer on the shipped real OC20 frames (S2EF reader: tags kept), FAENet with 2D stochastic frames
-    and direct forces: 40 steps lower the validation force MAE below the untrained model's with the same
-    statistics, and the written model loads back as FAENet in eval mode (full frames)."""
+    """molequi's trainer on the shipped real OC20 frames (S2EF reader: tags kept), FAENet with 2D stochastic
+    frames and direct forces: 40 steps lower the validation force MAE below the untrained model's with the
+    same statistics, and the written model loads back as FAENet in eval mode (full frames)."""
     from molequi.checkpoint import build_model_from_payload, read_checkpoint
     from molequi.config import Config
     from molequi.data.oc20 import read_s2ef
@@ -217,14 +250,33 @@ def test_training_on_oc20_frames_lowers_the_force_error(tmp_path):
 
     records = read_s2ef(ROOT / "data" / "oc20" / "oc20_real.extxyz")
     train_set, valid = records[:16], records[30:34]
-    cfg = Config.from_dict({
-        "model": {"name": "faenet", "r_max": CUTOFF, "hidden_channels": 40, "num_filters": 16, "num_gaussians": 8,
-                  "tag_hidden_channels": 4, "pg_hidden_channels": 4, "num_interactions": 2,
-                  "force_decoder_hidden": 16, "frame_averaging": "2D"},
-        "task": {"weights": {"energy": 1.0, "forces": 100.0}},
-        "optim": {"lr": 0.003, "scheduler": "none"},
-        "trainer": {"max_steps": 40, "batch_size": 4, "accelerator": "cpu", "devices": 1,
-                    "output": str(tmp_path / "run"), "progress_bar": False, "log_every": 10}})
+    cfg = Config.from_dict(
+        {
+            "model": {
+                "name": "faenet",
+                "r_max": CUTOFF,
+                "hidden_channels": 40,
+                "num_filters": 16,
+                "num_gaussians": 8,
+                "tag_hidden_channels": 4,
+                "pg_hidden_channels": 4,
+                "num_interactions": 2,
+                "force_decoder_hidden": 16,
+                "frame_averaging": "2D",
+            },
+            "task": {"weights": {"energy": 1.0, "forces": 100.0}},
+            "optim": {"lr": 0.003, "scheduler": "none"},
+            "trainer": {
+                "max_steps": 40,
+                "batch_size": 4,
+                "accelerator": "cpu",
+                "devices": 1,
+                "output": str(tmp_path / "run"),
+                "progress_bar": False,
+                "log_every": 10,
+            },
+        }
+    )
     torch.manual_seed(0)
     result = train(cfg, splits={"train": train_set, "valid": valid, "test": []}, enable_summary=False)
     trained = load_model(result.model_path)
@@ -234,8 +286,10 @@ def test_training_on_oc20_frames_lowers_the_force_error(tmp_path):
 
     def force_mae(model):
         graph = RadiusGraph(CUTOFF)
-        err = [(model(Batch.from_data_list([graph(r.clone())]))["forces"].detach() - r.forces).abs().mean()
-               for r in valid]
+        err = [
+            (model(Batch.from_data_list([graph(r.clone())]))["forces"].detach() - r.forces).abs().mean()
+            for r in valid
+        ]
         return float(torch.stack(err).mean())
 
     before, after = force_mae(untrained), force_mae(trained)

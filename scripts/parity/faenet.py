@@ -72,36 +72,42 @@ SIZES = {
 }
 
 
+# the package's FAENet arguments that molequi's FAENet.Config has under the same name and meaning
+SAME_NAMES = (
+    "num_gaussians",
+    "num_filters",
+    "hidden_channels",
+    "tag_hidden_channels",
+    "pg_hidden_channels",
+    "phys_hidden_channels",
+    "phys_embeds",
+    "num_interactions",
+    "mp_type",
+    "graph_norm",
+    "complex_mp",
+    "second_layer_MLP",
+    "force_decoder_type",
+)
+
+
 def molequi_config(spec: dict, frame_averaging: str):
+    """molequi's FAENet.Config for the package's FAENet(**spec) (direct forces), evaluated with all frames."""
     from molequi.models.faenet import FAENet
 
-    d = FAENet.Config()
     decoder = spec.get("force_decoder_model_config", {}).get(spec.get("force_decoder_type", "mlp"), {})
-    cfg = FAENet.Config(
+    d = FAENet.Config()
+    return FAENet.Config(
+        **{k: spec[k] for k in SAME_NAMES if k in spec},
         r_max=spec.get("cutoff", 6.0),
-        num_gaussians=spec.get("num_gaussians", d.num_gaussians),
-        num_filters=spec.get("num_filters", d.num_filters),
-        hidden_channels=spec.get("hidden_channels", d.hidden_channels),
-        tag_hidden_channels=spec.get("tag_hidden_channels", d.tag_hidden_channels),
-        pg_hidden_channels=spec.get("pg_hidden_channels", d.pg_hidden_channels),
-        phys_hidden_channels=spec.get("phys_hidden_channels", d.phys_hidden_channels),
-        phys_embeds=spec.get("phys_embeds", d.phys_embeds),
-        num_interactions=spec.get("num_interactions", d.num_interactions),
-        mp_type=spec.get("mp_type", d.mp_type),
-        graph_norm=spec.get("graph_norm", d.graph_norm),
-        complex_mp=spec.get("complex_mp", d.complex_mp),
-        second_layer_MLP=spec.get("second_layer_MLP", d.second_layer_MLP),
         skip_co=spec.get("skip_co", d.skip_co) or "",
         energy_head=spec.get("energy_head") or "",
         forces="direct",
-        force_decoder_type=spec.get("force_decoder_type", "mlp"),
         force_decoder_hidden=decoder.get("hidden_channels", d.force_decoder_hidden),
         force_decoder_norm=decoder.get("norm", "batch1d") or "",
         frame_averaging=frame_averaging,
         fa_method="all",
         fa_method_eval="all",
     )
-    return cfg
 
 
 def structures(frames: list[int]):

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -335,7 +335,8 @@ class FAENet(EnergyModel):
         num_gaussians: int = 50
         """Gaussians of the distance expansion on [0, r_max]."""
         num_filters: int = 128
-        """Width of the edge features."""
+        """Width of the edge features (``mp_type: simple`` sets it to ``hidden_channels``, as the package
+        does)."""
         hidden_channels: int = 128
         """Width of the atom features."""
         tag_hidden_channels: int = 32
@@ -418,6 +419,8 @@ class FAENet(EnergyModel):
     def __init__(self, cfg: FAENet.Config, statistics: Statistics):
         super().__init__()
         cfg.validate()
+        if cfg.mp_type == "simple":  # messages h_j * e_ij: edges as wide as atoms (as the package sets it)
+            cfg = replace(cfg, num_filters=cfg.hidden_channels)
         self.config, self.statistics = cfg, statistics
         self.elements = [int(z) for z in statistics.elements]
         if max(self.elements) >= NUM_Z:

@@ -2,8 +2,9 @@
 its venv (``bash scripts/bench/setup_peers.sh faenet``), never by molequi's venv.
 
     PY _faenet_peer.py build SPEC.json GRAPHS.pt OUT.pt
-        FAENet with seeded random weights, evaluated on the graphs with the package's full 3D frame averaging
-        and, for periodic graphs, 2D; OUT.pt has its state dict and energies / forces per graph and frame mode
+        for each spec of SPEC.json (one or a list): FAENet with seeded random weights, evaluated on the graphs
+        with the package's full 3D frame averaging and, for periodic graphs, 2D; OUT.pt has, per model, its
+        state dict and energies / forces per graph and frame mode
     PY _faenet_peer.py table OUT.json
         the package's element table (molequi/resources/faenet/elements.json)
 
@@ -67,14 +68,21 @@ def randomise(model: torch.nn.Module, seed: int, gain: float) -> None:
 
 
 def build(spec_path: str, graphs_path: str, out_path: str) -> None:
+    torch.set_default_dtype(torch.float64)
+    specs = json.loads(open(spec_path).read())
+    models = []
+    for spec in specs if isinstance(specs, list) else [specs]:
+        models.append(build_one(dict(spec), graphs_path))
+    torch.save({"models": models, "faenet": version("faenet")}, out_path)
+
+
+def build_one(spec: dict, graphs_path: str) -> dict:
     import time
 
     from faenet import FAENet, model_forward
     from faenet.frame_averaging import frame_averaging_2D, frame_averaging_3D
     from torch_geometric.data import Data
 
-    torch.set_default_dtype(torch.float64)
-    spec = json.loads(open(spec_path).read())
     seed, gain = spec.pop("seed"), spec.pop("_gain", 1.0)
     torch.manual_seed(seed)
     model = FAENet(**spec).double()
@@ -114,15 +122,11 @@ def build(spec_path: str, graphs_path: str, out_path: str) -> None:
                 "wall_s": time.perf_counter() - w0,
             }
         )
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "results": results,
-            "faenet": version("faenet"),
-            "num_params": sum(p.numel() for p in model.parameters()),
-        },
-        out_path,
-    )
+    return {
+        "state_dict": model.state_dict(),
+        "results": results,
+        "num_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT]     (see scripts/parity/escn.py)
     python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT]  (scripts/parity/equiformer_v2.py)
     python scripts/parity/check.py eqgat_diff --peer-code PATH [--checkpoint CKPT]  (scripts/parity/eqgat_diff.py)
-    python scripts/parity/check.py faenet --peer-python PY [--size tiny|default]  (scripts/parity/faenet.py)
+    python scripts/parity/check.py faenet --peer-python PY [--size default]  (scripts/parity/faenet.py)
 
 ``mace``: builds mace-torch models with random weights in the peer python (``PY``, a python with mace-torch,
 e.g. the venv of ``scripts/bench/setup_peers.sh``), saves each as ``*.model`` the way mace_run_train does

@@ -351,7 +351,9 @@ class FAENet(EnergyModel):
         num_interactions: int = 4
         """Interaction (message-passing) blocks."""
         mp_type: str = "updownscale_base"
-        """'base', 'simple', 'updownscale', 'updownscale_base' or 'updown_local_env'."""
+        """'base', 'simple', 'updownscale', 'updownscale_base' or 'updown_local_env' (written from the
+        package's source but not checked against it: its own code fails under torch_geometric 2.8.1;
+        the others are)."""
         graph_norm: bool = True
         """GraphNorm after each aggregation (per structure)."""
         complex_mp: bool = False

@@ -49,6 +49,7 @@ SMILES_CSV = os.environ.get("MOLEQUI_QM9_SMILES_CSV", "qm9/qm9.csv")
 SUBSET = ROOT / "data" / "qm9_geometries" / "qm9_geometries.extxyz"
 OUT = ROOT / "bench_results"
 TOY_TEACHER = str(OUT / "toy" / "teacher.pt")  # git-ignored, as are the students under toy/<name>/
+TOY_TEACHER_GEOLDM = str(OUT / "toy" / "geoldm_teacher.pt")  # toy --model geoldm
 EDM_ROWS = {  # published, % (atom stab, mol stab, valid, valid x unique)
     "data (EDM paper)": [99.0, 95.2, 97.7, 97.7], "EDM (paper, 3000 epochs on GPU)": [98.7, 82.0, 91.9, 90.7],
     "GeoLDM (paper)": [98.9, 89.4, 93.8, 92.7],
@@ -404,14 +405,18 @@ def cmd_make_subset(args) -> None:
 
 def cmd_toy(args) -> None:
     """Distillation where quality is measurable in a short CPU budget: EDM overfit on QM9 ids 1-10 (EMA
-    teacher), then 1000-step ancestral vs DDIM vs progressively distilled DDIM students (start / 2, ...)."""
-    from molequi.models.generative.distill import progressive_distillation
+    teacher), then 1000-step ancestral vs DDIM vs progressively distilled DDIM students (start / 2, ...).
+    ``--model geoldm``: the same with GeoLDM (latent_nf 1, trainable_ae) distilled in its latent space, v
+    students by default (AccGeoLDM)."""
+    from molequi.models.generative.distill import default_weighting, progressive_distillation
 
     torch.set_num_threads(1)
     mols = read_molecules(str(SUBSET), limit=10)
     ds = GeometryDataset(mols)
     records = [ds[i] for i in range(10)]
-    ckpt = Path(args.teacher)
+    latent = args.model == "geoldm"
+    keys = {"model_keys": {"name": "geoldm", "latent_nf": 1, "trainable_ae": True}} if latent else {}
+    ckpt = Path(args.teacher or (TOY_TEACHER_GEOLDM if latent else TOY_TEACHER))
     info_path = ckpt.with_suffix(".json")  # how the teacher was trained, for reruns with --reuse-teacher
     if args.reuse_teacher and ckpt.exists():
         model = load_generative(ckpt)
@@ -419,11 +424,14 @@ def cmd_toy(args) -> None:
         teacher_info["reused"] = str(ckpt)
     else:
         t0, c0 = time.perf_counter(), time.process_time()
-        model, _, _ = train_edm(records * args.repeat, hidden=args.hidden, layers=args.layers, timesteps=1000,
-                                lr=args.lr, amsgrad=False, scheduler="cosine", ema=args.ema,
-                                batch_size=10 * args.repeat, max_steps=args.iterations, seed=0)
-        teacher_info = {"hidden": args.hidden, "layers": args.layers, "params": count_parameters(model),
-                        "iterations": args.iterations, "batch": 10 * args.repeat, "lr": args.lr,
+        model, done, _ = train_edm(records * args.repeat, hidden=args.hidden, layers=args.layers,
+                                   timesteps=1000, lr=args.lr, amsgrad=False, scheduler="cosine", ema=args.ema,
+                                   batch_size=10 * args.repeat, max_steps=args.iterations, seed=0,
+                                   max_time=None if args.max_minutes is None else 60 * args.max_minutes, **keys)
+        teacher_info = {"model": args.model, **keys.get("model_keys", {}),
+                        "hidden": args.hidden, "layers": args.layers, "params": count_parameters(model),
+                        "iterations": args.iterations, "iterations_done": done, "batch": 10 * args.repeat,
+                        "lr": args.lr,
                         "lr_schedule": "cosine to 0", "ema": args.ema, "grad_clip": 1.0,
                         "trainer": "molequi.train (task diffusion)",
                         "train_seconds": time.perf_counter() - t0,
@@ -432,22 +440,27 @@ def cmd_toy(args) -> None:
         save_checkpoint(model, ckpt)
         atomic_write_text(info_path, json.dumps(teacher_info, indent=1) + "\n")
     model.eval()
+    par = args.parameterisation or ("v" if latent else "eps")
+    weighting = args.weighting or default_weighting(par)
     t0, c0 = time.perf_counter(), time.process_time()
     paths = progressive_distillation(model, records, args.start_steps, args.rounds, OUT / "toy" / args.name,
                                      iterations=args.distill_iterations, batch_size=10 * args.repeat,
-                                     lr=args.distill_lr, weighting=args.weighting,
+                                     lr=args.distill_lr, weighting=weighting, parameterisation=par,
                                      ema=args.distill_ema or None,
                                      log=lambda m: print(m, flush=True) if " it 0 " in m or "99 loss" in m
                                      else None)
     distill = {"iterations_per_round": args.distill_iterations, "lr": args.distill_lr,
                "lr_schedule": "linear to 0",
-               "batch": 10 * args.repeat, "weighting": args.weighting, "ema": args.distill_ema or None,
+               "batch": 10 * args.repeat, "weighting": weighting, "parameterisation": par,
+               "space": "latent" if latent else "data", "ema": args.distill_ema or None,
                "start_steps": args.start_steps, "rounds": args.rounds,
                "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     print(json.dumps(distill), flush=True)
     rows = toy_rows(model, paths, args.n, args.etas)
+    from _common import provenance
+
     save_json(args.name, {"hardware": hardware(), "molecules": 10, "teacher": teacher_info,
-                          "distill": distill, "rows": rows})
+                          "distill": distill, "rows": rows, "provenance": provenance(None, None, None)})
 
 
 TOY_SMILES = ["C", "N", "O", "C#C", "C#N", "C=O", "CC", "CO", "C#CC", "CC#N"]  # QM9 ids 1-10
@@ -912,9 +925,15 @@ def main(argv=None) -> None:
     s.add_argument("--distill-iterations", type=int, default=1000)
     s.add_argument("--distill-lr", type=float, default=1e-4)
     s.add_argument("--distill-ema", type=float, default=0.0, help="EMA decay of the students (0: none)")
-    s.add_argument("--weighting", choices=["snr", "truncated_snr"], default="snr")
-    s.add_argument("--teacher", default=TOY_TEACHER, help="the teacher's checkpoint: "
-                   "written after training, read with --reuse-teacher")
+    s.add_argument("--weighting", choices=["snr", "truncated_snr"], default=None,
+                   help="default: snr for eps students, truncated_snr for v / x")
+    s.add_argument("--model", choices=["edm", "geoldm"], default="edm",
+                   help="geoldm: distil GeoLDM in its latent space (AccGeoLDM)")
+    s.add_argument("--parameterisation", choices=["eps", "v", "x"], default=None,
+                   help="the students' (default: v for geoldm, eps for edm)")
+    s.add_argument("--max-minutes", type=float, default=None, help="also stop the teacher's training here")
+    s.add_argument("--teacher", default=None, help="the teacher's checkpoint: written after training, read "
+                   f"with --reuse-teacher (default {TOY_TEACHER}, geoldm: {TOY_TEACHER_GEOLDM})")
     s.add_argument("--reuse-teacher", action="store_true", help="reuse the --teacher checkpoint")
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--etas", type=float, nargs="+", default=[0.0], help="DDIM etas of the students' rows")

@@ -6,9 +6,13 @@ this (Dynamo does not trace ``torch.autograd.grad``, and AOTAutograd's compiled 
 its own). What works (torch 2.13): take the derivatives with ``torch.func.grad`` INSIDE the compiled function
 (``molequi.response.functional_energy_response``), so energy, forces and stress are outputs of one compiled
 forward graph, and the loss needs only that graph's first-order backward, which AOTAutograd compiles. Force
-fields (``EnergyModel``) run this way (``EnergyModel.compile_training``): EGNN's parameter gradients equal
-eager ones (tests/models/test_compile.py); MACE's did not and EquiformerV2's are unchecked, so those two are
-refused with a ConfigError (``UNVERIFIED``) rather than trained with wrong gradients.
+fields (``EnergyModel``) run this way (``EnergyModel.compile_training``): EGNN's, MACE's and EquiformerV2's
+parameter gradients equal eager ones (float64, 1e-10; MACE's under Inductor in float32, 1e-5: tests/models/
+test_compile.py).
+MACE's were wrong (max abs difference 2.6) while its gather / scatter were custom autograd.Functions, whose
+second derivative Dynamo gets wrong under torch.func.grad (torch 2.13); compiled code uses plain ops
+(``molequi.nn.scatter.plain_autograd``). A force field found wrong or not checked would be listed in
+``UNVERIFIED`` and refused with a ConfigError rather than trained with wrong gradients.
 
 Other models have no derivative in their forward; everything below compiles with ``fullgraph=True``. A
 model's ``compile_forward(backend)`` says what to compile: the Hamiltonian models their ``predict`` (the
@@ -27,14 +31,7 @@ from molequi.errors import ConfigError
 
 
 #: force fields whose compiled training was found wrong or not yet checked against eager gradients (torch 2.13)
-UNVERIFIED = {
-    "MACE": "is refused: its compiled force-loss parameter gradients differed from eager ones (max abs "
-            "difference 2.6 on a two-structure float64 batch, losses equal), most likely the custom "
-            "autograd.Functions of molequi.nn.scatter whose second derivative torch.func.grad does not see "
-            "inside a compiled graph",
-    "EquiformerV2": "is refused: its compiled training has not been checked against eager gradients yet "
-                    "(the check did not finish on a loaded two-core machine)",
-}
+UNVERIFIED: dict[str, str] = {}  # none at present: MACE and EquiformerV2 checked (module docstring)
 
 
 def backend_of(setting: bool | str) -> str:

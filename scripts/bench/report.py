@@ -648,6 +648,29 @@ def row_gaunt(res: Path) -> list[str]:
     )
 
 
+def row_compile_speed(res: Path) -> list[str]:
+    d = load(res, "compile_speed")
+    names = {"mace": "MACE", "equiformer_v2": "EquiformerV2"}
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in d["rows"]):
+        tasks = []
+        for r in (r for r in d["rows"] if r["model"] == model):
+            e, c = r["times"]["eager"], r["times"]["compiled"]
+            cpu, wall = e["median_cpu_s"] / c["median_cpu_s"], e["median_wall_s"] / c["median_wall_s"]
+            check = (f"max |ΔF| {r['max_abs_force_diff']:.0e} eV/Å" if "max_abs_force_diff" in r
+                     else f"gradients within {r['max_rel_grad_diff']:.0e} relative")
+            tasks.append(f"{r['task']} {ratio(cpu)}x CPU ({ratio(wall)}x wall; {check}; first compiled call "
+                         f"{r['first_compiled_call']['wall_s']:.0f} s wall)")
+        parts.append(f"{names.get(model, model)}: {', '.join(tasks)}")
+    result = (
+        f"compiled / eager speed ({d['backend']}, above 1: compiled faster, below 1: slower): "
+        f"{'; '.join(parts)}; {d['system']}, {d['dtype'].replace('float', 'f')}, median of {d['repeats']} "
+        "after one warm-up"
+    )
+    return row("torch.compile vs eager on CPU (`trainer.compile`, `MolequiCalculator(compile=True)`)",
+               "`python scripts/bench/compile_speed.py`", result, d["provenance"])
+
+
 def row_models(res: Path) -> list[str]:
     d = load(res, "models")
     eth = [r for r in d["rows"] if r["dataset"] == "rmd17_ethanol"]
@@ -974,6 +997,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_tensor_products(results),
         row_tensor_products_mace(results),
         row_gaunt(results),
+        row_compile_speed(results),
         row_models(results),
         row_datasets(results),
         *rows_hamiltonian(results),

@@ -12,7 +12,8 @@ from molequi.models import MODELS, build_model, get_model_class
 from molequi.models.base import ForceField, GenerativeModel
 
 STATS = Statistics(elements=[1, 6, 8], avg_num_neighbors=6.0)
-FORCE_FIELDS = ["mace", "egnn", "lj", "equiformer_v2", "faenet", "frame_averaging", "escn", "equiformer_v2_fairchem"]
+FORCE_FIELDS = ["mace", "egnn", "lj", "equiformer_v2", "faenet", "frame_averaging", "escn", "equiformer_v2_fairchem",
+                "scn"]
 GENERATIVE = ["edm", "geoldm", "eqgat_diff", "egnn_categorical"]
 
 
@@ -28,9 +29,10 @@ def test_registered_force_fields_satisfy_the_protocol(name):
     assert isinstance(model, ForceField)
     assert model.r_max == 4.25  # the cutoff written in the config, in Å
     assert list(model.elements) == [1, 6, 8]  # the elements of the statistics it was built with
-    # frame averaging is not conservative at degenerate frames (tests/models/test_frame_averaging.py); eSCN's
-    # and fairchem EquiformerV2's default is fairchem's direct force head
-    assert model.conservative is (name not in ("faenet", "frame_averaging", "escn", "equiformer_v2_fairchem"))
+    # frame averaging is not conservative at degenerate frames (tests/models/test_frame_averaging.py); eSCN's,
+    # SCN's (its only mode) and fairchem EquiformerV2's default is fairchem's direct force head
+    assert model.conservative is (name not in ("faenet", "frame_averaging", "escn", "equiformer_v2_fairchem",
+                                                 "scn"))
     assert not isinstance(model, GenerativeModel)
 
 

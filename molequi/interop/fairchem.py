@@ -18,7 +18,8 @@ deprecated one-class model, or a ``hydra`` model of ``equiformer_v2_backbone`` w
 ``equiformer_v2_energy_head`` / ``equiformerV2_scalar_head`` (reduce 'sum') and one force head
 ``equiformer_v2_force_head`` / ``equiformerV2_vector_head``) becomes molequi's ``equiformer_v2_fairchem``
 (``molequi.models.equiformer_v2_fairchem``; fairchem's fixed tables - Wigner / coefficient mappings, index
-buffers - are not read, its two S2 grids the model uses are). Other models (``scn``, other backbones or heads, ...)
+buffers - are not read, its two S2 grids the model uses are). SCN (``scn``, one class, no HydraModel in
+fairchem 1.10) becomes ``molequi.models.scn.SCN``. Other models (other backbones or heads, ...)
 and options molequi does not implement are refused by name. Options missing from the config take fairchem's constructor
 defaults (cutoff 8, max_neighbors 40, 8 layers, lmax [6], mmax [2], width 1.0, ...), as fairchem would.
 
@@ -42,7 +43,24 @@ import torch
 from molequi.errors import CheckpointError, UnsupportedModelError
 
 ORIGIN = "fairchem-core checkpoint"
-MODELS = ("escn", "equiformer_v2")
+MODELS = ("escn", "equiformer_v2", "scn")
+
+# fairchem SCN constructor defaults (fairchem-core 1.10.0, models/scn/scn.py) for keys a config leaves out
+_SCN_DEFAULTS = {
+    "use_pbc": True, "use_pbc_single": True, "regress_forces": True, "otf_graph": False, "max_num_neighbors": 20,
+    "cutoff": 8.0, "max_num_elements": 90, "num_interactions": 8, "lmax": 6, "mmax": 1, "num_resolutions": 2,
+    "sphere_channels": 128, "sphere_channels_reduce": 128, "hidden_channels": 256, "num_taps": -1,
+    "use_grid": True, "num_bands": 1, "num_sphere_samples": 128, "num_basis_functions": 128,
+    "distance_function": "gaussian", "basis_width_scalar": 1.0, "distance_resolution": 0.02,
+    "show_timing_info": False, "direct_forces": True,
+}
+# fairchem name -> molequi SCN.Config field (the other keys: use_pbc, regress_forces checked; the rest no effect;
+# fairchem's direct_forces argument is unused by its code)
+_SCN_FIELDS = {"cutoff": "r_max", "max_num_neighbors": "max_neighbors", "num_interactions": "num_layers",
+               **{k: k for k in ("max_num_elements", "lmax", "mmax", "num_resolutions", "sphere_channels",
+                                 "sphere_channels_reduce", "hidden_channels", "num_taps", "use_grid", "num_bands",
+                                 "num_sphere_samples", "num_basis_functions", "distance_function",
+                                 "basis_width_scalar", "distance_resolution")}}
 
 # fairchem EquiformerV2Backbone constructor defaults (fairchem-core 1.10.0, models/equiformer_v2/equiformer_v2.py)
 _EQV2_DEFAULTS = {
@@ -287,6 +305,27 @@ def escn_config(options: dict, source: str | None = None):
     return cfg
 
 
+def scn_config(options: dict, source: str | None = None):
+    """The ``SCN.Config`` of a fairchem SCN's options (refusing, by name, what molequi does not implement)."""
+    from molequi.errors import ConfigError
+    from molequi.models.scn import SCN
+
+    opts = {**_SCN_DEFAULTS, **options}
+    bad = [f"unknown SCN option '{k}'" for k in options if k not in _SCN_DEFAULTS]
+    if not opts["regress_forces"]:
+        bad.append("regress_forces: False (molequi's SCN has fairchem's direct force head)")
+    if not opts["use_pbc"]:
+        bad.append("use_pbc: False (molequi's graph follows each structure's pbc flags)")
+    cfg = SCN.Config(**{new: opts[old] for old, new in _SCN_FIELDS.items()}, direct_forces=True, edge_roll="random")
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        bad.append(str(exc))
+    if bad:
+        raise UnsupportedFairchemOptionError(bad, source=source, origin=ORIGIN)
+    return cfg
+
+
 def _plain_name(key: str, heads: tuple[str, str] | None = None) -> str:
     """fairchem's parameter name without ``module.`` prefixes, HydraModel's ``backbone.`` and
     ``output_heads.<energy head>.`` / ``output_heads.<force head>.`` (eSCN's own names remain)."""
@@ -365,13 +404,18 @@ def import_fairchem(path: str | Path, dtype: torch.dtype = torch.float64, ema: b
     if name not in MODELS:
         raise UnsupportedFairchemOptionError(
             [f"model '{name}': molequi imports fairchem's {', '.join(MODELS)} (also as a hydra model with the "
-             "escn_backbone or equiformer_v2_backbone); SCN and other backbones are not implemented"],
+             "escn_backbone or equiformer_v2_backbone); other backbones are not implemented"],
             source=str(path), origin=ORIGIN)
     heads = options.get("_hydra_heads")
     eqv2 = name == "equiformer_v2"
-    cfg = equiformer_v2_config(options, source=str(path)) if eqv2 else escn_config(options, source=str(path))
+    if name == "scn":
+        from molequi.models.scn import SCN
+
+        cfg = scn_config(options, source=str(path))
+    else:
+        cfg = equiformer_v2_config(options, source=str(path)) if eqv2 else escn_config(options, source=str(path))
     stats = Statistics(elements=list(range(1, min(cfg.max_num_elements, 119))))
-    model = EquiformerV2Fairchem(cfg, stats) if eqv2 else ESCN(cfg, stats)
+    model = SCN(cfg, stats) if name == "scn" else EquiformerV2Fairchem(cfg, stats) if eqv2 else ESCN(cfg, stats)
     state = ckpt["state_dict"]
     if ema:
         state = ema_state_dict(state, ckpt.get("ema"), str(path), _EQV2_NOT_TRAINED if eqv2 else None)
@@ -390,7 +434,7 @@ def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.d
     from molequi.config import to_plain
 
     model, normalizers = import_fairchem(path, dtype, ema=ema)
-    name = "escn" if type(model).__name__ == "ESCN" else "equiformer_v2_fairchem"
+    name = {"ESCN": "escn", "SCN": "scn"}.get(type(model).__name__, "equiformer_v2_fairchem")
     payload = make_payload(config={"model": {"name": name, **to_plain(model.config)}},
                            statistics=model.statistics.to_dict(), model_state=model.state_dict(), dtype=dtype)
     payload["fairchem_normalizers"] = normalizers
@@ -398,5 +442,5 @@ def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.d
     return payload
 
 
-__all__ = ["read_fairchem_checkpoint", "model_options", "ema_state_dict", "escn_config", "equiformer_v2_config", "state_to_molequi", "import_fairchem",
+__all__ = ["read_fairchem_checkpoint", "model_options", "ema_state_dict", "escn_config", "equiformer_v2_config", "scn_config", "state_to_molequi", "import_fairchem",
            "import_fairchem_checkpoint", "UnsupportedFairchemOptionError"]

@@ -29,6 +29,7 @@ MODELS = Registry("model", {
     "hamiltonian_conv": "molequi.models.hamiltonian.conv:HamiltonianConv",
     "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
     "escn": "molequi.models.escn:ESCN",
+    "scn": "molequi.models.scn:SCN",
     "equiformer_v2_fairchem": "molequi.models.equiformer_v2_fairchem:EquiformerV2Fairchem",
     "faenet": "molequi.models.faenet:FAENet",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",

@@ -4,6 +4,7 @@
     python scripts/parity/check.py edm --peer-code PATH [--checkpoint RUN_DIR]    (see scripts/parity/edm.py)
     python scripts/parity/check.py qhnet --peer-code PATH [--checkpoint CKPT]    (see scripts/parity/qhnet.py)
     python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT]     (see scripts/parity/escn.py)
+    python scripts/parity/check.py scn --peer-python PY [--checkpoint CKPT]      (see scripts/parity/scn.py)
     python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT]  (scripts/parity/equiformer_v2.py)
     python scripts/parity/check.py eqgat_diff --peer-code PATH [--checkpoint CKPT]  (scripts/parity/eqgat_diff.py)
     python scripts/parity/check.py faenet --peer-python PY [--size default]  (scripts/parity/faenet.py)
@@ -200,6 +201,11 @@ def main(argv=None) -> int:
         from escn import main as escn_main
 
         return escn_main(argv[1:])
+    if argv[:1] == ["scn"]:  # fairchem SCN's: check.py scn --peer-python PY [...] (scripts/parity/scn.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from scn import main as scn_main
+
+        return scn_main(argv[1:])
     if argv[:1] == ["equiformer_v2"]:  # fairchem EquiformerV2's: check.py equiformer_v2 --peer-python PY [...]
         sys.path.insert(0, str(Path(__file__).parent))
         from equiformer_v2 import main as equiformer_v2_main

@@ -910,6 +910,48 @@ def rows_generation(res: Path) -> list[list[str]]:
     ]
 
 
+def row_generation_latent_distill(res: Path) -> list[str]:
+    """GeoLDM distilled in its latent space with v students (``generation.py toy --model geoldm``)."""
+    d = load(res, "generation_toy_geoldm")
+    te, di, rows = d["teacher"], d["distill"], d["rows"]
+
+    def pick(model: str, steps: int, method: str, eta: float = 0.0) -> dict:
+        return next(r for r in rows if r["model"] == model and r["steps"] == steps and r["method"] == method
+                    and (r["eta"] or 0.0) == eta)
+
+    def stab(r: dict) -> str:
+        return f"{r['molecule_stability']:.1f}"
+
+    def cpu(r: dict) -> str:
+        return f"{r['cpu_seconds'] / r['n']:.3g}"
+
+    students = sorted({r["steps"] for r in rows if r["model"] != "teacher"}, reverse=True)
+    a1000, d1000 = pick("teacher", 1000, "ancestral"), pick("teacher", 1000, "ddim")
+    def speedup(k: int) -> str:
+        return ratio(a1000["cpu_seconds"] / pick(f"student_{k}.pt", k, "ddim", 1.0)["cpu_seconds"], 0)
+
+    per_step = "; ".join(
+        f"{k}: {stab(pick(f'student_{k}.pt', k, 'ddim'))} / {stab(pick(f'student_{k}.pt', k, 'ddim', 1.0))} vs "
+        f"{stab(pick('teacher', k, 'ddim'))} / {stab(pick('teacher', k, 'ancestral'))} "
+        f"({cpu(pick(f'student_{k}.pt', k, 'ddim', 1.0))} CPU s/molecule, {speedup(k)}x the 1000-step "
+        "teacher's speed)" for k in students)
+    chain = " -> ".join(str(k) for k in [di["start_steps"], *students])
+    done = f"{te.get('iterations_done', te['iterations']):,}" + ("+" if "iterations_done_note" in te else "")
+    result = (
+        f"GeoLDM (latent_nf {te.get('latent_nf', 1)}, {te['hidden']} x {te['layers']}, trainable_ae) overfit on "
+        f"{d['molecules']} QM9 molecules ({done} of {te['iterations']:,} planned iterations in "
+        f"{te['train_seconds'] / 60:.0f} wall min), distilled {chain} in its latent space (encoder / decoder "
+        f"frozen) with {di['parameterisation']} students ({di['weighting']} loss on x, "
+        f"{di['iterations_per_round']} iterations per round), {a1000['n']} samples per row, molecule "
+        f"stability %: 1000-step teacher ancestral {stab(a1000)} / DDIM {stab(d1000)} ({cpu(a1000)} CPU "
+        f"s/molecule); per step count, student DDIM eta 0 / eta 1 vs the teacher's own DDIM / ancestral at "
+        f"the same steps: {per_step}"
+    )
+    command = ("`python scripts/bench/generation.py toy --model geoldm --iterations 5000 --max-minutes 17 "
+               "--start-steps 512 --rounds 4 --n 200 --etas 0 1 --name toy_geoldm`")
+    return row("3D generation, GeoLDM distilled in latent space (v students)", command, result, d["provenance"])
+
+
 def row_edm_equal_budget(res: Path) -> list[str]:
     d = load(res, "edm_equal_budget")
     e, m = d["sides"]["edm"], d["sides"]["molequi"]
@@ -1002,6 +1044,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_datasets(results),
         *rows_hamiltonian(results),
         *rows_generation(results),
+        row_generation_latent_distill(results),
         row_edm_equal_budget(results),
         row_eqgat_diff_speed(results),
         row_active_learning(results),

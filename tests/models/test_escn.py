@@ -194,7 +194,7 @@ def test_import_round_trip_cli_and_prefixes(tmp_path):
 
 @pytest.mark.parametrize("case,match", [
     ("global", "datetime.date"),
-    ("model", "model 'scn'"),
+    ("model", "model 'gemnet_oc'"),  # scn is imported since molequi.models.scn
     ("option", "unknown eSCN option 'use_smooth_cutoff'"),
     ("resolutions", r"lmax_list \[3, 3\]"),
     ("missing", "lacks.*fc1_edge_attr"),
@@ -213,7 +213,7 @@ def test_import_refusals_are_named(tmp_path, case, match):
     if case == "global":
         kw["extra"] = {"val_metrics": {"when": datetime.date(2024, 1, 1)}}
     elif case == "model":
-        cfg["name"] = "scn"
+        cfg["name"] = "gemnet_oc"
     elif case == "option":
         cfg["use_smooth_cutoff"] = True
     elif case == "resolutions":

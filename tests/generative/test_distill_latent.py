@@ -184,3 +184,36 @@ def _f32(n):
     d = _molecule(n)
     d.pos = d.pos.float()
     return d
+
+
+def test_report_row_of_the_latent_toy_from_hand_computed_numbers(tmp_path):
+    """scripts/bench/report.py's latent-distillation row from a crafted result file: stabilities as given,
+    CPU s per molecule and the speed-up over the 1000-step teacher computed here by hand."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "scripts" / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_report_latent", bench / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    def r(model, steps, method, eta, stab, cpu):
+        return {"model": model, "steps": steps, "method": method, "eta": eta, "molecule_stability": stab,
+                "cpu_seconds": cpu, "n": 200}
+
+    rows = [r("teacher", 1000, "ancestral", 0.0, 80.0, 40.0), r("teacher", 1000, "ddim", 0.0, 60.0, 40.0),
+            r("teacher", 16, "ancestral", 0.0, 55.5, 0.7), r("teacher", 16, "ddim", 0.0, 44.0, 0.6),
+            r("student_16.pt", 16, "ddim", 0.0, 45.0, 0.64), r("student_16.pt", 16, "ddim", 1.0, 58.25, 0.5)]
+    prov = {"peer": None, "peer_version": None, "peer_measured_in_this_run": None, "threads": 1,
+            "load_average": [2.0, 2.0, 2.0]}
+    d = {"molecules": 10, "teacher": {"hidden": 8, "layers": 2, "latent_nf": 1, "iterations": 100,
+                                      "train_seconds": 120.0},
+         "distill": {"start_steps": 32, "parameterisation": "v", "weighting": "truncated_snr",
+                     "iterations_per_round": 50}, "rows": rows, "provenance": prov}
+    (tmp_path / "generation_toy_geoldm.json").write_text(json.dumps(d))
+    cell = report.row_generation_latent_distill(tmp_path)[2]
+    assert "ancestral 80.0 / DDIM 60.0 (0.2 CPU s/molecule)" in cell  # 40 / 200
+    # 16 steps: student eta 0 / eta 1 vs teacher DDIM / ancestral; 0.5 / 200 = 0.0025 s; 40 / 0.5 = 80x
+    assert "16: 45.0 / 58.2 vs 44.0 / 55.5 (0.0025 CPU s/molecule, 80x" in cell
+    assert "32 -> 16" in cell and "100 of 100 planned iterations" in cell

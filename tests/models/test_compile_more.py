@@ -6,7 +6,8 @@ and no data-dependent size is left in it; ``trainer.compile`` (``compile_for_tra
 matrices and the eager parameter gradients of the Hamiltonian task's loss (float64, 1e-10) on batches of new
 sizes, with the structure computed ahead as the trainer does (``prepare_batch``). EDM and the categorical
 diffusion: ``trainer.compile`` compiles their denoiser, and the training loss and its gradients equal eager.
-The equality checks use ``aot_eager`` (Dynamo + AOTAutograd, no code generation); one Inductor case."""
+The equality checks use ``aot_eager`` (Dynamo + AOTAutograd, no code generation); Inductor is refused for the
+denoisers (it gave EDM's 4-block denoiser a zero coordinate update)."""
 
 from __future__ import annotations
 
@@ -155,21 +156,12 @@ def test_generative_compiled_training_equals_eager(name):
             )
 
 
-def test_edm_denoiser_under_inductor_equals_eager():
-    """The one Inductor case (C++ code generated and run): trainer.compile's default backend on EDM's
-    denoiser, float64 outputs equal eager's (one batch: a second size would compile again, ~25 s more)."""
-    from molequi.models.generative.graph import fully_connected_edges
+def test_inductor_is_refused_for_the_denoisers():
+    """Inductor gave EDM's 4-block denoiser a zero coordinate update (scripts/bench/compile_speed_more.py:
+    relative output difference 1.0), so trainer.compile: true (Inductor) is refused for the generative models
+    rather than training them on wrong outputs; aot_eager (tests above) is allowed."""
+    from molequi.errors import ConfigError
 
-    eager, compiled = _generative("edm").eval(), _generative("edm").eval()
-    compile_for_training(compiled, True)  # trainer.compile: true -> Inductor
-    dynamo.reset()
-    for seed, numbers in enumerate(([[6, 6, 8, 1, 1, 1], [8, 1, 1]],)):
-        b = _generative_batch(seed, *numbers)
-        x, h = eager.encode(b.numbers, b.pos, b.batch, b.num_graphs)
-        t = torch.rand(b.num_graphs, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        edges = fully_connected_edges(b.batch, b.num_graphs)
-        with torch.no_grad():
-            want = eager.dynamics(x, h, t, b.batch, edges)
-            got = compiled.dynamics(x, h, t, b.batch, edges)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10 * w.abs().max().item())
+    for name in ("edm", "egnn_categorical"):
+        with pytest.raises(ConfigError, match="trainer.compile.*Inductor.*zero coordinate update"):
+            compile_for_training(_generative(name), True)

@@ -292,3 +292,19 @@ def test_imported_and_memory_rows_from_crafted_results(report, tmp_path):
     assert "unchunked 2.0 / over 14 GiB; auto 1.0 / 2.0; mace-torch 4.0 / over 14 GiB (over N GiB" in row[2]
     assert "molequi auto / mace-torch 0.25x where both ran" in row[2]
     assert row[2].endswith("; training step unchunked 3.0 / not run")
+
+
+def test_compile_speed_more_row_from_the_per_call_times(report):
+    """The trainer.compile row of QHNet / EDM: each CPU ratio is the median of the eager per-call CPU times
+    over the median of the compiled ones, recomputed from the lists in every compile_speed_more*.json."""
+    line = next(l for l in report.render(RESULTS).splitlines()
+                if l.startswith("| torch.compile vs eager on CPU, Hamiltonian"))
+    paths = sorted(RESULTS.glob("compile_speed_more*.json"))
+    assert paths
+    for path in paths:
+        rows = json.loads(path.read_text())["rows"]
+        for model in {r["model"] for r in rows}:
+            for mode in ("inference", "training"):
+                e, c = (next(r for r in rows if (r["model"], r["mode"], r["variant"]) == (model, mode, v))
+                        for v in ("eager", "compiled"))
+                assert f"= {statistics.median(e['cpus']) / statistics.median(c['cpus']):.2f}x CPU" in line

@@ -998,6 +998,43 @@ def row_eqgat_diff_speed(res: Path) -> list[str]:
                d["provenance"])
 
 
+def row_compile_speed_more(res: Path) -> list[str]:
+    """trainer.compile of QHNet and of EDM's denoiser vs eager (scripts/bench/compile_speed_more.py; its
+    models may have run in separate processes: every bench_results/compile_speed_more*.json)."""
+    runs = [load(res, p.stem) for p in sorted(res.glob("compile_speed_more*.json"))]
+    if not runs:
+        raise ReportError(f"{res}: no compile_speed_more*.json "
+                          "(run python scripts/bench/compile_speed_more.py)")
+    names = {"qhnet": "QHNet", "edm": "EDM denoiser"}
+    parts, f64 = [], None
+    for d in runs:
+        f64 = f64 or d.get("check_f64")
+        for model in dict.fromkeys(r["model"] for r in d["rows"]):
+            modes = []
+            for mode in ("inference", "training"):
+                pair = {r["variant"]: r for r in d["rows"] if r["model"] == model and r["mode"] == mode}
+                e, c = pair["eager"], pair["compiled"]
+                diff = c["max_rel_output_diff"] if mode == "inference" else c["max_rel_grad_diff"]
+                what = "outputs" if mode == "inference" else "gradients"
+                check = (f"{what} within {diff:.0e} relative" if diff < 1e-3 else
+                         f"**wrong**: {what} differ by {diff:.1g} relative, so trainer.compile refuses "
+                         "Inductor here")
+                modes.append(
+                    f"{'inference' if mode == 'inference' else 'training step'} {e['cpu_s']:.3g} -> "
+                    f"{c['cpu_s']:.3g} CPU s = {ratio(c['speedup_cpu'], 2)}x CPU "
+                    f"({ratio(c['speedup_wall'], 2)}x wall; {check}; first compiled call "
+                    f"{c['first_compiled_call']['cpu_s']:.0f} CPU s)")
+            parts.append(f"{names.get(model, model)} ({d['settings'][model]}, {d['backend']}, "
+                         f"{d['dtype'].replace('float', 'f')}, median of {d['repeats']}): {', '.join(modes)}")
+    tail = ("" if not f64 else "; float64 aot_eager vs eager tiny-QHNet training gradients: largest "
+            f"relative difference {max(r['max_rel_grad_diff'] for r in f64['rows']):.1g} ({f64['graphs']} "
+            f"compiled graph for {len(f64['rows'])} batch sizes)")
+    result = ("eager -> compiled (fullgraph; above 1: compiled faster), interleaved calls after one warm-up: "
+              f"{'; '.join(parts)}{tail}")
+    return row("torch.compile vs eager on CPU, Hamiltonian and generative models (`trainer.compile`)",
+               "`python scripts/bench/compile_speed_more.py`", result, *[d["provenance"] for d in runs])
+
+
 def row_active_learning(res: Path) -> list[str]:
     runs = [load(res, "active_learning")]
     if (res / "active_learning_seed1.json").exists():
@@ -1047,6 +1084,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_generation_latent_distill(results),
         row_edm_equal_budget(results),
         row_eqgat_diff_speed(results),
+        row_compile_speed_more(results),
         row_active_learning(results),
     ]
 

@@ -695,6 +695,26 @@ def row_models(res: Path) -> list[str]:
     )
 
 
+def row_oc20_train(res: Path) -> list[str]:
+    d = load(res, "oc20_train")
+    a, split = d["args"], d["split"]
+    models = "; ".join(
+        f"{r['model']} {r['params']:,} params, {r['force_head']} forces: {r['steps']} steps, "
+        f"{r['step_cpu_s_median'] * 1000:.0f} CPU ms/step ({r['step_wall_s_median'] * 1000:.0f} wall), "
+        f"F {r['F_MAE_meV/A']:.1f} (free atoms {r['F_MAE_free_meV/A']:.1f}) meV/Å, E {r['E_MAE_meV']:.0f} meV"
+        for r in sorted(d["rows"], key=lambda r: r["F_MAE_meV/A"]))
+    failed = f"; **failed**: {', '.join(d['failed'])}" if d["failed"] else ""
+    result = (
+        f"{len(split['train_frames'])} train / {len(split['valid_frames'])} validation real OC20 S2EF frames "
+        f"(36 snapshots of one system + 1 of another, split by seed {split['seed']}), {a['budget']:.0f} training CPU s per model, 1 thread, each "
+        f"OC20 config scaled down by one rule ({d['scaling_rule']}), Adam {a['lr']:g}, batch 4, sorted by "
+        f"validation force MAE: {models}{failed}. Predicting zero forces: "
+        f"{d['F_MAE_zero_predictor_meV/A']:.1f} meV/Å. Early learning speed on tiny data, not final accuracy"
+    )
+    return row("OC20 S2EF models trained by `molequi train` at equal CPU time",
+               f"`python scripts/bench/oc20_train.py --budget {a['budget']:.0f}`", result, d["provenance"])
+
+
 def row_datasets(res: Path) -> list[str]:
     d = load(res, "datasets")
     q = load(res, "qm9_tarball")
@@ -1078,6 +1098,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_gaunt(results),
         row_compile_speed(results),
         row_models(results),
+        row_oc20_train(results),
         row_datasets(results),
         *rows_hamiltonian(results),
         *rows_generation(results),

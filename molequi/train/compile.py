@@ -34,12 +34,6 @@ from molequi.errors import ConfigError
 UNVERIFIED: dict[str, str] = {}  # none at present: MACE and EquiformerV2 checked (module docstring)
 
 
-#: why Inductor is refused for the generative denoisers (EDMBlock stacks): measured wrong (torch 2.13, CPU)
-INDUCTOR_DENOISER = ("is not compiled with Inductor: Inductor's code returned a zero coordinate update "
-                     "for EDM's denoiser with 4 blocks (eager: up to 0.38; float32 and float64, hidden 16 "
-                     "and 64; 2 blocks were right), which would train it on wrong outputs")
-
-
 def backend_of(setting: bool | str) -> str:
     """``trainer.compile`` -> a ``torch.compile`` backend (true: Inductor)."""
     return "inductor" if setting is True else str(setting)
@@ -68,10 +62,6 @@ def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.n
         return model
     target = getattr(model, "compile_target", None)
     if target is not None:  # a generative model's denoiser; training_loss's sampling stays eager
-        if backend == "inductor":
-            raise ConfigError(f"trainer.compile: {type(model).__name__}'s denoiser {INDUCTOR_DENOISER}; "
-                              "set trainer.compile: aot_eager (the same fullgraph capture, no code generation) "
-                              "or false")
         getattr(model, target).compile(fullgraph=True, backend=backend)
         return model
     model.compile(fullgraph=True, backend=backend)

@@ -6,8 +6,8 @@ and no data-dependent size is left in it; ``trainer.compile`` (``compile_for_tra
 matrices and the eager parameter gradients of the Hamiltonian task's loss (float64, 1e-10) on batches of new
 sizes, with the structure computed ahead as the trainer does (``prepare_batch``). EDM and the categorical
 diffusion: ``trainer.compile`` compiles their denoiser, and the training loss and its gradients equal eager.
-The equality checks use ``aot_eager`` (Dynamo + AOTAutograd, no code generation); Inductor is refused for the
-denoisers (it gave EDM's 4-block denoiser a zero coordinate update)."""
+The equality checks use ``aot_eager`` (Dynamo + AOTAutograd, no code generation), and Inductor for a 4-block EDM
+(it once gave that denoiser a zero coordinate update: see molequi.models.generative.graph.remove_mean)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 import torch._dynamo as dynamo
 from torch_geometric.data import Batch, Data
 
+from molequi.models.generative.graph import fully_connected_edges
 from molequi.train.compile import compile_for_training
 
 
@@ -156,12 +157,36 @@ def test_generative_compiled_training_equals_eager(name):
             )
 
 
-def test_inductor_is_refused_for_the_denoisers():
-    """Inductor gave EDM's 4-block denoiser a zero coordinate update (scripts/bench/compile_speed_more.py:
-    relative output difference 1.0), so trainer.compile: true (Inductor) is refused for the generative models
-    rather than training them on wrong outputs; aot_eager (tests above) is allowed."""
-    from molequi.errors import ConfigError
+def test_edm_four_block_denoiser_under_inductor_equals_eager():
+    """Inductor (torch 2.13, CPU) returned an exactly zero coordinate update for EDM's denoiser with >= 4
+    blocks (eager up to 0.43) when the per-molecule mean was a scatter-mean; remove_mean now takes the mean
+    as a one-hot product while compiling. trainer.compile: true (Inductor) gives the eager velocity, loss and
+    gradients of a 4-block EDM (float64)."""
+    from molequi.models import MODELS
 
-    for name in ("edm", "egnn_categorical"):
-        with pytest.raises(ConfigError, match="trainer.compile.*Inductor.*zero coordinate update"):
-            compile_for_training(_generative(name), True)
+    cls = MODELS.load("edm")
+
+    def build():
+        torch.manual_seed(0)
+        return cls(cls.Config(hidden=16, layers=4, timesteps=50, elements=[1, 6, 8])).double().train()
+
+    eager, compiled = build(), build()
+    compile_for_training(compiled, True)
+    batch = _generative_batch(0, [6, 6, 8, 1, 1, 1], [8, 1, 1], [6, 1, 1, 1, 1])
+    outs = []
+    for m in (eager, compiled):
+        x, h = m.encode(batch.numbers, batch.pos, batch.batch, batch.num_graphs)
+        t = torch.full((batch.num_graphs,), 0.5, dtype=torch.float64)
+        outs.append(m.dynamics(x, h, t, batch.batch, fully_connected_edges(batch.batch, batch.num_graphs))[0])
+    assert outs[0].abs().max() > 1e-3  # the velocity Inductor zeroed
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-10 * outs[0].abs().max().item())
+    results = []
+    for m in (eager, compiled):
+        m.zero_grad()
+        loss, _ = m.training_loss(batch.clone(), generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}))
+    (loss, grads), (loss_c, grads_c) = results
+    assert loss_c.item() == pytest.approx(loss.item(), rel=1e-10)
+    for k in grads:
+        torch.testing.assert_close(grads_c[k], grads[k], rtol=1e-8, atol=1e-10 * grads[k].abs().max().item())

@@ -48,6 +48,13 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch
 
 def remove_mean(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
     """Project (n, 3) positions onto the zero centre-of-mass subspace of each molecule (unit masses)."""
+    if torch.compiler.is_compiling():
+        # Inductor (torch 2.13, CPU) miscompiles the scatter-mean here when it follows EDM's stack of >= 4
+        # scatter-based coordinate updates: it returned an exactly zero velocity (eager 0.43) in float32 and
+        # float64; the same mean as a (B, n) one-hot product compiles right (tests/models/test_compile_more.py)
+        onehot = (batch.unsqueeze(0) == torch.arange(num_graphs, device=batch.device).unsqueeze(1)).to(x.dtype)
+        mean = (onehot @ x) / onehot.sum(1, keepdim=True).clamp(min=1)
+        return x - mean[batch]
     return x - scatter_mean(x, batch, num_graphs)[batch]
 
 

@@ -7,26 +7,28 @@ Node features x_i: real spherical-harmonic coefficients up to ``lmax`` (e3nn ord
 ``sphere_channels`` channels, (n, (L+1)^2, C). Edge e = (j -> i): fairchem's edge_index[0] = j (source),
 edge_index[1] = i (target), vector v_e = x_j - x_i (fairchem's ``edge_distance_vec``), distance d_e.
 
-Edge scalars    h_e = [G(d_e) (600 Gaussians on [0, cutoff], width 2 spacings) || emb_s(z_j) || emb_t(z_i)]
-                (the atom embeddings are per block: edge-degree embedding, every attention block, force head)
-Embedding       x_i = [emb(z_i), 0, ...] + (1/avg_degree) sum_{e -> i} D_e^T [Rad(h_e)]_{m=0}
-                (Rad: Linear-LayerNorm-SiLU-Linear-LayerNorm-SiLU-Linear; D_e^T with fairchem's rescale
-                sqrt((2l+1)/(2 mmax+1)) of degrees l > mmax)
-Block (x num_layers)   y = x + Attn(Norm_1(x));  x = y + FFN(Norm_2(y))
-  Attn: m_e = SO2Conv_1(D_e [x_j || x_i] ; Rad(h_e))  (edge frame, |m| <= mmax; its m = 0 part has
-        heads * alpha + H extra channels: attention logits and gating scalars)
-        m_e = SepS2Act(gate_e, m_e) (SiLU of the gating scalars as l = 0; SiLU on the (lmax, mmax) S2 grid for
-        l > 0);  v_e = SO2Conv_2(m_e)  (heads x value channels)
-        a_e^h = alpha_dot_h . SmoothLeakyReLU_0.2(LayerNorm(logits_e^h));  alpha = softmax over e -> i
-        (dropout ``alpha_drop`` in training);  out_i = Lin_l( sum_{e -> i} D_e^T alpha_e^h v_e^h )
-  FFN:  ``use_grid_mlp``: gate = SiLU(Lin(x^{l=0})); z = Lin_l(x) on the (lmax, lmax) grid through
-        Lin-SiLU-Lin-SiLU-Lin (no bias), back, its l = 0 replaced by gate; out = Lin_l(z)
-        else: z = SepS2Act(Lin(x^{l=0}), Lin_l(x)) on the (lmax, lmax) grid; out = Lin_l(z)
-  Norm: ``layer_norm_sh`` (LayerNorm on l = 0; one RMS over the l > 0 coefficients with each degree weighted
-        equally, a learned scale per (l, C)) or ``rms_norm_sh`` (centred l = 0, one RMS over all degrees).
-  Drop path (``drop_path_rate``, per structure) on both residual branches in training only.
-Output   x = Norm(x);  E = sum_i FFN_E(x_i)^{l=0} / avg_num_nodes;  F_i = Attn_F(x)_i^{l=1} (one channel, read
-         as (x, y, z) in fairchem's component order (e3nn's l = 1 order y, z, x), as fairchem reads it)
+Architecture::
+
+    Edge scalars    h_e = [G(d_e) (600 Gaussians on [0, cutoff], width 2 spacings) || emb_s(z_j) || emb_t(z_i)]
+                    (the atom embeddings are per block: edge-degree embedding, every attention block, force head)
+    Embedding       x_i = [emb(z_i), 0, ...] + (1/avg_degree) sum_{e -> i} D_e^T [Rad(h_e)]_{m=0}
+                    (Rad: Linear-LayerNorm-SiLU-Linear-LayerNorm-SiLU-Linear; D_e^T with fairchem's rescale
+                    sqrt((2l+1)/(2 mmax+1)) of degrees l > mmax)
+    Block (x num_layers)   y = x + Attn(Norm_1(x));  x = y + FFN(Norm_2(y))
+      Attn: m_e = SO2Conv_1(D_e [x_j || x_i] ; Rad(h_e))  (edge frame, |m| <= mmax; its m = 0 part has
+            heads * alpha + H extra channels: attention logits and gating scalars)
+            m_e = SepS2Act(gate_e, m_e) (SiLU of the gating scalars as l = 0; SiLU on the (lmax, mmax) S2 grid for
+            l > 0);  v_e = SO2Conv_2(m_e)  (heads x value channels)
+            a_e^h = alpha_dot_h . SmoothLeakyReLU_0.2(LayerNorm(logits_e^h));  alpha = softmax over e -> i
+            (dropout ``alpha_drop`` in training);  out_i = Lin_l( sum_{e -> i} D_e^T alpha_e^h v_e^h )
+      FFN:  ``use_grid_mlp``: gate = SiLU(Lin(x^{l=0})); z = Lin_l(x) on the (lmax, lmax) grid through
+            Lin-SiLU-Lin-SiLU-Lin (no bias), back, its l = 0 replaced by gate; out = Lin_l(z)
+            else: z = SepS2Act(Lin(x^{l=0}), Lin_l(x)) on the (lmax, lmax) grid; out = Lin_l(z)
+      Norm: ``layer_norm_sh`` (LayerNorm on l = 0; one RMS over the l > 0 coefficients with each degree weighted
+            equally, a learned scale per (l, C)) or ``rms_norm_sh`` (centred l = 0, one RMS over all degrees).
+      Drop path (``drop_path_rate``, per structure) on both residual branches in training only.
+    Output   x = Norm(x);  E = sum_i FFN_E(x_i)^{l=0} / avg_num_nodes;  F_i = Attn_F(x)_i^{l=1} (one channel, read
+             as (x, y, z) in fairchem's component order (e3nn's l = 1 order y, z, x), as fairchem reads it)
 
 SO(2) convolutions (``SO2_Convolution``): m = 0: fc_m0 (bias) on the m = 0 coefficients of all degrees (times the
 radial weights); m > 0: one bias-free fc producing real and imaginary parts (the complex product

@@ -6,19 +6,21 @@ C = ``sphere_channels`` channels, (n, (L+1)^2, C). Edge e = (j -> i) (molequi's 
 edge_index[0] = j, edge_index[1] = i) has the vector v_e = x_j - x_i (fairchem's ``edge_distance_vec``, the
 negative of molequi's ``edge_vectors``) and distance d_e.
 
-Embedding      x_i^{l=0} = emb(z_i), all l > 0 coefficients zero.
-Edge scalars   h_e = silu(Lin(silu(Lin(smear(d_e)) + emb_s(z_j) + emb_t(z_i))))        (EdgeBlock)
-Message        (MessageBlock, per layer)
-    y_e  = SO2_src(D_e x_j ; h_e) + SO2_tgt(D_e x_i ; h_e)        (edge frame, coefficients |m| <= mmax)
-    y_e  = S2^-1 silu(S2 y_e)                                     (grid of the (lmax, mmax) coefficients)
-    m_i  = sum_{e -> i} D_e^T y_e
-  SO2 (SO2Block): m = 0: W2 (W1 x_0 * silu(Lin h_e)); m > 0: the complex product of (fc1_r, fc1_i) and
-  (fc2_r, fc2_i) with the edge modulation silu(Lin h_e) between them (fairchem's SO2Conv).
-Layer          x_i <- [x_i +] S2^-1 W3 silu(W2 silu(W1 [S2 x_i || S2 m_i]))   (pointwise on the (lmax, lmax)
-               grid; no residual in the first layer)
-Heads          x_i(p) = sum_k Y_k(p) x_ik on ``num_sphere_samples`` weighted Fibonacci points p (fairchem's
-               ``CalcSpherePoints``; Y evaluated unnormalised on the weighted points, as fairchem does);
-               E = 0.001 sum_i mean_p MLP_E(x_i(p));  F_i = mean_p MLP_F(x_i(p)) p   (direct forces)
+Architecture::
+
+    Embedding      x_i^{l=0} = emb(z_i), all l > 0 coefficients zero.
+    Edge scalars   h_e = silu(Lin(silu(Lin(smear(d_e)) + emb_s(z_j) + emb_t(z_i))))        (EdgeBlock)
+    Message        (MessageBlock, per layer)
+        y_e  = SO2_src(D_e x_j ; h_e) + SO2_tgt(D_e x_i ; h_e)        (edge frame, coefficients |m| <= mmax)
+        y_e  = S2^-1 silu(S2 y_e)                                     (grid of the (lmax, mmax) coefficients)
+        m_i  = sum_{e -> i} D_e^T y_e
+      SO2 (SO2Block): m = 0: W2 (W1 x_0 * silu(Lin h_e)); m > 0: the complex product of (fc1_r, fc1_i) and
+      (fc2_r, fc2_i) with the edge modulation silu(Lin h_e) between them (fairchem's SO2Conv).
+    Layer          x_i <- [x_i +] S2^-1 W3 silu(W2 silu(W1 [S2 x_i || S2 m_i]))   (pointwise on the (lmax, lmax)
+                   grid; no residual in the first layer)
+    Heads          x_i(p) = sum_k Y_k(p) x_ik on ``num_sphere_samples`` weighted Fibonacci points p (fairchem's
+                   ``CalcSpherePoints``; Y evaluated unnormalised on the weighted points, as fairchem does);
+                   E = 0.001 sum_i mean_p MLP_E(x_i(p));  F_i = mean_p MLP_F(x_i(p)) p   (direct forces)
 
 The grids are e3nn's ``ToS2Grid`` / ``FromS2Grid`` ('integral' normalisation) at 2(L+1) latitudes and 2 mmax + 1
 longitudes (2 mmax + 3 when mmax = L), or ``grid_resolution`` for both, as in fairchem's ``SO3_Grid``.

@@ -18,7 +18,7 @@ centred positions (2D: the (x, y) columns only, for slabs), eigenvectors sorted 
 package), frames R_s = U diag(s) for s in itertools.product([1, -1], repeat=d) (in that order); the model sees
 x R_s and cell R_s, its direct forces are rotated back F R_s^T, energies and forces are averaged over the
 frames used: ``fa_method`` 'all' (full FA: 8 frames in 3D, 4 in 2D), 'stochastic' (one random frame per
-structure and call), 'det' (the signs making each axis' component sum >= 0), and 'se3-*' (only det R = +1).
+structure and call), 'det' (the signs making each axis' component sum >= 0), and ``se3-*`` (only det R = +1).
 
 Where molequi differs from the package (each is a strict generalisation that gives the package's numbers on
 one structure in eval mode, which is what ``scripts/parity/check.py faenet`` checks):

@@ -4,24 +4,26 @@ NeurIPS 2022; ``fairchem.core.models.scn.scn.SphericalChannelNetwork``), in mole
 Node features x_i: real spherical-harmonic coefficients up to ``lmax`` (e3nn order) with C = ``sphere_channels``
 channels, (n, (L+1)^2, C). Edge e = (j -> i), v_e = x_j - x_i (fairchem's ``edge_distance_vec``), d_e = |v_e|.
 
-Graph           fairchem's radius graph with the strict ``max_neighbors`` cut, in fairchem's order (as eSCN,
-                ``molequi.models.escn.ESCN.edges``). Each edge is ranked among its receiver's edges by
-                distance (``_rank_edge_distances``); with ``num_resolutions: 2`` ranks 0..11 use the first
-                resolution (lmax L) and the others the second (lmax max(4, L - 2), hidden_channels / 4); edges
-                are regrouped by resolution (fairchem's ``cutoff_index``), the order the random frames follow.
-Embedding       x_i^{l=0} = emb(z_i), l > 0 zero.
-Edge scalars    h_e = silu(Lin(silu(Lin(smear(d_e)) + emb_s(z_j) + emb_t(z_i))))      (DistanceBlock, per layer)
-Message         (MessageBlock, per resolution r, on x' = Lin_down x truncated to l <= L_r)
-    for each tap t (rotations by 0, 90, 180, 270 degrees about the edge when mmax = 1 and num_taps = -1):
-        a_et = D_{e,t} x'_j || D_{e,t} x'_i      (rows |m| <= mmax of the Wigner matrix of the tapped frame)
-        b_et = silu(W2 silu(W1 (silu(P a_et) * silu(Lin h_e))))
-    y_e = sum_t M_t b_et  (fairchem's ``CombineYRotations``: the taps' m = +-1 parts turned back, averaged)
-    m_i = sum_{e -> i} D_{e,0}^T y_e
-Layer           with ``use_grid``: m_i <- S2^-1 W3 silu(W2 silu(W1 [S2_bands x'_i || S2_bands m_i])) (pointwise
-                on a 2(L+1) x (2(L+1)+1) grid; ``num_bands`` grids of x truncated to l <= L, L-1, ..); then
-                Lin_up; x_i <- x_i + m_i (no residual in the first layer)
-Heads           x_i(p) on ``num_sphere_samples`` weighted Fibonacci points (as eSCN);
-                E = sum_i mean_p MLP_E(x_i(p)) (no 0.001 factor, unlike eSCN); F_i = mean_p MLP_F(x_i(p)) p.
+Architecture::
+
+    Graph           fairchem's radius graph with the strict ``max_neighbors`` cut, in fairchem's order (as eSCN,
+                    ``molequi.models.escn.ESCN.edges``). Each edge is ranked among its receiver's edges by
+                    distance (``_rank_edge_distances``); with ``num_resolutions: 2`` ranks 0..11 use the first
+                    resolution (lmax L) and the others the second (lmax max(4, L - 2), hidden_channels / 4); edges
+                    are regrouped by resolution (fairchem's ``cutoff_index``), the order the random frames follow.
+    Embedding       x_i^{l=0} = emb(z_i), l > 0 zero.
+    Edge scalars    h_e = silu(Lin(silu(Lin(smear(d_e)) + emb_s(z_j) + emb_t(z_i))))      (DistanceBlock, per layer)
+    Message         (MessageBlock, per resolution r, on x' = Lin_down x truncated to l <= L_r)
+        for each tap t (rotations by 0, 90, 180, 270 degrees about the edge when mmax = 1 and num_taps = -1):
+            a_et = D_{e,t} x'_j || D_{e,t} x'_i      (rows |m| <= mmax of the Wigner matrix of the tapped frame)
+            b_et = silu(W2 silu(W1 (silu(P a_et) * silu(Lin h_e))))
+        y_e = sum_t M_t b_et  (fairchem's ``CombineYRotations``: the taps' m = +-1 parts turned back, averaged)
+        m_i = sum_{e -> i} D_{e,0}^T y_e
+    Layer           with ``use_grid``: m_i <- S2^-1 W3 silu(W2 silu(W1 [S2_bands x'_i || S2_bands m_i])) (pointwise
+                    on a 2(L+1) x (2(L+1)+1) grid; ``num_bands`` grids of x truncated to l <= L, L-1, ..); then
+                    Lin_up; x_i <- x_i + m_i (no residual in the first layer)
+    Heads           x_i(p) on ``num_sphere_samples`` weighted Fibonacci points (as eSCN);
+                    E = sum_i mean_p MLP_E(x_i(p)) (no 0.001 factor, unlike eSCN); F_i = mean_p MLP_F(x_i(p)) p.
 
 Wigner matrices: fairchem builds them from e3nn 0.4's ``_Jd`` tables (``Jd.pt``, float64) and Euler angles of
 the 3x3 edge rotation; molequi forms the same matrices (the Wigner matrix of a rotation does not depend on how

@@ -27,15 +27,13 @@ the graphs differ.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from escn import run  # noqa: E402
+from escn import run_and_report  # noqa: E402
 
 PEER = Path(__file__).with_name("_equiformer_v2_peer.py")
 
@@ -77,15 +75,8 @@ def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.A
 
 def main(argv: list[str] | None = None) -> int:
     args = build_argparser().parse_args(argv)
-    frames = list(range(37)) if args.frames == "all" else [int(f) for f in args.frames.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.workdir or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
-                  work, args.tolerance, hydra="_layout" not in SIZES.get(args.size, {}), peer=PEER, sizes=SIZES,
-                  model_name="equiformer_v2")
-    print(json.dumps(res))
-    return 0 if res["ok"] else 1
+    return run_and_report(args, hydra="_layout" not in SIZES.get(args.size, {}), peer=PEER, sizes=SIZES,
+                          model_name="equiformer_v2")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,6 @@ def run(py: str, checkpoint: str | None, size: str, frames: list[int], seed: int
 
     from molequi.calculators.predict import build_records
     from molequi.interop.fairchem import import_fairchem
-    from molequi.models.escn import ESCN
 
     atoms = ase.io.read(FRAMES, ":")
     chosen = [(i, atoms[i]) for i in frames]
@@ -197,16 +196,22 @@ def build_argparser(parser: argparse.ArgumentParser | None = None) -> argparse.A
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_argparser().parse_args(argv)
+def run_and_report(args: argparse.Namespace, **run_kwargs) -> int:
+    """The fairchem checks' command line (eSCN, SCN, EquiformerV2): ``run`` on the frames ``args`` name, in
+    ``--workdir`` or a temporary folder; prints the result JSON and returns the exit code (1: not ok)."""
     frames = list(range(37)) if args.frames == "all" else [int(f) for f in args.frames.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
-                  work, args.tolerance, hydra=args.hydra)
+                  work, args.tolerance, **run_kwargs)
     print(json.dumps(res))
     return 0 if res["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_argparser().parse_args(argv)
+    return run_and_report(args, hydra=args.hydra)
 
 
 if __name__ == "__main__":

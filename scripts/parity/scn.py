@@ -21,16 +21,14 @@ The comparison is ``escn.py``'s ``run`` (same JSON contract); exits 1 when a rel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 from escn import build_argparser as escn_argparser  # noqa: E402
-from escn import run  # noqa: E402
+from escn import run_and_report  # noqa: E402
 
 PEER = Path(__file__).with_name("_scn_peer.py")
 
@@ -68,14 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.hydra:
         parser.error("fairchem-core 1.10.0 has no SCN HydraModel backbone")
-    frames = list(range(37)) if args.frames == "all" else [int(f) for f in args.frames.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.workdir or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        res = run(args.peer_python, args.checkpoint, None if args.checkpoint else args.size, frames, args.seed,
-                  work, args.tolerance, peer=PEER, sizes=SIZES, model_name="scn")
-    print(json.dumps(res))
-    return 0 if res["ok"] else 1
+    return run_and_report(args, peer=PEER, sizes=SIZES, model_name="scn")
 
 
 if __name__ == "__main__":

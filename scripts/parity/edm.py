@@ -77,14 +77,7 @@ def build_peer(peer_code: Path, options: dict, state: dict | None, seed: int):
     torch.manual_seed(seed)  # EDM's own init draws from the global generator
     with contextlib.redirect_stdout(sys.stderr):
         model, nodes_dist, _ = qm9_models.get_model(built, torch.device("cpu"), info, None)
-    if state is not None:
-        model.load_state_dict(state)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name != "gamma.gamma":
-                    p.add_(torch.randn(p.shape, generator=gen) * 0.005)  # on top of EDM's own init
+    set_weights(model, state, seed)
     model = model.double().eval()
     schedule = args.diffusion_noise_schedule
     if schedule.startswith("polynomial"):
@@ -93,6 +86,22 @@ def build_peer(peer_code: Path, options: dict, state: dict | None, seed: int):
         gamma = -(np.log(alphas2) - np.log(1 - alphas2))
         model.gamma.gamma.data = torch.from_numpy(gamma).double()
     return model, nodes_dist, info
+
+
+def set_weights(model, state: dict | None, seed: int, *, float32_values: bool = False) -> None:
+    """The peer's weights: the checkpoint's ``state``, or else its own init plus seeded N(0, 0.005^2) noise on
+    every parameter but the noise schedule's ``gamma.gamma`` (``float32_values``: rounded to float32, as a
+    trained run's weights are)."""
+    if state is not None:
+        model.load_state_dict(state)
+        return
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "gamma.gamma":
+                p.add_(torch.randn(p.shape, generator=gen) * 0.005)
+                if float32_values:
+                    p.copy_(p.float())
 
 
 def random_molecules(info: dict, n: int, seed: int, include_charges: bool):

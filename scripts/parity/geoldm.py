@@ -53,7 +53,7 @@ for _p in (REPO, Path(__file__).resolve().parent):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from edm import QM9_DEFAULTS, molecule_inputs, padded_noise  # noqa: E402  (scripts/parity/edm.py)
+from edm import QM9_DEFAULTS, molecule_inputs, padded_noise, set_weights  # noqa: E402  (scripts/parity/edm.py)
 
 RTOL = 1e-6
 NATS_ATOL = 1e-4
@@ -86,15 +86,7 @@ def build_peer(peer_code: Path, options: dict, state: dict | None, seed: int):
     finally:
         sys.path.remove(str(peer_code))
         _forget_peer_modules()
-    if state is not None:
-        model.load_state_dict(state)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name != "gamma.gamma":
-                    p.add_(torch.randn(p.shape, generator=gen) * 0.005)
-                    p.copy_(p.float())  # float32 values, as a trained run's weights
+    set_weights(model, state, seed, float32_values=True)
     model = model.double()
     alphas2 = en_diffusion.polynomial_schedule(args.diffusion_steps, s=args.diffusion_noise_precision,
                                                power=float(args.diffusion_noise_schedule.split("_")[1]))

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _escn_peer import Data, import_escn  # noqa: E402
+from _escn_peer import Data, cli, import_escn  # noqa: E402
 
 HEADS = {"energy": {"module": "equiformer_v2_energy_head"}, "forces": {"module": "equiformer_v2_force_head"}}
 
@@ -190,9 +190,4 @@ def run_graphs(backbone, mods, plain, utils, graphs, features) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "build":
-        build(sys.argv[2], sys.argv[3])
-        if len(sys.argv) > 4:
-            evaluate(sys.argv[3], sys.argv[4], sys.argv[5])
-    else:
-        evaluate(sys.argv[2], sys.argv[3], sys.argv[4])
+    cli(build, evaluate, sys.argv)

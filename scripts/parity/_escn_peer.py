@@ -202,10 +202,16 @@ def run_graphs(model, net, utils, graphs, features) -> list[dict]:
     return results
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "build":  # build SPEC CKPT [GRAPHS OUT]: build, and evaluate in the same process
-        build(sys.argv[2], sys.argv[3])
-        if len(sys.argv) > 4:
-            evaluate(sys.argv[3], sys.argv[4], sys.argv[5])
+def cli(build, evaluate, argv: list[str]) -> None:
+    """The peers' command line: ``build SPEC CKPT [GRAPHS OUT]`` (build, and evaluate in the same process) or
+    ``eval CKPT GRAPHS OUT``."""
+    if argv[1] == "build":
+        build(argv[2], argv[3])
+        if len(argv) > 4:
+            evaluate(argv[3], argv[4], argv[5])
     else:
-        evaluate(sys.argv[2], sys.argv[3], sys.argv[4])
+        evaluate(argv[2], argv[3], argv[4])
+
+
+if __name__ == "__main__":
+    cli(build, evaluate, sys.argv)

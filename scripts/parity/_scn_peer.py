@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _escn_peer import import_escn, run_graphs  # noqa: E402
+from _escn_peer import cli, import_escn, run_graphs  # noqa: E402
 
 
 def import_scn():
@@ -69,9 +69,4 @@ def evaluate(ckpt_file: str, graphs_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "build":
-        build(sys.argv[2], sys.argv[3])
-        if len(sys.argv) > 4:
-            evaluate(sys.argv[3], sys.argv[4], sys.argv[5])
-    else:
-        evaluate(sys.argv[2], sys.argv[3], sys.argv[4])
+    cli(build, evaluate, sys.argv)

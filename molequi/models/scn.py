@@ -31,7 +31,13 @@ it is computed) with ``EdgeRotation`` (``molequi.so3.rotations.EdgeFrame`` plus 
 random roll per edge and call is fairchem's ``_init_edge_rot_mat`` (``edge_roll: random``, replicated draw for
 draw from ``model.generator``) or roll 0 (``edge_roll: fixed``, molequi's deterministic option).
 
-Forces: fairchem's SCN only has the direct force head (``direct_forces: true``): not conservative, no stress.
+Forces. ``direct_forces: true`` (fairchem's only mode for SCN, the default): forces from the sphere
+(above); the model is not conservative (no stress; ``molequi md`` refuses it without
+``--allow-nonconservative``). ``direct_forces: false`` (molequi's option, the same as eSCN's and fairchem
+EquiformerV2's): no force head; forces and stress are -dE/dx and the strain derivative (``molequi.response``);
+requires ``edge_roll: fixed`` (a random roll per call makes E a random function of the positions). The edges'
+split by neighbour rank and the ``max_neighbors`` cut are piecewise constant in the positions, so E (and
+-dE/dx) jumps where two neighbours swap rank across a cut, as in fairchem.
 
 Defaults are fairchem's OC20 S2EF All+MD configuration ``configs/s2ef/all/scn/scn-all-md.yml`` (16 interactions,
 lmax 6, mmax 1 (constructor default), 2 bands, 2 resolutions, 4 taps, 128 sphere / 1024 hidden channels,
@@ -268,7 +274,7 @@ class SCN(EnergyModel):
         distance_resolution: float = 0.02
         """Spacing of the distance basis, Å."""
         direct_forces: bool = True
-        """fairchem's force head (the only mode fairchem's SCN has; must stay true)."""
+        """fairchem's force head from the sphere (not conservative); False: forces = -dE/dx (molequi)."""
         edge_roll: str = "random"
         """'random' (fairchem) or 'fixed' (molequi: roll 0)."""
 
@@ -287,8 +293,9 @@ class SCN(EnergyModel):
             if self.distance_function not in DISTANCE_FUNCTIONS or self.edge_roll not in EDGE_ROLLS:
                 raise ConfigError(f"SCN distance_function must be one of {DISTANCE_FUNCTIONS} and edge_roll one "
                                   f"of {EDGE_ROLLS}")
-            if not self.direct_forces:
-                raise ConfigError("SCN has only fairchem's direct force head: set direct_forces: true")
+            if not self.direct_forces and self.edge_roll != "fixed":
+                raise ConfigError("SCN with direct_forces: false (gradient forces) needs edge_roll: fixed; a "
+                                  "random roll per call makes the energy a random function of the positions")
             if min(self.num_layers, self.sphere_channels, self.sphere_channels_reduce, self.hidden_channels,
                    self.num_sphere_samples, self.num_basis_functions, self.max_neighbors) < 1:
                 raise ConfigError("SCN sizes and max_neighbors must be >= 1")
@@ -302,7 +309,7 @@ class SCN(EnergyModel):
             raise ConfigError(f"SCN max_num_elements {cfg.max_num_elements} must exceed the largest atomic number "
                               f"of the elements ({max(self.elements)})")
         self.r_max = float(cfg.r_max)
-        self.conservative = False
+        self.conservative = not cfg.direct_forces
         self.generator: torch.Generator | None = None
         L, C = cfg.lmax, cfg.sphere_channels
         if cfg.num_resolutions == 1:
@@ -320,10 +327,11 @@ class SCN(EnergyModel):
         self.energy_fc1 = nn.Linear(C, C)
         self.energy_fc2 = nn.Linear(C, cfg.sphere_channels_reduce)
         self.energy_fc3 = nn.Linear(cfg.sphere_channels_reduce, 1)
-        self.force_fc1 = nn.Linear(C, C)
-        self.force_fc2 = nn.Linear(C, cfg.sphere_channels_reduce)
-        self.force_fc3 = nn.Linear(cfg.sphere_channels_reduce, 1)
-        self.register_buffer("force_scale", torch.tensor(float(statistics.force_rms), dtype=torch.float64))
+        if cfg.direct_forces:
+            self.force_fc1 = nn.Linear(C, C)
+            self.force_fc2 = nn.Linear(C, cfg.sphere_channels_reduce)
+            self.force_fc3 = nn.Linear(cfg.sphere_channels_reduce, 1)
+            self.register_buffer("force_scale", torch.tensor(float(statistics.force_rms), dtype=torch.float64))
         pts = sphere_points(cfg.num_sphere_samples)
         self.register_buffer("sphere_points", pts, persistent=False)
         self.register_buffer("sphharm_weights",
@@ -389,25 +397,38 @@ class SCN(EnergyModel):
             x = out if i == 0 else x + out
         return x
 
-    def forward(self, data, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    sphere_values = ESCN.sphere_values  # x_i(p) (n, P, C): the node functions at the heads' sphere points
+
+    def _energies(self, numbers, xp: torch.Tensor) -> torch.Tensor:
+        act = nn.functional.silu
+        y = self.energy_fc3(act(self.energy_fc2(act(self.energy_fc1(xp))))).squeeze(-1).sum(dim=1)
+        return self.head(self.element_table(numbers), y / self.config.num_sphere_samples)
+
+    def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""
+        xp = self.sphere_values(self.features(data, pos, cell))
+        return self._energies(data[K.NUMBERS].reshape(-1).long(), xp)
+
+    def forward(self, data, compute_forces: bool = True,
+                compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        if self.conservative:  # direct_forces: false: -dE/dx and stress by molequi.response
+            return super().forward(data, compute_forces, compute_stress)
         if compute_stress:
-            raise ModelError("SCN has no stress (fairchem's direct force head is not the gradient of its energy)")
+            raise ModelError("an SCN with direct_forces: true has no stress (its forces are not the gradient "
+                             "of its energy); use direct_forces: false, edge_roll: fixed for stress")
         act = nn.functional.silu
         pos = data[K.POS]
         cell = data[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
-        x = self.features(data, pos, cell)
-        xp = torch.einsum("abc,pb->apc", x, self.sphharm_weights.to(x.dtype))
-        P = self.config.num_sphere_samples
-        numbers = data[K.NUMBERS].reshape(-1).long()
-        y = self.energy_fc3(act(self.energy_fc2(act(self.energy_fc1(xp))))).squeeze(-1).sum(dim=1) / P
-        energies = self.head(self.element_table(numbers), y)
+        xp = self.sphere_values(self.features(data, pos, cell))
+        energies = self._energies(data[K.NUMBERS].reshape(-1).long(), xp)
         batch = batch_vector(data)
         n_graphs = int(batch.max()) + 1 if batch.numel() else 1
         out = {K.ENERGY: torch.zeros(n_graphs, dtype=energies.dtype, device=energies.device)
                .index_add_(0, batch, energies), K.ENERGIES: energies}
         if compute_forces:
             fp = self.force_fc3(act(self.force_fc2(act(self.force_fc1(xp))))).squeeze(-1)
-            f = torch.einsum("np,pk->nk", fp, self.sphere_points.to(fp.dtype)) / P
+            f = torch.einsum("np,pk->nk", fp, self.sphere_points.to(fp.dtype))
+            f = f / self.config.num_sphere_samples
             out[K.FORCES] = self.force_scale.to(f.dtype) * f
         return out
 

@@ -591,14 +591,48 @@ METRIC_KEYS = (
 )
 
 
+def budget_size(r: dict, settings: dict) -> float:
+    """The size of a run's budget: epochs, or training CPU seconds (runs saved before ``budget_size`` was
+    recorded take it from their invocation's settings)."""
+    if "budget_size" in r:
+        return r["budget_size"]
+    return settings["epochs"] if r["budget"] == "epochs" else settings["cpu_seconds"]
+
+
+def budget_label(budget: str, size: float) -> str:
+    return f"{size:.0f} epochs" if budget == "epochs" else f"{size:.0f} CPU s"
+
+
+def sizes(d: dict) -> list[tuple[str, float]]:
+    """The (budget, size) pairs of a result file's runs: equal CPU time first, then equal epochs, the larger
+    budget first."""
+    return sorted({(r["budget"], r["budget_size"]) for r in d["runs"]}, key=lambda b: (b[0] != "cpu", -b[1]))
+
+
+def missing_cells(runs: list[dict], seeds=(0, 1, 2)) -> list[str]:
+    """What the protocol asks for and the runs lack: both budgets, and for every budget size that was run,
+    both normalisations x both codes x every seed."""
+    have = {(r["budget"], r["budget_size"], r["variant"], r["code"], r["seed"]) for r in runs}
+    out = [f"no {b} budget" for b in ("cpu", "epochs") if not any(h[0] == b for h in have)]
+    for b, z in sorted({h[:2] for h in have}, key=lambda b: (b[0] != "cpu", -b[1])):
+        for v in VARIANTS:
+            lack = [s_ for s_ in seeds
+                    if any((b, z, v, c, s_) not in have for c in ("molequi", "mace-torch"))]
+            if lack:
+                out.append(f"{budget_label(b, z)} {v} normalisation"
+                           + ("" if len(lack) == len(seeds) else f" seed {', '.join(map(str, lack))}"))
+    return out
+
+
 def summarise(runs: list[dict]) -> list[dict]:
-    """Median, min and max over seeds of every metric, per (budget, normalisation, code)."""
+    """Median, min and max over seeds of every metric, per (budget, budget size, normalisation, code)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["budget"], r["variant"], r["code"]), []).append(r)
+        groups.setdefault((r["budget"], r["budget_size"], r["variant"], r["code"]), []).append(r)
     out = []
-    for (budget, variant, code), rs in groups.items():
-        row = {"budget": budget, "variant": variant, "code": code, "seeds": sorted(r["seed"] for r in rs)}
+    for (budget, size, variant, code), rs in groups.items():
+        row = {"budget": budget, "budget_size": size, "variant": variant, "code": code,
+               "seeds": sorted(r["seed"] for r in rs)}
         for k in METRIC_KEYS:
             vals = [float(r[k]) for r in rs]
             row[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
@@ -627,16 +661,25 @@ def render_markdown(d: dict, old: list[dict]) -> str:
         f"(split by the seed), {s['n_test']} test frames; 1 thread each, the two codes of a pair side by "
         "side at the same time.",
         "",
-        f"Budgets: **{s['epochs']} epochs** each, and **{s['cpu_seconds']:.0f} CPU s** of training each; "
-        f"seeds {', '.join(map(str, s['seeds']))}. Cells: median over seeds (min-max). Offset-removed MAE: "
-        "MAE of the energy error after subtracting its mean over the test set. Load average during the "
-        f"runs: {', '.join(f'{x:.1f}' for x in d['provenance']['load_average'])} (at the end); "
-        f"{'complete' if d.get('complete') else '**incomplete: not every planned run finished**'}.",
+        "Budgets: "
+        + ", ".join(f"**{budget_label(b, z)}**" for b, z in sizes(d))
+        + f" of training each; seeds {', '.join(map(str, s['seeds']))}. Cells: median over seeds (min-max). "
+        "Offset-removed MAE: MAE of the energy error after subtracting its mean over the test set. Load "
+        f"average: {', '.join(f'{x:.1f}' for x in d['provenance']['load_average'])} (the highest at the end "
+        "of a part); "
+        + ("complete" if d.get("complete") else "**incomplete**: not measured: "
+           + "; ".join(d.get("missing") or missing_cells(d["runs"])))
+        + ".",
         "",
-        f"Caution: {s['cpu_seconds']:.0f} CPU s per run is a very small budget, chosen so that the runs "
-        "could finish on a shared 2-core machine at load 15-28 (the training processes niced); errors are "
-        "far from converged, so the rows compare the two codes at equal settings early in training, not "
-        "final accuracy.",
+        *(
+            f"- part `{part['name']}`: saved {part.get('date') or '(date not recorded)'}, load average "
+            f"at its end {', '.join(f'{x:.1f}' for x in part['provenance']['load_average'])}"
+            for part in d.get("parts", [])
+        ),
+        "",
+        "Caution: every budget here is small (the runs had to finish on a shared 2-core machine, the "
+        "training processes niced); errors are far from converged, so the rows compare the two codes at "
+        "equal settings early in training, not final accuracy.",
         "",
         "| budget | normalisation | code | seeds | test E MAE (meV) | E RMSE (meV) "
         "| E MAE offset removed (meV) | F MAE (meV/Å) | F RMSE (meV/Å) | steps | epochs | train CPU s "
@@ -644,8 +687,9 @@ def render_markdown(d: dict, old: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"epochs": 0, "cpu": 1, "default": 0, "std": 1, "molequi": 0, "mace-torch": 1}
-    for r in sorted(d["summary"], key=lambda r: (order[r["budget"]], order[r["variant"]], order[r["code"]])):
-        budget = f"{s['epochs']} epochs" if r["budget"] == "epochs" else f"{s['cpu_seconds']:.0f} CPU s"
+    for r in sorted(d["summary"], key=lambda r: (order[r["budget"]], r["budget_size"], order[r["variant"]],
+                                                 order[r["code"]])):
+        budget = budget_label(r["budget"], r["budget_size"])
         lines.append(
             f"| {budget} | {r['variant']} | {r['code']} | {', '.join(map(str, r['seeds']))} | "
             f"{_cell(r, 'energy_mae_meV')} | "
@@ -666,7 +710,8 @@ def render_markdown(d: dict, old: list[dict]) -> str:
     ]
     for r in d["runs"]:
         lines.append(
-            f"| {r['seed']} | {r['budget']} | {r['variant']} | {r['code']} | {r['energy_mae_meV']:.1f} | "
+            f"| {r['seed']} | {budget_label(r['budget'], r['budget_size'])} | {r['variant']} | {r['code']} | "
+            f"{r['energy_mae_meV']:.1f} | "
             f"{r['energy_rmse_meV']:.1f} | {r['energy_mae_offset_removed_meV']:.1f} | "
             f"{r['forces_mae_meV_A']:.1f} | {r['forces_rmse_meV_A']:.1f} | {r['steps']} | "
             f"{r['stage_two_step']} | {r['train_cpu_seconds']:.0f} | {r['train_wall_seconds']:.0f} |"
@@ -712,8 +757,9 @@ def render_png(d: dict, path: Path) -> None:
     colours = {"molequi": "tab:blue", "mace-torch": "tab:red"}
     styles = {"default": "-", "std": "--"}
     shown = set()
+    cpu_size = max(r["budget_size"] for r in d["runs"] if r["budget"] == "cpu")
     for r in d["runs"]:
-        if r["budget"] != "cpu" or not r["curve"]:
+        if r["budget"] != "cpu" or r["budget_size"] != cpu_size or not r["curve"]:
             continue
         label = f"{r['code']} {r['variant']}"
         for row, x in enumerate(("step", "cpu_s")):
@@ -744,7 +790,7 @@ def render_png(d: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     s = d["settings"]
     fig.suptitle(
-        f"rMD17 ethanol, {s['cpu_seconds']:.0f} CPU s budget, seeds {s['seeds']}: molequi vs "
+        f"rMD17 ethanol, {cpu_size:.0f} CPU s budget, seeds {s['seeds']}: molequi vs "
         f"mace-torch {d['provenance']['peer_version']} (dotted: start of stage two)",
         fontsize=10,
     )
@@ -754,6 +800,8 @@ def render_png(d: dict, path: Path) -> None:
 
 
 def render(d: dict) -> None:
+    runs = [{**r, "budget_size": budget_size(r, d["settings"])} for r in d["runs"]]
+    d = {**d, "runs": runs, "summary": summarise(runs)}
     old = [
         json.loads((RESULTS / f).read_text())
         for f in ("mace_accuracy_v1.json", "mace_accuracy_v1_seed1.json")
@@ -779,39 +827,50 @@ def keep_v1_files() -> None:
 
 def merge(names: list[str]) -> dict:
     """bench_results/mace_accuracy.json from the runs of several invocations (``--out`` names) that ran the
-    same protocol at the same time for different (seed, budget, normalisation) pairs; ``complete`` when the
-    runs cover 3 seeds x both budgets x both normalisations. Each part's provenance is kept under
-    ``parts``."""
+    same protocol for different (seed, budget, budget size, normalisation) pairs, e.g. a larger budget added
+    later; each run keeps its ``budget_size`` (epochs or CPU seconds). ``complete`` when both budgets ran and
+    every budget size that ran covers 3 seeds x both normalisations (``missing`` lists what does not). Each
+    part's provenance is kept under ``parts``."""
     from _common import save
 
     parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
-    keys = ("epochs", "cpu_seconds", "threads", "n_test", "n_train", "n_valid")
+    keys = ("threads", "n_test", "n_train", "n_valid")
     for n, part in zip(names, parts):
         if any(part["settings"][k] != parts[0]["settings"][k] for k in keys):
             raise SystemExit(f"{n}: settings differ from {names[0]} ({keys})")
+        if part["hyperparameters"] != parts[0]["hyperparameters"]:
+            raise SystemExit(f"{n}: hyperparameters differ from {names[0]}")
     runs = sorted(
-        (r for part in parts for r in part["runs"]),
-        key=lambda r: (r["seed"], r["budget"] != "epochs", r["variant"], r["code"]),
+        ({**r, "budget_size": budget_size(r, part["settings"])} for part in parts for r in part["runs"]),
+        key=lambda r: (r["seed"], r["budget"] != "epochs", r["budget_size"], r["variant"], r["code"]),
     )
-    pairs = {(r["seed"], r["budget"], r["variant"]) for r in runs}
+    keys_ = [(r["seed"], r["budget"], r["budget_size"], r["variant"], r["code"]) for r in runs]
+    twice = {k for k in keys_ if keys_.count(k) > 1}
+    if twice:
+        raise SystemExit(f"runs measured in more than one part: {sorted(twice)}")
     seeds = sorted({r["seed"] for r in runs})
     settings = {
         **parts[0]["settings"],
+        "epochs": sorted({r["budget_size"] for r in runs if r["budget"] == "epochs"}),
+        "cpu_seconds": sorted({r["budget_size"] for r in runs if r["budget"] == "cpu"}),
         "seeds": seeds,
         "budgets": sorted({r["budget"] for r in runs}),
-        "pairs_at_once": "several invocations at the same time (see parts)",
+        "pairs_at_once": "several invocations (see parts)",
     }
-    full = {(s_, b, v) for s_ in range(3) for b in ("epochs", "cpu") for v in VARIANTS}
+    missing = missing_cells(runs)
     payload = {k: parts[0][k] for k in ("hyperparameters", "variants")}
     payload.update(
         settings=settings,
-        complete=full <= pairs,
+        complete=not missing,
+        missing=missing,
         runs=runs,
         summary=summarise(runs),
         parts=[
             {
                 "name": n,
-                "pairs": sorted({(r["seed"], r["budget"], r["variant"]) for r in p["runs"]}),
+                "date": p.get("machine", {}).get("date"),
+                "pairs": sorted({(r["seed"], r["budget"], budget_size(r, p["settings"]), r["variant"])
+                                 for r in p["runs"]}),
                 "provenance": p["provenance"],
             }
             for n, p in zip(names, parts)
@@ -822,8 +881,8 @@ def merge(names: list[str]) -> dict:
         **parts[0]["provenance"],
         "load_average": max(loads, key=lambda la: la[0]),
         "notes": "both codes trained in these invocations, each pair side by side (same seed, budget and "
-        "normalisation); the invocations ran at the same time; load average: the highest of the "
-        "parts' final readings",
+        "normalisation); the parts ran at different times (their dates and loads are under parts); load "
+        "average: the highest of the parts' final readings",
     }
     keep_v1_files()
     save(NAME, payload, prov)
@@ -928,9 +987,9 @@ def main(argv=None) -> int:
                     results[code] = finish_mace(folder / "mace", data[seed], *started[code], args)
             with lock:
                 for code in ("molequi", "mace-torch"):
-                    runs.append(
-                        {"seed": seed, "budget": budget, "variant": variant, "code": code, **results[code]}
-                    )
+                    size = args.epochs if budget == "epochs" else args.cpu_seconds
+                    runs.append({"seed": seed, "budget": budget, "budget_size": size, "variant": variant,
+                                 "code": code, **results[code]})
                 done.append(i)
                 print_table(
                     [r for r in runs[-2:]],

@@ -422,14 +422,21 @@ def main() -> None:
             path = os.path.join(tmp, f"{system}.extxyz")
             ase.io.write(path, atoms)
             steps = default_steps(len(atoms), args.steps, args.min_steps)
-            rows += run_system(system, len(atoms), path, model_file, steps, python, args)
+            # rows remember their invocation: merged files pair implementations of the same run only
+            rows += [{**r, "invocation": _started(t_start)}
+                     for r in run_system(system, len(atoms), path, model_file, steps, python, args)]
             write_results(Path(args.out), rows, [run_meta(args, t_start)], version)
     print("\n" + write_results(Path(args.out), rows, [run_meta(args, t_start)], version))
+
+
+def _started(t_start: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t_start))
 
 
 def run_meta(args, t_start: float) -> dict:
     """What one invocation ran: command, settings, load and duration (the JSON keeps one per invocation)."""
     return dict(command=f"python scripts/bench/md_speed.py {' '.join(sys.argv[1:])}", args=vars(args),
+                started=_started(t_start),
                 systems=args.systems.split(","), cpu_count=os.cpu_count(),
                 load_average_at_end=list(os.getloadavg()), run_minutes=(time.time() - t_start) / 60,
                 date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
@@ -443,11 +450,15 @@ def write_results(out: Path, rows: list[dict], runs: list[dict], version: str | 
 
     from molequi.io import atomic_write_text
 
-    ref = {r["system"]: r for r in rows if r["impl_key"] == "mace-torch" and "steps_per_s" in r}
+    # ratios against the mace-torch row of the same invocation only (rows saved before invocations were
+    # recorded count as one)
+    ref = {(r["system"], r.get("invocation")): r for r in rows
+           if r["impl_key"] == "mace-torch" and "steps_per_s" in r}
     for r in rows:
-        if "steps_per_s" in r and r["system"] in ref:
-            r["speedup_vs_mace_torch"] = r["steps_per_s"] / ref[r["system"]]["steps_per_s"]
-            r["cpu_speedup_vs_mace_torch"] = r["cpu_steps_per_s"] / ref[r["system"]]["cpu_steps_per_s"]
+        key = (r["system"], r.get("invocation"))
+        if "steps_per_s" in r and key in ref:
+            r["speedup_vs_mace_torch"] = r["steps_per_s"] / ref[key]["steps_per_s"]
+            r["cpu_speedup_vs_mace_torch"] = r["cpu_steps_per_s"] / ref[key]["cpu_steps_per_s"]
     text = table(rows)
     dtype = runs[0]["args"]["dtype"]
     meta = dict(hyperparameters=HYPER, elements=ELEMENTS, avg_num_neighbors=AVG_NEIGHBORS, dtype=dtype,
@@ -508,7 +519,8 @@ def table(rows: list[dict]) -> str:
         agree = f"{agree['forces_max_abs']:.1e} eV/Å" if agree else "-"
         w, c = r["step_wall"], r["step_cpu"]
         lines.append(
-            f"| {r['system']} | {r['impl_key']} | {r['n_atoms']} | {len(r['step_wall_s'])} | {r['schedule']} "
+            f"| {r['system']} | {r['impl_key']} | {r['n_atoms']} | {len(r['step_wall_s'])} | {r['schedule']}"
+            + (f" (run started {r['invocation']})" if r.get("invocation") else "") + " "
             f"| {r['steps_per_s']:.4g} | {1e3 * w['p25']:.4g}-{1e3 * w['p75']:.4g} | {wall} "
             f"| {r['cpu_steps_per_s']:.4g} | {1e3 * c['p25']:.4g}-{1e3 * c['p75']:.4g} | {cpu} | {builds} "
             f"| {agree} | {r['peak_rss_mb']:.0f} |"

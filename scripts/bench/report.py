@@ -399,40 +399,49 @@ def _row_mace_accuracy_same_run(res: Path) -> list[str]:
     ratio."""
     d = load(res, "mace_accuracy")
     s = d["settings"]
-    by = {(r["budget"], r["variant"], r["code"]): r for r in d["summary"]}
 
-    def med(budget, variant, code, key):
-        return by[(budget, variant, code)][key]["median"]
+    def size(r):  # epochs or CPU seconds; files with one size per budget keep it in their settings only
+        return r.get("budget_size", s["epochs"] if r["budget"] == "epochs" else s["cpu_seconds"])
 
-    parts = []
-    for budget in ("cpu", "epochs"):
-        what = (f"Equal CPU time ({s['cpu_seconds']:.0f} CPU s of training each)" if budget == "cpu"
-                else f"Equal epochs ({s['epochs']})")
+    by = {(r["budget"], size(r), r["variant"], r["code"]): r for r in d["summary"]}
+
+    def med(key4, key):
+        return by[key4][key]["median"]
+
+    # equal CPU time first, then equal epochs; the larger budget first
+    budgets = sorted({k[:2] for k in by}, key=lambda b: (b[0] != "cpu", -b[1]))
+    parts, missing = [], []
+    for budget, z in budgets:
+        what = (f"Equal CPU time ({z:.0f} CPU s of training each)" if budget == "cpu"
+                else f"Equal epochs ({z:.0f})")
         cells = []
         for variant in ("default", "std"):
-            if (budget, variant, "molequi") not in by or (budget, variant, "mace-torch") not in by:
+            if (budget, z, variant, "molequi") not in by or (budget, z, variant, "mace-torch") not in by:
+                missing.append(f"{z:.0f} {'CPU s' if budget == 'cpu' else 'epochs'} {variant} normalisation")
                 continue
-            pair = [[med(budget, variant, c, k) for c in ("molequi", "mace-torch")]
+            pair = [[med((budget, z, variant, c), k) for c in ("molequi", "mace-torch")]
                     for k in ("energy_mae_meV", "energy_mae_offset_removed_meV", "energy_rmse_meV",
                               "forces_mae_meV_A", "forces_rmse_meV_A")]
             e, e0, er, f, fr = (f"{a:.1f} vs {b:.1f}" for a, b in pair)
-            n = len(by[(budget, variant, "molequi")]["seeds"])
+            n = len(by[(budget, z, variant, "molequi")]["seeds"])
             seeds_n = f"{n} seed{'s' if n != 1 else ''}"
             cells.append(f"{variant} normalisation ({seeds_n}): energy MAE {e} meV (offset removed {e0}), "
                          f"RMSE {er} meV; forces MAE {f}, RMSE {fr} meV/Å")
         if cells:
             parts.append(f"{what}, molequi vs mace-torch: " + "; ".join(cells))
-    thr = [med("cpu", v, "molequi", "structures_per_cpu_s")
-           / med("cpu", v, "mace-torch", "structures_per_cpu_s")
-           for v in ("default", "std") if ("cpu", v, "molequi") in by and ("cpu", v, "mace-torch") in by]
+    thr = [med((b, z, v, "molequi"), "structures_per_cpu_s")
+           / med((b, z, v, "mace-torch"), "structures_per_cpu_s")
+           for b, z in budgets if b == "cpu" for v in ("default", "std")
+           if (b, z, v, "molequi") in by and (b, z, v, "mace-torch") in by]
     seeds = sorted({seed for r in d["summary"] for seed in r["seeds"]})
     result = (
         f"rMD17 ethanol, {s['n_train']} training frames, medians over seeds ({', '.join(map(str, seeds))}); "
         "same model, first layer, E0s, weight decay (0) and stage two (last 20%) on both sides, the same "
         "output normalisation in each cell (`default` = mace-torch `--model MACE`, `std` = `ScaleShiftMACE "
         "--scaling std_scaling`). " + ". ".join(parts)
-        + (f". molequi trains {slash(thr)}x the structures per CPU s" if thr else "")
-        + ("" if d.get("complete") else ". **Incomplete**: not every planned run finished")
+        + (f". molequi trains {ratio_range(thr)} the structures per CPU s" if thr else "")
+        + ("" if d.get("complete") else ". **Incomplete**: not measured: "
+           + "; ".join(d.get("missing") or missing or ["not every planned run finished"]))
     )
     return row(
         "MACE accuracy vs mace-torch (same settings, same run)",
@@ -442,16 +451,15 @@ def _row_mace_accuracy_same_run(res: Path) -> list[str]:
     )
 
 
-def _md_pairs(d: dict, key: str) -> list[tuple[dict, dict]]:
+def _md_pairs(d: dict, key: str, other: str = "mace-torch") -> list[tuple[dict, dict]]:
+    """(row ``key``, row ``other``) per system, both from the same invocation of md_speed.py (rows saved
+    before invocations were recorded count as one), by size."""
     by = {}
     for r in d["results"]:
         if "steps_per_s" in r:
-            by.setdefault(r["system"], {})[r["impl_key"]] = r
-    return [
-        (v[key], v["mace-torch"])
-        for v in sorted(by.values(), key=lambda v: v["mace-torch"]["n_atoms"] if "mace-torch" in v else 0)
-        if key in v and "mace-torch" in v
-    ]
+            by.setdefault((r["system"], r.get("invocation")), {})[r["impl_key"]] = r
+    return sorted(((v[key], v[other]) for v in by.values() if key in v and other in v),
+                  key=lambda pair: pair[1]["n_atoms"])
 
 
 def rows_md(res: Path) -> list[list[str]]:
@@ -503,19 +511,21 @@ def rows_md(res: Path) -> list[list[str]]:
         f"±{100 * spread_cpu:.0f}% CPU, ±{100 * spread_wall:.0f}% wall of the median)"
         + "".join(f"; {e}" for e in errors)
     )
-    like_atoms = {b["n_atoms"]: a for a, b in like}
-    gain = [a["cpu_steps_per_s"] / like_atoms[b["n_atoms"]]["cpu_steps_per_s"] for a, b in skin]
-    gain_wall = [a["steps_per_s"] / like_atoms[b["n_atoms"]]["steps_per_s"] for a, b in skin]
+    # the reuse alone: molequi with the skin against molequi rebuilding every step, in the same invocation
+    reuse = _md_pairs(d, "molequi", "molequi-noreuse")
+    gain, gain_wall = ratios(reuse)
     if not skin:
         raise ReportError("md_speed.json: no system with both molequi (skin) and mace-torch rows")
     scpu, swall = ratios(skin)
     skin_value = skin[0][0]["impl"].split("skin=")[-1]
-    not_run = sorted(set(like_atoms) - {b["n_atoms"] for _, b in skin})
+    not_run = sorted({b["n_atoms"] for _, b in like} - {b["n_atoms"] for _, b in reuse})
     skin_row = (
         f"molequi with neighbour-list reuse (skin {skin_value} Å) vs MACECalculator: "
         f"{ratio_range(scpu)} CPU, {ratio_range(swall)} wall, {span([b['n_atoms'] for _, b in skin])} "
-        "atoms; the reuse alone, against molequi rebuilding every "
-        f"step: {ratio_range(gain, 2)} CPU ({ratio_range(gain_wall, 2)} wall)"
+        "atoms; the reuse alone, against molequi rebuilding every step in the same run: "
+        f"{ratio_range(gain, 2)} CPU ({ratio_range(gain_wall, 2)} wall), per size CPU/wall "
+        + ", ".join(f"{b['n_atoms']} {g:.2f}/{w:.2f}x" for (_, b), g, w in zip(reuse, gain, gain_wall))
+        + f" ({span([len(a['step_cpu_s']) for a, _ in reuse])} timed steps)"
         + (f"; not run at {' / '.join(map(str, not_run))} atoms (time)" if not_run else "")
     )
     cmd = "`python scripts/bench/md_speed.py --mace-python PY`"

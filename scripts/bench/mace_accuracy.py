@@ -40,6 +40,10 @@ curves (PNG: against optimiser steps and training CPU seconds). The molequi and 
 budget, normalisation) run side by side at the same time (``--parallel 2``), so they share the machine's
 load; ``--pairs-at-once 2`` runs two such pairs at once.
 
+Invocations that ran different seeds, budgets, budget sizes or normalisations (``--out`` names) are
+combined by ``--merge``; each run keeps its budget size, so a 120 CPU-s budget added later sits beside the
+30 CPU-s one.
+
 Writes bench_results/mace_accuracy.json (after every pair, ``complete`` false until the end),
 bench_results/mace_accuracy.md and bench_results/mace_accuracy_curves.png.
 """
@@ -672,8 +676,9 @@ def render_markdown(d: dict, old: list[dict]) -> str:
         + ".",
         "",
         *(
-            f"- part `{part['name']}`: saved {part.get('date') or '(date not recorded)'}, load average "
-            f"at its end {', '.join(f'{x:.1f}' for x in part['provenance']['load_average'])}"
+            f"- part `{part['name']}` (`{part.get('options', '')}`): saved "
+            f"{part.get('date') or '(date not recorded)'}, load average at its end "
+            f"{', '.join(f'{x:.1f}' for x in part['provenance']['load_average'])}"
             for part in d.get("parts", [])
         ),
         "",
@@ -825,6 +830,17 @@ def keep_v1_files() -> None:
                 os.replace(RESULTS / f"{old}.json", RESULTS / f"{new}.json")
 
 
+def _part_options(name: str, part: dict) -> str:
+    """The options of the invocation that wrote a part (from what it saved)."""
+    st, runs = part["settings"], part["runs"]
+    budgets = sorted({r["budget"] for r in runs})
+    sizes_ = (["--epochs", str(st["epochs"])] if "epochs" in budgets else []) + (
+        ["--cpu-seconds", f"{st['cpu_seconds']:g}"] if "cpu" in budgets else [])
+    return " ".join(["--budgets", *budgets, "--variants", *sorted({r["variant"] for r in runs}), *sizes_,
+                     "--seeds", *map(str, sorted({r["seed"] for r in runs})), "--nice", str(st["nice"]),
+                     "--out", name])
+
+
 def merge(names: list[str]) -> dict:
     """bench_results/mace_accuracy.json from the runs of several invocations (``--out`` names) that ran the
     same protocol for different (seed, budget, budget size, normalisation) pairs, e.g. a larger budget added
@@ -869,6 +885,7 @@ def merge(names: list[str]) -> dict:
             {
                 "name": n,
                 "date": p.get("machine", {}).get("date"),
+                "options": _part_options(n, p),
                 "pairs": sorted({(r["seed"], r["budget"], budget_size(r, p["settings"]), r["variant"])
                                  for r in p["runs"]}),
                 "provenance": p["provenance"],

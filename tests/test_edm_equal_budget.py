@@ -177,3 +177,20 @@ def test_partial_saves_keep_every_finished_batch(tmp_path):
     saved = json.loads((tmp_path / "edm_side.json").read_text())
     assert saved["n_samples"] == 4 and saved["complete"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edm_samples.npz", "edm_side.json"]  # no temp left
+
+
+def test_saved_predicted_bonds_and_charges_read_back(tmp_path):
+    """Samples of a model that predicts bonds and charges (EQGAT-diff, generation_compare.py) keep both
+    through save_side / load_samples: each molecule's charges and its own n x n bond-order matrix."""
+    rng = np.random.default_rng(1)
+    mols = [
+        (rng.integers(1, 9, n), rng.normal(size=(n, 3)), rng.integers(-1, 2, n), rng.integers(0, 5, (n, n)))
+        for n in (3, 9, 1, 29)
+    ]
+    bench.save_side(tmp_path, "eqgat_diff", {"code": "molequi eqgat_diff"}, mols, complete=True)
+    back = bench.load_samples(tmp_path / "eqgat_diff_samples.npz")
+    assert len(back) == 4
+    for a, b in zip(mols, back):
+        assert len(b) == 4
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)

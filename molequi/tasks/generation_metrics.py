@@ -151,8 +151,9 @@ def molecule_report(molecules: Sequence[Molecule], training_smiles: set[str] | N
     """All metrics, in percent, for a list of ``Molecule``.
 
     Returns atom_stability, molecule_stability, validity (EDM, largest fragment), validity_strict (single
-    fragment), uniqueness (among valid), valid_x_unique, novelty (among unique, when ``training_smiles`` is
-    given), plus counts and the list of valid SMILES.
+    fragment), uniqueness (among valid), valid_x_unique, uniqueness_strict and valid_x_unique_strict (the same
+    among the single-fragment valid ones, as EQGAT-diff / MiDi count), novelty (among unique, when
+    ``training_smiles`` is given), plus counts and the list of valid SMILES.
     """
     from rdkit import RDLogger
 
@@ -160,7 +161,7 @@ def molecule_report(molecules: Sequence[Molecule], training_smiles: set[str] | N
     if len(molecules) == 0:
         raise InputError("no molecules to evaluate")
     n_atoms = n_stable_atoms = n_stable_mols = 0
-    valid, n_strict = [], 0
+    valid, strict = [], []
     for m in molecules:
         z = np.asarray(m.numbers, dtype=int)
         stable = atom_stability(z, m.positions, bonds=m.bonds, charges=m.charges)
@@ -172,7 +173,8 @@ def molecule_report(molecules: Sequence[Molecule], training_smiles: set[str] | N
         smiles, single = validity(mol)
         if smiles is not None:
             valid.append(smiles)
-            n_strict += int(single)
+            if single:
+                strict.append(smiles)
     n = len(molecules)
     unique = set(valid)
     report = {
@@ -180,9 +182,12 @@ def molecule_report(molecules: Sequence[Molecule], training_smiles: set[str] | N
         "atom_stability": 100.0 * n_stable_atoms / max(n_atoms, 1),
         "molecule_stability": 100.0 * n_stable_mols / n,
         "validity": 100.0 * len(valid) / n,
-        "validity_strict": 100.0 * n_strict / n,
+        "validity_strict": 100.0 * len(strict) / n,
         "uniqueness": 100.0 * len(unique) / len(valid) if valid else 0.0,
         "valid_x_unique": 100.0 * len(unique) / n,
+        # EQGAT-diff's (MiDi's) definitions: valid = sanitises and is one fragment, unique among those
+        "uniqueness_strict": 100.0 * len(set(strict)) / len(strict) if strict else 0.0,
+        "valid_x_unique_strict": 100.0 * len(set(strict)) / n,
     }
     if training_smiles is not None:
         novel = [s for s in unique if s not in training_smiles]

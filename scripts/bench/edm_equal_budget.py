@@ -457,31 +457,49 @@ def edm_extra_samples(peer_code: Path, workdir: Path, part: int, n_samples: int,
     return 0
 
 
-def molequi_extra_samples(workdir: Path, part: int, n_samples: int, seed: int, batch: int) -> int:
-    """More samples from molequi's trained model (``model_path`` of ``molequi_side.json``) in another process,
-    seed ``seed + 1000 + part``, batches of 100 saved as ``molequi_part{part}`` (added by ``finish``)."""
+def molequi_extra_samples(
+    workdir: Path, part: int, n_samples: int, seed: int, batch: int, side: str = "molequi"
+) -> int:
+    """More samples from a side's trained molequi model (``model_path`` of ``{side}_side.json``) in another
+    process, seed ``seed + 1000 + part``, each batch saved as ``{side}_part{part}`` (added by ``finish``)."""
     from molequi.models.generative.io import load_generative
 
     torch.set_num_threads(1)
-    side = json.loads((workdir / "molequi_side.json").read_text())
-    model = load_generative(side["model_path"]).eval()
-    gen = torch.Generator().manual_seed(seed + 1000 + part)
-    out = {"code": "molequi", "part": part, "seed": seed + 1000 + part}
-    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
-    samples = []
-    for start in range(0, n_samples, batch):
-        mols = model.sample(min(batch, n_samples - start), batch_size=batch, generator=gen)
-        samples += [(np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64)) for m in mols]
-        out["sample_cpu_s"] = time.process_time() - gen_cpu
-        out["sample_wall_s"] = time.perf_counter() - gen_wall
-        save_side(workdir, f"molequi_part{part}", out, samples, complete=False)
-    save_side(workdir, f"molequi_part{part}", out, samples, complete=True)
+    info = json.loads((workdir / f"{side}_side.json").read_text())
+    model = load_generative(info["model_path"]).eval()
+    out = {"code": info["code"], "part": part, "seed": seed + 1000 + part}
+
+    def save_partial(o, samples):
+        save_side(workdir, f"{side}_part{part}", o, samples, complete=False)
+
+    samples = molequi_sample_loop(model, n_samples, seed + 1000 + part, out, save_partial, batch)
+    save_side(workdir, f"{side}_part{part}", out, samples, complete=True)
     return 0
 
 
+def molequi_sample_loop(model, n_samples: int, seed: int, out: dict, save_partial, batch: int = 100) -> list:
+    """``model.sample`` in batches (each saved when done, with its CPU and wall time in ``out``): (numbers,
+    positions) per molecule, plus (charges, bond-order matrix) for models that predict them (EQGAT-diff)."""
+    gen = torch.Generator().manual_seed(seed)
+    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
+    samples = []
+    for start in range(0, n_samples, batch):
+        for m in model.sample(min(batch, n_samples - start), batch_size=batch, generator=gen):
+            mol = (np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64))
+            if m.bonds is not None:
+                mol += (np.asarray(m.charges, dtype=np.int64), np.asarray(m.bonds, dtype=np.int64))
+            samples.append(mol)
+        out["sample_cpu_s"] = time.process_time() - gen_cpu
+        out["sample_wall_s"] = time.perf_counter() - gen_wall
+        save_partial(out, samples)
+    return samples
+
+
 # ---------------------------------------------------------------------------------------------- molequi side
-def molequi_yaml(run_dir: Path, seed: int) -> str:
-    """The ``molequi train`` config with ``HYPER`` in molequi's names (the data come as records)."""
+def molequi_yaml(run_dir: Path, seed: int, model: dict | None = None) -> str:
+    """The ``molequi train`` config with ``HYPER`` in molequi's names (the data come as records); ``model``
+    replaces the EDM model section (generation_compare.py: GeoLDM, EQGAT-diff with the same optimiser and
+    trainer)."""
     import yaml
 
     h = HYPER
@@ -526,6 +544,8 @@ def molequi_yaml(run_dir: Path, seed: int) -> str:
             "checkpoint_every": 1000,
         },
     }
+    if model is not None:
+        cfg["model"] = model
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
@@ -553,24 +573,29 @@ def _budget_callback(budget: float, record: dict):
 
 
 def run_molequi_side(
-    workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int, save_partial
+    workdir: Path, budget: float, n_samples: int, n_nll: int, seed: int, save_partial, side: str = "molequi",
+    model_section: dict | None = None,
 ) -> dict:
+    """molequi's model trained for ``budget`` CPU s by ``molequi.train.run.train`` (run folder
+    ``WORKDIR/{side}_run``, config ``WORKDIR/{side}.yaml``; ``model_section`` replaces the EDM model), its
+    test NLL when the model has a likelihood (``dataset_nll``), then ``n_samples`` samples."""
     import ase
 
     from molequi.config import load_config
     from molequi.data.molecules import GeometryDataset
+    from molequi.errors import ModelError
     from molequi.models.generative.io import load_generative
     from molequi.train.evaluate import read_run_metrics
     from molequi.train.run import train
 
     torch.set_num_threads(1)
-    run_dir = workdir / "molequi_run"
+    run_dir = workdir / f"{side}_run"
     if run_dir.exists():  # a previous run's logs would mix into this run's loss curve
         import shutil
 
         shutil.rmtree(run_dir)
-    yaml_path = workdir / "molequi.yaml"
-    yaml_path.write_text(molequi_yaml(run_dir, seed))
+    yaml_path = workdir / f"{side}.yaml"
+    yaml_path.write_text(molequi_yaml(run_dir, seed, model_section))
     cfg = load_config(yaml_path)
     records = GeometryDataset(
         [ase.Atoms(numbers=z, positions=x) for z, x in load_split(workdir, "train")]
@@ -588,14 +613,20 @@ def run_molequi_side(
     curve = [[times[s][0], times[s][1], v] for s, v in sorted(log.items()) if s < len(times)]
     model = load_generative(result.model_path).eval()
     nll_cpu = time.process_time()
-    nll = model.dataset_nll(
-        load_split(workdir, "test", n_nll),
-        batch_size=HYPER["batch_size"],
-        generator=torch.Generator().manual_seed(seed + 2),
-    )
+    nll = {"nll": None, "nll_stderr": None, "molecules": 0, "bits_per_dim": None}  # no likelihood: EQGAT-diff
+    nll_error = None
+    if hasattr(model, "dataset_nll"):
+        try:
+            nll = model.dataset_nll(
+                load_split(workdir, "test", n_nll),
+                batch_size=HYPER["batch_size"],
+                generator=torch.Generator().manual_seed(seed + 2),
+            )
+        except ModelError as err:  # a test size the training batches never showed: log p(N) = -inf
+            nll_error = str(err)
     nll_cpu = time.process_time() - nll_cpu
     out = {
-        "code": "molequi",
+        "code": "molequi" if model_section is None else f"molequi {model_section['name']}",
         "train_cpu_s": record["cpu"],
         "train_wall_s": record["wall"],
         "iterations": steps,
@@ -610,21 +641,14 @@ def run_molequi_side(
         "nll_molecules": nll["molecules"],
         "bits_per_dim": nll["bits_per_dim"],
         "nll_cpu_s": nll_cpu,
+        **({"nll_error": nll_error} if nll_error else {}),
         "config": str(yaml_path),
         "run_dir": str(run_dir),
         "model_path": str(result.model_path),
     }
     save_partial(out, [])  # the NLL (cheap) before the samples (the long part)
-    gen = torch.Generator().manual_seed(seed + 1)
-    gen_cpu, gen_wall = time.process_time(), time.perf_counter()
-    samples = []
-    for start in range(0, n_samples, 100):  # batches of 100 as EDM's side, each saved when done
-        mols = model.sample(min(100, n_samples - start), batch_size=100, generator=gen)
-        samples += [(np.asarray(m.numbers), np.asarray(m.positions, dtype=np.float64)) for m in mols]
-        out["sample_cpu_s"] = time.process_time() - gen_cpu
-        out["sample_wall_s"] = time.perf_counter() - gen_wall
-        save_partial(out, samples)
-    return out, samples
+    # batches of 100 as EDM's side, each saved when done
+    return out, molequi_sample_loop(model, n_samples, seed + 1, out, save_partial, 100)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -678,9 +702,14 @@ def save_side(workdir: Path, side: str, out: dict, samples, complete: bool) -> N
     tmp = workdir / f".{side}_samples.tmp.npz"
     np.savez_compressed(
         tmp,
-        sizes=np.array([len(z) for z, _ in samples], dtype=np.int64),
-        numbers=np.concatenate([z for z, _ in samples]) if samples else np.zeros(0, dtype=np.int64),
-        positions=np.concatenate([x for _, x in samples]) if samples else np.zeros((0, 3)),
+        sizes=np.array([len(s[0]) for s in samples], dtype=np.int64),
+        numbers=np.concatenate([s[0] for s in samples]) if samples else np.zeros(0, dtype=np.int64),
+        positions=np.concatenate([s[1] for s in samples]) if samples else np.zeros((0, 3)),
+        **(  # predicted charges and bond-order matrices (row-major, n_i^2 each), when the model has them
+            {"charges": np.concatenate([s[2] for s in samples]),
+             "bonds": np.concatenate([s[3].ravel() for s in samples])}
+            if samples and len(samples[0]) == 4 else {}
+        ),
     )
     tmp.replace(workdir / f"{side}_samples.npz")
     tmp = workdir / f".{side}_side.json"
@@ -711,10 +740,18 @@ def side_main(args) -> int:
 
 
 def load_samples(path: Path):
+    """(numbers, positions) per molecule, plus (charges, bond-order matrix) when the file has them."""
     with np.load(path) as f:
         sizes, z, x = f["sizes"], f["numbers"], f["positions"]
+        q, b = (f["charges"], f["bonds"]) if "bonds" in f else (None, None)
     ends = np.cumsum(sizes)
-    return [(z[e - s : e], x[e - s : e]) for s, e in zip(sizes, ends)]
+    if q is None:
+        return [(z[e - s : e], x[e - s : e]) for s, e in zip(sizes, ends)]
+    b_ends = np.cumsum(sizes**2)
+    return [
+        (z[e - s : e], x[e - s : e], q[e - s : e], b[be - s * s : be].reshape(s, s))
+        for s, e, be in zip(sizes, ends, b_ends)
+    ]
 
 
 def peer_commit(peer_code: Path) -> str | None:
@@ -789,6 +826,34 @@ def _relative_paths(obj):
     return json.loads(text)
 
 
+def gather_samples(workdir: Path, side: str, e: dict) -> list:
+    """The side's samples (``{side}_samples.npz``) and those of its ``samples`` helper processes
+    (``{side}_part*``), at most ``samples_requested``; the counts and CPU / wall times go into ``e``."""
+    samples = load_samples(workdir / f"{side}_samples.npz")
+    extra = {  # the `samples` helpers' processes: more samples of this side's model
+        p.name.removesuffix("_side.json"): json.loads(p.read_text())
+        for p in sorted(workdir.glob(f"{side}_part*_side.json"))
+    }
+    e["samples_generated"] = len(samples) + sum(v["n_samples"] for v in extra.values())
+    if extra:
+        e["sample_processes"] = [
+            {"name": side, "n_samples": e["n_samples"], "sample_cpu_s": e["sample_cpu_s"],
+             "sample_wall_s": e["sample_wall_s"], "complete": e["complete"]}
+        ] + [{"name": k, **{x: v[x] for x in ("n_samples", "sample_cpu_s", "sample_wall_s", "complete",
+                                               "seed")}} for k, v in extra.items()]
+        for name in extra:
+            samples += load_samples(workdir / f"{name}_samples.npz")
+        if len(samples) > e["samples_requested"]:  # the processes' batches overshot: the first ones kept
+            e["samples_discarded"] = len(samples) - e["samples_requested"]
+            samples = samples[: e["samples_requested"]]
+        e["n_samples"] = len(samples)
+        e["sample_cpu_s"] = sum(p["sample_cpu_s"] for p in e["sample_processes"])
+        e["sample_wall_s"] = max(p["sample_wall_s"] for p in e["sample_processes"])
+        e["complete"] = e["n_samples"] >= e["samples_requested"]
+    e["sample_cpu_s_per_molecule"] = e["sample_cpu_s"] / max(e["samples_generated"], 1)
+    return samples
+
+
 def finish(args, counts: dict | None = None) -> int:
     """Metrics of both sides' saved samples with both metric codes, the JSON, markdown and PNG."""
     workdir, peer_code = Path(args.workdir).resolve(), Path(args.peer_code).resolve()
@@ -796,29 +861,7 @@ def finish(args, counts: dict | None = None) -> int:
         counts = json.loads((workdir / "edm_data" / "qm9" / "prepare.json").read_text())
     sides = {s: json.loads((workdir / f"{s}_side.json").read_text()) for s in ("edm", "molequi")}
     for side in sides:
-        samples = load_samples(workdir / f"{side}_samples.npz")
-        extra = {  # the `samples` helpers' processes: more samples of this side's model
-            p.name.removesuffix("_side.json"): json.loads(p.read_text())
-            for p in sorted(workdir.glob(f"{side}_part*_side.json"))
-        }
-        e = sides[side]
-        e["samples_generated"] = len(samples) + sum(v["n_samples"] for v in extra.values())
-        if extra:
-            e["sample_processes"] = [
-                {"name": side, "n_samples": e["n_samples"], "sample_cpu_s": e["sample_cpu_s"],
-                 "sample_wall_s": e["sample_wall_s"], "complete": e["complete"]}
-            ] + [{"name": k, **{x: v[x] for x in ("n_samples", "sample_cpu_s", "sample_wall_s", "complete",
-                                                   "seed")}} for k, v in extra.items()]
-            for name in extra:
-                samples += load_samples(workdir / f"{name}_samples.npz")
-            if len(samples) > e["samples_requested"]:  # the processes' batches overshot: the first ones kept
-                e["samples_discarded"] = len(samples) - e["samples_requested"]
-                samples = samples[: e["samples_requested"]]
-            e["n_samples"] = len(samples)
-            e["sample_cpu_s"] = sum(p["sample_cpu_s"] for p in e["sample_processes"])
-            e["sample_wall_s"] = max(p["sample_wall_s"] for p in e["sample_processes"])
-            e["complete"] = e["n_samples"] >= e["samples_requested"]
-        e["sample_cpu_s_per_molecule"] = e["sample_cpu_s"] / max(e["samples_generated"], 1)
+        samples = gather_samples(workdir, side, sides[side])
         sides[side]["metrics"] = molequi_metrics(samples)
         sides[side]["metrics_edm_analyze"] = edm_metrics(peer_code, samples)
     agree = max(

@@ -79,6 +79,18 @@ def test_uniqueness_and_novelty():
     assert r["novelty"] == 50.0  # of {C, C=C} only C=C is new
 
 
+def test_strict_uniqueness_counts_single_fragments_only():
+    """EQGAT-diff's uniqueness: among molecules that sanitise as one fragment. Methane twice (one copy
+    shifted), ethylene, and methane + a far H2 (valid as EDM counts it, largest fragment C; not strictly)."""
+    z, pos = METHANE
+    ze, pe = ethylene()
+    far = (np.append(z, [1, 1]), np.vstack([pos, [[10, 0, 0], [10.74, 0, 0]]]))
+    r = molecule_report([Molecule(z, pos), Molecule(z, pos + 1.0), Molecule(ze, pe), Molecule(*far)])
+    assert r["validity"] == 100.0 and r["validity_strict"] == 75.0
+    assert r["uniqueness"] == 50.0 and r["valid_x_unique"] == 50.0  # {C, C=C} of 4 valid
+    assert r["uniqueness_strict"] == pytest.approx(200 / 3) and r["valid_x_unique_strict"] == 50.0  # of 3
+
+
 def test_predicted_bonds_and_charges():
     # ammonium from predicted bonds: N+ with 4 single bonds is stable under the charge-aware table
     z = np.array([7, 1, 1, 1, 1])

@@ -274,6 +274,7 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
         from molequi.models.faenet import legacy_faenet_section
 
         raw = legacy_faenet_section(raw)
+    raw = _equiformer_v2_names(raw)  # the variant once named equiformer_v2; the equiformer_v2_fairchem alias
     extra = {}
     if isinstance(raw, dict):
         for key in FINETUNE_KEYS:
@@ -294,6 +295,16 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
     return section
 
 
+def _equiformer_v2_names(raw):
+    """A model section with today's EquiformerV2 names (``legacy_equiformer_v2_section``), else ``raw``."""
+    if not isinstance(raw, dict) or str(raw.get("name", "")).lower() not in ("equiformer_v2",
+                                                                            "equiformer_v2_fairchem"):
+        return raw
+    from molequi.models.equiformer_v2 import legacy_equiformer_v2_section
+
+    return legacy_equiformer_v2_section(raw)
+
+
 def migrate_stored_config(config: dict, version: int) -> dict:
     """A run config stored in a checkpoint of format ``version`` (``molequi.checkpoint``), as this molequi
     reads it: before version 2, model keys that were absent took defaults that have changed since, so each
@@ -301,11 +312,17 @@ def migrate_stored_config(config: dict, version: int) -> dict:
     kept). Configs read from YAML are not migrated: they get today's defaults.
 
     A stored ``eqgat_diff`` model with ``coords_range`` (which only the EGNN denoiser has) was written when
-    that name meant the EGNN-based categorical model: it is read as ``egnn_categorical``, its name today."""
+    that name meant the EGNN-based categorical model: it is read as ``egnn_categorical``, its name today. A
+    stored ``equiformer_v2`` with molequi's variant's fields is read as ``equiformer_v2_molequi`` and the
+    alias ``equiformer_v2_fairchem`` as ``equiformer_v2``
+    (``molequi.models.equiformer_v2.legacy_equiformer_v2_section``)."""
     model = config.get("model") if isinstance(config, dict) else None
     if isinstance(model, dict) and model.get("name") == "eqgat_diff" and "coords_range" in model:
         model = {**model, "name": "egnn_categorical"}
         config = {**config, "model": model}
+    renamed = _equiformer_v2_names(model)
+    if renamed is not model:
+        model, config = renamed, {**config, "model": renamed}
     if version >= 2 or not isinstance(model, dict) or not isinstance(model.get("name", "mace"), str):
         return config
     try:

@@ -12,8 +12,8 @@ from molequi.models import MODELS, build_model, get_model_class
 from molequi.models.base import ForceField, GenerativeModel
 
 STATS = Statistics(elements=[1, 6, 8], avg_num_neighbors=6.0)
-FORCE_FIELDS = ["mace", "egnn", "lj", "equiformer_v2", "faenet", "frame_averaging", "escn", "equiformer_v2_fairchem",
-                "scn"]
+FORCE_FIELDS = ["mace", "egnn", "lj", "equiformer_v2_molequi", "faenet", "frame_averaging", "escn", "equiformer_v2",
+                "equiformer_v2_fairchem", "scn"]
 GENERATIVE = ["edm", "geoldm", "eqgat_diff", "egnn_categorical"]
 
 
@@ -30,15 +30,17 @@ def test_registered_force_fields_satisfy_the_protocol(name):
     assert model.r_max == 4.25  # the cutoff written in the config, in Å
     assert list(model.elements) == [1, 6, 8]  # the elements of the statistics it was built with
     # frame averaging is not conservative at degenerate frames (tests/models/test_frame_averaging.py); eSCN's,
-    # SCN's (its only mode) and fairchem EquiformerV2's default is fairchem's direct force head
-    assert model.conservative is (name not in ("faenet", "frame_averaging", "escn", "equiformer_v2_fairchem",
-                                                 "scn"))
+    # SCN's (its only mode) and EquiformerV2's (equiformer_v2, alias equiformer_v2_fairchem) default is
+    # fairchem's direct force head
+    assert model.conservative is (name not in ("faenet", "frame_averaging", "escn", "equiformer_v2",
+                                                 "equiformer_v2_fairchem", "scn"))
     assert not isinstance(model, GenerativeModel)
 
 
 def test_direct_force_head_declares_itself_nonconservative():
-    section = model_section_from_dict({"name": "equiformer_v2", "direct_forces": True})
-    assert build_model(section, STATS).conservative is False
+    for name in ("equiformer_v2_molequi", "equiformer_v2"):
+        section = model_section_from_dict({"name": name, "direct_forces": True})
+        assert build_model(section, STATS).conservative is False
 
 
 @pytest.mark.parametrize("name", GENERATIVE)

@@ -13,7 +13,7 @@ def register_kind(kinds) -> None:
         "loading and anything but tensors and plain values is refused (naming the global); the file is then "
         "read with weights_only. eSCN saved as fairchem's eSCN class or as a HydraModel (escn_backbone + energy and "
         "force heads) is read, and EquiformerV2 (equiformer_v2, or a HydraModel of equiformer_v2_backbone with its "
-        "energy and force heads; molequi model equiformer_v2_fairchem) and SCN (scn) are read; other models and options molequi "
+        "energy and force heads; molequi model equiformer_v2) and SCN (scn) are read; other models and options molequi "
         "does not implement are refused by name. The model computes fairchem's model output; the trainer's label "
         "normalizers are printed, not applied.",
     )
@@ -34,7 +34,7 @@ def run(args) -> int:
 
     payload = import_fairchem_checkpoint(args.checkpoint, args.out, dtype=getattr(torch, args.dtype), ema=args.ema)
     cfg = payload["config"]["model"]
-    kind = {"escn": "eSCN", "scn": "SCN"}.get(cfg["name"], "EquiformerV2 (equiformer_v2_fairchem)")
+    kind = {"escn": "eSCN", "scn": "SCN"}.get(cfg["name"], "EquiformerV2 (equiformer_v2)")
     print(f"imported {args.checkpoint} -> {args.out}: {kind} lmax {cfg['lmax']} mmax {cfg['mmax']}, "
           f"{cfg['num_layers']} layers, {cfg['sphere_channels']} sphere channels, cutoff {cfg['r_max']} Å, "
           f"{cfg['max_neighbors']} neighbours, {'EMA' if args.ema else 'raw'} weights, {args.dtype}; normalizers not applied: "

@@ -16,7 +16,7 @@ direct force head), or a ``hydra`` model (fairchem >= 1.1) made of ``escn_backbo
 ``escn_energy_head`` (reduce 'sum') and one ``escn_force_head``. EquiformerV2 (``equiformer_v2``, fairchem's
 deprecated one-class model, or a ``hydra`` model of ``equiformer_v2_backbone`` with one energy head
 ``equiformer_v2_energy_head`` / ``equiformerV2_scalar_head`` (reduce 'sum') and one force head
-``equiformer_v2_force_head`` / ``equiformerV2_vector_head``) becomes molequi's ``equiformer_v2_fairchem``
+``equiformer_v2_force_head`` / ``equiformerV2_vector_head``) becomes molequi's ``equiformer_v2``
 (``molequi.models.equiformer_v2_fairchem``; fairchem's fixed tables - Wigner / coefficient mappings, index
 buffers - are not read, its two S2 grids the model uses are). SCN (``scn``, one class, no HydraModel in
 fairchem 1.10) becomes ``molequi.models.scn.SCN``. Other models (other backbones or heads, ...)
@@ -434,7 +434,7 @@ def import_fairchem_checkpoint(path: str | Path, out: str | Path, dtype: torch.d
     from molequi.config import to_plain
 
     model, normalizers = import_fairchem(path, dtype, ema=ema)
-    name = {"ESCN": "escn", "SCN": "scn"}.get(type(model).__name__, "equiformer_v2_fairchem")
+    name = {"ESCN": "escn", "SCN": "scn"}.get(type(model).__name__, "equiformer_v2")
     payload = make_payload(config={"model": {"name": name, **to_plain(model.config)}},
                            statistics=model.statistics.to_dict(), model_state=model.state_dict(), dtype=dtype)
     payload["fairchem_normalizers"] = normalizers

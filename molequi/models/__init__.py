@@ -27,10 +27,15 @@ MODELS = Registry("model", {
     "lj": "molequi.models.lj:LennardJones",
     "qhnet": "molequi.models.hamiltonian.qhnet:QHNet",
     "hamiltonian_conv": "molequi.models.hamiltonian.conv:HamiltonianConv",
-    "equiformer_v2": "molequi.models.equiformer_v2:EquiformerV2",
+    # EquiformerV2 as fairchem defines it; equiformer_v2_fairchem: its former name, an alias read as
+    # equiformer_v2 (molequi.models.equiformer_v2.legacy_equiformer_v2_section)
+    "equiformer_v2": "molequi.models.equiformer_v2_fairchem:EquiformerV2Fairchem",
+    "equiformer_v2_fairchem": "molequi.models.equiformer_v2_fairchem:EquiformerV2Fairchem",
+    # molequi's own EquiformerV2-style variant (configs and checkpoints that say equiformer_v2 with its
+    # fields, written when that name meant it, load as this)
+    "equiformer_v2_molequi": "molequi.models.equiformer_v2:EquiformerV2Molequi",
     "escn": "molequi.models.escn:ESCN",
     "scn": "molequi.models.scn:SCN",
-    "equiformer_v2_fairchem": "molequi.models.equiformer_v2_fairchem:EquiformerV2Fairchem",
     "faenet": "molequi.models.faenet:FAENet",
     "frame_averaging": "molequi.models.frame_averaging:FrameAveraging",
     "edm": "molequi.models.generative.edm:EDM",

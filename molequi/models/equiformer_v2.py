@@ -1,4 +1,27 @@
-"""EquiformerV2-style force field (Liao, Wood, Das & Smidt, ICLR 2024) on molequi's SO(2) convolutions.
+"""molequi's EquiformerV2-style force field (``model.name: equiformer_v2_molequi``), after Liao, Wood, Das &
+Smidt (ICLR 2024), on molequi's SO(2) convolutions. It is NOT EquiformerV2 as its authors define it: that
+model is ``model.name: equiformer_v2`` (``molequi.models.equiformer_v2_fairchem``, equal to fairchem-core
+1.10.0's code to 1e-14). This variant was named ``equiformer_v2`` before; a config or checkpoint that says
+``equiformer_v2`` with this model's fields (``channels``, ``num_bessel``, ...:
+``legacy_equiformer_v2_section``) still loads as this model, with the same outputs.
+
+How it differs from fairchem's EquiformerV2 (``equiformer_v2``):
+
+* attention logits: a Linear + LayerNorm + SiLU of the l = 0 outputs of the first SO(2) convolution, dotted
+  with a vector per head; fairchem: extra m = 0 output channels of that convolution, LayerNorm and
+  SmoothLeakyReLU(0.2);
+* softmax weighted by the cutoff envelope (smooth when a neighbour crosses the cutoff; molequi's addition);
+  fairchem: a plain softmax over neighbours, whose weights jump at the cutoff;
+* radial features: Bessel basis times a polynomial cutoff envelope and one element embedding shared by all
+  blocks; fairchem: 600 Gaussians without envelope and source / target atom embeddings per block;
+* separable S2 activation gated by the message's own l = 0 channels; fairchem: separate gating channels;
+  feed-forward Linear - S2 activation - Linear; fairchem's OC20 configs: the grid MLP;
+* ``layer_norm_sh`` only (fairchem also ``rms_norm_sh``, its constructor default); no dropout / drop path;
+* every neighbour within ``r_max`` (fairchem: the ``max_neighbors`` nearest), edge frames from one fixed tilt
+  (fairchem: a random roll per edge and call);
+* energy: an MLP of the l = 0 features per atom (fairchem: a feed-forward on the sphere divided by
+  ``avg_num_nodes``); forces by default -dE/dx with stress (fairchem: its direct force head only);
+* small defaults (2 layers, 32 channels) instead of fairchem's 31M-parameter OC20 configuration.
 
 Node features x_i are real spherical-harmonic coefficients up to ``lmax`` with C channels, (n, (L+1)^2, C).
 Edges j -> i carry u = r_ij / |r_ij| and the radial features rho_ij = [Bessel(r_ij), emb(z_i), emb(z_j)].
@@ -167,7 +190,8 @@ class EquivariantGraphAttention(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, c_out: int, d_rho: int, avg_num_neighbors: float) -> EquivariantGraphAttention:
-        """The attention of an ``EquiformerV2.Config`` with ``c_out`` output channels per coefficient."""
+        """The attention of an ``EquiformerV2Molequi.Config`` with ``c_out`` output channels per coefficient.
+        """
         return cls(cfg.lmax, cfg.mmax, cfg.channels, cfg.hidden_channels, cfg.num_heads, cfg.attn_channels,
                    cfg.value_channels, c_out, d_rho, cfg.radial_hidden, cfg.activation, cfg.grid_resolution,
                    avg_num_neighbors)
@@ -232,7 +256,7 @@ class FeedForward(nn.Module):
 
 
 class EquiformerV2Block(nn.Module):
-    def __init__(self, cfg: EquiformerV2.Config, d_rho: int, avg: float):
+    def __init__(self, cfg: EquiformerV2Molequi.Config, d_rho: int, avg: float):
         super().__init__()
         L, C = cfg.lmax, cfg.channels
         self.norm1 = SeparableLayerNorm(L, C)
@@ -245,8 +269,9 @@ class EquiformerV2Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class EquiformerV2(EnergyModel):
-    """EquiformerV2-style force field with molequi's model interface (see ``molequi.models``)."""
+class EquiformerV2Molequi(EnergyModel):
+    """molequi's EquiformerV2-style force field (``equiformer_v2_molequi``; module docstring: how it differs
+    from fairchem's EquiformerV2) with molequi's model interface (see ``molequi.models``)."""
 
     @dataclass
     class Config:
@@ -257,9 +282,9 @@ class EquiformerV2(EnergyModel):
         num_polynomial_cutoff: int = 5
         """Power p of the polynomial cutoff envelope."""
         lmax: int = 4
-        """Highest degree of the node features (EquiformerV2 on OC20: 6)."""
+        """Highest degree of the node features (fairchem's EquiformerV2 OC20 configs: 4 or 6)."""
         mmax: int = 2
-        """Highest order m kept by the SO(2) convolutions (EquiformerV2 on OC20: 2)."""
+        """Highest order m kept by the SO(2) convolutions (fairchem's EquiformerV2 OC20 configs: 2)."""
         channels: int = 32
         """Channels per coefficient of the node features."""
         num_layers: int = 2
@@ -287,13 +312,15 @@ class EquiformerV2(EnergyModel):
 
         def validate(self) -> None:
             if self.r_max <= 0:
-                raise ConfigError(f"EquiformerV2 r_max must be positive, got {self.r_max}")
+                raise ConfigError(f"equiformer_v2_molequi r_max must be positive, got {self.r_max}")
             if not 0 <= self.lmax <= 8:
-                raise ConfigError(f"EquiformerV2 lmax must be in 0..8, got {self.lmax}")
+                raise ConfigError(f"equiformer_v2_molequi lmax must be in 0..8, got {self.lmax}")
             if not 0 <= self.mmax <= self.lmax:
-                raise ConfigError(f"EquiformerV2 mmax must be in 0..lmax={self.lmax}, got {self.mmax}")
+                raise ConfigError(f"equiformer_v2_molequi mmax must be in 0..lmax={self.lmax}, "
+                                  f"got {self.mmax}")
             if self.activation not in ("s2", "gate"):
-                raise ConfigError(f"EquiformerV2 activation must be 's2' or 'gate', got '{self.activation}'")
+                raise ConfigError(f"equiformer_v2_molequi activation must be 's2' or 'gate', "
+                                  f"got '{self.activation}'")
             if (
                 min(
                     self.channels,
@@ -306,11 +333,12 @@ class EquiformerV2(EnergyModel):
                 )
                 < 1
             ):
-                raise ConfigError("EquiformerV2 sizes (channels, layers, heads, ...) must be >= 1")
+                raise ConfigError("equiformer_v2_molequi sizes (channels, layers, heads, ...) must be >= 1")
             if self.direct_forces and self.lmax < 1:
-                raise ConfigError("EquiformerV2 direct_forces needs lmax >= 1 (forces are the l = 1 output)")
+                raise ConfigError("equiformer_v2_molequi direct_forces needs lmax >= 1 "
+                                  "(forces are the l = 1 output)")
 
-    def __init__(self, cfg: EquiformerV2.Config, statistics: Statistics):
+    def __init__(self, cfg: EquiformerV2Molequi.Config, statistics: Statistics):
         super().__init__()
         cfg.validate()
         self.config, self.statistics = cfg, statistics
@@ -342,7 +370,7 @@ class EquiformerV2(EnergyModel):
         self._p0 = tilt_matrix()
 
     @classmethod
-    def from_config(cls, cfg: EquiformerV2.Config, statistics: Statistics) -> EquiformerV2:
+    def from_config(cls, cfg: EquiformerV2Molequi.Config, statistics: Statistics) -> EquiformerV2Molequi:
         return cls(cfg, statistics)
 
     def config_dict(self) -> dict:
@@ -385,7 +413,7 @@ class EquiformerV2(EnergyModel):
             return super().forward(data, compute_forces, compute_stress)
         if compute_stress:
             raise ModelError(
-                "an EquiformerV2 with direct_forces=True has no stress (its forces are not the "
+                "an equiformer_v2_molequi with direct_forces=True has no stress (its forces are not the "
                 "gradient of its energy); use direct_forces=False for stress"
             )
         pos = data[K.POS]
@@ -408,4 +436,25 @@ class EquiformerV2(EnergyModel):
         return out
 
 
-__all__ = ["EquiformerV2", "SO3Linear", "SeparableLayerNorm", "EquivariantGraphAttention", "GateActivation"]
+#: fields of this variant that fairchem's EquiformerV2 has not: a model section ``name: equiformer_v2`` with
+#: any of them was written when that name meant this variant (its checkpoints store every field)
+LEGACY_FIELDS = frozenset({"num_bessel", "num_polynomial_cutoff", "channels", "hidden_channels",
+                           "attn_channels", "value_channels", "ffn_channels", "radial_hidden",
+                           "element_channels", "readout_hidden", "activation", "avg_num_neighbors"})
+
+
+def legacy_equiformer_v2_section(raw: dict) -> dict:
+    """A model section (YAML or stored in a checkpoint) under today's names: ``equiformer_v2`` with a field
+    of ``LEGACY_FIELDS`` is this variant (named so before ``equiformer_v2`` meant fairchem's model) and is
+    read as ``equiformer_v2_molequi``; ``equiformer_v2_fairchem`` (fairchem's model's former name, still
+    accepted) is read as ``equiformer_v2``. Any other section is returned as is."""
+    name = str(raw.get("name", "")).lower()
+    if name == "equiformer_v2_fairchem":
+        return {**raw, "name": "equiformer_v2"}
+    if name == "equiformer_v2" and LEGACY_FIELDS & set(raw):
+        return {**raw, "name": "equiformer_v2_molequi"}
+    return raw
+
+
+__all__ = ["EquiformerV2Molequi", "legacy_equiformer_v2_section", "LEGACY_FIELDS", "SO3Linear",
+           "SeparableLayerNorm", "EquivariantGraphAttention", "GateActivation"]

@@ -1,7 +1,8 @@
 """EquiformerV2 as fairchem-core 1.10.0 defines it (Liao, Wood, Das & Smidt, "EquiformerV2: Improved Equivariant
 Transformer for Scaling to Higher-Degree Representations", ICLR 2024; ``fairchem.core.models.equiformer_v2``:
 ``EquiformerV2Backbone`` with ``EqV2ScalarHead`` (energy) and ``EqV2VectorHead`` (direct forces)), in molequi's
-interface. Model name ``equiformer_v2_fairchem`` (molequi's own EquiformerV2-style model keeps ``equiformer_v2``).
+interface. Model name ``equiformer_v2`` (``equiformer_v2_fairchem``, its former name, is an alias of it); molequi's
+own EquiformerV2-style variant is ``equiformer_v2_molequi`` (``molequi.models.equiformer_v2``).
 
 Node features x_i: real spherical-harmonic coefficients up to ``lmax`` (e3nn order, index l^2 + l + m), C =
 ``sphere_channels`` channels, (n, (L+1)^2, C). Edge e = (j -> i): fairchem's edge_index[0] = j (source),
@@ -444,6 +445,11 @@ class GaussianSmearing(nn.Module):
 class EquiformerV2Fairchem(EnergyModel):
     """EquiformerV2 (fairchem-core 1.10.0's backbone + energy / force heads), module docstring."""
 
+    compile_refusal = ("its graph has data-dependent sizes: fairchem's strict max_neighbors cut (shared with "
+                       "eSCN, molequi.models.escn.max_neighbors_mask: bincount, max, boolean masks) and the "
+                       "'all edges kept?' branch read tensor values, so torch._dynamo finds graph breaks (8-11 "
+                       "in a 1-layer model, torch 2.13) and fullgraph=True fails")
+
     @dataclass
     class Config:
         r_max: float = 12.0
@@ -493,26 +499,26 @@ class EquiformerV2Fairchem(EnergyModel):
 
         def validate(self) -> None:
             if self.r_max <= 0:
-                raise ConfigError(f"equiformer_v2_fairchem r_max must be positive, got {self.r_max}")
+                raise ConfigError(f"equiformer_v2 r_max must be positive, got {self.r_max}")
             if not 1 <= self.lmax <= 12 or not 1 <= self.mmax <= self.lmax:
-                raise ConfigError(f"equiformer_v2_fairchem needs 1 <= mmax <= lmax <= 12, got lmax {self.lmax}, "
+                raise ConfigError(f"equiformer_v2 needs 1 <= mmax <= lmax <= 12, got lmax {self.lmax}, "
                                   f"mmax {self.mmax}")
             if self.norm_type not in NORM_TYPES:
-                raise ConfigError(f"equiformer_v2_fairchem norm_type must be one of {', '.join(NORM_TYPES)}, got "
+                raise ConfigError(f"equiformer_v2 norm_type must be one of {', '.join(NORM_TYPES)}, got "
                                   f"'{self.norm_type}'")
             if self.edge_roll not in EDGE_ROLLS:
-                raise ConfigError(f"equiformer_v2_fairchem edge_roll must be 'random' or 'fixed', got "
+                raise ConfigError(f"equiformer_v2 edge_roll must be 'random' or 'fixed', got "
                                   f"'{self.edge_roll}'")
             if min(self.num_layers, self.sphere_channels, self.attn_hidden_channels, self.num_heads,
                    self.attn_alpha_channels, self.attn_value_channels, self.ffn_hidden_channels,
                    self.edge_channels, self.max_num_elements) < 1 or self.max_neighbors < 0:
-                raise ConfigError("equiformer_v2_fairchem sizes must be >= 1 and max_neighbors >= 0")
+                raise ConfigError("equiformer_v2 sizes must be >= 1 and max_neighbors >= 0")
             if not (0 <= self.alpha_drop < 1 and 0 <= self.drop_path_rate < 1):
-                raise ConfigError("equiformer_v2_fairchem alpha_drop and drop_path_rate must be in [0, 1)")
+                raise ConfigError("equiformer_v2 alpha_drop and drop_path_rate must be in [0, 1)")
             if self.avg_num_nodes <= 0 or self.avg_degree <= 0:
-                raise ConfigError("equiformer_v2_fairchem avg_num_nodes and avg_degree must be positive")
+                raise ConfigError("equiformer_v2 avg_num_nodes and avg_degree must be positive")
             if not self.direct_forces and self.edge_roll != "fixed":
-                raise ConfigError("equiformer_v2_fairchem with direct_forces: false (gradient forces) needs "
+                raise ConfigError("equiformer_v2 with direct_forces: false (gradient forces) needs "
                                   "edge_roll: fixed; a random roll per call makes the energy a random function "
                                   "of the positions")
 
@@ -522,7 +528,7 @@ class EquiformerV2Fairchem(EnergyModel):
         self.config, self.statistics = cfg, statistics
         self.elements = [int(z) for z in statistics.elements]
         if max(self.elements) >= cfg.max_num_elements:
-            raise ConfigError(f"equiformer_v2_fairchem max_num_elements {cfg.max_num_elements} must exceed the "
+            raise ConfigError(f"equiformer_v2 max_num_elements {cfg.max_num_elements} must exceed the "
                               f"largest atomic number of the elements ({max(self.elements)})")
         self.r_max = float(cfg.r_max)
         self.conservative = not cfg.direct_forces
@@ -587,7 +593,7 @@ class EquiformerV2Fairchem(EnergyModel):
         if self.conservative:
             return super().forward(data, compute_forces, compute_stress)
         if compute_stress:
-            raise ModelError("an equiformer_v2_fairchem with direct_forces: true has no stress (its forces are not "
+            raise ModelError("an equiformer_v2 with direct_forces: true has no stress (its forces are not "
                              "the gradient of its energy); use direct_forces: false, edge_roll: fixed")
         pos = data[K.POS]
         cell = data[K.CELL].reshape(-1, 3, 3).to(pos.dtype)

@@ -1,8 +1,10 @@
 """torch.compile on CPU (issue 20 item 1): eager vs compiled, energy + forces and a force-training step, of a
 quickstart-size MACE (``molequi quickstart``'s model: 32x0e+32x1o, L=2, correlation 3, 2 layers, radial MLP
-[32, 32, 32]) and a default-size EquiformerV2, on 32 rMD17 ethanol molecules in one batch.
+[32, 32, 32]) and a default-size equiformer_v2_molequi (molequi's EquiformerV2-style variant; EquiformerV2 as
+fairchem defines it, ``equiformer_v2``, is refused by torch.compile: ``EnergyModel.compile_refusal``), on 32
+rMD17 ethanol molecules in one batch.
 
-    python scripts/bench/compile_speed.py [--models mace,equiformer_v2] [--repeats 5] [--backend inductor]
+    python scripts/bench/compile_speed.py [--models mace,equiformer_v2_molequi] [--repeats 5] [--backend inductor]
 
 energy+forces: eval mode, ``EnergyModel.compile_energies`` (forces are the autograd of the compiled per-atom
 energies, as ``MolequiCalculator(compile=True)`` runs them). training step: train mode, zero_grad + energy
@@ -35,7 +37,7 @@ MODELS = {
     "mace": {"name": "mace", "r_max": 5.0, "num_bessel": 8, "num_polynomial_cutoff": 5, "max_ell": 2,
              "hidden_irreps": "32x0e+32x1o", "correlation": 3, "num_interactions": 2, "MLP_irreps": "16x0e",
              "radial_MLP": [32, 32, 32]},
-    "equiformer_v2": {"name": "equiformer_v2", "r_max": 5.0},
+    "equiformer_v2_molequi": {"name": "equiformer_v2_molequi", "r_max": 5.0},
 }
 
 
@@ -125,7 +127,7 @@ def bench_model(name: str, batch, energy, forces, args, dtype) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="mace,equiformer_v2", help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--models", default="mace,equiformer_v2_molequi", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant after one warm-up (default 5)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision (default float32)")

@@ -1,4 +1,4 @@
-"""One table for MACE, EquiformerV2-style, frame averaging and EGNN on rMD17 ethanol and OC20-style slabs.
+"""One table for MACE, molequi's EquiformerV2-style variant (equiformer_v2_molequi), frame averaging and EGNN on rMD17 ethanol and OC20-style slabs.
 
 For each (dataset, model): parameters, training steps, CPU and wall seconds within a fixed training budget,
 test energy MAE (meV per structure and meV/atom) and force MAE (meV/Å), inference time (ms per structure,
@@ -25,7 +25,7 @@ Small budgets give far-from-converged numbers: the table compares cost and early
 accuracy (the MACE paper's ethanol numbers need ~200k steps).
 
     python scripts/bench/models.py [--budget 150] [--budget-clock cpu] [--n-train 200] [--n-test 200]
-                                   [--threads 1] [--models mace,equiformer_v2,frame_averaging,egnn,faenet]
+                                   [--threads 1] [--models mace,equiformer_v2_molequi,frame_averaging,egnn,faenet]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def model_configs(dataset: str, r_max: float) -> dict:
             "num_interactions": 2,
             "radial_MLP": [32, 32],
         },
-        "equiformer_v2": {
+        "equiformer_v2_molequi": {
             "r_max": r_max,
             "lmax": 2,
             "mmax": 2,
@@ -245,7 +245,7 @@ def main(argv=None):
     )
     ap.add_argument("--force-weight", type=float, default=10.0)
     ap.add_argument("--r-max", type=float, default=5.0)
-    ap.add_argument("--models", default="mace,equiformer_v2,frame_averaging,egnn")
+    ap.add_argument("--models", default="mace,equiformer_v2_molequi,frame_averaging,egnn")
     ap.add_argument("--datasets", default="rmd17_ethanol,slabs")
     ap.add_argument("--out", default="models", help="results name: bench_results/OUT.json (default models)")
     args = ap.parse_args(argv)

@@ -17,16 +17,16 @@ address-space limit), all at once, and a callback stops training once that proce
 training (``time.process_time()`` since training started) reaches ``--budget`` seconds; the trainer's
 ``max_time`` is wall-clock and is not used. Validation runs after training on the final weights.
 
-Model sizes: each model's OC20 configuration (molequi's defaults for escn / equiformer_v2_fairchem = fairchem's
-OC20 S2EF configs, faenet = the FAENet package's defaults, mace = molequi's MACE defaults; equiformer_v2 and
-frame_averaging are molequi's own) scaled down by one rule: every width (channels, hidden sizes, filters,
-irreps multiplicities) divided by 4, layer / interaction counts divided by 4 rounded up (at least 2), maximum
-degree lmax halved rounded up (mmax capped at it); radial bases, cutoffs, neighbour caps and sampling grids
-unchanged. See ``model_configs``.
+Model sizes: each model's OC20 configuration (molequi's defaults for escn / equiformer_v2 = fairchem's OC20
+S2EF configs, faenet = the FAENet package's defaults, mace = molequi's MACE defaults; equiformer_v2_molequi
+(molequi's EquiformerV2-style variant) and frame_averaging are molequi's own) scaled down by one rule: every
+width (channels, hidden sizes, filters, irreps multiplicities) divided by 4, layer / interaction counts divided
+by 4 rounded up (at least 2), maximum degree lmax halved rounded up (mmax capped at it); radial bases, cutoffs,
+neighbour caps and sampling grids unchanged. See ``model_configs``.
 
 This compares how fast each model starts learning on a tiny data set in a tiny time, not final accuracy.
 
-    python scripts/bench/oc20_train.py [--budget 90] [--models escn,equiformer_v2_fairchem,...] [--seed 0]
+    python scripts/bench/oc20_train.py [--budget 90] [--models escn,equiformer_v2,...] [--seed 0]
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ from _common import print_table, provenance, save  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "oc20" / "oc20_real.extxyz"
 N_FRAMES = 37
-MODELS = "scn,escn,equiformer_v2_fairchem,faenet,mace,equiformer_v2,frame_averaging"
+MODELS = "scn,escn,equiformer_v2,faenet,mace,equiformer_v2_molequi,frame_averaging"
 RULE = ("widths / 4, layers / 4 rounded up (>= 2), lmax / 2 rounded up (mmax <= lmax); radial bases, "
         "cutoffs, neighbour caps, grids unchanged")
 
 
 # the force head each configuration uses (direct: a separate force output; gradient: -dE/dx)
-FORCE_HEAD = {"scn": "direct", "escn": "direct", "equiformer_v2_fairchem": "direct", "faenet": "direct", "mace": "gradient",
-              "equiformer_v2": "gradient", "frame_averaging": "gradient (frame-averaged)"}
+FORCE_HEAD = {"scn": "direct", "escn": "direct", "equiformer_v2": "direct", "faenet": "direct", "mace": "gradient",
+              "equiformer_v2_molequi": "gradient", "frame_averaging": "gradient (frame-averaged)"}
 
 
 def _w(n: int) -> int:  # widths / 4
@@ -82,11 +82,11 @@ def model_configs() -> dict:
         "escn": {"num_layers": _layers(12), "lmax": _lmax(6), "mmax": 2, "sphere_channels": _w(128),
                  "hidden_channels": _w(256), "edge_channels": _w(128)},
         # fairchem EquiformerV2 OC20 S2EF: 8 layers, lmax 4, mmax 2, 128 sphere channels, 8 heads, ...
-        "equiformer_v2_fairchem": {"num_layers": _layers(8), "lmax": _lmax(4), "mmax": 2,
-                                   "sphere_channels": _w(128), "attn_hidden_channels": _w(64),
-                                   "num_heads": _w(8), "attn_alpha_channels": _w(64),
-                                   "attn_value_channels": _w(16), "ffn_hidden_channels": _w(128),
-                                   "edge_channels": _w(128)},
+        "equiformer_v2": {"num_layers": _layers(8), "lmax": _lmax(4), "mmax": 2,
+                          "sphere_channels": _w(128), "attn_hidden_channels": _w(64),
+                          "num_heads": _w(8), "attn_alpha_channels": _w(64),
+                          "attn_value_channels": _w(16), "ffn_hidden_channels": _w(128),
+                          "edge_channels": _w(128)},
         # FAENet package defaults: 4 interactions, 128 hidden / filters, 32 tag / pg, 128 force decoder
         # (hidden 40, not 32: the package needs more than tag 8 + physics 14 + 2 x period / group 8 = 38)
         "faenet": {"num_interactions": _layers(4), "hidden_channels": 40, "num_filters": _w(128),
@@ -96,10 +96,10 @@ def model_configs() -> dict:
         "mace": {"hidden_irreps": f"{_w(64)}x0e+{_w(64)}x1o", "max_ell": _lmax(3), "num_interactions": 2,
                  "MLP_irreps": f"{_w(16)}x0e", "radial_MLP": [_w(64)] * 3},
         # molequi's EquiformerV2-style model defaults: 2 layers, lmax 4, 32 channels
-        "equiformer_v2": {"num_layers": 2, "lmax": _lmax(4), "mmax": 2, "channels": _w(32),
-                          "num_heads": _w(4), "hidden_channels": _w(32), "attn_channels": _w(16),
-                          "value_channels": _w(8), "ffn_channels": _w(32), "radial_hidden": _w(32),
-                          "element_channels": _w(16), "readout_hidden": _w(32)},
+        "equiformer_v2_molequi": {"num_layers": 2, "lmax": _lmax(4), "mmax": 2, "channels": _w(32),
+                                  "num_heads": _w(4), "hidden_channels": _w(32), "attn_channels": _w(16),
+                                  "value_channels": _w(8), "ffn_channels": _w(32), "radial_hidden": _w(32),
+                                  "element_channels": _w(16), "readout_hidden": _w(32)},
         # molequi's frame averaging around an edge MLP (models.py's size 64 x 3 layers -> 16 x 2); 2D frames
         "frame_averaging": {"mode": "2d", "frames": "all", "frames_train": "random",
                             "backbone": {"channels": _w(64), "num_layers": 2}},

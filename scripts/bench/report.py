@@ -660,7 +660,7 @@ def row_gaunt(res: Path) -> list[str]:
 
 def row_compile_speed(res: Path) -> list[str]:
     d = load(res, "compile_speed")
-    names = {"mace": "MACE", "equiformer_v2": "EquiformerV2"}
+    names = {"mace": "MACE", "equiformer_v2_molequi": "molequi's EquiformerV2-style variant (equiformer_v2_molequi)"}
     parts = []
     for model in dict.fromkeys(r["model"] for r in d["rows"]):
         tasks = []

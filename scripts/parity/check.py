@@ -5,7 +5,8 @@
     python scripts/parity/check.py qhnet --peer-code PATH [--checkpoint CKPT]    (see scripts/parity/qhnet.py)
     python scripts/parity/check.py escn --peer-python PY [--checkpoint CKPT]     (see scripts/parity/escn.py)
     python scripts/parity/check.py scn --peer-python PY [--checkpoint CKPT]      (see scripts/parity/scn.py)
-    python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT]  (scripts/parity/equiformer_v2.py)
+    python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT]  (model equiformer_v2 = fairchem's
+        EquiformerV2, not molequi's variant equiformer_v2_molequi; scripts/parity/equiformer_v2.py)
     python scripts/parity/check.py eqgat_diff --peer-code PATH [--checkpoint CKPT]  (scripts/parity/eqgat_diff.py)
     python scripts/parity/check.py faenet --peer-python PY [--size default]  (scripts/parity/faenet.py)
 
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         from scn import main as scn_main
 
         return scn_main(argv[1:])
-    if argv[:1] == ["equiformer_v2"]:  # fairchem EquiformerV2's: check.py equiformer_v2 --peer-python PY [...]
+    if argv[:1] == ["equiformer_v2"]:  # model equiformer_v2 vs fairchem's: check.py equiformer_v2 --peer-python PY
         sys.path.insert(0, str(Path(__file__).parent))
         from equiformer_v2 import main as equiformer_v2_main
 

@@ -1,5 +1,5 @@
-"""Parity of molequi's fairchem EquiformerV2 (``model.name: equiformer_v2_fairchem``) and its fairchem import with
-fairchem-core 1.10.0's EquiformerV2 (``EquiformerV2Backbone`` + ``EqV2ScalarHead`` + ``EqV2VectorHead``).
+"""Parity of molequi's EquiformerV2 (``model.name: equiformer_v2``, alias ``equiformer_v2_fairchem``; not the
+EquiformerV2-style variant ``equiformer_v2_molequi``) and its fairchem import with fairchem-core 1.10.0's EquiformerV2 (``EquiformerV2Backbone`` + ``EqV2ScalarHead`` + ``EqV2VectorHead``).
 
     python scripts/parity/check.py equiformer_v2 --peer-python PY [--checkpoint CKPT] [--size tiny|tiny_rms|oc20]
 

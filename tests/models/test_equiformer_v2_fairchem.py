@@ -1,6 +1,6 @@
-"""EquiformerV2 as fairchem-core 1.10.0 defines it (molequi.models.equiformer_v2_fairchem): parity with
-fairchem's code (peer venv), dropout / drop path in training only, gradient forces vs finite differences, and
-the fairchem import's refusals."""
+"""EquiformerV2 as fairchem-core 1.10.0 defines it (model equiformer_v2, molequi.models.equiformer_v2_fairchem):
+parity with fairchem's code (peer venv), dropout / drop path in training only, gradient forces vs finite
+differences, and the fairchem import's refusals."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def slab():
 
 
 def test_registered_with_the_oc20_all_31m_configuration():
-    assert get_model_class("equiformer_v2_fairchem") is EqV2
+    assert get_model_class("equiformer_v2") is EqV2 and get_model_class("equiformer_v2_fairchem") is EqV2
     cfg = EqV2.Config()  # configs/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml
     assert (cfg.num_layers, cfg.lmax, cfg.mmax, cfg.sphere_channels, cfg.attn_hidden_channels, cfg.num_heads,
             cfg.attn_alpha_channels, cfg.attn_value_channels, cfg.ffn_hidden_channels, cfg.norm_type,

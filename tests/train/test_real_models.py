@@ -2,8 +2,8 @@
 falls (mean of the first three logged steps against the mean of the last three; for QHNet the Hamiltonian
 MAE, the part of its loss the task logs).
 
-Energy/forces models (MACE, EquiformerV2, frame averaging) fit Morse-labelled H4O2 clusters (ASE's
-``MorsePotential``); QHNet fits PySCF PBE/def2-SVP Fock matrices of the shipped water store; EDM and the
+Energy/forces models (MACE, molequi's EquiformerV2-style variant, frame averaging) fit Morse-labelled H4O2
+clusters (ASE's ``MorsePotential``); QHNet fits PySCF PBE/def2-SVP Fock matrices of the shipped water store; EDM and the
 categorical diffusion (EQGAT-diff) fit the shipped QM9 molecules. Each run repeats a small training set, so
 a working optimiser, loss and trainer wiring must bring the loss down; the ratio asked of each family is
 loose enough for its noise (diffusion losses are sampled over random noise levels).
@@ -52,8 +52,8 @@ def test_mace_loss_falls(tmp_path, morse):
 
 
 @pytest.mark.slow  # the slowest of the six under load: 18 s on the shared 2-core machine (1.6 s idle)
-def test_equiformer_v2_loss_falls(tmp_path, morse):
-    first, last = run(tmp_path, {"name": "equiformer_v2", "r_max": 4.0, "num_bessel": 4, "lmax": 1, "mmax": 1,
+def test_equiformer_v2_molequi_loss_falls(tmp_path, morse):
+    first, last = run(tmp_path, {"name": "equiformer_v2_molequi", "r_max": 4.0, "num_bessel": 4, "lmax": 1, "mmax": 1,
                                  "channels": 8, "num_layers": 1, "num_heads": 1, "hidden_channels": 8,
                                  "attn_channels": 4, "value_channels": 4, "ffn_channels": 8,
                                  "radial_hidden": 8, "element_channels": 8, "readout_hidden": 8},

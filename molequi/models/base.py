@@ -83,15 +83,24 @@ class EnergyModel(nn.Module):
     r_max: float
     elements: list[int]
     conservative: bool = True
+    #: why the model cannot run as one compiled graph (``compile_energies`` / ``compile_training`` raise a
+    #: ConfigError saying so), or None
+    compile_refusal: str | None = None
 
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _check_compilable(self) -> None:
+        if self.compile_refusal:
+            raise ConfigError(f"{type(self).__name__} cannot be compiled: {self.compile_refusal}; run it "
+                              "eagerly (trainer.compile: false, MolequiCalculator without compile)")
 
     def compile_energies(self, backend: str = "inductor", dynamic: bool = True) -> EnergyModel:
         """Run ``atomic_energies`` through ``torch.compile(fullgraph=True)`` from now on (inference: forces
         and stress are the autograd of the compiled function; its backward is compiled too). Not for force
         training: a compiled graph has no double backward. ``backend="aot_eager"`` traces without
         generating code (quick; what the tests use). Returns ``self``."""
+        self._check_compilable()
         self._compiled_energies = torch.compile(self.atomic_energies, fullgraph=True, dynamic=dynamic,
                                                 backend=backend)
         return self
@@ -101,6 +110,7 @@ class EnergyModel(nn.Module):
         included (``trainer.compile``): the derivatives are taken by ``torch.func.grad`` inside the compiled
         function (``molequi.response.functional_energy_response``), so forces are outputs of the compiled
         forward and the force loss needs only its first-order backward. Returns ``self``."""
+        self._check_compilable()
         self._compiled_response = torch.compile(functional_energy_response, fullgraph=True, dynamic=dynamic,
                                                 backend=backend)
         return self

@@ -6,9 +6,11 @@ this (Dynamo does not trace ``torch.autograd.grad``, and AOTAutograd's compiled 
 its own). What works (torch 2.13): take the derivatives with ``torch.func.grad`` INSIDE the compiled function
 (``molequi.response.functional_energy_response``), so energy, forces and stress are outputs of one compiled
 forward graph, and the loss needs only that graph's first-order backward, which AOTAutograd compiles. Force
-fields (``EnergyModel``) run this way (``EnergyModel.compile_training``): EGNN's, MACE's and EquiformerV2's
-parameter gradients equal eager ones (float64, 1e-10; MACE's under Inductor in float32, 1e-5: tests/models/
-test_compile.py).
+fields (``EnergyModel``) run this way (``EnergyModel.compile_training``): EGNN's, MACE's and molequi's
+EquiformerV2-style variant's (``equiformer_v2_molequi``) parameter gradients equal eager ones (float64, 1e-10;
+MACE's under Inductor in float32, 1e-5: tests/models/test_compile.py). A model that cannot trace into one graph
+says why in ``EnergyModel.compile_refusal`` and is refused with a ConfigError (EquiformerV2 as fairchem
+defines it, ``equiformer_v2``: its strict ``max_neighbors`` cut has data-dependent sizes).
 MACE's were wrong (max abs difference 2.6) while its gather / scatter were custom autograd.Functions, whose
 second derivative Dynamo gets wrong under torch.func.grad (torch 2.13); compiled code uses plain ops
 (``molequi.nn.scatter.plain_autograd``). A force field found wrong or not checked would be listed in
@@ -31,7 +33,7 @@ from molequi.errors import ConfigError
 
 
 #: force fields whose compiled training was found wrong or not yet checked against eager gradients (torch 2.13)
-UNVERIFIED: dict[str, str] = {}  # none at present: MACE and EquiformerV2 checked (module docstring)
+UNVERIFIED: dict[str, str] = {}  # none at present: MACE and equiformer_v2_molequi checked (module docstring)
 
 
 def backend_of(setting: bool | str) -> str:

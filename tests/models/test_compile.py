@@ -20,14 +20,14 @@ from molequi.graph.neighbors import RadiusGraph
 from molequi.models import build_model
 
 STATS = Statistics(elements=[1, 6, 8, 29], avg_num_neighbors=8.0)
-NAMES = ["mace", "egnn", "equiformer_v2", "lj"]
+NAMES = ["mace", "egnn", "equiformer_v2_molequi", "lj"]
 
 
 def model(name):
     torch.manual_seed(0)
     small = {"mace": {"hidden_irreps": "8x0e+8x1o", "max_ell": 2, "correlation": 2, "radial_MLP": [8]},
              "egnn": {}, "lj": {},
-             "equiformer_v2": {"lmax": 2, "mmax": 1, "channels": 8, "num_layers": 1, "num_heads": 2,
+             "equiformer_v2_molequi": {"lmax": 2, "mmax": 1, "channels": 8, "num_layers": 1, "num_heads": 2,
                                "hidden_channels": 8, "attn_channels": 4, "value_channels": 4, "ffn_channels": 8,
                                "radial_hidden": 8, "element_channels": 4, "readout_hidden": 8}}[name]
     return build_model(model_section_from_dict({"name": name, "r_max": 4.0, **small}), STATS).double().eval()
@@ -90,13 +90,14 @@ def loss_and_grads(m, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name, backend", [("egnn", "aot_eager"), ("mace", "eager"), ("equiformer_v2", "eager")])
+@pytest.mark.parametrize("name, backend", [("egnn", "aot_eager"), ("mace", "eager"),
+                                                ("equiformer_v2_molequi", "eager")])
 def test_compiled_training_step_equals_eager(name, backend):
     """trainer.compile: forces by torch.func inside one compiled graph (fullgraph=True: no graph break); the
     parameter gradients of a loss on energy, forces and stress equal eager autograd's double backward
     (float64), for batches of new sizes without a recompile. MACE's were off by up to 2.6 already with
     backend "eager" (Dynamo alone) until gather / scatter_sum stopped using custom autograd.Functions under
-    torch.compile (molequi.nn.scatter.plain_autograd). MACE and EquiformerV2 use backend "eager" here
+    torch.compile (molequi.nn.scatter.plain_autograd). MACE and the EquiformerV2-style variant use "eager" here
     (aot_eager costs 25-40 s of CPU each; both gave the same equality when run by hand); AOTAutograd and
     Inductor for MACE: test_compiled_mace_training_inductor_float32. (Batches of 4 and 5 structures: with 2
     or 3, duck sizing ties the cell count to the constant 2 or 3 of the edge index or cell and the next size
@@ -127,9 +128,35 @@ def test_trainer_compile_refuses_what_it_cannot_compile_correctly():
 
     with pytest.raises(ConfigError, match="trainer.compile.*not the autograd"):
         compile_for_training(DirectForces(), True)
-    for name in ("mace", "equiformer_v2"):  # checked equal to eager (above): allowed
+    for name in ("mace", "equiformer_v2_molequi"):  # checked equal to eager (above): allowed
         m = model(name)
         assert compile_for_training(m, "aot_eager") is m and m._compiled_response is not None
+
+
+def test_fairchem_equiformer_v2_is_refused_because_it_does_not_trace_into_one_graph():
+    """EquiformerV2 as fairchem defines it (equiformer_v2) keeps fairchem's strict max_neighbors cut, whose
+    sizes depend on the data: Dynamo breaks the graph there (the refusal's reason, checked here so the refusal
+    goes when the model traces), and trainer.compile / MolequiCalculator(compile=...) refuse it by name."""
+    from molequi.errors import ConfigError
+    from molequi.train.compile import compile_for_training
+
+    small = {"max_neighbors": 6, "num_layers": 1, "lmax": 2, "mmax": 1, "sphere_channels": 4,
+             "attn_hidden_channels": 4, "num_heads": 2, "attn_alpha_channels": 4, "attn_value_channels": 2,
+             "ffn_hidden_channels": 4, "edge_channels": 4, "grid_resolution": None, "edge_roll": "fixed"}
+    for direct in (False, True):
+        torch.manual_seed(0)
+        m = build_model(model_section_from_dict({"name": "equiformer_v2", "r_max": 4.0, "direct_forces": direct,
+                                                 **small}), STATS).double().eval()
+        with pytest.raises(ConfigError, match="EquiformerV2Fairchem cannot be compiled.*max_neighbors"):
+            compile_for_training(m, "aot_eager")
+        with pytest.raises(ConfigError, match="cannot be compiled.*trainer.compile: false"):
+            MolequiCalculator(m, compile="aot_eager")
+    d = record(molecule("CH3CH2OH"))
+    dynamo.reset()
+    explained = dynamo.explain(m.atomic_energies)(d, d[K.POS], d[K.CELL].view(-1, 3, 3))
+    assert explained.graph_break_count > 0
+    assert any(frame.name == "max_neighbors_mask" for b in explained.break_reasons for frame in b.user_stack), \
+        [str(b.reason).splitlines()[0] for b in explained.break_reasons]
 
 
 def test_functional_response_without_compile_equals_autograd():

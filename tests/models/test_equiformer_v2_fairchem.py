@@ -75,6 +75,14 @@ def test_parity_with_fairchem_equiformer_v2(tmp_path, capsys, size):
     assert ("HydraModel" in res["checkpoint"]) == (size != "tiny_plain")
     if size == "tiny":
         assert max(res["ema_weights"]["relative"].values()) < 1e-5 and res["ema_weights"]["differs_from_raw"] > 0.1
+    # molequi import fairchem writes model.name equiformer_v2, which loads as this model
+    from molequi.checkpoint import load_model, read_checkpoint
+    from molequi.cli.main import main as cli
+
+    assert cli(["import", "fairchem", str(tmp_path / "equiformer_v2.pt"), "--out", str(tmp_path / "m.pt")]) == 0
+    assert "EquiformerV2 (equiformer_v2)" in capsys.readouterr().out
+    assert read_checkpoint(tmp_path / "m.pt")["config"]["model"]["name"] == "equiformer_v2"
+    assert type(load_model(tmp_path / "m.pt")) is EqV2
 
 
 def test_random_edge_roll_changes_the_output_beyond_the_parity_tolerance():

@@ -30,6 +30,24 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or get_proxy_mode() is not None
 
 
+def without_duck_sizing(compiled):
+    """``compiled`` (a ``torch.compile``'d callable) traced without duck sizing. Dynamo's default gives sizes
+    that are equal at the first trace ONE symbol: a first batch of 2 or 3 structures ties the structure count
+    to the edge index's 2 rows or the cell's 3 columns, and the next batch size recompiles. The setting
+    (``torch.fx.experimental._config.use_duck_shape``) is read when a trace starts, so it is set around each
+    call, for molequi's compiled functions only."""
+    import functools
+
+    from torch.fx.experimental import _config
+
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        with _config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
@@ -101,8 +119,8 @@ class EnergyModel(nn.Module):
         training: a compiled graph has no double backward. ``backend="aot_eager"`` traces without
         generating code (quick; what the tests use). Returns ``self``."""
         self._check_compilable()
-        self._compiled_energies = torch.compile(self.atomic_energies, fullgraph=True, dynamic=dynamic,
-                                                backend=backend)
+        self._compiled_energies = without_duck_sizing(torch.compile(self.atomic_energies, fullgraph=True,
+                                                                    dynamic=dynamic, backend=backend))
         return self
 
     def compile_training(self, backend: str = "inductor", dynamic: bool = True) -> EnergyModel:
@@ -111,8 +129,8 @@ class EnergyModel(nn.Module):
         function (``molequi.response.functional_energy_response``), so forces are outputs of the compiled
         forward and the force loss needs only its first-order backward. Returns ``self``."""
         self._check_compilable()
-        self._compiled_response = torch.compile(functional_energy_response, fullgraph=True, dynamic=dynamic,
-                                                backend=backend)
+        self._compiled_response = without_duck_sizing(torch.compile(functional_energy_response, fullgraph=True,
+                                                                    dynamic=dynamic, backend=backend))
         return self
 
     def forward(self, data, compute_forces: bool = True,
@@ -184,4 +202,4 @@ class AtomicEnergyHead(nn.Module):
         return self.e0[element] + self.scale * readout + self.shift
 
 
-__all__ = ["ForceField", "GenerativeModel", "EnergyModel", "ElementTable", "AtomicEnergyHead"]
+__all__ = ["ForceField", "GenerativeModel", "EnergyModel", "ElementTable", "AtomicEnergyHead", "without_duck_sizing"]

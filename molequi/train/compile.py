@@ -19,10 +19,18 @@ second derivative Dynamo gets wrong under torch.func.grad (torch 2.13); compiled
 Other models have no derivative in their forward; everything below compiles with ``fullgraph=True``. A
 model's ``compile_forward(backend)`` says what to compile: the Hamiltonian models their ``predict`` (the
 integer pair structure is built outside the graph, on the CPU batch: ``prepare_batch``). A generative model
-names its denoiser in ``compile_target`` (the task calls ``training_loss``, whose time / noise sampling,
-statistics and graph building stay eager; the denoiser is recompiled once with dynamic sizes when a batch of
-new sizes comes: ``dynamic=True`` from the start hit a Dynamo internal error on EDM's). Any other model's
-``forward`` is compiled as it is.
+builds its integer structure (fully connected edges, size and class counts, bonds) in ``prepare_batch`` too, so
+the device part of its ``training_loss`` (``device_loss``: noise, denoiser, loss) is compiled whole; its
+denoiser, named in ``compile_target``, is compiled as well, for sampling and for calls with a ``generator``
+(which stay outside the compiled loss). Both are recompiled once with dynamic sizes when a batch of new sizes
+comes (``dynamic=True`` from the start hit a Dynamo internal error on EDM's). Measured on CPU (EDM denoiser
+hidden 64, 4 blocks, 16 molecules, float32, 1 thread, load ~6, medians of 9 interleaved steps): training step
+73.4 ms CPU eager, 43.4 ms with the denoiser compiled, 42.8 ms with the whole device loss compiled. Under
+Inductor the compiled loss draws its noise from Inductor's generator, not eager's stream (same
+distributions). Any other model's ``forward`` is compiled as it is.
+
+Compiled functions run without duck sizing (``molequi.models.base.without_duck_sizing``), so a first batch of 2
+or 3 structures does not tie the structure count to a constant 2 or 3 dimension and recompile at the next size.
 """
 
 from __future__ import annotations
@@ -63,8 +71,11 @@ def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.n
         hook(backend=backend)
         return model
     target = getattr(model, "compile_target", None)
-    if target is not None:  # a generative model's denoiser; training_loss's sampling stays eager
+    if target is not None:  # a generative model: its denoiser, and the device part of its training loss
+        from molequi.models.base import without_duck_sizing
+
         getattr(model, target).compile(fullgraph=True, backend=backend)
+        model._compiled_loss = without_duck_sizing(torch.compile(model.device_loss, fullgraph=True, backend=backend))
         return model
     model.compile(fullgraph=True, backend=backend)
     return model

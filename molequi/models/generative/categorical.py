@@ -60,11 +60,16 @@ from molequi import keys as K
 from molequi.data.molecules import Molecule
 from molequi.errors import ConfigError, InputError, ModelError
 from molequi.models.generative.graph import (
+    STRUCTURE_KEY,
+    batch_info,
     centred_gaussian,
     fully_connected_edges,
     remove_mean,
+    rng,
     scatter_mean,
+    size_histogram,
     sizes_to_batch,
+    structure_of,
 )
 from molequi.models.generative.layers import EDMBlock, PairLinear
 from molequi.models.generative.schedules import NoiseSchedule
@@ -169,7 +174,7 @@ class CategoricalDiffusion(nn.Module):
     """Generative model with categorical atoms, charges and bonds (x0 parameterisation, cosine schedule),
     denoised by EDM's EGNN with bond features (``egnn_categorical``)."""
 
-    compile_target: ClassVar[str] = "net"  # what trainer.compile compiles: the denoiser (train/compile.py)
+    compile_target: ClassVar[str] = "net"  # the denoiser, compiled with device_loss by trainer.compile
 
     @dataclass
     class Config(DiffusionSettings):
@@ -212,8 +217,14 @@ class CategoricalDiffusion(nn.Module):
         c = getattr(self, f"{name}_counts")
         return ((c + 1.0) / (c + 1.0).sum()).to(torch.get_default_dtype())
 
-    def targets(self, batch, b, num_graphs):
-        """-> x0 (n, 3), types (n,), charges (n,) class ids, edge_index (2, E), rev (E,), bonds (E,) class ids."""
+    def batch_structure(self, batch) -> dict:
+        """The integer part of a batch, from its atomic numbers, batch vector and bonds (perceived from the
+        geometry when the records have none): class ids of ``types``, ``charges`` (n,) and ``bonds`` (E,) on the
+        fully connected ``edge_index`` (2, E) with ``rev`` (E,) each edge's reverse; this batch's class and
+        size counts (``type_counts``, ``charge_counts``, ``bond_counts`` over pairs i < j, ``size_counts``) and
+        ``max_size`` (a Python int); ModelError for elements outside the model's. ``prepare_batch`` computes it
+        on the CPU batch before the device transfer, so the training step has no host sync."""
+        b, num_graphs = batch_info(batch)
         numbers, pos = batch[K.NUMBERS], batch[K.POS]
         types = self.type_of_z[numbers]
         if (types < 0).any():
@@ -234,42 +245,68 @@ class CategoricalDiffusion(nn.Module):
         if bond_index.numel():
             both = torch.cat([bond_index, bond_index.flip(0)], 1)
             bonds[edge_lookup(edge_index, n, both)] = bond_order.long().repeat(2).clamp(0, N_BOND_TYPES - 1)
-        return remove_mean(pos, b, num_graphs), types, charges, edge_index, rev, bonds
-
-    def record_statistics(self, b, num_graphs, types, charges, bonds, edge_index):
-        sizes = torch.bincount(b, minlength=num_graphs)
-        if int(sizes.max()) > self.config.max_atoms:
-            raise ModelError(f"molecule with {int(sizes.max())} atoms exceeds max_atoms={self.config.max_atoms}")
-        self.size_counts += torch.bincount(sizes, minlength=self.config.max_atoms + 1).to(self.size_counts)
-        self.type_counts += torch.bincount(types, minlength=self.n_types).to(self.type_counts)
-        self.charge_counts += torch.bincount(charges, minlength=self.n_charges).to(self.charge_counts)
+        size_counts, max_size = size_histogram(b, num_graphs, self.config.max_atoms)
         upper = edge_index[0] < edge_index[1]
-        self.bond_counts += torch.bincount(bonds[upper], minlength=N_BOND_TYPES).to(self.bond_counts)
+        return {"types": types, "charges": charges, "edge_index": edge_index, "rev": rev, "bonds": bonds,
+                "size_counts": size_counts, "max_size": max_size,
+                "type_counts": torch.bincount(types, minlength=self.n_types),
+                "charge_counts": torch.bincount(charges, minlength=self.n_charges),
+                "bond_counts": torch.bincount(bonds[upper], minlength=N_BOND_TYPES)}
+
+    def prepare_batch(self, batch):
+        """``batch`` with its ``batch_structure`` stored in it (``graph.STRUCTURE_KEY``): the trainer calls this on
+        the CPU batch before it moves to the device (``TaskModule.on_before_batch_transfer``)."""
+        batch[STRUCTURE_KEY] = self.batch_structure(batch)
+        return batch
 
     @staticmethod
     def _sample_cat(probs: torch.Tensor, generator=None) -> torch.Tensor:
-        return torch.multinomial(probs.float().clamp_min(0), 1, generator=generator).squeeze(-1)
+        """One class per row of ``probs`` (N, K): ``torch.multinomial(p, 1)``'s own algorithm, argmax p / q with
+        q ~ Exp(1) (aten's one-sample fast path: the same draws from the same random state), without its
+        host-read checks of p (finite, non-negative, rows not all zero), which wait for the GPU every call."""
+        p = probs.float().clamp_min(0)
+        return (p / torch.empty_like(p).exponential_(1, **rng(generator))).argmax(-1)
 
     def _noise_classes(self, c0, K_, m, ab, generator=None):
         probs = ab.unsqueeze(-1) * nn.functional.one_hot(c0, K_).to(m.dtype) + (1 - ab).unsqueeze(-1) * m
         return self._sample_cat(probs, generator)
 
     def _symmetric_bonds(self, bonds_dir, edge_index, rev):
-        """Copy the i < j entries to j > i so the bond matrix is symmetric."""
-        upper = edge_index[0] < edge_index[1]
-        out = bonds_dir.clone()
-        out[rev[upper]] = bonds_dir[upper]
-        return out
+        """Copy the i < j entries to j > i so the bond matrix is symmetric (a gather: no boolean-mask size)."""
+        return torch.where(edge_index[0] < edge_index[1], bonds_dir, bonds_dir[rev])
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch, generator=None) -> tuple[torch.Tensor, dict]:
-        b = batch[K.BATCH] if K.BATCH in batch else torch.zeros(batch[K.POS].shape[0], dtype=torch.long)
-        num_graphs = int(getattr(batch, "num_graphs", int(b.max()) + 1))
-        x0, types, charges, edge_index, rev, bonds = self.targets(batch, b, num_graphs)
+        """The weighted x0 loss of the module docstring, mean over molecules: the host part (``loss_inputs``)
+        reads the batch, the device part (``device_loss``) has no host sync (compiled by trainer.compile)."""
+        # the compiled device part (trainer.compile) draws from the global random state: no generator in its graph
+        compiled = getattr(self, "_compiled_loss", None) if generator is None else None
+        device_loss = compiled or self.device_loss
+        return device_loss(self.loss_inputs(batch), generator)
+
+    def loss_inputs(self, batch) -> dict:
+        """What ``device_loss`` needs of a batch: positions, batch vector and ``batch_structure`` (``prepare_batch``'s,
+        else computed here, with host syncs on a GPU); in training, ModelError for a molecule larger than
+        max_atoms (a Python int: no host sync)."""
+        b, num_graphs = batch_info(batch)
+        structure = dict(structure_of(batch, self.batch_structure))
+        max_size = structure.pop("max_size")
+        if self.training and max_size > self.config.max_atoms:
+            raise ModelError(f"molecule with {max_size} atoms exceeds max_atoms={self.config.max_atoms}")
+        return {"pos": batch[K.POS], "batch": b, "num_graphs": num_graphs, **structure}
+
+    def device_loss(self, inputs: dict, generator=None) -> tuple[torch.Tensor, dict]:
+        """The device part of ``training_loss`` on ``loss_inputs``: class and size counts (training), noise,
+        denoiser, loss. No ``.item()``, no data-dependent size: one ``torch.compile(fullgraph=True)`` graph."""
+        b, num_graphs, edge_index, rev = inputs["batch"], inputs["num_graphs"], inputs["edge_index"], inputs["rev"]
+        types, charges, bonds = inputs["types"], inputs["charges"], inputs["bonds"]
         if self.training:
-            self.record_statistics(b, num_graphs, types, charges, bonds, edge_index)
+            for name in ("size", "type", "charge", "bond"):
+                counts = getattr(self, f"{name}_counts")
+                counts += inputs[f"{name}_counts"].to(counts)
+        x0 = remove_mean(inputs["pos"], b, num_graphs)
         dtype = x0.dtype
-        t_int = torch.randint(1, self.config.timesteps + 1, (num_graphs,), device=x0.device, generator=generator)
+        t_int = torch.randint(1, self.config.timesteps + 1, (num_graphs,), device=x0.device, **rng(generator))
         ab = self.schedule.alpha_bar(t_int, dtype)  # (B,)
         eps = centred_gaussian(b, num_graphs, dtype=dtype, device=x0.device, generator=generator)
         x_t = ab.sqrt()[b].unsqueeze(-1) * x0 + (1 - ab).sqrt()[b].unsqueeze(-1) * eps

@@ -56,10 +56,16 @@ from molequi import keys as K
 from molequi.data.molecules import Molecule
 from molequi.errors import ConfigError, InputError, MissingKeyError, ModelError
 from molequi.models.generative.graph import (
+    STRUCTURE_KEY,
+    batch_info,
     centred_gaussian,
     fully_connected_edges,
+    molecule_sizes,
     remove_mean,
+    rng,
+    size_histogram,
     sizes_to_batch,
+    structure_of,
 )
 from molequi.models.generative.layers import EDMBlock
 from molequi.models.generative.schedules import NoiseSchedule
@@ -154,7 +160,7 @@ class EDM(nn.Module):
     is the distribution sizes are drawn from.
     """
 
-    compile_target: ClassVar[str] = "dynamics"  # what trainer.compile compiles: the denoiser (train/compile.py)
+    compile_target: ClassVar[str] = "dynamics"  # the denoiser, compiled with device_loss by trainer.compile
 
     @dataclass
     class Config:
@@ -239,12 +245,20 @@ class EDM(nn.Module):
         return self.n_features
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, numbers: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int):
-        """-> x (n, 3) centred and scaled, h (n, F) = [one_hot / 4, Z / 10]."""
+    def check_elements(self, numbers: torch.Tensor) -> None:
+        """ModelError naming the atomic numbers outside the model's elements (a host read of ``numbers``)."""
         types = self.type_of_z[numbers]
         if (types < 0).any():
             bad = sorted(set(numbers[types < 0].tolist()))
             raise ModelError(f"elements {bad} are not among this model's elements {self.config.elements}")
+
+    def encode(self, numbers: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_graphs: int, *,
+               checked: bool = False):
+        """-> x (n, 3) centred and scaled, h (n, F) = [one_hot / 4, Z / 10]. ``checked``: the elements were
+        checked already (``batch_structure``), so no host read here."""
+        if not checked:
+            self.check_elements(numbers)
+        types = self.type_of_z[numbers]
         nx, nh, nc = self.config.norm_values
         x = remove_mean(pos, batch, num_graphs) / nx
         h = nn.functional.one_hot(types, self.n_types).to(pos.dtype) / nh
@@ -264,20 +278,35 @@ class EDM(nn.Module):
         return self.elements[types], x * self.config.norm_values[0]
 
     # ------------------------------------------------------------------ training
-    @staticmethod
-    def _batch_info(batch):
-        b = batch[K.BATCH] if K.BATCH in batch else torch.zeros(batch[K.POS].shape[0], dtype=torch.long,
-                                                                  device=batch[K.POS].device)
-        num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else int(b.max()) + 1
-        return b, num_graphs
+    _batch_info = staticmethod(batch_info)
 
     def record_sizes(self, batch: torch.Tensor, num_graphs: int) -> None:
         """Add the sizes of this batch's molecules to the size histogram (training only)."""
-        sizes = torch.bincount(batch, minlength=num_graphs)
-        if int(sizes.max()) > self.config.max_atoms:
-            raise ModelError(f"molecule with {int(sizes.max())} atoms exceeds max_atoms="
-                             f"{self.config.max_atoms}; raise model.max_atoms")
-        self.size_counts += torch.bincount(sizes, minlength=self.config.max_atoms + 1).to(self.size_counts)
+        counts, max_size = size_histogram(batch, num_graphs, self.config.max_atoms)
+        self.check_size(max_size)
+        self.size_counts += counts.to(self.size_counts)
+
+    def check_size(self, max_size: int) -> None:
+        """ModelError if a training molecule (``max_size`` atoms, a Python int) exceeds the size histogram."""
+        if max_size > self.config.max_atoms:
+            raise ModelError(f"molecule with {max_size} atoms exceeds max_atoms={self.config.max_atoms}; raise "
+                             "model.max_atoms")
+
+    def batch_structure(self, batch) -> dict:
+        """The integer structure of a batch, from its batch vector and atomic numbers only: the fully connected
+        ``edge_index`` (2, E), the histogram of its molecule sizes ``size_counts`` (max_atoms + 1,) and the
+        largest size ``max_size`` (a Python int); ModelError for elements outside the model's. ``prepare_batch``
+        computes it on the CPU batch before the device transfer, so the training step has no host sync."""
+        b, num_graphs = self._batch_info(batch)
+        self.check_elements(batch[K.NUMBERS])
+        counts, max_size = size_histogram(b, num_graphs, self.config.max_atoms)
+        return {"edge_index": fully_connected_edges(b, num_graphs), "size_counts": counts, "max_size": max_size}
+
+    def prepare_batch(self, batch):
+        """``batch`` with its ``batch_structure`` stored in it (``graph.STRUCTURE_KEY``): the trainer calls this on
+        the CPU batch before it moves to the device (``TaskModule.on_before_batch_transfer``)."""
+        batch[STRUCTURE_KEY] = self.batch_structure(batch)
+        return batch
 
     # ------------------------------------------------------------------ conditioning
     def _property(self, batch, name: str, num_graphs: int) -> torch.Tensor:
@@ -296,19 +325,34 @@ class EDM(nn.Module):
         """(B, context_dim) conditioning of a training batch as the denoiser sees it, None if unconditional.
         With ``condition_on`` the properties are read and normalised by EDM's mean and mean absolute deviation
         (set by the first training batch); otherwise ``batch['context']`` is used as it is."""
+        return self.context_of(self.raw_context(batch), batch[K.POS].dtype)
+
+    def raw_context(self, batch) -> torch.Tensor | None:
+        """The batch's conditioning as stored in it: (B, context_dim) properties, ``batch['context']`` or None."""
         if not self.config.context_dim:
             return None
         if not self.config.condition_on:
             return batch["context"]
         _, num_graphs = self._batch_info(batch)
-        raw = torch.stack([self._property(batch, k, num_graphs) for k in self.config.condition_on], -1)
-        if self.training and not bool(self.context_ready):
-            with torch.no_grad():
-                self.context_shift.copy_(raw.mean(0))
-                mad = (raw - raw.mean(0)).abs().mean(0)
-                self.context_scale.copy_(torch.where(mad > 1e-8, mad, torch.ones_like(mad)))
-                self.context_ready.fill_(True)
-        return self.normalise_context(raw).to(batch[K.POS].dtype)
+        return torch.stack([self._property(batch, k, num_graphs) for k in self.config.condition_on], -1)
+
+    def context_of(self, raw: torch.Tensor | None, dtype) -> torch.Tensor | None:
+        """``raw_context`` -> what the denoiser sees. In training the first batch sets the normalisation, without
+        a host read (``torch.where`` on ``context_ready``), and the result is not checked; otherwise
+        ``normalise_context``."""
+        if raw is None or not self.config.condition_on:
+            return raw
+        if not self.training:
+            return self.normalise_context(raw).to(dtype)
+        with torch.no_grad():
+            ready = self.context_ready
+            mean = raw.mean(0)
+            mad = (raw - mean).abs().mean(0)
+            self.context_shift.copy_(torch.where(ready, self.context_shift, mean))
+            self.context_scale.copy_(torch.where(ready, self.context_scale,
+                                                 torch.where(mad > 1e-8, mad, torch.ones_like(mad))))
+            self.context_ready.fill_(True)
+        return ((raw.double() - self.context_shift) / self.context_scale).to(dtype)
 
     def normalise_context(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw property values (B, context_dim) -> what the denoiser sees (identity without condition_on)."""
@@ -330,26 +374,47 @@ class EDM(nn.Module):
         alpha, sigma = self.schedule.alpha_sigma(t_int, x.dtype)
         a, s = alpha[batch].unsqueeze(-1), sigma[batch].unsqueeze(-1)
         eps_x = centred_gaussian(batch, num_graphs, dtype=x.dtype, device=x.device, generator=generator)
-        eps_h = torch.randn(h.shape, dtype=h.dtype, device=h.device, generator=generator)
+        eps_h = torch.randn(h.shape, dtype=h.dtype, device=h.device, **rng(generator))
         return a * x + s * eps_x, a * h + s * eps_h, eps_x, eps_h
 
     def training_loss(self, batch, generator=None) -> tuple[torch.Tensor, dict]:
         """EDM l2 loss: mean over molecules of ||eps - eps_theta||^2 / ((3 + F) n), n the batch's largest
         molecule (``loss_normalisation="edm"``, the default) or the molecule's own size ("molecule"); also
-        logs its x and h parts (per molecule's own dimensions)."""
+        logs its x and h parts (per molecule's own dimensions). The host part (``loss_inputs``) reads the
+        batch; the device part (``device_loss``) has no host sync (compiled by trainer.compile)."""
         self.require_eps("training")
+        # the compiled device part (trainer.compile) draws from the global random state: no generator in its graph
+        compiled = getattr(self, "_compiled_loss", None) if generator is None else None
+        device_loss = compiled or self.device_loss
+        return device_loss(self.loss_inputs(batch), generator)
+
+    def loss_inputs(self, batch) -> dict:
+        """What ``device_loss`` needs of a batch: its tensors, its ``batch_structure`` (``prepare_batch``'s, else
+        computed here, with host syncs on a GPU) and its raw conditioning; in training, ModelError for a molecule
+        larger than max_atoms (a Python int: no host sync)."""
         b, num_graphs = self._batch_info(batch)
+        structure = structure_of(batch, self.batch_structure)
         if self.training:
-            self.record_sizes(b, num_graphs)
-        x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
-        t_int = torch.randint(0, self.config.timesteps + 1, (num_graphs,), device=x.device, generator=generator)
+            self.check_size(structure["max_size"])
+        return {"numbers": batch[K.NUMBERS], "pos": batch[K.POS], "batch": b, "num_graphs": num_graphs,
+                "edge_index": structure["edge_index"], "size_counts": structure["size_counts"],
+                "context": self.raw_context(batch)}
+
+    def device_loss(self, inputs: dict, generator=None) -> tuple[torch.Tensor, dict]:
+        """The device part of ``training_loss`` on ``loss_inputs``: size histogram (training), noise, denoiser,
+        loss. No ``.item()``, no data-dependent size: one ``torch.compile(fullgraph=True)`` graph."""
+        b, num_graphs = inputs["batch"], inputs["num_graphs"]
+        if self.training:
+            self.size_counts += inputs["size_counts"].to(self.size_counts)
+        x, h = self.encode(inputs["numbers"], inputs["pos"], b, num_graphs, checked=True)
+        t_int = torch.randint(0, self.config.timesteps + 1, (num_graphs,), device=x.device, **rng(generator))
         z_x, z_h, eps_x, eps_h = self.noised(x, h, t_int, b, num_graphs, generator)
-        edge_index = fully_connected_edges(b, num_graphs)
-        ctx = self.batch_context(batch)
-        pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(x.dtype) / self.config.timesteps, b, edge_index, ctx)
+        ctx = self.context_of(inputs["context"], x.dtype)
+        pred_x, pred_h = self.dynamics(z_x, z_h, t_int.to(x.dtype) / self.config.timesteps, b, inputs["edge_index"],
+                                       ctx)
         ex = scatter_sum(((pred_x - eps_x) ** 2).sum(-1), b, num_graphs)
         eh = scatter_sum(((pred_h - eps_h) ** 2).sum(-1), b, num_graphs)
-        sizes = torch.bincount(b, minlength=num_graphs).to(x.dtype)
+        sizes = molecule_sizes(b, num_graphs).to(x.dtype)
         n = sizes.max() if self.config.loss_normalisation == "edm" else sizes
         loss = ((ex + eh) / ((3 + self.n_features) * n)).mean()
         return loss, {"loss_x": (ex / (3 * sizes)).mean().detach(),
@@ -472,7 +537,7 @@ class EDM(nn.Module):
             if given is not None:
                 return given[0].to(dt), given[1].to(dt)
             return (centred_gaussian(b, num_graphs, dtype=dt, device=dev, generator=generator),
-                    torch.randn(b.numel(), width, dtype=dt, device=dev, generator=generator))
+                    torch.randn(b.numel(), width, dtype=dt, device=dev, **rng(generator)))
         return draw
 
     def _vlb_diffusion_terms(self, x, h, b, num_graphs, edge_index, ctx, t_int, noise, generator):

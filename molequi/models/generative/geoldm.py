@@ -57,7 +57,7 @@ from torch import nn
 from molequi import keys as K
 from molequi.errors import ConfigError
 from molequi.models.generative.edm import EDM, EDMDynamics
-from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
+from molequi.models.generative.graph import centred_gaussian, fully_connected_edges, molecule_sizes, rng
 from molequi.nn.scatter import scatter_sum
 
 ENCODER_SIGMA = 0.0032  # GeoLDM's fixed encoder standard deviation (EnHierarchicalVAE.encode)
@@ -69,7 +69,7 @@ def latent_kl(mu_x: torch.Tensor, mu_h: torch.Tensor, sigma_x: torch.Tensor, sig
     the h part summed over nodes and latent features, the x part on the (N - 1) 3 dimensional zero-mean
     subspace with one sigma_x (B,) per molecule. GeoLDM's loss passes sigma = 1."""
     dt = mu_x.dtype
-    d = ((torch.bincount(batch, minlength=num_graphs) - 1) * 3).to(dt)
+    d = ((molecule_sizes(batch, num_graphs) - 1) * 3).to(dt)
     kl_h = torch.log(1.0 / (sigma_h + 1e-8) + 1e-8) + 0.5 * (sigma_h ** 2 + mu_h ** 2) - 0.5
     kl_h = scatter_sum(kl_h.sum(-1), batch, num_graphs)
     mu2 = scatter_sum((mu_x ** 2).sum(-1), batch, num_graphs)
@@ -159,7 +159,7 @@ class GeoLDM(EDM):
         return err / self._denominator(batch, num_graphs, self.n_features, x.dtype) if normalise else err
 
     def _denominator(self, batch, num_graphs, width, dtype):
-        sizes = torch.bincount(batch, minlength=num_graphs).to(dtype)
+        sizes = molecule_sizes(batch, num_graphs).to(dtype)
         n = sizes.max() if self.config.loss_normalisation == "edm" else sizes
         return (3 + width) * n
 
@@ -167,9 +167,12 @@ class GeoLDM(EDM):
         """z = mu + sigma eps (eps_x zero mean per molecule; ``noise`` = (eps_x, eps_h) or None to draw)."""
         if noise is None:
             noise = (centred_gaussian(batch, num_graphs, dtype=mu_x.dtype, device=mu_x.device, generator=generator),
-                     torch.randn(mu_h.shape, dtype=mu_h.dtype, device=mu_h.device, generator=generator))
-        sigma = self.per_node(torch.as_tensor(sigma, dtype=mu_x.dtype, device=mu_x.device).reshape(-1), batch,
-                              mu_x.dtype)
+                     torch.randn(mu_h.shape, dtype=mu_h.dtype, device=mu_h.device, **rng(generator)))
+        # a Python sigma by torch.full, not torch.as_tensor: a host-to-device copy waits for the GPU
+        if not torch.is_tensor(sigma):
+            sigma = torch.full((1,), sigma, dtype=mu_x.dtype, device=mu_x.device)
+        sigma = sigma.reshape(-1)
+        sigma = self.per_node(sigma, batch, mu_x.dtype)
         return mu_x + sigma * noise[0].to(mu_x.dtype), mu_h + sigma * noise[1].to(mu_h.dtype)
 
     # ------------------------------------------------------------------ training
@@ -178,11 +181,14 @@ class GeoLDM(EDM):
         (B,) in 0..T, ``noise_enc`` (the encoder's eps) and ``noise`` (the diffusion's eps at t), each
         (eps_x (n, 3) zero mean per molecule, eps_h (n, L)), fix the draws (else from ``generator``)."""
         self.require_eps("training")
+        return self._loss_terms(self.loss_inputs(batch), generator, t_int=t_int, noise_enc=noise_enc, noise=noise)
+
+    def _loss_terms(self, inputs: dict, generator=None, *, t_int=None, noise_enc=None, noise=None) -> dict:
+        """``loss_terms`` on ``loss_inputs`` (the device part: no host sync)."""
         cfg = self.config
-        b, num_graphs = self._batch_info(batch)
-        x, h = self.encode(batch[K.NUMBERS], batch[K.POS], b, num_graphs)
-        edge_index = fully_connected_edges(b, num_graphs)
-        ctx = self.batch_context(batch)
+        b, num_graphs, edge_index = inputs["batch"], inputs["num_graphs"], inputs["edge_index"]
+        x, h = self.encode(inputs["numbers"], inputs["pos"], b, num_graphs, checked=True)
+        ctx = self.context_of(inputs["context"], x.dtype)
         ae = self.autoencoder
         if not cfg.train_diffusion:  # GeoLDM's first stage: EnHierarchicalVAE.compute_loss
             mu_x, _, mu_h, _ = ae.encode(x, h, b, edge_index, num_graphs, ctx)
@@ -203,7 +209,7 @@ class GeoLDM(EDM):
             recon = self.reconstruction_error(x_rec, h_rec, x, h, b, num_graphs, normalise=True)
         T = cfg.timesteps
         if t_int is None:
-            t_int = torch.randint(0, T + 1, (num_graphs,), device=x.device, generator=generator)
+            t_int = torch.randint(0, T + 1, (num_graphs,), device=x.device, **rng(generator))
         t_int = torch.as_tensor(t_int, device=x.device).long().reshape(num_graphs)
         _, a_t, s_t = coeffs(t_int)
         if noise is None:
@@ -226,12 +232,12 @@ class GeoLDM(EDM):
         ones = torch.ones_like(z_h)
         return latent_kl(a_T[b, None] * z_x, a_T[b, None] * z_h, s_T, s_T[b, None] * ones, b, num_graphs)
 
-    def training_loss(self, batch, generator=None) -> tuple[torch.Tensor, dict]:
-        """Mean over molecules of ``loss_terms``'s loss (the same objective in validation), with its terms."""
-        b, num_graphs = self._batch_info(batch)
+    def device_loss(self, inputs: dict, generator=None) -> tuple[torch.Tensor, dict]:
+        """The device part of ``training_loss`` (``EDM.training_loss``: the mean over molecules of ``loss_terms``'s
+        loss, the same objective in validation, with its terms): size histogram (training), ``_loss_terms``."""
         if self.training:
-            self.record_sizes(b, num_graphs)
-        terms = self.loss_terms(batch, generator)
+            self.size_counts += inputs["size_counts"].to(self.size_counts)
+        terms = self._loss_terms(inputs, generator)
         return terms["loss"].mean(), {k: v.mean().detach() for k, v in terms.items() if k not in ("loss", "t")}
 
     # ------------------------------------------------------------------ likelihood

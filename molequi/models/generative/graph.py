@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from molequi import keys as K
 from molequi.nn.scatter import scatter_sum
 
 
@@ -38,6 +39,39 @@ def fully_connected_edges(batch: torch.Tensor, num_graphs: int | None = None) ->
     return torch.stack([senders[keep], receivers[keep]])
 
 
+#: the key under which a generative model's ``prepare_batch`` stores the batch's integer structure
+STRUCTURE_KEY = "diffusion_structure"
+
+
+def batch_info(batch) -> tuple[torch.Tensor, int]:
+    """(n,) batch vector and number of molecules of a batch (one molecule without a batch vector): the count is
+    PyG's ``num_graphs`` (a Python int), else read from the batch vector."""
+    b = batch[K.BATCH] if K.BATCH in batch else torch.zeros(batch[K.POS].shape[0], dtype=torch.long,
+                                                              device=batch[K.POS].device)
+    num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else int(b.max()) + 1
+    return b, num_graphs
+
+
+def structure_of(batch, build) -> dict:
+    """The integer structure ``prepare_batch`` stored in ``batch`` (computed on the CPU batch before the device
+    transfer), else ``build(batch)`` (computed here: host syncs when the batch is on a GPU)."""
+    return batch[STRUCTURE_KEY] if STRUCTURE_KEY in batch else build(batch)
+
+
+def size_histogram(batch: torch.Tensor, num_graphs: int, max_atoms: int) -> tuple[torch.Tensor, int]:
+    """(max_atoms + 1,) counts of the molecule sizes of a batch (sizes above max_atoms counted at max_atoms) and
+    the largest size as a Python int (a host read: run it on the CPU batch, ``prepare_batch``)."""
+    sizes = torch.bincount(batch, minlength=num_graphs)
+    max_size = int(sizes.max()) if sizes.numel() else 0
+    return torch.bincount(sizes.clamp(max=max_atoms), minlength=max_atoms + 1), max_size
+
+
+def molecule_sizes(batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """(B,) atoms per molecule of a sorted or unsorted (n,) batch vector: ``bincount(batch, minlength=B)`` without
+    its host sync on a GPU (bincount reads the largest index to size its output; a sum of ones does not)."""
+    return torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
+
+
 def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Per-group mean (groups without members give 0)."""
     total = scatter_sum(src, index, dim_size)
@@ -58,12 +92,19 @@ def remove_mean(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.
     return x - scatter_mean(x, batch, num_graphs)[batch]
 
 
+def rng(generator: torch.Generator | None) -> dict:
+    """``generator=`` keyword of a random op, left out when None: Dynamo cannot trace the ``generator`` overloads
+    of randint / randn with a dynamic size (``SymIntArrayRef expected to contain only concrete integers``)."""
+    return {} if generator is None else {"generator": generator}
+
+
 def centred_gaussian(batch: torch.Tensor, num_graphs: int, dim: int = 3, *, dtype=None, device=None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, dim) standard normal noise projected to zero mean per molecule: an isotropic Gaussian on the
     (n_b - 1) * dim dimensional subspace."""
-    eps = torch.randn(batch.numel(), dim, dtype=dtype, device=device, generator=generator)
+    eps = torch.randn(batch.numel(), dim, dtype=dtype, device=device, **rng(generator))
     return remove_mean(eps, batch, num_graphs)
 
 
-__all__ = ["sizes_to_batch", "fully_connected_edges", "scatter_mean", "remove_mean", "centred_gaussian"]
+__all__ = ["sizes_to_batch", "fully_connected_edges", "molecule_sizes", "scatter_mean", "remove_mean", "centred_gaussian",
+           "STRUCTURE_KEY", "structure_of", "size_histogram", "batch_info", "rng"]

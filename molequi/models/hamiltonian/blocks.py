@@ -75,7 +75,10 @@ class CompiledPredict:
     def compile_forward(self, backend: str = "inductor", dynamic: bool | None = None):
         """Run ``predict`` through ``torch.compile(fullgraph=True)`` from now on, training included
         (``trainer.compile``; the loss needs only first derivatives). Returns ``self``."""
-        self._compiled_predict = torch.compile(self.predict, fullgraph=True, dynamic=dynamic, backend=backend)
+        from molequi.models.base import without_duck_sizing
+
+        self._compiled_predict = without_duck_sizing(torch.compile(self.predict, fullgraph=True, dynamic=dynamic,
+                                                                   backend=backend))
         return self
 
     def run_predict(self, z, pos, structure):

@@ -369,11 +369,22 @@ class HamiltonianConv(CompiledPredict, nn.Module):
     def from_config(cls, cfg, statistics=None):
         return cls(cfg)
 
+    #: the key under which ``prepare_batch`` stores the batch's elements (a list of Python ints)
+    ELEMENTS_KEY = "elements_present"
+
+    def prepare_batch(self, data):
+        """``data`` with its pair structure and its elements (as Python ints, ``ELEMENTS_KEY``) computed on the
+        CPU batch before the device transfer: the reference check of a training step is then made on the host."""
+        data = super().prepare_batch(data)
+        data[self.ELEMENTS_KEY] = sorted(set(data[K.NUMBERS].tolist()))
+        return data
+
     def forward(self, data) -> dict[str, torch.Tensor]:
         z = data[K.NUMBERS]
         structure = structure_of(data, self.layout)  # integer indices (blocks.structure_of): not compiled
         if self.training and "fock" in data:
-            self._fit_missing_references(z, batch_ptr(data, z), data.fock)
+            present = data[self.ELEMENTS_KEY] if self.ELEMENTS_KEY in data else None
+            self._fit_missing_references(z, batch_ptr(data, z), data.fock, present)
         return self.run_predict(z, data[K.POS], structure)
 
     def predict(self, z, pos, structure: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -406,20 +417,25 @@ class HamiltonianConv(CompiledPredict, nn.Module):
         blocks = 0.5 * (blocks + blocks[reverse].transpose(1, 2))
         return {"fock": blocks.reshape(-1)[structure["ao"]], "nao": structure["nao"], "blocks": blocks}
 
-    def _fit_missing_references(self, z, ptr, fock) -> None:
-        """``fit_reference`` for the elements of ``z`` without a reference yet. Once every element of the
-        basis has one (remembered on the host until weights are loaded), no check and no host sync."""
-        if getattr(self, "_references_complete", False):
+    def _fit_missing_references(self, z, ptr, fock, present: list[int] | None = None) -> None:
+        """``fit_reference`` for the elements of ``z`` without a reference yet. The fitted elements are kept on
+        the host (read from ``ref_fitted`` once, and again after a load), so with ``present``, the
+        batch's elements as Python ints (``prepare_batch``), a batch whose elements all have a reference costs
+        no host sync, even when an element of the basis never comes; without it, one read of ``z`` per step
+        until every element of the basis has a reference."""
+        fitted = getattr(self, "_fitted_elements", None)
+        if fitted is None:
+            fitted = self._fitted_elements = set(torch.nonzero(self.ref_fitted).flatten().tolist())
+        if fitted >= set(self.basis.elements) or (present is not None and fitted >= set(present)):
             return
-        if bool(self.ref_fitted[list(self.basis.elements)].all()):
-            self._references_complete = True
+        if present is None and bool(self.ref_fitted[z].all()):
             return
-        if not bool(self.ref_fitted[z].all()):
-            i, j, mol, _ = molecule_pairs(ptr)
-            self.fit_reference(z, fock, self.layout.scatter_index(z, ptr, i, j, mol), i == j)
+        i, j, mol, _ = molecule_pairs(ptr)
+        self.fit_reference(z, fock, self.layout.scatter_index(z, ptr, i, j, mol), i == j)
+        self._fitted_elements = fitted | set(torch.unique(z).tolist() if present is None else present)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._references_complete = False  # the loaded ref_fitted decides again
+        self._fitted_elements = None  # the loaded ref_fitted decides again
         super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()

@@ -562,6 +562,42 @@ def row_nve(res: Path) -> list[str]:
     )
 
 
+def row_nve_systems(res: Path) -> list[str]:
+    d = load(res, "nve_drift_systems")
+    m = d["meta"]
+    by = {}
+    for r in d["results"]:
+        by.setdefault((r["system"], r["perturbation"]), {})[r["model_name"]] = r
+    parts = []
+    for (name, x), pair in by.items():
+        fa, ma = pair["frame_averaging"], pair["mace"]
+        stopped = [k for k, r in pair.items() if r.get("stopped")]
+        parts.append(
+            f"{name} ({fa['n_atoms']} atoms), model {x:g}x, frame_averaging vs MACE: <T> "
+            f"{fa['mean_temperature_K']:.0f} vs {ma['mean_temperature_K']:.0f} K, drift "
+            f"{fa['drift_eV_per_atom_per_ps']:.1e} vs {ma['drift_eV_per_atom_per_ps']:.1e} eV/atom/ps, "
+            f"E_tot p-p {fa['etot_peak_to_peak_meV_per_atom']:.2g} vs "
+            f"{ma['etot_peak_to_peak_meV_per_atom']:.2g} meV/atom; max |F - (-dE/dx)| (central differences) "
+            "at the symmetric start "
+            f"{fa['fd_max_abs_err_start_eV_A']:.1e} vs {ma['fd_max_abs_err_start_eV_A']:.1e} eV/Å, at the "
+            f"first NVE frame {fa['fd_max_abs_err_first_nve_eV_A']:.1e} vs "
+            f"{ma['fd_max_abs_err_first_nve_eV_A']:.1e}; smallest relative PCA eigengap in NVE "
+            f"{fa['min_rel_eigengap']:.1e}" + (f"; stopped: {', '.join(stopped)}" if stopped else "")
+        )
+    result = (
+        f"{m['nve_ps']:g} ps NVE at {m['timestep_fs']:g} fs after {m['nvt_ps']:g} ps Langevin at "
+        f"{m['temperature_K']:g} K, float64; forces = reference (harmonic springs / EMT) + random-init model "
+        "(frame_averaging or MACE) scaled to x times the reference's force RMS: "
+        + "; ".join(parts)
+        + "; see `bench_results/nve_drift_systems.md`"
+    )
+    command = (
+        "`python scripts/bench/nve_drift.py --systems ch4,benzene,cubic --equil-ps 0.1 --nve-ps 2 "
+        "[--perturbation 0.1 --append]`"
+    )
+    return row("NVE drift of frame averaging at degenerate frames vs MACE", command, result, d["provenance"])
+
+
 def row_tensor_products(res: Path) -> list[str]:
     d = load(res, "tensor_products")
     rows = [r for r in d["rows"] if r.get("device", "cpu") == "cpu"]
@@ -1103,6 +1139,7 @@ def table_rows(results: Path) -> list[list[str]]:
         *rows_md(results),
         row_batched(results),
         row_nve(results),
+        row_nve_systems(results),
         row_tensor_products(results),
         row_tensor_products_mace(results),
         row_gaunt(results),

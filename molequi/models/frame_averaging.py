@@ -37,6 +37,11 @@ invariance. What is done about it::
     Cu cell the autograd forces differ from central differences of the energy (by ~6e-5, 4e-7 and 3e-3 eV/Å
     for a small random backbone, ``tests/models/test_frame_averaging.py``), while on generic structures they
     agree to ~1e-9. ``molequi md`` / ``run_md`` refuse it unless ``--allow-nonconservative`` is given.
+  * in MD the exact degeneracy is left at once: 2 ps NVE at 300 K (``scripts/bench/nve_drift.py --systems``,
+    a random-init model added to a harmonic / EMT reference) never came within the tolerance (smallest
+    relative gap 2e-4 to 4e-2), forces matched -dE/dx to <= 7e-7 eV/Å after thermalisation, and CH4 and a
+    32-atom Cu cell drifted about as little as a conservative MACE (2.6e-5 vs 4.7e-6 and -1.3e-7 vs 3.0e-8
+    eV/atom/ps; ``bench_results/nve_drift_systems.md``).
 
 Periodic cells: the PCA uses the positions as stored, so the frame (not the averaged invariance) depends on
 which periodic image of each atom is stored; wrap positions consistently (as the data readers do).

@@ -4,11 +4,17 @@ for a small QHNet and the EDM denoiser, inference (eval, no grad) and one traini
 backward).
 
     python scripts/bench/compile_speed_more.py [--repeats 7] [--backend inductor] [--models qhnet,edm]
+    python scripts/bench/compile_speed_more.py --models edm_loss --name compile_speed_more_edm_loss --no-check-f64
 
 QHNet: STO-3G basis (lmax 2), hidden 32, bottleneck 16, 3 layers (start_layer 1), 8 ethanol-sized molecules
 (C2H6O, 9 atoms, rMD17 geometries), float32, the Hamiltonian task's loss on a random label. EDM: the QM9
 recipe's denoiser at hidden 64, 4 layers, 16 molecules of 9-19 atoms (QM9-like compositions, random
-geometries), float32, ``EDM.training_loss`` (the fixed batch and fixed noise seed every call). The
+geometries), float32, ``EDM.training_loss`` (the fixed batch and fixed noise seed every call). ``edm_loss``: the
+same model and batch, the training step as the trainer runs it: the batch prepared on the host
+(``prepare_batch``), no generator, so ``trainer.compile``'s compiled ``device_loss`` (noise, denoiser, loss)
+runs whole, the global seed fixed before each call; Inductor's random ops fall back to aten's
+(``torch._inductor.config.fallback_random``), so that compiled and eager draw the same noise and their
+gradients compare (run it in its own process: the setting is global). The
 compiled model is the same weights; the largest output difference (and, for training, parameter-gradient
 difference, relative to the largest eager value) is reported. First compiled calls (tracing + code
 generation) are timed separately; then the two variants run interleaved (``_common.interleaved``), medians
@@ -124,6 +130,21 @@ def edm_case(dtype, hidden=64, layers=4, molecules=16):
     return build, batch, loss, output
 
 
+def edm_loss_case(dtype):
+    """``edm_case`` with the whole training loss of a prepared batch (module docstring)."""
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True
+    build, batch, _, output = edm_case(dtype)
+    prepared = build().prepare_batch(batch.clone())
+
+    def loss(model, b):
+        torch.manual_seed(1)
+        return model.training_loss(prepared)[0]
+
+    return build, batch, loss, output
+
+
 def measure(name, case, backend, repeats):
     from molequi.train.compile import compile_for_training
 
@@ -214,7 +235,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=7, help="timed calls per variant and mode (default 7)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
-    p.add_argument("--models", default="qhnet,edm", help="comma-separated: qhnet, edm (default both)")
+    p.add_argument("--models", default="qhnet,edm",
+                   help="comma-separated: qhnet, edm, edm_loss (default qhnet,edm; edm_loss in its own process)")
     p.add_argument("--no-check-f64", action="store_true", help="skip the float64 aot_eager gradient check")
     p.add_argument("--name", default="compile_speed_more",
                    help="JSON name under bench_results/ (default compile_speed_more; the README row reads "
@@ -223,7 +245,8 @@ def main(argv=None) -> int:
     if args.repeats < 5:
         p.error("--repeats must be >= 5")
     dtype = torch.float32
-    cases = {"qhnet": lambda: qhnet_case(dtype), "edm": lambda: edm_case(dtype)}
+    cases = {"qhnet": lambda: qhnet_case(dtype), "edm": lambda: edm_case(dtype),
+             "edm_loss": lambda: edm_loss_case(dtype)}
     rows = []
     for name in args.models.split(","):
         rows += measure(name, cases[name](), args.backend, args.repeats)
@@ -253,6 +276,8 @@ def main(argv=None) -> int:
             "settings": {
                 "qhnet": "sto-3g lmax 2, hidden 32, bottleneck 16, 3 layers (start_layer 1), 8 ethanols",
                 "edm": "EDMDynamics hidden 64, 4 layers, 16 molecules of 9-19 atoms",
+                "edm_loss": "inference: the denoiser; training: the whole loss of a prepared batch, "
+                            "fallback_random; EDMDynamics hidden 64, 4 layers, 16 molecules of 9-19 atoms",
             },
             "command": "python scripts/bench/compile_speed_more.py " + " ".join(argv or sys.argv[1:]),
         },

@@ -99,9 +99,9 @@ def test_compiled_training_step_equals_eager(name, backend):
     backend "eager" (Dynamo alone) until gather / scatter_sum stopped using custom autograd.Functions under
     torch.compile (molequi.nn.scatter.plain_autograd). MACE and the EquiformerV2-style variant use "eager" here
     (aot_eager costs 25-40 s of CPU each; both gave the same equality when run by hand); AOTAutograd and
-    Inductor for MACE: test_compiled_mace_training_inductor_float32. (Batches of 4 and 5 structures: with 2
-    or 3, duck sizing ties the cell count to the constant 2 or 3 of the edge index or cell and the next size
-    recompiles.)"""
+    Inductor for MACE: test_compiled_mace_training_inductor_float32. (First batches of 2 or 3 structures,
+    which duck sizing used to tie to the edge index's 2 rows or the cell's 3 columns:
+    tests/models/test_compile_sync.py.)"""
     cu = bulk("Cu", "fcc", a=3.61, cubic=True)
     cu.rattle(0.05, seed=0)
     eager, compiled = model(name).train(), model(name).train().compile_training(backend=backend)

@@ -1071,7 +1071,7 @@ def row_compile_speed_more(res: Path) -> list[str]:
     if not runs:
         raise ReportError(f"{res}: no compile_speed_more*.json "
                           "(run python scripts/bench/compile_speed_more.py)")
-    names = {"qhnet": "QHNet", "edm": "EDM denoiser"}
+    names = {"qhnet": "QHNet", "edm": "EDM denoiser", "edm_loss": "EDM training loss (trainer.compile: device_loss)"}
     parts, f64 = [], None
     for d in runs:
         f64 = f64 or d.get("check_f64")

@@ -8,7 +8,8 @@ whose output size is read from the data) cannot be traced by Dynamo with ``captu
   device part of ``training_loss`` (``device_loss``: noise, denoiser, loss, statistics buffers) traces into one
   graph; its loss, logs, parameter gradients and buffers equal the eager ``training_loss`` of the unprepared batch
   for the same random state (float64, 1e-10; they were found bit-identical to the code before this change too).
-  The categorical draws equal ``torch.multinomial``'s for the same random state.
+  The categorical draws equal ``torch.multinomial``'s for the same random state. ``trainer.compile`` compiles
+  ``device_loss`` whole, and molequi.train with it gives the eager run's weights.
 - hamiltonian_conv: its training step (forward with the reference fit, and the task's loss) traces into one
   graph once the batch's elements have a reference, though an element of the basis (N) never comes.
 - MACE's compiled training step: first batches of 2, then 3, then 5 structures give one graph (duck sizing used
@@ -243,3 +244,32 @@ def test_trainer_compile_runs_the_whole_device_loss_compiled():
         for k in grads:
             torch.testing.assert_close(grads_c[k], grads[k], rtol=1e-10, atol=1e-10 * grads[k].abs().max().item())
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the second size: recompiled once, dynamic
+
+
+def test_trainer_compile_trains_edm_as_eager(tmp_path):
+    """molequi.train with trainer.compile (aot_eager): the trainer's prepare_batch and the compiled device_loss
+    give the eager run's weights after 4 steps (float64, same seed)."""
+    from pathlib import Path
+
+    from molequi.config import Config
+    from molequi.data.qm9 import read_qm9_xyz
+    from molequi.train.run import train
+
+    molecules = read_qm9_xyz(Path(__file__).resolve().parents[2] / "data" / "qm9" / "crescendo")
+    weights = []
+    for compile_setting in (False, "aot_eager"):
+        cfg = Config.from_dict({
+            "model": {"name": "edm", "hidden": 8, "layers": 1, "timesteps": 20},
+            "task": {"name": "diffusion"},
+            "optim": {"lr": 5e-3, "scheduler": "none", "ema_decay": None},
+            "trainer": {"max_steps": 4, "batch_size": 4, "accelerator": "cpu", "devices": 1, "precision": "float64",
+                        "output": str(tmp_path / str(compile_setting)), "progress_bar": False,
+                        "compile": compile_setting, "seed": 0}})
+        dynamo.utils.counters.clear()
+        result = train(cfg, splits={"train": molecules[:16], "valid": molecules[16:20], "test": []},
+                       enable_summary=False)
+        assert result.global_step == 4
+        weights.append([p.detach().clone() for p in result.module.task.model.parameters()])
+        assert (dynamo.utils.counters["stats"]["unique_graphs"] > 0) == bool(compile_setting)
+    for a, b in zip(*weights):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

@@ -13,7 +13,8 @@ Stress is zero for structures with zero cell volume (isolated molecules).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch_geometric.utils import scatter
@@ -48,6 +49,23 @@ def strained(pos: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor,
     zero is minus the virial."""
     sym = 0.5 * (strain + strain.transpose(1, 2))
     return pos + torch.einsum("ni,nij->nj", pos, sym[batch]), cell + torch.bmm(cell, sym)
+
+
+@contextlib.contextmanager
+def frozen_parameters(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Parameters of ``modules`` without ``requires_grad`` inside the block (restored after): for inference,
+    whose forces and stress differentiate the energy by positions and strain only. Autograd then keeps for
+    the backward pass only what those need: an activation times a weight keeps the weight, not the
+    (edges x channels) activation it would need for the weight's gradient (mace-torch's calculator, too,
+    freezes its parameters)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def energy_response(atomic_energies: AtomicEnergyFn, data, *, compute_forces: bool = True,
@@ -122,5 +140,5 @@ def functional_energy_response(atomic_energies: AtomicEnergyFn, data, n_graphs: 
     return out
 
 
-__all__ = ["energy_response", "functional_energy_response", "strained", "stress_from_virials", "batch_vector",
+__all__ = ["energy_response", "frozen_parameters", "functional_energy_response", "strained", "stress_from_virials", "batch_vector",
            "num_graphs"]

@@ -49,6 +49,7 @@ from molequi import keys as K
 from molequi.errors import ModelError, ValueRangeError
 from molequi.graph.neighbors import neighbor_list
 from molequi.models.base import EnergyModel, ForceField
+from molequi.response import frozen_parameters
 
 DEFAULT_SKIN = 0.5  # Å
 
@@ -357,7 +358,8 @@ class MolequiCalculator(Calculator):
         outs = []
         for model, e in zip(self.models, edges):
             data = self._record(atoms, e)
-            out = model(data, compute_forces=True, compute_stress=want_stress)
+            with frozen_parameters([model]):
+                out = model(data, compute_forces=True, compute_stress=want_stress)
             outs.append(
                 {
                     k: v.detach().to("cpu", torch.float64).numpy()

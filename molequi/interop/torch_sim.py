@@ -28,6 +28,7 @@ import torch
 from molequi import keys as K
 from molequi.calculators.calculator import DEFAULT_SKIN, NeighborCache
 from molequi.errors import InputError, ModelError
+from molequi.response import frozen_parameters
 
 try:
     from torch_sim.models.interface import ModelInterface
@@ -107,7 +108,7 @@ class MolequiTorchSimModel(ModelInterface):
                                       state.row_vector_cell.to(self._device, self._dtype), state.pbc, numbers,
                                       system_idx, n_systems)
         want_stress = self._compute_stress and periodic
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_parameters([self.model]):
             out = self.model(batch, compute_forces=self._compute_forces, compute_stress=want_stress)
         results = {"energy": out[K.ENERGY].detach().reshape(n_systems)}
         if self._compute_forces:

@@ -109,6 +109,9 @@ class _EdgeMessages(nn.Module):
     def forward(self, x, sh, radial, envelope, sender, receiver, k: int = 0) -> torch.Tensor:
         """Edges as a list (``k`` = 0), or in the neighbour table of ``NeighbourLayout`` (``k`` slots per
         receiving atom, ``receiver`` unused): then the messages of rows / k consecutive receivers."""
+        if k and not self.conv.training:  # inference (the layer's mode): no per-path edge tensor kept
+            return self.conv.forward_padded_fused(x, sh, self.radial.hidden(radial, envelope),
+                                                  self.radial.last_weight(), sender, k)
         if k:  # one (rows, c) weight block per path
             weights = self.radial.forward_blocks(radial, self.weight_shape[-1], envelope)
             return self.conv.forward_padded(x, sh, weights, sender, k)

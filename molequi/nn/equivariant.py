@@ -24,7 +24,7 @@ from e3nn import o3
 from torch import nn
 
 from molequi.errors import ConfigError
-from molequi.nn.scatter import gather, scatter_sum
+from molequi.nn.scatter import _one_thread, gather, plain_autograd, scatter_sum
 
 Irrep = tuple[int, int]  # (l, parity) with parity +1 (even) or -1 (odd)
 
@@ -203,6 +203,66 @@ class _Path:
     i_out: int  # index of the output irrep
 
 
+class _FusedPathSums(torch.autograd.Function):
+    """Every path's neighbour sum of ``forward_padded`` from the radial MLP's last hidden layer, for inference:
+
+        out_p = sum_m1 G_p[m1]^T z_p[m1] (n, d3, c),   z_p[m1] = w_p * x_sender[m1] (rows, c),   w_p = hidden @ W_p
+
+    keeping for the backward pass only ``hidden`` (rows, H), the atoms' features x (n, dim, c), the contracted
+    harmonics and the weights: the per-path weights w_p, the gathered x_sender and the products z_p (paths x
+    edges x channels numbers, most of a layer's memory) are recomputed there, at the cost of one (rows, H) @
+    (H, c) product per path and one gather. The backward is made of differentiable operations, so a second
+    derivative is still right (training uses the plain operations, ``forward_padded``)."""
+
+    @staticmethod
+    def forward(ctx, conv, k: int, sender, hidden, w_last, x, g_all):
+        ctx.conv, ctx.k = conv, k
+        ctx.save_for_backward(sender, hidden, w_last, x, g_all)
+        return tuple(conv._path_sums(k, sender, hidden, w_last, x, g_all, plain=True))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        conv, k = ctx.conv, ctx.k
+        sender, hidden, w_last, x, g_all = ctx.saved_tensors
+        _, _, _, need_h, need_w, need_x, need_g = ctx.needs_input_grad
+        rows, c = hidden.shape[0], x.shape[2]
+        n = rows // k
+        x_blocks = conv._gathered(x, sender, plain=False)
+        w_blocks = torch.split(w_last, c, dim=1)
+        grad_h, grad_w, grad_g = None, [], []
+        if need_x:  # sum onto the atoms' components as the terms come: rows m * n + sender of (dim * n, c)
+            gx = x.new_zeros(x.shape[1] * x.shape[0], c)
+            index = conv._index(sender, x.shape[0], x.shape[1]).view(x.shape[1], rows)
+            offsets = [sum(conv._in_sizes[:i]) for i in range(len(conv._in_sizes))]
+        for p, (grad, g) in enumerate(zip(grads, conv._g_blocks(g_all, k))):
+            i_in, d1 = conv._path_in[p]
+            w = hidden @ w_blocks[p]  # [rows, c]
+            xb = x_blocks[i_in]  # [d1, rows, c]
+            if need_g:  # [n, k, d1, d3] -> (rows, d1 d3), the columns of g_all
+                grad_g.append(torch.stack([torch.bmm((w * xb[m]).view(n, k, c), grad.transpose(1, 2))
+                                           for m in range(d1)], dim=2).reshape(rows, -1))
+            if not (need_h or need_w or need_x):
+                continue
+            grad_z = [torch.bmm(g[m], grad).view(rows, c) for m in range(d1)]  # d1 x [rows, c]
+            if need_h or need_w:
+                gw = grad_z[0] * xb[0]  # [rows, c]: the sum over m1, one (rows, c) term at a time
+                for m in range(1, d1):
+                    gw = torch.addcmul(gw, grad_z[m], xb[m])
+                if need_h:
+                    term = gw @ w_blocks[p].T
+                    grad_h = term if grad_h is None else grad_h + term
+                if need_w:
+                    grad_w.append(hidden.T @ gw)
+            if need_x:
+                with _one_thread(x.device):  # (see molequi.nn.scatter)
+                    for m in range(d1):
+                        gx = gx.index_add(0, index[offsets[i_in] + m], grad_z[m] * w)
+        if need_x:
+            gx = gx.view(x.shape[1], x.shape[0], c).transpose(0, 1)
+        return (None, None, None, grad_h, torch.cat(grad_w, dim=1) if need_w else None,
+                gx if need_x else None, torch.cat(grad_g, dim=1) if need_g else None)
+
+
 class EquivariantConvolution(nn.Module):
     """MACE's interaction: uvu tensor product with the edge harmonics, neighbour sum, linear over paths.
 
@@ -262,6 +322,7 @@ class EquivariantConvolution(nn.Module):
         self.constants.add("cg_paths", torch.cat(per_path, dim=1))  # [sh, sum over paths of (m1, m3)]
         self._path_cols = [b.shape[1] for b in per_path]
         self._path_in = [(p.i_in, 2 * irreps_in.irreps[p.i_in][0] + 1) for p in paths]
+        self._in_sizes = [2 * l + 1 for l, _ in irreps_in.irreps]
         #: numbers per slot of the neighbour table that ``forward_padded`` creates (its z products and G)
         self.padded_floats_per_slot = sum(d1 for _, d1 in self._path_in) * irreps_in.channels + 2 * sum(
             self._path_cols
@@ -326,17 +387,75 @@ class EquivariantConvolution(nn.Module):
         n = rows // k
         g_paths = torch.split(sh @ self.constants.get("cg_paths", x), self._path_cols, dim=1)
         xs = gather(x, sender)  # [rows, in, c]
-        x_blocks = torch.split(xs, [2 * l + 1 for l, _ in self.irreps_in.irreps], dim=1)
+        x_blocks = torch.split(xs, self._in_sizes, dim=1)
         w_paths = weights.unbind(1) if isinstance(weights, torch.Tensor) else weights  # [rows, c] each
+        sums = []
+        for p, (i_in, d1) in enumerate(self._path_in):
+            z = (w_paths[p].unsqueeze(1) * x_blocks[i_in]).reshape(n, k * d1, c)
+            g = g_paths[p].reshape(n, k * d1, self._path_cols[p] // d1)
+            sums.append(torch.bmm(g.transpose(1, 2), z))  # [n, d3, c]: sum over (neighbour, m1)
+        return self._mix(sums, n, x)
+
+    def forward_padded_fused(self, x: torch.Tensor, sh: torch.Tensor, hidden: torch.Tensor,
+                             w_last: torch.Tensor, sender: torch.Tensor, k: int) -> torch.Tensor:
+        """``forward_padded`` with the weights w = hidden @ w_last (rows, num_paths * c) formed path by path
+        inside ``_FusedPathSums``, which keeps no per-path edge tensor for the backward pass (inference;
+        plain operations where custom Functions must not run)."""
+        g_all = sh @ self.constants.get("cg_paths", x)
+        if plain_autograd():
+            sums = self._path_sums(k, sender, hidden, w_last, x, g_all, plain=True)
+        else:
+            sums = _FusedPathSums.apply(self, k, sender, hidden, w_last, x, g_all)
+        return self._mix(sums, sh.shape[0] // k, x)
+
+    def _path_sums(self, k: int, sender, hidden, w_last, x, g_all, plain: bool = False) -> list:
+        """Each path's sum_m1 G_p[m1]^T (w_p * x_sender[m1]) (n, d3, c), w_p = hidden @ (the p-th (H, c) block
+        of ``w_last``). The sender's features are gathered component-major, (d1, rows, c) per irrep, so that
+        w_p multiplies whole (rows, c) planes (a (rows, d1, c) * (rows, 1, c) broadcast runs over only c
+        contiguous numbers at a time, several times slower on the CPU)."""
+        c = x.shape[2]
+        n = g_all.shape[0] // k
+        x_blocks = self._gathered(x, sender, plain)
+        w_paths = torch.split(w_last, c, dim=1)
+        sums = []
+        for p, g in enumerate(self._g_blocks(g_all, k)):
+            i_in, d1 = self._path_in[p]
+            w = hidden @ w_paths[p]  # [rows, c]
+            z = x_blocks[i_in] * w  # [d1, rows, c]
+            out = torch.bmm(g[0].transpose(1, 2), z[0].view(n, k, c))  # [n, d3, c]: sum over neighbours
+            for m in range(1, d1):
+                out = torch.baddbmm(out, g[m].transpose(1, 2), z[m].view(n, k, c))
+            sums.append(out)
+        return sums
+
+    def _g_blocks(self, g_all: torch.Tensor, k: int) -> list[list[torch.Tensor]]:
+        """The contracted harmonics (rows, sum of d1 d3) as [path][m1] -> (n, k, d3) views."""
+        n = g_all.shape[0] // k
+        out = []
+        for p, g in enumerate(torch.split(g_all, self._path_cols, dim=1)):
+            d1 = self._path_in[p][1]
+            g = g.reshape(n, k, d1, -1)
+            out.append([g[:, :, m] for m in range(d1)])
+        return out
+
+    def _index(self, sender: torch.Tensor, n: int, d: int) -> torch.Tensor:
+        """Rows m * n + sender[e] (m < d, component-major) of an (d * n, c) table of d components."""
+        return (torch.arange(d, device=sender.device).unsqueeze(1) * n + sender).reshape(-1)
+
+    def _gathered(self, x: torch.Tensor, sender: torch.Tensor, plain: bool) -> list[torch.Tensor]:
+        """The senders' features per input irrep, component-major: (d1, rows, c) each."""
+        n, dim, c = x.shape
+        table = x.transpose(0, 1).reshape(dim * n, c)  # [(component, atom), c]
+        index = self._index(sender, n, dim)
+        xs = table.index_select(0, index) if plain else gather(table, index)
+        return list(xs.view(dim, -1, c).split(self._in_sizes, dim=0))
+
+    def _mix(self, sums, n: int, x: torch.Tensor) -> torch.Tensor:
+        """Per output irrep: the paths' sums side by side, mixed over (path, channel) -> (n, out.dim, c_out)."""
+        c = x.shape[2]
         out_blocks: dict[int, torch.Tensor] = {}
         for (_, p0, n_paths, d3, i_out), mix in zip(self._groups, self.mix):
-            aggs = []
-            for p in range(p0, p0 + n_paths):
-                i_in, d1 = self._path_in[p]
-                z = (w_paths[p].unsqueeze(1) * x_blocks[i_in]).reshape(n, k * d1, c)
-                g = g_paths[p].reshape(n, k * d1, d3)
-                aggs.append(torch.bmm(g.transpose(1, 2), z))  # [n, d3, c]: sum over (neighbour, m1)
-            agg = aggs[0] if n_paths == 1 else torch.cat(aggs, dim=2)  # [n, d3, (path, c)]
+            agg = sums[p0] if n_paths == 1 else torch.cat(sums[p0 : p0 + n_paths], dim=2)  # [n, d3, (path, c)]
             out_blocks[i_out] = agg @ (mix / math.sqrt(n_paths * c))  # [n, d3, c_out]
         blocks = [
             out_blocks[i] if i in out_blocks else x.new_zeros(n, 2 * l + 1, self.irreps_out.channels)

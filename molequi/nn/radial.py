@@ -113,14 +113,21 @@ class RadialMLP(nn.Module):
         """``forward(x) * scale`` as a list of its column blocks of ``size``, each its own contiguous
         (E, size) product of the last layer (no (E, out) tensor to split, whose backward would copy it).
         ``scale`` (E, 1) multiplies the last hidden layer, which is the same by linearity."""
-        last = len(self.weights) - 1
-        for i in range(last):  # not self.weights[:-1]: a sliced ParameterList re-wraps (and detaches) them
+        x = self.hidden(x, scale)
+        return [x @ block for block in self.last_weight().split(size, dim=1)]
+
+    def hidden(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer (E, sizes[-2]) times ``scale`` (E, 1): ``forward(x) * scale`` is this @
+        ``last_weight()``."""
+        for i in range(len(self.weights) - 1):  # not self.weights[:-1]: a sliced ParameterList re-wraps them
             w = self.weights[i]
             x = SILU_NORM * torch.nn.functional.silu(x @ (w / math.sqrt(w.shape[0])))
-        if scale is not None:
-            x = x * scale
-        w = self.weights[last]
-        return [x @ block for block in (w / math.sqrt(w.shape[0])).split(size, dim=1)]
+        return x if scale is None else x * scale
+
+    def last_weight(self) -> torch.Tensor:
+        """The last layer's normalised weight (sizes[-2], sizes[-1])."""
+        w = self.weights[len(self.weights) - 1]
+        return w / math.sqrt(w.shape[0])
 
 
 def polynomial_envelope(u: torch.Tensor, p: int) -> torch.Tensor:

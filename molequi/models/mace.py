@@ -69,6 +69,7 @@ from molequi.nn.equivariant import (
     IrrepsLinear,
     spherical_harmonics,
 )
+from molequi.nn.gaunt_manybody import GauntManyBody
 from molequi.nn.radial import (
     AgnesiTransform,
     BesselBasis,
@@ -86,6 +87,7 @@ from molequi.nn.tensor_products import GAUNT_BACKENDS, KINDS, TensorProductConvo
 from molequi.response import batch_vector
 
 TENSOR_PRODUCTS = ("native", *KINDS)
+PRODUCT_BASES = ("symmetric_contraction", "gaunt")
 RADIAL_TYPES = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": ChebyshevBasis}
 DISTANCE_TRANSFORMS = {"none": None, "agnesi": AgnesiTransform, "soft": SoftTransform}
 ENVELOPES = ("weights", "basis")
@@ -222,6 +224,7 @@ class MACELayer(nn.Module):
         residual: bool = True,
         max_edges_per_chunk: int | str | None = "auto",
         gaunt_backend: str = "grid",
+        product_basis: str = "symmetric_contraction",
     ):
         super().__init__()
         c = irreps_out.channels
@@ -239,7 +242,10 @@ class MACELayer(nn.Module):
             self.conv = TensorProductConvolution(tensor_product, irreps_in, max_ell, target, gaunt_backend)
             self._weight_shape = (self.conv.weight_numel,)
         self.radial = RadialMLP([num_radial, *radial_mlp, math.prod(self._weight_shape)])
-        self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
+        if product_basis == "gaunt":
+            self.product = GauntManyBody(target, irreps_out, correlation, num_elements, gaunt_backend)
+        else:
+            self.product = SymmetricContraction(target, irreps_out, correlation, num_elements)
         self.linear = IrrepsLinear(irreps_out, irreps_out)
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
         self.max_edges_per_chunk: int | str | None = max_edges_per_chunk
@@ -253,9 +259,12 @@ class MACELayer(nn.Module):
 
         # the product basis per atom: monomials of A, the basis-weighted sums per output irrep, A and B
         sc = self.product
-        products = sum(2 * (2 * l + 1) * k for (l, _), entries in zip(irreps_out.irreps, sc._plan)
-                       for _, _, _, _, k in entries)
-        self.floats_per_node = c * (2 * target.dim + sum(map(sum, sc._sizes.values())) + products)
+        if product_basis == "gaunt":
+            self.floats_per_node = c * (2 * target.dim + sc.floats_per_channel)
+        else:
+            products = sum(2 * (2 * l + 1) * k for (l, _), entries in zip(irreps_out.irreps, sc._plan)
+                           for _, _, _, _, k in entries)
+            self.floats_per_node = c * (2 * target.dim + sum(map(sum, sc._sizes.values())) + products)
         # not a submodule: the same radial MLP and convolution, under their existing state-dict keys
         object.__setattr__(self, "_messages", _EdgeMessages(self.radial, self.conv, self._weight_shape))
 
@@ -360,7 +369,15 @@ class MACE(EnergyModel):
         """How tensor_product 'gaunt' evaluates its product (the same function, the same parameters): "grid"
         (dense S2-grid projections, O(L^4) per channel; the fastest on the CPU at max_ell <= 8), "fft" (2D
         Fourier basis and FFT convolution, Luo et al. 2024, O(L^3); ``molequi.nn.gaunt_fft``) or "dft" (the
-        same Fourier route with the DFTs as matrix products). Timings: ``scripts/bench/gaunt.py``."""
+        same Fourier route with the DFTs as matrix products). Timings: ``scripts/bench/gaunt.py``. It is also
+        the backend of ``product_basis`` 'gaunt'."""
+        product_basis: str = "symmetric_contraction"
+        """Many-body product B of the atomic basis: "symmetric_contraction" (MACE's, every coupling of up to
+        ``correlation`` factors) or "gaunt" (repeated channel-wise Gaunt products of A with itself, each
+        factor reweighted per element, l and channel, then a learned per-element, per-l sum of the powers;
+        Luo et al. 2024; ``molequi.nn.gaunt_manybody``: natural-parity couplings only, fewer parameters,
+        evaluated by ``gaunt_backend``; natural-parity hidden irreps only). Timings:
+        ``scripts/bench/gaunt.py --many-body``."""
         backend: str = "native"
         """Kernels of the convolution and the symmetric contraction: "native" (molequi's torch code) or
         "cueq" (NVIDIA cuEquivariance: its CUDA kernels on a GPU, its pure-torch reference path on the CPU;
@@ -424,9 +441,13 @@ class MACE(EnergyModel):
                 raise ConfigError(
                     f"unknown gaunt_backend '{self.gaunt_backend}'; valid: {', '.join(GAUNT_BACKENDS)}"
                 )
-            if self.gaunt_backend != "grid" and self.tensor_product != "gaunt":
-                raise ConfigError(f"gaunt_backend '{self.gaunt_backend}' needs tensor_product 'gaunt', "
-                                  f"got '{self.tensor_product}'")
+            if self.product_basis not in PRODUCT_BASES:
+                raise ConfigError(
+                    f"unknown product_basis '{self.product_basis}'; valid: {', '.join(PRODUCT_BASES)}"
+                )
+            if self.gaunt_backend != "grid" and "gaunt" not in (self.tensor_product, self.product_basis):
+                raise ConfigError(f"gaunt_backend '{self.gaunt_backend}' needs tensor_product 'gaunt' (or "
+                                  f"product_basis 'gaunt'), got '{self.tensor_product}'")
             if self.tensor_product == "so2" and self.max_ell < 1:
                 raise ConfigError(
                     "tensor_product 'so2' needs max_ell >= 1 (edge frames from the l = 1 harmonics)"
@@ -445,6 +466,9 @@ class MACE(EnergyModel):
             if self.backend == "cueq" and self.tensor_product != "native":
                 raise ConfigError(f"backend 'cueq' runs the native convolution's function; tensor_product "
                                   f"'{self.tensor_product}' has no cuEquivariance form (use native)")
+            if self.backend == "cueq" and self.product_basis != "symmetric_contraction":
+                raise ConfigError("backend 'cueq' runs the symmetric contraction; product_basis "
+                                  f"'{self.product_basis}' has no cuEquivariance form")
             chunk = self.max_edges_per_chunk
             positive = isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1
             if not (chunk is None or chunk == "auto" or positive):
@@ -457,6 +481,11 @@ class MACE(EnergyModel):
                     "tensor_product 'gaunt' has only natural-parity paths (l1 + l2 + l3 even): "
                     f"hidden_irreps must be 0e + 1o + 2e + ... up to some l, got '{self.hidden_irreps}' "
                     "(use 'native', 'e3nn' or 'so2' for pseudo-tensor features)"
+                )
+            if self.product_basis == "gaunt" and hidden.irreps != natural:
+                raise ConfigError(
+                    "product_basis 'gaunt' has only natural-parity products: hidden_irreps must be 0e + 1o + "
+                    f"2e + ... up to some l, got '{self.hidden_irreps}' (use 'symmetric_contraction')"
                 )
 
     def __init__(self, cfg: MACE.Config, statistics: Statistics):
@@ -500,6 +529,7 @@ class MACE(EnergyModel):
                     residual=t > 0 or cfg.first_interaction == "residual",
                     max_edges_per_chunk=cfg.max_edges_per_chunk,
                     gaunt_backend=cfg.gaunt_backend,
+                    product_basis=cfg.product_basis,
                 )
             )
             hidden_mlp = ChannelIrreps.parse(cfg.MLP_irreps).channels

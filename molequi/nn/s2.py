@@ -23,13 +23,24 @@ from torch import nn
 from molequi.errors import ConfigError
 
 
+def _quadrature_weights(res_beta: int) -> torch.Tensor:
+    """Weights (res_beta,) of e3nn's beta rings (``o3.FromS2Grid``, Kostelec & Rockmore), in float64."""
+    b = res_beta // 2
+    j = torch.arange(2 * b, dtype=torch.float64)[:, None]
+    k = torch.arange(b, dtype=torch.float64)
+    ring = torch.sin((2 * j + 1) * (2 * k + 1) * math.pi / (4 * b)) / (2 * k + 1)
+    return (2 / b) * torch.sin(math.pi * (2 * j[:, 0] + 1) / (4 * b)) * ring.sum(1)
+
+
 def _grid_matrices(lmax_to: int, lmax_from: int, res_beta: int, res_alpha: int):
     """(K_to, G) matrix Y_k(s_g) and (G, K_from) matrix q_g Y_k(s_g), float64, on e3nn's S2 grid.
 
     e3nn's ``ToS2Grid('component')`` scales degree l by 1 / sqrt((2l+1)(lmax+1)) (unit-variance grid values);
     we want the function itself, f = sum_k x_k Y_k with 'component' harmonics (mean of Y_k^2 = 1), so the
     matrices use ``o3.spherical_harmonics`` at the points of ``o3.s2_grid`` and the quadrature weights q_g
-    (normalised to sum 1) of ``o3.FromS2Grid``.
+    (normalised to sum 1) of ``o3.FromS2Grid``, evaluated here in float64 (e3nn evaluates them in the
+    default dtype, float32 for a model built as usual, which left the "exact" grid products off by ~1e-7
+    relative in float64).
     """
     dt = torch.float64
     betas, alphas = o3.s2_grid(res_beta, res_alpha, dtype=dt)
@@ -39,8 +50,7 @@ def _grid_matrices(lmax_to: int, lmax_from: int, res_beta: int, res_alpha: int):
     Y = o3.spherical_harmonics(
         list(range(lmax + 1)), xyz, normalize=True, normalization="component"
     )  # [G, K]
-    fr = o3.FromS2Grid((res_beta, res_alpha), 0, normalization="component").to(dt)
-    q = fr(torch.eye(res_beta * res_alpha, dtype=dt).reshape(-1, res_beta, res_alpha))[:, 0]  # [G], ~ weights
+    q = _quadrature_weights(res_beta)[:, None].expand(res_beta, res_alpha).reshape(-1)  # [G]
     q = q / q.sum()
     to_mat = Y[:, : (lmax_to + 1) ** 2].T.contiguous()  # [K_to, G]
     from_mat = q[:, None] * Y[:, : (lmax_from + 1) ** 2]  # [G, K_from]

@@ -694,6 +694,37 @@ def row_gaunt(res: Path) -> list[str]:
     )
 
 
+def row_gaunt_manybody(res: Path) -> list[str]:
+    d = load(res, "gaunt_manybody")
+    rows, a = d["rows"], d["args"]
+    ls = [r["lmax"] for r in rows]
+
+    def speed(name: str) -> str:
+        return ", ".join(f"{label} {' / '.join(ratio(r[f'{name}_over_sc_{mode}_cpu'], 2) for r in rows)}x"
+                         for mode, label in (("fwd", "forward"), ("fwdbwd", "fwd+bwd")))
+
+    params = " / ".join(f"{r['parameters']['symmetric_contraction']} vs {r['parameters']['gaunt_grid']}"
+                        for r in rows)
+    err = max(r[f"gaunt_{v}_rel_err"] for r in rows for v in ("fft", "dft"))
+    dtypes = " / ".join(sorted({r["dtype"].replace("float", "f") for r in rows}))
+    out = a["out_irreps"].replace("1x", "")
+    result = (
+        f"MACE's product basis at correlation {a['correlation']}, A = 0e..L to B = {out} per channel, "
+        f"{a['rows']} atoms x {a['channels']} channels, {a['num_elements']} elements, {dtypes}, 1 thread, "
+        f"CPU-time medians of {a['repeats']} interleaved rounds, L = {' / '.join(map(str, ls))} (max_ell). "
+        "Speed of the Gaunt self-products (`product_basis: gaunt`) over the symmetric contraction: grid "
+        f"{speed('gaunt_grid')}; FFT {speed('gaunt_fft')}; DFT {speed('gaunt_dft')}. Not the same function "
+        f"(natural-parity couplings only): parameters {params}; the three Gaunt backends agree to {err:.0e} "
+        "(f64); see `bench_results/gaunt_manybody.md`"
+    )
+    return row(
+        f"MACE many-body product: symmetric contraction vs Gaunt, L = {min(ls)}..{max(ls)}",
+        "`OMP_NUM_THREADS=1 python scripts/bench/gaunt.py --many-body`",
+        result,
+        d["provenance"],
+    )
+
+
 def row_compile_speed(res: Path) -> list[str]:
     d = load(res, "compile_speed")
     names = {"mace": "MACE", "equiformer_v2_molequi": "molequi's EquiformerV2-style variant (equiformer_v2_molequi)"}
@@ -1143,6 +1174,7 @@ def table_rows(results: Path) -> list[list[str]]:
         row_tensor_products(results),
         row_tensor_products_mace(results),
         row_gaunt(results),
+        row_gaunt_manybody(results),
         row_compile_speed(results),
         row_models(results),
         row_oc20_train(results),

@@ -3,6 +3,7 @@ backends against each other, and MACE with ``product_basis: gaunt`` (symmetry, f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 from ase.build import molecule
 from e3nn import o3
 
+from molequi import keys as K
+from molequi.checkpoint import load_model, make_payload, save_model
+from molequi.config import default_yaml
 from molequi.data.statistics import Statistics
 from molequi.errors import ConfigError
 from molequi.models.mace import MACE
@@ -159,3 +163,18 @@ def test_mace_config_product_basis():
     with pytest.raises(ConfigError, match="backend 'cueq'"):
         MACE.Config(product_basis="gaunt", backend="cueq").validate()
     MACE.Config(product_basis="gaunt", gaunt_backend="fft").validate()  # the backend of either Gaunt product
+
+
+def test_mace_gaunt_product_basis_checkpoint_round_trip(tmp_path):
+    """A float32 checkpoint with product_basis gaunt loads (strict state dict) as the same function in
+    float64, and the yaml template documents the option."""
+    model = mace(gaunt_backend="dft")
+    save_model(make_payload(config={"model": {"name": "mace", **dataclasses.asdict(model.config)}},
+                            statistics=STATS.to_dict(), model_state=model.state_dict(), dtype=torch.float32),
+               tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt", dtype=torch.float64)
+    assert loaded.config.product_basis == "gaunt" and loaded.config.gaunt_backend == "dft"
+    a = predict(model.double(), molecules(), R_MAX, dtype=torch.float64)
+    b = predict(loaded, molecules(), R_MAX, dtype=torch.float64)
+    np.testing.assert_allclose(b[K.ENERGY], a[K.ENERGY], rtol=1e-12)  # float32 weights: stored exactly
+    assert "  product_basis: symmetric_contraction" in default_yaml("mace")

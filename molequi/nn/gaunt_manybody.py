@@ -107,6 +107,7 @@ class GauntManyBody(nn.Module):
         block = [i for i, (l, _) in enumerate(irreps_out.irreps) for _ in range(2 * l + 1)]
         self.register_buffer("degree_in", torch.tensor(degree_in), persistent=False)
         self.register_buffer("rows_out", torch.tensor(rows), persistent=False)
+        self._max_row = max(rows)  # a Python int: no host read in forward (compiled code)
         self.register_buffer("block_out", torch.tensor(block), persistent=False)
         # numbers per atom and channel that a forward holds (MACE's chunking of the product basis)
         kh = (self.lmax_hidden + 1) ** 2
@@ -116,7 +117,7 @@ class GauntManyBody(nn.Module):
     def _power_rows(self, p: torch.Tensor, lmax: int) -> torch.Tensor:
         """Rows of ``rows_out`` from a power of degree ``lmax`` (zeros above it)."""
         k = (lmax + 1) ** 2
-        if int(self.rows_out.max()) < k:
+        if self._max_row < k:
             return p[:, self.rows_out]
         return torch.cat([p, p.new_zeros(p.shape[0], (self.lmax_hidden + 1) ** 2 - k, p.shape[2])],
                          dim=1)[:, self.rows_out]

@@ -249,13 +249,15 @@ class MACELayer(nn.Module):
         self.linear = IrrepsLinear(irreps_out, irreps_out)
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
         self.max_edges_per_chunk: int | str | None = max_edges_per_chunk
-        # numbers per edge that the message computation holds at once (the intermediates autograd keeps)
+        # numbers per edge of the edge-list paths (native ``forward``, e3nn-layout kernels): the intermediates
+        # autograd keeps and their gradients, about (2 l3 + 1) ~ 4 rows per weight in the e3nn kernels
         hidden = 2 * sum(radial_mlp) + 2 * math.prod(self._weight_shape)
-        if tensor_product == "native":  # per slot of the neighbour table (forward_padded), and its gradients
-            self.floats_per_edge = hidden + 2 * (irreps_in.dim * irreps_in.channels
-                                                 + self.conv.padded_floats_per_slot)
-        else:  # e3nn-layout messages: about (2 l3 + 1) ~ 4 rows per weight, a few copies in the kernels
-            self.floats_per_edge = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
+        if tensor_product == "native":
+            self._floats_edge_list = hidden + 2 * (irreps_in.dim * irreps_in.channels
+                                                   + self.conv.padded_floats_per_slot)
+        else:
+            self._floats_edge_list = hidden + irreps_in.dim * irreps_in.channels + 12 * self.conv.weight_numel
+        self._num_radial, self._radial_mlp = num_radial, list(radial_mlp)
 
         # the product basis per atom: monomials of A, the basis-weighted sums per output irrep, A and B
         sc = self.product
@@ -268,14 +270,43 @@ class MACELayer(nn.Module):
         # not a submodule: the same radial MLP and convolution, under their existing state-dict keys
         object.__setattr__(self, "_messages", _EdgeMessages(self.radial, self.conv, self._weight_shape))
 
-    def edges_per_chunk(self, n_edges: int, x: torch.Tensor) -> int:
+    def floats_per_edge(self, k: int = 0, envelope: bool = True, element_size: int = 4) -> float:
+        """Numbers (of ``element_size`` bytes) per edge, or per slot of a neighbour table of ``k`` slots, that
+        the message computation keeps for the backward pass in the layer's mode (``train``/``eval``), with
+        the positions requiring gradients (and, in eval, the parameters frozen, as the calculators run it).
+
+        Neighbour table, eval (``_FusedPathSums``): per hidden layer of the radial MLP its pre-activation,
+        the last hidden layer (twice with an ``envelope``, before and after scaling, and the envelope), the
+        contracted harmonics G = C . Y (sum over paths of d1 d3) and the sender index. Training
+        (``forward_padded``) adds the radial basis, the MLP's activations (for the weights' gradients), the
+        gathered sender features (dim_in c), per path its weights w_p (c) and products z_p (d1 c), and the
+        copies of G's blocks of paths with d1 > 1. Edge
+        lists keep the earlier, looser count (intermediates and their gradients). Not counted: what the
+        backward pass creates while it runs (in eval about (dim_in + 2 + max d1) c per slot of a chunk)."""
+        if not k or not isinstance(self.conv, EquivariantConvolution):
+            return float(self._floats_edge_list)
+        mlp, c = self._radial_mlp, self.conv.irreps_in.channels
+        index = 8 / element_size  # the int64 sender
+        g = sum(self.conv._path_cols)
+        scaled = mlp[-1] + 1 if envelope else 0  # hidden * envelope keeps both factors
+        if not self.training:
+            return sum(mlp) + mlp[-1] + scaled + g + index
+        paths = sum((1 + d1) * c for _, d1 in self.conv._path_in)
+        # a path's G columns with d1 > 1 are copied when laid out as (n, k d1, d3)
+        copies = sum(cols for cols, (_, d1) in zip(self.conv._path_cols, self.conv._path_in) if d1 > 1)
+        return (self._num_radial + 2 * sum(mlp) + scaled + index + self.conv.irreps_in.dim * c + paths + g
+                + copies)
+
+    def edges_per_chunk(self, n_edges: int, x: torch.Tensor, k: int = 0, envelope: bool = True) -> int:
         """Edges per chunk of the message computation: ``max_edges_per_chunk`` if an integer, all edges if
-        None, and with "auto" as many as fit ``AUTO_CHUNK_BYTES`` of per-edge intermediates."""
+        None, and with "auto" as many as keep ``AUTO_CHUNK_BYTES`` for the backward pass
+        (``floats_per_edge``: in the layer's mode, edge list or neighbour table of ``k`` slots)."""
         setting = self.max_edges_per_chunk
         if setting is None:
             return max(n_edges, 1)
         if setting == "auto":
-            return max(AUTO_CHUNK_BYTES // (self.floats_per_edge * x.element_size()), 1)
+            size = x.element_size()
+            return max(int(AUTO_CHUNK_BYTES // (self.floats_per_edge(k, envelope, size) * size)), 1)
         return int(setting)
 
     def forward(
@@ -293,7 +324,7 @@ class MACELayer(nn.Module):
         (``NeighbourLayout.pad`` of sh, radial, envelope and sender; ``receiver`` unused; native only)."""
         x = self.linear_up(h)
         n_edges = radial.shape[0]
-        chunk = self.edges_per_chunk(n_edges, x)
+        chunk = self.edges_per_chunk(n_edges, x, k, envelope is not None)
         if k:  # chunks of whole receiving atoms
             chunk = max(chunk // k, 1) * k
         if chunk >= n_edges or plain_autograd():  # compiled or torch.func: no Function, no checkpoint
@@ -415,8 +446,10 @@ class MACE(EnergyModel):
         uses it): the edges are processed in chunks whose intermediates are recomputed in the backward pass
         (and, in force training, in the second backward), so the per-edge memory of inference with forces and
         stress and of training is bounded by a chunk, not by the whole edge set. An integer, null (never
-        chunk) or "auto" (chunks of about 1 GiB of per-edge intermediates per layer; systems below that are
-        not chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
+        chunk) or "auto" (chunks of about 1 GiB per layer of what autograd keeps for the backward pass, counted
+        for the mode that runs, ``MACELayer.floats_per_edge``: in inference on the neighbour table ~0.7 kB
+        per slot for the quickstart model, so Cu and water up to 16k atoms run unchunked; systems below
+        that are not chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
         about 1 GiB of intermediates (its monomials), recomputed in backward (not in training mode). Changes
         no number beyond round-off; costs a recomputation of the messages. Eager runs only: compiled code and
         torch.func transforms (``trainer.compile``, ``MolequiCalculator(compile=True)``) compute all edges at

@@ -86,12 +86,14 @@ def test_auto_chunk_size_from_the_memory_budget(monkeypatch):
     layer: MACELayer = model.layers[1]
     x = torch.zeros(1, dtype=torch.float64)
     assert layer.max_edges_per_chunk == "auto"
-    assert layer.edges_per_chunk(10**6, x) == (1 << 30) // (layer.floats_per_edge * 8)
-    monkeypatch.setattr("molequi.models.mace.AUTO_CHUNK_BYTES", 8 * layer.floats_per_edge * 50)
+    assert layer.edges_per_chunk(10**6, x) == (1 << 30) // (layer.floats_per_edge() * 8)
+    monkeypatch.setattr("molequi.models.mace.AUTO_CHUNK_BYTES", 8 * layer.floats_per_edge() * 50)
     assert layer.edges_per_chunk(10**6, x) == 50
     assert layer.edges_per_chunk(10**6, x.float()) == 100
     model.train()
     assert layer.edges_per_chunk(10**6, x) == 50
+    model.eval()  # the neighbour table in inference keeps less per slot (test_mace_chunk_estimate.py)
+    assert layer.edges_per_chunk(10**6, x, k=10) > 50
     # "auto" with a budget of 50 edges per chunk agrees with no chunking
     batch = batch_of(structures())
     auto = outputs(model, "auto", batch)

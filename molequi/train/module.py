@@ -136,7 +136,8 @@ class TaskModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """``optim.grad_clip: edm_adaptive``: EDM's adaptive clip (``molequi.train.clipping``), logging the
-        norm before clipping and the limit; a number: Lightning's norm clipping."""
+        norm before clipping and the limit as device tensors (no host read; Lightning reads them only on the
+        steps it writes); a number: Lightning's norm clipping."""
         if self.grad_clipper is None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -50,12 +50,14 @@ def edm(monkeypatch):
 
 
 @needs_peer
-def test_adaptive_clip_equals_edm_gradient_clipping(edm, capsys):
-    """120 steps of gradients whose norms jump between 0.1 and 1e4: after each, EDMGradClip and EDM's own
-    gradient_clipping (with its Queue started at 3000) leave identical gradients, return the same norm and
-    hold the same queue."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adaptive_clip_equals_edm_gradient_clipping(edm, capsys, dtype):
+    """120 steps of gradients whose norms jump between 0.1 and 1e4: after each, EDMGradClip (its queue, limit
+    and scaling as device tensors) and EDM's own gradient_clipping (with its Queue started at 3000, numpy's
+    mean and std) leave bitwise identical gradients, return the same norm and limit and hold the same queue,
+    for float64 and float32 gradients."""
     rng = np.random.default_rng(0)
-    ours_model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    ours_model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).to(dtype)
     ref_model = copy.deepcopy(ours_model)
     queue = edm["utils"].Queue()
     queue.add(3000)
@@ -64,19 +66,48 @@ def test_adaptive_clip_equals_edm_gradient_clipping(edm, capsys):
     for step in range(120):
         scale = float(10.0 ** rng.uniform(-1, 4)) * (50.0 if step % 17 == 5 else 1.0)
         for p, q in zip(ours_model.parameters(), ref_model.parameters()):
-            g = torch.from_numpy(rng.standard_normal(tuple(p.shape))) * scale
+            g = (torch.from_numpy(rng.standard_normal(tuple(p.shape))) * scale).to(dtype)
             p.grad, q.grad = g.clone(), g.clone()
-        limit = ours.limit()
+        queue_before = copy.deepcopy(queue)
+        limit = float(ours.limit())
         norm, returned_limit = ours.clip(ours_model.parameters())
         ref_norm = edm["utils"].gradient_clipping(ref_model, queue)
-        assert returned_limit == limit
-        assert norm == float(ref_norm)
-        clipped += norm > limit
+        assert float(returned_limit) == limit == float(1.5 * queue_before.mean() + 2 * queue_before.std())
+        assert float(norm) == float(ref_norm)
+        clipped += float(norm) > limit
         for p, q in zip(ours_model.parameters(), ref_model.parameters()):
             assert torch.equal(p.grad, q.grad)
         assert ours.norms == [float(v) for v in queue.items]
     assert len(ours.norms) == 50 and 10 < clipped < 110  # both branches of the rule were taken
     capsys.readouterr()  # EDM prints each clip
+
+
+def test_adaptive_clip_reads_nothing_from_the_device():
+    """EDMGradClip.clip traces into one Dynamo graph with scalar capture off, so it holds no float(tensor),
+    .item() or bool(tensor): nothing a GPU step would wait for (issue 20 item 1); the traced clip scales the
+    gradients as the eager one."""
+    import torch._dynamo as dynamo
+
+    assert not dynamo.config.capture_scalar_outputs
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4).double()
+    grads = [torch.randn_like(p) * 1e4 for p in model.parameters()]
+    eager, traced = EDMGradClip(), EDMGradClip()
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    norm, limit = eager.clip(model.parameters())
+    expected = [p.grad.clone() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    dynamo.reset()
+    try:
+        t_norm, t_limit = torch.compile(traced.clip, fullgraph=True, backend="eager")(list(model.parameters()))
+    finally:
+        dynamo.reset()
+    assert float(t_norm) == float(norm) and float(t_limit) == float(limit) == 3000 * 1.5 and float(norm) > 3000
+    for p, e in zip(model.parameters(), expected):
+        assert torch.equal(p.grad, e)
+    assert traced.norms == eager.norms == [4500.0, 3000.0]
 
 
 class _Recorder:

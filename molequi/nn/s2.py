@@ -62,6 +62,10 @@ class S2Grid(nn.Module):
 
     ``to_grid(x (..., K, C)) -> (..., G, C)``; ``from_grid(f (..., G, C)) -> (..., K_out, C)`` with
     K_out = (lmax_out + 1)^2 (``lmax_out`` defaults to ``lmax``).
+
+    The matrices are buffers in the module's dtype, and a float64 copy is kept beside them: a module built in
+    float32 and moved to float64 (``.double()``, ``.to``) gets the exact float64 matrices back (``_apply``), and
+    an input of another dtype than the buffers' is projected with the exact copy cast to its dtype.
     """
 
     def __init__(
@@ -83,8 +87,22 @@ class S2Grid(nn.Module):
         self.lmax, self.lmax_out, self.res = lmax, lmax_out, (res_beta, res_alpha)
         to_mat, from_mat = _grid_matrices(lmax, lmax_out, res_beta, res_alpha)
         dtype = torch.get_default_dtype()
+        # float64 whatever the default dtype; not buffers, so module.to(float32) cannot round them
+        self._exact = {"to_mat": to_mat.to(torch.float64), "from_mat": from_mat.to(torch.float64)}
         self.register_buffer("to_mat", to_mat.to(dtype), persistent=False)
         self.register_buffer("from_mat", from_mat.to(dtype), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        for name, exact in self._exact.items():  # the buffers' new dtype and device, from the exact values
+            now = self._buffers[name]
+            if now.is_floating_point():
+                self._buffers[name] = exact.to(device=now.device, dtype=now.dtype)
+        return out
+
+    def _matrix(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        mat = self._buffers[name]
+        return mat if mat.dtype == like.dtype else self._exact[name].to(device=mat.device, dtype=like.dtype)
 
     @staticmethod
     def exact_for(degree: int) -> tuple[int, int]:
@@ -93,10 +111,10 @@ class S2Grid(nn.Module):
         return rb, degree + 2
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("kg,...kc->...gc", self.to_mat.to(x.dtype), x)
+        return torch.einsum("kg,...kc->...gc", self._matrix("to_mat", x), x)
 
     def from_grid(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("gk,...gc->...kc", self.from_mat.to(f.dtype), f)
+        return torch.einsum("gk,...gc->...kc", self._matrix("from_mat", f), f)
 
 
 class S2Activation(nn.Module):

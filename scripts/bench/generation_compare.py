@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edm_equal_budget as eb  # noqa: E402
+import numpy as np  # noqa: E402
 from _common import provenance, save  # noqa: E402
 
 RESULTS = eb.RESULTS
@@ -183,6 +184,11 @@ def metrics(samples, peer_code: Path | None) -> dict:
     if samples and len(samples[0]) == 4:
         r = molecule_report([Molecule(numbers=z, positions=x, bonds=b, charges=q) for z, x, q, b in samples])
         r.pop("smiles")
+        from scipy.sparse.csgraph import connected_components
+
+        r["bonds_per_molecule"] = float(np.mean([(b > 0).sum() / 2 for *_, b in samples]))
+        r["atoms_per_molecule"] = float(np.mean([len(z) for z, *_ in samples]))
+        r["fragments_per_molecule"] = float(np.mean([connected_components(b > 0)[0] for *_, b in samples]))
         out["predicted_bonds"] = r
     return out
 
@@ -280,6 +286,16 @@ def write_report() -> None:
             f"{k.replace('_', ' ')} %, predicted bonds + charges",
             lambda e, k=k: _f(e["metrics"].get("predicted_bonds", {}).get(k)),
         )
+    add(
+        "predicted bonds / atoms / fragments per molecule",
+        lambda e: (
+            "n/a"
+            if "predicted_bonds" not in e["metrics"]
+            else "{bonds_per_molecule:.1f} / {atoms_per_molecule:.1f} / {fragments_per_molecule:.1f}".format(
+                **e["metrics"]["predicted_bonds"]
+            )
+        ),
+    )
     add(
         "test NLL, nats/molecule",
         lambda e: (

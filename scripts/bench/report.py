@@ -1049,6 +1049,39 @@ def row_generation_latent_distill(res: Path) -> list[str]:
     return row("3D generation, GeoLDM distilled in latent space (v students)", command, result, d["provenance"])
 
 
+def row_generation_compare(res: Path) -> list[str]:
+    d = load(res, "generation_compare")
+    names = {"edm": "EDM", "geoldm": "GeoLDM", "eqgat_diff": "EQGAT-diff"}
+
+    def side(key: str, e: dict) -> str:
+        m = e["metrics"]["distance_bonds"]
+        text = (
+            f"{names[key]} ({e['params']:,} parameters, {e['iterations']} steps, "
+            f"{e['n_samples']} samples{'' if e.get('complete', True) else ', partial'}): distance bonds atom / "
+            f"molecule stability {m['atom_stability']:.1f} / {m['molecule_stability']:.1f}%, validity "
+            f"{m['validity']:.1f}%, valid x unique {m['valid_x_unique']:.1f}%"
+        )
+        if "predicted_bonds" in e["metrics"]:
+            p = e["metrics"]["predicted_bonds"]
+            text += (
+                f"; predicted bonds + charges: {p['atom_stability']:.1f} / {p['molecule_stability']:.1f}%, "
+                f"strict validity {p['validity_strict']:.1f}%, valid x unique (strict) "
+                f"{p['valid_x_unique_strict']:.1f}%"
+            )
+        nll = "no NLL" if e.get("nll_nats") is None else f"NLL {e['nll_nats']:.0f} nats"
+        return text + f"; {nll}; {e['sample_cpu_s_per_molecule']:.2f} CPU s per molecule sampled"
+
+    result = (
+        f"full QM9 (EDM's split), {d['cpu_budget_s_each'] / 60:.0f} CPU-min of training each, 1 thread, T = 500, "
+        "same optimiser; EDM's run reused from `edm_equal_budget.py` (an earlier day, under load): "
+        + "; ".join(side(k, e) for k, e in d["sides"].items())
+        + "; see `bench_results/generation_compare.md`"
+    )
+    command = "`python scripts/bench/generation_compare.py run --cpu-minutes 5 --samples 1000`"
+    return row("3D generation, EDM vs GeoLDM vs EQGAT-diff at equal CPU budget", command, result,
+               d["provenance"])
+
+
 def row_edm_equal_budget(res: Path) -> list[str]:
     d = load(res, "edm_equal_budget")
     e, m = d["sides"]["edm"], d["sides"]["molequi"]
@@ -1183,6 +1216,7 @@ def table_rows(results: Path) -> list[list[str]]:
         *rows_generation(results),
         row_generation_latent_distill(results),
         row_edm_equal_budget(results),
+        row_generation_compare(results),
         row_eqgat_diff_speed(results),
         row_compile_speed_more(results),
         row_active_learning(results),

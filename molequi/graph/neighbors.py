@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from vesin import NeighborList
 
 from molequi import keys as K
@@ -205,7 +206,9 @@ def edge_vectors(pos: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch
     vec = pos[receiver] - pos[sender]
     if unit_shifts.numel():
         cells = cell.reshape(-1, 3, 3)
-        if cells.shape[0] == 1:
+        # statically_known_true: a compiled function with a symbolic structure count takes the general path
+        # rather than specialising (and recompiling) on a first batch of one structure
+        if statically_known_true(cells.shape[0] == 1):
             return vec + unit_shifts.to(pos.dtype) @ cells[0]
         if batch is None:
             batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)

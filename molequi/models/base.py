@@ -30,19 +30,22 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or get_proxy_mode() is not None
 
 
-def without_duck_sizing(compiled):
+def without_duck_sizing(compiled, size_oblivious: bool = True):
     """``compiled`` (a ``torch.compile``'d callable) traced without duck sizing. Dynamo's default gives sizes
     that are equal at the first trace ONE symbol: a first batch of 2 or 3 structures ties the structure count
     to the edge index's 2 rows or the cell's 3 columns, and the next batch size recompiles. The setting
     (``torch.fx.experimental._config.use_duck_shape``) is read when a trace starts, so it is set around each
-    call, for molequi's compiled functions only."""
+    call, for molequi's compiled functions only. ``size_oblivious`` (``backed_size_oblivious``) also keeps a
+    size of 1 symbolic rather than specialised, so a first batch of ONE structure does not recompile at 2
+    (code that branches on such a size uses ``statically_known_true``); left off for compiled inference of a
+    single structure, whose one-cell fast path (``edge_vectors``) it would turn off."""
     import functools
 
     from torch.fx.experimental import _config
 
     @functools.wraps(compiled)
     def call(*args, **kwargs):
-        with _config.patch(use_duck_shape=False):
+        with _config.patch(use_duck_shape=False, backed_size_oblivious=size_oblivious):
             return compiled(*args, **kwargs)
 
     return call
@@ -120,7 +123,8 @@ class EnergyModel(nn.Module):
         generating code (quick; what the tests use). Returns ``self``."""
         self._check_compilable()
         self._compiled_energies = without_duck_sizing(torch.compile(self.atomic_energies, fullgraph=True,
-                                                                    dynamic=dynamic, backend=backend))
+                                                                    dynamic=dynamic, backend=backend),
+                                                      size_oblivious=False)
         return self
 
     def compile_training(self, backend: str = "inductor", dynamic: bool = True) -> EnergyModel:

@@ -13,7 +13,9 @@ whose output size is read from the data) cannot be traced by Dynamo with ``captu
 - hamiltonian_conv: its training step (forward with the reference fit, and the task's loss) traces into one
   graph once the batch's elements have a reference, though an element of the basis (N) never comes.
 - MACE's compiled training step: first batches of 2, then 3, then 5 structures give one graph (duck sizing used
-  to tie the structure count to the edge index's 2 rows or the cell's 3 columns and recompile).
+  to tie the structure count to the edge index's 2 rows or the cell's 3 columns and recompile), and so do 1, 2,
+  5 (a count of 1 used to be specialised). The generative denoiser that trainer.compile compiles runs without
+  duck sizing too.
 """
 
 from __future__ import annotations
@@ -190,8 +192,10 @@ def test_hamiltonian_conv_training_step_is_one_graph():
     torch.testing.assert_close(compiled.ref_blocks, eager.ref_blocks, rtol=0, atol=0)
 
 
-def test_mace_compiled_training_one_graph_from_two_structures():
-    """trainer.compile's MACE step on a first batch of 2 structures, then 3, then 5: one graph, no recompile."""
+@pytest.mark.parametrize("first", [1, 2])
+def test_mace_compiled_training_one_graph_from_one_or_two_structures(first):
+    """trainer.compile's MACE step on a first batch of 1 (or 2) structures, then 2 (3), then 5: one graph, no
+    recompile (a count of 1 used to be specialised, and the 1-cell branch of edge_vectors taken)."""
     from ase.build import bulk, molecule
 
     from molequi.config import model_section_from_dict
@@ -213,7 +217,7 @@ def test_mace_compiled_training_one_graph_from_two_structures():
 
     dynamo.utils.counters.clear()
     with dynamo.config.patch(error_on_recompile=True):  # a recompile raises
-        for structures in ((molecule("CH3CH2OH"), cu), (molecule("H2O"), cu, molecule("CH4")),
+        for structures in ((molecule("CH3CH2OH"), cu)[2 - first:], (molecule("H2O"), cu, molecule("CH4"))[2 - first:],
                            (molecule("CH3COOH"), cu.repeat((2, 1, 1)), molecule("H2O"), molecule("CH4"),
                             molecule("CH3OH"))):
             out = model(batch_of(*structures), compute_forces=True, compute_stress=True)
@@ -244,6 +248,39 @@ def test_trainer_compile_runs_the_whole_device_loss_compiled():
         for k in grads:
             torch.testing.assert_close(grads_c[k], grads[k], rtol=1e-10, atol=1e-10 * grads[k].abs().max().item())
     assert dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the second size: recompiled once, dynamic
+
+
+def test_trainer_compile_denoiser_runs_without_duck_sizing():
+    """The denoiser trainer.compile compiles (EDM's dynamics) runs with duck sizing off and sizes of 1 kept
+    symbolic: read from inside the compiled call, and its graphs for 1, 2 then 5 molecules (two: the first
+    trace, then one dynamic one) equal eager."""
+    from torch.fx.experimental import _config
+
+    from molequi.train.compile import compile_for_training
+
+    model = _generative("edm")
+    eager = _generative("edm")
+    compile_for_training(model, "aot_eager")
+    seen = {"config": None}  # a fixed key set: the write adds no guard that a later call would fail
+    inner = model.dynamics.forward
+
+    def spy(*args, **kwargs):
+        seen["config"] = (_config.use_duck_shape, _config.backed_size_oblivious)
+        return inner(*args, **kwargs)
+
+    model.dynamics.forward = spy
+    dynamo.utils.counters.clear()
+    for seed, numbers in enumerate(([[6, 1, 1, 1, 1]], BATCHES[0], BATCHES[2][:5])):
+        batch = _molecules(seed, *numbers)
+        b, n, f = batch.batch, len(numbers), model.latent_features()
+        x, h = torch.randn(b.shape[0], 3, dtype=torch.float64), torch.randn(b.shape[0], f, dtype=torch.float64)
+        t = torch.rand(n, dtype=torch.float64)
+        edges = model.batch_structure(batch)["edge_index"]
+        out, ref = model.dynamics(x, h, t, b, edges), eager.dynamics(x, h, t, b, edges)
+        for a, r in zip(out, ref):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert seen["config"] == (False, True)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 def test_trainer_compile_trains_edm_as_eager(tmp_path):

@@ -64,7 +64,7 @@ def test_estimate_matches_saved_tensors(train, envelope, irreps):
 
 def test_auto_chunks_follow_the_mode(monkeypatch):
     """A budget between the inference and the training estimate: eval runs the table in one piece, training
-    in chunks of whole receiving atoms."""
+    in chunks of whole receiving atoms (one budget for both here)."""
     layer = layer_of("8x0e+8x1o", "8x0e")
     x = torch.zeros(1)
     k, rows = 16, 16 * 1000
@@ -74,6 +74,17 @@ def test_auto_chunks_follow_the_mode(monkeypatch):
     per_train = layer.floats_per_edge(k, True, 4) * 4
     assert per_train > 2 * per_eval  # the fused inference path keeps no per-path tensor
     monkeypatch.setattr("molequi.models.mace.AUTO_CHUNK_BYTES", int(2 * per_eval * rows))
+    monkeypatch.setattr("molequi.models.mace.AUTO_CHUNK_BYTES_INFERENCE", int(2 * per_eval * rows))
     assert layer.edges_per_chunk(rows, x, k, True) < rows
     layer.eval()
     assert layer.edges_per_chunk(rows, x, k, True) >= rows
+
+
+def test_inference_on_the_table_uses_its_own_budget():
+    from molequi.models import mace
+
+    layer = layer_of("8x0e+8x1o", "8x0e").eval()
+    x, k = torch.zeros(1), 16
+    per = layer.floats_per_edge(k, True, 4) * 4
+    assert layer.edges_per_chunk(10**8, x, k, True) == int(mace.AUTO_CHUNK_BYTES_INFERENCE // per)
+    assert layer.edges_per_chunk(10**8, x, 0, True) == int(mace.AUTO_CHUNK_BYTES // (layer.floats_per_edge() * 4))

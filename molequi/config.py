@@ -266,15 +266,7 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
     checkpoint is not opened here (``molequi.train.run.resolve_init_from`` does that when training starts).
     """
     raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
-    if isinstance(raw, dict) and raw.get("name") == "qhnet":  # the old qhnet is now hamiltonian_conv
-        from molequi.models.hamiltonian import legacy_qhnet_section
-
-        raw = legacy_qhnet_section(raw)
-    if isinstance(raw, dict) and raw.get("name") == "faenet":  # the old faenet is now frame_averaging
-        from molequi.models.faenet import legacy_faenet_section
-
-        raw = legacy_faenet_section(raw)
-    raw = _equiformer_v2_names(raw)  # the variant once named equiformer_v2; the equiformer_v2_fairchem alias
+    raw = _renamed_model_section(raw)
     extra = {}
     if isinstance(raw, dict):
         for key in FINETUNE_KEYS:
@@ -295,14 +287,31 @@ def model_section_from_dict(raw: dict | None) -> ModelSection:
     return section
 
 
-def _equiformer_v2_names(raw):
-    """A model section with today's EquiformerV2 names (``legacy_equiformer_v2_section``), else ``raw``."""
-    if not isinstance(raw, dict) or str(raw.get("name", "")).lower() not in ("equiformer_v2",
-                                                                            "equiformer_v2_fairchem"):
+def _renamed_model_section(raw, stored: bool = False):
+    """A model section under today's model names, else ``raw`` unchanged: the one place that lists every model
+    whose name changed meaning. ``qhnet`` with the old model's fields is ``hamiltonian_conv``, ``faenet`` with
+    the frame-averaging wrapper's fields is ``frame_averaging``, ``equiformer_v2`` with molequi's variant's
+    fields is ``equiformer_v2_molequi`` and the alias ``equiformer_v2_fairchem`` is ``equiformer_v2``; in a
+    config stored in a checkpoint (``stored``) also ``eqgat_diff`` with ``coords_range`` (which only the EGNN
+    denoiser has) is ``egnn_categorical``."""
+    if not isinstance(raw, dict):
         return raw
-    from molequi.models.equiformer_v2 import legacy_equiformer_v2_section
+    name = str(raw.get("name", "")).lower()
+    if name == "qhnet":
+        from molequi.models.hamiltonian import legacy_qhnet_section
 
-    return legacy_equiformer_v2_section(raw)
+        return legacy_qhnet_section(raw)
+    if name == "faenet":
+        from molequi.models.faenet import legacy_faenet_section
+
+        return legacy_faenet_section(raw)
+    if name in ("equiformer_v2", "equiformer_v2_fairchem"):
+        from molequi.models.equiformer_v2 import legacy_equiformer_v2_section
+
+        return legacy_equiformer_v2_section(raw)
+    if stored and raw.get("name") == "eqgat_diff" and "coords_range" in raw:
+        return {**raw, "name": "egnn_categorical"}
+    return raw
 
 
 def migrate_stored_config(config: dict, version: int) -> dict:
@@ -311,16 +320,11 @@ def migrate_stored_config(config: dict, version: int) -> dict:
     absent key of the model ``Config``'s ``LEGACY_DEFAULTS`` is set to its old value (an explicit key is
     kept). Configs read from YAML are not migrated: they get today's defaults.
 
-    A stored ``eqgat_diff`` model with ``coords_range`` (which only the EGNN denoiser has) was written when
-    that name meant the EGNN-based categorical model: it is read as ``egnn_categorical``, its name today. A
-    stored ``equiformer_v2`` with molequi's variant's fields is read as ``equiformer_v2_molequi`` and the
-    alias ``equiformer_v2_fairchem`` as ``equiformer_v2``
-    (``molequi.models.equiformer_v2.legacy_equiformer_v2_section``)."""
+    A stored model whose name changed meaning is read under its name today (``_renamed_model_section``:
+    e.g. ``eqgat_diff`` with ``coords_range`` is ``egnn_categorical``, ``equiformer_v2`` with molequi's
+    variant's fields is ``equiformer_v2_molequi``)."""
     model = config.get("model") if isinstance(config, dict) else None
-    if isinstance(model, dict) and model.get("name") == "eqgat_diff" and "coords_range" in model:
-        model = {**model, "name": "egnn_categorical"}
-        config = {**config, "model": model}
-    renamed = _equiformer_v2_names(model)
+    renamed = _renamed_model_section(model, stored=True)
     if renamed is not model:
         model, config = renamed, {**config, "model": renamed}
     if version >= 2 or not isinstance(model, dict) or not isinstance(model.get("name", "mace"), str):

@@ -95,10 +95,12 @@ FIRST_INTERACTIONS = ("residual", "nonresidual")
 SCALINGS = ("rms_forces", "std", "none")  # mace-torch's rms_forces_scaling, std_scaling, no_scaling
 SHIFTS = ("none", "mean")
 AUTO_CHUNK_BYTES = 1 << 30  # max_edges_per_chunk "auto": budget of one layer's per-edge intermediates
-# ... and of the neighbour table in inference, set by speed: chunks of ~50k slots keep the recomputed per-path
-# tensors in cache (quickstart MACE, Cu 15,625 atoms, f32, 1 thread, E+F+S per call: 11.1 CPU s unchunked,
-# 8.7 at 131k slots, 7.2-7.4 at 32k-64k, 7.8 at 16k; peak RSS 3.6 -> 2.2 GB at 131k)
-AUTO_CHUNK_BYTES_INFERENCE = 32 << 20
+# ... and of the neighbour table in inference, set by speed: chunks of ~10k slots keep the recomputed per-path
+# tensors in cache (quickstart MACE, f32, 1 thread, E+F+S per call, _InferenceChunks' shared gradient buffers:
+# Cu 4,096 atoms 1.47-1.58 CPU s at ~45k slots (32 MiB), 1.35-1.38 at 10k, 1.37-1.44 at 5k, 1.37-1.40 at 20k;
+# water 3,993 2.02-2.04 at 32 MiB, 1.70-1.72 at 10k; Cu 1,000 equal, peak RSS 676 -> 507 MB; Cu 15,625
+# 6.2-6.7 at 32 MiB, 5.9 at 10k)
+AUTO_CHUNK_BYTES_INFERENCE = 8 << 20
 MAX_PADDING = 2.0  # slots per edge above which the native convolution uses the edge list, not the table
 
 
@@ -112,12 +114,13 @@ class _EdgeMessages(nn.Module):
         super().__init__()
         self.radial, self.conv, self.weight_shape = radial, conv, weight_shape
 
-    def forward(self, x, sh, radial, envelope, sender, receiver, k: int = 0) -> torch.Tensor:
+    def forward(self, x, sh, radial, envelope, sender, receiver, k: int = 0, x_grad=None) -> torch.Tensor:
         """Edges as a list (``k`` = 0), or in the neighbour table of ``NeighbourLayout`` (``k`` slots per
-        receiving atom, ``receiver`` unused): then the messages of rows / k consecutive receivers."""
+        receiving atom, ``receiver`` unused): then the messages of rows / k consecutive receivers.
+        ``x_grad``: the buffer of ``_FusedPathSums`` (inference on the table only)."""
         if k and not self.conv.training:  # inference (the layer's mode): no per-path edge tensor kept
             return self.conv.forward_padded_fused(x, sh, self.radial.hidden(radial, envelope),
-                                                  self.radial.last_weight(), sender, k)
+                                                  self.radial.last_weight(), sender, k, x_grad)
         if k:  # one (rows, c) weight block per path
             weights = self.radial.forward_blocks(radial, self.weight_shape[-1], envelope)
             return self.conv.forward_padded(x, sh, weights, sender, k)
@@ -159,6 +162,74 @@ def _chunk_output(grad_a: torch.Tensor, part: slice, k: int) -> torch.Tensor:
     return grad_a[part.start // k : part.stop // k] if k else grad_a
 
 
+class _InferenceChunks(torch.autograd.Function):
+    """Inference on the neighbour table (``k`` slots per atom) over chunks of whole receiving atoms, the
+    message parameters frozen: the forward keeps only its inputs, the backward recomputes one chunk at a time
+    and writes every chunk's gradient into one buffer per input, the atoms' features through
+    ``_FusedPathSums``' ``x_grad`` (in place), the edge inputs (sh, radial, envelope) into the chunk's rows.
+    A chunk so costs its own size. A checkpoint per chunk (as before) cost the whole system per chunk: autograd
+    gave every chunk a zero-filled full-size gradient of x and of each sliced edge input, and summed them,
+    O(n_chunks x n_atoms) in all (quickstart MACE, Cu 15,625 atoms, 15 chunks per layer: 0.85 of 7.6 CPU s per
+    call; 16x that at 64k atoms). When the backward is differentiated (second derivatives), each chunk's
+    vector-Jacobian product is recomputed differentiably, as in ``_ChunkedMessages``."""
+
+    @staticmethod
+    def forward(ctx, messages, chunk, k, sender, x, sh, radial, envelope):
+        ctx.messages, ctx.chunk, ctx.k, ctx.sender = messages, chunk, k, sender
+        ctx.save_for_backward(x, sh, radial, envelope)
+        x = _component_major(x)
+        return torch.cat([messages(x, sh[part], radial[part], _part(envelope, part), sender[part], None, k)
+                          for part in _chunks(radial.shape[0], chunk)])
+
+    @staticmethod
+    def backward(ctx, grad_a):
+        x, sh, radial, envelope = ctx.saved_tensors
+        k, sender = ctx.k, ctx.sender
+        need = ctx.needs_input_grad[4:8]
+        if torch.is_grad_enabled() or not any(need[1:]):  # differentiated, or no edge input to carry x's
+            return (None, None, None, None,
+                    *_chunked_vjp(ctx.messages, ctx.chunk, k, sender, None, grad_a, x, sh, radial, envelope))
+        x_grad = x.new_zeros(x.shape[1], x.shape[0], x.shape[2]) if need[0] else None  # (dim, n, c)
+        edge = [t.new_empty(t.shape) if t is not None and wanted else None
+                for t, wanted in zip((sh, radial, envelope), need[1:])]
+        xc = _component_major(x.detach())
+        for part in _chunks(radial.shape[0], ctx.chunk):
+            inputs = [None if t is None else t[part].detach().requires_grad_(wanted)
+                      for t, wanted in zip((sh, radial, envelope), need[1:])]
+            with torch.enable_grad():
+                out = ctx.messages(xc, *inputs, sender[part], None, k, x_grad)
+                wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+                grads = torch.autograd.grad(out, [inputs[i] for i in wanted], _chunk_output(grad_a, part, k))
+            for i, g in zip(wanted, grads):
+                edge[i][part] = g
+        return (None, None, None, None, None if x_grad is None else x_grad.transpose(0, 1), *edge)
+
+
+def _component_major(x: torch.Tensor) -> torch.Tensor:
+    """x (n, dim, c) as a view of a (dim, n, c) tensor, so that every chunk's gather of the senders'
+    components (``EquivariantConvolution._gathered``) reads it without copying it first."""
+    return x.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def _chunked_vjp(messages, chunk, k, sender, receiver, grad_a, x, sh, radial, envelope, *params) -> tuple:
+    """Gradients of <grad_a, messages over chunks> with respect to (x, sh, radial, envelope, *params), one
+    chunk's vector-Jacobian product at a time (differentiable and checkpointed when grad mode is on)."""
+    create = torch.is_grad_enabled()
+    sums: list = [None] * (1 + len(params))  # x and the parameters: summed over chunks
+    cats: list = [[], [], []]  # sh, radial, envelope: one block per chunk
+    for part in _chunks(radial.shape[0], chunk):
+        args = (messages, sender[part], _part(receiver, part), k, create, _chunk_output(grad_a, part, k), x,
+                sh[part], radial[part], _part(envelope, part), *params)
+        grads = checkpoint(_chunk_vjp, *args, use_reentrant=False) if create else _chunk_vjp(*args)
+        for i, g in enumerate((grads[0], *grads[4:])):
+            if g is not None:
+                sums[i] = g if sums[i] is None else sums[i] + g
+        for i in range(3):
+            cats[i].append(grads[1 + i])
+    edge = [None if any(g is None for g in c) else torch.cat(c) for c in cats]
+    return (sums[0], *edge, *sums[1:])
+
+
 class _ChunkedMessages(torch.autograd.Function):
     """``_EdgeMessages`` over chunks of ``chunk`` edges (summed; for a neighbour table, ``k`` > 0, chunks of
     whole receiving atoms, concatenated), keeping no per-edge intermediate: the backward
@@ -177,22 +248,9 @@ class _ChunkedMessages(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_a):
-        x, sh, radial, envelope, *params = ctx.saved_tensors
-        create = torch.is_grad_enabled()
-        sums: list = [None] * (1 + len(params))  # x and the parameters: summed over chunks
-        cats: list = [[], [], []]  # sh, radial, envelope: one block per chunk
-        for part in _chunks(radial.shape[0], ctx.chunk):
-            args = (ctx.messages, ctx.sender[part], _part(ctx.receiver, part), ctx.k, create,
-                    _chunk_output(grad_a, part, ctx.k), x, sh[part], radial[part], _part(envelope, part),
-                    *params)
-            grads = checkpoint(_chunk_vjp, *args, use_reentrant=False) if create else _chunk_vjp(*args)
-            for k, g in enumerate((grads[0], *grads[4:])):
-                if g is not None:
-                    sums[k] = g if sums[k] is None else sums[k] + g
-            for k in range(3):
-                cats[k].append(grads[1 + k])
-        edge = [None if any(g is None for g in c) else torch.cat(c) for c in cats]
-        return (None, None, None, None, None, sums[0], *edge, *sums[1:])
+        return (None, None, None, None, None,
+                *_chunked_vjp(ctx.messages, ctx.chunk, ctx.k, ctx.sender, ctx.receiver, grad_a,
+                              *ctx.saved_tensors))
 
 
 def _chunks(rows: int, chunk: int) -> list[slice]:
@@ -339,6 +397,9 @@ class MACELayer(nn.Module):
             params = [p for _, p in self._messages.named_parameters()]
             a = _ChunkedMessages.apply(self._messages, chunk, k, sender, receiver, x, sh, radial, envelope,
                                        *params)
+        elif k and torch.is_grad_enabled() and not self.conv.training and not any(
+                p.requires_grad for p in self._messages.parameters()):  # calculators: frozen parameters
+            a = _InferenceChunks.apply(self._messages, chunk, k, sender, x, sh, radial, envelope)
         else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
             terms = []
             for part in _chunks(n_edges, chunk):
@@ -364,8 +425,9 @@ class MACELayer(nn.Module):
         if (self.max_edges_per_chunk is None or self.training or not torch.is_grad_enabled() or n <= per
                 or plain_autograd()):
             return self.product(a, element)
-        return torch.cat([checkpoint(self.product, a[i:i + per], element[i:i + per], use_reentrant=False)
-                          for i in range(0, n, per)])
+        # split, not slices: a slice's backward is a zero-filled full-size gradient per block
+        return torch.cat([checkpoint(self.product, block, z, use_reentrant=False)
+                          for block, z in zip(torch.split(a, per), torch.split(element, per))])
 
 
 class MACE(EnergyModel):
@@ -454,8 +516,9 @@ class MACE(EnergyModel):
         stress and of training is bounded by a chunk, not by the whole edge set. An integer, null (never
         chunk) or "auto" (chunks of about 1 GiB per layer of what autograd keeps for the backward pass, counted
         for the mode that runs, ``MACELayer.floats_per_edge``; in inference on the neighbour table chunks of
-        32 MiB, ~50k slots of ~0.7 kB for the quickstart model, which ran 1.5x faster than one piece at
-        16k atoms and peaked lower; systems below that are not chunked). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
+        8 MiB, ~10k slots of ~0.7-0.8 kB for the quickstart model, faster than larger chunks or one piece
+        and lower in peak memory; the chunks' gradients share one buffer per input, so the cost per atom
+        does not grow with the system). Unless null, inference also evaluates the symmetric contraction over blocks of atoms of
         about 1 GiB of intermediates (its monomials), recomputed in backward (not in training mode). Changes
         no number beyond round-off; costs a recomputation of the messages. Eager runs only: compiled code and
         torch.func transforms (``trainer.compile``, ``MolequiCalculator(compile=True)``) compute all edges at

@@ -212,11 +212,15 @@ class _FusedPathSums(torch.autograd.Function):
     harmonics and the weights: the per-path weights w_p, the gathered x_sender and the products z_p (paths x
     edges x channels numbers, most of a layer's memory) are recomputed there, at the cost of one (rows, H) @
     (H, c) product per path and one gather. The backward is made of differentiable operations, so a second
-    derivative is still right (training uses the plain operations, ``forward_padded``)."""
+    derivative is still right (training uses the plain operations, ``forward_padded``).
+
+    ``x_grad``, a (dim, n, c) buffer or None: the backward adds the atoms' feature gradient into it in place
+    (and returns none for x), so that chunks of one system share one buffer instead of each making and
+    summing a full-size gradient (``molequi.models.mace._InferenceChunks``; not for second derivatives)."""
 
     @staticmethod
-    def forward(ctx, conv, k: int, sender, hidden, w_last, x, g_all):
-        ctx.conv, ctx.k = conv, k
+    def forward(ctx, conv, k: int, sender, hidden, w_last, x, g_all, x_grad=None):
+        ctx.conv, ctx.k, ctx.x_grad = conv, k, x_grad
         ctx.save_for_backward(sender, hidden, w_last, x, g_all)
         return tuple(conv._path_sums(k, sender, hidden, w_last, x, g_all, plain=True))
 
@@ -224,14 +228,18 @@ class _FusedPathSums(torch.autograd.Function):
     def backward(ctx, *grads):
         conv, k = ctx.conv, ctx.k
         sender, hidden, w_last, x, g_all = ctx.saved_tensors
-        _, _, _, need_h, need_w, need_x, need_g = ctx.needs_input_grad
+        _, _, _, need_h, need_w, need_x, need_g, _ = ctx.needs_input_grad
         rows, c = hidden.shape[0], x.shape[2]
         n = rows // k
         x_blocks = conv._gathered(x, sender, plain=False)
         w_blocks = torch.split(w_last, c, dim=1)
         grad_h, grad_w, grad_g = None, [], []
+        into = ctx.x_grad is not None
+        need_x = need_x or into
+        # in place unless this backward is differentiated (then out of place, so that autograd records it)
+        in_place = into or not torch.is_grad_enabled()
         if need_x:  # sum onto the atoms' components as the terms come: rows m * n + sender of (dim * n, c)
-            gx = x.new_zeros(x.shape[1] * x.shape[0], c)
+            gx = ctx.x_grad.view(-1, c) if into else x.new_zeros(x.shape[1] * x.shape[0], c)
             index = conv._index(sender, x.shape[0], x.shape[1]).view(x.shape[1], rows)
             offsets = [sum(conv._in_sizes[:i]) for i in range(len(conv._in_sizes))]
         for p, (grad, g) in enumerate(zip(grads, conv._g_blocks(g_all, k))):
@@ -256,11 +264,14 @@ class _FusedPathSums(torch.autograd.Function):
             if need_x:
                 with _one_thread(x.device):  # (see molequi.nn.scatter)
                     for m in range(d1):
-                        gx = gx.index_add(0, index[offsets[i_in] + m], grad_z[m] * w)
-        if need_x:
+                        if in_place:  # an out-of-place index_add copies the whole (dim * n, c) table
+                            gx.index_add_(0, index[offsets[i_in] + m], grad_z[m] * w)
+                        else:
+                            gx = gx.index_add(0, index[offsets[i_in] + m], grad_z[m] * w)
+        if need_x and not into:
             gx = gx.view(x.shape[1], x.shape[0], c).transpose(0, 1)
         return (None, None, None, grad_h, torch.cat(grad_w, dim=1) if need_w else None,
-                gx if need_x else None, torch.cat(grad_g, dim=1) if need_g else None)
+                gx if need_x and not into else None, torch.cat(grad_g, dim=1) if need_g else None, None)
 
 
 class EquivariantConvolution(nn.Module):
@@ -397,15 +408,16 @@ class EquivariantConvolution(nn.Module):
         return self._mix(sums, n, x)
 
     def forward_padded_fused(self, x: torch.Tensor, sh: torch.Tensor, hidden: torch.Tensor,
-                             w_last: torch.Tensor, sender: torch.Tensor, k: int) -> torch.Tensor:
+                             w_last: torch.Tensor, sender: torch.Tensor, k: int,
+                             x_grad: torch.Tensor | None = None) -> torch.Tensor:
         """``forward_padded`` with the weights w = hidden @ w_last (rows, num_paths * c) formed path by path
         inside ``_FusedPathSums``, which keeps no per-path edge tensor for the backward pass (inference;
-        plain operations where custom Functions must not run)."""
+        plain operations where custom Functions must not run). ``x_grad``: see ``_FusedPathSums``."""
         g_all = sh @ self.constants.get("cg_paths", x)
         if plain_autograd():
             sums = self._path_sums(k, sender, hidden, w_last, x, g_all, plain=True)
         else:
-            sums = _FusedPathSums.apply(self, k, sender, hidden, w_last, x, g_all)
+            sums = _FusedPathSums.apply(self, k, sender, hidden, w_last, x, g_all, x_grad)
         return self._mix(sums, sh.shape[0] // k, x)
 
     def _path_sums(self, k: int, sender, hidden, w_last, x, g_all, plain: bool = False) -> list:

@@ -373,6 +373,12 @@ class MACELayer(nn.Module):
             return max(int(budget // (self.floats_per_edge(k, envelope, size) * size)), 1)
         return int(setting)
 
+    def rows_per_chunk(self, n_rows: int, x: torch.Tensor, k: int = 0, envelope: bool = True) -> int:
+        """The chunk that ``forward`` uses for ``n_rows`` edges, or slots of a neighbour table of ``k`` slots
+        per atom: ``edges_per_chunk``, for the table rounded down to whole receiving atoms (at least one)."""
+        chunk = self.edges_per_chunk(n_rows, x, k, envelope)
+        return max(chunk // k, 1) * k if k else chunk
+
     def forward(
         self,
         h: torch.Tensor,
@@ -388,9 +394,7 @@ class MACELayer(nn.Module):
         (``NeighbourLayout.pad`` of sh, radial, envelope and sender; ``receiver`` unused; native only)."""
         x = self.linear_up(h)
         n_edges = radial.shape[0]
-        chunk = self.edges_per_chunk(n_edges, x, k, envelope is not None)
-        if k:  # chunks of whole receiving atoms
-            chunk = max(chunk // k, 1) * k
+        chunk = self.rows_per_chunk(n_edges, x, k, envelope is not None)
         if chunk >= n_edges or plain_autograd():  # compiled or torch.func: no Function, no checkpoint
             a = self._messages(x, sh, radial, envelope, sender, receiver, k)
         elif self.training and torch.is_grad_enabled():  # force training: second derivatives bounded too
@@ -402,9 +406,13 @@ class MACELayer(nn.Module):
             a = _InferenceChunks.apply(self._messages, chunk, k, sender, x, sh, radial, envelope)
         else:  # inference: a checkpoint per chunk (autograd then skips the parameters' gradients)
             terms = []
-            for part in _chunks(n_edges, chunk):
-                args = (x, sh[part], radial[part], _part(envelope, part), sender[part], _part(receiver, part),
-                        k)
+            if k:  # one component-major copy of x for all chunks' gathers
+                x = _component_major(x)
+            # split, not slices: a slice's backward is a zero-filled full-size gradient per chunk
+            pieces = zip(*[[None] * -(-n_edges // chunk) if t is None else torch.split(t, chunk)
+                           for t in (sh, radial, envelope, sender, receiver)])
+            for sh_c, radial_c, envelope_c, sender_c, receiver_c in pieces:
+                args = (x, sh_c, radial_c, envelope_c, sender_c, receiver_c, k)
                 if torch.is_grad_enabled():
                     terms.append(checkpoint(self._messages, *args, use_reentrant=False))
                 else:
@@ -671,6 +679,17 @@ class MACE(EnergyModel):
             return None
         layout = NeighbourLayout(receiver, n)
         return layout if layout.rows <= MAX_PADDING * max(layout.n_edges, 1) + n else None
+
+    def chunk_rows(self, data) -> list[dict]:
+        """How each layer's message computation runs on ``data`` (a batch) in the current mode, as
+        ``atomic_energies`` lays it out: ``k`` slots per atom of the neighbour table (0: the edge list),
+        ``rows`` (slots or edges) and ``rows_per_chunk`` (at most ``rows``: one piece)."""
+        receiver, pos = data[K.EDGE_INDEX][1], data[K.POS]
+        layout = self.neighbour_layout(receiver, pos.shape[0])
+        k, rows = (layout.k, layout.rows) if layout is not None else (0, int(receiver.shape[0]))
+        envelope = self.config.envelope != "basis"
+        return [{"k": k, "rows": rows, "rows_per_chunk": min(layer.rows_per_chunk(rows, pos, k, envelope), rows)}
+                for layer in self.layers]
 
     def atomic_energies(self, data, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (n,) in eV from positions (n, 3) Å and cells (B, 3, 3) Å."""

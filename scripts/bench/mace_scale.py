@@ -16,7 +16,9 @@ VmRSS), makes one call with energy, forces and stress, and records the peak resi
 (``peak_rss_mb``, VmHWM = getrusage's ru_maxrss), the call's wall and CPU time and the energy. A process that
 runs out of the limit is recorded as such. molequi's configurations: ``unchunked``
 (``max_edges_per_chunk: null``), ``auto`` (the default: chunks of about 1 GiB of per-edge intermediates per
-layer) and ``chunk=N``; ``train-unchunked`` / ``train-chunk=N`` measure one training step instead
+layer in training, 8 MiB in inference on the neighbour table) and ``chunk=N``; ``edges_per_chunk`` is what each
+layer uses (``MACE.chunk_rows``): slots of the neighbour table (``table_slots_per_atom`` k > 0, ``rows`` = k x
+atoms, chunks of whole atoms) or edges of the edge list (k = 0), at most ``rows`` (one piece); ``train-unchunked`` / ``train-chunk=N`` measure one training step instead
 (inference, then the backward of a loss on energy, forces and stress, which needs second derivatives). The
 chunked and unchunked energies of one size are printed side by side (same seed, same weights: they agree to
 round-off). ``--append`` adds sizes to an existing result file (each invocation is listed in it).
@@ -80,7 +82,8 @@ def worker_molequi(n: int, dtype_name: str, chunk, train: bool = False) -> dict:
     # mace-torch's side (build_mace_torch) has a residual first block
     cfg = MACE.Config(**MACE_HYPER, first_interaction="residual", max_edges_per_chunk=chunk)
     model = MACE.from_config(cfg, stats).to(dtype).train(train)
-    chunks = [layer.edges_per_chunk(n_edges, batch.pos) for layer in model.layers]
+    # what each layer's message computation runs on (neighbour table or edge list) and its chunk
+    plan = model.chunk_rows(batch)
 
     def call():
         out = model(batch, compute_forces=True, compute_stress=True)
@@ -89,7 +92,8 @@ def worker_molequi(n: int, dtype_name: str, chunk, train: bool = False) -> dict:
             loss.backward()
         return float(out["energy"].detach().sum())
 
-    return {"n_atoms": len(atoms), "n_edges": n_edges, "edges_per_chunk": chunks,
+    return {"n_atoms": len(atoms), "n_edges": n_edges, "table_slots_per_atom": plan[0]["k"],
+            "rows": plan[0]["rows"], "edges_per_chunk": [p["rows_per_chunk"] for p in plan],
             "rss_setup_mb": _status_mb("VmRSS"), **_timed(call)}
 
 

@@ -24,7 +24,7 @@ R_MAX = 4.0
 STATS = Statistics(elements=[8, 29], e0s={}, energy_shift=0.0, energy_scale=1.0, avg_num_neighbors=8.0)
 
 
-def frozen_model(chunk) -> MACE:
+def frozen_model(chunk, frozen: bool = True) -> MACE:
     torch.manual_seed(0)
     cfg = MACE.Config(r_max=R_MAX, hidden_irreps="4x0e+4x1o", max_ell=2, radial_MLP=[8, 8], MLP_irreps="4x0e",
                       correlation=2, num_interactions=2, max_edges_per_chunk=chunk)
@@ -32,7 +32,7 @@ def frozen_model(chunk) -> MACE:
     with torch.no_grad():  # larger last radial layers, so that the messages matter in every derivative
         for layer in model.layers:
             layer.radial.weights[-1].mul_(3.0)
-    return model.requires_grad_(False)  # as the calculators evaluate it
+    return model.requires_grad_(not frozen)  # frozen: as the calculators evaluate it
 
 
 def cu_cell():
@@ -67,14 +67,18 @@ def outputs(model, atoms):
     return {k: out[k].detach() for k in (K.ENERGY, K.FORCES, K.STRESS)}
 
 
-def test_chunked_inference_equals_unchunked(applied):
+@pytest.mark.parametrize("frozen", [True, False])
+def test_chunked_inference_equals_unchunked(applied, frozen):
+    """Frozen parameters: ``_InferenceChunks``; trainable ones (eval mode): a checkpoint per chunk."""
     cu = cu_cell()
     ref = outputs(frozen_model(None), cu)
     assert not applied
     k = frozen_model(None).neighbour_layout(record(cu)[K.EDGE_INDEX][1], len(cu)).k
     for atoms_per_chunk in (1, 5, len(cu) - 1):  # 5 does not divide 12 atoms: a short last chunk
-        got = outputs(frozen_model(atoms_per_chunk * k), cu)
-        assert applied[-1] == atoms_per_chunk * k
+        model = frozen_model(atoms_per_chunk * k, frozen)
+        assert [r["rows_per_chunk"] for r in model.chunk_rows(record(cu))] == [atoms_per_chunk * k] * 2
+        got = outputs(model, cu)
+        assert applied[-1:] == ([atoms_per_chunk * k] if frozen else [])
         for key, value in ref.items():
             err = float((got[key] - value).abs().max())
             assert err < 1e-10, (atoms_per_chunk, key, err)

@@ -557,6 +557,77 @@ def cmd_toy_errors(args) -> None:
     save_json(args.name, res)
 
 
+TOY_FORMULAS = {3: {"H2O", "CHN"}, 4: {"H3N", "C2H2", "CH2O"}, 5: {"CH4"}, 6: {"CH4O", "C2H3N"}, 7: {"C3H4"},
+                8: {"C2H6"}}  # of TOY_SMILES, by number of atoms
+
+
+def _formula(numbers) -> str:
+    from collections import Counter
+
+    from ase.data import chemical_symbols
+
+    c = Counter(int(z) for z in numbers)
+    return "".join(f"{chemical_symbols[z]}{c[z] if c[z] > 1 else ''}" for z in (6, 1, 7, 8, 9) if c[z])
+
+
+def _latent_type_gaps(model) -> dict | None:
+    """GeoLDM: the frozen encoder's latent h (mean over the atoms of each element of the 10 molecules), the
+    smallest gap between two elements, and the fraction of atom types its decoder keeps when Gaussian noise
+    of each size is added to the latent h of the 10 molecules (None for a data-space model)."""
+    from molequi import keys as K
+    from molequi.models.generative.graph import fully_connected_edges
+
+    if not hasattr(model, "autoencoder"):
+        return None
+    ds = GeometryDataset(read_molecules(str(SUBSET), limit=10))
+    batch = Batch.from_data_list([ds[i] for i in range(10)])
+    b, ng = model._batch_info(batch)
+    x, h = model.encode(batch[K.NUMBERS], batch[K.POS], b, ng)
+    ei = fully_connected_edges(b, ng)
+    mu_x, _, mu_h, _ = model.autoencoder.encode(x, h, b, ei, ng, None)
+    z = batch[K.NUMBERS]
+    means = {int(e): float(mu_h[z == e, 0].mean()) for e in z.unique()}
+    v = sorted(means.values())
+    kept = {}
+    for noise in (0.01, 0.03, 0.1):
+        zh = mu_h + noise * torch.randn(mu_h.shape, generator=torch.Generator().manual_seed(0))
+        numbers, _ = model.decode(*model.autoencoder.decode(mu_x, zh, b, ei, ng, None))
+        kept[str(noise)] = float((numbers == z).double().mean())
+    return {"latent_h_mean_by_element": means, "smallest_gap": min(hi - lo for lo, hi in zip(v, v[1:])),
+            "types_kept_with_h_noise": kept}
+
+
+def cmd_toy_diagnose(args) -> None:
+    """Where the teacher's samples fail, per sampler: the fraction whose decoded formula is one of the ten
+    training molecules' (of the same size; 'composition'), the molecule stability, and the stability of
+    those with a right composition ('geometry'); for GeoLDM also how close its latent atom types lie
+    (``_latent_type_gaps``). Saved under ``diagnosis`` in the run's JSON (keyed by checkpoint)."""
+    from molequi.tasks.generation_metrics import atom_stability
+
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    res = _load(args.name) or {}
+    out = res.setdefault("diagnosis", {"n": args.n, "checkpoints": {}})
+    for ckpt in args.checkpoints:
+        model = load_generative(ckpt)
+        rows = []
+        for steps in args.steps:
+            for method in ("ancestral", "ddim"):
+                mols = model.sample(args.n, steps=steps, method=method, batch_size=min(args.n, 200),
+                                    generator=torch.Generator().manual_seed(0))
+                comp = [_formula(m.numbers) in TOY_FORMULAS.get(len(m.numbers), set()) for m in mols]
+                stab = [bool(atom_stability(m.numbers, m.positions).all()) for m in mols]
+                both = sum(c and s for c, s in zip(comp, stab))
+                rows.append({"steps": steps, "method": method, "composition": 100 * float(np.mean(comp)),
+                             "molecule_stability": 100 * float(np.mean(stab)),
+                             "stable_given_composition": 100 * both / max(1, sum(comp))})
+                print(ckpt, json.dumps(rows[-1]), flush=True)
+        out["checkpoints"][_repo_path(ckpt)] = {"model": type(model).__name__, "rows": rows,
+                                               "latent": _latent_type_gaps(model)}
+        print(json.dumps(out["checkpoints"][_repo_path(ckpt)]["latent"]), flush=True)
+    save_json(args.name, res)
+
+
 def _load(name):
     path = OUT / f"generation_{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -956,6 +1027,12 @@ def main(argv=None) -> None:
     s.add_argument("--teacher", default=TOY_TEACHER)
     s.add_argument("--n", type=int, default=200)
     s.set_defaults(func=cmd_toy_errors)
+    s = sub.add_parser("toy-diagnose", help="composition vs geometry failures of teachers' samplers")
+    s.add_argument("--name", default="toy")
+    s.add_argument("checkpoints", nargs="+")
+    s.add_argument("--steps", type=int, nargs="+", default=[256, 64])
+    s.add_argument("--n", type=int, default=200)
+    s.set_defaults(func=cmd_toy_diagnose)
     s = sub.add_parser("report")
     s.set_defaults(func=cmd_report)
     s = sub.add_parser("make-subset")

@@ -1007,9 +1007,11 @@ def rows_generation(res: Path) -> list[list[str]]:
     ]
 
 
-def row_generation_latent_distill(res: Path) -> list[str]:
-    """GeoLDM distilled in its latent space with v students (``generation.py toy --model geoldm``)."""
-    d = load(res, "generation_toy_geoldm")
+def _latent_distill_text(d: dict, *, goal: bool) -> str:
+    """The result cell of a ``generation.py toy --model geoldm`` run: the 1000-step teacher, then per student
+    its DDIM eta 0 / eta 1 beside the teacher's own DDIM / ancestral samplers at the same steps; ``goal``:
+    with issue 17's verdict per step count <= 64 (the eta = 1 student against the better of the teacher's two
+    samplers at its steps, one standard error of the difference, speed-up and points lost)."""
     te, di, rows = d["teacher"], d["distill"], d["rows"]
 
     def pick(model: str, steps: int, method: str, eta: float = 0.0) -> dict:
@@ -1024,29 +1026,68 @@ def row_generation_latent_distill(res: Path) -> list[str]:
 
     students = sorted({r["steps"] for r in rows if r["model"] != "teacher"}, reverse=True)
     a1000, d1000 = pick("teacher", 1000, "ancestral"), pick("teacher", 1000, "ddim")
-    def speedup(k: int) -> str:
-        return ratio(a1000["cpu_seconds"] / pick(f"student_{k}.pt", k, "ddim", 1.0)["cpu_seconds"], 0)
+    def speed(k: int) -> float:
+        return a1000["cpu_seconds"] / pick(f"student_{k}.pt", k, "ddim", 1.0)["cpu_seconds"]
 
     per_step = "; ".join(
         f"{k}: {stab(pick(f'student_{k}.pt', k, 'ddim'))} / {stab(pick(f'student_{k}.pt', k, 'ddim', 1.0))} vs "
         f"{stab(pick('teacher', k, 'ddim'))} / {stab(pick('teacher', k, 'ancestral'))} "
-        f"({cpu(pick(f'student_{k}.pt', k, 'ddim', 1.0))} CPU s/molecule, {speedup(k)}x the 1000-step "
+        f"({cpu(pick(f'student_{k}.pt', k, 'ddim', 1.0))} CPU s/molecule, {ratio(speed(k), 0)}x the 1000-step "
         "teacher's speed)" for k in students)
     chain = " -> ".join(str(k) for k in [di["start_steps"], *students])
     done = f"{te.get('iterations_done', te['iterations']):,}" + ("+" if "iterations_done_note" in te else "")
-    result = (
+    text = (
         f"GeoLDM (latent_nf {te.get('latent_nf', 1)}, {te['hidden']} x {te['layers']}, trainable_ae) overfit on "
-        f"{d['molecules']} QM9 molecules ({done} of {te['iterations']:,} planned iterations in "
-        f"{te['train_seconds'] / 60:.0f} wall min), distilled {chain} in its latent space (encoder / decoder "
-        f"frozen) with {di['parameterisation']} students ({di['weighting']} loss on x, "
+        f"{d['molecules']} QM9 molecules ({done} of {te['iterations']:,} planned iterations, "
+        f"{te['train_cpu_seconds'] / 60:.0f} CPU min), distilled {chain} in its latent space (encoder / decoder "
+        f"frozen) with {di['parameterisation']} students ({di['weighting']} weighting, "
         f"{di['iterations_per_round']} iterations per round), {a1000['n']} samples per row, molecule "
         f"stability %: 1000-step teacher ancestral {stab(a1000)} / DDIM {stab(d1000)} ({cpu(a1000)} CPU "
         f"s/molecule); per step count, student DDIM eta 0 / eta 1 vs the teacher's own DDIM / ancestral at "
         f"the same steps: {per_step}"
     )
+    if not goal:
+        return text
+    verdicts = []
+    for k in (k for k in students if k <= 64):
+        one = pick(f"student_{k}.pt", k, "ddim", 1.0)
+        best = max(pick("teacher", k, "ancestral"), pick("teacher", k, "ddim"), key=lambda r: r["molecule_stability"])
+        p, q = one["molecule_stability"] / 100, best["molecule_stability"] / 100
+        se = 100 * (p * (1 - p) / one["n"] + q * (1 - q) / best["n"]) ** 0.5
+        diff, lost = 100 * (p - q), a1000["molecule_stability"] - one["molecule_stability"]
+        beat = "beats" if diff > 2 * se else "loses" if diff < -2 * se else "ties"
+        missed = [w for w, bad in ((f"{beat} the teacher", beat != "beats"), ("below 7.5x", speed(k) < 7.5),
+                                   ("loses > 5 points", lost > 5)) if bad]
+        verdicts.append(f"{k}: {diff:+.1f} ± {se:.1f} vs teacher {best['method']}, {ratio(speed(k), 0)}x, "
+                        f"{lost:.1f} points lost: " + ("met" if not missed else "not met (" + ", ".join(missed) + ")"))
+    return (text + ". Goal (student eta 1 beats the better teacher sampler at the same steps by more than two "
+            "standard errors, >= 7.5x, <= 5 points lost vs the 1000-step ancestral teacher), difference ± one "
+            "standard error: " + "; ".join(verdicts))
+
+
+def row_generation_latent_distill(res: Path) -> list[str]:
+    """GeoLDM distilled in its latent space with v students (``generation.py toy --model geoldm``): the first
+    run, on a teacher stopped early (its cosine schedule cut short)."""
+    d = load(res, "generation_toy_geoldm")
     command = ("`python scripts/bench/generation.py toy --model geoldm --iterations 5000 --max-minutes 17 "
                "--start-steps 512 --rounds 4 --n 200 --etas 0 1 --name toy_geoldm`")
-    return row("3D generation, GeoLDM distilled in latent space (v students)", command, result, d["provenance"])
+    return row("3D generation, GeoLDM distilled in latent space (v students), first run: under-trained teacher",
+               command, _latent_distill_text(d, goal=False), d["provenance"])
+
+
+def row_generation_latent_distill_long(res: Path) -> list[str]:
+    """The same on a teacher trained to the end of its cosine schedule, with longer rounds and 1000 samples per
+    row, judged against issue 17's distillation goal."""
+    d = load(res, "generation_toy_geoldm_long")
+    te, di = d["teacher"], d["distill"]
+    command = (f"`python scripts/bench/generation.py toy --model geoldm --iterations {te['iterations']} --rounds 0 "
+               f"--teacher bench_results/toy/geoldm_teacher_long.pt`, then `... toy --model geoldm --reuse-teacher "
+               f"--teacher bench_results/toy/geoldm_teacher_long.pt --start-steps {di['start_steps']} --rounds "
+               f"{di['rounds']} --distill-iterations {di['iterations_per_round']} --parameterisation "
+               f"{di['parameterisation']} --weighting {di['weighting']} --n {d['rows'][0]['n']} --etas 0 1 "
+               "--name toy_geoldm_long`")
+    return row(f"3D generation, GeoLDM distilled in latent space ({di['parameterisation']} students), "
+               "converged teacher", command, _latent_distill_text(d, goal=True), d["provenance"])
 
 
 def row_generation_compare(res: Path) -> list[str]:
@@ -1215,6 +1256,7 @@ def table_rows(results: Path) -> list[list[str]]:
         *rows_hamiltonian(results),
         *rows_generation(results),
         row_generation_latent_distill(results),
+        row_generation_latent_distill_long(results),
         row_edm_equal_budget(results),
         row_generation_compare(results),
         row_eqgat_diff_speed(results),

@@ -427,7 +427,10 @@ class MACELayer(nn.Module):
 
     def _product(self, a: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The symmetric contraction; in inference with gradients and chunking on, over blocks of atoms of
-        about ``AUTO_CHUNK_BYTES`` of intermediates (its monomials), each recomputed in backward."""
+        about ``AUTO_CHUNK_BYTES`` of intermediates (its monomials), each recomputed in backward. A trade of
+        time for memory above one block (quickstart MACE, f32: ~40k atoms in its first layer, ~90k in the
+        second): Cu 64,000 atoms, E+F+S per call, 28.2-28.6 CPU s / peak 4.6 GB with the blocks, 26.6-27.0 s /
+        6.1 GB as one piece; this recomputation is most of what still grows per atom from 16k to 64k."""
         n = a.shape[0]
         per = max(AUTO_CHUNK_BYTES // (self.floats_per_node * a.element_size()), 1)
         if (self.max_edges_per_chunk is None or self.training or not torch.is_grad_enabled() or n <= per

@@ -186,21 +186,31 @@ def _f32(n):
     return d
 
 
-def test_report_row_of_the_latent_toy_from_hand_computed_numbers(tmp_path):
-    """scripts/bench/report.py's latent-distillation row from a crafted result file: stabilities as given,
-    CPU s per molecule and the speed-up over the 1000-step teacher computed here by hand."""
+def _bench_report(name: str):
+    """scripts/bench/report.py loaded as a module named ``name``."""
     import importlib.util
     import sys
 
     bench = Path(__file__).resolve().parents[2] / "scripts" / "bench"
     sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("bench_report_latent", bench / "report.py")
+    spec = importlib.util.spec_from_file_location(name, bench / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
 
-    def r(model, steps, method, eta, stab, cpu):
-        return {"model": model, "steps": steps, "method": method, "eta": eta, "molecule_stability": stab,
-                "cpu_seconds": cpu, "n": 200}
+
+def _toy_row(model, steps, method, eta, stab, cpu, n):
+    return {"model": model, "steps": steps, "method": method, "eta": eta, "molecule_stability": stab,
+            "cpu_seconds": cpu, "n": n}
+
+
+def test_report_row_of_the_latent_toy_from_hand_computed_numbers(tmp_path):
+    """scripts/bench/report.py's latent-distillation row from a crafted result file: stabilities as given,
+    CPU s per molecule and the speed-up over the 1000-step teacher computed here by hand."""
+    report = _bench_report("bench_report_latent")
+
+    def r(*args):
+        return _toy_row(*args, n=200)
 
     rows = [r("teacher", 1000, "ancestral", 0.0, 80.0, 40.0), r("teacher", 1000, "ddim", 0.0, 60.0, 40.0),
             r("teacher", 16, "ancestral", 0.0, 55.5, 0.7), r("teacher", 16, "ddim", 0.0, 44.0, 0.6),
@@ -217,3 +227,47 @@ def test_report_row_of_the_latent_toy_from_hand_computed_numbers(tmp_path):
     # 16 steps: student eta 0 / eta 1 vs teacher DDIM / ancestral; 0.5 / 200 = 0.0025 s; 40 / 0.5 = 80x
     assert "16: 45.0 / 58.2 vs 44.0 / 55.5 (0.0025 CPU s/molecule, 80x" in cell
     assert "32 -> 16" in cell and "100 of 100 planned iterations" in cell
+
+
+def test_report_goal_verdict_of_the_latent_toy_from_hand_computed_numbers(tmp_path):
+    """report.py's issue-17 verdict per step count: stabilities pooled over seed 0 and ``extra_seeds``, the
+    better teacher sampler, one standard error of the difference and the two-standard-error rule, all
+    computed here by hand."""
+    report = _bench_report("bench_report_latent_goal")
+
+    def r(*args):
+        return _toy_row(*args, n=100)
+
+    rows = [r("teacher", 1000, "ancestral", 0.0, 95.0, 40.0), r("teacher", 1000, "ddim", 0.0, 90.0, 40.0),
+            r("teacher", 64, "ancestral", 0.0, 90.0, 4.0), r("teacher", 64, "ddim", 0.0, 80.0, 4.0),
+            r("student_64.pt", 64, "ddim", 0.0, 85.0, 4.0), r("student_64.pt", 64, "ddim", 1.0, 92.0, 4.0),
+            r("teacher", 32, "ancestral", 0.0, 80.0, 2.0), r("teacher", 32, "ddim", 0.0, 70.0, 2.0),
+            r("student_32.pt", 32, "ddim", 0.0, 75.0, 2.0), r("student_32.pt", 32, "ddim", 1.0, 96.0, 2.0),
+            r("teacher", 8, "ancestral", 0.0, 40.0, 1.0), r("teacher", 8, "ddim", 0.0, 50.0, 1.0),
+            r("student_8.pt", 8, "ddim", 0.0, 60.0, 1.0), r("student_8.pt", 8, "ddim", 1.0, 70.0, 1.0)]
+    extra = [{"model": "teacher", "steps": 64, "method": "ancestral", "eta": 0.0, "seeds": [1], "n": 100,
+              "molecule_stability": [92.0]},
+             {"model": "student_64.pt", "steps": 64, "method": "ddim", "eta": 1.0, "seeds": [1], "n": 100,
+              "molecule_stability": [94.0]}]
+    prov = {"peer": None, "peer_version": None, "peer_measured_in_this_run": None, "threads": 1,
+            "load_average": [2.0, 2.0, 2.0]}
+    d = {"molecules": 10, "teacher": {"hidden": 8, "layers": 2, "latent_nf": 1, "iterations": 100,
+                                      "train_cpu_seconds": 120.0},
+         "distill": {"start_steps": 128, "rounds": 2, "parameterisation": "eps", "weighting": "snr",
+                     "iterations_per_round": 50}, "rows": rows, "provenance": prov, "extra_seeds": extra}
+    (tmp_path / "generation_toy_geoldm_long.json").write_text(json.dumps(d))
+    cell = report.row_generation_latent_distill_long(tmp_path)[2]
+    # 64 steps: student (92 + 94) / 2 = 93 %, teacher ancestral (90 + 92) / 2 = 91 %, 200 samples each;
+    # se = sqrt(.93 .07 / 200 + .91 .09 / 200) = 2.68 points > 2 / 2: ties; speed 40 / 4 = 10x; lost 95 - 93 = 2
+    se = 100 * (0.93 * 0.07 / 200 + 0.91 * 0.09 / 200) ** 0.5
+    assert f"64: 93.0 vs 91.0 (200 / 200 samples), +2.0 ± {se:.1f} vs teacher ancestral, 10x, 2.00 points lost: " \
+           "not met (ties the teacher)" in cell
+    # 8 steps: the teacher's better sampler is DDIM (50); 70 - 50 = 20 > 2 se; 40x; 25 points lost
+    se8 = 100 * (0.7 * 0.3 / 100 + 0.5 * 0.5 / 100) ** 0.5
+    assert f"8: 70.0 vs 50.0 (100 / 100 samples), +20.0 ± {se8:.1f} vs teacher ddim, 40x, 25.00 points lost: " \
+           "not met (loses > 5 points)" in cell
+    # 32 steps: 96 vs 80 (ancestral), 16 > 2 se, 40 / 2 = 20x, 95 - 96 = -1 point lost: met
+    se32 = 100 * (0.96 * 0.04 / 100 + 0.8 * 0.2 / 100) ** 0.5
+    assert f"32: 96.0 vs 80.0 (100 / 100 samples), +16.0 ± {se32:.1f} vs teacher ancestral, 20x, -1.00 points " \
+           "lost: met" in cell
+    assert "--start-steps 128 --rounds 2" in report.row_generation_latent_distill_long(tmp_path)[1]

@@ -51,6 +51,11 @@ student of the same round and recipe (snr weighting) stayed closer: 7.5e-3 / 4.4
 52.5 / 75.0% molecule stability at 256 DDIM steps, eta 0 / 1 (200 samples), against 51.0 / 70.0% for the v
 student and 53.0% (DDIM) / 75.5% (ancestral) for the teacher at 256 steps: on this toy, one round of 1000
 iterations is too short for v to pay off.
+On the same toy with a teacher trained to the end of its schedule (15,000 iterations; 1000-step ancestral /
+DDIM 99.2 / 94.5%), two rounds 32 -> 16 -> 8 (1000 iterations each, 1000 samples per figure, molecule
+stability at 16 / 8 steps): v students with truncated_snr were the better deterministic samplers (eta 0:
+80.7 / 67.9% against 75.9 / 62.0% for eps with snr), eps students the better stochastic ones (eta 1: 82.5 /
+69.1% against 78.2 / 62.7%; v with snr: 82.8 / 65.2%); ``bench_results/generation_toy_geoldm_long.json``.
 
 Sampling a student: distillation fits the deterministic DDIM step, but the student's epsilon can drive the
 generalised DDIM step with noise (``EDM.sample(..., method="ddim", eta=e)``, ``molequi generate --eta``):

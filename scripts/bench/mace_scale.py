@@ -225,7 +225,7 @@ def main(argv=None) -> int:
                    "rss_setup_mb = VmRSS after graph and model were built",
         "results": sorted(rows, key=lambda r: r["size"]), "invocations": invocations,
     }, provenance("mace-torch" if ran_peer else None, version if ran_peer else None,
-                  True if ran_peer else None,
+                  True if ran_peer else None, threads=1,  # every worker's (the driver's own count did not run)
                   notes="each configuration in a fresh process, one after another; with --append the sizes "
                         "of several invocations (see 'invocations' for the configurations each ran)"))
     return 0

@@ -337,7 +337,7 @@ def write_results(name: str, rows: list[dict], invocations: list[dict], hyper: d
                    "steps after the warm-up; peak_rss_mb = VmHWM of the worker process (setup and MD)",
         "results": rows, "invocations": invocations,
     }, provenance("mace-torch" if ran_peer else None, version if ran_peer else None,
-                  True if ran_peer else None,
+                  True if ran_peer else None, threads=1,  # every worker's (the driver's own count did not run)
                   notes="each (system, size, implementation) in a fresh process, one after another, under "
                         "nice; with --append the rows of several invocations (see 'invocations')"))
 

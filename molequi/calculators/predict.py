@@ -29,6 +29,7 @@ from molequi.calculators.calculator import (
     stress_to_voigt,
 )
 from molequi.errors import ValueRangeError
+from molequi.response import frozen_parameters
 
 
 def build_records(
@@ -79,7 +80,9 @@ def model_outputs(
                     batch[key] = value.to(dtype)
         flagged = compute_stress == "flagged"
         want_stress = bool(batch["stress_flag"].any()) if flagged else bool(compute_stress)
-        with torch.enable_grad():
+        # parameters frozen, as the calculators evaluate (autograd keeps less, and MACE runs its chunks with
+        # one shared gradient buffer per input: models.mace._InferenceChunks)
+        with torch.enable_grad(), frozen_parameters([model] if isinstance(model, torch.nn.Module) else []):
             out = model(batch, compute_forces=True, compute_stress=want_stress)
         yield batch, out, want_stress
 

@@ -116,3 +116,17 @@ def test_second_derivative_through_the_chunked_backward(applied):
         moved.append(float(_force_projection(model, atoms, v)[0].detach()))
     fd = (moved[0] - moved[1]) / (2 * h)
     assert abs(float((hv * u).sum()) - fd) < 1e-6 * max(1.0, abs(fd)), (float((hv * u).sum()), fd)
+
+
+def test_predict_evaluates_with_frozen_parameters(applied):
+    """``molequi.calculators.predict`` (and so ``molequi predict`` / ``eval``) runs the frozen-parameter chunks
+    on a trainable model, gives the parameters back trainable, and equals the unchunked evaluation."""
+    from molequi.calculators.predict import predict
+
+    cu = cu_cell()
+    ref = outputs(frozen_model(None), cu)
+    model = frozen_model(40, frozen=False)
+    (got,) = predict(model, [cu], dtype=torch.float64)
+    assert applied and all(p.requires_grad for p in model.parameters())
+    assert float(np.abs(got["forces"] - ref[K.FORCES].numpy()).max()) < 1e-10
+    assert abs(got["energy"] - float(ref[K.ENERGY][0])) < 1e-10

@@ -65,6 +65,7 @@ class TaskModule(L.LightningModule):
         self._train_sums: dict[str, torch.Tensor | float] = {}  # this epoch's sums of batch-size x logged value
         self._train_count = 0
         self._time_cosine = False  # set by configure_optimizers when the cosine runs over trainer.max_time
+        self.cosine_start: float | None = None  # training seconds at which the time cosine began (its 1st step)
         self.stage_two_step: int | None = None  # optimiser step at which optim.stage_two began (None: not)
         self._stage_one_task_config = task.config
         if config.optim.stage_two is not None:
@@ -252,8 +253,10 @@ class TaskModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
-        lr(t) = min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, t the training time so far (kept on
-        resume). With ``optim.stage_two``: starts stage two when it is due, and holds its lr from then on."""
+        ``time_cosine_lr`` of the training time so far (kept on resume), counted from the end of the first
+        optimiser step: a compiled run's first step is its compilation (~1-2 min on a CPU), which would
+        otherwise spend the high-lr start of the schedule without a step. With ``optim.stage_two``: starts
+        stage two when it is due, and holds its lr from then on."""
         if self.config.optim.stage_two is not None:
             if self.stage_two_step is None and self._stage_two_due():
                 self.start_stage_two()
@@ -268,11 +271,13 @@ class TaskModule(L.LightningModule):
         if timer is None:
             return
         o = self.config.optim
-        frac = min(1.0, timer.time_elapsed("train") / max(self._time_budget(), 1e-9))
+        elapsed = timer.time_elapsed("train")
+        if self.cosine_start is None and self.global_step >= 1:
+            self.cosine_start = elapsed if self.global_step == 1 else 0.0  # 0: resumed from an older checkpoint
         scale = 1.0
         if o.warmup_steps and self.global_step < o.warmup_steps:
             scale = (self.global_step + 1) / o.warmup_steps
-        lr = (o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))) * scale
+        lr = time_cosine_lr(elapsed, self._time_budget(), self.cosine_start or 0.0, o.lr, o.min_lr) * scale
         for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") \
                 else self.optimizers().param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -399,6 +404,8 @@ class TaskModule(L.LightningModule):
             checkpoint["grad_clip"] = self.grad_clipper.state_dict()
         if self.stage_two_step is not None:
             checkpoint["stage_two_step"] = self.stage_two_step
+        if self.cosine_start is not None:
+            checkpoint["cosine_start"] = self.cosine_start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
@@ -410,10 +417,19 @@ class TaskModule(L.LightningModule):
             self.ema.load_state_dict(checkpoint.get("ema") or legacy)
         if self.grad_clipper is not None and "grad_clip" in checkpoint:
             self.grad_clipper.load_state_dict(checkpoint["grad_clip"])
+        if checkpoint.get("cosine_start") is not None:
+            self.cosine_start = float(checkpoint["cosine_start"])
         if checkpoint.get("stage_two_step") is not None and self.config.optim.stage_two is not None:
             # the weights now; the lr comes back with the optimiser state and is held from the next batch
             self.stage_two_step = int(checkpoint["stage_two_step"])
             self._apply_stage_two_weights()
+
+
+def time_cosine_lr(elapsed: float, budget: float, start: float, lr: float, min_lr: float) -> float:
+    """The learning rate of the wall-time cosine: lr before ``start`` seconds, then min_lr + (lr - min_lr)
+    (1 + cos(pi f)) / 2 with f = (elapsed - start) / (budget - start), min_lr from the end of the budget on."""
+    frac = min(max(elapsed - start, 0.0) / max(budget - start, 1e-9), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 class _LRLambda:

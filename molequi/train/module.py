@@ -253,7 +253,7 @@ class TaskModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Cosine schedule over the wall-time budget (``trainer.max_time``) when no step count is known:
-        ``time_cosine_lr`` of the training time so far (kept on resume), counted from the end of the first
+        ``cosine_lr`` of the training time so far (kept on resume), counted from the end of the first
         optimiser step: a compiled run's first step is its compilation (~1-2 min on a CPU), which would
         otherwise spend the high-lr start of the schedule without a step. With ``optim.stage_two``: starts
         stage two when it is due, and holds its lr from then on."""
@@ -277,7 +277,7 @@ class TaskModule(L.LightningModule):
         scale = 1.0
         if o.warmup_steps and self.global_step < o.warmup_steps:
             scale = (self.global_step + 1) / o.warmup_steps
-        lr = time_cosine_lr(elapsed, self._time_budget(), self.cosine_start or 0.0, o.lr, o.min_lr) * scale
+        lr = cosine_lr(elapsed, self._time_budget(), self.cosine_start or 0.0, o.lr, o.min_lr) * scale
         for group in self.optimizers().optimizer.param_groups if hasattr(self.optimizers(), "optimizer") \
                 else self.optimizers().param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -425,10 +425,11 @@ class TaskModule(L.LightningModule):
             self._apply_stage_two_weights()
 
 
-def time_cosine_lr(elapsed: float, budget: float, start: float, lr: float, min_lr: float) -> float:
-    """The learning rate of the wall-time cosine: lr before ``start`` seconds, then min_lr + (lr - min_lr)
-    (1 + cos(pi f)) / 2 with f = (elapsed - start) / (budget - start), min_lr from the end of the budget on."""
-    frac = min(max(elapsed - start, 0.0) / max(budget - start, 1e-9), 1.0)
+def cosine_lr(t: float, end: float, start: float, lr: float, min_lr: float) -> float:
+    """The cosine schedule at ``t`` (seconds of the wall-time cosine, or optimiser steps): lr before ``start``,
+    then min_lr + (lr - min_lr) (1 + cos(pi f)) / 2 with f = (t - start) / (end - start), min_lr from ``end``
+    on."""
+    frac = min(max(t - start, 0.0) / max(end - start, 1e-9), 1.0)
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
@@ -444,9 +445,7 @@ class _LRLambda:
             return (step + 1) / self.warmup
         if self.total is None:
             return 1.0
-        span = max(1, self.total - self.warmup)
-        progress = min(1.0, (step - self.warmup) / span)
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine_lr(step, self.total, self.warmup, 1.0, self.floor)
 
 
 def _rng_state() -> dict:

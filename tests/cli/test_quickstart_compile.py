@@ -1,5 +1,5 @@
-"""``molequi quickstart --compile`` trains compiled where Inductor can build kernels (a C++ compiler on PATH or
-in $CXX) and refuses, before any work, where it cannot; the default and ``--quick`` stay eager."""
+"""``molequi quickstart --compile`` trains compiled where Inductor can build kernels (a C++ compiler on PATH
+or in $CXX) and refuses, before any work, where it cannot; the default and ``--quick`` stay eager."""
 
 import sys
 

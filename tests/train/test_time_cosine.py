@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from molequi.train.module import TaskModule, time_cosine_lr
+from molequi.train.module import TaskModule, cosine_lr
 
 LR, MIN_LR, BUDGET = 0.01, 1e-4, 100.0
 
@@ -24,7 +24,7 @@ LR, MIN_LR, BUDGET = 0.01, 1e-4, 100.0
     (250.0, 20.0, MIN_LR),                                 # past the budget: the floor
 ])
 def test_time_cosine_values(elapsed, start, expected):
-    assert time_cosine_lr(elapsed, BUDGET, start, LR, MIN_LR) == pytest.approx(expected, rel=1e-12)
+    assert cosine_lr(elapsed, BUDGET, start, LR, MIN_LR) == pytest.approx(expected, rel=1e-12)
 
 
 def _fake_module(step: int, timer: Timer, optimizer):
@@ -50,7 +50,7 @@ def test_start_recorded_at_the_first_step_and_lr_applied(monkeypatch):
     assert fake.cosine_start == 40.0
     assert optimizer.param_groups[0]["lr"] == pytest.approx(MIN_LR + (LR - MIN_LR) * 0.5, rel=1e-12)
     # without the offset the schedule would be at 0.7 of its length: the test tells the two apart
-    assert optimizer.param_groups[0]["lr"] != pytest.approx(time_cosine_lr(70.0, BUDGET, 0.0, LR, MIN_LR))
+    assert optimizer.param_groups[0]["lr"] != pytest.approx(cosine_lr(70.0, BUDGET, 0.0, LR, MIN_LR))
 
 
 def test_start_of_a_resumed_run():

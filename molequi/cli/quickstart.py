@@ -60,7 +60,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the weights (default 0)")
     p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
                    help="override any key of the training config, e.g. model.hidden_irreps=64x0e+64x1o")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (default: bars on a terminal, a line every 20 steps in a log)")
     p.add_argument("--md-ps", type=float, default=None,
                    help="after testing, run this many ps of NVT (300 K, Langevin) then as many of NVE with "
                         f"the trained model at 0.5 fs and report the NVE energy drift (default "
@@ -77,7 +78,7 @@ def compiler_available() -> bool:
 
 
 def quickstart_config(out: str, train_seconds: float | None, *, max_steps: int = -1, float64: bool = False,
-                      seed: int = 0, progress: bool = True, overrides: list[str] | None = None,
+                      seed: int = 0, progress: bool | str = True, overrides: list[str] | None = None,
                       compile: bool = False):
     """The training config of the quickstart (a small MACE, cosine over the time budget).
 
@@ -131,6 +132,7 @@ def run(args) -> int:
     from molequi.io import atomic_write_text
     from molequi.train.data import split_records
     from molequi.train.evaluate import learning_curve, parity_plot, predict
+    from molequi.train.loggers import show_bar
     from molequi.train.run import parse_max_time, train
 
     t0 = time.perf_counter()
@@ -155,9 +157,13 @@ def run(args) -> int:
         raise ConfigError("--compile needs a C++ compiler for torch.compile's Inductor (g++ or clang++ on "
                           "PATH, or $CXX): install one (e.g. apt install g++) or drop --compile")
 
+    # progress bars on a terminal, one line every log_every steps in a log file, nothing with --no-progress
+    progress = False if args.no_progress else "auto"
+    bar = show_bar(progress)
+
     # 1. data: 950 train + 50 validation from the train file, 1000 test frames from the test file
     cfg = quickstart_config(str(run_dir), 60.0, float64=args.float64, seed=args.seed,
-                            progress=not args.no_progress, overrides=args.set)
+                            progress=progress, overrides=args.set)
     records = read_rmd17_npz(train_file)
     train_records, valid_records = split_records(records, cfg.data)
     test_records = read_rmd17_npz(test_file)
@@ -170,14 +176,14 @@ def run(args) -> int:
     cutoff = cfg.model.config.r_max
     if args.quick:
         cfg = quickstart_config(str(run_dir), None, max_steps=QUICK_STEPS, float64=args.float64,
-                                seed=args.seed, progress=not args.no_progress, overrides=args.set)
+                                seed=args.seed, progress=progress, overrides=args.set)
         print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
               f"correlation {cfg.model.config.correlation}) for {QUICK_STEPS} steps (--quick)")
     else:
         train_seconds = _training_seconds(args, cfg, valid_records, len(test_records), md_steps,
                                           budget - (time.perf_counter() - t0))
         cfg = quickstart_config(str(run_dir), train_seconds, float64=args.float64, seed=args.seed,
-                                progress=not args.no_progress, overrides=args.set, compile=args.compile)
+                                progress=progress, overrides=args.set, compile=args.compile)
         how = "compiled (Inductor)" if cfg.trainer.compile else "eager"
         print(f"training MACE ({cfg.model.config.hidden_irreps}, L={cfg.model.config.max_ell}, "
               f"correlation {cfg.model.config.correlation}), {how}, for {train_seconds / 60:.1f} min of a "
@@ -191,7 +197,7 @@ def run(args) -> int:
 
     # 4. test with the EMA weights of model.pt, plots, files
     model = load_model(result.model_path)
-    pred = predict(model, test_records, cutoff, batch_size=50, progress=not args.no_progress)
+    pred = predict(model, test_records, cutoff, batch_size=50, progress=bar)
     test = pred.metrics()
     parity_plot(pred, out / "parity.png", title="MACE on rMD17 ethanol (test file, 1000 frames)")
     learning_curve(run_dir, out / "learning_curve.png")
@@ -222,7 +228,7 @@ def run(args) -> int:
         tm = time.perf_counter()
         drift = quickstart_md(model, data_to_atoms(test_records[0]), out / "md", nvt_ps=md_ps,
                               nve_ps=md_ps, timestep_fs=0.5, temperature=300.0, seed=args.seed,
-                              progress=not args.no_progress)
+                              progress=bar)
         summary["md"] = {"nvt_ps": md_ps, "nve_ps": md_ps, "timestep_fs": 0.5,
                          "temperature_K": 300.0,
                          "nve_drift_eV_per_atom_per_ps": drift, "seconds": time.perf_counter() - tm,

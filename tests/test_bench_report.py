@@ -357,3 +357,42 @@ def test_compile_speed_more_row_from_the_per_call_times(report):
                 e, c = (next(r for r in rows if (r["model"], r["mode"], r["variant"]) == (model, mode, v))
                         for v in ("eager", "compiled"))
                 assert f"= {statistics.median(e['cpus']) / statistics.median(c['cpus']):.2f}x CPU" in line
+
+
+def test_mace_speed_row_lists_each_system_and_the_peer_that_did_not_run(report, tmp_path):
+    """Crafted mace_speed_foundation.json: a pair with training, one without, one where mace-torch failed;
+    the ratios below are the crafted times divided by hand."""
+    prov = json.loads((RESULTS / "mace_accuracy.json").read_text())["provenance"]
+
+    def r(impl, system, n, dtype, wall, cpu, train=None, mb=100.0):
+        row = {"impl": "molequi" if impl == "molequi" else "mace-torch 9.9", "impl_key": impl,
+               "system": system, "n_atoms": n, "dtype": dtype, "median_s": wall, "median_cpu_s": cpu,
+               "peak_mb_infer": mb, "times_s": [wall] * (2 if system == "cu_4096" else 3)}
+        if train:
+            row.update(train_median_s=train[0], train_median_cpu_s=train[1], peak_mb_train=2 * mb)
+        return row
+
+    rows = [r("molequi", "ethanol_x32", 288, "float32", 1.0, 1.0, (2.0, 2.0), 50.0),
+            r("mace-torch", "ethanol_x32", 288, "float32", 4.0, 3.0, (7.0, 6.4), 100.0),
+            r("molequi", "water_513", 513, "float64", 2.0, 2.0, None, 80.0),
+            r("mace-torch", "water_513", 513, "float64", 5.0, 9.0, None, 100.0),
+            r("molequi", "cu_4096", 4096, "float32", 10.0, 10.0, (30.0, 30.0)),
+            {"impl": "mace-torch", "impl_key": "mace-torch", "system": "cu_4096", "dtype": "float32",
+             "error": "did not finish within --timeout 5 s"}]
+    hyper = {"hidden_irreps": "128x0e+128x1o", "max_ell": 3, "r_max": 6.0}
+    (tmp_path / "mace_speed_foundation.json").write_text(json.dumps(
+        {"meta": {"hyperparameters": hyper, "repeats": 3}, "results": rows, "provenance": prov}))
+    row = report.row_mace_speed(tmp_path, "foundation")
+    assert row[0] == "MACE (foundation size) energy+forces and training step vs mace-torch " + \
+        f"{prov['peer_version']}"
+    assert "--size foundation" in row[1]
+    # energy+forces CPU 3/1 = 3.0 and 9/2 = 4.5; wall 4/1 = 4.0 and 5/2 = 2.5; training 6.4/2 = 3.2, 7/2 = 3.5
+    assert "energy+forces 3.0-4.5x CPU (2.5-4.0x wall), training step 3.2x CPU (3.5x wall);" in row[2]
+    assert ("ethanol_x32 (288 atoms) f32: energy+forces 3.0x CPU / 4.0x wall, training step 3.2x / 3.5x;"
+            in row[2])
+    assert "water_513 (513 atoms) f64: energy+forces 4.5x CPU / 2.5x wall;" in row[2]
+    assert "; median of 3 timed calls; " in row[2]  # (the cu_4096 pair, with 2, has no mace-torch result)
+    # memory 50/100 = 0.5, 80/100 = 0.8; training 100/200 = 0.5
+    assert "peak memory 0.50-0.80x (inference) / 0.50x (training) mace-torch's" in row[2]  # 2 digits below 1
+    assert row[2].endswith("mace-torch did not run cu_4096 float32: did not finish within --timeout 5 s")
+    assert report.row_mace_speed(tmp_path / "absent", "foundation") is None

@@ -364,13 +364,14 @@ def print_table(rows: list[dict], agreement: list[dict]) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--repeats-large", type=int, default=5,
-                        help="timed calls per side for systems above 1000 atoms (--imported)")
+                        help="timed calls per side for systems above 1000 atoms (--imported; without "
+                        "it: cu_4096)")
     parser.add_argument("--mem-limit-gb", type=float, default=16.0,
-                        help="address-space limit of each worker (--imported)")
+                        help="address-space limit of each worker process")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of the existing JSON for the (system, dtype) pairs this "
-                        "invocation does not measure (--imported; each invocation is listed in "
-                        "provenance.runs)")
+                        "invocation does not measure (each invocation is listed: with --imported in "
+                        "provenance.runs, without it in meta.runs)")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
     python scripts/bench/mace_speed.py              # table on stdout, JSON in bench_results/mace_speed.json
 
 Both models: hidden 64x0e+64x1o, max_ell 3, correlation 3, 2 interactions, r_max 5 Å, 8 Bessel functions,
-p = 5, radial MLP [64, 64, 64], MLP readout 16x0e, elements H C O, random initialisation (nothing is copied
-between them; weights do not change the cost). Systems: 32 rMD17 ethanol frames as one batch, and a periodic
-water box of 171 molecules (513 atoms, 1 g/cm^3) built with ase. Graphs are built before timing.
+p = 5, radial MLP [64, 64, 64], MLP readout 16x0e, elements H C O Cu, random initialisation (nothing is
+copied between them; weights do not change the cost). Systems: 32 rMD17 ethanol frames as one batch, a
+periodic water box of 171 molecules (513 atoms, 1 g/cm^3) built with ase, and (``--systems ...,cu_4096``) a
+periodic fcc Cu box of 4096 atoms (a = 3.61 Å, rattled by 0.05 Å; timed ``--repeats-large`` times). Graphs are
+built before timing. ``--size foundation``: both sides at MACE-MP's size instead (128x0e+128x1o, r_max 6 Å).
 
 Each (implementation, system, dtype) runs in a fresh subprocess - the mace-torch one with the python of
 ${MACE_VENV:-~/.cache/molequi/mace-venv} (mace-torch pins e3nn 0.4.4, which cannot share molequi's venv) -
@@ -35,7 +37,12 @@ import mace_imported  # noqa: E402
 from _common import ETHANOL_NPZ, build_mace_torch, wall_cpu_times  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
-ELEMENTS = [1, 6, 8]
+# --size: the model both sides build; foundation = MACE-MP's size (the `foundation` spec of
+# scripts/parity/check.py: 128x0e+128x1o, max_ell 3, correlation 3, r_max 6 Å, radial MLP [64, 64, 64])
+SIZES = {"small": HYPER, "foundation": dict(HYPER, r_max=6.0, hidden_irreps="128x0e+128x1o")}
+
+ELEMENTS = [1, 6, 8, 29]  # H C O for ethanol and water, Cu for the metal box
+LARGE = {"cu_4096"}  # timed --repeats-large times instead of --repeats
 
 
 # ----------------------------------------------------------------------------------------------- structures
@@ -67,7 +74,14 @@ def make_structures(out_dir: Path, n_frames: int, npz: str) -> dict[str, str]:
     water.wrap()
     box = out_dir / "water.extxyz"
     ase.io.write(box, water)
-    return {"ethanol_x32": str(ethanol), "water_513": str(box)}
+
+    from ase.build import bulk
+
+    cu = bulk("Cu", "fcc", a=3.61) * (16, 16, 16)  # primitive cell: 4096 atoms, 42 neighbours within 5 Å
+    cu.rattle(0.05, seed=0)
+    cu_path = out_dir / "cu.extxyz"
+    ase.io.write(cu_path, cu)
+    return {"ethanol_x32": str(ethanol), "water_513": str(box), "cu_4096": str(cu_path)}
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -168,7 +182,7 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
     batch = next(iter(loader))
     n_atoms = int(batch.num_nodes)
     avg = batch.edge_index.shape[1] / n_atoms
-    model = build_mace_torch(ELEMENTS, avg, dtype)
+    model = build_mace_torch(ELEMENTS, avg, dtype, hyper=HYPER)
     batch_dict = batch.to_dict()
     for k, v in batch_dict.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point():
@@ -201,7 +215,7 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_worker(python: str, impl: str, path: str, dtype: str, args) -> dict:
+def run_worker(python: str, impl: str, path: str, dtype: str, args, repeats: int) -> dict:
     cmd = [
         python,
         os.path.abspath(__file__),
@@ -212,14 +226,27 @@ def run_worker(python: str, impl: str, path: str, dtype: str, args) -> dict:
         "--dtype",
         dtype,
         "--repeats",
-        str(args.repeats),
+        str(repeats),
         "--threads",
         str(args.threads),
+        "--size",
+        args.size,
     ] + ([] if args.train else ["--no-train"])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if impl == "molequi":
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    limit = int(args.mem_limit_gb * 2**30)
+
+    def limit_memory():  # a system that does not fit is recorded as an error instead of taking the machine
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout,
+                              preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "error": f"did not finish within --timeout {args.timeout} s"}
     if proc.returncode != 0:
         return {
             "impl": impl,
@@ -245,6 +272,10 @@ def main() -> None:
     parser.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
     parser.add_argument("--out", default="bench_results/mace_speed.json")
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+                        help="the model of both sides: small (64x0e+64x1o, r_max 5) or foundation (MACE-MP's "
+                        "size: 128x0e+128x1o, r_max 6); JSON default "
+                        "bench_results/mace_speed_foundation.json")
     parser.add_argument(
         "--imported", action="store_true",
         help="instead: a foundation-size mace-torch model imported into molequi vs mace-torch, Cu 64 / 512 / "
@@ -256,6 +287,10 @@ def main() -> None:
     parser.add_argument("--structure", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global HYPER
+    HYPER = SIZES[args.size]
+    if args.size != "small" and args.out == "bench_results/mace_speed.json":
+        args.out = f"bench_results/mace_speed_{args.size}.json"
 
     if args.worker:
         fn = worker_molequi if args.worker == "molequi" else worker_mace
@@ -280,13 +315,16 @@ def main() -> None:
     if "mace-torch" in impls and not os.path.exists(mace_python):
         sys.exit(f"no mace-torch venv at {venv}; run scripts/bench/setup_mace_torch.sh (or set MACE_VENV)")
     rows = []
+    out_path = Path(args.out)
+    previous = json.loads(out_path.read_text()) if args.append and out_path.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_structures(Path(tmp), args.frames, args.npz)
         for system in args.systems.split(","):
             for dtype in args.dtypes.split(","):
                 for impl in impls:
                     python = sys.executable if impl == "molequi" else mace_python
-                    res = run_worker(python, impl, paths[system], dtype, args)
+                    repeats = args.repeats_large if system in LARGE else args.repeats
+                    res = run_worker(python, impl, paths[system], dtype, args, repeats)
                     res.update(system=system, dtype=dtype, impl_key=impl)
                     rows.append(res)
                     print(
@@ -302,11 +340,22 @@ def main() -> None:
         hyperparameters=HYPER,
         threads=args.threads,
         repeats=args.repeats,
+        repeats_large=args.repeats_large,
+        mem_limit_gb=args.mem_limit_gb,
         machine=platform.node(),
         cpu_count=os.cpu_count(),
         load_average=os.getloadavg(),
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
+    run = dict(systems=args.systems.split(","), dtypes=args.dtypes.split(","), date=meta["date"],
+               load_average=list(meta["load_average"]), commit=mace_imported._commit())
+    meta["runs"] = [run]
+    if previous is not None:  # --append: keep the earlier rows of the (system, dtype) pairs not measured now
+        if previous["meta"]["hyperparameters"] != HYPER:
+            sys.exit(f"--append: {out_path} holds another model ({previous['meta']['hyperparameters']})")
+        done = {(r["system"], r["dtype"]) for r in rows}
+        rows = [r for r in previous["results"] if (r["system"], r["dtype"]) not in done] + rows
+        meta["runs"] = previous["meta"].get("runs", [{"date": previous["meta"].get("date")}]) + [run]
     peer = next((r["impl"] for r in rows if r["impl_key"] == "mace-torch" and "impl" in r), None)
     prov = provenance(
         "mace-torch" if peer else None, peer.split(" ", 1)[-1] if peer else None, True if peer else None,

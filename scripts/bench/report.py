@@ -118,31 +118,60 @@ def row_neighbors(res: Path) -> list[str]:
     return row("neighbour lists vs ASE", "`python scripts/bench/neighbors.py`", result, d["provenance"])
 
 
-def row_mace_speed(res: Path) -> list[str]:
-    d = load(res, "mace_speed")
+def row_mace_speed(res: Path, size: str = "small") -> list[str] | None:
+    """``mace_speed.py`` (``--size small``: mace_speed.json; ``foundation``: mace_speed_foundation.json):
+    speed-ups over mace-torch per system and dtype, then their range."""
+    name = "mace_speed" if size == "small" else f"mace_speed_{size}"
+    if size != "small" and not (res / f"{name}.json").exists():
+        return None
+    d = load(res, name)
     pairs = {}
     for r in d["results"]:
         pairs.setdefault((r["system"], r["dtype"]), {})[r["impl_key"]] = r
-    pairs = [p for p in pairs.values() if {"molequi", "mace-torch"} <= set(p)]
+    failed = [f"{s} {dt}: {p['mace-torch'].get('error', 'no result')}" for (s, dt), p in pairs.items()
+              if "mace-torch" in p and "median_s" not in p["mace-torch"]]
+    pairs = [p for p in pairs.values() if {"molequi", "mace-torch"} <= set(p)
+             and "median_s" in p["mace-torch"] and "median_s" in p["molequi"]]
+    pairs.sort(key=lambda p: (p["molequi"]["n_atoms"], p["molequi"]["dtype"]))
+    trained = [p for p in pairs
+               if "train_median_cpu_s" in p["mace-torch"] and "train_median_cpu_s" in p["molequi"]]
     inf_cpu = [p["mace-torch"]["median_cpu_s"] / p["molequi"]["median_cpu_s"] for p in pairs]
     inf_wall = [p["mace-torch"]["median_s"] / p["molequi"]["median_s"] for p in pairs]
-    tr_cpu = [p["mace-torch"]["train_median_cpu_s"] / p["molequi"]["train_median_cpu_s"] for p in pairs]
-    tr_wall = [p["mace-torch"]["train_median_s"] / p["molequi"]["train_median_s"] for p in pairs]
+    tr_cpu = [p["mace-torch"]["train_median_cpu_s"] / p["molequi"]["train_median_cpu_s"] for p in trained]
+    tr_wall = [p["mace-torch"]["train_median_s"] / p["molequi"]["train_median_s"] for p in trained]
     mem_inf = [p["molequi"]["peak_mb_infer"] / p["mace-torch"]["peak_mb_infer"] for p in pairs]
-    mem_tr = [p["molequi"]["peak_mb_train"] / p["mace-torch"]["peak_mb_train"] for p in pairs]
-    systems = sorted({(p["molequi"]["system"], p["molequi"]["n_atoms"]) for p in pairs}, key=lambda s: s[1])
-    dtypes = "/".join(sorted({p["molequi"]["dtype"].replace("float", "f") for p in pairs}))
+    mem_tr = [p["molequi"]["peak_mb_train"] / p["mace-torch"]["peak_mb_train"] for p in trained]
+
+    def one(p) -> str:
+        m, t = p["molequi"], p["mace-torch"]
+        text = (f"{m['system']} ({m['n_atoms']} atoms) {m['dtype'].replace('float', 'f')}: energy+forces "
+                f"{ratio(t['median_cpu_s'] / m['median_cpu_s'])}x CPU / "
+                f"{ratio(t['median_s'] / m['median_s'])}x wall")
+        if p in trained:
+            text += (f", training step {ratio(t['train_median_cpu_s'] / m['train_median_cpu_s'])}x / "
+                     f"{ratio(t['train_median_s'] / m['train_median_s'])}x")
+        return text
+
+    h = d["meta"]["hyperparameters"]
     version = d["provenance"]["peer_version"] or "version not recorded"
+    counts = sorted({len(p[k]["times_s"]) for p in pairs for k in ("molequi", "mace-torch")})
+    calls = (f"median of {counts[0]} timed calls" if len(counts) == 1 else
+             f"medians of {counts[0]}-{counts[-1]} timed calls (the number per row in the JSON)")
     result = (
-        f"energy+forces {ratio_range(inf_cpu)} CPU ({ratio_range(inf_wall)} wall), training step "
-        f"{ratio_range(tr_cpu)} CPU ({ratio_range(tr_wall)} wall); "
-        f"{', '.join(f'{s} ({n} atoms)' for s, n in systems)}; {dtypes}; median of "
-        f"{d['meta']['repeats']}; peak memory {ratio_range(mem_inf)} (inference) / {ratio_range(mem_tr)} "
-        f"(training) mace-torch's"
+        f"{'foundation-size ' if size != 'small' else ''}MACE {h['hidden_irreps']}, max_ell {h['max_ell']}, "
+        f"r_max {h['r_max']:g} Å, random weights, the same hyperparameters on both sides: energy+forces "
+        f"{ratio_range(inf_cpu)} CPU ({ratio_range(inf_wall)} wall)"
+        + (f", training step {ratio_range(tr_cpu)} CPU ({ratio_range(tr_wall)} wall)" if trained else "")
+        + f"; {'; '.join(one(p) for p in pairs)}; {calls}; peak memory {ratio_range(mem_inf)} (inference)"
+        + (f" / {ratio_range(mem_tr)} (training)" if trained else "") + " mace-torch's"
+        + (f"; mace-torch did not run {', '.join(failed)}" if failed else "")
     )
+    flag = "" if size == "small" else f" --size {size}"
     return row(
-        f"MACE energy+forces and training step vs mace-torch {version}",
-        "`bash scripts/bench/setup_mace_torch.sh; python scripts/bench/mace_speed.py --threads 1`",
+        f"MACE{' (foundation size)' if size != 'small' else ''} energy+forces and training step vs "
+        f"mace-torch "
+        f"{version}",
+        f"`bash scripts/bench/setup_mace_torch.sh; python scripts/bench/mace_speed.py --threads 1{flag}`",
         result,
         d["provenance"],
     )
@@ -1247,10 +1276,11 @@ def row_active_learning(res: Path) -> list[str]:
                result, *[r["provenance"] for r in runs])
 
 
-def table_rows(results: Path) -> list[list[str]]:
+def table_rows(results: Path) -> list[list[str] | None]:
     return [
         row_neighbors(results),
         row_mace_speed(results),
+        row_mace_speed(results, "foundation"),
         row_nequip_speed(results),
         row_mace_accuracy(results),
         row_mace_imported(results),
@@ -1285,6 +1315,8 @@ def render(results: Path = RESULTS) -> str:
     head = ["what", "command", "result (see the JSON for conditions)", "peer run in the same invocation?"]
     lines = [BEGIN, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table_rows(results):
+        if row is None:  # a benchmark whose JSON is optional and absent
+            continue
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     lines.append(END)
     return "\n".join(lines)

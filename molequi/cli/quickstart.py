@@ -101,8 +101,8 @@ def quickstart_config(out: str, train_seconds: float | None, *, max_steps: int =
         # one seed each: the step costs 2x batch 5's for 4x the structures (two threads help only at larger
         # batches). Validation loss / E MAE meV / F MAE meV/Å: batch 5, lr 0.04 0.0280 / 2.36 / 11.44; 10,
         # 0.04 0.0258 / 2.16 / 11.57; 20, 0.04 0.0261 / 2.39 / 11.09; 20, 0.08 0.0229 / 1.90 / 10.51; 20,
-        # 0.16 0.0228 / 2.36 / 10.70 (a tie on the loss, worse MAEs: not kept). Before: lr 0.01 -> 0.02 -> 0.04
-        # at batch 5 gave forces 14.34 -> 11.92 -> 11.39 meV/Å on validation (9.5-minute budget)
+        # 0.16 0.0228 / 2.36 / 10.70 (a tie on the loss, worse MAEs: not kept). Before: lr 0.01 -> 0.02 ->
+        # 0.04 at batch 5 gave forces 14.34 -> 11.92 -> 11.39 meV/Å on validation (9.5-minute budget)
         "optim": {"optimizer": "adam", "lr": 0.08, "amsgrad": True, "scheduler": "cosine", "min_lr": 1e-4,
                   "warmup_steps": 20, "ema_decay": 0.99, "grad_clip": 10.0,
                   # mace-torch's stage two over the last 20 % (its default weights and lr), chosen on the

@@ -58,6 +58,16 @@ def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch
     return model.to(dtype).eval()
 
 
+def address_space_limit(gb: float):
+    """A ``preexec_fn`` for ``subprocess``: the child's address space capped at ``gb`` GiB, so a worker that
+    does not fit fails with MemoryError / an allocation error (recorded by the driver) instead of taking the
+    machine."""
+    import resource
+
+    limit = int(gb * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):

@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from _common import ETHANOL_NPZ, wall_cpu_times  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, wall_cpu_times  # noqa: E402
 
 PEER_SCRIPT = ROOT / "scripts" / "parity" / "_mace_peer.py"
 MARK = "@@json "  # prefix of the workers' answer lines (the peer's libraries print to stdout too)
@@ -188,17 +188,12 @@ class Worker:
     """A worker process (``serve``) and the driver's end of its pipes."""
 
     def __init__(self, python: str, side: str, model_file: str, peer_python: str, mem_limit_gb: float):
-        limit = int(mem_limit_gb * 2**30)
-
-        def limit_memory():
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.side = side
         self.proc = subprocess.Popen(
             [python, __file__, "--serve", side, "--model-file", model_file, "--peer-python", peer_python],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=limit_memory,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=address_space_limit(mem_limit_gb),
         )
         self.receive()
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MACE_HYPER, ROOT, build_mace_torch, print_table, provenance, save  # noqa: E402
+from _common import MACE_HYPER, ROOT, address_space_limit, build_mace_torch, print_table, provenance, save  # noqa: E402,E501
 
 A_CU = 3.61
 
@@ -144,13 +144,12 @@ def worker(impl: str, n: int, dtype: str) -> dict:
 
 
 def run_one(python: str, impl: str, n: int, dtype: str, limit_gb: float, timeout: int) -> dict:
-    limit = int(limit_gb * 2**30)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [python, __file__, "--worker", impl, "--n", str(n), "--dtype", dtype]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+                              preexec_fn=address_space_limit(limit_gb))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mace_imported  # noqa: E402
-from _common import ETHANOL_NPZ, build_mace_torch, wall_cpu_times  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch, wall_cpu_times  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 # --size: the model both sides build; foundation = MACE-MP's size (the `foundation` spec of
@@ -235,16 +235,9 @@ def run_worker(python: str, impl: str, path: str, dtype: str, args, repeats: int
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if impl == "molequi":
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    limit = int(args.mem_limit_gb * 2**30)
-
-    def limit_memory():  # a system that does not fit is recorded as an error instead of taking the machine
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout,
-                              preexec_fn=limit_memory)
+                              preexec_fn=address_space_limit(args.mem_limit_gb))
     except subprocess.TimeoutExpired:
         return {"impl": impl, "error": f"did not finish within --timeout {args.timeout} s"}
     if proc.returncode != 0:

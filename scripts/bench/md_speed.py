@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ, build_mace_torch  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 ELEMENTS = [1, 6, 8, 29]
@@ -240,18 +240,13 @@ class Worker:
     live: set = set()
 
     def __init__(self, python: str, impl: str, structure: str, model_file: str, args):
-        limit = int(args.mem_limit_gb * 2**30)
-
-        def limit_memory():
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         cmd = [python, os.path.abspath(__file__), "--worker", impl, "--structure", structure,
                "--model-file", model_file, "--dtype", args.dtype, "--mace-python", args.mace_python]
         self.impl, self.killed = impl, None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     preexec_fn=limit_memory)
+                                     preexec_fn=address_space_limit(args.mem_limit_gb))
         Worker.live.add(self)
         self.ready = self.receive()
 

@@ -121,8 +121,9 @@ def row_neighbors(res: Path) -> list[str]:
 def row_mace_speed(res: Path, size: str = "small") -> list[str] | None:
     """``mace_speed.py`` (``--size small``: mace_speed.json; ``foundation``: mace_speed_foundation.json):
     speed-ups over mace-torch per system and dtype, then their range."""
-    name = "mace_speed" if size == "small" else f"mace_speed_{size}"
-    if size != "small" and not (res / f"{name}.json").exists():
+    small = size == "small"
+    name = "mace_speed" if small else f"mace_speed_{size}"
+    if not small and not (res / f"{name}.json").exists():
         return None
     d = load(res, name)
     pairs = {}
@@ -158,7 +159,7 @@ def row_mace_speed(res: Path, size: str = "small") -> list[str] | None:
     calls = (f"median of {counts[0]} timed calls" if len(counts) == 1 else
              f"medians of {counts[0]}-{counts[-1]} timed calls (the number per row in the JSON)")
     result = (
-        f"{'foundation-size ' if size != 'small' else ''}MACE {h['hidden_irreps']}, max_ell {h['max_ell']}, "
+        f"{'' if small else f'{size}-size '}MACE {h['hidden_irreps']}, max_ell {h['max_ell']}, "
         f"r_max {h['r_max']:g} Å, random weights, the same hyperparameters on both sides: energy+forces "
         f"{ratio_range(inf_cpu)} CPU ({ratio_range(inf_wall)} wall)"
         + (f", training step {ratio_range(tr_cpu)} CPU ({ratio_range(tr_wall)} wall)" if trained else "")
@@ -166,12 +167,10 @@ def row_mace_speed(res: Path, size: str = "small") -> list[str] | None:
         + (f" / {ratio_range(mem_tr)} (training)" if trained else "") + " mace-torch's"
         + (f"; mace-torch did not run {', '.join(failed)}" if failed else "")
     )
-    flag = "" if size == "small" else f" --size {size}"
     return row(
-        f"MACE{' (foundation size)' if size != 'small' else ''} energy+forces and training step vs "
-        f"mace-torch "
-        f"{version}",
-        f"`bash scripts/bench/setup_mace_torch.sh; python scripts/bench/mace_speed.py --threads 1{flag}`",
+        f"MACE{'' if small else f' ({size} size)'} energy+forces and training step vs mace-torch {version}",
+        "`bash scripts/bench/setup_mace_torch.sh; python scripts/bench/mace_speed.py --threads 1"
+        f"{'' if small else f' --size {size}'}`",
         result,
         d["provenance"],
     )

@@ -188,6 +188,52 @@ def test_linears_act_per_irrep():
     torch.testing.assert_close(y[1, 0], x[1, 0] @ skip.weights[0][1] / 2.0)
 
 
+def test_symmetric_contraction_in_blocks_of_atoms_equals_the_dense_reference(monkeypatch):
+    """Atoms processed in blocks (``BLOCK_BYTES``, here a few atoms each, the last one shorter): the values and
+    the first and second derivatives (forces and the force loss's weight gradients) equal the dense formula."""
+    import molequi.nn.symmetric_contraction as module
+
+    torch.manual_seed(2)
+    irreps_in = ChannelIrreps.spherical(3, 2)
+    sc = SymmetricContraction(irreps_in, ChannelIrreps.parse("3x0e+3x1o"), correlation=3, num_elements=2)
+    x = torch.randn(11, irreps_in.dim, 3, requires_grad=True)
+    element = torch.randint(0, 2, (11,))
+    monkeypatch.setattr(module, "BLOCK_BYTES", 3 * 3 * 8 * 60)  # 3 atoms of <= 60 monomials x 3 channels
+    results = []
+    for fn in (lambda: sc(x, element), lambda: dense_reference(sc, x, element)):
+        out = fn()
+        (g,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+        second = torch.autograd.grad((g ** 2).sum(), list(sc.weights))
+        results.append((out, g, second))
+    (out, g, second), (ref, ref_g, ref_second) = results
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(g, ref_g, atol=1e-11, rtol=1e-10)
+    for a, b in zip(second, ref_second):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("num_elements", [3, 9])  # one matmul with every element's map / per-atom bmm
+def test_element_linear_equals_per_atom_formula_with_gradients(num_elements):
+    """out_l[i] = x_l[i] W_l[z_i] / sqrt(c_in) and its gradients, against a loop over atoms; an output irrep
+    absent from the input is zero."""
+    torch.manual_seed(3)
+    irreps_in, irreps_out = ChannelIrreps.parse("4x0e+4x1o"), ChannelIrreps.parse("4x0e+4x1o+4x2e")
+    lin = ElementIrrepsLinear(irreps_in, irreps_out, num_elements)
+    x = torch.randn(7, irreps_in.dim, 4, requires_grad=True)
+    element = torch.randint(0, num_elements, (7,))
+    element[0] = num_elements - 1
+    out = lin(x, element)
+    ref = torch.zeros(7, irreps_out.dim, 4)
+    for i in range(7):
+        ref[i, 0:1] = x[i, 0:1] @ lin.weights[0][element[i]] / 2.0
+        ref[i, 1:4] = x[i, 1:4] @ lin.weights[1][element[i]] / 2.0
+    torch.testing.assert_close(out, ref, atol=1e-13, rtol=1e-12)
+    grads = torch.autograd.grad((out * ref.detach()).sum(), [x, *lin.weights])
+    ref_grads = torch.autograd.grad((ref * ref.detach()).sum(), [x, *lin.weights])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
 def test_channel_irreps_validation():
     assert ChannelIrreps.parse("8x0e+8x1o+8x2e").dim == 9
     with pytest.raises(ConfigError):

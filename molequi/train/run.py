@@ -32,6 +32,7 @@ from molequi.checkpoint import load_weights, read_checkpoint, save_model
 from molequi.config import Config, parse_max_time, to_plain
 from molequi.errors import CheckpointError, ConfigError
 from molequi.io import atomic_write_text, atomic_write_torch
+from molequi.nn.heap import retained_heap
 from molequi.tasks import get_task_class
 
 
@@ -249,6 +250,11 @@ def _check_init_elements(records, elements, source) -> None:
 
 
 RESUME_MODES = ("no", "yes", "auto")
+# the training loop's heap (molequi.nn.heap): freed memory kept for the next step, and tensors up to 8 MB from
+# the heap rather than fresh mappings. Quickstart MACE force training (288 ethanol atoms, f32, 1 thread):
+# 431 -> 372 CPU ms a step, same peak RSS (MALLOC_TOP_PAD_/MALLOC_MMAP_THRESHOLD_ set the same by hand)
+TRAIN_HEAP_PAD = 512 << 20
+TRAIN_MMAP_THRESHOLD = 8 << 20
 
 
 def slurm_requeued() -> bool:
@@ -430,7 +436,9 @@ def train(cfg: Config, *, resume: bool | str = False, splits: dict[str, list] | 
         # RecordsDataModule restores the position in the epoch itself (state_dict / ResumableSampler);
         # Lightning only looks for that interface on the DataLoader and would warn otherwise
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+        # each step frees its autograd graph; keep those pages for the next step (see molequi.nn.heap)
+        with retained_heap(TRAIN_HEAP_PAD, mmap_threshold=TRAIN_MMAP_THRESHOLD):
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     fit_seconds = time.perf_counter() - t_fit
 
     metrics: dict[str, dict[str, float]] = {}

@@ -87,3 +87,26 @@ def test_exported_file_runs_with_torch_only_and_equals_the_calculator(tmp_path):
         else:
             assert np.all(stress.numpy() == 0)
     assert all(torch.isnan(t).all() for t in out["results"][2])  # unknown element: NaN, not a wrong number
+
+
+def test_export_with_an_example_larger_than_a_contraction_block(monkeypatch):
+    """The symmetric contraction runs eagerly in blocks of atoms (``BLOCK_BYTES``); traced for export it
+    must take all atoms as one piece, or the program's atom count is no longer dynamic (torch.export
+    refuses it).
+    Blocks of one atom here: the exported program still gives the calculator's energy and forces for
+    structures of other sizes than the example's."""
+    import molequi.nn.symmetric_contraction as contraction
+    from molequi.interop.export import trace
+
+    monkeypatch.setattr(contraction, "BLOCK_BYTES", 1)
+    torch.manual_seed(0)
+    cfg = MACE.Config(r_max=4.0, max_ell=2, hidden_irreps="8x0e+8x1o", correlation=2, radial_MLP=[8],
+                      MLP_irreps="4x0e", num_interactions=2)
+    stats = Statistics(elements=[1, 6, 8, 29], avg_num_neighbors=8.0)
+    model = MACE.from_config(cfg, stats).double().eval()
+    fn = trace(model).module()
+    for atoms in structures()[:2]:
+        energy, _, forces, _ = fn(*example_inputs(atoms, 4.0, torch.float64))
+        atoms.calc = MolequiCalculator(model)
+        assert energy.item() == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
+        np.testing.assert_allclose(forces.detach().numpy(), atoms.get_forces(), rtol=1e-8, atol=1e-10)

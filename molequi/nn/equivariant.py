@@ -191,11 +191,12 @@ class ElementIrrepsLinear(nn.Module):
                 # every element's map in one matmul, then each atom's own: a few times the arithmetic of one
                 # map, but a GEMM; n tiny matrix products (bmm) and their gathered n x c_in x c_out weights
                 # and weight gradients are 2-4x slower with the backward for 3-4 elements (1 thread)
-                y = (x[:, rows, :].reshape(n * d, c_in) @ weight.permute(1, 0, 2).reshape(c_in, -1))
+                y = x[:, rows, :].reshape(n * d, c_in) @ weight.permute(1, 0, 2).reshape(c_in, -1)
+                y = y.reshape(n, d, num_elements, c_out)
                 index = element.view(n, 1, 1, 1).expand(n, d, 1, c_out)
-                blocks.append(torch.gather(y.reshape(n, d, num_elements, c_out), 2, index).squeeze(2) * self.norm)
-            else:
-                blocks.append(torch.bmm(x[:, rows, :], weight[element]) * self.norm)  # weight: [n, c_in, c_out]
+                blocks.append(torch.gather(y, 2, index).squeeze(2) * self.norm)
+            else:  # each atom's weight gathered: [n, c_in, c_out]
+                blocks.append(torch.bmm(x[:, rows, :], weight[element]) * self.norm)
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 

@@ -3,10 +3,10 @@
 Under ``torch.no_grad()`` each intermediate tensor is freed as soon as the next operation has read it. glibc's
 malloc gives large blocks back to the kernel (it trims the top of the heap once more than a few MB are free,
 or maps blocks above its mmap threshold separately), so the next operation maps fresh pages and takes a page
-fault on every 4 KiB it touches; a training loop frees its whole autograd graph after each step, and the
-next step faults it in again (MACE force training, 288 atoms, float32: ~13% of the step). In a denoising step of the paper-size EDM (16 QM9 molecules, 5,182 edges x
+fault on every 4 KiB it touches. In a denoising step of the paper-size EDM (16 QM9 molecules, 5,182 edges x
 256 features = 5.3 MB per edge tensor) that was ~100,000 minor page faults and about a third of the step's
-CPU time; training does not see it because autograd keeps its intermediates alive.
+CPU time. Training keeps its intermediates alive within a step, but frees the whole autograd graph after it,
+and the next step faults the same memory in again (MACE force training, 288 atoms, float32: ~13 % of a step).
 
 ``retained_heap()`` raises glibc's ``M_TOP_PAD`` for the duration of a loop: the heap keeps that much free
 memory at its top instead of trimming it, and large blocks are served from it instead of fresh mappings.

@@ -193,7 +193,8 @@ class Worker:
         self.side = side
         self.proc = subprocess.Popen(
             [python, __file__, "--serve", side, "--model-file", model_file, "--peer-python", peer_python],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=address_space_limit(mem_limit_gb),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            preexec_fn=address_space_limit(mem_limit_gb),
         )
         self.receive()
 

@@ -189,8 +189,9 @@ def test_linears_act_per_irrep():
 
 
 def test_symmetric_contraction_in_blocks_of_atoms_equals_the_dense_reference(monkeypatch):
-    """Atoms processed in blocks (``BLOCK_BYTES``, here a few atoms each, the last one shorter): the values and
-    the first and second derivatives (forces and the force loss's weight gradients) equal the dense formula."""
+    """Atoms processed in blocks (``BLOCK_BYTES``, here a few atoms each, the last one shorter): the values
+    and the first and second derivatives (forces and the force loss's weight gradients) equal the dense
+    formula."""
     import molequi.nn.symmetric_contraction as module
 
     torch.manual_seed(2)

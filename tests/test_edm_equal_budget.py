@@ -194,3 +194,79 @@ def test_saved_predicted_bonds_and_charges_read_back(tmp_path):
         assert len(b) == 4
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
+
+
+def _fake(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_a_finished_side_leaves_its_core_to_a_sampling_helper_of_the_other(tmp_path, monkeypatch):
+    """wait_with_helpers: molequi's side ends, EDM's has trained (its side JSON exists) and samples; a helper
+    is started for EDM once, and both EDM processes are stopped (not counted as failures) when their saved
+    molecules reach --samples. Processes are stand-ins (python -c) writing the side files the real ones write."""
+    import subprocess
+
+    edm = _fake(
+        "import json, sys, time; from pathlib import Path; w = Path(sys.argv[1]); "
+        "(w / 'edm_side.json').write_text(json.dumps({'n_samples': 30})); time.sleep(60)"
+    ) + [str(tmp_path)]
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, *a, **k):
+        if cmd[2:4] == ["samples", "edm"]:  # the helper: writes 20 more molecules, then keeps sampling
+            started.append(cmd)
+            cmd = _fake(
+                "import json, sys, time; from pathlib import Path; w = Path(sys.argv[1]); "
+                "(w / 'edm_part1_side.json').write_text(json.dumps({'n_samples': 20})); time.sleep(60)"
+            ) + [str(tmp_path)]
+        return real_popen(cmd, *a, **k)
+
+    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    procs = {
+        "edm": (real_popen(edm), open(tmp_path / "edm.log", "w")),
+        "molequi": (real_popen(_fake("pass")), open(tmp_path / "molequi.log", "w")),
+    }
+    args = argparse.Namespace(samples=50, seed=0)
+    failed = bench.wait_with_helpers(args, tmp_path, tmp_path / "peer", procs, env=None, poll_s=0.2)
+    assert failed == []
+    assert len(started) == 1 and started[0][started[0].index("--samples") + 1] == "50"
+    assert procs["edm"][0].returncode < 0  # stopped by a signal, not left running
+    assert bench.saved_samples(tmp_path, "edm") == 50
+
+
+def test_a_failed_side_stops_the_other_and_is_reported(tmp_path):
+    procs = {
+        "edm": (subprocess_popen(_fake("import time; time.sleep(60)")), open(tmp_path / "edm.log", "w")),
+        "molequi": (subprocess_popen(_fake("raise SystemExit(3)")), open(tmp_path / "molequi.log", "w")),
+    }
+    failed = bench.wait_with_helpers(
+        argparse.Namespace(samples=50, seed=0), tmp_path, tmp_path / "peer", procs, env=None, poll_s=0.2
+    )
+    assert len(failed) == 1 and failed[0].startswith("molequi failed (exit 3)")
+    assert procs["edm"][0].returncode < 0
+
+
+def subprocess_popen(cmd):
+    import subprocess
+
+    return subprocess.Popen(cmd)
+
+
+def test_thin_curve_keeps_block_means_and_the_last_step():
+    curve = [[float(i), 2.0 * i, float(i % 3)] for i in range(10)]
+    assert bench.thin_curve(curve, points=20) == (curve, 1)
+    thin, k = bench.thin_curve(curve, points=4)  # blocks of 3: [0,1,2] [3,4,5] [6,7,8] [9]
+    assert k == 3
+    assert thin == [[2.0, 4.0, 1.0], [5.0, 10.0, 1.0], [8.0, 16.0, 1.0], [9.0, 18.0, 0.0]]
+
+
+def test_generation_compare_refuses_an_edm_run_of_another_budget(tmp_path):
+    import generation_compare
+
+    (tmp_path / "molequi_side.json").write_text(json.dumps({"cpu_budget_s": 300.0}))
+    generation_compare._check_edm_budget(tmp_path, 5.0)
+    with pytest.raises(SystemExit, match="trained for 300.0 CPU s, not the 3000"):
+        generation_compare._check_edm_budget(tmp_path, 50.0)
+    with pytest.raises(SystemExit, match="missing"):
+        generation_compare._check_edm_budget(tmp_path / "absent", 5.0)

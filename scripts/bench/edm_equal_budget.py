@@ -40,6 +40,10 @@ properties; docs/formats.md). ``run`` does, in order:
      options as EDM's args), the training split passed as records; a callback stops the run when the CPU
      budget is spent. Then ``EDM.sample`` (ancestral, all T steps, sizes from the training histogram) and
      ``EDM.dataset_nll`` (EDM's variational bound, one draw of t and noise per molecule).
+   - **the free core**: when one side has ended and the other is still sampling, a ``samples`` helper
+     process (another seed, batches of 25) draws more molecules of the other side's trained model on the
+     core the finished side left; both are stopped once their saved molecules reach ``--samples``
+     (``wait_with_helpers``; the extra ones are dropped). Sampling CPU s per molecule counts all processes.
 3. **metrics from one code**: every sample of both sides goes through ``molequi.tasks.generation_metrics``
    (atom / molecule stability, validity, uniqueness as EDM defines them) and, as a check, through EDM's own
    ``qm9.analyze.check_stability`` and ``qm9.rdkit_functions.BasicMolecularMetrics``; the JSON holds both.
@@ -119,9 +123,9 @@ DIFFERENCES = [
     "Batching: EDM pads each batch to its largest molecule with dense N x N edges; molequi batches the "
     "molecules unpadded with per-molecule complete graphs (the same loss: molequi's loss_normalisation 'edm' "
     "divides by the padded size as EDM does).",
-    "Gradient clipping: EDM's code clips by its adaptive rule (1.5 x mean + 2 x std of the last 50 "
-    "gradient norms, utils.gradient_clipping; its log says when it clips); molequi's trainer has no such "
-    "rule yet (another change adds it), so molequi ran unclipped (grad_clip: null).",
+    "Gradient clipping: the same rule on both sides (1.5 x mean + 2 x std of the last 50 gradient norms): "
+    "EDM's utils.gradient_clipping, molequi's optim.grad_clip: edm_adaptive (molequi.train.clipping). "
+    "Runs before 2026-12-06 had molequi unclipped (its trainer had no such rule yet).",
     "Data order: each code shuffles the training split with its own generator (EDM: torch.randperm in its "
     "ProcessedDataset + DataLoader shuffle; molequi: Lightning's sampler), seed 0 on both sides.",
 ]
@@ -530,7 +534,7 @@ def molequi_yaml(run_dir: Path, seed: int, model: dict | None = None) -> str:
             "weight_decay": 1e-12,
             "scheduler": "none",
             "ema_decay": h["ema_decay"],
-            "grad_clip": None,
+            "grad_clip": "edm_adaptive",
         },
         "trainer": {
             "max_steps": -1,
@@ -807,14 +811,65 @@ def run_main(args) -> int:
         log = open(workdir / f"{side}.log", "w")
         procs[side] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
         print(f"started {side}: pid {procs[side][0].pid}, log {workdir / f'{side}.log'}", flush=True)
-    failed = []
-    for side, (p, log) in procs.items():  # wait for both, so that a failed side leaves no orphan
-        if p.wait() != 0:
-            failed.append(f"the {side} side failed (exit {p.returncode}); see {workdir / f'{side}.log'}")
-        log.close()
+    failed = wait_with_helpers(args, workdir, peer_code, procs, env)
     if failed:
         raise SystemExit("; ".join(failed))
     return finish(args, counts)
+
+
+def saved_samples(workdir: Path, side: str) -> int:
+    """Molecules saved so far by a side and its ``samples`` helpers (their ``*_side.json``)."""
+    total = 0
+    for path in [workdir / f"{side}_side.json", *sorted(workdir.glob(f"{side}_part*_side.json"))]:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            total += int(json.loads(path.read_text()).get("n_samples", 0))
+    return total
+
+
+def wait_with_helpers(args, workdir: Path, peer_code: Path, procs: dict, env: dict, poll_s: float = 10.0):
+    """Waits for both sides; a core that one side leaves free samples for the other. When one side has ended
+    and the other has trained (its ``{side}_side.json`` exists, written after its NLL), a ``samples`` helper
+    process (batches of 25, another seed) draws more molecules of the other side's trained model; once the
+    saved molecules of that side reach ``--samples``, its processes are stopped (each keeps the batches it
+    saved; ``finish`` merges them and drops the extra ones). Returns the failures (a side or helper that
+    exited non-zero without being stopped)."""
+    running, helpers, stopped, failed = dict(procs), {}, set(), []
+    while running or helpers:
+        for name, (p, log) in list(running.items()) + list(helpers.items()):
+            if p.poll() is None:
+                continue
+            log.close()
+            running.pop(name, None)
+            helpers.pop(name, None)
+            if p.returncode != 0 and name not in stopped:
+                failed.append(f"{name} failed (exit {p.returncode}); see {workdir / f'{name}.log'}")
+        if failed:  # stop the rest (reported as stopped, not as failures of their own)
+            for name, (p, _) in [*running.items(), *helpers.items()]:
+                stopped.add(name)
+                p.terminate()
+        elif len(running) == 1 and not helpers and args.samples > 0:
+            other = next(iter(running))
+            if (workdir / f"{other}_side.json").exists() and saved_samples(workdir, other) < args.samples:
+                name = f"{other}_part1"
+                cmd = [sys.executable, __file__, "samples", other, "--peer-code", str(peer_code), "--workdir",
+                       str(workdir), "--part", "1", "--samples", str(args.samples), "--batch", "25",
+                       "--seed", str(args.seed)]
+                log = open(workdir / f"{name}.log", "w")
+                helpers[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                done = next(iter(set(procs) - {other}))
+                print(f"{done} ended: started {name} (pid {helpers[name][0].pid}) on the free core", flush=True)
+        if helpers and len(running) <= 1:
+            side = next(iter(helpers)).split("_part")[0]
+            todo = [(n, p) for n, (p, _) in [*running.items(), *helpers.items()]
+                    if (n == side or n.startswith(f"{side}_part")) and n not in stopped]
+            if todo and saved_samples(workdir, side) >= args.samples:
+                for name, p in todo:
+                    stopped.add(name)
+                    p.terminate()
+                print(f"{side}: {args.samples} molecules saved, its sampling processes stopped", flush=True)
+        if running or helpers:
+            time.sleep(poll_s)
+    return failed
 
 
 def _relative_paths(obj):
@@ -854,6 +909,18 @@ def gather_samples(workdir: Path, side: str, e: dict) -> list:
     return samples
 
 
+def thin_curve(curve: list, points: int = 400) -> tuple[list, int]:
+    """A loss curve of ``[cpu_s, wall_s, loss]`` per step as at most ``points`` (400) means over blocks of
+    consecutive steps (times: the block's last step), and the block length (1: unchanged). Keeps the JSON
+    small: a 50-CPU-minute run logs ~17,000 steps."""
+    if len(curve) <= points:
+        return curve, 1
+    k = -(-len(curve) // points)
+    c = np.asarray(curve, dtype=float)
+    out = [[*c[min(i + k, len(c)) - 1, :2], float(c[i : i + k, 2].mean())] for i in range(0, len(c), k)]
+    return [[float(v) for v in row] for row in out], k
+
+
 def finish(args, counts: dict | None = None) -> int:
     """Metrics of both sides' saved samples with both metric codes, the JSON, markdown and PNG."""
     workdir, peer_code = Path(args.workdir).resolve(), Path(args.peer_code).resolve()
@@ -861,6 +928,7 @@ def finish(args, counts: dict | None = None) -> int:
         counts = json.loads((workdir / "edm_data" / "qm9" / "prepare.json").read_text())
     sides = {s: json.loads((workdir / f"{s}_side.json").read_text()) for s in ("edm", "molequi")}
     for side in sides:
+        sides[side]["loss_curve"], sides[side]["loss_curve_block"] = thin_curve(sides[side]["loss_curve"])
         samples = gather_samples(workdir, side, sides[side])
         sides[side]["metrics"] = molequi_metrics(samples)
         sides[side]["metrics_edm_analyze"] = edm_metrics(peer_code, samples)
@@ -1041,10 +1109,10 @@ def plot(d: dict, path: Path) -> None:
     for side, colour in ((e, "C1"), (m, "C0")):
         c = np.asarray(side["loss_curve"], dtype=float)
         if len(c):
-            k = max(1, len(c) // 200)
+            k = max(1, len(c) // 200)  # running mean over k points, drawn where it is complete
             a.plot(
-                c[:, 0] / 60,
-                np.convolve(c[:, 2], np.ones(k) / k, mode="same"),
+                c[k - 1 :, 0] / 60,
+                np.convolve(c[:, 2], np.ones(k) / k, mode="valid"),
                 color=colour,
                 label=f"{side['code']} ({side['iterations']} steps)",
             )

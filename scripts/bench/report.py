@@ -1186,6 +1186,14 @@ def row_edm_equal_budget(res: Path) -> list[str]:
         f"{m['sample_cpu_s_per_molecule']:.2f} vs {e['sample_cpu_s_per_molecule']:.2f} "
         "CPU s per molecule; see `bench_results/edm_equal_budget.md`"
     )
+    if (res / "edm_equal_budget_5min.json").is_file():
+        o = load(res, "edm_equal_budget_5min")
+        om, oe = o["sides"]["molequi"]["metrics"], o["sides"]["edm"]["metrics"]
+        result += (
+            f" (the earlier {o['cpu_budget_s_each'] / 60:.0f}-CPU-min run, under load, molequi unclipped: "
+            f"validity {om['validity']:.1f} vs {oe['validity']:.1f}%, atom stability {om['atom_stability']:.1f} "
+            f"vs {oe['atom_stability']:.1f}%; `bench_results/edm_equal_budget_5min.md`)"
+        )
     command = "`python scripts/bench/edm_equal_budget.py run --cpu-minutes N ...` (full command in the md)"
     return row("3D generation vs EDM's code, equal CPU budget", command, result, d["provenance"])
 

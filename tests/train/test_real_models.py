@@ -51,14 +51,16 @@ def test_mace_loss_falls(tmp_path, morse):
     assert last < 0.1 * first, (first, last)  # measured 0.009
 
 
-@pytest.mark.slow  # the slowest of the six under load: 18 s on the shared 2-core machine (1.6 s idle)
+@pytest.mark.slow  # the slowest of the six: 3 s idle (120 steps)
 def test_equiformer_v2_molequi_loss_falls(tmp_path, morse):
     first, last = run(tmp_path, {"name": "equiformer_v2_molequi", "r_max": 4.0, "num_bessel": 4, "lmax": 1, "mmax": 1,
                                  "channels": 8, "num_layers": 1, "num_heads": 1, "hidden_channels": 8,
                                  "attn_channels": 4, "value_channels": 4, "ffn_channels": 8,
                                  "radial_hidden": 8, "element_channels": 8, "readout_hidden": 8},
-                      splits=morse, steps=60, lr=0.02)
-    assert last < 0.5 * first, (first, last)  # measured 0.21
+                      splits=morse, steps=120, lr=0.01)
+    # measured 0.015; was 60 steps at lr 0.02, which gave 0.21 on one CPU and 0.59 on another (its per-step
+    # losses of 4-structure batches jump tenfold, so the last three steps at 60 were a matter of rounding luck)
+    assert last < 0.5 * first, (first, last)
 
 
 def test_frame_averaging_loss_falls(tmp_path, morse):

@@ -203,7 +203,8 @@ def _fake(code: str) -> list[str]:
 def test_a_finished_side_leaves_its_core_to_a_sampling_helper_of_the_other(tmp_path, monkeypatch):
     """wait_with_helpers: molequi's side ends, EDM's has trained (its side JSON exists) and samples; a helper
     is started for EDM once, and both EDM processes are stopped (not counted as failures) when their saved
-    molecules reach --samples. Processes are stand-ins (python -c) writing the side files the real ones write."""
+    molecules reach --samples. Processes are stand-ins (python -c) writing the side files the real ones
+    write."""
     import subprocess
 
     edm = _fake(
@@ -265,8 +266,8 @@ def test_generation_compare_refuses_an_edm_run_of_another_budget(tmp_path):
     import generation_compare
 
     (tmp_path / "molequi_side.json").write_text(json.dumps({"cpu_budget_s": 300.0}))
-    generation_compare._check_edm_budget(tmp_path, 5.0)
+    assert generation_compare._edm_side(tmp_path, 5.0) == {"cpu_budget_s": 300.0}
     with pytest.raises(SystemExit, match="trained for 300.0 CPU s, not the 3000"):
-        generation_compare._check_edm_budget(tmp_path, 50.0)
+        generation_compare._edm_side(tmp_path, 50.0)
     with pytest.raises(SystemExit, match="missing"):
-        generation_compare._check_edm_budget(tmp_path / "absent", 5.0)
+        generation_compare._edm_side(tmp_path / "absent", 5.0)

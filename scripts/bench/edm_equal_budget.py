@@ -833,41 +833,40 @@ def wait_with_helpers(args, workdir: Path, peer_code: Path, procs: dict, env: di
     saved molecules of that side reach ``--samples``, its processes are stopped (each keeps the batches it
     saved; ``finish`` merges them and drops the extra ones). Returns the failures (a side or helper that
     exited non-zero without being stopped)."""
-    running, helpers, stopped, failed = dict(procs), {}, set(), []
-    while running or helpers:
-        for name, (p, log) in list(running.items()) + list(helpers.items()):
+    running, stopped, failed, helped = dict(procs), set(), [], None
+    while running:
+        for name, (p, log) in list(running.items()):
             if p.poll() is None:
                 continue
             log.close()
-            running.pop(name, None)
-            helpers.pop(name, None)
+            del running[name]
             if p.returncode != 0 and name not in stopped:
                 failed.append(f"{name} failed (exit {p.returncode}); see {workdir / f'{name}.log'}")
         if failed:  # stop the rest (reported as stopped, not as failures of their own)
-            for name, (p, _) in [*running.items(), *helpers.items()]:
+            for name, (p, _) in running.items():
                 stopped.add(name)
                 p.terminate()
-        elif len(running) == 1 and not helpers and args.samples > 0:
+        elif helped is None and len(running) == 1 and args.samples > 0:
             other = next(iter(running))
             if (workdir / f"{other}_side.json").exists() and saved_samples(workdir, other) < args.samples:
-                name = f"{other}_part1"
+                helped, name = other, f"{other}_part1"
                 cmd = [sys.executable, __file__, "samples", other, "--peer-code", str(peer_code), "--workdir",
                        str(workdir), "--part", "1", "--samples", str(args.samples), "--batch", "25",
                        "--seed", str(args.seed)]
                 log = open(workdir / f"{name}.log", "w")
-                helpers[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
                 done = next(iter(set(procs) - {other}))
-                print(f"{done} ended: started {name} (pid {helpers[name][0].pid}) on the free core", flush=True)
-        if helpers and len(running) <= 1:
-            side = next(iter(helpers)).split("_part")[0]
-            todo = [(n, p) for n, (p, _) in [*running.items(), *helpers.items()]
-                    if (n == side or n.startswith(f"{side}_part")) and n not in stopped]
-            if todo and saved_samples(workdir, side) >= args.samples:
-                for name, p in todo:
-                    stopped.add(name)
-                    p.terminate()
-                print(f"{side}: {args.samples} molecules saved, its sampling processes stopped", flush=True)
-        if running or helpers:
+                pid = running[name][0].pid
+                print(f"{done} ended: started {name} (pid {pid}) on the free core", flush=True)
+        elif helped is not None and saved_samples(workdir, helped) >= args.samples:
+            # every process left is the helped side's (the other side had ended before its helper started)
+            todo = [(name, p) for name, (p, _) in running.items() if name not in stopped]
+            for name, p in todo:
+                stopped.add(name)
+                p.terminate()
+            if todo:
+                print(f"{helped}: {args.samples} molecules saved, its sampling processes stopped", flush=True)
+        if running:
             time.sleep(poll_s)
     return failed
 
@@ -917,8 +916,8 @@ def thin_curve(curve: list, points: int = 400) -> tuple[list, int]:
         return curve, 1
     k = -(-len(curve) // points)
     c = np.asarray(curve, dtype=float)
-    out = [[*c[min(i + k, len(c)) - 1, :2], float(c[i : i + k, 2].mean())] for i in range(0, len(c), k)]
-    return [[float(v) for v in row] for row in out], k
+    starts = range(0, len(c), k)
+    return [c[min(i + k, len(c)) - 1, :2].tolist() + [float(c[i : i + k, 2].mean())] for i in starts], k
 
 
 def finish(args, counts: dict | None = None) -> int:

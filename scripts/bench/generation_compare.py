@@ -135,24 +135,27 @@ def _link_data(workdir: Path, edm_workdir: Path) -> None:
         link.symlink_to(edm_workdir.resolve() / "edm_data")
 
 
-def _check_edm_budget(edm_workdir: Path, cpu_minutes: float) -> None:
-    """The reused EDM run must have trained for the budget the other models get (an equal-budget table)."""
+def _edm_side(edm_workdir: Path, cpu_minutes: float) -> dict:
+    """The reused EDM run's side record; it must have trained for the budget the other models get (an
+    equal-budget table)."""
     path = edm_workdir / "molequi_side.json"
     if not path.is_file():
         raise SystemExit(f"{path}: missing; run edm_equal_budget.py run --workdir {edm_workdir} first")
-    budget = json.loads(path.read_text()).get("cpu_budget_s")
+    side = json.loads(path.read_text())
+    budget = side.get("cpu_budget_s")
     if budget is None or abs(budget - cpu_minutes * 60.0) > 1e-6:
         raise SystemExit(
-            f"{path}: the EDM run trained for {budget} CPU s, not the {cpu_minutes * 60.0:g} of --cpu-minutes "
-            f"{cpu_minutes:g}; give --edm-workdir an EDM run of the same budget (edm_equal_budget.py run "
+            f"{path}: the EDM run trained for {budget} CPU s, not the {cpu_minutes * 60.0:g} of "
+            f"--cpu-minutes {cpu_minutes:g}; give --edm-workdir an EDM run of the same budget (edm_equal_budget.py run "
             f"--cpu-minutes {cpu_minutes:g})"
         )
+    return side
 
 
 def run_main(args) -> int:
     """Each model's training, then each model's samples, one process at a time; then ``finish``."""
     workdir, edm_workdir = Path(args.workdir).resolve(), Path(args.edm_workdir).resolve()
-    _check_edm_budget(edm_workdir, args.cpu_minutes)
+    _edm_side(edm_workdir, args.cpu_minutes)
     _link_data(workdir, edm_workdir)
     (workdir / "command.txt").write_text(
         "python scripts/bench/generation_compare.py " + " ".join(sys.argv[1:])
@@ -211,8 +214,7 @@ def metrics(samples, peer_code: Path | None) -> dict:
 def finish(args) -> int:
     workdir, edm_workdir = Path(args.workdir).resolve(), Path(args.edm_workdir).resolve()
     peer_code = Path(args.peer_code).resolve() if args.peer_code else None
-    _check_edm_budget(edm_workdir, args.cpu_minutes)
-    sides = {"edm": json.loads((edm_workdir / "molequi_side.json").read_text())}
+    sides = {"edm": _edm_side(edm_workdir, args.cpu_minutes)}
     samples = {"edm": eb.gather_samples(edm_workdir, "molequi", sides["edm"])}
     sides["edm"]["reused_from"] = str(edm_workdir)
     not_sampled = []

@@ -1190,9 +1190,10 @@ def row_edm_equal_budget(res: Path) -> list[str]:
         o = load(res, "edm_equal_budget_5min")
         om, oe = o["sides"]["molequi"]["metrics"], o["sides"]["edm"]["metrics"]
         result += (
-            f" (the earlier {o['cpu_budget_s_each'] / 60:.0f}-CPU-min run, under load, molequi unclipped: "
-            f"validity {om['validity']:.1f} vs {oe['validity']:.1f}%, atom stability {om['atom_stability']:.1f} "
-            f"vs {oe['atom_stability']:.1f}%; `bench_results/edm_equal_budget_5min.md`)"
+            f" (the earlier {o['cpu_budget_s_each'] / 60:.0f}-CPU-min run, load "
+            f"{o['provenance']['load_average'][0]:.0f}, molequi unclipped: "
+            f"validity {om['validity']:.1f} vs {oe['validity']:.1f}%, atom stability "
+            f"{om['atom_stability']:.1f} vs {oe['atom_stability']:.1f}%; `bench_results/edm_equal_budget_5min.md`)"
         )
     command = "`python scripts/bench/edm_equal_budget.py run --cpu-minutes N ...` (full command in the md)"
     return row("3D generation vs EDM's code, equal CPU budget", command, result, d["provenance"])

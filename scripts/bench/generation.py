@@ -514,23 +514,29 @@ def cmd_toy_timing(args) -> None:
     for r in res["rows"]:
         if r["model"] != "teacher" and r["model"] not in models:
             models[r["model"]] = load_generative(OUT / "toy" / args.name / r["model"])
-    keys = sorted({(r["model"], r["steps"], r["method"], r.get("eta", 0.0)) for r in res["rows"]},
+    res["timing"] = _interleaved_timing(models, res["rows"], args.n, args.repeats)
+    save_json(args.name, res)
+
+
+def _interleaved_timing(models: dict, rows: list[dict], n: int, repeats: int) -> dict:
+    """CPU time of sampling ``n`` molecules (one batch, the same sizes) for every (model, steps, method, eta)
+    of ``rows``, ``repeats`` rounds each timing every row once (interleaved); the medians, as ``timing``."""
+    keys = sorted({(r["model"], r["steps"], r["method"], r.get("eta", 0.0)) for r in rows},
                   key=lambda k: (-k[1], k[0] != "teacher", k[2], k[3]))
-    sizes = teacher.sample_sizes(args.n, torch.Generator().manual_seed(0))
+    sizes = models["teacher"].sample_sizes(n, torch.Generator().manual_seed(0))
     times = {k: [] for k in keys}
-    for rep in range(args.repeats):
+    for rep in range(repeats):
         for k in keys:
             model, steps, method, eta = k
             g = torch.Generator().manual_seed(rep)
             c0 = time.process_time()
-            models[model].sample(args.n, steps=steps, method=method, sizes=sizes, batch_size=args.n,
-                                 generator=g, eta=eta)
+            models[model].sample(n, steps=steps, method=method, sizes=sizes, batch_size=n, generator=g,
+                                 eta=eta)
             times[k].append(time.process_time() - c0)
-        print(f"round {rep + 1}/{args.repeats} done", flush=True)
-    res["timing"] = {"n": args.n, "repeats": args.repeats, "hardware": hardware(),
-                     "rows": [{"model": k[0], "steps": k[1], "method": k[2], "eta": k[3],
-                               "cpu_seconds": float(np.median(times[k])), "all": times[k]} for k in keys]}
-    save_json(args.name, res)
+        print(f"round {rep + 1}/{repeats} done", flush=True)
+    return {"n": n, "repeats": repeats, "hardware": hardware(),
+            "rows": [{"model": k[0], "steps": k[1], "method": k[2], "eta": k[3],
+                      "cpu_seconds": float(np.median(times[k])), "all": times[k]} for k in keys]}
 
 
 def cmd_toy_errors(args) -> None:
@@ -581,6 +587,125 @@ def cmd_toy_seeds(args) -> None:
                          "molecule_stability": stab})
             print(json.dumps(rows[-1]), flush=True)
     res["extra_seeds"] = rows
+    save_json(args.name, res)
+
+
+QM9_DISTILL_RUN = ROOT / "runs" / "edm_equal_budget_50"  # edm_equal_budget.py's 50-CPU-minute run
+
+
+def _qm9_rows(specs, n: int, out: Path | None = None) -> list[dict]:
+    """Sample and score ``specs`` = [(checkpoint, name, steps, method, eta)], ``n`` molecules each (seed 0,
+    batches of 100); every finished row is written to ``out`` (a partial JSON, so that a stopped run keeps them)."""
+    torch.set_grad_enabled(False)
+    models, rows = {}, []
+    for path, name, steps, method, eta in specs:
+        if str(path) not in models:
+            models[str(path)] = load_generative(path).eval()
+        row = evaluate(models[str(path)], n, steps, method, min(n, 100), None, eta=eta)
+        row["model"] = name
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if out is not None:
+            atomic_write_text(out, json.dumps({"rows": rows}, indent=1) + "\n")
+    return rows
+
+
+def _teacher_specs(teacher: Path, full_steps: int, student_steps) -> list:
+    return [(teacher, "teacher", k, method, 0.0) for k in (full_steps, *student_steps)
+            for method in ("ancestral", "ddim")]
+
+
+def cmd_qm9_rows(args) -> None:
+    """The teacher's rows of ``qm9-distill`` (its own samplers at T and at each student's steps); run by
+    ``qm9-distill`` on the second core while the students train."""
+    torch.set_num_threads(1)
+    _qm9_rows(_teacher_specs(Path(args.teacher), args.full_steps, args.steps), args.n, Path(args.out))
+
+
+def cmd_qm9_distill(args) -> None:
+    """Progressive distillation of a model trained on full QM9 (default: molequi's side of
+    ``edm_equal_budget.py``'s 50-CPU-minute run, EDM 4 x 64, T = 500), on the run's training split (EDM's
+    split), then ``--n`` samples for every row: the teacher's ancestral and DDIM samplers at T and at each
+    student's step count, and each student with DDIM at each ``--etas``. Unlike ``toy``, the teacher is far
+    from its ceiling here, so atom stability and validity measure what distillation keeps even where
+    molecule stability is near 0. The teacher's rows run in a second process (one thread) while the
+    students train in this one."""
+    import subprocess
+
+    import ase
+    from edm_equal_budget import load_split
+
+    from molequi.models.generative.distill import default_weighting, progressive_distillation
+
+    torch.set_num_threads(1)
+    workdir = Path(args.workdir)
+    teacher_path = Path(args.teacher) if args.teacher else workdir / "molequi_run" / "model.pt"
+    if not teacher_path.is_file():
+        raise SystemExit(f"no teacher checkpoint at {teacher_path}: run edm_equal_budget.py run (see its "
+                         "--help) or give --teacher")
+    teacher = load_generative(teacher_path).eval()
+    full = teacher.config.timesteps
+    students = [args.start_steps // 2 ** r for r in range(1, args.rounds + 1)]
+    out_dir = workdir / f"distill_{args.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    part = out_dir / "teacher_rows.json"
+    helper = None
+    if not args.no_helper:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "qm9-rows", "--teacher", str(teacher_path),
+               "--full-steps", str(full), "--steps", *map(str, students), "--n", str(args.n),
+               "--out", str(part)]
+        log = open(out_dir / "teacher_rows.log", "w")  # noqa: SIM115 (closed after the helper exits)
+        helper = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+    mols = [ase.Atoms(numbers=z, positions=x) for z, x in load_split(workdir, "train")]
+    records = GeometryDataset(mols).records
+    par = args.parameterisation or teacher.config.parameterisation
+    weighting = args.weighting or default_weighting(par)
+    t0, c0 = time.perf_counter(), time.process_time()
+    paths = progressive_distillation(teacher, records, args.start_steps, args.rounds, out_dir,
+                                     iterations=args.distill_iterations, batch_size=args.batch_size,
+                                     lr=args.distill_lr, weighting=weighting, parameterisation=par,
+                                     log=lambda m: print(m, flush=True) if " it 0 " in m or "99 loss" in m
+                                     else None)
+    distill = {"iterations_per_round": args.distill_iterations, "lr": args.distill_lr,
+               "lr_schedule": "linear to 0", "batch": args.batch_size, "weighting": weighting,
+               "parameterisation": par, "space": "data", "start_steps": args.start_steps,
+               "rounds": args.rounds,
+               "molecules": len(records), "seconds": time.perf_counter() - t0,
+               "cpu_seconds": time.process_time() - c0}
+    print(json.dumps(distill), flush=True)
+    specs = [(p, p.name, k, "ddim", eta) for p, k in zip(paths, students) for eta in args.etas]
+    rows = _qm9_rows(specs, args.n, out_dir / "student_rows.json")
+    if helper is not None:
+        if helper.wait() != 0:
+            raise SystemExit(f"the teacher's rows failed: see {out_dir / 'teacher_rows.log'}")
+        log.close()
+        teacher_rows = json.loads(part.read_text())["rows"]
+    else:
+        teacher_rows = _qm9_rows(_teacher_specs(teacher_path, full, students), args.n)
+    from _common import provenance
+
+    info = {"checkpoint": _repo_path(teacher_path), "timesteps": full, "params": count_parameters(teacher),
+            "trained": "edm_equal_budget.py's molequi side (molequi train), full QM9 in EDM's split"}
+    save_json(args.name, {"hardware": hardware(), "teacher": info, "distill": distill,
+                          "rows": teacher_rows + rows,
+                          "command": " ".join(["python scripts/bench/generation.py qm9-distill", *args.argv]),
+                          "provenance": provenance(None, None, None)})
+
+
+def cmd_qm9_timing(args) -> None:
+    """The speed-ups of a ``qm9-distill`` run on a quiet machine: its rows' CPU times were taken beside the
+    students' training (the teacher's) or after it, so ``--repeats`` interleaved rounds of ``--n`` molecules
+    per row replace them for the speed-up (``timing`` in the run's JSON, as ``toy-timing``)."""
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    res = _load(args.name)
+    models = {"teacher": load_generative(ROOT / res["teacher"]["checkpoint"]).eval()}
+    for r in res["rows"]:
+        if r["model"] != "teacher" and r["model"] not in models:
+            path = Path(args.workdir) / f"distill_{args.name}" / r["model"]
+            models[r["model"]] = load_generative(path).eval()
+    res["timing"] = _interleaved_timing(models, res["rows"], args.n, args.repeats)
     save_json(args.name, res)
 
 
@@ -1061,6 +1186,37 @@ def main(argv=None) -> None:
     s.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     s.add_argument("--n", type=int, default=1000)
     s.set_defaults(func=cmd_toy_seeds)
+    s = sub.add_parser("qm9-distill", help="progressive distillation of a full-QM9 model (cmd_qm9_distill)")
+    s.add_argument("--workdir", default=str(QM9_DISTILL_RUN), help="an edm_equal_budget.py run folder (its "
+                   "training split and, unless --teacher, its molequi model)")
+    s.add_argument("--teacher", default=None, help="default: WORKDIR/molequi_run/model.pt")
+    s.add_argument("--start-steps", type=int, default=256, help="the teacher's DDIM steps of the first round")
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--distill-iterations", type=int, default=2000)
+    s.add_argument("--distill-lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--weighting", choices=["snr", "truncated_snr"], default=None)
+    s.add_argument("--parameterisation", choices=["eps", "v", "x"], default=None,
+                   help="default: the teacher's")
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--etas", type=float, nargs="+", default=[0.0, 1.0])
+    s.add_argument("--no-helper", action="store_true",
+                   help="sample the teacher's rows here, after the students")
+    s.add_argument("--name", default="qm9_distill", help="results go to bench_results/generation_<name>.json")
+    s.set_defaults(func=cmd_qm9_distill)
+    s = sub.add_parser("qm9-timing", help="interleaved CPU timing of a qm9-distill run's rows (speed-ups)")
+    s.add_argument("--workdir", default=str(QM9_DISTILL_RUN))
+    s.add_argument("--name", default="qm9_distill")
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--repeats", type=int, default=3)
+    s.set_defaults(func=cmd_qm9_timing)
+    s = sub.add_parser("qm9-rows", help="the teacher's rows of qm9-distill (started by it)")
+    s.add_argument("--teacher", required=True)
+    s.add_argument("--full-steps", type=int, required=True)
+    s.add_argument("--steps", type=int, nargs="+", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_qm9_rows)
     s = sub.add_parser("toy-diagnose", help="composition vs geometry failures of teachers' samplers")
     s.add_argument("--name", default="toy")
     s.add_argument("checkpoints", nargs="+")

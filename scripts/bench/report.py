@@ -1115,22 +1115,99 @@ def row_generation_latent_distill(res: Path) -> list[str]:
                command, _latent_distill_text(d, goal=False), d["provenance"])
 
 
-def row_generation_latent_distill_long(res: Path) -> list[str]:
+def row_generation_latent_distill_long(res: Path, name: str = "toy_geoldm_long",
+                                       teacher: str = "geoldm_teacher_long.pt",
+                                       label: str = "converged teacher",
+                                       optional: bool = False) -> list[str] | None:
     """The same on a teacher trained to the end of its cosine schedule, with longer rounds and 1000 samples per
-    row, judged against issue 17's distillation goal."""
-    d = load(res, "generation_toy_geoldm_long")
+    row, judged against issue 17's distillation goal (``optional``: None when the JSON is absent)."""
+    if optional and not (res / f"generation_{name}.json").is_file():
+        return None
+    d = load(res, f"generation_{name}")
     te, di = d["teacher"], d["distill"]
+    ckpt = f"bench_results/toy/{teacher}"
     command = (f"`python scripts/bench/generation.py toy --model geoldm --iterations {te['iterations']} --rounds 0 "
-               f"--teacher bench_results/toy/geoldm_teacher_long.pt`, then `... toy --model geoldm --reuse-teacher "
-               f"--teacher bench_results/toy/geoldm_teacher_long.pt --start-steps {di['start_steps']} --rounds "
+               f"--teacher {ckpt}`, then `... toy --model geoldm --reuse-teacher "
+               f"--teacher {ckpt} --start-steps {di['start_steps']} --rounds "
                f"{di['rounds']} --distill-iterations {di['iterations_per_round']} --parameterisation "
                f"{di['parameterisation']} --weighting {di['weighting']} --n {d['rows'][0]['n']} --etas 0 1 "
-               "--name toy_geoldm_long`")
+               f"--name {name}`")
     if d.get("extra_seeds"):
-        command += (", `... toy-seeds --name toy_geoldm_long --teacher bench_results/toy/geoldm_teacher_long.pt` "
+        command += (f", `... toy-seeds --name {name} --teacher {ckpt}` "
                     f"(seeds {' '.join(str(s) for s in d['extra_seeds'][0]['seeds'])})")
-    return row(f"3D generation, GeoLDM distilled in latent space ({di['parameterisation']} students), "
-               "converged teacher", command, _latent_distill_text(d, goal=True), d["provenance"])
+    what = f"3D generation, GeoLDM distilled in latent space ({di['parameterisation']} students), {label}"
+    return row(what,
+               command, _latent_distill_text(d, goal=True), d["provenance"])
+
+
+def row_generation_qm9_distill(res: Path) -> list[str] | None:
+    """Progressive distillation of the full-QM9 model (``generation.py qm9-distill``): every sampler row with
+    atom stability / molecule stability / validity, and issue 17's goal per student of <= 64 steps, judged on
+    the eta = 1 student against the better of the teacher's samplers at its steps on each of the three."""
+    d = load(res, "generation_qm9_distill")
+    te, di, rows = d["teacher"], d["distill"], d["rows"]
+    full = te["timesteps"]
+
+    def pick(model: str, steps: int, method: str, eta: float = 0.0) -> dict:
+        return next(r for r in rows if r["model"] == model and r["steps"] == steps and r["method"] == method
+                    and (r["eta"] or 0.0) == eta)
+
+    def three(r: dict) -> str:
+        return " / ".join(f"{r[k]:.1f}" for k in ("atom_stability", "molecule_stability", "validity"))
+
+    timing = d.get("timing")
+
+    def cpu(r: dict) -> float:  # CPU s per molecule: the interleaved timing (qm9-timing) where it ran
+        if timing is None:
+            return r["cpu_seconds"] / r["n"]
+        t = next(t for t in timing["rows"] if (t["model"], t["steps"], t["method"], t["eta"])
+                 == (r["model"], r["steps"], r["method"], r["eta"] or 0.0))
+        return t["cpu_seconds"] / timing["n"]
+
+    students = sorted({r["steps"] for r in rows if r["model"] != "teacher"}, reverse=True)
+    anc, ddim = pick("teacher", full, "ancestral"), pick("teacher", full, "ddim")
+    per = "; ".join(
+        f"{k}: {three(pick(f'student_{k}.pt', k, 'ddim'))} | "
+        f"{three(pick(f'student_{k}.pt', k, 'ddim', 1.0))} vs "
+        f"{three(pick('teacher', k, 'ddim'))} | {three(pick('teacher', k, 'ancestral'))}" for k in students)
+    verdicts = []
+    for k in (k for k in students if k <= 64):
+        one = pick(f"student_{k}.pt", k, "ddim", 1.0)
+        speed = cpu(anc) / cpu(one)
+        parts = []
+        for key, name in (("atom_stability", "atom stab"), ("molecule_stability", "mol stab")):
+            best = max(pick("teacher", k, "ancestral"), pick("teacher", k, "ddim"), key=lambda r: r[key])
+            p, q, n = one[key] / 100, best[key] / 100, one["n"]
+            se = 100 * ((p * (1 - p) + q * (1 - q)) / n) ** 0.5  # atoms counted as molecules: conservative
+            diff = 100 * (p - q)
+            beat = "beats" if diff > 2 * se else "loses" if diff < -2 * se else "ties"
+            lost = anc[key] - one[key]
+            parts.append(f"{name} {diff:+.1f} ({beat}; {lost:.1f} lost vs {full}-step ancestral)")
+        verdicts.append(f"{k}: " + ", ".join(parts) + f", {ratio(speed, 0)}x")
+    n = anc["n"]
+    text = (
+        f"molequi's EDM ({te['params']:,} parameters, T = {full}) trained on full QM9 by "
+        f"`edm_equal_budget.py` (issue 16's 50-CPU-minute model), distilled "
+        + " -> ".join(str(k) for k in [di["start_steps"], *students])
+        + f" in data space with {di['parameterisation']} students ({di['weighting']} weighting, "
+        f"{di['iterations_per_round']} iterations per round, batch {di['batch']}, EDM's training split of "
+        f"{di['molecules']:,} molecules, {di['cpu_seconds'] / 60:.0f} CPU min in all), {n} samples per row, "
+        f"atom stability / molecule stability / validity %: {full}-step teacher ancestral {three(anc)} "
+        f"({cpu(anc):.3g} CPU s/molecule" + (f", median of {timing['repeats']} interleaved timings of "
+        f"{timing['n']} molecules per row" if timing else "") + f"), DDIM {three(ddim)}; per step count, "
+        f"student DDIM eta 0 | eta 1 vs the teacher's own DDIM | ancestral at the same steps: {per} (validity is "
+        "EDM's, of the largest fragment: it rises as samples fall apart into single atoms at 16 and 8 steps, so the "
+        "verdict "
+        "below leaves it out). Student eta 1 against the better teacher sampler at its steps (two standard "
+        "errors, with the molecules as the count), points lost and speed-up: "
+        + "; ".join(verdicts)
+    )
+    command = f"`{d['command'].strip()}`" + (
+        f", then `python scripts/bench/generation.py qm9-timing --n {timing['n']} "
+        f"--repeats {timing['repeats']}`"
+        if timing else "")
+    return row("3D generation, EDM trained on full QM9, progressively distilled", command, text,
+               d["provenance"])
 
 
 def row_generation_compare(res: Path) -> list[str]:
@@ -1310,7 +1387,10 @@ def table_rows(results: Path) -> list[list[str] | None]:
         *rows_generation(results),
         row_generation_latent_distill(results),
         row_generation_latent_distill_long(results),
+        row_generation_latent_distill_long(results, "toy_geoldm_30k", "geoldm_teacher_30k.pt",
+                                           "teacher trained twice as long", optional=True),
         row_edm_equal_budget(results),
+        row_generation_qm9_distill(results),
         row_generation_compare(results),
         row_eqgat_diff_speed(results),
         row_compile_speed_more(results),

@@ -403,6 +403,13 @@ def cmd_make_subset(args) -> None:
     atomic_write_text(SUBSET, "\n".join(lines) + "\n")
 
 
+def _round_ends(message: str) -> None:
+    """The ``log`` of a distillation run: the lines of iteration 0 and of the last iteration of each round
+    (rounds of a multiple of 100 iterations)."""
+    if " it 0 " in message or "99 loss" in message:
+        print(message, flush=True)
+
+
 def cmd_toy(args) -> None:
     """Distillation where quality is measurable in a short CPU budget: EDM overfit on QM9 ids 1-10 (EMA
     teacher), then 1000-step ancestral vs DDIM vs progressively distilled DDIM students (start / 2, ...).
@@ -447,8 +454,7 @@ def cmd_toy(args) -> None:
                                      iterations=args.distill_iterations, batch_size=10 * args.repeat,
                                      lr=args.distill_lr, weighting=weighting, parameterisation=par,
                                      ema=args.distill_ema or None,
-                                     log=lambda m: print(m, flush=True) if " it 0 " in m or "99 loss" in m
-                                     else None)
+                                     log=_round_ends)
     distill = {"iterations_per_round": args.distill_iterations, "lr": args.distill_lr,
                "lr_schedule": "linear to 0",
                "batch": 10 * args.repeat, "weighting": weighting, "parameterisation": par,
@@ -509,18 +515,19 @@ def cmd_toy_timing(args) -> None:
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     res = _load(args.name)
-    teacher = load_generative(args.teacher)
-    models = {"teacher": teacher}
-    for r in res["rows"]:
-        if r["model"] != "teacher" and r["model"] not in models:
-            models[r["model"]] = load_generative(OUT / "toy" / args.name / r["model"])
-    res["timing"] = _interleaved_timing(models, res["rows"], args.n, args.repeats)
+    res["timing"] = _interleaved_timing(args.teacher, OUT / "toy" / args.name, res["rows"], args.n,
+                                        args.repeats)
     save_json(args.name, res)
 
 
-def _interleaved_timing(models: dict, rows: list[dict], n: int, repeats: int) -> dict:
+def _interleaved_timing(teacher: str | Path, students: Path, rows: list[dict], n: int, repeats: int) -> dict:
     """CPU time of sampling ``n`` molecules (one batch, the same sizes) for every (model, steps, method, eta)
-    of ``rows``, ``repeats`` rounds each timing every row once (interleaved); the medians, as ``timing``."""
+    of ``rows`` (model: "teacher", the checkpoint ``teacher``, or a student's file name in ``students``),
+    ``repeats`` rounds each timing every row once (interleaved); the medians, as ``timing``."""
+    models = {"teacher": load_generative(teacher)}
+    for r in rows:
+        if r["model"] not in models:
+            models[r["model"]] = load_generative(students / r["model"])
     keys = sorted({(r["model"], r["steps"], r["method"], r.get("eta", 0.0)) for r in rows},
                   key=lambda k: (-k[1], k[0] != "teacher", k[2], k[3]))
     sizes = models["teacher"].sample_sizes(n, torch.Generator().manual_seed(0))
@@ -600,7 +607,7 @@ def _qm9_rows(specs, n: int, out: Path | None = None) -> list[dict]:
     models, rows = {}, []
     for path, name, steps, method, eta in specs:
         if str(path) not in models:
-            models[str(path)] = load_generative(path).eval()
+            models[str(path)] = load_generative(path)
         row = evaluate(models[str(path)], n, steps, method, min(n, 100), None, eta=eta)
         row["model"] = name
         rows.append(row)
@@ -643,7 +650,7 @@ def cmd_qm9_distill(args) -> None:
     if not teacher_path.is_file():
         raise SystemExit(f"no teacher checkpoint at {teacher_path}: run edm_equal_budget.py run (see its "
                          "--help) or give --teacher")
-    teacher = load_generative(teacher_path).eval()
+    teacher = load_generative(teacher_path)
     full = teacher.config.timesteps
     students = [args.start_steps // 2 ** r for r in range(1, args.rounds + 1)]
     out_dir = workdir / f"distill_{args.name}"
@@ -665,21 +672,20 @@ def cmd_qm9_distill(args) -> None:
     paths = progressive_distillation(teacher, records, args.start_steps, args.rounds, out_dir,
                                      iterations=args.distill_iterations, batch_size=args.batch_size,
                                      lr=args.distill_lr, weighting=weighting, parameterisation=par,
-                                     log=lambda m: print(m, flush=True) if " it 0 " in m or "99 loss" in m
-                                     else None)
+                                     log=_round_ends)
     distill = {"iterations_per_round": args.distill_iterations, "lr": args.distill_lr,
                "lr_schedule": "linear to 0", "batch": args.batch_size, "weighting": weighting,
                "parameterisation": par, "space": "data", "start_steps": args.start_steps,
-               "rounds": args.rounds,
-               "molecules": len(records), "seconds": time.perf_counter() - t0,
+               "rounds": args.rounds, "molecules": len(records), "seconds": time.perf_counter() - t0,
                "cpu_seconds": time.process_time() - c0}
     print(json.dumps(distill), flush=True)
     specs = [(p, p.name, k, "ddim", eta) for p, k in zip(paths, students) for eta in args.etas]
     rows = _qm9_rows(specs, args.n, out_dir / "student_rows.json")
     if helper is not None:
-        if helper.wait() != 0:
-            raise SystemExit(f"the teacher's rows failed: see {out_dir / 'teacher_rows.log'}")
+        status = helper.wait()
         log.close()
+        if status != 0:
+            raise SystemExit(f"the teacher's rows failed: see {out_dir / 'teacher_rows.log'}")
         teacher_rows = json.loads(part.read_text())["rows"]
     else:
         teacher_rows = _qm9_rows(_teacher_specs(teacher_path, full, students), args.n)
@@ -700,12 +706,9 @@ def cmd_qm9_timing(args) -> None:
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     res = _load(args.name)
-    models = {"teacher": load_generative(ROOT / res["teacher"]["checkpoint"]).eval()}
-    for r in res["rows"]:
-        if r["model"] != "teacher" and r["model"] not in models:
-            path = Path(args.workdir) / f"distill_{args.name}" / r["model"]
-            models[r["model"]] = load_generative(path).eval()
-    res["timing"] = _interleaved_timing(models, res["rows"], args.n, args.repeats)
+    students = Path(args.workdir) / f"distill_{args.name}"
+    res["timing"] = _interleaved_timing(ROOT / res["teacher"]["checkpoint"], students, res["rows"], args.n,
+                                        args.repeats)
     save_json(args.name, res)
 
 

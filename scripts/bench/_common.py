@@ -58,6 +58,13 @@ def build_mace_torch(elements: list[int], avg_num_neighbors: float, dtype: torch
     return model.to(dtype).eval()
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss``, VmHWM; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def address_space_limit(gb: float):
     """A ``preexec_fn`` for ``subprocess``: the child's address space capped at ``gb`` GiB, so a worker that
     does not fit fails with MemoryError / an allocation error (recorded by the driver) instead of taking the

@@ -26,7 +26,6 @@ import json
 import os
 import pickle
 import platform
-import resource
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import peak_rss_mb  # the script's folder is on sys.path
 
 
 def _proc_mem(pid: int) -> tuple[float, float]:
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             rows.append({"workers": workers, "position": "random over all", "first_index": int(rand[0]), **r})
             print(rows[-1], flush=True)
         result["rows"] = rows
-        result["peak_rss_main_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["peak_rss_main_mb"] = round(peak_rss_mb(), 1)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

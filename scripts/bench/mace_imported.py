@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from _common import ETHANOL_NPZ, address_space_limit, wall_cpu_times  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, peak_rss_mb, wall_cpu_times  # noqa: E402
 
 PEER_SCRIPT = ROOT / "scripts" / "parity" / "_mace_peer.py"
 MARK = "@@json "  # prefix of the workers' answer lines (the peer's libraries print to stdout too)
@@ -76,10 +75,6 @@ def _outputs(energy, forces, stress) -> dict:
     if stress is not None:
         out["stress"] = stress.detach().double().reshape(-1).tolist()
     return out
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class MolequiSide:
@@ -177,7 +172,7 @@ def serve(side_name: str, model_file: str, peer_python: str | None) -> None:
                 answer["load_s"] = time.perf_counter() - t0
             else:  # one timed call, no warm-up (load made it)
                 answer = wall_cpu_times(side.fn, repeats=1, warmup=0)
-            answer["peak_rss_mb"] = _peak_rss_mb()
+            answer["peak_rss_mb"] = peak_rss_mb()
         except (RuntimeError, MemoryError) as exc:  # out of memory under the address-space limit
             side.fn = None
             answer = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

@@ -29,14 +29,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MACE_HYPER, ROOT, address_space_limit, build_mace_torch, print_table, provenance, save  # noqa: E402,E501
+from _common import (  # noqa: E402
+    MACE_HYPER,
+    ROOT,
+    address_space_limit,
+    build_mace_torch,
+    peak_rss_mb,
+    print_table,
+    provenance,
+    save,
+)
 
 A_CU = 3.61
 
@@ -138,7 +146,7 @@ def worker(impl: str, n: int, dtype: str) -> dict:
             result = {"impl": f"molequi {impl}", **worker_molequi(n, dtype, chunk, train)}
     except (RuntimeError, MemoryError) as exc:  # the allocation that passed the address-space limit
         result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     result["vm_hwm_mb"] = _status_mb("VmHWM")
     return result
 

@@ -41,7 +41,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_table, provenance, save  # noqa: E402
+from _common import ROOT, peak_rss_mb, print_table, provenance, save  # noqa: E402
 from mace_scale import A_CU, _status_mb, cu_cell  # noqa: E402
 
 WATER_DENSITY = 0.997  # g/cm^3
@@ -139,7 +138,7 @@ def build_peer_model(mace_python: str, hyper: dict) -> Path:
 def _report(info: dict) -> None:
     """One JSON line with everything measured so far (the driver keeps the last one, also of a worker it had
     to stop)."""
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    info["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(info), flush=True)
 
 

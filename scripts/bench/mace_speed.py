@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mace_imported  # noqa: E402
-from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch, wall_cpu_times  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch, peak_rss_mb, wall_cpu_times  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 # --size: the model both sides build; foundation = MACE-MP's size (the `foundation` spec of
@@ -85,12 +85,6 @@ def make_structures(out_dir: Path, n_frames: int, npz: str) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, infer_mb: float,
                   n_structures: int) -> dict:
     """One optimiser step as training does it: forces with create_graph, weighted E + F loss, backward,
@@ -112,7 +106,7 @@ def _train_timing(model, forward, n_atoms: int, repeats: int, base_mb: float, in
         "train_median_s": timing["median_s"],
         "train_median_cpu_s": timing["median_cpu_s"],
         "train_structures_per_cpu_s": n_structures / timing["median_cpu_s"],
-        "peak_mb_train": max(_peak_rss_mb() - base_mb, infer_mb),
+        "peak_mb_train": max(peak_rss_mb() - base_mb, infer_mb),
     }
 
 
@@ -143,9 +137,9 @@ def worker_molequi(path: str, dtype_name: str, repeats: int, threads: int, train
         out = model(batch, compute_forces=True)
         return out["energy"].sum().item() + out["forces"].sum().item()
 
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     infer()
-    infer_mb = _peak_rss_mb() - base
+    infer_mb = peak_rss_mb() - base
     timing = wall_cpu_times(infer, repeats)
     result = dict(
         impl="molequi",
@@ -192,9 +186,9 @@ def worker_mace(path: str, dtype_name: str, repeats: int, threads: int, train: b
         out = model(batch_dict, training=False, compute_force=True)
         return out["energy"].sum().item() + out["forces"].sum().item()
 
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     infer()
-    infer_mb = _peak_rss_mb() - base
+    infer_mb = peak_rss_mb() - base
     timing = wall_cpu_times(infer, repeats)
     import mace as mace_pkg
 

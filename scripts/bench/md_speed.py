@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch  # noqa: E402
+from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch, peak_rss_mb  # noqa: E402
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 ELEMENTS = [1, 6, 8, 29]
@@ -202,7 +201,7 @@ def serve(impl: str, structure: str, model_file: str, dtype_name: str, mace_pyth
             step_wall_s=wall,
             step_cpu_s=cpu,
             epot_final=float(atoms.get_potential_energy()),
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            peak_rss_mb=peak_rss_mb(),
             nl_builds=neighbors.n_builds if neighbors is not None else None,
             nl_calls=neighbors.n_calls if neighbors is not None else None,
         )

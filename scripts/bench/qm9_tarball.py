@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from pathlib import Path
+
+from _common import peak_rss_mb  # the script's folder is on sys.path
 
 from molequi.data.qm9 import iter_qm9_xyz
 
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         "records_built": args.records,
         "seconds": round(dt, 2),
         "molecules_per_s": round(count / dt, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

@@ -135,7 +135,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
         use_ema  take the exponential-moving-average weights when the checkpoint has them (the default, and
                  what validation used); False gives the raw last weights
     """
-    payload = read_checkpoint(path)
+    return model_from_payload(read_checkpoint(path), path, device=device, dtype=dtype, use_ema=use_ema)
+
+
+def model_from_payload(payload: dict, path: str | Path, device: str | torch.device | None = None,
+                       dtype: torch.dtype | None = None, use_ema: bool = True) -> torch.nn.Module:
+    """``load_model``'s model from a payload already read with ``read_checkpoint(path)`` (for callers that
+    need the payload too, so the file is read once); ``path`` names it in errors."""
     trained_dtype = getattr(torch, payload.get("dtype", "float32"))
     previous = torch.get_default_dtype()
     if trained_dtype in (torch.float32, torch.float64):  # fixed constants (e3nn's Clebsch-Gordan tables,
@@ -155,4 +161,5 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
 
 __all__ = ["make_payload", "save_model",
            "read_checkpoint",
-           "build_model_from_payload", "load_weights", "load_model", "FORMAT", "VERSION"]
+           "build_model_from_payload", "load_weights", "load_model",
+           "model_from_payload", "FORMAT", "VERSION"]

@@ -197,9 +197,14 @@ def checkpoint_dispersion(path) -> dict | None:
     from molequi.checkpoint import read_checkpoint
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return _payload_dispersion([read_checkpoint(p) for p in paths])
+
+
+def _payload_dispersion(payloads: list[dict]) -> dict | None:
+    """``checkpoint_dispersion`` of payloads already read with ``read_checkpoint``."""
     specs = []
-    for p in paths:
-        data = (read_checkpoint(p).get("config") or {}).get("data") or {}
+    for payload in payloads:
+        data = (payload.get("config") or {}).get("data") or {}
         specs.append(data.get("dispersion") if isinstance(data, dict) else None)
     if any(s != specs[0] for s in specs):
         raise ModelError(f"the committee's checkpoints were trained with different dispersion corrections: "
@@ -292,10 +297,15 @@ class MolequiCalculator(Calculator):
         ``dispersion="checkpoint"`` (the default) adds back the D3 correction that training subtracted from
         the labels (``data.dispersion`` of the run; none if it had none); ``None`` or a spec overrides it.
         """
+        from molequi.checkpoint import model_from_payload, read_checkpoint
+
         dtype = as_dtype(dtype)  # 'float32' as the constructor and from_mace take it
-        models = load_models(path, device=device, dtype=dtype, use_ema=use_ema)
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        payloads = [read_checkpoint(p) for p in paths]  # each file read once: model and dispersion
+        models = [model_from_payload(pl, p, device=device, dtype=dtype, use_ema=use_ema)
+                  for pl, p in zip(payloads, paths)]
         if dispersion == "checkpoint":
-            dispersion = checkpoint_dispersion(path)
+            dispersion = _payload_dispersion(payloads)
         if isinstance(path, (str, Path)):
             return cls(models[0], device=device, dtype=dtype, dispersion=dispersion, **kwargs)
         return cls(models=models, device=device, dtype=dtype, dispersion=dispersion, **kwargs)

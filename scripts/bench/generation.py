@@ -783,6 +783,108 @@ def cmd_toy_diagnose(args) -> None:
     save_json(args.name, res)
 
 
+@torch.no_grad()
+def _renoise_batch(model: EDM, sizes: torch.Tensor, steps: int, generator: torch.Generator):
+    """One batch of the stochastic sampler Meng et al. (2023, "On distillation of guided diffusion models",
+    sec. 4) use for distilled students: on the S-step grid t_0 > ... > t_S, a deterministic DDIM step of twice
+    the length (t_i -> t_{i+2}), then forward noise back to t_{i+1} (z = a_{t|s} z + sigma_{t|s} eps); the
+    last step is plain DDIM. One network call per step, as the S-step samplers."""
+    from torch import nn
+
+    from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
+
+    p = next(model.parameters())
+    num_graphs = len(sizes)
+    batch = sizes_to_batch(sizes)
+    edges = fully_connected_edges(batch, num_graphs)
+    z_x = centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device, generator=generator)
+    z_h = torch.randn(batch.numel(), model.latent_features(), dtype=p.dtype, generator=generator)
+    grid = model.time_grid(steps)
+    for i in range(steps):
+        if i == steps - 1:
+            z_x, z_h = model.step(z_x, z_h, grid[i], grid[i + 1], batch, edges, num_graphs, method="ddim")
+            break
+        z_x, z_h = model.step(z_x, z_h, grid[i], grid[i + 2], batch, edges, num_graphs, method="ddim")
+        g_s = model._coeffs(grid[i + 2], None, p.device)[0]
+        g_t = model._coeffs(grid[i + 1], None, p.device)[0]
+        var = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))  # sigma^2_{t|s}
+        a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
+        a, sd = a_ts.to(p.dtype), var.sqrt().to(p.dtype)
+        z_x = a * z_x + sd * centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device,
+                                               generator=generator)
+        z_h = a * z_h + sd * torch.randn(z_h.shape, dtype=p.dtype, generator=generator)
+    x, h = model.final_prediction(z_x, z_h, batch, edges, num_graphs)
+    numbers, pos = model.decode_sample(x, h, batch, edges, num_graphs, None, generator)
+    return numbers.numpy(), pos.double().numpy(), batch.numpy()
+
+
+def _renoise_molecule_stability(model: EDM, n: int, steps: int, seed: int, batch_size: int = 200) -> float:
+    from molequi.tasks.generation_metrics import atom_stability
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = model.sample_sizes(n, g)
+    stable = []
+    for start in range(0, n, batch_size):
+        numbers, pos, b = _renoise_batch(model, sizes[start: start + batch_size], steps, g)
+        stable += [bool(atom_stability(numbers[b == k], pos[b == k]).all()) for k in range(int(b.max()) + 1)]
+    return 100 * float(np.mean(stable))
+
+
+def _probe_lines(name: str, res: dict | None) -> list[str]:
+    """The ``toy-probe`` tables of run ``name``: molecule stability per sampler on the held-out seeds."""
+    lines = []
+    for key, probe in ((res or {}).get("probe") or {}).items():
+        rows = probe["rows"]
+        r0 = rows[0]
+        lines += [f"Samplers tried at {r0['steps']} steps, where the student ties the teacher "
+                  f"(`generation.py toy-probe --name {name} --steps {r0['steps']}`"
+                  + (f" --student {probe['student']}" if ":" in key else "")
+                  + f"; {r0['n']} molecules per seed, seeds {', '.join(map(str, r0['seeds']))}, which the rows "
+                  "above do not use). 'renoise': Meng et al.'s stochastic sampler for distilled models (a DDIM "
+                  "step of twice the length, then noise back; one network call per step).", "",
+                  "| model | sampler | molecule stability % per seed | mean |", "|---|---|---|---|"]
+        for r in rows:
+            sampler = "renoise" if r["method"] == "renoise" else _sampler(r)
+            lines.append(f"| {r['model']} | {sampler} | "
+                         f"{' / '.join(f'{v:.1f}' for v in r['molecule_stability'])} | {r['mean']:.2f} |")
+        lines.append("")
+    return lines
+
+
+def cmd_toy_probe(args) -> None:
+    """Samplers tried at one step count where a toy run's student only ties the teacher: the teacher's DDIM
+    at several etas and its ancestral sampler, the student at the same etas, and both with Meng et al.'s
+    stochastic sampler for distilled models (``_renoise_batch``); molecule stability on seeds the run's rows
+    do not use (held out: choosing a sampler on them does not bias the rows). A student from a longer last
+    round is probed with ``--student``. Stored under ``probe`` in the run's JSON."""
+    from molequi.tasks.generation_metrics import canonical_smiles_set
+
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    res = _load(args.name)
+    known = canonical_smiles_set(TOY_SMILES)
+    k = args.steps
+    teacher = load_generative(args.teacher)
+    student_path = Path(args.student or OUT / "toy" / args.name / f"student_{k}.pt")
+    student = load_generative(student_path)
+    specs = [(teacher, "teacher", "ancestral", 0.0)] + [(teacher, "teacher", "ddim", e) for e in args.etas]
+    specs += [(student, student_path.name, "ddim", e) for e in args.etas]
+    rows = []
+    for model, name, method, eta in specs + [(teacher, "teacher", "renoise", None),
+                                             (student, student_path.name, "renoise", None)]:
+        if method == "renoise":
+            stab = [_renoise_molecule_stability(model, args.n, k, s) for s in args.seeds]
+        else:
+            stab = [evaluate(model, args.n, k, method, min(args.n, 200), known, seed=s,
+                             eta=eta)["molecule_stability"] for s in args.seeds]
+        rows.append({"model": name, "steps": k, "method": method, "eta": eta, "n": args.n,
+                     "seeds": args.seeds, "molecule_stability": stab, "mean": float(np.mean(stab))})
+        print(json.dumps(rows[-1]), flush=True)
+    res.setdefault("probe", {})[f"{k}:{student_path.name}" if args.student else str(k)] = {
+        "student": _repo_path(student_path), "rows": rows}
+    save_json(args.name, res)
+
+
 def _load(name):
     path = OUT / f"generation_{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -1086,6 +1188,7 @@ def cmd_report(args) -> None:
         png = plot_toy(_load(name), OUT / f"generation_distillation_{name}.png", key, full, title)
         if png:
             lines += [f"![{key.replace('_', ' ')} against sampling steps, {title}]({png.name})", ""]
+        lines += _probe_lines(name, _load(name))
     lines += _toy_lines(_load("toy"), _load("toy_truncated_snr"), full=False, heading="### The same with a "
                         "less converged teacher (the previous benchmark's: 20,000 iterations)")
     for seed in range(5):
@@ -1198,6 +1301,16 @@ def main(argv=None) -> None:
     s.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     s.add_argument("--n", type=int, default=1000)
     s.set_defaults(func=cmd_toy_seeds)
+    s = sub.add_parser("toy-probe", help="samplers tried where a toy student ties (held-out seeds)")
+    s.add_argument("--name", default="toy")
+    s.add_argument("--teacher", default=TOY_TEACHER)
+    s.add_argument("--student", default=None, help="default: the run's student of --steps steps")
+    s.add_argument("--steps", type=int, default=64)
+    s.add_argument("--etas", type=float, nargs="+", default=[0.5, 0.8, 1.0])
+    s.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    s.add_argument("--n", type=int, default=1000)
+    s.set_defaults(func=cmd_toy_probe)
+
     s = sub.add_parser("qm9-distill", help="progressive distillation of a full-QM9 model (cmd_qm9_distill)")
     s.add_argument("--workdir", default=str(QM9_DISTILL_RUN), help="an edm_equal_budget.py run folder (its "
                    "training split and, unless --teacher, its molequi model)")

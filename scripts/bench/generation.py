@@ -818,16 +818,18 @@ def _renoise_batch(model: EDM, sizes: torch.Tensor, steps: int, generator: torch
     return numbers.numpy(), pos.double().numpy(), batch.numpy()
 
 
-def _renoise_molecule_stability(model: EDM, n: int, steps: int, seed: int, batch_size: int = 200) -> float:
+def _renoise_stability(model: EDM, n: int, steps: int, seed: int, batch_size: int = 200) -> dict:
+    """Atom and molecule stability (%) of ``n`` molecules of ``_renoise_batch`` (as ``molecule_report``)."""
     from molequi.tasks.generation_metrics import atom_stability
 
     g = torch.Generator().manual_seed(seed)
     sizes = model.sample_sizes(n, g)
-    stable = []
+    per_atom = []
     for start in range(0, n, batch_size):
         numbers, pos, b = _renoise_batch(model, sizes[start: start + batch_size], steps, g)
-        stable += [bool(atom_stability(numbers[b == k], pos[b == k]).all()) for k in range(int(b.max()) + 1)]
-    return 100 * float(np.mean(stable))
+        per_atom += [atom_stability(numbers[b == k], pos[b == k]) for k in range(int(b.max()) + 1)]
+    return {"atom_stability": 100 * float(np.concatenate(per_atom).mean()),
+            "molecule_stability": 100 * float(np.mean([a.all() for a in per_atom]))}
 
 
 def _probe_lines(name: str, res: dict | None) -> list[str]:
@@ -836,17 +838,23 @@ def _probe_lines(name: str, res: dict | None) -> list[str]:
     for key, probe in ((res or {}).get("probe") or {}).items():
         rows = probe["rows"]
         r0 = rows[0]
+        teacher = f" --teacher {probe['teacher']}" if probe.get("teacher") else ""
         lines += [f"Samplers tried at {r0['steps']} steps, where the student ties the teacher "
-                  f"(`generation.py toy-probe --name {name} --steps {r0['steps']}`"
+                  f"(`generation.py toy-probe --name {name}{teacher} --steps {r0['steps']}"
                   + (f" --student {probe['student']}" if ":" in key else "")
-                  + f"; {r0['n']} molecules per seed, seeds {', '.join(map(str, r0['seeds']))}, which the rows "
-                  "above do not use). 'renoise': Meng et al.'s stochastic sampler for distilled models (a DDIM "
-                  "step of twice the length, then noise back; one network call per step).", "",
-                  "| model | sampler | molecule stability % per seed | mean |", "|---|---|---|---|"]
+                  + f"`; {r0['n']} molecules per seed, seeds {', '.join(map(str, r0['seeds']))}, which the "
+                  "rows above do not use). 'renoise': Meng et al.'s stochastic sampler for distilled models "
+                  "(a DDIM step of twice the length, then noise back; one network call per step).", "",
+                  "| model | sampler | atom stability % per seed (mean) | molecule stability % per seed "
+                  "(mean) |", "|---|---|---|---|"]
+
+        def cell(values: list[float]) -> str:
+            return f"{' / '.join(f'{v:.1f}' for v in values)} ({np.mean(values):.2f})"
+
         for r in rows:
             sampler = "renoise" if r["method"] == "renoise" else _sampler(r)
-            lines.append(f"| {r['model']} | {sampler} | "
-                         f"{' / '.join(f'{v:.1f}' for v in r['molecule_stability'])} | {r['mean']:.2f} |")
+            lines.append(f"| {r['model']} | {sampler} | {cell(r['atom_stability'])} | "
+                         f"{cell(r['molecule_stability'])} |")
         lines.append("")
     return lines
 
@@ -854,9 +862,10 @@ def _probe_lines(name: str, res: dict | None) -> list[str]:
 def cmd_toy_probe(args) -> None:
     """Samplers tried at one step count where a toy run's student only ties the teacher: the teacher's DDIM
     at several etas and its ancestral sampler, the student at the same etas, and both with Meng et al.'s
-    stochastic sampler for distilled models (``_renoise_batch``); molecule stability on seeds the run's rows
-    do not use (held out: choosing a sampler on them does not bias the rows). A student from a longer last
-    round is probed with ``--student``. Stored under ``probe`` in the run's JSON."""
+    stochastic sampler for distilled models (``_renoise_batch``); atom and molecule stability on seeds the
+    run's rows do not use (held out: choosing a sampler on them does not bias the rows). ``--student``:
+    another student (e.g. of a full-QM9 run, with ``--name qm9_distill``). Stored under ``probe`` in the
+    run's JSON."""
     from molequi.tasks.generation_metrics import canonical_smiles_set
 
     torch.set_num_threads(1)
@@ -873,15 +882,16 @@ def cmd_toy_probe(args) -> None:
     for model, name, method, eta in specs + [(teacher, "teacher", "renoise", None),
                                              (student, student_path.name, "renoise", None)]:
         if method == "renoise":
-            stab = [_renoise_molecule_stability(model, args.n, k, s) for s in args.seeds]
+            res_s = [_renoise_stability(model, args.n, k, s) for s in args.seeds]
         else:
-            stab = [evaluate(model, args.n, k, method, min(args.n, 200), known, seed=s,
-                             eta=eta)["molecule_stability"] for s in args.seeds]
+            res_s = [evaluate(model, args.n, k, method, min(args.n, 200), known, seed=s, eta=eta)
+                     for s in args.seeds]
         rows.append({"model": name, "steps": k, "method": method, "eta": eta, "n": args.n,
-                     "seeds": args.seeds, "molecule_stability": stab, "mean": float(np.mean(stab))})
+                     "seeds": args.seeds,
+                     **{key: [r[key] for r in res_s] for key in ("atom_stability", "molecule_stability")}})
         print(json.dumps(rows[-1]), flush=True)
     res.setdefault("probe", {})[f"{k}:{student_path.name}" if args.student else str(k)] = {
-        "student": _repo_path(student_path), "rows": rows}
+        "teacher": _repo_path(args.teacher), "student": _repo_path(student_path), "rows": rows}
     save_json(args.name, res)
 
 
@@ -1184,6 +1194,8 @@ def cmd_report(args) -> None:
     for name, key, full, title in (
             ("toy_geoldm_30k", "molecule_stability", 1000,
              "GeoLDM overfit on 10 QM9 molecules, latent eps students"),
+            ("toy_geoldm_30k_8k", "molecule_stability", 1000,
+             "the same GeoLDM teacher, rounds 4x longer"),
             ("qm9_distill", "atom_stability", 500, "EDM trained on full QM9 (50 CPU min), eps students")):
         png = plot_toy(_load(name), OUT / f"generation_distillation_{name}.png", key, full, title)
         if png:

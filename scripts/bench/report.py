@@ -1145,6 +1145,9 @@ def row_generation_latent_distill_long(res: Path, name: str = "toy_geoldm_long",
     if d.get("extra_seeds"):
         command += (f", `... toy-seeds --name {name} --teacher {ckpt}` "
                     f"(seeds {' '.join(str(s) for s in d['extra_seeds'][0]['seeds'])})")
+    if d.get("timing"):  # the speed-ups below then come from its interleaved medians
+        command += (f", `... toy-timing --name {name} --teacher {ckpt}` ({d['timing']['n']} molecules, "
+                    f"{d['timing']['repeats']} interleaved rounds: the speeds)")
     what = f"3D generation, GeoLDM distilled in latent space ({di['parameterisation']} students), {label}"
     return row(what, command, _latent_distill_text(d, goal=True), d["provenance"])
 
@@ -1395,6 +1398,8 @@ def table_rows(results: Path) -> list[list[str] | None]:
         row_generation_latent_distill_long(results),
         row_generation_latent_distill_long(results, "toy_geoldm_30k", "geoldm_teacher_30k.pt",
                                            "teacher trained twice as long"),
+        row_generation_latent_distill_long(results, "toy_geoldm_30k_8k", "geoldm_teacher_30k.pt",
+                                           "the same teacher, rounds four times longer"),
         row_edm_equal_budget(results),
         row_generation_qm9_distill(results),
         row_generation_compare(results),

@@ -80,13 +80,16 @@ def check_elements(numbers: Sequence[int], elements: Sequence[int] | None, where
         ) from None
 
 
+def _as_paths(path) -> list:
+    """One checkpoint path, or a list of them (a committee), as a list."""
+    return [path] if isinstance(path, (str, Path)) else list(path)
+
+
 def load_models(paths, device="cpu", dtype=None, use_ema: bool = True) -> list[torch.nn.Module]:
     """Load one checkpoint or a list of checkpoints with ``molequi.checkpoint.load_model``."""
     from molequi.checkpoint import load_model
 
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    return [load_model(p, device=device, dtype=dtype, use_ema=use_ema) for p in paths]
+    return [load_model(p, device=device, dtype=dtype, use_ema=use_ema) for p in _as_paths(paths)]
 
 
 class NeighborCache:
@@ -196,8 +199,7 @@ def checkpoint_dispersion(path) -> dict | None:
     the members of a committee must agree."""
     from molequi.checkpoint import read_checkpoint
 
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    return _payload_dispersion([read_checkpoint(p) for p in paths])
+    return _payload_dispersion([read_checkpoint(p) for p in _as_paths(path)])
 
 
 def _payload_dispersion(payloads: list[dict]) -> dict | None:
@@ -300,7 +302,7 @@ class MolequiCalculator(Calculator):
         from molequi.checkpoint import model_from_payload, read_checkpoint
 
         dtype = as_dtype(dtype)  # 'float32' as the constructor and from_mace take it
-        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        paths = _as_paths(path)
         payloads = [read_checkpoint(p) for p in paths]  # each file read once: model and dispersion
         models = [model_from_payload(pl, p, device=device, dtype=dtype, use_ema=use_ema)
                   for pl, p in zip(payloads, paths)]

@@ -789,8 +789,6 @@ def _renoise_batch(model: EDM, sizes: torch.Tensor, steps: int, generator: torch
     sec. 4) use for distilled students: on the S-step grid t_0 > ... > t_S, a deterministic DDIM step of twice
     the length (t_i -> t_{i+2}), then forward noise back to t_{i+1} (z = a_{t|s} z + sigma_{t|s} eps); the
     last step is plain DDIM. One network call per step, as the S-step samplers."""
-    from torch import nn
-
     from molequi.models.generative.graph import centred_gaussian, fully_connected_edges
 
     p = next(model.parameters())
@@ -805,10 +803,8 @@ def _renoise_batch(model: EDM, sizes: torch.Tensor, steps: int, generator: torch
             z_x, z_h = model.step(z_x, z_h, grid[i], grid[i + 1], batch, edges, num_graphs, method="ddim")
             break
         z_x, z_h = model.step(z_x, z_h, grid[i], grid[i + 2], batch, edges, num_graphs, method="ddim")
-        g_s = model._coeffs(grid[i + 2], None, p.device)[0]
-        g_t = model._coeffs(grid[i + 1], None, p.device)[0]
-        var = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))  # sigma^2_{t|s}
-        a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
+        a_ts, var = model.transition(model._coeffs(grid[i + 1], None, p.device)[0],
+                                     model._coeffs(grid[i + 2], None, p.device)[0])
         a, sd = a_ts.to(p.dtype), var.sqrt().to(p.dtype)
         z_x = a * z_x + sd * centred_gaussian(batch, num_graphs, dtype=p.dtype, device=p.device,
                                                generator=generator)
@@ -819,32 +815,29 @@ def _renoise_batch(model: EDM, sizes: torch.Tensor, steps: int, generator: torch
 
 
 def _renoise_stability(model: EDM, n: int, steps: int, seed: int, batch_size: int = 200) -> dict:
-    """Atom and molecule stability (%) of ``n`` molecules of ``_renoise_batch`` (as ``molecule_report``)."""
-    from molequi.tasks.generation_metrics import atom_stability
-
+    """``molecule_report`` of ``n`` molecules of ``_renoise_batch`` (seed ``seed``, as ``evaluate``)."""
     g = torch.Generator().manual_seed(seed)
     sizes = model.sample_sizes(n, g)
-    per_atom = []
+    mols = []
     for start in range(0, n, batch_size):
         numbers, pos, b = _renoise_batch(model, sizes[start: start + batch_size], steps, g)
-        per_atom += [atom_stability(numbers[b == k], pos[b == k]) for k in range(int(b.max()) + 1)]
-    return {"atom_stability": 100 * float(np.concatenate(per_atom).mean()),
-            "molecule_stability": 100 * float(np.mean([a.all() for a in per_atom]))}
+        mols += [Molecule(numbers[b == k], pos[b == k]) for k in range(int(b.max()) + 1)]
+    return molecule_report(mols, None)
 
 
 def _probe_lines(name: str, res: dict | None) -> list[str]:
     """The ``toy-probe`` tables of run ``name``: molecule stability per sampler on the held-out seeds."""
     lines = []
-    for key, probe in ((res or {}).get("probe") or {}).items():
+    for probe in ((res or {}).get("probe") or {}).values():
         rows = probe["rows"]
         r0 = rows[0]
-        teacher = f" --teacher {probe['teacher']}" if probe.get("teacher") else ""
+        seeds = ", ".join(map(str, r0["seeds"]))
         lines += [f"Samplers tried at {r0['steps']} steps, where the student ties the teacher "
-                  f"(`generation.py toy-probe --name {name}{teacher} --steps {r0['steps']}"
-                  + (f" --student {probe['student']}" if ":" in key else "")
-                  + f"`; {r0['n']} molecules per seed, seeds {', '.join(map(str, r0['seeds']))}, which the "
-                  "rows above do not use). 'renoise': Meng et al.'s stochastic sampler for distilled models "
-                  "(a DDIM step of twice the length, then noise back; one network call per step).", "",
+                  f"(`generation.py toy-probe --name {name} --teacher {probe['teacher']} --steps "
+                  f"{r0['steps']} --student {probe['student']}`; {r0['n']} molecules per seed, seeds "
+                  f"{seeds}, which the rows above do not use). 'renoise': Meng et al.'s stochastic sampler "
+                  "for distilled models (a DDIM step of twice the length, then noise back; one network call "
+                  "per step).", "",
                   "| model | sampler | atom stability % per seed (mean) | molecule stability % per seed "
                   "(mean) |", "|---|---|---|---|"]
 
@@ -1197,10 +1190,11 @@ def cmd_report(args) -> None:
             ("toy_geoldm_30k_8k", "molecule_stability", 1000,
              "the same GeoLDM teacher, rounds 4x longer"),
             ("qm9_distill", "atom_stability", 500, "EDM trained on full QM9 (50 CPU min), eps students")):
-        png = plot_toy(_load(name), OUT / f"generation_distillation_{name}.png", key, full, title)
+        run = _load(name)
+        png = plot_toy(run, OUT / f"generation_distillation_{name}.png", key, full, title)
         if png:
             lines += [f"![{key.replace('_', ' ')} against sampling steps, {title}]({png.name})", ""]
-        lines += _probe_lines(name, _load(name))
+        lines += _probe_lines(name, run)
     lines += _toy_lines(_load("toy"), _load("toy_truncated_snr"), full=False, heading="### The same with a "
                         "less converged teacher (the previous benchmark's: 20,000 iterations)")
     for seed in range(5):

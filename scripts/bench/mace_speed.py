@@ -34,7 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mace_imported  # noqa: E402
-from _common import ETHANOL_NPZ, address_space_limit, build_mace_torch, peak_rss_mb, wall_cpu_times  # noqa: E402
+from _common import (  # noqa: E402
+    ETHANOL_NPZ,
+    address_space_limit,
+    build_mace_torch,
+    peak_rss_mb,
+    wall_cpu_times,
+)
 from _common import MACE_HYPER as HYPER  # noqa: E402
 
 # --size: the model both sides build; foundation = MACE-MP's size (the `foundation` spec of

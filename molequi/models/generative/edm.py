@@ -674,6 +674,14 @@ class EDM(nn.Module):
         c = c.to(dtype)
         return c if c.numel() == 1 else c[batch].unsqueeze(-1)
 
+    @staticmethod
+    def transition(g_t: torch.Tensor, g_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_{t|s}, sigma^2_{t|s}) of q(z_t | z_s) = N(alpha_{t|s} z_s, sigma^2_{t|s}), s < t, from the
+        gammas of ``_coeffs``: alpha_{t|s} = alpha_t / alpha_s and sigma^2_{t|s} = 1 - alpha_t^2 / alpha_s^2
+        (variance preserving), in the log domain for accuracy."""
+        a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
+        return a_ts, -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
+
     def step(self, z_x, z_h, t, s, batch, edge_index, num_graphs, *, method: str = "ancestral",
              context=None, generator=None, eta: float = 0.0):
         """One denoising step z_t -> z_s (s < t) with the ancestral (stochastic) or DDIM rule (deterministic
@@ -683,8 +691,7 @@ class EDM(nn.Module):
         eps_x, eps_h = self.epsilon(z_x, z_h, t, batch, edge_index, num_graphs, context)
         g_t, a_t, s_t = self._coeffs(t, z_x.dtype, z_x.device)
         g_s, a_s, s_s = self._coeffs(s, z_x.dtype, z_x.device)
-        # sigma^2_{t|s} = 1 - alpha_t^2 / alpha_s^2 (variance preserving), in the log domain for accuracy
-        sigma2_ts = -torch.expm1(nn.functional.softplus(g_s) - nn.functional.softplus(g_t))
+        a_ts, sigma2_ts = self.transition(g_t, g_s)
         if method == "ddim":
             if not 0.0 <= eta <= 1.0:
                 raise InputError(f"DDIM eta must lie in [0, 1], got {eta}")
@@ -700,7 +707,6 @@ class EDM(nn.Module):
                                                   generator=generator)
                 z_h = z_h + cn * torch.randn(z_h.shape, dtype=z_h.dtype, device=z_h.device, generator=generator)
         elif method == "ancestral":
-            a_ts = torch.exp(0.5 * (nn.functional.logsigmoid(-g_t) - nn.functional.logsigmoid(-g_s)))
             mu_c = self.per_node(sigma2_ts / a_ts / s_t, batch, z_x.dtype)
             std = self.per_node(sigma2_ts.sqrt() * s_s / s_t, batch, z_x.dtype)
             inv = self.per_node(1.0 / a_ts, batch, z_x.dtype)

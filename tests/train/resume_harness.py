@@ -150,8 +150,9 @@ def _tensor_diffs(a, b, where: str, out: list[str]) -> None:
                 isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape) else None
             out.append(f"{where}: tensors differ (max |diff| {diff})")
     elif isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            out.append(f"{where}: keys differ {sorted(map(str, set(a) ^ set(b)))}")
+        if set(a) != set(b):  # a is the reference's side, b the resumed run's
+            out.append(f"{where}: keys differ: only in the reference {sorted(map(str, set(a) - set(b)))}, "
+                       f"only in the resumed run {sorted(map(str, set(b) - set(a)))}")
         for k in set(a) & set(b):
             _tensor_diffs(a[k], b[k], f"{where}.{k}", out)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
